@@ -1,0 +1,723 @@
+//! Loading a policy directory and validating it as a whole, collecting every problem.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use russh::keys::ssh_key::PublicKey;
+
+use super::model::*;
+use super::yaml::{self, Kind, Node, Pos};
+
+/// Longest a contract may allow when it does not say (`max_ttl` at the top of a contract).
+pub const DEFAULT_CONTRACT_MAX_TTL: Duration = Duration::from_secs(86400);
+
+/// One thing wrong in a policy file, with where and what would be right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a policy directory.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads and validates `people.yaml`, `hosts.yaml` and every other `*.yaml` (a contract each).
+pub fn load_dir(dir: &Path) -> Result<Policies, Problems> {
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    let mut problems = Vec::new();
+    let whole = |file: &Path, message: String| Problem {
+        file: file.to_path_buf(),
+        line: 1,
+        col: 1,
+        message,
+    };
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect();
+            paths.sort();
+            for path in paths {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => files.push((path, text)),
+                    Err(e) => problems.push(whole(&path, format!("cannot read: {e}"))),
+                }
+            }
+        }
+        Err(e) => {
+            return Err(Problems(vec![whole(
+                dir,
+                format!("cannot read policy directory: {e}"),
+            )]))
+        }
+    }
+    for required in ["people.yaml", "hosts.yaml"] {
+        if !files.iter().any(|(p, _)| p.file_name() == Some(required.as_ref())) {
+            problems.push(whole(
+                &dir.join(required),
+                format!("missing: every policy directory needs {required}"),
+            ));
+        }
+    }
+    match load_texts(&files) {
+        Ok(policies) if problems.is_empty() => Ok(policies),
+        Ok(_) => Err(Problems(problems)),
+        Err(Problems(more)) => {
+            problems.extend(more);
+            Err(Problems(problems))
+        }
+    }
+}
+
+/// Validates policy texts given as (path, contents); the file name decides its role.
+pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Policies, Problems> {
+    let mut ctx = Ctx::default();
+    let mut policies = Policies::default();
+    let named = |name: &'static str| {
+        files
+            .iter()
+            .filter(move |(p, _)| p.file_name().and_then(|n| n.to_str()) == Some(name))
+    };
+    for (path, text) in named("people.yaml") {
+        if let Some(root) = ctx.parse(path, text) {
+            policies.users = ctx.people(&root);
+        }
+    }
+    for (path, text) in named("hosts.yaml") {
+        if let Some(root) = ctx.parse(path, text) {
+            policies.hosts = ctx.hosts(&root);
+        }
+    }
+    let mut roles: BTreeSet<String> = [ROLE_ADMIN, ROLE_AUDITOR].map(String::from).into();
+    roles.extend(policies.users.values().flat_map(|u| u.roles.iter().cloned()));
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for (path, text) in files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "people.yaml" || name == "hosts.yaml" {
+            continue;
+        }
+        let Some(root) = ctx.parse(path, text) else {
+            continue;
+        };
+        let Some((contract, pos)) = ctx.contract(&root, &roles, &policies.hosts) else {
+            continue;
+        };
+        if let Some(other) = seen.get(&contract.name) {
+            let msg = format!(
+                "duplicate contract name `{}` (also defined in {}); rename one",
+                contract.name,
+                other.display()
+            );
+            ctx.problem(pos, msg);
+            continue;
+        }
+        seen.insert(contract.name.clone(), path.clone());
+        policies.contracts.insert(contract.name.clone(), contract);
+    }
+    if ctx.problems.is_empty() {
+        Ok(policies)
+    } else {
+        Err(Problems(ctx.problems))
+    }
+}
+
+/// The file being read and the problems found so far.
+#[derive(Default)]
+struct Ctx {
+    file: PathBuf,
+    problems: Vec<Problem>,
+}
+
+/// The fields of a mapping, after unknown and duplicate keys were reported.
+struct Fields<'n> {
+    pairs: Vec<(&'n str, &'n Node)>,
+    pos: Pos,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+impl Ctx {
+    fn problem(&mut self, pos: Pos, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        });
+    }
+
+    fn parse(&mut self, path: &Path, text: &str) -> Option<Node> {
+        self.file = path.to_path_buf();
+        match yaml::parse(text) {
+            Ok(root) => Some(root),
+            Err(e) => {
+                self.problem(e.pos, format!("invalid YAML: {}", e.message));
+                None
+            }
+        }
+    }
+
+    /// A mapping's fields; reports a non-mapping, unknown keys (with the allowed ones) and duplicates.
+    fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Fields<'n> {
+        let mut fields = Fields {
+            pairs: Vec::new(),
+            pos: node.pos,
+        };
+        let pairs = match &node.kind {
+            Kind::Map(pairs) => pairs,
+            _ if node.is_null() => return fields,
+            _ => {
+                self.problem(node.pos, format!("{what} must be a mapping, found {}", node.describe()));
+                return fields;
+            }
+        };
+        for (k, v) in pairs {
+            let Some(key) = k.as_str() else {
+                self.problem(k.pos, format!("{what}: keys must be plain names"));
+                continue;
+            };
+            if !allowed.is_empty() && !allowed.contains(&key) {
+                self.problem(
+                    k.pos,
+                    format!("unknown key `{key}` in {what}; expected one of: {}", allowed.join(", ")),
+                );
+            } else if fields.get(key).is_some() {
+                self.problem(k.pos, format!("duplicate key `{key}` in {what}; keep one"));
+            } else {
+                fields.pairs.push((key, v));
+            }
+        }
+        fields
+    }
+
+    /// A mapping whose keys are names (users, hosts, labels), each key's position with it.
+    fn entries<'n>(&mut self, node: &'n Node, what: &str) -> Vec<(&'n str, Pos, &'n Node)> {
+        let mut out: Vec<(&'n str, Pos, &'n Node)> = Vec::new();
+        match &node.kind {
+            Kind::Map(pairs) => {
+                for (k, v) in pairs {
+                    match k.as_str() {
+                        Some(key) if out.iter().any(|(n, _, _)| *n == key) => {
+                            self.problem(k.pos, format!("duplicate name `{key}` in {what}; names must be unique"))
+                        }
+                        Some(key) => out.push((key, k.pos, v)),
+                        None => self.problem(k.pos, format!("{what}: keys must be plain names")),
+                    }
+                }
+            }
+            _ if node.is_null() => {}
+            _ => self.problem(node.pos, format!("{what} must be a mapping, found {}", node.describe())),
+        }
+        out
+    }
+
+    fn required<'n>(&mut self, fields: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node> {
+        let node = fields.get(key);
+        if node.is_none() {
+            self.problem(fields.pos, format!("{what} is missing required key `{key}`"));
+        }
+        node
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match node.as_str() {
+            Some(s) if !node.is_null() => Some(s.to_string()),
+            _ => {
+                self.problem(node.pos, format!("{what} must be a string, found {}", node.describe()));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.as_str() {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => {
+                self.problem(node.pos, format!("{what} must be true or false"));
+                None
+            }
+        }
+    }
+
+    fn strings<'n>(&mut self, node: &'n Node, what: &str) -> Vec<(String, Pos)> {
+        match &node.kind {
+            Kind::Seq(items) => items
+                .iter()
+                .filter_map(|item| Some((self.string(item, &format!("each of {what}"))?, item.pos)))
+                .collect(),
+            _ if node.is_null() => Vec::new(),
+            _ => {
+                self.problem(node.pos, format!("{what} must be a list, like [a, b]"));
+                Vec::new()
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let text = self.string(node, what)?;
+        let d = parse_duration(&text);
+        if d.is_none() {
+            self.problem(
+                node.pos,
+                format!("{what}: bad duration `{text}`; write a positive number with s, m, h or d, like 90s, 30m, 2h, 1d"),
+            );
+        }
+        d
+    }
+
+    fn name(&mut self, name: &str, pos: Pos, what: &str) -> bool {
+        let ok = valid_name(name);
+        if !ok {
+            self.problem(
+                pos,
+                format!("{what} `{name}` must be 1-64 letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        ok
+    }
+
+    fn public_key(&mut self, text: &str, pos: Pos, what: &str) -> Option<PublicKey> {
+        match PublicKey::from_openssh(text.trim()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.problem(
+                    pos,
+                    format!("{what} is not an OpenSSH public key ({e}); paste a line like `ssh-ed25519 AAAA... comment`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn roles_known(&mut self, roles: &[(String, Pos)], known: &BTreeSet<String>, what: &str) {
+        for (role, pos) in roles {
+            if !known.contains(role) {
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                self.problem(
+                    *pos,
+                    format!("{what}: unknown role `{role}` (no user in people.yaml holds it); known roles: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn people(&mut self, root: &Node) -> BTreeMap<String, User> {
+        let top = self.fields(root, "people.yaml", &["users"]);
+        let mut users = BTreeMap::new();
+        let Some(node) = self.required(&top, "users", "people.yaml") else {
+            return users;
+        };
+        let mut owners: HashMap<Vec<u8>, String> = HashMap::new();
+        for (name, pos, body) in self.entries(node, "users") {
+            self.name(name, pos, "user name");
+            let what = format!("user `{name}`");
+            let f = self.fields(body, &what, &["keys", "roles"]);
+            let mut user = User {
+                name: name.to_string(),
+                keys: Vec::new(),
+                roles: Vec::new(),
+            };
+            if let Some(keys) = self.required(&f, "keys", &what) {
+                for (text, kpos) in self.strings(keys, &format!("{what} keys")) {
+                    let Some(key) = self.public_key(&text, kpos, &format!("{what} key")) else {
+                        continue;
+                    };
+                    let blob = key.to_bytes().unwrap_or_default();
+                    if let Some(other) = owners.insert(blob, name.to_string()) {
+                        self.problem(kpos, format!("{what}: this key is already registered to `{other}`; a key identifies one person"));
+                    }
+                    user.keys.push(key);
+                }
+                if user.keys.is_empty() {
+                    self.problem(keys.pos, format!("{what} needs at least one key"));
+                }
+            }
+            if let Some(roles) = f.get("roles") {
+                for (role, rpos) in self.strings(roles, &format!("{what} roles")) {
+                    if self.name(&role, rpos, "role") {
+                        user.roles.push(role);
+                    }
+                }
+            }
+            users.insert(name.to_string(), user);
+        }
+        users
+    }
+
+    fn hosts(&mut self, root: &Node) -> BTreeMap<String, Host> {
+        let top = self.fields(root, "hosts.yaml", &["hosts"]);
+        let mut hosts = BTreeMap::new();
+        let Some(node) = self.required(&top, "hosts", "hosts.yaml") else {
+            return hosts;
+        };
+        for (name, pos, body) in self.entries(node, "hosts") {
+            self.name(name, pos, "host name");
+            let what = format!("host `{name}`");
+            let f = self.fields(body, &what, &["address", "labels", "host_key"]);
+            let address = self
+                .required(&f, "address", &what)
+                .and_then(|n| Some((self.string(n, &format!("{what} address"))?, n.pos)));
+            let address = match address {
+                Some((a, apos)) => match normalize_address(&a) {
+                    Some(a) => a,
+                    None => {
+                        self.problem(apos, format!("{what} address `{a}` must be host:port or host, like 10.0.3.7:22"));
+                        continue;
+                    }
+                },
+                None => continue,
+            };
+            let mut labels = BTreeMap::new();
+            if let Some(node) = f.get("labels") {
+                for (k, _, v) in self.entries(node, &format!("{what} labels")) {
+                    if let Some(v) = self.string(v, &format!("{what} label `{k}`")) {
+                        labels.insert(k.to_string(), v);
+                    }
+                }
+            }
+            let host_key = f.get("host_key").filter(|n| !n.is_null()).and_then(|n| {
+                let text = self.string(n, &format!("{what} host_key"))?;
+                self.public_key(&text, n.pos, &format!("{what} host_key"))
+            });
+            hosts.insert(
+                name.to_string(),
+                Host {
+                    name: name.to_string(),
+                    address,
+                    labels,
+                    host_key,
+                },
+            );
+        }
+        hosts
+    }
+
+    fn contract(
+        &mut self,
+        root: &Node,
+        roles: &BTreeSet<String>,
+        hosts: &BTreeMap<String, Host>,
+    ) -> Option<(Contract, Pos)> {
+        let f = self.fields(
+            root,
+            "contract",
+            &["contract", "description", "targets", "requesters", "reason", "max_ttl", "steps"],
+        );
+        let name_node = self.required(&f, "contract", "contract file")?;
+        let name = self.string(name_node, "contract")?;
+        let what = format!("contract `{name}`");
+        let name_ok = self.name(&name, name_node.pos, "contract name");
+        let description = f
+            .get("description")
+            .and_then(|n| self.string(n, "description"))
+            .unwrap_or_default();
+        let max_ttl = f
+            .get("max_ttl")
+            .map(|n| self.duration(n, &format!("{what} max_ttl")))
+            .unwrap_or(Some(DEFAULT_CONTRACT_MAX_TTL));
+        let reason_required = match f.get("reason").map(|n| (n.as_str(), n.pos)) {
+            None | Some((Some("optional"), _)) => false,
+            Some((Some("required"), _)) => true,
+            Some((_, pos)) => {
+                self.problem(pos, format!("{what} reason must be `required` or `optional`"));
+                false
+            }
+        };
+        let requesters = match self.required(&f, "requesters", &what) {
+            Some(n) => self.strings(n, &format!("{what} requesters")),
+            None => Vec::new(),
+        };
+        self.roles_known(&requesters, roles, &format!("{what} requesters"));
+        let targets = self.targets(f.get("targets"), f.pos, &what, hosts);
+        let steps_node = self.required(&f, "steps", &what);
+        let steps = match steps_node.map(|n| &n.kind) {
+            Some(Kind::Seq(items)) if !items.is_empty() => items
+                .iter()
+                .filter_map(|n| self.step(n, &what, roles, max_ttl))
+                .collect(),
+            Some(_) => {
+                let pos = steps_node.map_or(f.pos, |n| n.pos);
+                self.problem(pos, format!("{what} steps must be a non-empty list of steps"));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        self.step_order(&steps, &what);
+        let contract = Contract {
+            name,
+            description,
+            targets,
+            requesters: requesters.into_iter().map(|r| r.0).collect(),
+            reason_required,
+            max_ttl: max_ttl?,
+            steps: steps.into_iter().map(|s| s.0).collect(),
+        };
+        name_ok.then_some((contract, name_node.pos))
+    }
+
+    fn targets(
+        &mut self,
+        node: Option<&Node>,
+        pos: Pos,
+        what: &str,
+        hosts: &BTreeMap<String, Host>,
+    ) -> Targets {
+        let Some(node) = node else {
+            self.problem(pos, format!("{what} is missing `targets` (names and/or labels)"));
+            return Targets::default();
+        };
+        let f = self.fields(node, &format!("{what} targets"), &["names", "labels"]);
+        let mut targets = Targets::default();
+        let names = match f.get("names") {
+            Some(n) => self.strings(n, &format!("{what} target names")),
+            None => Vec::new(),
+        };
+        for (glob, gpos) in &names {
+            if !hosts.values().any(|h| glob_match(glob, &h.name)) {
+                let known: Vec<&str> = hosts.keys().map(String::as_str).collect();
+                self.problem(
+                    *gpos,
+                    format!("{what}: unknown target `{glob}` matches no host in hosts.yaml; hosts: {}", known.join(", ")),
+                );
+            }
+        }
+        targets.names = names.into_iter().map(|n| n.0).collect();
+        if let Some(n) = f.get("labels") {
+            for (k, _, v) in self.entries(n, &format!("{what} target labels")) {
+                if let Some(v) = self.string(v, &format!("{what} target label `{k}`")) {
+                    targets.labels.insert(k.to_string(), v);
+                }
+            }
+            if !targets.labels.is_empty() && !hosts.values().any(|h| {
+                Targets { names: vec![], labels: targets.labels.clone() }.matches(h)
+            }) {
+                self.problem(n.pos, format!("{what}: target labels match no host in hosts.yaml"));
+            }
+        }
+        if targets.names.is_empty() && targets.labels.is_empty() {
+            self.problem(node.pos, format!("{what} targets select nothing; give names and/or labels"));
+        }
+        targets
+    }
+
+    fn step(
+        &mut self,
+        node: &Node,
+        contract: &str,
+        roles: &BTreeSet<String>,
+        limit: Option<Duration>,
+    ) -> Option<(Step, Pos, Option<Pos>)> {
+        let f = self.fields(
+            node,
+            &format!("{contract} step"),
+            &["name", "after", "principals", "max_ttl", "approvals", "options"],
+        );
+        let name_node = self.required(&f, "name", &format!("{contract} step"))?;
+        let name = self.string(name_node, "step name")?;
+        self.name(&name, name_node.pos, "step name");
+        let what = format!("{contract} step `{name}`");
+        let after = f.get("after").filter(|n| !n.is_null());
+        let after_name = after.and_then(|n| self.string(n, &format!("{what} after")));
+        let mut principals = Vec::new();
+        if let Some(n) = self.required(&f, "principals", &what) {
+            let list = self.strings(n, &format!("{what} principals"));
+            if list.is_empty() {
+                self.problem(n.pos, format!("{what} principals must not be empty: a certificate with none is valid for every user"));
+            }
+            for (p, ppos) in list {
+                match principal_problem(&p) {
+                    Some(why) => self.problem(ppos, format!("{what} principal {p:?} {why}; use a plain login name like `readonly`")),
+                    None => principals.push(p),
+                }
+            }
+        }
+        let max_ttl = self
+            .required(&f, "max_ttl", &what)
+            .and_then(|n| Some((self.duration(n, &format!("{what} max_ttl"))?, n.pos)));
+        if let (Some((ttl, tpos)), Some(limit)) = (max_ttl, limit) {
+            if ttl > limit {
+                self.problem(
+                    tpos,
+                    format!("{what} max_ttl {} is above the contract's limit {}; lower it or raise the contract's max_ttl", format_duration(ttl), format_duration(limit)),
+                );
+            }
+        }
+        let approvals = f.get("approvals").filter(|n| !n.is_null()).and_then(|n| {
+            let af = self.fields(n, &format!("{what} approvals"), &["from", "count"]);
+            let from = match self.required(&af, "from", &format!("{what} approvals")) {
+                Some(n) => self.strings(n, &format!("{what} approvals from")),
+                None => Vec::new(),
+            };
+            if from.is_empty() {
+                self.problem(n.pos, format!("{what} approvals need at least one role in `from`"));
+            }
+            self.roles_known(&from, roles, &format!("{what} approvals"));
+            let count = match af.get("count") {
+                None => Some(1),
+                Some(c) => match c.as_str().and_then(|s| s.parse::<u32>().ok()) {
+                    Some(n @ 1..=10) => Some(n),
+                    _ => {
+                        self.problem(c.pos, format!("{what} approvals count must be a number from 1 to 10"));
+                        None
+                    }
+                },
+            };
+            Some(Approvals {
+                from: from.into_iter().map(|r| r.0).collect(),
+                count: count?,
+            })
+        });
+        let options = match f.get("options") {
+            Some(n) => self.options(n, &what),
+            None => CertOptions::default(),
+        };
+        let step = Step {
+            name,
+            after: after_name,
+            principals,
+            // An invalid max_ttl was reported; the zero keeps the step for the `after` checks.
+            max_ttl: max_ttl.map_or(Duration::ZERO, |t| t.0),
+            approvals,
+            options,
+        };
+        Some((step, name_node.pos, after.map(|n| n.pos)))
+    }
+
+    fn options(&mut self, node: &Node, what: &str) -> CertOptions {
+        let what = format!("{what} options");
+        let f = self.fields(
+            node,
+            &what,
+            &["pty", "port_forwarding", "agent_forwarding", "x11_forwarding", "user_rc", "source_address", "force_command"],
+        );
+        let mut o = CertOptions::default();
+        for (key, slot) in [
+            ("pty", &mut o.pty),
+            ("port_forwarding", &mut o.port_forwarding),
+            ("agent_forwarding", &mut o.agent_forwarding),
+            ("x11_forwarding", &mut o.x11_forwarding),
+            ("user_rc", &mut o.user_rc),
+        ] {
+            if let Some(n) = f.get(key) {
+                if let Some(b) = self.bool(n, &format!("{what} {key}")) {
+                    *slot = b;
+                }
+            }
+        }
+        if let Some(n) = f.get("source_address") {
+            for (cidr, cpos) in self.strings(n, &format!("{what} source_address")) {
+                match parse_cidr(&cidr) {
+                    Some(net) => o.source_address.push(net),
+                    None => self.problem(cpos, format!("{what}: invalid CIDR `{cidr}`; write an address or network like 10.0.0.0/8 or 2001:db8::/32")),
+                }
+            }
+        }
+        if let Some(n) = f.get("force_command").filter(|n| !n.is_null()) {
+            match self.string(n, &format!("{what} force_command")) {
+                Some(cmd) if cmd.trim().is_empty() => {
+                    self.problem(n.pos, format!("{what} force_command is empty; give a command or null"))
+                }
+                cmd => o.force_command = cmd,
+            }
+        }
+        o
+    }
+
+    /// Every `after:` names a step of the same contract; no cycles; step names unique.
+    fn step_order(&mut self, steps: &[(Step, Pos, Option<Pos>)], what: &str) {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, (step, pos, _)) in steps.iter().enumerate() {
+            if index.insert(&step.name, i).is_some() {
+                self.problem(*pos, format!("{what}: duplicate step name `{}`; step names must be unique", step.name));
+            }
+        }
+        let names: Vec<&str> = steps.iter().map(|s| s.0.name.as_str()).collect();
+        for (step, _, after_pos) in steps {
+            let (Some(after), Some(apos)) = (&step.after, after_pos) else {
+                continue;
+            };
+            if !index.contains_key(after.as_str()) {
+                self.problem(*apos, format!("{what} step `{}`: after `{after}` names no step; steps are: {}", step.name, names.join(", ")));
+                continue;
+            }
+            // Walk the chain; coming back to this step means a cycle.
+            let mut cur = after.as_str();
+            for _ in 0..steps.len() {
+                if cur == step.name {
+                    self.problem(*apos, format!("{what} step `{}`: after `{after}` forms a cycle; the first step must have no `after`", step.name));
+                    break;
+                }
+                match index.get(cur).and_then(|&i| steps[i].0.after.as_deref()) {
+                    Some(next) => cur = next,
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address as a single-host network.
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// `host:port`, `[v6]:port` or a bare host (port 22).
+fn normalize_address(text: &str) -> Option<String> {
+    let text = text.trim();
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        return None;
+    }
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Some(addr.to_string());
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some(std::net::SocketAddr::new(ip, 22).to_string());
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+            (!host.is_empty()).then(|| format!("{host}:{port}"))
+        }
+        None => Some(format!("{text}:22")),
+        _ => None,
+    }
+}

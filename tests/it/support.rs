@@ -1,0 +1,327 @@
+//! Helpers for integration tests that drive the real `ramp-ca` binary and a
+//! real OpenSSH server/client pair, in the style of ripgrep's test support.
+
+// Each test module uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long `Sshd::start` waits for the listener before giving up.
+const SSHD_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for sshd to accept connections.
+const SSHD_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Attempts at starting sshd; `free_port` can race with other tests.
+const SSHD_START_ATTEMPTS: usize = 3;
+
+/// A temporary directory, deleted on drop.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix("ramp-ca-test-")
+            .tempdir()
+            .expect("create temp dir");
+        TestDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes `contents` to `rel`, creating parent directories as needed.
+    pub fn write(&self, rel: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        }
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    pub fn read(&self, rel: impl AsRef<Path>) -> String {
+        let path = self.join(rel);
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> TestDir {
+        TestDir::new()
+    }
+}
+
+/// A `ramp-ca` command rooted at `dir`, isolated from the caller's logging env.
+pub fn ramp(dir: &TestDir) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ramp-ca"));
+    cmd.current_dir(dir.path())
+        .env("RAMP_DIR", dir.path())
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+fn describe(cmd: &Command, out: &Output) -> String {
+    format!(
+        "command: {cmd:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Runs `cmd`, asserts it exits 0, and returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    if !out.status.success() {
+        panic!("expected success\n{}", describe(cmd, &out));
+    }
+    String::from_utf8(out.stdout).expect("stdout is not UTF-8")
+}
+
+/// Runs `cmd`, asserts it exits non-zero, and returns `(exit code, stderr)`.
+pub fn run_err(cmd: &mut Command) -> (i32, String) {
+    let out = output(cmd);
+    if out.status.success() {
+        panic!("expected failure\n{}", describe(cmd, &out));
+    }
+    // A signal death is a crash, not the clean error the test expects.
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("killed by signal\n{}", describe(cmd, &out)));
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Generates an unencrypted ed25519 key at `dir/name`; returns the private key path.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path),
+    );
+    path
+}
+
+/// Configuration for a test `Sshd`.
+#[derive(Clone, Debug, Default)]
+pub struct SshdOptions {
+    /// Public key(s) of the user CA sshd trusts (`TrustedUserCAKeys`).
+    pub trusted_user_ca_keys: PathBuf,
+    /// Optional KRL or key list (`RevokedKeys`).
+    pub revoked_keys: Option<PathBuf>,
+    /// Per login user, the certificate principals it accepts.
+    pub principals: Vec<(String, Vec<String>)>,
+}
+
+/// A real OpenSSH server on 127.0.0.1, killed on drop.
+pub struct Sshd {
+    child: Child,
+    port: u16,
+    log_path: PathBuf,
+    dir: TestDir,
+}
+
+impl Sshd {
+    pub fn start(opts: SshdOptions) -> Sshd {
+        ensure_privsep_dir();
+        let dir = TestDir::new();
+        let host_key = keygen(dir.path(), "ssh_host_ed25519_key");
+        // sshd denies users without a file here, so an empty dir denies everyone.
+        fs::create_dir_all(dir.join("principals")).expect("create principals dir");
+        for (user, principals) in &opts.principals {
+            let mut contents = principals.join("\n");
+            contents.push('\n');
+            dir.write(Path::new("principals").join(user), contents);
+        }
+
+        let mut last_log = String::new();
+        for _ in 0..SSHD_START_ATTEMPTS {
+            let port = free_port();
+            let config = dir.write("sshd_config", sshd_config(&dir, &host_key, port, &opts));
+            let log_path = dir.join(format!("sshd-{port}.log"));
+            let log = File::create(&log_path).expect("create sshd log");
+            let mut child = Command::new("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn /usr/sbin/sshd: {e}"));
+            match wait_listening(&mut child, port, &log_path) {
+                Ok(()) => {
+                    return Sshd {
+                        child,
+                        port,
+                        log_path,
+                        dir,
+                    }
+                }
+                // Only a lost race for the port is worth another try.
+                Err(log) if log.contains("Address already in use") => last_log = log,
+                Err(log) => panic!("sshd did not start on port {port}:\n{log}"),
+            }
+        }
+        panic!("sshd did not start after {SSHD_START_ATTEMPTS} attempts:\n{last_log}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's temporary directory (config, host key, principals, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything sshd has logged so far (it logs to stderr with `-e`).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls until sshd accepts connections on `port`; on failure kills it and
+/// returns its log.
+fn wait_listening(child: &mut Child, port: u16, log_path: &Path) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + SSHD_START_TIMEOUT;
+    let log = || fs::read_to_string(log_path).unwrap_or_default();
+    loop {
+        let connected = TcpStream::connect_timeout(&addr, SSHD_POLL_INTERVAL).is_ok();
+        // Checked after connecting: whoever answered must be our sshd.
+        if let Some(status) = child.try_wait().expect("wait for sshd") {
+            return Err(format!("sshd exited with {status}:\n{}", log()));
+        }
+        if connected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "sshd not listening after {SSHD_START_TIMEOUT:?}:\n{}",
+                log()
+            ));
+        }
+        thread::sleep(SSHD_POLL_INTERVAL);
+    }
+}
+
+fn sshd_config(dir: &TestDir, host_key: &Path, port: u16, opts: &SshdOptions) -> String {
+    let mut lines = vec![
+        format!("ListenAddress 127.0.0.1:{port}"),
+        format!("HostKey {}", quote(host_key)),
+        format!("PidFile {}", quote(&dir.join("sshd.pid"))),
+        // Temp dirs and keys are not root-owned 0755 trees; skip the checks.
+        "StrictModes no".to_string(),
+        "UsePAM no".to_string(),
+        "PasswordAuthentication no".to_string(),
+        "KbdInteractiveAuthentication no".to_string(),
+        "PubkeyAuthentication yes".to_string(),
+        // Only certificates may authenticate, never plain keys.
+        "AuthorizedKeysFile none".to_string(),
+        // Tests run as root and log in as root.
+        "PermitRootLogin yes".to_string(),
+        format!("TrustedUserCAKeys {}", quote(&opts.trusted_user_ca_keys)),
+    ];
+    if let Some(revoked) = &opts.revoked_keys {
+        lines.push(format!("RevokedKeys {}", quote(revoked)));
+    }
+    lines.push(format!(
+        "AuthorizedPrincipalsFile {}",
+        quote(&dir.join("principals").join("%u"))
+    ));
+    // VERBOSE logs which key/cert was accepted or why it was refused.
+    lines.push("LogLevel VERBOSE".to_string());
+    let mut config = lines.join("\n");
+    config.push('\n');
+    config
+}
+
+/// Quotes a path for sshd_config so spaces in temp paths cannot split it.
+fn quote(path: &Path) -> String {
+    let s = path.to_str().expect("sshd_config paths must be UTF-8");
+    assert!(!s.contains('"'), "cannot quote path for sshd_config: {s}");
+    format!("\"{s}\"")
+}
+
+/// sshd refuses to start without its privilege separation directory.
+fn ensure_privsep_dir() {
+    let dir = Path::new("/run/sshd");
+    match fs::create_dir(dir) {
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display())),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("create {} (tests must run as root): {e}", dir.display()),
+    }
+}
+
+/// Runs `command` on `sshd` as `login` with the real `ssh` client, non-interactively.
+///
+/// `ssh` also offers `IDENTITY-cert.pub` when it exists next to `identity`.
+pub fn ssh_exec(sshd: &Sshd, login: &str, identity: &Path, command: &str) -> Output {
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-F")
+        .arg("/dev/null")
+        .arg("-p")
+        .arg(sshd.port().to_string())
+        .arg("-i")
+        .arg(identity)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ConnectTimeout=5",
+        ])
+        .arg(format!("{login}@127.0.0.1"))
+        .arg(command);
+    output(&mut cmd)
+}
