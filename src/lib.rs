@@ -7,5 +7,10 @@
 //! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain.
 //! - [`api`]: the HTTP daemon, every request SSHSIG-signed ([`auth`]).
 //! - [`client`], [`cli`]: the command line that talks to the daemon or reads the installation.
+pub mod auth;
+pub mod ca;
+pub mod grant;
+pub mod keys;
 pub mod krl;
 pub mod policy;
+pub mod store;

@@ -1,0 +1,487 @@
+//! The ledger: the only module that touches sled.
+//!
+//! Trees: `grants` (id -> Grant), `certs` (serial -> CertRecord), `revoked` (serial -> why),
+//! `revocations` (seq -> Revocation), `audit` (seq -> AuditRecord, hash-chained), `nonces`
+//! (request nonce -> time, against replay), `meta` (serial counter, audit head, KRL version).
+//! Every change and its audit records commit in one transaction, then the store is flushed.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::Tree;
+
+use crate::grant::{Grant, State};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source} (is another ramp-ca serve running on this directory?)")]
+    Open { path: String, source: sled::Error },
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in `{tree}` at key {key}: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A certificate the CA minted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub serial: u64,
+    pub key_id: String,
+    /// `user` or `host`.
+    pub kind: String,
+    pub user: String,
+    /// The grant it was minted from; empty for host certificates.
+    pub grant: String,
+    pub principals: Vec<String>,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    /// SHA-256 fingerprint of the certified key.
+    pub fingerprint: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// What a revocation names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeTarget {
+    Serial(u64),
+    Grant(String),
+    User(String),
+}
+
+/// One revocation as an admin made it, with the certificates and grants it covered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub target: RevokeTarget,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub serials: Vec<u64>,
+    pub grants: Vec<String>,
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    /// Who did it (a user name, or `ramp-ca` for the service itself).
+    pub actor: String,
+    /// What happened: `request`, `approve`, `deny`, `issue`, `revoke`, ...
+    pub action: String,
+    /// What it happened to (a grant id, a serial, a host).
+    pub subject: String,
+    pub detail: serde_json::Value,
+    /// Hex SHA-256 of the previous record (zeros for the first).
+    pub prev: String,
+    /// Hex SHA-256 over `prev` and this record's fields.
+    pub hash: String,
+}
+
+/// An audit event before it is chained.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(actor: &str, action: &str, subject: &str, detail: serde_json::Value) -> Event {
+        Event {
+            actor: actor.into(),
+            action: action.into(),
+            subject: subject.into(),
+            detail,
+        }
+    }
+}
+
+/// The result of checking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub records: u64,
+    /// `None` when the whole chain is intact.
+    pub first_bad: Option<BadRecord>,
+}
+
+/// The first record where the chain breaks, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecord {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// The head of the chain, kept in `meta` so removing the newest records is noticed too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const META_SERIAL: &[u8] = b"serial";
+const META_HEAD: &[u8] = b"audit_head";
+const META_KRL: &[u8] = b"krl_version";
+
+/// A set of changes committed together with their audit events.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub grants: Vec<Grant>,
+    pub certs: Vec<CertRecord>,
+    pub revocation: Option<Revocation>,
+    pub events: Vec<Event>,
+}
+
+/// The ledger.
+pub struct Store {
+    db: sled::Db,
+    grants: Tree,
+    certs: Tree,
+    revoked: Tree,
+    revocations: Tree,
+    audit: Tree,
+    nonces: Tree,
+    meta: Tree,
+    /// Serialises commits so audit sequence numbers are handed out in order.
+    writer: Mutex<()>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("ledger records always serialise")
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The chained hash of a record: SHA-256 over the previous hash and the record's fields.
+pub fn chain_hash(r: &AuditRecord) -> String {
+    let body = serde_json::json!({
+        "seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action,
+        "subject": r.subject, "detail": r.detail,
+    });
+    let mut h = Sha256::new();
+    h.update(r.prev.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(&body).expect("json"));
+    hex::encode(h.finalize())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Store {
+            grants: tree("grants")?,
+            certs: tree("certs")?,
+            revoked: tree("revoked")?,
+            revocations: tree("revocations")?,
+            audit: tree("audit")?,
+            nonces: tree("nonces")?,
+            meta: tree("meta")?,
+            db,
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Hands out the next certificate serial. It is on disk before it is returned, so a serial
+    /// is never reused, even after a crash (a crash may leave a gap, never a repeat).
+    pub fn next_serial(&self) -> Result<u64> {
+        let v = self.meta.update_and_fetch(META_SERIAL, |old| {
+            let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        self.db.flush()?;
+        Ok(u64::from_be_bytes(
+            v.as_deref()
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 8]),
+        ))
+    }
+
+    /// The next KRL version number.
+    pub fn next_krl_version(&self) -> Result<u64> {
+        let v = self.meta.update_and_fetch(META_KRL, |old| {
+            let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(v.as_deref()
+            .and_then(|b| b.try_into().ok())
+            .map_or(1, u64::from_be_bytes))
+    }
+
+    /// Commits a change and its audit events atomically, then flushes. Returns the audit records.
+    pub fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let trees = (
+            &self.grants,
+            &self.certs,
+            &self.revoked,
+            &self.revocations,
+            &self.audit,
+            &self.meta,
+        );
+        let records = trees
+            .transaction(|(grants, certs, revoked, revocations, audit, meta)| {
+                for g in &change.grants {
+                    grants.insert(g.id.as_bytes(), encode(g))?;
+                }
+                for c in &change.certs {
+                    certs.insert(&c.serial.to_be_bytes(), encode(c))?;
+                }
+                if let Some(r) = &change.revocation {
+                    let id = revocations.generate_id()?;
+                    revocations.insert(&id.to_be_bytes(), encode(r))?;
+                    for s in &r.serials {
+                        revoked.insert(&s.to_be_bytes(), encode(&r.target))?;
+                    }
+                }
+                let mut out = Vec::new();
+                let mut head: Head = match meta.get(META_HEAD)? {
+                    Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                        ConflictableTransactionError::Abort(format!("corrupt audit head: {e}"))
+                    })?,
+                    None => Head {
+                        seq: 0,
+                        hash: ZERO_HASH.into(),
+                    },
+                };
+                for e in &change.events {
+                    let mut r = AuditRecord {
+                        seq: head.seq + 1,
+                        at: now,
+                        actor: e.actor.clone(),
+                        action: e.action.clone(),
+                        subject: e.subject.clone(),
+                        detail: e.detail.clone(),
+                        prev: head.hash.clone(),
+                        hash: String::new(),
+                    };
+                    r.hash = chain_hash(&r);
+                    audit.insert(&r.seq.to_be_bytes(), encode(&r))?;
+                    head = Head {
+                        seq: r.seq,
+                        hash: r.hash.clone(),
+                    };
+                    out.push(r);
+                }
+                meta.insert(META_HEAD, encode(&head))?;
+                Ok(out)
+            })
+            .map_err(|e: TransactionError<String>| match e {
+                TransactionError::Abort(msg) => StoreError::Conflict(msg),
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })?;
+        self.db.flush()?;
+        Ok(records)
+    }
+
+    /// Appends audit events alone.
+    pub fn audit_events(&self, events: Vec<Event>, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        self.commit(
+            Change {
+                events,
+                ..Change::default()
+            },
+            now,
+        )
+    }
+
+    pub fn grant(&self, id: &str) -> Result<Option<Grant>> {
+        self.grants
+            .get(id.as_bytes())?
+            .map(|b| decode("grants", id.as_bytes(), &b))
+            .transpose()
+    }
+
+    /// Every grant, oldest request first.
+    pub fn grants(&self) -> Result<Vec<Grant>> {
+        let mut out: Vec<Grant> = self
+            .grants
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("grants", &k, &v)
+            })
+            .collect::<Result<_>>()?;
+        out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// A user's grants that are active at `now`.
+    pub fn active_grants_of(&self, user: &str, now: DateTime<Utc>) -> Result<Vec<Grant>> {
+        Ok(self
+            .grants()?
+            .into_iter()
+            .filter(|g| g.user == user && g.state(now) == State::Active)
+            .collect())
+    }
+
+    pub fn cert(&self, serial: u64) -> Result<Option<CertRecord>> {
+        let key = serial.to_be_bytes();
+        self.certs
+            .get(key)?
+            .map(|b| decode("certs", &key, &b))
+            .transpose()
+    }
+
+    /// Every certificate minted, by serial.
+    pub fn certs(&self) -> Result<Vec<CertRecord>> {
+        self.certs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("certs", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Whether a serial was revoked.
+    pub fn is_revoked(&self, serial: u64) -> Result<bool> {
+        Ok(self.revoked.contains_key(serial.to_be_bytes())?)
+    }
+
+    /// Every revoked serial, ascending.
+    pub fn revoked_serials(&self) -> Result<Vec<u64>> {
+        self.revoked
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k?;
+                Ok(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])))
+            })
+            .collect()
+    }
+
+    /// Every revocation, in order.
+    pub fn revocations(&self) -> Result<Vec<Revocation>> {
+        self.revocations
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("revocations", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Records a request nonce; false when it was seen before (a replay).
+    /// Nonces older than `keep_after` are forgotten, since their timestamps are refused anyway.
+    pub fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>, keep_after: DateTime<Utc>) -> Result<bool> {
+        let fresh = self
+            .nonces
+            .compare_and_swap(nonce.as_bytes(), None as Option<&[u8]>, Some(&now.timestamp().to_be_bytes()[..]))?
+            .is_ok();
+        // Prune now and then: about one request in 256 sweeps the old nonces.
+        if fresh && nonce.as_bytes().first().is_some_and(|b| *b == b'0') && nonce.as_bytes().get(1) == Some(&b'0') {
+            let cutoff = keep_after.timestamp();
+            for kv in self.nonces.iter() {
+                let (k, v) = kv?;
+                let t = i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+                if t < cutoff {
+                    self.nonces.remove(k)?;
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Audit records with `at >= since`, oldest first.
+    pub fn audit_since(&self, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        let mut out = Vec::new();
+        for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            let r: AuditRecord = decode("audit", &k, &v)?;
+            if r.at >= since {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks the chain and reports the first record that is missing, edited or out of place.
+    pub fn verify_audit(&self) -> Result<AuditReport> {
+        let mut expected = 1u64;
+        let mut prev = ZERO_HASH.to_string();
+        let bad = |seq: u64, reason: String| AuditReport {
+            records: seq.saturating_sub(1),
+            first_bad: Some(BadRecord { seq, reason }),
+        };
+        for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            let key_seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            if key_seq != expected {
+                return Ok(bad(expected, format!("record {expected} is missing (next stored is {key_seq})")));
+            }
+            let r: AuditRecord = match serde_json::from_slice(&v) {
+                Ok(r) => r,
+                Err(e) => return Ok(bad(expected, format!("record {expected} is unreadable: {e}"))),
+            };
+            if r.seq != expected {
+                return Ok(bad(expected, format!("record {expected} claims sequence {}", r.seq)));
+            }
+            if r.prev != prev {
+                return Ok(bad(expected, format!("record {expected} does not link to record {}", expected - 1)));
+            }
+            if chain_hash(&r) != r.hash {
+                return Ok(bad(expected, format!("record {expected} was altered (its hash does not match its contents)")));
+            }
+            prev = r.hash;
+            expected += 1;
+        }
+        let count = expected - 1;
+        let head: Option<Head> = self
+            .meta
+            .get(META_HEAD)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match head {
+            Some(h) if h.seq != count || h.hash != prev => Ok(bad(
+                count + 1,
+                format!("the log ends at record {count} but {} were written; the newest were removed or altered", h.seq),
+            )),
+            None if count > 0 => Ok(bad(count + 1, "the chain head is missing".into())),
+            _ => Ok(AuditReport {
+                records: count,
+                first_bad: None,
+            }),
+        }
+    }
+
+    /// Low-level access for tests and repair tools: the raw audit tree.
+    #[doc(hidden)]
+    pub fn raw_audit_tree(&self) -> &Tree {
+        &self.audit
+    }
+}
