@@ -42,7 +42,13 @@ pub enum AuthError {
 }
 
 /// The bytes a request signature covers.
-pub fn signed_message(method: &str, path: &str, timestamp: i64, nonce: &str, body: &[u8]) -> Vec<u8> {
+pub fn signed_message(
+    method: &str,
+    path: &str,
+    timestamp: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let digest = hex::encode(Sha256::digest(body));
     format!("ramp-ca-request-v1\n{method}\n{path}\n{timestamp}\n{nonce}\n{digest}\n").into_bytes()
 }
@@ -84,7 +90,10 @@ pub fn verify(
         return Err(AuthError::Stale(skew));
     }
     if !(16..=64).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(AuthError::Malformed(HDR_NONCE, "expected 16-64 hex digits".into()));
+        return Err(AuthError::Malformed(
+            HDR_NONCE,
+            "expected 16-64 hex digits".into(),
+        ));
     }
     let blob = base64::engine::general_purpose::STANDARD
         .decode(sig_text)
@@ -111,7 +120,7 @@ pub fn verify(
 /// Where a client's signatures come from.
 pub enum Signer {
     /// A private key read from a file.
-    Key(PrivateKey),
+    Key(Box<PrivateKey>),
     /// A key held by ssh-agent (`SSH_AUTH_SOCK`).
     Agent(PublicKey),
 }
@@ -149,11 +158,16 @@ impl Signer {
             Signer::Key(k) => k.sign(NAMESPACE, HashAlg::Sha512, &msg)?,
             Signer::Agent(k) => agent_sign(k, &msg).await?,
         };
-        let blob = sig.encode_vec().map_err(|e| SignError::Agent(e.to_string()))?;
+        let blob = sig
+            .encode_vec()
+            .map_err(|e| SignError::Agent(e.to_string()))?;
         Ok([
             (HDR_TIMESTAMP, ts.to_string()),
             (HDR_NONCE, nonce),
-            (HDR_SIGNATURE, base64::engine::general_purpose::STANDARD.encode(blob)),
+            (
+                HDR_SIGNATURE,
+                base64::engine::general_purpose::STANDARD.encode(blob),
+            ),
         ])
     }
 }
@@ -169,7 +183,12 @@ async fn agent_sign(key: &PublicKey, msg: &[u8]) -> Result<SshSig, SignError> {
         .sign_request_signature(key, None, &data)
         .await
         .map_err(err)?;
-    Ok(SshSig::new(key.key_data().clone(), NAMESPACE, HashAlg::Sha512, signature)?)
+    Ok(SshSig::new(
+        key.key_data().clone(),
+        NAMESPACE,
+        HashAlg::Sha512,
+        signature,
+    )?)
 }
 
 /// The agent's identities, for picking the key to sign with.
@@ -216,33 +235,72 @@ mod tests {
     async fn signed_requests_verify_and_tampering_fails() {
         let (p, alice, stranger) = setup();
         let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
-        let [ts, nonce, sig] = Signer::Key(alice).sign_request("POST", "/v1/requests", b"{}", now).await.unwrap();
+        let [ts, nonce, sig] = Signer::Key(Box::new(alice))
+            .sign_request("POST", "/v1/requests", b"{}", now)
+            .await
+            .unwrap();
         let h = Headers {
             timestamp: Some(&ts.1),
             nonce: Some(&nonce.1),
             signature: Some(&sig.1),
         };
         let check = |method: &str, path: &str, body: &[u8], at: i64| {
-            verify(&p, method, path, &h, body, Utc.timestamp_opt(at, 0).unwrap())
+            verify(
+                &p,
+                method,
+                path,
+                &h,
+                body,
+                Utc.timestamp_opt(at, 0).unwrap(),
+            )
         };
-        assert_eq!(check("POST", "/v1/requests", b"{}", 1_800_000_000).unwrap().user, "alice");
-        assert!(matches!(check("POST", "/v1/requests", b"{ }", 1_800_000_000), Err(AuthError::BadSignature(_))));
-        assert!(matches!(check("POST", "/v1/revoke", b"{}", 1_800_000_000), Err(AuthError::BadSignature(_))));
-        assert!(matches!(check("GET", "/v1/requests", b"{}", 1_800_000_000), Err(AuthError::BadSignature(_))));
-        assert_eq!(check("POST", "/v1/requests", b"{}", 1_800_000_301).unwrap_err(), AuthError::Stale(-301));
+        assert_eq!(
+            check("POST", "/v1/requests", b"{}", 1_800_000_000)
+                .unwrap()
+                .user,
+            "alice"
+        );
+        assert!(matches!(
+            check("POST", "/v1/requests", b"{ }", 1_800_000_000),
+            Err(AuthError::BadSignature(_))
+        ));
+        assert!(matches!(
+            check("POST", "/v1/revoke", b"{}", 1_800_000_000),
+            Err(AuthError::BadSignature(_))
+        ));
+        assert!(matches!(
+            check("GET", "/v1/requests", b"{}", 1_800_000_000),
+            Err(AuthError::BadSignature(_))
+        ));
+        assert_eq!(
+            check("POST", "/v1/requests", b"{}", 1_800_000_301).unwrap_err(),
+            AuthError::Stale(-301)
+        );
 
-        let [ts, nonce, sig] = Signer::Key(stranger).sign_request("GET", "/", b"", now).await.unwrap();
+        let [ts, nonce, sig] = Signer::Key(Box::new(stranger))
+            .sign_request("GET", "/", b"", now)
+            .await
+            .unwrap();
         let h = Headers {
             timestamp: Some(&ts.1),
             nonce: Some(&nonce.1),
             signature: Some(&sig.1),
         };
-        assert!(matches!(verify(&p, "GET", "/", &h, b"", now), Err(AuthError::UnknownKey(_))));
+        assert!(matches!(
+            verify(&p, "GET", "/", &h, b"", now),
+            Err(AuthError::UnknownKey(_))
+        ));
         let garbage = Headers {
             signature: Some("bm90IGEgc2lnbmF0dXJl"),
             ..h.clone()
         };
-        assert!(matches!(verify(&p, "GET", "/", &garbage, b"", now), Err(AuthError::Malformed(..))));
-        assert_eq!(verify(&p, "GET", "/", &Headers::default(), b"", now).unwrap_err(), AuthError::Missing(HDR_TIMESTAMP));
+        assert!(matches!(
+            verify(&p, "GET", "/", &garbage, b"", now),
+            Err(AuthError::Malformed(..))
+        ));
+        assert_eq!(
+            verify(&p, "GET", "/", &Headers::default(), b"", now).unwrap_err(),
+            AuthError::Missing(HDR_TIMESTAMP)
+        );
     }
 }

@@ -17,7 +17,9 @@ pub const BACKDATE_SECS: i64 = 60;
 pub enum CaError {
     #[error("the grant is not active at this time")]
     NotActive,
-    #[error("refusing to mint a certificate with no principals (it would be valid for every user)")]
+    #[error(
+        "refusing to mint a certificate with no principals (it would be valid for every user)"
+    )]
     NoPrincipals,
     #[error("cannot sign the certificate: {0}")]
     Sign(#[from] russh::keys::ssh_key::Error),
@@ -38,7 +40,10 @@ pub struct UserCert<'a> {
 
 /// The key id that names the person and the approval in a target's own sshd log.
 pub fn key_id(grant: &Grant) -> String {
-    format!("ramp:{}:{}:{}:{}", grant.user, grant.contract, grant.step, grant.id)
+    format!(
+        "ramp:{}:{}:{}:{}",
+        grant.user, grant.contract, grant.step, grant.id
+    )
 }
 
 /// The certificate a grant allows at `now`: backdated 60 s, never past the grant's end
@@ -77,7 +82,12 @@ pub fn mint_user_cert(
     if spec.principals.is_empty() || spec.principals.iter().any(|p| p.is_empty()) {
         return Err(CaError::NoPrincipals);
     }
-    let mut b = Builder::new_with_random_nonce(rng, spec.key.key_data().clone(), spec.valid_after, spec.valid_before)?;
+    let mut b = Builder::new_with_random_nonce(
+        rng,
+        spec.key.key_data().clone(),
+        spec.valid_after,
+        spec.valid_before,
+    )?;
     b.serial(spec.serial)?
         .cert_type(CertType::User)?
         .key_id(spec.key_id.clone())?
@@ -121,7 +131,9 @@ pub fn mint_host_cert(
         return Err(CaError::NoPrincipals);
     }
     let mut b = Builder::new_with_random_nonce(rng, key.key_data().clone(), window.0, window.1)?;
-    b.serial(serial)?.cert_type(CertType::Host)?.key_id(key_id)?;
+    b.serial(serial)?
+        .cert_type(CertType::Host)?
+        .key_id(key_id)?;
     for p in principals {
         b.valid_principal(p.clone())?;
     }
@@ -252,10 +264,16 @@ mod tests {
         assert_eq!(spec.valid_before, 1_800_000_600, "ends with the grant");
         let s = step(60, &["readonly"]);
         let spec = user_cert_for(&g, &s, user.public_key(), 7, later).unwrap();
-        assert_eq!(spec.valid_before, 1_800_000_160, "ends at now + step max_ttl");
+        assert_eq!(
+            spec.valid_before, 1_800_000_160,
+            "ends at now + step max_ttl"
+        );
         assert_eq!(spec.key_id, "ramp:alice:prod-db:observe:g1");
         let gone = t0 + chrono::Duration::seconds(600);
-        assert!(matches!(user_cert_for(&g, &s, user.public_key(), 7, gone), Err(CaError::NotActive)));
+        assert!(matches!(
+            user_cert_for(&g, &s, user.public_key(), 7, gone),
+            Err(CaError::NotActive)
+        ));
     }
 
     #[test]
@@ -273,20 +291,35 @@ mod tests {
         };
         let cert = mint_user_cert(&ca, &spec, &mut rand::rng()).unwrap();
         assert_eq!(cert.serial(), 42);
-        assert_eq!(cert.critical_options().get("source-address").unwrap(), "10.0.0.0/8");
+        assert_eq!(
+            cert.critical_options().get("source-address").unwrap(),
+            "10.0.0.0/8"
+        );
         assert!(cert.extensions().contains_key("permit-pty"));
         assert!(!cert.extensions().contains_key("permit-port-forwarding"));
         let trusted = [ca.public_key().fingerprint(HashAlg::Sha256)];
         let check = |principal: &str, now: u64| verify_user_cert(&cert, &trusted, principal, now);
         assert_eq!(check("readonly", 1500), Ok(()));
         assert_eq!(check("dbadmin", 1000), Ok(()));
-        assert_eq!(check("root", 1500), Err(Refusal::WrongPrincipal("root".into())));
+        assert_eq!(
+            check("root", 1500),
+            Err(Refusal::WrongPrincipal("root".into()))
+        );
         assert_eq!(check("readonly", 999), Err(Refusal::NotYetValid(1000)));
         assert_eq!(check("readonly", 2000), Err(Refusal::Expired(2000)));
         let other = [other_ca.public_key().fingerprint(HashAlg::Sha256)];
-        assert!(matches!(verify_user_cert(&cert, &other, "readonly", 1500), Err(Refusal::UntrustedCa(_))));
+        assert!(matches!(
+            verify_user_cert(&cert, &other, "readonly", 1500),
+            Err(Refusal::UntrustedCa(_))
+        ));
         let none: Vec<String> = vec![];
-        let empty = UserCert { principals: &none, ..spec };
-        assert!(matches!(mint_user_cert(&ca, &empty, &mut rand::rng()), Err(CaError::NoPrincipals)));
+        let empty = UserCert {
+            principals: &none,
+            ..spec
+        };
+        assert!(matches!(
+            mint_user_cert(&ca, &empty, &mut rand::rng()),
+            Err(CaError::NoPrincipals)
+        ));
     }
 }

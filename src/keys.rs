@@ -86,7 +86,8 @@ pub fn parse_public(text: &str) -> Result<PublicKey, String> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .ok_or_else(|| "the file is empty".to_string())?;
-    PublicKey::from_openssh(line).map_err(|e| format!("{e}; expected a line like `ssh-ed25519 AAAA... comment`"))
+    PublicKey::from_openssh(line)
+        .map_err(|e| format!("{e}; expected a line like `ssh-ed25519 AAAA... comment`"))
 }
 
 /// Reads a certificate file (`<key>-cert.pub`).

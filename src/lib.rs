@@ -2,15 +2,29 @@
 //!
 //! Layers, dependencies pointing one way:
 //! - [`policy`]: YAML ramp contracts -> validated model; `decide(request, grants, now)`. Pure.
+//! - [`grant`]: requests and grants as plain data. Pure.
 //! - [`ca`]: grant + key + now -> OpenSSH certificate; verification. Pure.
-//! - [`krl`]: OpenSSH key revocation lists from the ledger's revocations. Pure.
+//! - [`krl`]: OpenSSH key revocation lists. Pure.
+//! - [`auth`]: SSHSIG-signed requests, both the signing and the checking half.
+//! - [`keys`]: key files (0600, never overwritten); [`init`], [`trust`]: set-up helpers.
 //! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain.
-//! - [`api`]: the HTTP daemon, every request SSHSIG-signed ([`auth`]).
-//! - [`client`], [`cli`]: the command line that talks to the daemon or reads the installation.
+//! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
+//!   [`daemon`]: `serve`, signals and shutdown.
+//! - [`client`], [`cli`]: the command line.
+pub mod api;
 pub mod auth;
 pub mod ca;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+mod error;
 pub mod grant;
+pub mod init;
 pub mod keys;
 pub mod krl;
 pub mod policy;
+pub mod service;
 pub mod store;
+pub mod trust;
+
+pub use error::Error;

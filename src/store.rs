@@ -399,13 +399,25 @@ impl Store {
 
     /// Records a request nonce; false when it was seen before (a replay).
     /// Nonces older than `keep_after` are forgotten, since their timestamps are refused anyway.
-    pub fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>, keep_after: DateTime<Utc>) -> Result<bool> {
+    pub fn remember_nonce(
+        &self,
+        nonce: &str,
+        now: DateTime<Utc>,
+        keep_after: DateTime<Utc>,
+    ) -> Result<bool> {
         let fresh = self
             .nonces
-            .compare_and_swap(nonce.as_bytes(), None as Option<&[u8]>, Some(&now.timestamp().to_be_bytes()[..]))?
+            .compare_and_swap(
+                nonce.as_bytes(),
+                None as Option<&[u8]>,
+                Some(&now.timestamp().to_be_bytes()[..]),
+            )?
             .is_ok();
         // Prune now and then: about one request in 256 sweeps the old nonces.
-        if fresh && nonce.as_bytes().first().is_some_and(|b| *b == b'0') && nonce.as_bytes().get(1) == Some(&b'0') {
+        if fresh
+            && nonce.as_bytes().first().is_some_and(|b| *b == b'0')
+            && nonce.as_bytes().get(1) == Some(&b'0')
+        {
             let cutoff = keep_after.timestamp();
             for kv in self.nonces.iter() {
                 let (k, v) = kv?;
@@ -443,20 +455,37 @@ impl Store {
             let (k, v) = kv?;
             let key_seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             if key_seq != expected {
-                return Ok(bad(expected, format!("record {expected} is missing (next stored is {key_seq})")));
+                return Ok(bad(
+                    expected,
+                    format!("record {expected} is missing (next stored is {key_seq})"),
+                ));
             }
             let r: AuditRecord = match serde_json::from_slice(&v) {
                 Ok(r) => r,
-                Err(e) => return Ok(bad(expected, format!("record {expected} is unreadable: {e}"))),
+                Err(e) => {
+                    return Ok(bad(
+                        expected,
+                        format!("record {expected} is unreadable: {e}"),
+                    ))
+                }
             };
             if r.seq != expected {
-                return Ok(bad(expected, format!("record {expected} claims sequence {}", r.seq)));
+                return Ok(bad(
+                    expected,
+                    format!("record {expected} claims sequence {}", r.seq),
+                ));
             }
             if r.prev != prev {
-                return Ok(bad(expected, format!("record {expected} does not link to record {}", expected - 1)));
+                return Ok(bad(
+                    expected,
+                    format!("record {expected} does not link to record {}", expected - 1),
+                ));
             }
             if chain_hash(&r) != r.hash {
-                return Ok(bad(expected, format!("record {expected} was altered (its hash does not match its contents)")));
+                return Ok(bad(
+                    expected,
+                    format!("record {expected} was altered (its hash does not match its contents)"),
+                ));
             }
             prev = r.hash;
             expected += 1;

@@ -68,12 +68,19 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
         Decision::Deny { reason, reasons }
     };
     let Some(user) = p.users.get(req.user) else {
-        return deny(format!("unknown user `{}`: not in people.yaml", req.user), reasons);
+        return deny(
+            format!("unknown user `{}`: not in people.yaml", req.user),
+            reasons,
+        );
     };
     let Some(contract) = p.contracts.get(req.contract) else {
         let names: Vec<&str> = p.contracts.keys().map(String::as_str).collect();
         return deny(
-            format!("no contract named `{}`; contracts: {}", req.contract, names.join(", ")),
+            format!(
+                "no contract named `{}`; contracts: {}",
+                req.contract,
+                names.join(", ")
+            ),
             reasons,
         );
     };
@@ -94,7 +101,10 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
         );
     };
     match user.roles.iter().find(|r| contract.requesters.contains(r)) {
-        Some(role) => reasons.push(format!("`{}` holds role `{role}`, a requester of `{}`", user.name, contract.name)),
+        Some(role) => reasons.push(format!(
+            "`{}` holds role `{role}`, a requester of `{}`",
+            user.name, contract.name
+        )),
         None => {
             return deny(
                 format!(
@@ -102,7 +112,11 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
                     user.name,
                     contract.name,
                     contract.requesters.join(", "),
-                    if user.roles.is_empty() { "no roles".into() } else { user.roles.join(", ") }
+                    if user.roles.is_empty() {
+                        "no roles".into()
+                    } else {
+                        user.roles.join(", ")
+                    }
                 ),
                 reasons,
             )
@@ -110,7 +124,10 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
     }
     if contract.reason_required && req.reason.is_none_or(|r| r.trim().is_empty()) {
         return deny(
-            format!("contract `{}` requires a reason (--reason \"INC-42 ...\")", contract.name),
+            format!(
+                "contract `{}` requires a reason (--reason \"INC-42 ...\")",
+                contract.name
+            ),
             reasons,
         );
     }
@@ -129,7 +146,11 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
         Some(t) => t,
         None => step.max_ttl,
     };
-    reasons.push(format!("ttl {} (step max_ttl {})", format_duration(ttl), format_duration(step.max_ttl)));
+    reasons.push(format!(
+        "ttl {} (step max_ttl {})",
+        format_duration(ttl),
+        format_duration(step.max_ttl)
+    ));
     if let Some(after) = &step.after {
         let prior = held
             .iter()
@@ -156,7 +177,10 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
             reasons.push(format!("holds an active `{after}` grant"));
         }
         if ttl.is_zero() {
-            return deny(format!("the `{after}` grant ends now; request it again"), reasons);
+            return deny(
+                format!("the `{after}` grant ends now; request it again"),
+                reasons,
+            );
         }
     }
     match &step.approvals {
@@ -210,7 +234,9 @@ pub fn approval_refusal(
         ));
     }
     if already.iter().any(|a| a == approver) {
-        return Some(format!("`{approver}` already approved this request; approvals from one person count once"));
+        return Some(format!(
+            "`{approver}` already approved this request; approvals from one person count once"
+        ));
     }
     None
 }

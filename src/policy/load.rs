@@ -84,7 +84,10 @@ pub fn load_dir(dir: &Path) -> Result<Policies, Problems> {
         }
     }
     for required in ["people.yaml", "hosts.yaml"] {
-        if !files.iter().any(|(p, _)| p.file_name() == Some(required.as_ref())) {
+        if !files
+            .iter()
+            .any(|(p, _)| p.file_name() == Some(required.as_ref()))
+        {
             problems.push(whole(
                 &dir.join(required),
                 format!("missing: every policy directory needs {required}"),
@@ -121,7 +124,12 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Policies, Problems> {
         }
     }
     let mut roles: BTreeSet<String> = [ROLE_ADMIN, ROLE_AUDITOR].map(String::from).into();
-    roles.extend(policies.users.values().flat_map(|u| u.roles.iter().cloned()));
+    roles.extend(
+        policies
+            .users
+            .values()
+            .flat_map(|u| u.roles.iter().cloned()),
+    );
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for (path, text) in files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -203,7 +211,10 @@ impl Ctx {
             Kind::Map(pairs) => pairs,
             _ if node.is_null() => return fields,
             _ => {
-                self.problem(node.pos, format!("{what} must be a mapping, found {}", node.describe()));
+                self.problem(
+                    node.pos,
+                    format!("{what} must be a mapping, found {}", node.describe()),
+                );
                 return fields;
             }
         };
@@ -215,7 +226,10 @@ impl Ctx {
             if !allowed.is_empty() && !allowed.contains(&key) {
                 self.problem(
                     k.pos,
-                    format!("unknown key `{key}` in {what}; expected one of: {}", allowed.join(", ")),
+                    format!(
+                        "unknown key `{key}` in {what}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
                 );
             } else if fields.get(key).is_some() {
                 self.problem(k.pos, format!("duplicate key `{key}` in {what}; keep one"));
@@ -233,16 +247,20 @@ impl Ctx {
             Kind::Map(pairs) => {
                 for (k, v) in pairs {
                     match k.as_str() {
-                        Some(key) if out.iter().any(|(n, _, _)| *n == key) => {
-                            self.problem(k.pos, format!("duplicate name `{key}` in {what}; names must be unique"))
-                        }
+                        Some(key) if out.iter().any(|(n, _, _)| *n == key) => self.problem(
+                            k.pos,
+                            format!("duplicate name `{key}` in {what}; names must be unique"),
+                        ),
                         Some(key) => out.push((key, k.pos, v)),
                         None => self.problem(k.pos, format!("{what}: keys must be plain names")),
                     }
                 }
             }
             _ if node.is_null() => {}
-            _ => self.problem(node.pos, format!("{what} must be a mapping, found {}", node.describe())),
+            _ => self.problem(
+                node.pos,
+                format!("{what} must be a mapping, found {}", node.describe()),
+            ),
         }
         out
     }
@@ -250,7 +268,10 @@ impl Ctx {
     fn required<'n>(&mut self, fields: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node> {
         let node = fields.get(key);
         if node.is_none() {
-            self.problem(fields.pos, format!("{what} is missing required key `{key}`"));
+            self.problem(
+                fields.pos,
+                format!("{what} is missing required key `{key}`"),
+            );
         }
         node
     }
@@ -259,7 +280,10 @@ impl Ctx {
         match node.as_str() {
             Some(s) if !node.is_null() => Some(s.to_string()),
             _ => {
-                self.problem(node.pos, format!("{what} must be a string, found {}", node.describe()));
+                self.problem(
+                    node.pos,
+                    format!("{what} must be a string, found {}", node.describe()),
+                );
                 None
             }
         }
@@ -276,7 +300,7 @@ impl Ctx {
         }
     }
 
-    fn strings<'n>(&mut self, node: &'n Node, what: &str) -> Vec<(String, Pos)> {
+    fn strings(&mut self, node: &Node, what: &str) -> Vec<(String, Pos)> {
         match &node.kind {
             Kind::Seq(items) => items
                 .iter()
@@ -395,13 +419,15 @@ impl Ctx {
                 .required(&f, "address", &what)
                 .and_then(|n| Some((self.string(n, &format!("{what} address"))?, n.pos)));
             let address = match address {
-                Some((a, apos)) => match normalize_address(&a) {
-                    Some(a) => a,
-                    None => {
-                        self.problem(apos, format!("{what} address `{a}` must be host:port or host, like 10.0.3.7:22"));
-                        continue;
+                Some((a, apos)) => {
+                    match normalize_address(&a) {
+                        Some(a) => a,
+                        None => {
+                            self.problem(apos, format!("{what} address `{a}` must be host:port or host, like 10.0.3.7:22"));
+                            continue;
+                        }
                     }
-                },
+                }
                 None => continue,
             };
             let mut labels = BTreeMap::new();
@@ -438,7 +464,15 @@ impl Ctx {
         let f = self.fields(
             root,
             "contract",
-            &["contract", "description", "targets", "requesters", "reason", "max_ttl", "steps"],
+            &[
+                "contract",
+                "description",
+                "targets",
+                "requesters",
+                "reason",
+                "max_ttl",
+                "steps",
+            ],
         );
         let name_node = self.required(&f, "contract", "contract file")?;
         let name = self.string(name_node, "contract")?;
@@ -456,7 +490,10 @@ impl Ctx {
             None | Some((Some("optional"), _)) => false,
             Some((Some("required"), _)) => true,
             Some((_, pos)) => {
-                self.problem(pos, format!("{what} reason must be `required` or `optional`"));
+                self.problem(
+                    pos,
+                    format!("{what} reason must be `required` or `optional`"),
+                );
                 false
             }
         };
@@ -474,7 +511,10 @@ impl Ctx {
                 .collect(),
             Some(_) => {
                 let pos = steps_node.map_or(f.pos, |n| n.pos);
-                self.problem(pos, format!("{what} steps must be a non-empty list of steps"));
+                self.problem(
+                    pos,
+                    format!("{what} steps must be a non-empty list of steps"),
+                );
                 Vec::new()
             }
             None => Vec::new(),
@@ -500,7 +540,10 @@ impl Ctx {
         hosts: &BTreeMap<String, Host>,
     ) -> Targets {
         let Some(node) = node else {
-            self.problem(pos, format!("{what} is missing `targets` (names and/or labels)"));
+            self.problem(
+                pos,
+                format!("{what} is missing `targets` (names and/or labels)"),
+            );
             return Targets::default();
         };
         let f = self.fields(node, &format!("{what} targets"), &["names", "labels"]);
@@ -514,7 +557,10 @@ impl Ctx {
                 let known: Vec<&str> = hosts.keys().map(String::as_str).collect();
                 self.problem(
                     *gpos,
-                    format!("{what}: unknown target `{glob}` matches no host in hosts.yaml; hosts: {}", known.join(", ")),
+                    format!(
+                        "{what}: unknown target `{glob}` matches no host in hosts.yaml; hosts: {}",
+                        known.join(", ")
+                    ),
                 );
             }
         }
@@ -525,14 +571,26 @@ impl Ctx {
                     targets.labels.insert(k.to_string(), v);
                 }
             }
-            if !targets.labels.is_empty() && !hosts.values().any(|h| {
-                Targets { names: vec![], labels: targets.labels.clone() }.matches(h)
-            }) {
-                self.problem(n.pos, format!("{what}: target labels match no host in hosts.yaml"));
+            if !targets.labels.is_empty()
+                && !hosts.values().any(|h| {
+                    Targets {
+                        names: vec![],
+                        labels: targets.labels.clone(),
+                    }
+                    .matches(h)
+                })
+            {
+                self.problem(
+                    n.pos,
+                    format!("{what}: target labels match no host in hosts.yaml"),
+                );
             }
         }
         if targets.names.is_empty() && targets.labels.is_empty() {
-            self.problem(node.pos, format!("{what} targets select nothing; give names and/or labels"));
+            self.problem(
+                node.pos,
+                format!("{what} targets select nothing; give names and/or labels"),
+            );
         }
         targets
     }
@@ -547,7 +605,14 @@ impl Ctx {
         let f = self.fields(
             node,
             &format!("{contract} step"),
-            &["name", "after", "principals", "max_ttl", "approvals", "options"],
+            &[
+                "name",
+                "after",
+                "principals",
+                "max_ttl",
+                "approvals",
+                "options",
+            ],
         );
         let name_node = self.required(&f, "name", &format!("{contract} step"))?;
         let name = self.string(name_node, "step name")?;
@@ -563,7 +628,12 @@ impl Ctx {
             }
             for (p, ppos) in list {
                 match principal_problem(&p) {
-                    Some(why) => self.problem(ppos, format!("{what} principal {p:?} {why}; use a plain login name like `readonly`")),
+                    Some(why) => self.problem(
+                        ppos,
+                        format!(
+                            "{what} principal {p:?} {why}; use a plain login name like `readonly`"
+                        ),
+                    ),
                     None => principals.push(p),
                 }
             }
@@ -586,7 +656,10 @@ impl Ctx {
                 None => Vec::new(),
             };
             if from.is_empty() {
-                self.problem(n.pos, format!("{what} approvals need at least one role in `from`"));
+                self.problem(
+                    n.pos,
+                    format!("{what} approvals need at least one role in `from`"),
+                );
             }
             self.roles_known(&from, roles, &format!("{what} approvals"));
             let count = match af.get("count") {
@@ -594,7 +667,10 @@ impl Ctx {
                 Some(c) => match c.as_str().and_then(|s| s.parse::<u32>().ok()) {
                     Some(n @ 1..=10) => Some(n),
                     _ => {
-                        self.problem(c.pos, format!("{what} approvals count must be a number from 1 to 10"));
+                        self.problem(
+                            c.pos,
+                            format!("{what} approvals count must be a number from 1 to 10"),
+                        );
                         None
                     }
                 },
@@ -625,7 +701,15 @@ impl Ctx {
         let f = self.fields(
             node,
             &what,
-            &["pty", "port_forwarding", "agent_forwarding", "x11_forwarding", "user_rc", "source_address", "force_command"],
+            &[
+                "pty",
+                "port_forwarding",
+                "agent_forwarding",
+                "x11_forwarding",
+                "user_rc",
+                "source_address",
+                "force_command",
+            ],
         );
         let mut o = CertOptions::default();
         for (key, slot) in [
@@ -651,9 +735,10 @@ impl Ctx {
         }
         if let Some(n) = f.get("force_command").filter(|n| !n.is_null()) {
             match self.string(n, &format!("{what} force_command")) {
-                Some(cmd) if cmd.trim().is_empty() => {
-                    self.problem(n.pos, format!("{what} force_command is empty; give a command or null"))
-                }
+                Some(cmd) if cmd.trim().is_empty() => self.problem(
+                    n.pos,
+                    format!("{what} force_command is empty; give a command or null"),
+                ),
                 cmd => o.force_command = cmd,
             }
         }
@@ -665,7 +750,13 @@ impl Ctx {
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, (step, pos, _)) in steps.iter().enumerate() {
             if index.insert(&step.name, i).is_some() {
-                self.problem(*pos, format!("{what}: duplicate step name `{}`; step names must be unique", step.name));
+                self.problem(
+                    *pos,
+                    format!(
+                        "{what}: duplicate step name `{}`; step names must be unique",
+                        step.name
+                    ),
+                );
             }
         }
         let names: Vec<&str> = steps.iter().map(|s| s.0.name.as_str()).collect();
@@ -674,7 +765,14 @@ impl Ctx {
                 continue;
             };
             if !index.contains_key(after.as_str()) {
-                self.problem(*apos, format!("{what} step `{}`: after `{after}` names no step; steps are: {}", step.name, names.join(", ")));
+                self.problem(
+                    *apos,
+                    format!(
+                        "{what} step `{}`: after `{after}` names no step; steps are: {}",
+                        step.name,
+                        names.join(", ")
+                    ),
+                );
                 continue;
             }
             // Walk the chain; coming back to this step means a cycle.

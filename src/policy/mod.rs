@@ -21,7 +21,8 @@ mod tests {
     use super::*;
 
     const ALICE: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDYcaOwKPLzc38ZJT+5UcI79zgqNi/JliP8Q/oexCZVA alice@test";
-    const BOB: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICIU93D5bexyLVDxCD/i/yEBSAlAzZyAa0S2f3GA3vwV bob@test";
+    const BOB: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICIU93D5bexyLVDxCD/i/yEBSAlAzZyAa0S2f3GA3vwV bob@test";
 
     fn people() -> String {
         format!("users:\n  alice:\n    keys: [\"{ALICE}\"]\n    roles: [sre]\n  bob:\n    keys: [\"{BOB}\"]\n    roles: [sre-lead, ramp-auditor]\n")
@@ -76,9 +77,15 @@ steps:
         assert_eq!(c.steps.len(), 2);
         assert!(c.reason_required);
         assert_eq!(c.steps[1].max_ttl, Duration::from_secs(7200));
-        assert_eq!(c.steps[1].options.source_address[0].to_string(), "10.0.0.0/8");
+        assert_eq!(
+            c.steps[1].options.source_address[0].to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!(p.hosts["web-1"].address, "web-1.internal:22");
-        assert_eq!(p.targets_of(c).map(|h| h.name.as_str()).collect::<Vec<_>>(), ["db-1"]);
+        assert_eq!(
+            p.targets_of(c).map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            ["db-1"]
+        );
     }
 
     #[test]
@@ -89,7 +96,10 @@ steps:
                 .replace("max_ttl: 30m", "max_ttl: 30 minutes")
                 .replace("[sre-lead]", "[sre-leed]")
                 .replace("after: observe", "after: obsrve")
-                .replace("[readonly, dbadmin]", "[\"read only\", \"db,admin\", \"*\"]")
+                .replace(
+                    "[readonly, dbadmin]",
+                    "[\"read only\", \"db,admin\", \"*\"]",
+                )
                 .replace("10.0.0.0/8", "10.0.0.0/33"),
             &[
                 (5, 1, "unknown key `owner`"),
@@ -106,12 +116,33 @@ steps:
 
     #[test]
     fn structural_problems() {
-        check(&CONTRACT.replace("[readonly]", "[]"), &[(7, 17, "must not be empty")]);
-        check(&CONTRACT.replace("db-*", "cache-*"), &[(2, 19, "unknown target `cache-*`")]);
-        check(&CONTRACT.replace("max_ttl: 2h", "max_ttl: 2d"), &[(12, 14, "above the contract's limit 1d")]);
-        check(&CONTRACT.replace("[sre]", "[sre, dba]"), &[(3, 19, "unknown role `dba`")]);
-        check(&CONTRACT.replace("name: operate", "name: observe"), &[(9, 11, "duplicate step name"), (10, 12, "forms a cycle")]);
-        check(&CONTRACT.replace("steps:\n  - name: observe", "steps:\n  - name: observe\n    after: operate"), &[(7, 12, "forms a cycle"), (11, 12, "forms a cycle")]);
+        check(
+            &CONTRACT.replace("[readonly]", "[]"),
+            &[(7, 17, "must not be empty")],
+        );
+        check(
+            &CONTRACT.replace("db-*", "cache-*"),
+            &[(2, 19, "unknown target `cache-*`")],
+        );
+        check(
+            &CONTRACT.replace("max_ttl: 2h", "max_ttl: 2d"),
+            &[(12, 14, "above the contract's limit 1d")],
+        );
+        check(
+            &CONTRACT.replace("[sre]", "[sre, dba]"),
+            &[(3, 19, "unknown role `dba`")],
+        );
+        check(
+            &CONTRACT.replace("name: operate", "name: observe"),
+            &[(9, 11, "duplicate step name"), (10, 12, "forms a cycle")],
+        );
+        check(
+            &CONTRACT.replace(
+                "steps:\n  - name: observe",
+                "steps:\n  - name: observe\n    after: operate",
+            ),
+            &[(7, 12, "forms a cycle"), (11, 12, "forms a cycle")],
+        );
         check("contract: x\n  bad: [\n", &[(2, 6, "invalid YAML")]);
     }
 
@@ -125,20 +156,37 @@ steps:
         ])
         .unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
-        assert!(err.0[0].to_string().starts_with("p/b.yaml:1:11: duplicate contract name `prod-db`"), "{err}");
+        assert!(
+            err.0[0]
+                .to_string()
+                .starts_with("p/b.yaml:1:11: duplicate contract name `prod-db`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn people_problems() {
         let err = load_texts(&[
-            (PathBuf::from("p/people.yaml"), "users:\n  al ice:\n    keys: [\"not a key\"]\n    role: [x]\n".into()),
+            (
+                PathBuf::from("p/people.yaml"),
+                "users:\n  al ice:\n    keys: [\"not a key\"]\n    role: [x]\n".into(),
+            ),
             (PathBuf::from("p/hosts.yaml"), HOSTS.to_string()),
         ])
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("p/people.yaml:2:3: user name `al ice`"), "{text}");
-        assert!(text.contains("p/people.yaml:3:12: user `al ice` key is not an OpenSSH public key"), "{text}");
-        assert!(text.contains("p/people.yaml:4:5: unknown key `role`"), "{text}");
+        assert!(
+            text.contains("p/people.yaml:2:3: user name `al ice`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p/people.yaml:3:12: user `al ice` key is not an OpenSSH public key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p/people.yaml:4:5: unknown key `role`"),
+            "{text}"
+        );
     }
 
     fn t(secs: i64) -> chrono::DateTime<Utc> {
@@ -166,25 +214,49 @@ steps:
             Decision::Grant { ttl, .. } => assert_eq!(ttl.as_secs(), 1800),
             d => panic!("{d:?}"),
         }
-        deny(decide(&p, &req("mallory", "observe", None), &[], t(0)), "unknown user");
-        deny(decide(&p, &req("bob", "observe", None), &[], t(0)), "holds none of the roles");
-        deny(decide(&p, &req("alice", "observe", Some(3600)), &[], t(0)), "exceeds step `observe` max_ttl 30m");
-        deny(decide(&p, &req("alice", "nope", None), &[], t(0)), "has no step `nope`");
-        deny(decide(&p, &req("alice", "operate", None), &[], t(0)), "request `observe` first");
+        deny(
+            decide(&p, &req("mallory", "observe", None), &[], t(0)),
+            "unknown user",
+        );
+        deny(
+            decide(&p, &req("bob", "observe", None), &[], t(0)),
+            "holds none of the roles",
+        );
+        deny(
+            decide(&p, &req("alice", "observe", Some(3600)), &[], t(0)),
+            "exceeds step `observe` max_ttl 30m",
+        );
+        deny(
+            decide(&p, &req("alice", "nope", None), &[], t(0)),
+            "has no step `nope`",
+        );
+        deny(
+            decide(&p, &req("alice", "operate", None), &[], t(0)),
+            "request `observe` first",
+        );
         let mut no_reason = req("alice", "observe", None);
         no_reason.reason = Some("  ");
         deny(decide(&p, &no_reason, &[], t(0)), "requires a reason");
 
-        let held = [Held { contract: "prod-db", step: "observe", end: t(600) }];
+        let held = [Held {
+            contract: "prod-db",
+            step: "observe",
+            end: t(600),
+        }];
         match decide(&p, &req("alice", "operate", None), &held, t(0)) {
-            Decision::NeedsApproval { ttl, from, count, .. } => {
+            Decision::NeedsApproval {
+                ttl, from, count, ..
+            } => {
                 assert_eq!(ttl.as_secs(), 600, "clamped to the observe grant");
                 assert_eq!((from, count), (vec!["sre-lead".to_string()], 1));
             }
             d => panic!("{d:?}"),
         }
         // The prerequisite has expired by now.
-        deny(decide(&p, &req("alice", "operate", None), &held, t(600)), "request `observe` first");
+        deny(
+            decide(&p, &req("alice", "operate", None), &held, t(600)),
+            "request `observe` first",
+        );
     }
 
     #[test]

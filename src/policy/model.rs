@@ -257,7 +257,15 @@ impl fmt::Display for CertOptions {
             ("user-rc", self.user_rc),
         ];
         let on: Vec<&str> = flags.iter().filter(|f| f.1).map(|f| f.0).collect();
-        write!(f, "{}", if on.is_empty() { "none".into() } else { on.join(",") })?;
+        write!(
+            f,
+            "{}",
+            if on.is_empty() {
+                "none".into()
+            } else {
+                on.join(",")
+            }
+        )?;
         if !self.source_address.is_empty() {
             let nets: Vec<String> = self.source_address.iter().map(|n| n.to_string()).collect();
             write!(f, " source-address={}", nets.join(","))?;

@@ -74,7 +74,8 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     if let Some(pos) = builder.alias {
         return Err(SyntaxError {
             pos,
-            message: "anchors and aliases are not supported in policies; write the value out".into(),
+            message: "anchors and aliases are not supported in policies; write the value out"
+                .into(),
         });
     }
     Ok(builder.root.unwrap_or(Node {
@@ -178,11 +179,13 @@ mod tests {
         let mut node = parse(text).unwrap();
         for key in path {
             node = match node.kind {
-                Kind::Map(pairs) => pairs
-                    .into_iter()
-                    .find(|(k, _)| k.as_str() == Some(key))
-                    .unwrap()
-                    .1,
+                Kind::Map(pairs) => {
+                    pairs
+                        .into_iter()
+                        .find(|(k, _)| k.as_str() == Some(key))
+                        .unwrap()
+                        .1
+                }
                 Kind::Seq(items) => items.into_iter().nth(key.parse().unwrap()).unwrap(),
                 Kind::Scalar { .. } => panic!("scalar"),
             };

@@ -1,0 +1,305 @@
+//! The HTTP daemon: a thin axum adapter over [`Service`]. Every route but `/healthz` takes a
+//! request signed as [`crate::auth`] describes; bodies over 64 KiB are refused unread.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use russh::keys::ssh_key::PublicKey;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{self, AuthError, Headers};
+use crate::service::{RequestBody, RevokeBody, Service, ServiceError, SignHostBody};
+use crate::store::StoreError;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+type App = Arc<Service>;
+
+/// An error as the client sees it: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let status = match &e {
+            ServiceError::Denied(_) => StatusCode::FORBIDDEN,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Store(_) | ServiceError::Ca(_) => {
+                tracing::error!(error = %e, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        tracing::warn!(error = %e, "unauthenticated request refused");
+        ApiError(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Store(e).into()
+    }
+}
+
+/// A verified caller and the body they signed.
+pub struct Caller {
+    pub user: String,
+    pub key: PublicKey,
+    pub body: Bytes,
+}
+
+impl Caller {
+    /// The signed body as JSON, with a clear message when it is not what the route expects.
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {e}"),
+            )
+        })
+    }
+}
+
+impl FromRequest<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let too_large = || {
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {} KiB", MAX_BODY / 1024),
+            )
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY) {
+            return Err(too_large());
+        }
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| too_large())?;
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let headers = Headers {
+            timestamp: header(auth::HDR_TIMESTAMP),
+            nonce: header(auth::HDR_NONCE),
+            signature: header(auth::HDR_SIGNATURE),
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let now = Utc::now();
+        let signed = auth::verify(
+            &app.policies(),
+            parts.method.as_str(),
+            path,
+            &headers,
+            &body,
+            now,
+        )?;
+        let forget_before = now - chrono::Duration::seconds(2 * auth::MAX_SKEW_SECS);
+        let store_app = app.clone();
+        let nonce = signed.nonce.clone();
+        let fresh = tokio::task::spawn_blocking(move || {
+            store_app.store.remember_nonce(&nonce, now, forget_before)
+        })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        if !fresh {
+            return Err(AuthError::Replay.into());
+        }
+        Ok(Caller {
+            user: signed.user,
+            key: signed.key,
+            body,
+        })
+    }
+}
+
+/// Runs a service call off the async threads: ledger commits wait for the disk.
+async fn blocking<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&Service) -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// The routes, for tests that want to drive them directly.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/requests", post(request))
+        .route("/v1/grants", get(grants))
+        .route("/v1/grants/{id}", get(grant))
+        .route("/v1/grants/{id}/certificate", post(certificate))
+        .route("/v1/grants/{id}/approve", post(approve))
+        .route("/v1/grants/{id}/deny", post(deny))
+        .route("/v1/revoke", post(revoke))
+        .route("/v1/krl", get(krl))
+        .route("/v1/hosts/sign", post(sign_host))
+        .route("/v1/audit", get(audit))
+        .route("/v1/audit/verify", get(verify_audit))
+        .with_state(app)
+}
+
+/// Serves the API on an already-bound listener until `shutdown` completes, then drains.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn whoami(State(app): State<App>, caller: Caller) -> Json<serde_json::Value> {
+    let p = app.policies();
+    let roles = p
+        .users
+        .get(&caller.user)
+        .map(|u| u.roles.clone())
+        .unwrap_or_default();
+    Json(json!({"user": caller.user, "roles": roles, "key": crate::keys::fingerprint(&caller.key)}))
+}
+
+async fn request(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let body: RequestBody = caller.json()?;
+    let out = blocking(&app, move |s| {
+        s.request(&caller.user, &caller.key, &body, Utc::now())
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+async fn certificate(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| {
+        s.certificate(&caller.user, &caller.key, &id, Utc::now())
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn grants(
+    State(app): State<App>,
+    Query(q): Query<ListQuery>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| s.grants(&caller.user, q.all, Utc::now())).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn grant(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| s.grant(&caller.user, &id, Utc::now())).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn approve(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| s.approve(&caller.user, &id, Utc::now())).await?;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    reason: String,
+}
+
+async fn deny(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let body: DenyBody = caller.json()?;
+    let out = blocking(&app, move |s| {
+        s.deny(&caller.user, &id, &body.reason, Utc::now())
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let body: RevokeBody = caller.json()?;
+    let out = blocking(&app, move |s| s.revoke(&caller.user, &body, Utc::now())).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn krl(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {
+    let bytes = blocking(&app, |s| s.krl(Utc::now())).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn sign_host(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let body: SignHostBody = caller.json()?;
+    let cert = blocking(&app, move |s| s.sign_host(&caller.user, &body, Utc::now())).await?;
+    Ok(Json(json!({ "certificate": cert })).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    /// Seconds back from now.
+    since: Option<i64>,
+}
+
+async fn audit(
+    State(app): State<App>,
+    Query(q): Query<AuditQuery>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let since = q.since.map_or(chrono::DateTime::<Utc>::MIN_UTC, |s| {
+        Utc::now() - chrono::Duration::seconds(s.max(0))
+    });
+    let out = blocking(&app, move |s| s.audit(&caller.user, since)).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn verify_audit(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| s.verify_audit(&caller.user)).await?;
+    Ok(Json(out).into_response())
+}

@@ -1,0 +1,780 @@
+//! The command line: flags (clap) and what each command does with them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::{self, Client, ClientError};
+use crate::grant::State;
+use crate::service::{GrantView, Outcome, RequestBody, RevokeBody, SignHostBody};
+use crate::store::{AuditRecord, AuditReport, Revocation};
+use crate::{keys, policy};
+
+/// ramp-ca: staged, short-lived, audited SSH access.
+#[derive(Debug, Parser)]
+#[command(name = "ramp-ca", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Installation root: keys/, policies/, data/.
+    #[arg(long, global = true, env = "RAMP_DIR", default_value = ".")]
+    pub dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How client commands reach and sign for the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// Daemon URL.
+    #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7400")]
+    pub server: String,
+    /// Identity key that signs the request (default ~/.ssh/id_ed25519, or ssh-agent).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create keys/, example policies and demo identities (never overwrites a key).
+    Init,
+    /// Run the CA API (and bastion) until SIGINT/SIGTERM; initialises what is missing first.
+    Serve {
+        /// API listen address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        api: String,
+        /// Bastion listen address.
+        #[arg(long, default_value = "0.0.0.0:2222")]
+        ssh: String,
+        /// Service config file (YAML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check or explain policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Request a step and write `<key>-cert.pub` once granted.
+    Sign {
+        #[arg(long)]
+        contract: Option<String>,
+        #[arg(long)]
+        step: Option<String>,
+        /// Like 30m; at most the step's max_ttl.
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Get a certificate from an existing active grant instead of requesting.
+        #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason"])]
+        grant: Option<String>,
+        /// Wait for approvals, then write the certificate.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Request a step without minting a certificate yet.
+    Request {
+        #[arg(long)]
+        contract: String,
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Approve a pending request.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Deny a pending request (or withdraw your own).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List grants and pending requests you may see.
+    Grants {
+        /// Include expired, denied and revoked ones.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a certificate, a grant (and its certificates) or everything a user holds.
+    Revoke {
+        #[arg(long, group = "what")]
+        serial: Option<u64>,
+        #[arg(long, group = "what")]
+        grant: Option<String>,
+        #[arg(long, group = "what")]
+        user: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Write an OpenSSH KRL of every revoked certificate.
+    Krl {
+        /// Output file (default DIR/revoked.krl).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Sign a target's host key with host-ca; writes `<name>-cert.pub` beside the key.
+    SignHost {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Validity (default 365d).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Read or verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print what targets and clients need to trust this CA.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory (default DIR/policies); exit 1 listing every problem.
+    Check { path: Option<PathBuf> },
+    /// Show the decision for a request and the reasons.
+    Explain {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        contract: String,
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Assume the user holds an active grant of these steps (repeatable).
+        #[arg(long)]
+        holding: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit records, newest last.
+    List {
+        /// Only records this recent, like 1h.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Verify the hash chain; exit 1 naming the first bad record.
+    Verify {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// sshd_config lines and the node-ca key for targets.
+    Sshd,
+    /// The @cert-authority line for clients' known_hosts.
+    KnownHosts,
+}
+
+/// Why a command failed; the exit code follows from it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or arguments: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Refused or invalid: exit 1.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Lib(#[from] crate::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for CliError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        CliError::Lib(e.into())
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, CliError>;
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result {
+    let dir = cli.dir;
+    match cli.command {
+        Command::Init => {
+            let created = crate::init::init(&dir)?;
+            let keys = crate::keys::Keys::load(&dir.join("keys"))?;
+            let store = crate::store::Store::open(&dir.join("data")).map_err(crate::Error::from)?;
+            let cert = crate::init::ensure_bastion_cert(&dir, &keys, &store, Utc::now())?;
+            store.flush().map_err(crate::Error::from)?;
+            for path in created.iter().chain(cert.iter()) {
+                println!("created {}", path.display());
+            }
+            if created.is_empty() && cert.is_none() {
+                println!("{} is already initialised; nothing changed", dir.display());
+            }
+            Ok(())
+        }
+        Command::Serve { api, ssh, config } => {
+            crate::daemon::serve(&dir, &api, &ssh, config.as_deref())
+                .await
+                .map_err(CliError::Lib)
+        }
+        Command::Policy(cmd) => policy_command(&dir, cmd),
+        Command::Trust(TrustCommand::Sshd) => {
+            print!("{}", crate::trust::sshd(&dir)?);
+            Ok(())
+        }
+        Command::Trust(TrustCommand::KnownHosts) => {
+            print!("{}", crate::trust::known_hosts(&dir)?);
+            Ok(())
+        }
+        Command::Sign {
+            contract,
+            step,
+            ttl,
+            reason,
+            grant,
+            wait,
+            timeout,
+            client,
+        } => {
+            let timeout = policy::parse_duration(&timeout)
+                .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
+            sign(&client, contract, step, ttl, reason, grant, wait, timeout).await
+        }
+        Command::Request {
+            contract,
+            step,
+            ttl,
+            reason,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let body = RequestBody {
+                contract,
+                step,
+                ttl,
+                reason,
+                certify: false,
+            };
+            let out: Outcome = client
+                .call(Method::POST, "/v1/requests", Some(&body))
+                .await?;
+            emit(&opts, &out, || describe_grant(&out.grant))
+        }
+        Command::Approve { id, client: opts } => {
+            let client = connect(&opts).await?;
+            let out: Outcome = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/grants/{id}/approve"),
+                    Some(&json!({})),
+                )
+                .await?;
+            emit(&opts, &out, || describe_grant(&out.grant))
+        }
+        Command::Deny {
+            id,
+            reason,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let out: GrantView = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/grants/{id}/deny"),
+                    Some(&json!({ "reason": reason })),
+                )
+                .await?;
+            emit(&opts, &out, || describe_grant(&out))
+        }
+        Command::Grants { all, client: opts } => {
+            let client = connect(&opts).await?;
+            let path = if all {
+                "/v1/grants?all=true"
+            } else {
+                "/v1/grants"
+            };
+            let out: Vec<GrantView> = client.call(Method::GET, path, None::<&()>).await?;
+            emit(&opts, &out, || grants_table(&out, Utc::now()))
+        }
+        Command::Revoke {
+            serial,
+            grant,
+            user,
+            reason,
+            client: opts,
+        } => {
+            if serial.is_none() && grant.is_none() && user.is_none() {
+                return Err(CliError::Usage(
+                    "revoke needs --serial N, --grant ID or --user U".into(),
+                ));
+            }
+            let client = connect(&opts).await?;
+            let body = RevokeBody {
+                serial,
+                grant,
+                user,
+                reason,
+            };
+            let out: Revocation = client.call(Method::POST, "/v1/revoke", Some(&body)).await?;
+            emit(&opts, &out, || {
+                format!(
+                    "revoked {} certificate(s) {:?} and {} grant(s) {:?}\nship the new KRL to targets: ramp-ca krl\n",
+                    out.serials.len(),
+                    out.serials,
+                    out.grants.len(),
+                    out.grants
+                )
+            })
+        }
+        Command::Krl { out, client: opts } => {
+            let client = connect(&opts).await?;
+            let bytes = client.send(Method::GET, "/v1/krl", None::<&()>).await?;
+            let path = out.unwrap_or_else(|| dir.join("revoked.krl"));
+            write_atomic(&path, &bytes)?;
+            emit(&opts, &json!({"path": path, "bytes": bytes.len()}), || {
+                format!("wrote {} ({} bytes)\n", path.display(), bytes.len())
+            })
+        }
+        Command::SignHost {
+            name,
+            pubkey,
+            ttl,
+            client: opts,
+        } => {
+            let public_key = std::fs::read_to_string(&pubkey).map_err(crate::Error::io(&pubkey))?;
+            keys::parse_public(&public_key).map_err(|e| {
+                CliError::Refused(format!(
+                    "{}: not an OpenSSH public key: {e}",
+                    pubkey.display()
+                ))
+            })?;
+            let client = connect(&opts).await?;
+            let body = SignHostBody {
+                name,
+                public_key,
+                ttl,
+            };
+            let out: serde_json::Value = client
+                .call(Method::POST, "/v1/hosts/sign", Some(&body))
+                .await?;
+            let cert = out["certificate"].as_str().unwrap_or_default();
+            let path = host_cert_path(&pubkey);
+            write_atomic(&path, format!("{cert}\n").as_bytes())?;
+            emit(&opts, &json!({"path": path, "certificate": cert}), || {
+                format!("wrote {}\n", path.display())
+            })
+        }
+        Command::Audit(AuditCommand::List {
+            since,
+            client: opts,
+        }) => {
+            let path = match since {
+                Some(s) => {
+                    let d = policy::parse_duration(&s).ok_or_else(|| {
+                        CliError::Usage(format!("--since: bad duration `{s}` (like 1h)"))
+                    })?;
+                    format!("/v1/audit?since={}", d.as_secs())
+                }
+                None => "/v1/audit".into(),
+            };
+            let client = connect(&opts).await?;
+            let out: Vec<AuditRecord> = client.call(Method::GET, &path, None::<&()>).await?;
+            emit(&opts, &out, || audit_table(&out))
+        }
+        Command::Audit(AuditCommand::Verify { client: opts }) => {
+            let client = connect(&opts).await?;
+            let out: AuditReport = client
+                .call(Method::GET, "/v1/audit/verify", None::<&()>)
+                .await?;
+            match &out.first_bad {
+                None => emit(&opts, &out, || {
+                    format!("audit chain intact: {} records\n", out.records)
+                }),
+                Some(bad) => {
+                    if opts.json {
+                        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                    }
+                    Err(CliError::Refused(format!(
+                        "audit chain broken at record {}: {}",
+                        bad.seq, bad.reason
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Prints JSON with `--json`, else the text `human` makes.
+fn emit<T: Serialize>(opts: &ClientOpts, value: &T, human: impl FnOnce() -> String) -> Result {
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        print!("{}", human());
+    }
+    Ok(())
+}
+
+async fn connect(opts: &ClientOpts) -> Result<Client> {
+    let path = opts.key.clone().unwrap_or_else(client::default_key_path);
+    let signer = client::signer_for(&path).await?;
+    Ok(Client::new(&opts.server, signer))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sign(
+    opts: &ClientOpts,
+    contract: Option<String>,
+    step: Option<String>,
+    ttl: Option<String>,
+    reason: Option<String>,
+    grant: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> Result {
+    let key_path = opts.key.clone().unwrap_or_else(client::default_key_path);
+    let client = connect(opts).await?;
+    let mut out: Outcome = match (grant, contract) {
+        (Some(id), _) => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/grants/{id}/certificate"),
+                    Some(&json!({})),
+                )
+                .await?
+        }
+        (None, Some(contract)) => {
+            let body = RequestBody {
+                contract,
+                step,
+                ttl,
+                reason,
+                certify: true,
+            };
+            client
+                .call(Method::POST, "/v1/requests", Some(&body))
+                .await?
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "sign needs --contract C (or --grant ID)".into(),
+            ))
+        }
+    };
+    if out.certificate.is_none() && out.grant.state == State::Pending {
+        if !wait {
+            return emit(opts, &out, || {
+                format!(
+                    "{}waiting for approval; run again with --wait, or later: ramp-ca sign --grant {}\n",
+                    describe_grant(&out.grant),
+                    out.grant.grant.id
+                )
+            });
+        }
+        eprintln!(
+            "{}waiting for approval (up to {})...",
+            describe_grant(&out.grant),
+            policy::format_duration(timeout)
+        );
+        let id = out.grant.grant.id.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let view: GrantView = client
+                .call(Method::GET, &format!("/v1/grants/{id}"), None::<&()>)
+                .await?;
+            match view.state {
+                State::Pending if tokio::time::Instant::now() < deadline => continue,
+                State::Pending => {
+                    return Err(CliError::Refused(format!(
+                        "request {id} is still pending after {}",
+                        policy::format_duration(timeout)
+                    )))
+                }
+                State::Active => break,
+                other => {
+                    let why = view
+                        .grant
+                        .closed
+                        .map(|c| format!(" by {}: {}", c.by, c.reason))
+                        .unwrap_or_default();
+                    return Err(CliError::Refused(format!("request {id} was {other}{why}")));
+                }
+            }
+        }
+        out = client
+            .call(
+                Method::POST,
+                &format!("/v1/grants/{id}/certificate"),
+                Some(&json!({})),
+            )
+            .await?;
+    }
+    let Some(cert) = &out.certificate else {
+        return Err(CliError::Refused(format!(
+            "grant {} is {}; no certificate",
+            out.grant.grant.id, out.grant.state
+        )));
+    };
+    let path = keys::cert_path(&key_path);
+    write_atomic(&path, format!("{cert}\n").as_bytes())?;
+    let parsed = keys::read_certificate(&path)?;
+    emit(
+        opts,
+        &json!({"grant": out.grant, "serial": out.serial, "certificate": cert, "path": path}),
+        || {
+            format!(
+                "{}certificate serial {} for {} valid until {}\nwrote {}\n",
+                describe_grant(&out.grant),
+                parsed.serial(),
+                parsed.valid_principals().join(","),
+                unix_time(parsed.valid_before()),
+                path.display()
+            )
+        },
+    )
+}
+
+fn policy_command(dir: &Path, cmd: PolicyCommand) -> Result {
+    match cmd {
+        PolicyCommand::Check { path } => {
+            let path = path.unwrap_or_else(|| dir.join("policies"));
+            let p = policy::load_dir(&path)
+                .map_err(|e| CliError::Refused(format!("{e}\n{} problem(s) found", e.0.len())))?;
+            println!(
+                "{}: ok ({} users, {} hosts, {} contracts)",
+                path.display(),
+                p.users.len(),
+                p.hosts.len(),
+                p.contracts.len()
+            );
+            Ok(())
+        }
+        PolicyCommand::Explain {
+            user,
+            contract,
+            step,
+            ttl,
+            reason,
+            holding,
+            json,
+        } => {
+            let p = policy::load_dir(&dir.join("policies")).map_err(crate::Error::from)?;
+            let ttl = match ttl {
+                Some(t) => Some(
+                    policy::parse_duration(&t)
+                        .ok_or_else(|| CliError::Usage(format!("--ttl: bad duration `{t}`")))?,
+                ),
+                None => None,
+            };
+            let now = Utc::now();
+            let end = now + chrono::Duration::days(1);
+            let held: Vec<policy::Held<'_>> = holding
+                .iter()
+                .map(|s| policy::Held {
+                    contract: &contract,
+                    step: s,
+                    end,
+                })
+                .collect();
+            let req = policy::Request {
+                user: &user,
+                contract: &contract,
+                step: step.as_deref(),
+                reason: reason.as_deref().or(Some("(explain)")),
+                ttl,
+            };
+            let d = policy::decide(&p, &req, &held, now);
+            let (verdict, refused) = match &d {
+                policy::Decision::Grant { step, ttl, .. } => (
+                    format!(
+                        "GRANT {contract}/{step} for {}",
+                        policy::format_duration(*ttl)
+                    ),
+                    false,
+                ),
+                policy::Decision::NeedsApproval {
+                    step,
+                    ttl,
+                    from,
+                    count,
+                    ..
+                } => (
+                    format!(
+                        "NEEDS APPROVAL {contract}/{step} for {}: {count} from {}",
+                        policy::format_duration(*ttl),
+                        from.join(", ")
+                    ),
+                    false,
+                ),
+                policy::Decision::Deny { reason, .. } => (format!("DENY: {reason}"), true),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"decision": verdict, "reasons": d.reasons()})
+                    )
+                    .unwrap_or_default()
+                );
+            } else {
+                println!("{verdict}");
+                for r in d.reasons() {
+                    println!("  - {r}");
+                }
+                if reason.is_none() {
+                    println!("  (assumed a reason was given; pass --reason to check it)");
+                }
+            }
+            if refused {
+                return Err(CliError::Refused("denied".into()));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(crate::Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(crate::Error::io(path))?;
+    Ok(())
+}
+
+/// `ssh_host_ed25519_key.pub` -> `ssh_host_ed25519_key-cert.pub`, as ssh-keygen names it.
+fn host_cert_path(pubkey: &Path) -> PathBuf {
+    let s = pubkey.to_string_lossy();
+    PathBuf::from(format!("{}-cert.pub", s.strip_suffix(".pub").unwrap_or(&s)))
+}
+
+fn unix_time(secs: u64) -> String {
+    DateTime::<Utc>::from_timestamp(secs as i64, 0).map_or_else(|| secs.to_string(), rfc3339)
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn describe_grant(g: &GrantView) -> String {
+    let gr = &g.grant;
+    let mut s = format!(
+        "{} {}/{} for {}: {}",
+        gr.id, gr.contract, gr.step, gr.user, g.state
+    );
+    match g.state {
+        State::Active => s.push_str(&format!(
+            " until {}",
+            gr.end.map(rfc3339).unwrap_or_default()
+        )),
+        State::Pending => s.push_str(&format!(
+            " ({} of {} approvals from {})",
+            gr.approvals.len(),
+            gr.approvals_needed,
+            gr.approvals_from.join(", ")
+        )),
+        _ => {
+            if let Some(c) = &gr.closed {
+                s.push_str(&format!(" by {}: {}", c.by, c.reason));
+            }
+        }
+    }
+    s.push('\n');
+    s
+}
+
+fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
+    if grants.is_empty() {
+        return "no grants\n".into();
+    }
+    let mut out = format!(
+        "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
+        "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS"
+    );
+    for g in grants {
+        let left = match (g.state, g.grant.end) {
+            (State::Active, Some(end)) => policy::format_duration(Duration::from_secs(
+                (end - now).num_seconds().max(0) as u64,
+            )),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
+            g.grant.id,
+            g.grant.user,
+            format!("{}/{}", g.grant.contract, g.grant.step),
+            g.state.to_string(),
+            left,
+            g.principals.join(",")
+        ));
+    }
+    out
+}
+
+fn audit_table(records: &[AuditRecord]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&format!(
+            "{:>6} {} {:<10} {:<16} {:<14} {}\n",
+            r.seq,
+            r.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            r.actor,
+            r.action,
+            r.subject,
+            r.detail
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no audit records\n");
+    }
+    out
+}

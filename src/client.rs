@@ -1,0 +1,162 @@
+//! The client half of the API: signs each request with the engineer's key and turns the
+//! daemon's answers into typed values or clear errors.
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::auth::{self, Signer};
+use crate::keys;
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach ramp-ca at {server}: {reason} (is `ramp-ca serve` running? set --server or RAMP_SERVER)")]
+    Connect { server: String, reason: String },
+    /// The daemon refused; `status` tells whether it was a denial, a bad request, ...
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    #[error("unexpected answer from {server}: {reason}")]
+    Protocol { server: String, reason: String },
+    #[error("no usable identity key: {0}")]
+    Identity(String),
+    #[error(transparent)]
+    Sign(#[from] auth::SignError),
+}
+
+/// A signed-request client for one daemon.
+pub struct Client {
+    /// Like `http://127.0.0.1:7400`, without a trailing slash.
+    server: String,
+    http: reqwest::Client,
+    signer: Signer,
+}
+
+impl Client {
+    pub fn new(server: &str, signer: Signer) -> Client {
+        Client {
+            server: server.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            signer,
+        }
+    }
+
+    /// The key requests are signed with (certificates are minted for it).
+    pub fn public_key(&self) -> russh::keys::ssh_key::PublicKey {
+        self.signer.public_key()
+    }
+
+    /// Sends a signed request and returns the raw body of a 2xx answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Protocol {
+                server: self.server.clone(),
+                reason: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        let headers = self
+            .signer
+            .sign_request(method.as_str(), path, &bytes, Utc::now())
+            .await?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.server))
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect {
+                server: self.server.clone(),
+                reason: root_cause(&e),
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| ClientError::Connect {
+            server: self.server.clone(),
+            reason: root_cause(&e),
+        })?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(String::from))
+            .unwrap_or_else(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Sends a signed request and decodes a JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            server: self.server.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The innermost error message, which names the actual cause (connection refused, ...).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// `~/.ssh/id_ed25519`, where the client looks for its identity by default.
+pub fn default_key_path() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    Path::new(&home).join(".ssh").join("id_ed25519")
+}
+
+/// The signer for `--key PATH`: the private key file when it is readable and unencrypted,
+/// else the ssh-agent key matching `PATH.pub`, else the agent's first key.
+pub async fn signer_for(path: &Path) -> Result<Signer, ClientError> {
+    let file_err = match keys::read_private(path) {
+        Ok(k) => return Ok(Signer::Key(Box::new(k))),
+        Err(e) => e,
+    };
+    if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+        return Err(ClientError::Identity(file_err.to_string()));
+    }
+    let agent_keys = auth::agent_keys()
+        .await
+        .map_err(|e| ClientError::Identity(format!("{file_err}; and {e}")))?;
+    let wanted = keys::read_public(&keys::pub_path(path)).ok();
+    let chosen = match &wanted {
+        Some(w) => agent_keys
+            .into_iter()
+            .find(|k| k.key_data() == w.key_data()),
+        None => agent_keys.into_iter().next(),
+    };
+    chosen.map(Signer::Agent).ok_or_else(|| {
+        ClientError::Identity(match wanted {
+            Some(_) => format!(
+                "{file_err}; and ssh-agent does not hold {}",
+                keys::pub_path(path).display()
+            ),
+            None => format!("{file_err}; and ssh-agent holds no keys"),
+        })
+    })
+}

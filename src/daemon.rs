@@ -1,0 +1,112 @@
+//! `ramp-ca serve`: bring an installation up (initialising what is missing), serve until
+//! SIGINT/SIGTERM, reload policies on SIGHUP, flush the ledger on the way out.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Deserialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::service::Service;
+use crate::Error;
+
+/// The service config file (`--config F`); flags override it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// API listen address.
+    pub api: Option<String>,
+    /// Bastion listen address.
+    pub ssh: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file; unknown keys are errors.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        serde_yaml::from_str(&text).map_err(|e| {
+            Error::io(path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("invalid config: {e}"),
+            ))
+        })
+    }
+}
+
+fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
+    text.parse().map_err(|_| {
+        Error::io(flag)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{text}` is not an address like 127.0.0.1:7400"),
+        ))
+    })
+}
+
+/// Runs the daemon until a stop signal.
+pub async fn serve(dir: &Path, api: &str, ssh: &str, config: Option<&Path>) -> Result<(), Error> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let api_addr = parse_addr("--api", config.api.as_deref().unwrap_or(api))?;
+    let ssh_addr = parse_addr("--ssh", config.ssh.as_deref().unwrap_or(ssh))?;
+    for path in crate::init::init(dir)? {
+        tracing::info!(path = %path.display(), "created");
+    }
+    let service = Arc::new(Service::open(dir)?);
+    if let Some(path) =
+        crate::init::ensure_bastion_cert(dir, &service.keys, &service.store, Utc::now())?
+    {
+        tracing::info!(path = %path.display(), "signed the bastion host certificate");
+    }
+    match service.store.verify_audit() {
+        Ok(r) if r.first_bad.is_none() => tracing::info!(records = r.records, "audit chain intact"),
+        Ok(r) => {
+            tracing::error!(bad = ?r.first_bad, "AUDIT CHAIN BROKEN; run `ramp-ca audit verify`")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the audit chain"),
+    }
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .map_err(Error::io(api_addr.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(Error::io(api_addr.to_string()))?;
+    tracing::info!(%bound, "API listening");
+    tracing::warn!(%ssh_addr, "the bastion is not part of this build yet; only the CA API runs");
+    println!("ramp-ca: API on http://{bound}");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
+    let reloader = service.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reloader.reload_policies() {
+                Ok(()) => tracing::info!("policies reloaded"),
+                Err(e) => {
+                    tracing::error!("policies NOT reloaded, the old ones stay in force:\n{e}")
+                }
+            }
+        }
+    });
+    crate::api::run(listener, service.clone(), stop_signal())
+        .await
+        .map_err(Error::io(bound.to_string()))?;
+    service.store.flush()?;
+    tracing::info!("stopped; ledger flushed");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stop signal received, draining");
+}

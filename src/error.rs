@@ -1,0 +1,29 @@
+//! The library's top-level error: one variant per layer, each message naming what is wrong.
+
+use std::path::PathBuf;
+
+/// Anything that can stop a command or the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid policies:\n{0}")]
+    Policy(#[from] crate::policy::Problems),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an IO error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

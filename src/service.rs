@@ -1,0 +1,770 @@
+//! What the daemon does for a signed-in caller, independent of HTTP: request, approve, deny,
+//! mint, revoke, KRL, host certificates, audit. Every change lands in the ledger with its audit
+//! records in one commit. `now` is an argument so tests can move the clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use russh::keys::ssh_key::PublicKey;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::ca;
+use crate::grant::{Approval, Closure, Grant, State, Status};
+use crate::keys::{self, Keys};
+use crate::policy::{self, Decision, Policies, ROLE_ADMIN, ROLE_AUDITOR};
+use crate::store::{
+    AuditRecord, AuditReport, CertRecord, Change, Event, Revocation, RevokeTarget, Store,
+    StoreError,
+};
+
+/// Host certificates last this long unless asked otherwise.
+pub const HOST_CERT_TTL: Duration = Duration::from_secs(365 * 86400);
+
+/// Why the service refused or failed a call; the HTTP layer maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// `POST /v1/requests`: ask for a step, and optionally a certificate for the signing key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBody {
+    pub contract: String,
+    #[serde(default)]
+    pub step: Option<String>,
+    /// Like `30m`; defaults to the step's max_ttl.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Mint a certificate for the signing key right away when granted.
+    #[serde(default)]
+    pub certify: bool,
+}
+
+/// A grant as shown to people: the record plus its state now and what it allows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub state: State,
+    pub principals: Vec<String>,
+    pub targets: Vec<String>,
+}
+
+/// What a request, approval or certificate call returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub grant: GrantView,
+    /// The certificate line (`ssh-ed25519-cert-v01@openssh.com AAAA...`), when one was minted.
+    pub certificate: Option<String>,
+    pub serial: Option<u64>,
+    /// Why the policy decided as it did.
+    pub reasons: Vec<String>,
+}
+
+/// `POST /v1/revoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    pub serial: Option<u64>,
+    pub grant: Option<String>,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/hosts/sign`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignHostBody {
+    pub name: String,
+    pub public_key: String,
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// The running CA: policies, keys and the ledger.
+pub struct Service {
+    /// The installation root (`keys/`, `policies/`, `data/`).
+    pub dir: PathBuf,
+    /// Swapped whole on reload, so a request sees one consistent version.
+    policies: RwLock<Arc<Policies>>,
+    pub keys: Keys,
+    pub store: Store,
+}
+
+impl Service {
+    /// Opens an installation whose keys and policies exist (see `init`).
+    pub fn open(dir: &Path) -> std::result::Result<Service, crate::Error> {
+        let policies = policy::load_dir(&dir.join("policies"))?;
+        let keys = Keys::load(&dir.join("keys"))?;
+        let store = Store::open(&dir.join("data"))?;
+        Ok(Service {
+            dir: dir.to_path_buf(),
+            policies: RwLock::new(Arc::new(policies)),
+            keys,
+            store,
+        })
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the policy directory; on problems the old policies stay in force.
+    pub fn reload_policies(&self) -> std::result::Result<(), policy::Problems> {
+        let fresh = policy::load_dir(&self.dir.join("policies"))?;
+        *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    fn view(&self, p: &Policies, grant: Grant, now: DateTime<Utc>) -> GrantView {
+        let contract = p.contracts.get(&grant.contract);
+        let principals = contract
+            .and_then(|c| c.step(&grant.step))
+            .map(|s| s.principals.clone())
+            .unwrap_or_default();
+        let targets = contract
+            .map(|c| p.targets_of(c).map(|h| h.name.clone()).collect())
+            .unwrap_or_default();
+        GrantView {
+            state: grant.state(now),
+            grant,
+            principals,
+            targets,
+        }
+    }
+
+    fn grant_or_404(&self, id: &str) -> Result<Grant> {
+        self.store
+            .grant(id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
+    }
+
+    /// Mints a certificate for `key` from an active grant; returns it with its ledger record.
+    fn mint(
+        &self,
+        p: &Policies,
+        grant: &Grant,
+        key: &PublicKey,
+        now: DateTime<Utc>,
+    ) -> Result<(String, CertRecord)> {
+        let step = p
+            .contracts
+            .get(&grant.contract)
+            .and_then(|c| c.step(&grant.step))
+            .ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "contract `{}` step `{}` no longer exists in the policies",
+                    grant.contract, grant.step
+                ))
+            })?;
+        let serial = self.store.next_serial()?;
+        let spec = ca::user_cert_for(grant, step, key, serial, now)?;
+        let cert = ca::mint_user_cert(&self.keys.user_ca, &spec, &mut rand::rng())?;
+        let text = cert.to_openssh().map_err(ca::CaError::from)?;
+        let record = CertRecord {
+            serial,
+            key_id: spec.key_id.clone(),
+            kind: "user".into(),
+            user: grant.user.clone(),
+            grant: grant.id.clone(),
+            principals: step.principals.clone(),
+            valid_after: spec.valid_after,
+            valid_before: spec.valid_before,
+            fingerprint: keys::fingerprint(key),
+            issued_at: now,
+        };
+        Ok((text, record))
+    }
+
+    fn issue_event(user: &str, r: &CertRecord) -> Event {
+        Event::new(
+            user,
+            "issue",
+            &r.serial.to_string(),
+            json!({"grant": r.grant, "key_id": r.key_id, "principals": r.principals,
+                   "valid_after": r.valid_after, "valid_before": r.valid_before, "key": r.fingerprint}),
+        )
+    }
+
+    /// A request for a step: granted, pending approval, or denied (and audited either way).
+    pub fn request(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        body: &RequestBody,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let p = self.policies();
+        let ttl = match body.ttl.as_deref() {
+            Some(t) => Some(policy::parse_duration(t).ok_or_else(|| {
+                ServiceError::BadRequest(format!(
+                    "bad ttl `{t}`: write a positive duration like 90s, 30m, 2h, 1d"
+                ))
+            })?),
+            None => None,
+        };
+        let active = self.store.active_grants_of(user, now)?;
+        let held: Vec<policy::Held<'_>> = active
+            .iter()
+            .map(|g| policy::Held {
+                contract: &g.contract,
+                step: &g.step,
+                end: g.end.unwrap_or(now),
+            })
+            .collect();
+        let req = policy::Request {
+            user,
+            contract: &body.contract,
+            step: body.step.as_deref(),
+            reason: body.reason.as_deref(),
+            ttl,
+        };
+        let decision = policy::decide(&p, &req, &held, now);
+        let asked = json!({"contract": body.contract, "step": body.step, "ttl": body.ttl, "reason": body.reason});
+        let (step, ttl, from, count) = match &decision {
+            Decision::Deny { reason, .. } => {
+                let mut detail = asked;
+                detail["denied"] = json!(reason);
+                self.store.audit_events(
+                    vec![Event::new(user, "request-denied", &body.contract, detail)],
+                    now,
+                )?;
+                return Err(ServiceError::Denied(reason.clone()));
+            }
+            Decision::Grant { step, ttl, .. } => (step.clone(), *ttl, Vec::new(), 0),
+            Decision::NeedsApproval {
+                step,
+                ttl,
+                from,
+                count,
+                ..
+            } => (step.clone(), *ttl, from.clone(), *count),
+        };
+        let mut grant = Grant {
+            id: new_id(),
+            user: user.to_string(),
+            contract: body.contract.clone(),
+            step,
+            reason: body.reason.clone().filter(|r| !r.trim().is_empty()),
+            ttl_secs: ttl.as_secs(),
+            requested_at: now,
+            status: Status::Pending,
+            start: None,
+            end: None,
+            approvals_from: from,
+            approvals_needed: count,
+            approvals: Vec::new(),
+            closed: None,
+        };
+        let mut events = vec![Event::new(
+            user,
+            "request",
+            &grant.id,
+            json!({"contract": grant.contract, "step": grant.step, "ttl_secs": grant.ttl_secs,
+                   "reason": grant.reason, "needs_approvals": count}),
+        )];
+        if count == 0 {
+            grant.activate(now);
+            events.push(Event::new(
+                user,
+                "grant",
+                &grant.id,
+                json!({"end": grant.end}),
+            ));
+        }
+        let mut change = Change::default();
+        let mut certificate = None;
+        if body.certify && count == 0 {
+            let (text, record) = self.mint(&p, &grant, key, now)?;
+            events.push(Self::issue_event(user, &record));
+            certificate = Some((text, record.serial));
+            change.certs.push(record);
+        }
+        change.grants.push(grant.clone());
+        change.events = events;
+        self.store.commit(change, now)?;
+        Ok(Outcome {
+            grant: self.view(&p, grant, now),
+            serial: certificate.as_ref().map(|c| c.1),
+            certificate: certificate.map(|c| c.0),
+            reasons: decision.reasons().to_vec(),
+        })
+    }
+
+    /// A certificate for the caller's key from one of their active grants.
+    pub fn certificate(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let p = self.policies();
+        let grant = self.grant_or_404(id)?;
+        if grant.user != user {
+            return Err(ServiceError::Denied(format!(
+                "grant `{id}` belongs to `{}`, not you",
+                grant.user
+            )));
+        }
+        match grant.state(now) {
+            State::Active => {}
+            State::Pending => {
+                return Err(ServiceError::Conflict(format!(
+                    "grant `{id}` is still pending: {} of {} approvals",
+                    grant.approvals.len(),
+                    grant.approvals_needed
+                )))
+            }
+            other => return Err(ServiceError::Conflict(format!("grant `{id}` is {other}"))),
+        }
+        let (text, record) = self.mint(&p, &grant, key, now)?;
+        let serial = record.serial;
+        self.store.commit(
+            Change {
+                events: vec![Self::issue_event(user, &record)],
+                certs: vec![record],
+                ..Change::default()
+            },
+            now,
+        )?;
+        Ok(Outcome {
+            grant: self.view(&p, grant, now),
+            certificate: Some(text),
+            serial: Some(serial),
+            reasons: Vec::new(),
+        })
+    }
+
+    /// An approval; the last one needed activates the grant.
+    pub fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
+        let p = self.policies();
+        let mut grant = self.grant_or_404(id)?;
+        if grant.state(now) != State::Pending {
+            return Err(ServiceError::Conflict(format!(
+                "request `{id}` is {}, not pending",
+                grant.state(now)
+            )));
+        }
+        if let Some(why) = policy::approval_refusal(
+            &p,
+            &grant.contract,
+            &grant.step,
+            &grant.user,
+            approver,
+            &grant.approvers(),
+        ) {
+            self.store.audit_events(
+                vec![Event::new(
+                    approver,
+                    "approve-refused",
+                    id,
+                    json!({"reason": why}),
+                )],
+                now,
+            )?;
+            return Err(ServiceError::Denied(why));
+        }
+        grant.approvals.push(Approval {
+            by: approver.to_string(),
+            at: now,
+        });
+        let mut events = vec![Event::new(
+            approver,
+            "approve",
+            id,
+            json!({"approvals": grant.approvals.len(), "needed": grant.approvals_needed}),
+        )];
+        let mut reasons = Vec::new();
+        if grant.approvals.len() as u32 >= grant.approvals_needed {
+            // Re-decide at activation: the step it climbs from may have ended meanwhile.
+            let active = self.store.active_grants_of(&grant.user, now)?;
+            let held: Vec<policy::Held<'_>> = active
+                .iter()
+                .map(|g| policy::Held {
+                    contract: &g.contract,
+                    step: &g.step,
+                    end: g.end.unwrap_or(now),
+                })
+                .collect();
+            let req = policy::Request {
+                user: &grant.user,
+                contract: &grant.contract,
+                step: Some(&grant.step),
+                reason: grant.reason.as_deref(),
+                ttl: Some(Duration::from_secs(grant.ttl_secs)),
+            };
+            match policy::decide(&p, &req, &held, now) {
+                Decision::Deny { reason, .. } => {
+                    grant.status = Status::Denied;
+                    grant.closed = Some(Closure {
+                        by: "ramp-ca".into(),
+                        at: now,
+                        reason: format!("could not activate after approval: {reason}"),
+                    });
+                    events.push(Event::new("ramp-ca", "deny", id, json!({"reason": reason})));
+                    reasons.push(reason);
+                }
+                d => {
+                    if let Decision::Grant { ttl, .. } | Decision::NeedsApproval { ttl, .. } = &d {
+                        grant.ttl_secs = grant.ttl_secs.min(ttl.as_secs());
+                    }
+                    reasons = d.reasons().to_vec();
+                    grant.activate(now);
+                    events.push(Event::new(
+                        approver,
+                        "grant",
+                        id,
+                        json!({"end": grant.end, "approvers": grant.approvers()}),
+                    ));
+                }
+            }
+        }
+        self.store.commit(
+            Change {
+                grants: vec![grant.clone()],
+                events,
+                ..Change::default()
+            },
+            now,
+        )?;
+        Ok(Outcome {
+            grant: self.view(&p, grant, now),
+            certificate: None,
+            serial: None,
+            reasons,
+        })
+    }
+
+    /// A denial by an eligible approver, or the requester withdrawing their own request.
+    pub fn deny(&self, who: &str, id: &str, reason: &str, now: DateTime<Utc>) -> Result<GrantView> {
+        let p = self.policies();
+        let mut grant = self.grant_or_404(id)?;
+        if grant.state(now) != State::Pending {
+            return Err(ServiceError::Conflict(format!(
+                "request `{id}` is {}, not pending",
+                grant.state(now)
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(ServiceError::BadRequest(
+                "a denial needs a reason (--reason)".into(),
+            ));
+        }
+        let may = who == grant.user
+            || p.has_role(who, ROLE_ADMIN)
+            || grant.approvals_from.iter().any(|r| p.has_role(who, r));
+        if !may {
+            return Err(ServiceError::Denied(format!(
+                "`{who}` may not deny this request: it takes one of the roles {} (or ramp-admin)",
+                grant.approvals_from.join(", ")
+            )));
+        }
+        grant.status = Status::Denied;
+        grant.closed = Some(Closure {
+            by: who.to_string(),
+            at: now,
+            reason: reason.to_string(),
+        });
+        self.store.commit(
+            Change {
+                grants: vec![grant.clone()],
+                events: vec![Event::new(who, "deny", id, json!({"reason": reason}))],
+                ..Change::default()
+            },
+            now,
+        )?;
+        Ok(self.view(&p, grant, now))
+    }
+
+    /// Grants the caller may see: their own; everything for admins and auditors; pending
+    /// requests they could approve for approvers. Ended grants only with `all`.
+    pub fn grants(&self, user: &str, all: bool, now: DateTime<Utc>) -> Result<Vec<GrantView>> {
+        let p = self.policies();
+        let sees_all = p.has_role(user, ROLE_ADMIN) || p.has_role(user, ROLE_AUDITOR);
+        Ok(self
+            .store
+            .grants()?
+            .into_iter()
+            .filter(|g| {
+                g.user == user
+                    || sees_all
+                    || (g.status == Status::Pending
+                        && g.approvals_from.iter().any(|r| p.has_role(user, r)))
+            })
+            .filter(|g| all || matches!(g.state(now), State::Active | State::Pending))
+            .map(|g| self.view(&p, g, now))
+            .collect())
+    }
+
+    /// One grant, if the caller may see it.
+    pub fn grant(&self, user: &str, id: &str, now: DateTime<Utc>) -> Result<GrantView> {
+        self.grants(user, true, now)?
+            .into_iter()
+            .find(|g| g.grant.id == id)
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "no grant or request with id `{id}` that you may see"
+                ))
+            })
+    }
+
+    /// Revokes by serial, grant or user. Admins revoke anything; others only their own grants.
+    pub fn revoke(&self, who: &str, body: &RevokeBody, now: DateTime<Utc>) -> Result<Revocation> {
+        let p = self.policies();
+        let admin = p.has_role(who, ROLE_ADMIN);
+        let target = match (body.serial, &body.grant, &body.user) {
+            (Some(s), None, None) => RevokeTarget::Serial(s),
+            (None, Some(g), None) => RevokeTarget::Grant(g.clone()),
+            (None, None, Some(u)) => RevokeTarget::User(u.clone()),
+            _ => {
+                return Err(ServiceError::BadRequest(
+                    "revoke exactly one of --serial, --grant or --user".into(),
+                ))
+            }
+        };
+        let certs = self.store.certs()?;
+        let grants = self.store.grants()?;
+        let (mut serials, mut hit): (Vec<u64>, Vec<Grant>) = match &target {
+            RevokeTarget::Serial(s) => {
+                let c = certs.iter().find(|c| c.serial == *s).ok_or_else(|| {
+                    ServiceError::NotFound(format!("no certificate with serial {s} in the ledger"))
+                })?;
+                if !admin && c.user != who {
+                    return Err(ServiceError::Denied(format!(
+                        "serial {s} belongs to `{}`; only ramp-admin may revoke it",
+                        c.user
+                    )));
+                }
+                (vec![*s], Vec::new())
+            }
+            RevokeTarget::Grant(id) => {
+                let g = grants
+                    .iter()
+                    .find(|g| &g.id == id)
+                    .ok_or_else(|| ServiceError::NotFound(format!("no grant with id `{id}`")))?;
+                if !admin && g.user != who {
+                    return Err(ServiceError::Denied(format!(
+                        "grant `{id}` belongs to `{}`; only ramp-admin may revoke it",
+                        g.user
+                    )));
+                }
+                (Vec::new(), vec![g.clone()])
+            }
+            RevokeTarget::User(u) => {
+                if !admin && u != who {
+                    return Err(ServiceError::Denied(
+                        "only ramp-admin may revoke another user".into(),
+                    ));
+                }
+                if !p.users.contains_key(u) && !grants.iter().any(|g| &g.user == u) {
+                    return Err(ServiceError::NotFound(format!(
+                        "no user `{u}` in people.yaml or the ledger"
+                    )));
+                }
+                (
+                    Vec::new(),
+                    grants.iter().filter(|g| &g.user == u).cloned().collect(),
+                )
+            }
+        };
+        // A revoked grant takes every certificate minted from it along.
+        for g in &hit {
+            serials.extend(certs.iter().filter(|c| c.grant == g.id).map(|c| c.serial));
+        }
+        serials.sort_unstable();
+        serials.dedup();
+        let reason = body.reason.clone().unwrap_or_else(|| "revoked".into());
+        hit.retain(|g| matches!(g.state(now), State::Active | State::Pending));
+        for g in &mut hit {
+            g.status = Status::Revoked;
+            g.closed = Some(Closure {
+                by: who.to_string(),
+                at: now,
+                reason: reason.clone(),
+            });
+        }
+        let revocation = Revocation {
+            target: target.clone(),
+            by: who.to_string(),
+            at: now,
+            reason: reason.clone(),
+            serials: serials.clone(),
+            grants: hit.iter().map(|g| g.id.clone()).collect(),
+        };
+        let subject = match &target {
+            RevokeTarget::Serial(s) => format!("serial:{s}"),
+            RevokeTarget::Grant(g) => format!("grant:{g}"),
+            RevokeTarget::User(u) => format!("user:{u}"),
+        };
+        self.store.commit(
+            Change {
+                grants: hit,
+                revocation: Some(revocation.clone()),
+                events: vec![Event::new(
+                    who,
+                    "revoke",
+                    &subject,
+                    json!({"reason": reason, "serials": serials, "grants": revocation.grants}),
+                )],
+                ..Change::default()
+            },
+            now,
+        )?;
+        Ok(revocation)
+    }
+
+    /// An OpenSSH KRL of every revoked user certificate.
+    pub fn krl(&self, now: DateTime<Utc>) -> Result<Vec<u8>> {
+        let serials = self.store.revoked_serials()?;
+        let version = self.store.next_krl_version()?;
+        let ca = self.keys.user_ca.public_key();
+        let node = self.keys.node_ca.public_key();
+        let sections = [
+            crate::krl::RevokedCerts {
+                ca,
+                serials: serials.clone(),
+                key_ids: Vec::new(),
+            },
+            // Targets trust node-ca; the bastion's hop certificates reuse the user's serial.
+            crate::krl::RevokedCerts {
+                ca: node,
+                serials,
+                key_ids: Vec::new(),
+            },
+        ];
+        Ok(crate::krl::encode(
+            &sections,
+            version,
+            now.timestamp().max(0) as u64,
+            "ramp-ca",
+        ))
+    }
+
+    /// A host certificate for a target (or any host name an admin vouches for).
+    pub fn sign_host(&self, who: &str, body: &SignHostBody, now: DateTime<Utc>) -> Result<String> {
+        let p = self.policies();
+        if !p.has_role(who, ROLE_ADMIN) {
+            return Err(ServiceError::Denied(
+                "signing host certificates takes ramp-admin".into(),
+            ));
+        }
+        if !policy::valid_name(&body.name) {
+            return Err(ServiceError::BadRequest(format!(
+                "bad host name `{}`",
+                body.name
+            )));
+        }
+        let key = keys::parse_public(&body.public_key).map_err(|e| {
+            ServiceError::BadRequest(format!("--pubkey is not an OpenSSH public key: {e}"))
+        })?;
+        let ttl = match body.ttl.as_deref() {
+            Some(t) => policy::parse_duration(t)
+                .ok_or_else(|| ServiceError::BadRequest(format!("bad ttl `{t}`")))?,
+            None => HOST_CERT_TTL,
+        };
+        let mut principals = vec![body.name.clone()];
+        if let Some(h) = p.hosts.get(&body.name) {
+            let host = h
+                .address
+                .rsplit_once(':')
+                .map_or(h.address.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host != body.name {
+                principals.push(host.to_string());
+            }
+        }
+        let serial = self.store.next_serial()?;
+        let from = (now.timestamp() - ca::BACKDATE_SECS).max(0) as u64;
+        let until = from + ca::BACKDATE_SECS as u64 + ttl.as_secs();
+        let key_id = format!("ramp-host:{}", body.name);
+        let cert = ca::mint_host_cert(
+            &self.keys.host_ca,
+            &key,
+            serial,
+            &key_id,
+            &principals,
+            (from, until),
+            &mut rand::rng(),
+        )?;
+        let record = CertRecord {
+            serial,
+            key_id,
+            kind: "host".into(),
+            user: who.to_string(),
+            grant: String::new(),
+            principals,
+            valid_after: from,
+            valid_before: until,
+            fingerprint: keys::fingerprint(&key),
+            issued_at: now,
+        };
+        let event = Event::new(
+            who,
+            "sign-host",
+            &body.name,
+            json!({"serial": serial, "principals": record.principals, "key": record.fingerprint, "valid_before": until}),
+        );
+        self.store.commit(
+            Change {
+                certs: vec![record],
+                events: vec![event],
+                ..Change::default()
+            },
+            now,
+        )?;
+        Ok(cert.to_openssh().map_err(ca::CaError::from)?)
+    }
+
+    fn require_auditor(&self, who: &str) -> Result<()> {
+        let p = self.policies();
+        if p.has_role(who, ROLE_ADMIN) || p.has_role(who, ROLE_AUDITOR) {
+            Ok(())
+        } else {
+            Err(ServiceError::Denied(
+                "reading the audit log takes ramp-admin or ramp-auditor".into(),
+            ))
+        }
+    }
+
+    /// Audit records since a time, for admins and auditors.
+    pub fn audit(&self, who: &str, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        self.require_auditor(who)?;
+        Ok(self.store.audit_since(since)?)
+    }
+
+    /// Verifies the audit chain, for admins and auditors.
+    pub fn verify_audit(&self, who: &str) -> Result<AuditReport> {
+        self.require_auditor(who)?;
+        Ok(self.store.verify_audit()?)
+    }
+}
+
+/// A short random id for requests and grants.
+fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 6]>())
+}
