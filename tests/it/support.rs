@@ -70,6 +70,10 @@ pub fn ramp(dir: &TestDir) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ramp-ca"));
     cmd.current_dir(dir.path())
         .env("RAMP_DIR", dir.path())
+        // Hermetic: no developer's ~/.ssh, agent or daemon leaks into a test.
+        .env("HOME", dir.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("RAMP_SERVER")
         .env_remove("RUST_LOG");
     cmd
 }

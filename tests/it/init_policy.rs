@@ -1,0 +1,107 @@
+//! `init`, key file rules, `policy check` and `policy explain`.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{ramp, run_err, run_ok, TestDir};
+
+fn mode(dir: &TestDir, rel: &str) -> u32 {
+    std::fs::metadata(dir.join(rel)).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_creates_private_keys_and_never_overwrites_one() {
+    let dir = TestDir::new();
+    let out = run_ok(ramp(&dir).arg("init"));
+    for key in ["user-ca", "node-ca", "host-ca", "bastion_host_ed25519"] {
+        assert_eq!(mode(&dir, &format!("keys/{key}")), 0o600, "{key}");
+        assert!(dir.join(format!("keys/{key}.pub")).exists(), "{key}.pub");
+        assert!(out.contains(&format!("keys/{key}")), "{out}");
+    }
+    let cert = run_ok(std::process::Command::new("ssh-keygen").arg("-L").arg("-f").arg(dir.join("keys/bastion_host_ed25519-cert.pub")));
+    assert!(cert.contains("host certificate"), "{cert}");
+    for file in ["people.yaml", "hosts.yaml", "prod-db.yaml", "prod-web.yaml"] {
+        assert!(dir.join("policies").join(file).exists(), "{file}");
+    }
+    let contract = dir.read("policies/prod-db.yaml");
+    assert_eq!(contract.matches("- name:").count(), 3, "three steps");
+    assert!(contract.contains("approvals"));
+
+    let before: Vec<String> = ["user-ca", "node-ca", "host-ca"].iter().map(|k| dir.read(format!("keys/{k}"))).collect();
+    std::fs::remove_file(dir.join("keys/node-ca")).unwrap();
+    let out = run_ok(ramp(&dir).arg("init"));
+    assert!(out.contains("keys/node-ca"), "recreates only the missing key: {out}");
+    assert!(!out.contains("keys/user-ca"), "{out}");
+    assert_eq!(dir.read("keys/user-ca"), before[0], "user-ca untouched");
+    assert_eq!(dir.read("keys/host-ca"), before[2], "host-ca untouched");
+    let out = run_ok(ramp(&dir).arg("init"));
+    assert!(out.contains("nothing changed"), "{out}");
+}
+
+#[test]
+fn a_ca_key_readable_by_others_is_refused() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).arg("init"));
+    std::fs::set_permissions(dir.join("keys/user-ca"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = run_err(ramp(&dir).args(["serve", "--api", "127.0.0.1:0"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("keys/user-ca: permissions 0644 are too open"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn policy_check_reports_every_problem_with_its_position() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["policy", "check"]));
+    assert!(out.contains("ok (3 users, 3 hosts, 2 contracts)"), "{out}");
+
+    dir.write(
+        "policies/bad.yaml",
+        "contract: prod-db\nrequesters: [sre, dba]\ntargets: {names: [\"cache-*\"]}\ncolour: blue\nsteps:\n  - name: a\n    principals: []\n    max_ttl: 5 minutes\n  - name: b\n    after: c\n    principals: [\"x y\", \"root,admin\"]\n    max_ttl: 3d\n    options: {source_address: [10.0.0.0/40]}\n",
+    );
+    let (code, err) = run_err(ramp(&dir).args(["policy", "check"]));
+    assert_eq!(code, 1);
+    let expected = [
+        "bad.yaml:4:1: unknown key `colour`",
+        "bad.yaml:2:19: contract `prod-db` requesters: unknown role `dba`",
+        "bad.yaml:3:19: contract `prod-db`: unknown target `cache-*`",
+        "bad.yaml:7:17: contract `prod-db` step `a` principals must not be empty",
+        "bad.yaml:8:14: contract `prod-db` step `a` max_ttl: bad duration `5 minutes`",
+        "bad.yaml:11:18: contract `prod-db` step `b` principal \"x y\" contains whitespace",
+        "bad.yaml:11:25: contract `prod-db` step `b` principal \"root,admin\" contains `,`",
+        "bad.yaml:12:14: contract `prod-db` step `b` max_ttl 3d is above the contract's limit 1d",
+        "bad.yaml:13:32: contract `prod-db` step `b` options: invalid CIDR `10.0.0.0/40`",
+        "bad.yaml:10:12: contract `prod-db` step `b`: after `c` names no step",
+        "prod-db.yaml:2:11: duplicate contract name `prod-db`",
+    ];
+    for e in expected {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    assert!(err.contains("11 problem(s) found"), "{err}");
+
+    dir.write("policies/bad.yaml", "contract: x\nsteps: [\n");
+    let (code, err) = run_err(ramp(&dir).args(["policy", "check"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("policies/bad.yaml:3:1: invalid YAML"), "{err}");
+}
+
+#[test]
+fn policy_explain_gives_the_decision_and_the_reasons() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).arg("init"));
+    let explain = |args: &[&str]| {
+        let mut cmd = ramp(&dir);
+        cmd.args(["policy", "explain", "--contract", "prod-db"]).args(args);
+        cmd
+    };
+    let out = run_ok(&mut explain(&["--user", "alice", "--step", "observe", "--reason", "INC-1"]));
+    assert!(out.starts_with("GRANT prod-db/observe for 30m"), "{out}");
+    assert!(out.contains("holds role `sre`"), "{out}");
+
+    let (code, err) = run_err(&mut explain(&["--user", "alice", "--step", "operate"]));
+    assert_eq!(code, 1, "{err}");
+    let out = run_ok(&mut explain(&["--user", "alice", "--step", "operate", "--holding", "observe"]));
+    assert!(out.starts_with("NEEDS APPROVAL prod-db/operate for 2h: 1 from sre-lead"), "{out}");
+    let out = String::from_utf8(explain(&["--user", "bob", "--step", "observe"]).output().unwrap().stdout).unwrap();
+    assert!(out.starts_with("DENY: `bob` holds none of the roles"), "{out}");
+}

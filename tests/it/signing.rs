@@ -1,0 +1,87 @@
+//! Signing end to end: the certificate's fields, a real sshd honouring them, serials.
+
+use russh::keys::ssh_key::Certificate;
+
+use crate::support::{ssh_exec, Sshd, SshdOptions, TestDir};
+use crate::{json, setup, ALICE};
+
+fn cert_of(dir: &TestDir, key: &str) -> Certificate {
+    Certificate::from_openssh(dir.read(format!("{key}-cert.pub")).trim()).unwrap()
+}
+
+fn readonly_sshd(dir: &TestDir) -> Sshd {
+    Sshd::start(SshdOptions {
+        // Only to prove the format: in production targets trust node-ca.
+        trusted_user_ca_keys: dir.join("keys/user-ca.pub"),
+        revoked_keys: None,
+        principals: vec![("root".into(), vec!["readonly".into()])],
+    })
+}
+
+#[test]
+fn a_minted_certificate_carries_the_grant_and_real_sshd_honours_it() {
+    let (dir, daemon) = setup();
+    let out = crate::support::run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &["sign", "--contract", "prod-db", "--step", "observe", "--reason", "INC-42", "--json"],
+    ));
+    let out = json(&out);
+    let grant = out["grant"]["id"].as_str().unwrap().to_string();
+    assert_eq!(out["grant"]["state"], "active");
+
+    let listing = crate::support::run_ok(std::process::Command::new("ssh-keygen").arg("-L").arg("-f").arg(dir.join(format!("{ALICE}-cert.pub"))));
+    assert!(listing.contains(&format!("Key ID: \"ramp:alice:prod-db:observe:{grant}\"")), "{listing}");
+    assert!(listing.contains("user certificate"), "{listing}");
+    assert!(listing.contains("Principals: \n                readonly\n"), "{listing}");
+    assert!(listing.contains("Critical Options: (none)"), "{listing}");
+    assert!(listing.contains("permit-pty"), "{listing}");
+    assert!(!listing.contains("permit-port-forwarding"), "{listing}");
+
+    let cert = cert_of(&dir, ALICE);
+    assert_eq!(cert.serial(), out["serial"].as_u64().unwrap());
+    assert_eq!(cert.valid_before() - cert.valid_after(), 60 + 30 * 60, "backdated 60 s, 30 m step");
+    let now = chrono::Utc::now().timestamp() as u64;
+    assert!(cert.valid_after() <= now - 59 && cert.valid_after() >= now - 120, "valid_after {}", cert.valid_after());
+
+    let sshd = readonly_sshd(&dir);
+    let ok = ssh_exec(&sshd, "root", &dir.join(ALICE), "echo through-the-window");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "through-the-window");
+
+    // prod-web/logs grants principal `logs`, which this sshd does not accept for root.
+    crate::support::run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web", "--step", "logs"]));
+    assert_eq!(cert_of(&dir, ALICE).valid_principals(), ["logs"]);
+    let refused = ssh_exec(&sshd, "root", &dir.join(ALICE), "true");
+    assert!(!refused.status.success());
+    assert!(sshd.log().contains("Certificate does not contain an authorized principal"), "{}", sshd.log());
+
+    // A two-second certificate works inside its window and is refused after it.
+    crate::support::run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-db", "--step", "observe", "--ttl", "3s", "--reason", "x"]));
+    let short = cert_of(&dir, ALICE);
+    assert_eq!(short.valid_before() - short.valid_after(), 63);
+    assert!(ssh_exec(&sshd, "root", &dir.join(ALICE), "true").status.success());
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let late = ssh_exec(&sshd, "root", &dir.join(ALICE), "true");
+    assert!(!late.status.success(), "expired certificate accepted");
+    assert!(sshd.log().contains("expired"), "{}", sshd.log());
+}
+
+#[test]
+fn serials_are_unique_and_never_reused_across_restarts() {
+    let (dir, daemon) = setup();
+    let sign = |daemon: &crate::Daemon| {
+        let out = crate::support::run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web", "--json"]));
+        json(&out)["serial"].as_u64().unwrap()
+    };
+    let mut serials = vec![sign(&daemon), sign(&daemon)];
+    assert!(daemon.stop().success(), "clean stop on SIGTERM");
+    let daemon = crate::Daemon::start(&dir);
+    serials.push(sign(&daemon));
+    serials.push(sign(&daemon));
+    let mut sorted = serials.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, serials, "strictly increasing, no repeats: {serials:?}");
+    assert!(serials[0] > 0, "serial 0 cannot be revoked by KRL");
+}
