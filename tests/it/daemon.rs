@@ -41,10 +41,17 @@ impl Daemon {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("ramp-ca serve did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "ramp-ca serve did not come up:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         };
-        Daemon { child: Some(child), url, log }
+        Daemon {
+            child: Some(child),
+            url,
+            log,
+        }
     }
 
     /// `ramp-ca ARGS --key KEY` against this daemon; `key` is relative to the test dir.
@@ -69,7 +76,10 @@ impl Daemon {
 
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         for _ in 0..200 {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(status);

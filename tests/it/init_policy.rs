@@ -5,7 +5,11 @@ use std::os::unix::fs::PermissionsExt;
 use crate::support::{ramp, run_err, run_ok, TestDir};
 
 fn mode(dir: &TestDir, rel: &str) -> u32 {
-    std::fs::metadata(dir.join(rel)).unwrap().permissions().mode() & 0o777
+    std::fs::metadata(dir.join(rel))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 #[test]
@@ -17,7 +21,12 @@ fn init_creates_private_keys_and_never_overwrites_one() {
         assert!(dir.join(format!("keys/{key}.pub")).exists(), "{key}.pub");
         assert!(out.contains(&format!("keys/{key}")), "{out}");
     }
-    let cert = run_ok(std::process::Command::new("ssh-keygen").arg("-L").arg("-f").arg(dir.join("keys/bastion_host_ed25519-cert.pub")));
+    let cert = run_ok(
+        std::process::Command::new("ssh-keygen")
+            .arg("-L")
+            .arg("-f")
+            .arg(dir.join("keys/bastion_host_ed25519-cert.pub")),
+    );
     assert!(cert.contains("host certificate"), "{cert}");
     for file in ["people.yaml", "hosts.yaml", "prod-db.yaml", "prod-web.yaml"] {
         assert!(dir.join("policies").join(file).exists(), "{file}");
@@ -26,10 +35,16 @@ fn init_creates_private_keys_and_never_overwrites_one() {
     assert_eq!(contract.matches("- name:").count(), 3, "three steps");
     assert!(contract.contains("approvals"));
 
-    let before: Vec<String> = ["user-ca", "node-ca", "host-ca"].iter().map(|k| dir.read(format!("keys/{k}"))).collect();
+    let before: Vec<String> = ["user-ca", "node-ca", "host-ca"]
+        .iter()
+        .map(|k| dir.read(format!("keys/{k}")))
+        .collect();
     std::fs::remove_file(dir.join("keys/node-ca")).unwrap();
     let out = run_ok(ramp(&dir).arg("init"));
-    assert!(out.contains("keys/node-ca"), "recreates only the missing key: {out}");
+    assert!(
+        out.contains("keys/node-ca"),
+        "recreates only the missing key: {out}"
+    );
     assert!(!out.contains("keys/user-ca"), "{out}");
     assert_eq!(dir.read("keys/user-ca"), before[0], "user-ca untouched");
     assert_eq!(dir.read("keys/host-ca"), before[2], "host-ca untouched");
@@ -41,10 +56,17 @@ fn init_creates_private_keys_and_never_overwrites_one() {
 fn a_ca_key_readable_by_others_is_refused() {
     let dir = TestDir::new();
     run_ok(ramp(&dir).arg("init"));
-    std::fs::set_permissions(dir.join("keys/user-ca"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.join("keys/user-ca"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let (code, err) = run_err(ramp(&dir).args(["serve", "--api", "127.0.0.1:0"]));
     assert_eq!(code, 1);
-    assert!(err.contains("keys/user-ca: permissions 0644 are too open"), "{err}");
+    assert!(
+        err.contains("keys/user-ca: permissions 0644 are too open"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -91,17 +113,39 @@ fn policy_explain_gives_the_decision_and_the_reasons() {
     run_ok(ramp(&dir).arg("init"));
     let explain = |args: &[&str]| {
         let mut cmd = ramp(&dir);
-        cmd.args(["policy", "explain", "--contract", "prod-db"]).args(args);
+        cmd.args(["policy", "explain", "--contract", "prod-db"])
+            .args(args);
         cmd
     };
-    let out = run_ok(&mut explain(&["--user", "alice", "--step", "observe", "--reason", "INC-1"]));
+    let out = run_ok(&mut explain(&[
+        "--user", "alice", "--step", "observe", "--reason", "INC-1",
+    ]));
     assert!(out.starts_with("GRANT prod-db/observe for 30m"), "{out}");
     assert!(out.contains("holds role `sre`"), "{out}");
 
     let (code, err) = run_err(&mut explain(&["--user", "alice", "--step", "operate"]));
     assert_eq!(code, 1, "{err}");
-    let out = run_ok(&mut explain(&["--user", "alice", "--step", "operate", "--holding", "observe"]));
-    assert!(out.starts_with("NEEDS APPROVAL prod-db/operate for 2h: 1 from sre-lead"), "{out}");
-    let out = String::from_utf8(explain(&["--user", "bob", "--step", "observe"]).output().unwrap().stdout).unwrap();
-    assert!(out.starts_with("DENY: `bob` holds none of the roles"), "{out}");
+    let out = run_ok(&mut explain(&[
+        "--user",
+        "alice",
+        "--step",
+        "operate",
+        "--holding",
+        "observe",
+    ]));
+    assert!(
+        out.starts_with("NEEDS APPROVAL prod-db/operate for 2h: 1 from sre-lead"),
+        "{out}"
+    );
+    let out = String::from_utf8(
+        explain(&["--user", "bob", "--step", "observe"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        out.starts_with("DENY: `bob` holds none of the roles"),
+        "{out}"
+    );
 }

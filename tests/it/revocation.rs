@@ -1,1 +1,213 @@
+//! Approvals, denials and revocation, down to a real sshd reading the KRL.
 
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{run_err, run_ok, ssh_exec, Sshd, SshdOptions};
+use crate::{json, setup, ALICE, BOB, CAROL};
+
+fn grant_id(out: &str) -> String {
+    json(out)["grant"]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn approvals_follow_the_contract_and_sign_wait_picks_up_the_certificate() {
+    let (dir, daemon) = setup();
+    let sign = |step: &str| {
+        daemon.cmd(
+            &dir,
+            ALICE,
+            &[
+                "sign",
+                "--contract",
+                "prod-db",
+                "--step",
+                step,
+                "--reason",
+                "INC-7",
+                "--json",
+            ],
+        )
+    };
+    let (code, err) = run_err(&mut sign("operate"));
+    assert_eq!(code, 1);
+    assert!(err.contains("request `observe` first"), "{err}");
+    run_ok(&mut sign("observe"));
+
+    // `sign --wait` blocks until bob approves, then writes the certificate.
+    let waiting = daemon
+        .cmd(
+            &dir,
+            ALICE,
+            &[
+                "sign",
+                "--contract",
+                "prod-db",
+                "--step",
+                "operate",
+                "--reason",
+                "INC-7",
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pending = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let list = json(&run_ok(&mut daemon.cmd(&dir, BOB, &["grants", "--json"])));
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["state"] == "pending")
+                .map(|g| g["id"].as_str().unwrap().to_string())
+        })
+        .expect("bob sees alice's pending request");
+    let (_, err) = run_err(&mut daemon.cmd(&dir, ALICE, &["approve", &pending]));
+    assert!(err.contains("cannot approve your own request"), "{err}");
+    run_ok(&mut daemon.cmd(&dir, BOB, &["approve", &pending]));
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = dir.read(format!("{ALICE}-cert.pub"));
+    let cert = russh::keys::ssh_key::Certificate::from_openssh(cert.trim()).unwrap();
+    assert_eq!(cert.valid_principals(), ["readonly", "dbadmin"]);
+    assert_eq!(
+        cert.key_id(),
+        format!("ramp:alice:prod-db:operate:{pending}")
+    );
+
+    // break-glass takes two distinct approvers; the same one twice counts once.
+    let glass = grant_id(&run_ok(&mut sign("break-glass")));
+    run_ok(&mut daemon.cmd(&dir, BOB, &["approve", &glass]));
+    let (_, err) = run_err(&mut daemon.cmd(&dir, BOB, &["approve", &glass]));
+    assert!(err.contains("count once"), "{err}");
+    let (_, err) = run_err(&mut daemon.cmd(&dir, ALICE, &["sign", "--grant", &glass]));
+    assert!(err.contains("still pending: 1 of 2 approvals"), "{err}");
+    let out = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        CAROL,
+        &["approve", &glass, "--json"],
+    )));
+    assert_eq!(out["grant"]["state"], "active");
+    run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--grant", &glass]));
+
+    // A denied request yields no certificate.
+    let again = grant_id(&run_ok(&mut sign("operate")));
+    run_ok(&mut daemon.cmd(&dir, BOB, &["deny", &again, "--reason", "not now"]));
+    let (code, err) = run_err(&mut daemon.cmd(&dir, ALICE, &["sign", "--grant", &again]));
+    assert_eq!(code, 1);
+    assert!(err.contains("denied"), "{err}");
+}
+
+#[test]
+fn revoked_certificates_are_in_the_krl_and_real_sshd_refuses_them() {
+    let (dir, daemon) = setup();
+    let sign_copy = |name: &str| {
+        let out = json(&run_ok(&mut daemon.cmd(
+            &dir,
+            ALICE,
+            &[
+                "sign",
+                "--contract",
+                "prod-db",
+                "--step",
+                "observe",
+                "--reason",
+                "r",
+                "--json",
+            ],
+        )));
+        std::fs::copy(
+            dir.join(format!("{ALICE}-cert.pub")),
+            dir.join(format!("{name}-cert.pub")),
+        )
+        .unwrap();
+        std::fs::copy(dir.join(ALICE), dir.join(name)).unwrap();
+        (
+            out["serial"].as_u64().unwrap(),
+            out["grant"]["id"].as_str().unwrap().to_string(),
+        )
+    };
+    let (serial_a, _) = sign_copy("a");
+    let (_, grant_b) = sign_copy("b");
+
+    let (_, err) = run_err(&mut daemon.cmd(&dir, ALICE, &["revoke", "--user", "bob"]));
+    assert!(err.contains("only ramp-admin"), "{err}");
+    run_ok(&mut daemon.cmd(
+        &dir,
+        CAROL,
+        &[
+            "revoke",
+            "--serial",
+            &serial_a.to_string(),
+            "--reason",
+            "laptop lost",
+        ],
+    ));
+    run_ok(&mut daemon.cmd(&dir, CAROL, &["krl", "--out", "revoked.krl"]));
+    let query = |name: &str| {
+        Command::new("ssh-keygen")
+            .arg("-Q")
+            .arg("-f")
+            .arg(dir.join("revoked.krl"))
+            .arg(dir.join(format!("{name}-cert.pub")))
+            .output()
+            .unwrap()
+    };
+    let a = query("a");
+    assert_eq!(a.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&a.stdout).contains("REVOKED"));
+    assert!(query("b").status.success(), "b is not revoked");
+
+    let sshd = Sshd::start(SshdOptions {
+        trusted_user_ca_keys: dir.join("keys/user-ca.pub"),
+        revoked_keys: Some(dir.join("revoked.krl")),
+        principals: vec![("root".into(), vec!["readonly".into()])],
+    });
+    assert!(
+        !ssh_exec(&sshd, "root", &dir.join("a"), "true")
+            .status
+            .success(),
+        "revoked certificate accepted"
+    );
+    assert!(sshd.log().contains("revoked"), "{}", sshd.log());
+    assert!(ssh_exec(&sshd, "root", &dir.join("b"), "true")
+        .status
+        .success());
+
+    // Revoking the grant takes its certificates along; revoking the user takes every grant.
+    run_ok(&mut daemon.cmd(&dir, CAROL, &["revoke", "--grant", &grant_b]));
+    run_ok(&mut daemon.cmd(&dir, CAROL, &["krl", "--out", "revoked.krl"]));
+    assert_eq!(query("b").status.code(), Some(1));
+    run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web"]));
+    let out = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        CAROL,
+        &["revoke", "--user", "alice", "--json"],
+    )));
+    assert_eq!(
+        out["grants"].as_array().unwrap().len(),
+        2,
+        "observe a and prod-web: {out}"
+    );
+    let all = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &["grants", "--all", "--json"],
+    )));
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["state"] == "revoked"),
+        "{all}"
+    );
+}

@@ -24,43 +24,103 @@ fn a_minted_certificate_carries_the_grant_and_real_sshd_honours_it() {
     let out = crate::support::run_ok(&mut daemon.cmd(
         &dir,
         ALICE,
-        &["sign", "--contract", "prod-db", "--step", "observe", "--reason", "INC-42", "--json"],
+        &[
+            "sign",
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-42",
+            "--json",
+        ],
     ));
     let out = json(&out);
     let grant = out["grant"]["id"].as_str().unwrap().to_string();
     assert_eq!(out["grant"]["state"], "active");
 
-    let listing = crate::support::run_ok(std::process::Command::new("ssh-keygen").arg("-L").arg("-f").arg(dir.join(format!("{ALICE}-cert.pub"))));
-    assert!(listing.contains(&format!("Key ID: \"ramp:alice:prod-db:observe:{grant}\"")), "{listing}");
+    let listing = crate::support::run_ok(
+        std::process::Command::new("ssh-keygen")
+            .arg("-L")
+            .arg("-f")
+            .arg(dir.join(format!("{ALICE}-cert.pub"))),
+    );
+    assert!(
+        listing.contains(&format!("Key ID: \"ramp:alice:prod-db:observe:{grant}\"")),
+        "{listing}"
+    );
     assert!(listing.contains("user certificate"), "{listing}");
-    assert!(listing.contains("Principals: \n                readonly\n"), "{listing}");
+    assert!(
+        listing.contains("Principals: \n                readonly\n"),
+        "{listing}"
+    );
     assert!(listing.contains("Critical Options: (none)"), "{listing}");
     assert!(listing.contains("permit-pty"), "{listing}");
     assert!(!listing.contains("permit-port-forwarding"), "{listing}");
 
     let cert = cert_of(&dir, ALICE);
     assert_eq!(cert.serial(), out["serial"].as_u64().unwrap());
-    assert_eq!(cert.valid_before() - cert.valid_after(), 60 + 30 * 60, "backdated 60 s, 30 m step");
+    assert_eq!(
+        cert.valid_before() - cert.valid_after(),
+        60 + 30 * 60,
+        "backdated 60 s, 30 m step"
+    );
     let now = chrono::Utc::now().timestamp() as u64;
-    assert!(cert.valid_after() <= now - 59 && cert.valid_after() >= now - 120, "valid_after {}", cert.valid_after());
+    assert!(
+        cert.valid_after() <= now - 59 && cert.valid_after() >= now - 120,
+        "valid_after {}",
+        cert.valid_after()
+    );
 
     let sshd = readonly_sshd(&dir);
     let ok = ssh_exec(&sshd, "root", &dir.join(ALICE), "echo through-the-window");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "through-the-window");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        "through-the-window"
+    );
 
     // prod-web/logs grants principal `logs`, which this sshd does not accept for root.
-    crate::support::run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web", "--step", "logs"]));
+    crate::support::run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &["sign", "--contract", "prod-web", "--step", "logs"],
+    ));
     assert_eq!(cert_of(&dir, ALICE).valid_principals(), ["logs"]);
     let refused = ssh_exec(&sshd, "root", &dir.join(ALICE), "true");
     assert!(!refused.status.success());
-    assert!(sshd.log().contains("Certificate does not contain an authorized principal"), "{}", sshd.log());
+    assert!(
+        sshd.log()
+            .contains("Certificate does not contain an authorized principal"),
+        "{}",
+        sshd.log()
+    );
 
     // A two-second certificate works inside its window and is refused after it.
-    crate::support::run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-db", "--step", "observe", "--ttl", "3s", "--reason", "x"]));
+    crate::support::run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &[
+            "sign",
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--ttl",
+            "3s",
+            "--reason",
+            "x",
+        ],
+    ));
     let short = cert_of(&dir, ALICE);
     assert_eq!(short.valid_before() - short.valid_after(), 63);
-    assert!(ssh_exec(&sshd, "root", &dir.join(ALICE), "true").status.success());
+    assert!(ssh_exec(&sshd, "root", &dir.join(ALICE), "true")
+        .status
+        .success());
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let late = ssh_exec(&sshd, "root", &dir.join(ALICE), "true");
     assert!(!late.status.success(), "expired certificate accepted");
@@ -71,7 +131,11 @@ fn a_minted_certificate_carries_the_grant_and_real_sshd_honours_it() {
 fn serials_are_unique_and_never_reused_across_restarts() {
     let (dir, daemon) = setup();
     let sign = |daemon: &crate::Daemon| {
-        let out = crate::support::run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web", "--json"]));
+        let out = crate::support::run_ok(&mut daemon.cmd(
+            &dir,
+            ALICE,
+            &["sign", "--contract", "prod-web", "--json"],
+        ));
         json(&out)["serial"].as_u64().unwrap()
     };
     let mut serials = vec![sign(&daemon), sign(&daemon)];
@@ -82,6 +146,9 @@ fn serials_are_unique_and_never_reused_across_restarts() {
     let mut sorted = serials.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted, serials, "strictly increasing, no repeats: {serials:?}");
+    assert_eq!(
+        sorted, serials,
+        "strictly increasing, no repeats: {serials:?}"
+    );
     assert!(serials[0] > 0, "serial 0 cannot be revoked by KRL");
 }
