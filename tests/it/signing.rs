@@ -152,3 +152,38 @@ fn serials_are_unique_and_never_reused_across_restarts() {
     );
     assert!(serials[0] > 0, "serial 0 cannot be revoked by KRL");
 }
+
+#[test]
+fn sign_falls_back_to_ssh_agent_when_the_key_file_is_not_there() {
+    let (dir, daemon) = setup();
+    let sock = dir.join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    crate::support::run_ok(
+        std::process::Command::new("ssh-add")
+            .env("SSH_AUTH_SOCK", &sock)
+            .arg(dir.join(ALICE)),
+    );
+    // Only the public half stays on disk: the agent must do the signing.
+    std::fs::rename(dir.join(ALICE), dir.join("alice-private-elsewhere")).unwrap();
+    let out = crate::support::run_ok(
+        daemon
+            .cmd(&dir, ALICE, &["sign", "--contract", "prod-web", "--json"])
+            .env("SSH_AUTH_SOCK", &sock),
+    );
+    assert_eq!(json(&out)["grant"]["user"], "alice");
+    assert_eq!(cert_of(&dir, ALICE).valid_principals(), ["logs"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
