@@ -40,6 +40,37 @@ pub struct ClientOpts {
     pub json: bool,
 }
 
+/// What `sign` and `request` ask for.
+#[derive(Debug, Clone, Args)]
+pub struct StepArgs {
+    #[arg(long)]
+    pub contract: Option<String>,
+    /// Default: the contract's first step.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Like 30m; at most the step's max_ttl (default: the step's max_ttl).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl StepArgs {
+    /// The request body, certifying the signing key when `certify`.
+    fn body(self, certify: bool) -> Result<RequestBody> {
+        let contract = self.contract.ok_or_else(|| {
+            CliError::Usage("--contract C is required (or --grant ID for sign)".into())
+        })?;
+        Ok(RequestBody {
+            contract,
+            step: self.step,
+            ttl: self.ttl,
+            reason: self.reason,
+            certify,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create keys/, example policies and demo identities (never overwrites a key).
@@ -61,15 +92,8 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Request a step and write `<key>-cert.pub` once granted.
     Sign {
-        #[arg(long)]
-        contract: Option<String>,
-        #[arg(long)]
-        step: Option<String>,
-        /// Like 30m; at most the step's max_ttl.
-        #[arg(long)]
-        ttl: Option<String>,
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        ask: StepArgs,
         /// Get a certificate from an existing active grant instead of requesting.
         #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason"])]
         grant: Option<String>,
@@ -84,14 +108,8 @@ pub enum Command {
     },
     /// Request a step without minting a certificate yet.
     Request {
-        #[arg(long)]
-        contract: String,
-        #[arg(long)]
-        step: Option<String>,
-        #[arg(long)]
-        ttl: Option<String>,
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        ask: StepArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -272,10 +290,7 @@ pub async fn run(cli: Cli) -> Result {
             Ok(())
         }
         Command::Sign {
-            contract,
-            step,
-            ttl,
-            reason,
+            ask,
             grant,
             wait,
             timeout,
@@ -283,23 +298,11 @@ pub async fn run(cli: Cli) -> Result {
         } => {
             let timeout = policy::parse_duration(&timeout)
                 .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
-            sign(&client, contract, step, ttl, reason, grant, wait, timeout).await
+            sign(&client, ask, grant, wait, timeout).await
         }
-        Command::Request {
-            contract,
-            step,
-            ttl,
-            reason,
-            client: opts,
-        } => {
+        Command::Request { ask, client: opts } => {
+            let body = ask.body(false)?;
             let client = connect(&opts).await?;
-            let body = RequestBody {
-                contract,
-                step,
-                ttl,
-                reason,
-                certify: false,
-            };
             let out: Outcome = client
                 .call(Method::POST, "/v1/requests", Some(&body))
                 .await?;
@@ -468,21 +471,21 @@ async fn connect(opts: &ClientOpts) -> Result<Client> {
     Ok(Client::new(&opts.server, signer))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn sign(
     opts: &ClientOpts,
-    contract: Option<String>,
-    step: Option<String>,
-    ttl: Option<String>,
-    reason: Option<String>,
+    ask: StepArgs,
     grant: Option<String>,
     wait: bool,
     timeout: Duration,
 ) -> Result {
     let key_path = opts.key.clone().unwrap_or_else(client::default_key_path);
+    let body = match &grant {
+        Some(_) => None,
+        None => Some(ask.body(true)?),
+    };
     let client = connect(opts).await?;
-    let mut out: Outcome = match (grant, contract) {
-        (Some(id), _) => {
+    let mut out: Outcome = match grant {
+        Some(id) => {
             client
                 .call(
                     Method::POST,
@@ -491,22 +494,10 @@ async fn sign(
                 )
                 .await?
         }
-        (None, Some(contract)) => {
-            let body = RequestBody {
-                contract,
-                step,
-                ttl,
-                reason,
-                certify: true,
-            };
+        None => {
             client
-                .call(Method::POST, "/v1/requests", Some(&body))
+                .call(Method::POST, "/v1/requests", body.as_ref())
                 .await?
-        }
-        (None, None) => {
-            return Err(CliError::Usage(
-                "sign needs --contract C (or --grant ID)".into(),
-            ))
         }
     };
     if out.certificate.is_none() && out.grant.state == State::Pending {

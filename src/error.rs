@@ -13,6 +13,8 @@ pub enum Error {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

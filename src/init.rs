@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::keys::{self, Keys};
-use crate::store::{CertRecord, Change, Event, Store};
+use crate::store::Store;
 use crate::Error;
 
 /// Example policies shipped in the repository's `policies/` and written by `init`.
@@ -135,48 +135,17 @@ pub fn ensure_bastion_cert(
             return Ok(None);
         }
     }
-    let serial = store.next_serial()?;
-    let principals = bastion_principals();
-    let from = (now.timestamp() - crate::ca::BACKDATE_SECS).max(0) as u64;
-    let until = (now + chrono::Duration::days(BASTION_CERT_DAYS))
-        .timestamp()
-        .max(0) as u64;
-    let key_id = "ramp-host:bastion".to_string();
-    let cert = crate::ca::mint_host_cert(
+    let ttl = std::time::Duration::from_secs(BASTION_CERT_DAYS as u64 * 86400);
+    let line = crate::service::issue_host_cert(
+        store,
         &keys.host_ca,
         keys.bastion_host.public_key(),
-        serial,
-        &key_id,
-        &principals,
-        (from, until),
-        &mut rand::rng(),
-    )?;
-    let line = cert.to_openssh().map_err(crate::ca::CaError::from)?;
-    keys::write_line(&path, &line)?;
-    let record = CertRecord {
-        serial,
-        key_id,
-        kind: "host".into(),
-        user: "ramp-ca".into(),
-        grant: String::new(),
-        principals: principals.clone(),
-        valid_after: from,
-        valid_before: until,
-        fingerprint: keys::fingerprint(keys.bastion_host.public_key()),
-        issued_at: now,
-    };
-    store.commit(
-        Change {
-            certs: vec![record],
-            events: vec![Event::new(
-                "ramp-ca",
-                "sign-host",
-                "bastion",
-                serde_json::json!({"serial": serial, "principals": principals, "valid_before": until}),
-            )],
-            ..Change::default()
-        },
+        "bastion",
+        bastion_principals(),
+        ttl,
+        "ramp-ca",
         now,
     )?;
+    keys::write_line(&path, &line)?;
     Ok(Some(path))
 }

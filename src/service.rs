@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use russh::keys::ssh_key::PublicKey;
+use russh::keys::ssh_key::{PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -163,6 +163,25 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
     }
 
+    /// Decides a request against the requester's grants active at `now`.
+    fn decide(
+        &self,
+        p: &Policies,
+        req: &policy::Request<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Decision> {
+        let active = self.store.active_grants_of(req.user, now)?;
+        let held: Vec<policy::Held<'_>> = active
+            .iter()
+            .map(|g| policy::Held {
+                contract: &g.contract,
+                step: &g.step,
+                end: g.end.unwrap_or(now),
+            })
+            .collect();
+        Ok(policy::decide(p, req, &held, now))
+    }
+
     /// Mints a certificate for `key` from an active grant; returns it with its ledger record.
     fn mint(
         &self,
@@ -227,15 +246,6 @@ impl Service {
             })?),
             None => None,
         };
-        let active = self.store.active_grants_of(user, now)?;
-        let held: Vec<policy::Held<'_>> = active
-            .iter()
-            .map(|g| policy::Held {
-                contract: &g.contract,
-                step: &g.step,
-                end: g.end.unwrap_or(now),
-            })
-            .collect();
         let req = policy::Request {
             user,
             contract: &body.contract,
@@ -243,7 +253,7 @@ impl Service {
             reason: body.reason.as_deref(),
             ttl,
         };
-        let decision = policy::decide(&p, &req, &held, now);
+        let decision = self.decide(&p, &req, now)?;
         let asked = json!({"contract": body.contract, "step": body.step, "ttl": body.ttl, "reason": body.reason});
         let (step, ttl, from, count) = match &decision {
             Decision::Deny { reason, .. } => {
@@ -402,15 +412,6 @@ impl Service {
         let mut reasons = Vec::new();
         if grant.approvals.len() as u32 >= grant.approvals_needed {
             // Re-decide at activation: the step it climbs from may have ended meanwhile.
-            let active = self.store.active_grants_of(&grant.user, now)?;
-            let held: Vec<policy::Held<'_>> = active
-                .iter()
-                .map(|g| policy::Held {
-                    contract: &g.contract,
-                    step: &g.step,
-                    end: g.end.unwrap_or(now),
-                })
-                .collect();
             let req = policy::Request {
                 user: &grant.user,
                 contract: &grant.contract,
@@ -418,7 +419,7 @@ impl Service {
                 reason: grant.reason.as_deref(),
                 ttl: Some(Duration::from_secs(grant.ttl_secs)),
             };
-            match policy::decide(&p, &req, &held, now) {
+            match self.decide(&p, &req, now)? {
                 Decision::Deny { reason, .. } => {
                     grant.status = Status::Denied;
                     grant.closed = Some(Closure {
@@ -698,46 +699,16 @@ impl Service {
                 principals.push(host.to_string());
             }
         }
-        let serial = self.store.next_serial()?;
-        let from = (now.timestamp() - ca::BACKDATE_SECS).max(0) as u64;
-        let until = from + ca::BACKDATE_SECS as u64 + ttl.as_secs();
-        let key_id = format!("ramp-host:{}", body.name);
-        let cert = ca::mint_host_cert(
+        issue_host_cert(
+            &self.store,
             &self.keys.host_ca,
             &key,
-            serial,
-            &key_id,
-            &principals,
-            (from, until),
-            &mut rand::rng(),
-        )?;
-        let record = CertRecord {
-            serial,
-            key_id,
-            kind: "host".into(),
-            user: who.to_string(),
-            grant: String::new(),
-            principals,
-            valid_after: from,
-            valid_before: until,
-            fingerprint: keys::fingerprint(&key),
-            issued_at: now,
-        };
-        let event = Event::new(
-            who,
-            "sign-host",
             &body.name,
-            json!({"serial": serial, "principals": record.principals, "key": record.fingerprint, "valid_before": until}),
-        );
-        self.store.commit(
-            Change {
-                certs: vec![record],
-                events: vec![event],
-                ..Change::default()
-            },
+            principals,
+            ttl,
+            who,
             now,
-        )?;
-        Ok(cert.to_openssh().map_err(ca::CaError::from)?)
+        )
     }
 
     fn require_auditor(&self, who: &str) -> Result<()> {
@@ -762,6 +733,61 @@ impl Service {
         self.require_auditor(who)?;
         Ok(self.store.verify_audit()?)
     }
+}
+
+/// Mints a host certificate with a ledger serial, records it with its audit event, and
+/// returns its line. `sign-host` and the bastion's own certificate both come through here.
+#[allow(clippy::too_many_arguments)]
+pub fn issue_host_cert(
+    store: &Store,
+    host_ca: &PrivateKey,
+    key: &PublicKey,
+    name: &str,
+    principals: Vec<String>,
+    ttl: Duration,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    let serial = store.next_serial()?;
+    let from = (now.timestamp() - ca::BACKDATE_SECS).max(0) as u64;
+    let until = from + ca::BACKDATE_SECS as u64 + ttl.as_secs();
+    let key_id = format!("ramp-host:{name}");
+    let cert = ca::mint_host_cert(
+        host_ca,
+        key,
+        serial,
+        &key_id,
+        &principals,
+        (from, until),
+        &mut rand::rng(),
+    )?;
+    let event = Event::new(
+        actor,
+        "sign-host",
+        name,
+        json!({"serial": serial, "principals": principals, "key": keys::fingerprint(key), "valid_before": until}),
+    );
+    let record = CertRecord {
+        serial,
+        key_id,
+        kind: "host".into(),
+        user: actor.to_string(),
+        grant: String::new(),
+        principals,
+        valid_after: from,
+        valid_before: until,
+        fingerprint: keys::fingerprint(key),
+        issued_at: now,
+    };
+    store.commit(
+        Change {
+            certs: vec![record],
+            events: vec![event],
+            ..Change::default()
+        },
+        now,
+    )?;
+    Ok(cert.to_openssh().map_err(ca::CaError::from)?)
 }
 
 /// A short random id for requests and grants.
