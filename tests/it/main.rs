@@ -10,7 +10,9 @@ mod sshd_harness;
 mod support;
 
 use daemon::Daemon;
-use support::{ramp, run_ok, TestDir};
+use std::path::PathBuf;
+
+use support::{ramp, run_ok, Sshd, SshdOptions, TestDir};
 
 /// Demo identities that `ramp-ca init` registers in people.yaml.
 pub const ALICE: &str = "demo/alice/id_ed25519"; // sre
@@ -28,4 +30,14 @@ pub fn setup() -> (TestDir, Daemon) {
 /// Parses `--json` output.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// A real sshd trusting `ca_pub` (and reading `revoked_keys`) that lets principal
+/// `readonly` log in as root.
+pub fn readonly_sshd(ca_pub: PathBuf, revoked_keys: Option<PathBuf>) -> Sshd {
+    Sshd::start(SshdOptions {
+        trusted_user_ca_keys: ca_pub,
+        revoked_keys,
+        principals: vec![("root".into(), vec!["readonly".into()])],
+    })
 }

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{run_err, run_ok, ssh_exec, Sshd, SshdOptions};
+use crate::support::{run_err, run_ok, ssh_exec};
 use crate::{json, setup, ALICE, BOB, CAROL};
 
 fn grant_id(out: &str) -> String {
@@ -167,11 +167,7 @@ fn revoked_certificates_are_in_the_krl_and_real_sshd_refuses_them() {
     assert!(String::from_utf8_lossy(&a.stdout).contains("REVOKED"));
     assert!(query("b").status.success(), "b is not revoked");
 
-    let sshd = Sshd::start(SshdOptions {
-        trusted_user_ca_keys: dir.join("keys/user-ca.pub"),
-        revoked_keys: Some(dir.join("revoked.krl")),
-        principals: vec![("root".into(), vec!["readonly".into()])],
-    });
+    let sshd = crate::readonly_sshd(dir.join("keys/user-ca.pub"), Some(dir.join("revoked.krl")));
     assert!(
         !ssh_exec(&sshd, "root", &dir.join("a"), "true")
             .status

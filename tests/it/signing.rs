@@ -2,20 +2,11 @@
 
 use russh::keys::ssh_key::Certificate;
 
-use crate::support::{ssh_exec, Sshd, SshdOptions, TestDir};
+use crate::support::{ssh_exec, TestDir};
 use crate::{json, setup, ALICE};
 
 fn cert_of(dir: &TestDir, key: &str) -> Certificate {
     Certificate::from_openssh(dir.read(format!("{key}-cert.pub")).trim()).unwrap()
-}
-
-fn readonly_sshd(dir: &TestDir) -> Sshd {
-    Sshd::start(SshdOptions {
-        // Only to prove the format: in production targets trust node-ca.
-        trusted_user_ca_keys: dir.join("keys/user-ca.pub"),
-        revoked_keys: None,
-        principals: vec![("root".into(), vec!["readonly".into()])],
-    })
 }
 
 #[test]
@@ -72,7 +63,8 @@ fn a_minted_certificate_carries_the_grant_and_real_sshd_honours_it() {
         cert.valid_after()
     );
 
-    let sshd = readonly_sshd(&dir);
+    // Trusting user-ca directly only proves the format; in production targets trust node-ca.
+    let sshd = crate::readonly_sshd(dir.join("keys/user-ca.pub"), None);
     let ok = ssh_exec(&sshd, "root", &dir.join(ALICE), "echo through-the-window");
     assert!(
         ok.status.success(),
