@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, AuthError, Headers};
-use crate::service::{RequestBody, RevokeBody, Service, ServiceError, SignHostBody};
+use crate::service::{
+    GrepBody, RequestBody, RevokeBody, Service, ServiceError, SessionFilter, SignHostBody,
+};
 use crate::store::StoreError;
 
 /// Largest request body accepted.
@@ -167,6 +169,9 @@ pub fn router(app: App) -> Router {
         .route("/v1/hosts/sign", post(sign_host))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/sessions", get(sessions))
+        .route("/v1/sessions/grep", post(grep))
+        .route("/v1/sessions/{id}", get(session))
         .with_state(app)
 }
 
@@ -301,5 +306,46 @@ async fn audit(
 
 async fn verify_audit(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let out = blocking(&app, move |s| s.verify_audit(&caller.user)).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn sessions(
+    State(app): State<App>,
+    Query(filter): Query<SessionFilter>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| s.sessions(&caller.user, &filter, Utc::now())).await?;
+    Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    /// Why the recording is read (show, play, export), for the audit log.
+    purpose: Option<String>,
+}
+
+/// A session's metadata and its events, encoded as the ledger keeps them (base64).
+async fn session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<SessionQuery>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let purpose = q.purpose.unwrap_or_else(|| "show".into());
+    let (meta, events) = blocking(&app, move |s| {
+        s.session(&caller.user, &id, &purpose, Utc::now())
+    })
+    .await?;
+    let mut encoded = Vec::new();
+    for e in &events {
+        crate::recording::encode_event(&mut encoded, e.at_ms, e.kind, &e.data);
+    }
+    let events = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, encoded);
+    Ok(Json(json!({ "session": meta, "events": events })).into_response())
+}
+
+async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let body: GrepBody = caller.json()?;
+    let out = blocking(&app, move |s| s.grep(&caller.user, &body, Utc::now())).await?;
     Ok(Json(out).into_response())
 }

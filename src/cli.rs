@@ -11,7 +11,10 @@ use serde_json::json;
 
 use crate::client::{self, Client, ClientError};
 use crate::grant::State;
-use crate::service::{GrantView, Outcome, RequestBody, RevokeBody, SignHostBody};
+use crate::recording::{self, Event as RecEvent, SessionMeta};
+use crate::service::{
+    GrantView, GrepBody, Outcome, RequestBody, RevokeBody, SessionFilter, SignHostBody,
+};
 use crate::store::{AuditRecord, AuditReport, Revocation};
 use crate::{keys, policy};
 
@@ -174,6 +177,97 @@ pub enum Command {
     /// Print what targets and clients need to trust this CA.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+/// Which sessions a listing or search covers.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only sessions started this recently, like 1h.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<SessionFilter> {
+        let since = match self.since {
+            Some(s) => Some(
+                policy::parse_duration(&s)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("--since: bad duration `{s}` (like 1h)"))
+                    })?
+                    .as_secs() as i64,
+            ),
+            None => None,
+        };
+        Ok(SessionFilter {
+            user: self.user,
+            target: self.target,
+            since,
+        })
+    }
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// asciicast v2, for `asciinema play`.
+    Asciicast,
+    /// Metadata and every event as JSON.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List recorded sessions.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show one session's metadata.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Replay a session's output with its real timing.
+    Play {
+        id: String,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause kept between two events.
+        #[arg(long, default_value = "2s")]
+        idle_cap: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Export a session (to stdout, or --out F).
+    Export {
+        id: String,
+        #[arg(long, value_enum, default_value = "asciicast")]
+        format: ExportFormat,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Search recordings' input and output for a text.
+    Grep {
+        pattern: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,6 +506,7 @@ pub async fn run(cli: Cli) -> Result {
                 format!("wrote {}\n", path.display())
             })
         }
+        Command::Sessions(cmd) => sessions_command(cmd).await,
         Command::Audit(AuditCommand::List {
             since,
             client: opts,
@@ -572,6 +667,181 @@ async fn sign(
             )
         },
     )
+}
+
+/// Fetches a session's metadata and events, naming why (show, play, export) for the audit.
+async fn fetch_session(
+    client: &Client,
+    id: &str,
+    purpose: &str,
+) -> Result<(SessionMeta, Vec<RecEvent>)> {
+    let out: serde_json::Value = client
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{id}?purpose={purpose}"),
+            None::<&()>,
+        )
+        .await?;
+    let bad = |why: String| {
+        CliError::Client(ClientError::Refused {
+            status: 0,
+            message: format!("malformed session from the daemon: {why}"),
+        })
+    };
+    let meta: SessionMeta =
+        serde_json::from_value(out["session"].clone()).map_err(|e| bad(e.to_string()))?;
+    let raw = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        out["events"].as_str().unwrap_or_default(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let events = recording::decode_events(&raw).map_err(|e| bad(e.to_string()))?;
+    Ok((meta, events))
+}
+
+async fn sessions_command(cmd: SessionsCommand) -> Result {
+    match cmd {
+        SessionsCommand::List {
+            filter,
+            client: opts,
+        } => {
+            let query = serde_urlencoded::to_string(filter.filter()?).unwrap_or_default();
+            let client = connect(&opts).await?;
+            let out: Vec<SessionMeta> = client
+                .call(Method::GET, &format!("/v1/sessions?{query}"), None::<&()>)
+                .await?;
+            emit(&opts, &out, || sessions_table(&out))
+        }
+        SessionsCommand::Show { id, client: opts } => {
+            let client = connect(&opts).await?;
+            let (meta, events) = fetch_session(&client, &id, "show").await?;
+            emit(&opts, &meta, || describe_session(&meta, events.len()))
+        }
+        SessionsCommand::Play {
+            id,
+            speed,
+            idle_cap,
+            client: opts,
+        } => {
+            if !(speed > 0.0 && speed.is_finite()) {
+                return Err(CliError::Usage("--speed must be a positive number".into()));
+            }
+            let cap = policy::parse_duration(&idle_cap)
+                .ok_or_else(|| CliError::Usage(format!("--idle-cap: bad duration `{idle_cap}`")))?;
+            let client = connect(&opts).await?;
+            let (_, events) = fetch_session(&client, &id, "play").await?;
+            let mut stdout = tokio::io::stdout();
+            crate::review::play(&events, speed, cap, &mut stdout)
+                .await
+                .map_err(crate::Error::io("stdout"))?;
+            Ok(())
+        }
+        SessionsCommand::Export {
+            id,
+            format,
+            out,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let (meta, events) = fetch_session(&client, &id, "export").await?;
+            let text = match format {
+                ExportFormat::Asciicast => crate::review::to_asciicast(&meta, &events),
+                ExportFormat::Json => {
+                    serde_json::to_string_pretty(&crate::review::to_json(&meta, &events))
+                        .unwrap_or_default()
+                        + "\n"
+                }
+            };
+            match out {
+                Some(path) => write_atomic(&path, text.as_bytes()),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        }
+        SessionsCommand::Grep {
+            pattern,
+            filter,
+            client: opts,
+        } => {
+            let body = GrepBody {
+                pattern,
+                filter: filter.filter()?,
+            };
+            let client = connect(&opts).await?;
+            let hits: Vec<crate::review::Hit> = client
+                .call(Method::POST, "/v1/sessions/grep", Some(&body))
+                .await?;
+            emit(&opts, &hits, || {
+                let mut out = String::new();
+                for h in &hits {
+                    out.push_str(&format!(
+                        "{} +{:.1}s: {}\n",
+                        h.session,
+                        h.at_ms as f64 / 1000.0,
+                        h.line
+                    ));
+                }
+                if hits.is_empty() {
+                    out.push_str("no matches\n");
+                }
+                out
+            })
+        }
+    }
+}
+
+fn sessions_table(sessions: &[SessionMeta]) -> String {
+    if sessions.is_empty() {
+        return "no sessions\n".into();
+    }
+    let mut out = format!(
+        "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
+        "ID", "START", "USER", "PRINCIPAL@TARGET", "KIND", "STATE", "EXIT", "COMMAND"
+    );
+    for s in sessions {
+        out.push_str(&format!(
+            "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
+            s.id,
+            s.start.format("%Y-%m-%dT%H:%M:%SZ"),
+            s.user,
+            format!("{}@{}", s.principal, s.target),
+            s.kind,
+            s.state.to_string(),
+            s.exit_status.map_or("-".into(), |c| c.to_string()),
+            s.command.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+fn describe_session(s: &SessionMeta, events: usize) -> String {
+    let mut out = format!(
+        "session   {}\nuser      {} (grant {}, serial {}, key id {})\nlogin     {}@{} from {}\nkind      {} {}\nstart     {}\nend       {}\nstate     {}{}\nexit      {}\nbytes     {} in, {} out, {} events\n",
+        s.id,
+        s.user,
+        s.grant,
+        s.serial,
+        s.key_id,
+        s.principal,
+        s.target,
+        s.client,
+        s.kind,
+        s.command.as_deref().unwrap_or(""),
+        rfc3339(s.start),
+        s.end.map(rfc3339).unwrap_or_else(|| "-".into()),
+        s.state,
+        s.end_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        s.exit_status.map_or("-".into(), |c| c.to_string()),
+        s.bytes_in,
+        s.bytes_out,
+        events
+    );
+    for f in &s.files {
+        out.push_str(&format!("file      {f}\n"));
+    }
+    out
 }
 
 fn policy_command(dir: &Path, cmd: PolicyCommand) -> Result {

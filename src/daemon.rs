@@ -74,9 +74,16 @@ pub async fn serve(dir: &Path, api: &str, ssh: &str, config: Option<&Path>) -> R
     let bound = listener
         .local_addr()
         .map_err(Error::io(api_addr.to_string()))?;
-    tracing::info!(%bound, "API listening");
-    tracing::warn!(%ssh_addr, "the bastion is not part of this build yet; only the CA API runs");
+    let ssh_listener = tokio::net::TcpListener::bind(ssh_addr)
+        .await
+        .map_err(Error::io(ssh_addr.to_string()))?;
+    let ssh_bound = ssh_listener
+        .local_addr()
+        .map_err(Error::io(ssh_addr.to_string()))?;
+    tracing::info!(api = %bound, bastion = %ssh_bound, "listening");
+    // Tests and scripts read these two lines to find the ports.
     println!("ramp-ca: API on http://{bound}");
+    println!("ramp-ca: bastion on {ssh_bound}");
 
     let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
     let reloader = service.clone();
@@ -90,9 +97,27 @@ pub async fn serve(dir: &Path, api: &str, ssh: &str, config: Option<&Path>) -> R
             }
         }
     });
-    crate::api::run(listener, service.clone(), stop_signal())
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let bastion = tokio::spawn(crate::bastion::run(
+        ssh_listener,
+        service.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    crate::api::run(listener, service.clone(), stopped(stop_rx))
         .await
         .map_err(Error::io(bound.to_string()))?;
+    match bastion.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "bastion failed"),
+        Err(e) => tracing::error!(error = %e, "bastion task failed"),
+        Ok(Ok(())) => {}
+    }
     service.store.flush()?;
     tracing::info!("stopped; ledger flushed");
     Ok(())

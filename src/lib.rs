@@ -7,12 +7,15 @@
 //! - [`krl`]: OpenSSH key revocation lists. Pure.
 //! - [`auth`]: SSHSIG-signed requests, both the signing and the checking half.
 //! - [`keys`]: key files (0600, never overwritten); [`init`], [`trust`]: set-up helpers.
-//! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain.
+//! - [`recording`]: session metadata and timed events, and their encoding. Pure.
+//! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain,
+//!   session recordings.
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
 //!   [`daemon`]: `serve`, signals and shutdown.
 //! - [`client`], [`cli`]: the command line.
 pub mod api;
 pub mod auth;
+pub mod bastion;
 pub mod ca;
 pub mod cli;
 pub mod client;
@@ -23,6 +26,8 @@ pub mod init;
 pub mod keys;
 pub mod krl;
 pub mod policy;
+pub mod recording;
+pub mod review;
 pub mod service;
 pub mod store;
 pub mod trust;

@@ -15,10 +15,14 @@ use crate::ca;
 use crate::grant::{Approval, Closure, Grant, State, Status};
 use crate::keys::{self, Keys};
 use crate::policy::{self, Decision, Policies, ROLE_ADMIN, ROLE_AUDITOR};
+use crate::recording::{Event as RecEvent, SessionMeta};
 use crate::store::{
     AuditRecord, AuditReport, CertRecord, Change, Event, Revocation, RevokeTarget, Store,
     StoreError,
 };
+
+/// Most hits a search returns.
+pub const GREP_LIMIT: usize = 1000;
 
 /// Host certificates last this long unless asked otherwise.
 pub const HOST_CERT_TTL: Duration = Duration::from_secs(365 * 86400);
@@ -109,6 +113,8 @@ pub struct Service {
     policies: RwLock<Arc<Policies>>,
     pub keys: Keys,
     pub store: Store,
+    /// Bumped on every revocation, so the bastion cuts sessions off at once.
+    revoked: tokio::sync::watch::Sender<u64>,
 }
 
 impl Service {
@@ -122,7 +128,13 @@ impl Service {
             policies: RwLock::new(Arc::new(policies)),
             keys,
             store,
+            revoked: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Changes whenever something is revoked.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revoked.subscribe()
     }
 
     /// The policies in force.
@@ -636,6 +648,7 @@ impl Service {
             },
             now,
         )?;
+        self.revoked.send_modify(|n| *n += 1);
         Ok(revocation)
     }
 
@@ -722,6 +735,113 @@ impl Service {
         }
     }
 
+    /// Recorded sessions matching `filter`, for admins and auditors; the listing is audited.
+    pub fn sessions(
+        &self,
+        who: &str,
+        filter: &SessionFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionMeta>> {
+        self.require_reviewer(who)?;
+        let out: Vec<SessionMeta> = self
+            .store
+            .sessions()?
+            .into_iter()
+            .filter(|s| filter.matches(s, now))
+            .collect();
+        self.store.audit_events(
+            vec![Event::new(
+                who,
+                "sessions-list",
+                "sessions",
+                json!({"filter": filter, "count": out.len()}),
+            )],
+            now,
+        )?;
+        Ok(out)
+    }
+
+    /// One session's metadata and events, for admins and auditors; every read is audited
+    /// with its purpose (show, play, export).
+    pub fn session(
+        &self,
+        who: &str,
+        id: &str,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(SessionMeta, Vec<RecEvent>)> {
+        self.require_reviewer(who)?;
+        let meta = self
+            .store
+            .session(id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("no recorded session with id `{id}`")))?;
+        let events = self.store.session_events(id)?;
+        self.store.audit_events(
+            vec![Event::new(
+                who,
+                "session-read",
+                id,
+                json!({"purpose": purpose, "user": meta.user, "target": meta.target}),
+            )],
+            now,
+        )?;
+        Ok((meta, events))
+    }
+
+    /// Searches recordings for a pattern, for admins and auditors; the search is audited.
+    pub fn grep(
+        &self,
+        who: &str,
+        body: &GrepBody,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::review::Hit>> {
+        self.require_reviewer(who)?;
+        if body.pattern.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "the search pattern is empty".into(),
+            ));
+        }
+        let mut hits = Vec::new();
+        for meta in self
+            .store
+            .sessions()?
+            .iter()
+            .filter(|s| body.filter.matches(s, now))
+        {
+            let events = self.store.session_events(&meta.id)?;
+            hits.extend(crate::review::grep(
+                meta,
+                &events,
+                &body.pattern,
+                GREP_LIMIT - hits.len().min(GREP_LIMIT),
+            ));
+            if hits.len() >= GREP_LIMIT {
+                break;
+            }
+        }
+        self.store.audit_events(
+            vec![Event::new(
+                who,
+                "sessions-grep",
+                "sessions",
+                json!({"pattern": body.pattern, "filter": body.filter, "hits": hits.len()}),
+            )],
+            now,
+        )?;
+        Ok(hits)
+    }
+
+    fn require_reviewer(&self, who: &str) -> Result<()> {
+        let p = self.policies();
+        if p.has_role(who, ROLE_ADMIN) || p.has_role(who, ROLE_AUDITOR) {
+            Ok(())
+        } else {
+            Err(ServiceError::Denied(
+                "reading recordings takes ramp-admin or ramp-auditor".into(),
+            ))
+        }
+    }
+
     /// Audit records since a time, for admins and auditors.
     pub fn audit(&self, who: &str, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         self.require_auditor(who)?;
@@ -733,6 +853,35 @@ impl Service {
         self.require_auditor(who)?;
         Ok(self.store.verify_audit()?)
     }
+}
+
+/// Which sessions a listing or search covers; every field narrows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    /// Only sessions started this many seconds ago or later.
+    pub since: Option<i64>,
+}
+
+impl SessionFilter {
+    fn matches(&self, s: &SessionMeta, now: DateTime<Utc>) -> bool {
+        self.user.as_ref().is_none_or(|u| &s.user == u)
+            && self.target.as_ref().is_none_or(|t| &s.target == t)
+            && self
+                .since
+                .is_none_or(|secs| s.start >= now - chrono::Duration::seconds(secs.max(0)))
+    }
+}
+
+/// `POST /v1/sessions/grep`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrepBody {
+    pub pattern: String,
+    #[serde(default, flatten)]
+    pub filter: SessionFilter,
 }
 
 /// Mints a host certificate with a ledger serial, records it with its audit event, and
@@ -791,6 +940,6 @@ pub fn issue_host_cert(
 }
 
 /// A short random id for requests and grants.
-fn new_id() -> String {
+pub fn new_id() -> String {
     hex::encode(rand::random::<[u8; 6]>())
 }

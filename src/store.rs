@@ -15,6 +15,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Tree;
 
 use crate::grant::{Grant, State};
+use crate::recording::{decode_events, Event as RecEvent, SessionMeta, SessionState};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +158,10 @@ pub struct Store {
     audit: Tree,
     nonces: Tree,
     meta: Tree,
+    /// Session id -> SessionMeta.
+    sessions: Tree,
+    /// Session id ++ chunk seq (u64 BE) -> encoded events (see `recording`).
+    session_events: Tree,
     /// Serialises commits so audit sequence numbers are handed out in order.
     writer: Mutex<()>,
 }
@@ -206,6 +211,8 @@ impl Store {
             audit: tree("audit")?,
             nonces: tree("nonces")?,
             meta: tree("meta")?,
+            sessions: tree("sessions")?,
+            session_events: tree("session_events")?,
             db,
             writer: Mutex::new(()),
         })
@@ -506,6 +513,78 @@ impl Store {
                 first_bad: None,
             }),
         }
+    }
+
+    /// Writes a session's metadata (created or updated).
+    pub fn put_session(&self, meta: &SessionMeta) -> Result<()> {
+        self.sessions.insert(meta.id.as_bytes(), encode(meta))?;
+        Ok(())
+    }
+
+    /// Appends one chunk of encoded events to a session's recording.
+    pub fn append_events(&self, id: &str, seq: u64, chunk: &[u8]) -> Result<()> {
+        let mut key = id.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&seq.to_be_bytes());
+        self.session_events.insert(key, chunk)?;
+        Ok(())
+    }
+
+    pub fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
+        self.sessions
+            .get(id.as_bytes())?
+            .map(|b| decode("sessions", id.as_bytes(), &b))
+            .transpose()
+    }
+
+    /// Every session, oldest first.
+    pub fn sessions(&self) -> Result<Vec<SessionMeta>> {
+        let mut out: Vec<SessionMeta> = self
+            .sessions
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("sessions", &k, &v)
+            })
+            .collect::<Result<_>>()?;
+        out.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// A session's events in order.
+    pub fn session_events(&self, id: &str) -> Result<Vec<RecEvent>> {
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.session_events.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let events = decode_events(&v).map_err(|e| StoreError::Corrupt {
+                tree: "session_events",
+                key: format!(
+                    "{id}#{}",
+                    u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or([0; 8]))
+                ),
+                reason: e.to_string(),
+            })?;
+            out.extend(events);
+        }
+        Ok(out)
+    }
+
+    /// Marks sessions left `live` by a daemon that died as `interrupted`; returns them.
+    pub fn mark_interrupted(&self) -> Result<Vec<SessionMeta>> {
+        let mut out = Vec::new();
+        for mut s in self.sessions()? {
+            if s.state == SessionState::Live {
+                s.state = SessionState::Interrupted;
+                s.end_reason = Some(
+                    "the bastion stopped without ending the session (crash or kill -9)".into(),
+                );
+                self.put_session(&s)?;
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Low-level access for tests and repair tools: the raw audit tree.

@@ -1,0 +1,465 @@
+//! The bastion: a russh server that lets in ramp-ca user certificates only, hops to the
+//! target with its own node-ca certificate, records every channel, and cuts connections off
+//! at expiry or revocation.
+//!
+//! The russh `Handler` here is a thin adapter: authentication goes to [`login::check`],
+//! each channel becomes a task in [`proxy`], each connection gets a watchdog that decides
+//! when it ends.
+
+mod files;
+pub mod login;
+pub mod proxy;
+pub mod recorder;
+mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg};
+use russh::server::{self, Auth, Msg, Session};
+use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OnceCell, Semaphore};
+
+use self::login::Login;
+use self::recorder::Recorders;
+pub use self::upstream::Upstream;
+use crate::service::Service;
+use crate::store::Event;
+
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 2048;
+
+/// What every connection shares.
+pub struct Ctx {
+    pub service: Arc<Service>,
+    pub recorders: Arc<Recorders>,
+    /// The only CA whose user certificates log in.
+    user_ca: Fingerprint,
+    /// The CA whose host certificates targets present.
+    host_ca: Fingerprint,
+}
+
+/// Serves the bastion on an already-bound listener until `shutdown`, then ends every
+/// session with a message and flushes the recordings.
+pub async fn run(
+    listener: TcpListener,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let interrupted = service
+        .store
+        .mark_interrupted()
+        .map_err(std::io::Error::other)?;
+    for s in &interrupted {
+        tracing::warn!(session = %s.id, user = %s.user, target = %s.target, "session was interrupted by a crash");
+    }
+    let recorders = Recorders::new(service.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let flusher = tokio::spawn(recorders.clone().run(stop_rx.clone()));
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    let config = Arc::new(server::Config {
+        methods,
+        keys: vec![service.keys.bastion_host.clone()],
+        certificates: crate::keys::read_certificate(&crate::keys::cert_path(
+            &service.dir.join("keys").join(crate::keys::BASTION_HOST),
+        ))
+        .ok()
+        .into_iter()
+        .collect(),
+        // OpenSSH probes with "none" first; answering it at once saves a second per login.
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        ..server::Config::default()
+    });
+    let ctx = Arc::new(Ctx {
+        user_ca: service
+            .keys
+            .user_ca
+            .public_key()
+            .fingerprint(HashAlg::Sha256),
+        host_ca: service
+            .keys
+            .host_ca
+            .public_key()
+            .fingerprint(HashAlg::Sha256),
+        service,
+        recorders,
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; dropping");
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let handler = ConnHandler::new(ctx.clone(), peer, stop_rx.clone());
+        let config = config.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let session = match server::run_stream(config, socket, handler).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection setup failed");
+                    return;
+                }
+            };
+            let handle = session.handle();
+            tokio::select! {
+                result = session => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stop.changed() => {
+                    // Give the channel tasks a moment to tell their users why.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = handle.disconnect(russh::Disconnect::ByApplication, "ramp-ca bastion shutting down".into(), String::new()).await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = flusher.await;
+    Ok(())
+}
+
+/// One client connection.
+pub struct ConnHandler {
+    ctx: Arc<Ctx>,
+    peer: SocketAddr,
+    login: Option<Arc<Login>>,
+    /// The hop to the target, made on the first channel and shared by the rest.
+    upstream: Arc<OnceCell<Result<Arc<Upstream>, String>>>,
+    /// Why the connection is being ended; every channel task watches it.
+    cutoff: watch::Sender<Option<String>>,
+    /// The warning before expiry.
+    warning: watch::Sender<Option<String>>,
+    /// The bastion is shutting down.
+    stop: watch::Receiver<bool>,
+    /// A plain key this connection tried; audited only if no certificate login follows,
+    /// since OpenSSH offers the plain key beside its certificate on every normal login.
+    plain_key_tried: Option<String>,
+}
+
+impl Drop for ConnHandler {
+    fn drop(&mut self) {
+        if let (None, Some(login_name)) = (&self.login, self.plain_key_tried.take()) {
+            self.refuse(
+                &login_name,
+                None,
+                "a plain key is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)",
+            );
+        }
+    }
+}
+
+impl ConnHandler {
+    fn new(ctx: Arc<Ctx>, peer: SocketAddr, stop: watch::Receiver<bool>) -> ConnHandler {
+        ConnHandler {
+            ctx,
+            peer,
+            login: None,
+            upstream: Arc::new(OnceCell::new()),
+            cutoff: watch::channel(None).0,
+            warning: watch::channel(None).0,
+            stop,
+            plain_key_tried: None,
+        }
+    }
+
+    fn audit(&self, actor: &str, action: &str, subject: &str, detail: serde_json::Value) {
+        let event = Event::new(actor, action, subject, detail);
+        if let Err(e) = self.ctx.service.store.audit_events(vec![event], Utc::now()) {
+            tracing::error!(error = %e, "cannot audit {action}");
+        }
+    }
+
+    fn refuse(&self, login_name: &str, cert: Option<&Certificate>, why: &str) {
+        tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
+        let actor = cert
+            .and_then(|c| c.key_id().split(':').nth(1).map(String::from))
+            .unwrap_or_else(|| "unknown".into());
+        self.audit(
+            &actor,
+            "login-refused",
+            login_name,
+            json!({"reason": why, "client": self.peer.to_string(),
+                   "serial": cert.map(|c| c.serial()), "key_id": cert.map(|c| c.key_id().to_string())}),
+        );
+    }
+
+    async fn upstream(&self, login: &Login) -> Result<Arc<Upstream>, String> {
+        let ctx = self.ctx.clone();
+        self.upstream
+            .get_or_init(|| async move {
+                let up = upstream::connect(login, &ctx.service.keys.node_ca, ctx.host_ca).await;
+                if let Err(why) = &up {
+                    tracing::warn!(target = %login.target.name, reason = %why, "hop failed");
+                }
+                up.map(Arc::new)
+            })
+            .await
+            .clone()
+    }
+
+    /// Ends the connection at expiry or revocation, warning shortly before expiry.
+    fn watch_expiry(&self, login: Arc<Login>, handle: server::Handle) {
+        let cutoff = self.cutoff.clone();
+        let warning = self.warning.clone();
+        let service = self.ctx.service.clone();
+        let mut revoked = service.revocations();
+        let mut stop = self.stop.clone();
+        let lifetime = login.valid_before.saturating_sub(login.valid_after);
+        let warn_before = (lifetime / 4).clamp(1, 60);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let reason = loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = revoked.changed() => {}
+                    _ = stop.changed() => break "the bastion is shutting down".to_string(),
+                    _ = cutoff.closed() => return,
+                }
+                let now = Utc::now();
+                let secs = now.timestamp().max(0) as u64;
+                if secs >= login.valid_before {
+                    break format!(
+                        "access to {} ended: the certificate expired",
+                        login.target.name
+                    );
+                }
+                if secs + warn_before >= login.valid_before && warning.borrow().is_none() {
+                    let left = login.valid_before - secs;
+                    let _ = warning.send(Some(format!(
+                        "access to {} ends in {left}s, when the certificate expires",
+                        login.target.name
+                    )));
+                }
+                let store = &service.store;
+                let revoked_now = store.is_revoked(login.serial).unwrap_or(false)
+                    || store
+                        .grant(&login.grant.id)
+                        .ok()
+                        .flatten()
+                        .is_none_or(|g| g.state(now) != crate::grant::State::Active);
+                if revoked_now {
+                    break format!(
+                        "access to {} ended: the grant was revoked",
+                        login.target.name
+                    );
+                }
+            };
+            tracing::info!(user = %login.user, target = %login.target.name, %reason, "cutting the connection off");
+            let _ = cutoff.send(Some(reason.clone()));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, reason, String::new())
+                .await;
+        });
+    }
+}
+
+impl server::Handler for ConnHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(methods),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _key: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // An offer only earns the chance to prove possession; nothing is decided yet.
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        tracing::info!(peer = %self.peer, login = %user, "plain key refused");
+        self.plain_key_tried = Some(user.to_string());
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let p = self.ctx.service.policies();
+        let store = &self.ctx.service.store;
+        match login::check(
+            &p,
+            store,
+            &self.ctx.user_ca,
+            cert,
+            user,
+            self.peer.ip(),
+            Utc::now(),
+        ) {
+            Ok(login) => {
+                tracing::info!(user = %login.user, principal = %login.principal, target = %login.target.name, peer = %self.peer, "login");
+                self.audit(
+                    &login.user,
+                    "login",
+                    &login.target.name,
+                    json!({"principal": login.principal, "grant": login.grant.id, "serial": login.serial,
+                           "client": login.client}),
+                );
+                self.login = Some(Arc::new(login));
+                Ok(Auth::Accept)
+            }
+            Err(why) => {
+                self.refuse(user, Some(cert), &why);
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(login) = self.login.clone() {
+            self.watch_expiry(login, session.handle());
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let upstream = self.upstream(&login).await;
+        tokio::spawn(proxy::session(
+            self.ctx.clone(),
+            login,
+            upstream,
+            channel,
+            session.handle(),
+            self.cutoff.subscribe(),
+            self.warning.subscribe(),
+        ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let dest = format!("{host}:{port}");
+        if !login.options.port_forwarding {
+            self.audit(
+                &login.user,
+                "forward-refused",
+                &dest,
+                json!({"reason": "the certificate does not permit port forwarding"}),
+            );
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: "ramp-ca: the certificate does not permit port forwarding".into(),
+                })
+                .await;
+            return Ok(());
+        }
+        let opened = match self.upstream(&login).await {
+            Ok(up) => up
+                .handle
+                .channel_open_direct_tcpip(host, port, originator, originator_port)
+                .await
+                .map_err(|e| format!("{} could not open {dest}: {e}", login.target.name)),
+            Err(why) => Err(why),
+        };
+        let target = match opened {
+            Ok(t) => t,
+            Err(why) => {
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 2,
+                        reason: format!("ramp-ca: {why}"),
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
+        let meta = login.session_meta("direct-tcpip", Some(dest), None);
+        match self.ctx.recorders.start(meta) {
+            Ok(rec) => {
+                reply.accept().await;
+                tokio::spawn(proxy::tcpip(channel, target, rec, self.cutoff.subscribe()));
+            }
+            Err(e) => {
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 2,
+                        reason: format!("ramp-ca: cannot record: {e}"),
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Remote forwarding would let a target reach into the engineer's network; not offered.
+        Ok(false)
+    }
+}
