@@ -148,6 +148,33 @@ pub async fn run(
     Ok(())
 }
 
+/// Why a connection that only managed to offer a plain key got nowhere. The SSH layer
+/// refuses expired, not-yet-valid and badly signed certificates before they reach
+/// [`login::check`], so the ledger's newest certificate for the key tells the likely story.
+fn unusable_key(
+    store: &crate::store::Store,
+    key: &russh::keys::ssh_key::PublicKey,
+    now: chrono::DateTime<Utc>,
+) -> String {
+    let fp = crate::keys::fingerprint(key);
+    let newest = store.certs().ok().and_then(|certs| {
+        certs
+            .into_iter()
+            .filter(|c| c.fingerprint == fp && c.kind == "user")
+            .max_by_key(|c| c.serial)
+    });
+    let secs = now.timestamp().max(0) as u64;
+    match newest {
+        Some(c) if secs >= c.valid_before => format!(
+            "certificate expired: the newest certificate for key {fp} (serial {}) was valid until {}",
+            c.serial,
+            chrono::DateTime::<Utc>::from_timestamp(c.valid_before as i64, 0).map_or_else(String::new, |t| t.to_rfc3339())
+        ),
+        Some(c) if secs < c.valid_after => format!("certificate not yet valid: serial {} for key {fp}", c.serial),
+        _ => format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)"),
+    }
+}
+
 /// One client connection.
 pub struct ConnHandler {
     ctx: Arc<Ctx>,
@@ -163,24 +190,28 @@ pub struct ConnHandler {
     stop: watch::Receiver<bool>,
     /// A plain key this connection tried; audited only if no certificate login follows,
     /// since OpenSSH offers the plain key beside its certificate on every normal login.
-    plain_key_tried: Option<String>,
+    plain_key_tried: Option<(String, russh::keys::ssh_key::PublicKey)>,
+    /// Dropped with the connection, which tells its watchdog to stop.
+    _alive: tokio::sync::oneshot::Sender<()>,
+    /// The watchdog's end of `_alive`, until it starts.
+    gone: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Drop for ConnHandler {
     fn drop(&mut self) {
-        if let (None, Some(login_name)) = (&self.login, self.plain_key_tried.take()) {
-            self.refuse(
-                &login_name,
-                None,
-                "a plain key is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)",
-            );
+        if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
+            let why = unusable_key(&self.ctx.service.store, &key, Utc::now());
+            self.refuse(&login_name, None, &why);
         }
     }
 }
 
 impl ConnHandler {
     fn new(ctx: Arc<Ctx>, peer: SocketAddr, stop: watch::Receiver<bool>) -> ConnHandler {
+        let (alive, gone) = tokio::sync::oneshot::channel();
         ConnHandler {
+            _alive: alive,
+            gone: Some(gone),
             ctx,
             peer,
             login: None,
@@ -228,7 +259,10 @@ impl ConnHandler {
     }
 
     /// Ends the connection at expiry or revocation, warning shortly before expiry.
-    fn watch_expiry(&self, login: Arc<Login>, handle: server::Handle) {
+    fn watch_expiry(&mut self, login: Arc<Login>, handle: server::Handle) {
+        let Some(mut gone) = self.gone.take() else {
+            return;
+        };
         let cutoff = self.cutoff.clone();
         let warning = self.warning.clone();
         let service = self.ctx.service.clone();
@@ -243,7 +277,7 @@ impl ConnHandler {
                     _ = tick.tick() => {}
                     _ = revoked.changed() => {}
                     _ = stop.changed() => break "the bastion is shutting down".to_string(),
-                    _ = cutoff.closed() => return,
+                    _ = &mut gone => return,
                 }
                 let now = Utc::now();
                 let secs = now.timestamp().max(0) as u64;
@@ -308,10 +342,10 @@ impl server::Handler for ConnHandler {
     async fn auth_publickey(
         &mut self,
         user: &str,
-        _key: server::VerifiedPublicKey<'_>,
+        key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         tracing::info!(peer = %self.peer, login = %user, "plain key refused");
-        self.plain_key_tried = Some(user.to_string());
+        self.plain_key_tried = Some((user.to_string(), key.public_key.clone()));
         Ok(Auth::reject())
     }
 

@@ -13,6 +13,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Like `http://127.0.0.1:41234`.
     pub url: String,
+    /// The bastion's port on 127.0.0.1.
+    pub ssh_port: u16,
     /// Where the daemon's stderr (its log) goes.
     pub log: PathBuf,
 }
@@ -31,15 +33,20 @@ impl Daemon {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut url = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("ramp-ca: API on ") {
-                    let _ = tx.send(url.to_string());
+                if let Some(u) = line.strip_prefix("ramp-ca: API on ") {
+                    url = Some(u.to_string());
+                }
+                if let Some(addr) = line.strip_prefix("ramp-ca: bastion on ") {
+                    let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send((url.take(), port));
                 }
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
+        let (url, ssh_port) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((Some(url), Some(port))) => (url, port),
+            _ => {
                 let _ = child.kill();
                 panic!(
                     "ramp-ca serve did not come up:\n{}",
@@ -50,6 +57,7 @@ impl Daemon {
         Daemon {
             child: Some(child),
             url,
+            ssh_port,
             log,
         }
     }
@@ -67,6 +75,14 @@ impl Daemon {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the daemon with SIGTERM and waits (bounded) for a clean exit.

@@ -2,6 +2,7 @@
 
 mod audit;
 mod bad_input;
+mod bastion;
 mod daemon;
 mod init_policy;
 mod revocation;
@@ -39,5 +40,6 @@ pub fn readonly_sshd(ca_pub: PathBuf, revoked_keys: Option<PathBuf>) -> Sshd {
         trusted_user_ca_keys: ca_pub,
         revoked_keys,
         principals: vec![("root".into(), vec!["readonly".into()])],
+        ..SshdOptions::default()
     })
 }

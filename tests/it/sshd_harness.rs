@@ -35,6 +35,7 @@ fn readonly_sshd(ca: &Path, revoked_keys: Option<PathBuf>) -> Sshd {
         trusted_user_ca_keys: ca.with_extension("pub"),
         revoked_keys,
         principals: vec![("root".to_string(), vec!["readonly".to_string()])],
+        ..SshdOptions::default()
     })
 }
 

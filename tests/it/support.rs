@@ -142,6 +142,10 @@ pub struct SshdOptions {
     pub revoked_keys: Option<PathBuf>,
     /// Per login user, the certificate principals it accepts.
     pub principals: Vec<(String, Vec<String>)>,
+    /// A host key to use instead of a fresh one; its `-cert.pub`, when present, is presented too.
+    pub host_key: Option<PathBuf>,
+    /// More sshd_config lines (e.g. `Subsystem sftp internal-sftp`).
+    pub extra_config: Vec<String>,
 }
 
 /// A real OpenSSH server on 127.0.0.1, killed on drop.
@@ -156,7 +160,10 @@ impl Sshd {
     pub fn start(opts: SshdOptions) -> Sshd {
         ensure_privsep_dir();
         let dir = TestDir::new();
-        let host_key = keygen(dir.path(), "ssh_host_ed25519_key");
+        let host_key = match &opts.host_key {
+            Some(k) => k.clone(),
+            None => keygen(dir.path(), "ssh_host_ed25519_key"),
+        };
         // sshd denies users without a file here, so an empty dir denies everyone.
         fs::create_dir_all(dir.join("principals")).expect("create principals dir");
         for (user, principals) in &opts.principals {
@@ -196,6 +203,17 @@ impl Sshd {
             }
         }
         panic!("sshd did not start after {SSHD_START_ATTEMPTS} attempts:\n{last_log}");
+    }
+
+    /// The host key's public half, as sshd presents it.
+    pub fn host_key_pub(&self) -> String {
+        let config = fs::read_to_string(self.dir.join("sshd_config")).unwrap_or_default();
+        let key = config
+            .lines()
+            .find_map(|l| l.strip_prefix("HostKey "))
+            .map(|k| k.trim_matches('"').to_string())
+            .expect("HostKey line");
+        fs::read_to_string(format!("{key}.pub")).expect("host key .pub")
     }
 
     pub fn port(&self) -> u16 {
@@ -255,6 +273,8 @@ fn sshd_config(dir: &TestDir, host_key: &Path, port: u16, opts: &SshdOptions) ->
     let mut lines = vec![
         format!("ListenAddress 127.0.0.1:{port}"),
         format!("HostKey {}", quote(host_key)),
+        // Targets behind the bastion need sftp for scp and sftp sessions.
+        "Subsystem sftp internal-sftp".to_string(),
         format!("PidFile {}", quote(&dir.join("sshd.pid"))),
         // Temp dirs and keys are not root-owned 0755 trees; skip the checks.
         "StrictModes no".to_string(),
@@ -275,6 +295,11 @@ fn sshd_config(dir: &TestDir, host_key: &Path, port: u16, opts: &SshdOptions) ->
         "AuthorizedPrincipalsFile {}",
         quote(&dir.join("principals").join("%u"))
     ));
+    let cert = PathBuf::from(format!("{}-cert.pub", host_key.display()));
+    if cert.exists() {
+        lines.push(format!("HostCertificate {}", quote(&cert)));
+    }
+    lines.extend(opts.extra_config.iter().cloned());
     // VERBOSE logs which key/cert was accepted or why it was refused.
     lines.push("LogLevel VERBOSE".to_string());
     let mut config = lines.join("\n");

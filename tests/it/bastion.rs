@@ -1,0 +1,794 @@
+//! The bastion end to end: the real ssh/scp/sftp clients through `ramp-ca serve` to a real
+//! sshd target that trusts node-ca only.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::support::{free_port, keygen, run_err, run_ok, Sshd, SshdOptions, TestDir};
+use crate::{json, Daemon, ALICE, BOB, CAROL};
+
+/// useradd takes a lock of its own; tests creating accounts at once must take turns.
+static ACCOUNTS: Mutex<()> = Mutex::new(());
+
+/// A target account that certificates may log in to (unlocked, no password).
+fn ensure_account(name: &str) {
+    let _turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    if !Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        run_ok(Command::new("useradd").args(["-m", "-s", "/bin/sh", name]));
+    }
+    run_ok(Command::new("usermod").args(["-p", "*", name]));
+}
+
+/// An installation, its daemon, and a target sshd that is db-1 (host-ca certificate) and
+/// web-1; db-2 pins a wrong key; db-3 is down.
+struct Rig {
+    dir: TestDir,
+    daemon: Daemon,
+    target: Sshd,
+}
+
+fn rig() -> Rig {
+    for account in ["readonly", "dbadmin"] {
+        ensure_account(account);
+    }
+    let dir = TestDir::new();
+    run_ok(crate::ramp(&dir).arg("init"));
+    let host_key = keygen(dir.path(), "target_host_key");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(dir.join("keys/host-ca"))
+            .args(["-h", "-I", "db-1", "-n", "db-1", "-V", "-1m:+1d"])
+            .arg(dir.join("target_host_key.pub")),
+    );
+    let target = Sshd::start(SshdOptions {
+        trusted_user_ca_keys: dir.join("keys/node-ca.pub"),
+        principals: ["readonly", "dbadmin", "root"]
+            .iter()
+            .map(|p| (p.to_string(), vec![p.to_string()]))
+            .collect(),
+        host_key: Some(host_key),
+        ..SshdOptions::default()
+    });
+    let wrong =
+        std::fs::read_to_string(keygen(dir.path(), "wrong_key").with_extension("pub")).unwrap();
+    let (port, down) = (target.port(), free_port());
+    dir.write(
+        "policies/hosts.yaml",
+        format!(
+            "hosts:\n  db-1:\n    address: 127.0.0.1:{port}\n    labels: {{role: db}}\n  db-2:\n    address: 127.0.0.1:{port}\n    labels: {{role: db}}\n    host_key: \"{}\"\n  db-3:\n    address: 127.0.0.1:{down}\n    labels: {{role: db}}\n  web-1:\n    address: 127.0.0.1:{port}\n    labels: {{role: web}}\n",
+            wrong.trim()
+        ),
+    );
+    let daemon = Daemon::start(&dir);
+    Rig {
+        dir,
+        daemon,
+        target,
+    }
+}
+
+impl Rig {
+    /// `ramp-ca ARGS --key KEY` against the daemon.
+    fn ramp(&self, key: &str, args: &[&str]) -> Command {
+        self.daemon.cmd(&self.dir, key, args)
+    }
+
+    fn sign(&self, key: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["sign", "--json"];
+        all.extend_from_slice(args);
+        json(&run_ok(&mut self.ramp(key, &all)))
+    }
+
+    /// The real ssh client through the bastion as `login`, with `identity` (relative path).
+    fn ssh(&self, identity: &str, login: &str, args: &[&str]) -> Command {
+        self.ssh_with(identity, &[], login, args)
+    }
+
+    /// [`Rig::ssh`] with more client options, which must come before the destination.
+    fn ssh_with(&self, identity: &str, opts: &[String], login: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-p",
+            &self.daemon.ssh_port.to_string(),
+            "-i",
+        ])
+        .arg(self.dir.join(identity))
+        .args(opts)
+        .args(client_opts())
+        .arg(format!("{login}@127.0.0.1"))
+        .args(args)
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    fn sessions(&self) -> Vec<serde_json::Value> {
+        json(&run_ok(
+            &mut self.ramp(BOB, &["sessions", "list", "--json"]),
+        ))
+        .as_array()
+        .unwrap()
+        .clone()
+    }
+
+    /// Waits (bounded) until `done` holds for the session list.
+    fn wait_sessions(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.sessions();
+            if done(&list) {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {list:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn audit(&self) -> String {
+        run_ok(&mut self.ramp(CAROL, &["audit", "list"]))
+    }
+}
+
+fn client_opts() -> [&'static str; 14] {
+    [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+#[test]
+fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-1",
+        ],
+    );
+
+    // The client checks the bastion's host certificate against host-ca.
+    rig.dir.write(
+        "known_hosts",
+        run_ok(crate::ramp(&rig.dir).args(["trust", "known-hosts"])),
+    );
+    let known = format!(
+        "UserKnownHostsFile={}",
+        rig.dir.join("known_hosts").display()
+    );
+    let opts = [
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        known,
+    ];
+    let mut strict = rig.ssh_with(
+        ALICE,
+        &opts,
+        "readonly@db-1",
+        &["echo", "hello-from-$(whoami)", ";", "exit", "7"],
+    );
+    let out = run(&mut strict);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert_eq!(stdout, "hello-from-readonly\n");
+
+    // TARGET alone logs in as the certificate's first principal.
+    let out = run(&mut rig.ssh(ALICE, "db-1", &["whoami"]));
+    assert_eq!(text(&out).0, "readonly\n", "{}", text(&out).1);
+
+    let list = rig.wait_sessions("two ended sessions", |l| {
+        l.len() == 2 && l.iter().all(|s| s["state"] == "ended")
+    });
+    let first = &list[0];
+    assert_eq!(
+        (
+            first["user"].as_str(),
+            first["principal"].as_str(),
+            first["target"].as_str()
+        ),
+        (Some("alice"), Some("readonly"), Some("db-1"))
+    );
+    assert_eq!(first["exit_status"], 7);
+    assert_eq!(first["kind"], "exec");
+    assert!(first["key_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("ramp:alice:prod-db:observe:"));
+    assert_eq!(first["bytes_out"], 20);
+    let id = first["id"].as_str().unwrap();
+
+    let cast = rig.dir.join("s.cast");
+    run_ok(&mut rig.ramp(
+        BOB,
+        &["sessions", "export", id, "--out", cast.to_str().unwrap()],
+    ));
+    let played = Command::new("asciinema")
+        .arg("play")
+        .arg("-i")
+        .arg("0.01")
+        .arg(&cast)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(played.status.success(), "{}", text(&played).1);
+    assert!(
+        text(&played).0.contains("hello-from-readonly"),
+        "{}",
+        text(&played).0
+    );
+    let exported = json(&run_ok(
+        &mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]),
+    ));
+    assert_eq!(exported["session"]["id"], id);
+    let hits = json(&run_ok(
+        &mut rig.ramp(BOB, &["sessions", "grep", "hello-from", "--json"]),
+    ));
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+    assert_eq!(hits[0]["session"], id);
+
+    let (code, err) = run_err(&mut rig.ramp(ALICE, &["sessions", "list"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("takes ramp-admin or ramp-auditor"), "{err}");
+    let audit = rig.audit();
+    for action in [
+        " login ",
+        " session-start ",
+        " session-end ",
+        " session-read ",
+        " sessions-grep ",
+    ] {
+        assert!(audit.contains(action), "{action} not audited:\n{audit}");
+    }
+}
+
+#[test]
+fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-2",
+        ],
+    );
+    let refused = |login: &str, identity: &str, why: &str| {
+        let out = run(&mut rig.ssh(identity, login, &["true"]));
+        assert!(!out.status.success(), "{login} got in");
+        // Some refusals are logged as the connection winds down, just after ssh exits.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !rig.daemon.log().contains(why) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            rig.daemon.log().contains(why),
+            "log lacks {why:?}:\n{}",
+            rig.daemon.log()
+        );
+    };
+    refused(
+        "dbadmin@db-1",
+        ALICE,
+        "principal `dbadmin` is not in the certificate",
+    );
+    refused("readonly@web-1", ALICE, "contract `prod-db` of grant");
+    refused("readonly@nowhere", ALICE, "unknown target `nowhere`");
+    // A key without a certificate.
+    keygen(rig.dir.path(), "plain");
+    refused(
+        "readonly@db-1",
+        "plain",
+        "is not accepted: sign in with a ramp-ca certificate",
+    );
+    // A certificate from another CA, dressed up with a real-looking key id.
+    let rogue = keygen(rig.dir.path(), "rogue-ca");
+    keygen(rig.dir.path(), "forged");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(&rogue)
+            .args([
+                "-I",
+                "ramp:alice:prod-db:observe:x",
+                "-n",
+                "readonly",
+                "-z",
+                "1",
+            ])
+            .arg(rig.dir.join("forged.pub")),
+    );
+    refused("readonly@db-1", "forged", "signed by an untrusted CA");
+    // Revoked, then expired.
+    let serial = json(&run_ok(
+        &mut rig.ramp(ALICE, &["sign", "--contract", "prod-web", "--json"]),
+    ))["serial"]
+        .as_u64()
+        .unwrap();
+    run_ok(&mut rig.ramp(CAROL, &["revoke", "--serial", &serial.to_string()]));
+    refused(
+        "logs@web-1",
+        ALICE,
+        &format!("certificate serial {serial} is revoked"),
+    );
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "x",
+            "--ttl",
+            "2s",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    refused("readonly@db-1", ALICE, "certificate expired");
+
+    let audit = rig.audit();
+    assert!(audit.matches(" login-refused ").count() >= 7, "{audit}");
+    assert!(audit.contains("certificate expired"), "{audit}");
+}
+
+#[test]
+fn the_hop_checks_the_target_and_nobody_skips_the_bastion() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-3",
+        ],
+    );
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-2", &["true"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("host key of db-2 changed"),
+        "{}",
+        text(&out).1
+    );
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-3", &["true"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("cannot reach db-3"),
+        "{}",
+        text(&out).1
+    );
+
+    // The user's own certificate straight to the target: it trusts node-ca only.
+    let mut direct = Command::new("ssh");
+    direct
+        .args([
+            "-F",
+            "/dev/null",
+            "-p",
+            &rig.target.port().to_string(),
+            "-i",
+        ])
+        .arg(rig.dir.join(ALICE))
+        .args(client_opts())
+        .arg("readonly@127.0.0.1")
+        .arg("true");
+    let out = run(&mut direct);
+    assert!(!out.status.success(), "bypassed the bastion");
+    assert!(
+        rig.target.log().contains("not trusted") || rig.target.log().contains("CA"),
+        "{}",
+        rig.target.log()
+    );
+}
+
+#[test]
+fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-4",
+        ],
+    );
+    let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    rig.dir.write("up.bin", &payload);
+    let remote = format!("/tmp/ramp-test-{}.bin", std::process::id());
+    let scp = |from: String, to: String| {
+        let mut cmd = Command::new("scp");
+        cmd.args([
+            "-q",
+            "-F",
+            "/dev/null",
+            "-P",
+            &rig.daemon.ssh_port.to_string(),
+            "-i",
+        ])
+        .arg(rig.dir.join(ALICE))
+        .args(client_opts())
+        .arg(from)
+        .arg(to);
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "scp: {}", text(&out).1);
+    };
+    scp(
+        rig.dir.join("up.bin").display().to_string(),
+        format!("readonly@db-1@127.0.0.1:{remote}"),
+    );
+    scp(
+        format!("readonly@db-1@127.0.0.1:{remote}"),
+        rig.dir.join("down.bin").display().to_string(),
+    );
+    assert!(
+        std::fs::read(rig.dir.join("down.bin")).unwrap() == payload,
+        "scp round trip differs"
+    );
+
+    let batch = format!(
+        "put {} {remote}.2\nget {remote}.2 {}\nrm {remote}.2\n",
+        rig.dir.join("up.bin").display(),
+        rig.dir.join("sftp.bin").display()
+    );
+    rig.dir.write("batch", batch);
+    let mut sftp = Command::new("sftp");
+    sftp.args([
+        "-q",
+        "-F",
+        "/dev/null",
+        "-P",
+        &rig.daemon.ssh_port.to_string(),
+        "-i",
+    ])
+    .arg(rig.dir.join(ALICE))
+    .args(client_opts())
+    .arg("-b")
+    .arg(rig.dir.join("batch"))
+    .arg("readonly@db-1@127.0.0.1");
+    let out = run(&mut sftp);
+    assert!(out.status.success(), "sftp: {}", text(&out).1);
+    assert!(
+        std::fs::read(rig.dir.join("sftp.bin")).unwrap() == payload,
+        "sftp round trip differs"
+    );
+    let _ = std::fs::remove_file(&remote);
+
+    let list = rig.wait_sessions("three ended sessions", |l| {
+        l.len() == 3 && l.iter().all(|s| s["state"] == "ended")
+    });
+    let files: Vec<String> = list
+        .iter()
+        .flat_map(|s| {
+            s["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+        })
+        .collect();
+    for want in [
+        format!("write {remote}"),
+        format!("read {remote}"),
+        format!("write {remote}.2"),
+        format!("remove {remote}.2"),
+    ] {
+        assert!(files.contains(&want), "{want} not recorded in {files:?}");
+    }
+    assert!(list[0]["bytes_in"].as_u64().unwrap() >= payload.len() as u64);
+}
+
+#[test]
+fn a_pty_shell_runs_scripted_input_and_the_recording_has_both_directions() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-5",
+        ],
+    );
+    let mut cmd = rig.ssh(ALICE, "readonly@db-1", &["-tt"]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(b"echo marker-$((6*7))\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(b"exit 5\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out).1);
+    assert!(text(&out).0.contains("marker-42"), "{}", text(&out).0);
+    let list = rig.wait_sessions("the shell session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    assert_eq!(list[0]["kind"], "shell");
+    assert!(list[0]["term"].is_string(), "pty recorded: {}", list[0]);
+    let id = list[0]["id"].as_str().unwrap();
+    let exported = json(&run_ok(
+        &mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]),
+    ));
+    let events = exported["events"].as_array().unwrap();
+    let typed: String = events
+        .iter()
+        .filter(|e| e["kind"] == "input")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    let shown: String = events
+        .iter()
+        .filter(|e| e["kind"] == "output")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(typed.contains("echo marker-$((6*7))"), "{typed:?}");
+    assert!(shown.contains("marker-42"), "{shown:?}");
+}
+
+/// Starts `sleep` through the bastion in the background (on a pty, as a person would) and
+/// waits until its session is live.
+fn sleeper(rig: &Rig, seconds: u32) -> std::process::Child {
+    let child = rig
+        .ssh(
+            ALICE,
+            "readonly@db-1",
+            &["-tt", "echo", "started;", "sleep", &seconds.to_string()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rig.wait_sessions("a live session", |l| l.iter().any(|s| s["state"] == "live"));
+    child
+}
+
+#[test]
+fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-6",
+            "--ttl",
+            "6s",
+        ],
+    );
+    let child = sleeper(&rig, 60);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let (stdout, stderr) = text(&out);
+    let both = format!("{stdout}{stderr}");
+    assert!(
+        both.contains("ends in") && both.contains("when the certificate expires"),
+        "no warning: {both}"
+    );
+    assert!(both.contains("the certificate expired"), "{both}");
+    let list = rig.wait_sessions("the session ended", |l| l[0]["state"] == "ended");
+    assert!(
+        list[0]["end_reason"].as_str().unwrap().contains("expired"),
+        "{}",
+        list[0]
+    );
+}
+
+#[test]
+fn revoking_the_grant_ends_the_live_session() {
+    let rig = rig();
+    let grant = rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-7",
+        ],
+    )["grant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let child = sleeper(&rig, 60);
+    let revoked_at = Instant::now();
+    run_ok(&mut rig.ramp(
+        CAROL,
+        &["revoke", "--grant", &grant, "--reason", "incident over"],
+    ));
+    let out = child.wait_with_output().unwrap();
+    let took = revoked_at.elapsed();
+    assert!(!out.status.success());
+    let both = format!("{}{}", text(&out).0, text(&out).1);
+    assert!(both.contains("the grant was revoked"), "{both}");
+    // Generous bound against a noisy machine; the design aims at one second.
+    assert!(took < Duration::from_secs(10), "revocation took {took:?}");
+}
+
+#[test]
+fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-8",
+        ],
+    );
+    let mut child = rig
+        .ssh(
+            ALICE,
+            "readonly@db-1",
+            &["for i in $(seq 1 200); do echo line-$i; sleep 0.05; done"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rig.wait_sessions("a live session", |l| l.iter().any(|s| s["state"] == "live"));
+    std::thread::sleep(Duration::from_millis(2500));
+    let Rig {
+        dir,
+        daemon,
+        target,
+    } = rig;
+    daemon.kill9();
+    let _ = child.kill();
+    let _ = child.wait();
+    let daemon = Daemon::start(&dir);
+    let rig = Rig {
+        dir,
+        daemon,
+        target,
+    };
+    let list = rig.sessions();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["state"], "interrupted", "{}", list[0]);
+    let id = list[0]["id"].as_str().unwrap();
+    let exported = run_ok(&mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]));
+    assert!(
+        exported.contains("line-1\\n") && exported.contains("line-20\\n"),
+        "recorded up to the last flush:\n{exported}"
+    );
+    let out = run_ok(&mut rig.ramp(BOB, &["audit", "verify"]));
+    assert!(out.contains("intact"), "{out}");
+}
+
+#[test]
+fn port_forwarding_only_where_the_certificate_permits_it() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-9",
+        ],
+    );
+    let forward = |login: &str| {
+        let dest = format!("127.0.0.1:{}", rig.target.port());
+        let mut cmd = rig.ssh(ALICE, login, &["-W", &dest]);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(child.stdin.take());
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    };
+    let out = forward("readonly@db-1");
+    assert!(
+        !text(&out).0.contains("SSH-2.0"),
+        "forwarded without permission"
+    );
+    assert!(rig.audit().contains(" forward-refused "), "{}", rig.audit());
+
+    // break-glass permits forwarding: observe -> operate -> break-glass, with approvals.
+    let operate = rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "operate",
+            "--reason",
+            "INC-9",
+        ],
+    );
+    run_ok(&mut rig.ramp(BOB, &["approve", operate["grant"]["id"].as_str().unwrap()]));
+    let glass = rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "break-glass",
+            "--reason",
+            "INC-9",
+        ],
+    );
+    let id = glass["grant"]["id"].as_str().unwrap();
+    run_ok(&mut rig.ramp(BOB, &["approve", id]));
+    run_ok(&mut rig.ramp(CAROL, &["approve", id]));
+    rig.sign(ALICE, &["--grant", id]);
+    let out = forward("root@db-1");
+    assert!(
+        text(&out).0.starts_with("SSH-2.0-OpenSSH"),
+        "stdout {:?} stderr {}",
+        text(&out).0,
+        text(&out).1
+    );
+}
