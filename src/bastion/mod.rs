@@ -60,7 +60,9 @@ pub async fn run(
     }
     let recorders = Recorders::new(service.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let flusher = tokio::spawn(recorders.clone().run(stop_rx.clone()));
+    // The flusher stops last, after the sessions have written their ends.
+    let (flush_stop_tx, flush_stop_rx) = watch::channel(false);
+    let flusher = tokio::spawn(recorders.clone().run(flush_stop_rx));
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     let config = Arc::new(server::Config {
@@ -143,7 +145,12 @@ pub async fn run(
         });
     }
     let _ = stop_tx.send(true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sessions tell their users and finish their recordings, bounded by a short grace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !ctx.recorders.live().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = flush_stop_tx.send(true);
     let _ = flusher.await;
     Ok(())
 }

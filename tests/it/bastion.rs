@@ -792,3 +792,49 @@ fn port_forwarding_only_where_the_certificate_permits_it() {
         text(&out).1
     );
 }
+
+#[test]
+fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-10",
+        ],
+    );
+    let child = sleeper(&rig, 60);
+    let Rig {
+        dir,
+        daemon,
+        target,
+    } = rig;
+    assert!(daemon.stop().success(), "clean exit on SIGTERM");
+    let out = child.wait_with_output().unwrap();
+    let both = format!("{}{}", text(&out).0, text(&out).1);
+    assert!(both.contains("shutting down"), "{both}");
+    let daemon = Daemon::start(&dir);
+    let rig = Rig {
+        dir,
+        daemon,
+        target,
+    };
+    let list = rig.sessions();
+    assert_eq!(list[0]["state"], "ended", "{}", list[0]);
+    assert!(
+        list[0]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{}",
+        list[0]
+    );
+    assert!(
+        text(&out).0.contains("started"),
+        "output before the stop reached the client"
+    );
+}
