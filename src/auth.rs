@@ -86,7 +86,7 @@ pub fn verify(
         .parse()
         .map_err(|_| AuthError::Malformed(HDR_TIMESTAMP, "expected unix seconds".into()))?;
     let skew = ts.saturating_sub(now.timestamp());
-    if skew.abs() > MAX_SKEW_SECS {
+    if skew.unsigned_abs() > MAX_SKEW_SECS as u64 {
         return Err(AuthError::Stale(skew));
     }
     if !(16..=64).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {

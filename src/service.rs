@@ -115,6 +115,9 @@ pub struct Service {
     pub store: Store,
     /// Bumped on every revocation, so the bastion cuts sessions off at once.
     revoked: tokio::sync::watch::Sender<u64>,
+    /// Held across read, check and commit of any grant change, so two changes to one grant
+    /// (an approval racing a revocation) cannot overwrite each other.
+    grant_changes: std::sync::Mutex<()>,
 }
 
 impl Service {
@@ -129,7 +132,12 @@ impl Service {
             keys,
             store,
             revoked: tokio::sync::watch::channel(0).0,
+            grant_changes: std::sync::Mutex::new(()),
         })
+    }
+
+    fn lock_grants(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.grant_changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes whenever something is revoked.
@@ -249,6 +257,7 @@ impl Service {
         body: &RequestBody,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
+        let _changes = self.lock_grants();
         let p = self.policies();
         let ttl = match body.ttl.as_deref() {
             Some(t) => Some(policy::parse_duration(t).ok_or_else(|| {
@@ -345,6 +354,7 @@ impl Service {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
+        let _changes = self.lock_grants();
         let p = self.policies();
         let grant = self.grant_or_404(id)?;
         if grant.user != user {
@@ -384,6 +394,7 @@ impl Service {
 
     /// An approval; the last one needed activates the grant.
     pub fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
+        let _changes = self.lock_grants();
         let p = self.policies();
         let mut grant = self.grant_or_404(id)?;
         if grant.state(now) != State::Pending {
@@ -475,6 +486,7 @@ impl Service {
 
     /// A denial by an eligible approver, or the requester withdrawing their own request.
     pub fn deny(&self, who: &str, id: &str, reason: &str, now: DateTime<Utc>) -> Result<GrantView> {
+        let _changes = self.lock_grants();
         let p = self.policies();
         let mut grant = self.grant_or_404(id)?;
         if grant.state(now) != State::Pending {
@@ -548,6 +560,7 @@ impl Service {
 
     /// Revokes by serial, grant or user. Admins revoke anything; others only their own grants.
     pub fn revoke(&self, who: &str, body: &RevokeBody, now: DateTime<Utc>) -> Result<Revocation> {
+        let _changes = self.lock_grants();
         let p = self.policies();
         let admin = p.has_role(who, ROLE_ADMIN);
         let target = match (body.serial, &body.grant, &body.user) {
@@ -605,6 +618,7 @@ impl Service {
                 )
             }
         };
+        hit.extend(dependents(&p, &grants, &hit, now));
         // A revoked grant takes every certificate minted from it along.
         for g in &hit {
             serials.extend(certs.iter().filter(|c| c.grant == g.id).map(|c| c.serial));
@@ -871,7 +885,7 @@ impl SessionFilter {
             && self.target.as_ref().is_none_or(|t| &s.target == t)
             && self
                 .since
-                .is_none_or(|secs| s.start >= now - chrono::Duration::seconds(secs.max(0)))
+                .is_none_or(|secs| s.start >= seconds_before(now, secs))
     }
 }
 
@@ -899,7 +913,10 @@ pub fn issue_host_cert(
 ) -> Result<String> {
     let serial = store.next_serial()?;
     let from = (now.timestamp() - ca::BACKDATE_SECS).max(0) as u64;
-    let until = from + ca::BACKDATE_SECS as u64 + ttl.as_secs();
+    let until = from
+        .saturating_add(ca::BACKDATE_SECS as u64)
+        .saturating_add(ttl.as_secs())
+        .min(i64::MAX as u64);
     let key_id = format!("ramp-host:{name}");
     let cert = ca::mint_host_cert(
         host_ca,
@@ -937,6 +954,48 @@ pub fn issue_host_cert(
         now,
     )?;
     Ok(cert.to_openssh().map_err(ca::CaError::from)?)
+}
+
+/// Grants that stand on revoked ones: a step with `after: X` is held only while an active
+/// grant of X is, so revoking the last X grant also revokes what climbed from it (transitively).
+fn dependents(p: &Policies, grants: &[Grant], revoked: &[Grant], now: DateTime<Utc>) -> Vec<Grant> {
+    let mut gone: Vec<&Grant> = revoked.iter().collect();
+    let mut out: Vec<Grant> = Vec::new();
+    loop {
+        let live = |g: &&Grant| {
+            matches!(g.state(now), State::Active | State::Pending)
+                && !gone.iter().any(|r| r.id == g.id)
+        };
+        let more: Vec<&Grant> = grants
+            .iter()
+            .filter(live)
+            .filter(|g| {
+                let Some(after) = p
+                    .contracts
+                    .get(&g.contract)
+                    .and_then(|c| c.step(&g.step))
+                    .and_then(|s| s.after.as_deref())
+                else {
+                    return false;
+                };
+                let held_by =
+                    |o: &&Grant| o.user == g.user && o.contract == g.contract && o.step == after;
+                gone.iter().any(held_by) && !grants.iter().filter(live).any(|o| held_by(&o))
+            })
+            .collect();
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more.iter().map(|g| (*g).clone()));
+        gone.extend(more);
+    }
+}
+
+/// `now - secs`, saturating at the earliest time instead of overflowing on absurd input.
+pub fn seconds_before(now: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    chrono::TimeDelta::try_seconds(secs.max(0))
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// A short random id for requests and grants.

@@ -452,6 +452,8 @@ impl Store {
 
     /// Walks the chain and reports the first record that is missing, edited or out of place.
     pub fn verify_audit(&self) -> Result<AuditReport> {
+        // A commit landing mid-walk would look like a removed tail.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut expected = 1u64;
         let mut prev = ZERO_HASH.to_string();
         let bad = |seq: u64, reason: String| AuditReport {

@@ -180,7 +180,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Parses `90s`, `30m`, `2h`, `1d`, or combinations like `1h30m`.
+/// Longest duration accepted anywhere (ten years): keeps time arithmetic far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// Parses `90s`, `30m`, `2h`, `1d`, or combinations like `1h30m`, up to [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total: u64 = 0;
     let mut digits = String::new();
@@ -200,7 +203,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         total = total.checked_add(n.checked_mul(unit)?)?;
         digits.clear();
     }
-    (digits.is_empty() && total > 0).then(|| Duration::from_secs(total))
+    (digits.is_empty() && total > 0 && total <= MAX_DURATION.as_secs())
+        .then(|| Duration::from_secs(total))
 }
 
 /// Formats a duration the way policies write it (`1h30m`).
@@ -297,6 +301,8 @@ mod tests {
         check("2 hours", None);
         check("-1h", None);
         check("99999999999999999999d", None);
+        check("3651d", None);
+        check("3650d", Some(3650 * 86400));
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
     }
 

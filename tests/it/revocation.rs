@@ -32,7 +32,7 @@ fn approvals_follow_the_contract_and_sign_wait_picks_up_the_certificate() {
     let (code, err) = run_err(&mut sign("operate"));
     assert_eq!(code, 1);
     assert!(err.contains("request `observe` first"), "{err}");
-    run_ok(&mut sign("observe"));
+    let observe = grant_id(&run_ok(&mut sign("observe")));
 
     // `sign --wait` blocks until bob approves, then writes the certificate.
     let waiting = daemon
@@ -98,6 +98,25 @@ fn approvals_follow_the_contract_and_sign_wait_picks_up_the_certificate() {
     )));
     assert_eq!(out["grant"]["state"], "active");
     run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--grant", &glass]));
+
+    // A step is held only while the step it climbed from is: revoking observe takes
+    // operate and break-glass along.
+    let out = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        CAROL,
+        &["revoke", "--grant", &observe, "--json"],
+    )));
+    let mut revoked: Vec<String> = out["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect();
+    revoked.sort();
+    let mut want = vec![observe.clone(), pending.clone(), glass.clone()];
+    want.sort();
+    assert_eq!(revoked, want);
+    run_ok(&mut sign("observe"));
 
     // A denied request yields no certificate.
     let again = grant_id(&run_ok(&mut sign("operate")));
