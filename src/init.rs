@@ -71,6 +71,8 @@ fn people_yaml(dir: &Path, created: &mut Vec<PathBuf>) -> Result<String, Error> 
     let mut text = String::from(
         "# People who may sign requests: their registered keys and roles.\n\
          # Built-in roles: ramp-admin (revoke, KRL, host certificates), ramp-auditor (audit, recordings).\n\
+         # Roles the contracts use; declared here they stay valid even while nobody holds them.\n\
+         roles: [sre, sre-lead]\n\
          users:\n",
     );
     for (name, roles) in DEMO_USERS {

@@ -169,6 +169,7 @@ pub fn check(
         State::Active => {}
         other => return Err(format!("grant {grant_id} is {other}")),
     }
+    still_entitled(policies, user, contract)?;
     let target = policies
         .hosts
         .get(target_name)
@@ -194,6 +195,24 @@ pub fn check(
         options: options_of(cert),
         client: client.to_string(),
     })
+}
+
+/// Whether the person is still in people.yaml with a role that may request the contract:
+/// removing someone (and reloading) ends their access, certificates or not.
+pub fn still_entitled(policies: &Policies, user: &str, contract: &str) -> Result<(), String> {
+    let entitled = policies.users.get(user).is_some_and(|u| {
+        policies
+            .contracts
+            .get(contract)
+            .is_some_and(|c| u.roles.iter().any(|r| c.requesters.contains(r)))
+    });
+    if entitled {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{user}` is no longer entitled to `{contract}` in the policies"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ use crate::store::Event;
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 2048;
 
+/// A connection must log in within this long, so idle sockets cannot hold every slot.
+pub const LOGIN_GRACE: Duration = Duration::from_secs(60);
+
 /// What every connection shares.
 pub struct Ctx {
     pub service: Arc<Service>,
@@ -57,6 +60,23 @@ pub async fn run(
         .map_err(std::io::Error::other)?;
     for s in &interrupted {
         tracing::warn!(session = %s.id, user = %s.user, target = %s.target, "session was interrupted by a crash");
+    }
+    let events = interrupted
+        .iter()
+        .map(|s| {
+            Event::new(
+                &s.user,
+                "session-interrupted",
+                &s.id,
+                json!({"target": s.target, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out}),
+            )
+        })
+        .collect::<Vec<_>>();
+    if !events.is_empty() {
+        service
+            .store
+            .audit_events(events, Utc::now())
+            .map_err(std::io::Error::other)?;
     }
     let recorders = Recorders::new(service.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -117,7 +137,8 @@ pub async fn run(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let handler = ConnHandler::new(ctx.clone(), peer, stop_rx.clone());
+        let logged_in = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = ConnHandler::new(ctx.clone(), peer, stop_rx.clone(), logged_in.clone());
         let config = config.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -130,6 +151,19 @@ pub async fn run(
                 }
             };
             let handle = session.handle();
+            let grace = handle.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(LOGIN_GRACE).await;
+                if !logged_in.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = grace
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "login grace time exceeded".into(),
+                            String::new(),
+                        )
+                        .await;
+                }
+            });
             tokio::select! {
                 result = session => {
                     if let Err(e) = result {
@@ -155,23 +189,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Why a connection that only managed to offer a plain key got nowhere. The SSH layer
-/// refuses expired, not-yet-valid and badly signed certificates before they reach
-/// [`login::check`], so the ledger's newest certificate for the key tells the likely story.
+/// Why a connection that only managed to offer a plain key got nowhere, and whether the key
+/// is one this CA knows. The SSH layer refuses expired, not-yet-valid and badly signed
+/// certificates before [`login::check`] sees them, so the ledger's newest certificate for the
+/// key tells the likely story.
 fn unusable_key(
-    store: &crate::store::Store,
+    service: &Service,
     key: &russh::keys::ssh_key::PublicKey,
     now: chrono::DateTime<Utc>,
-) -> String {
+) -> (String, bool) {
     let fp = crate::keys::fingerprint(key);
-    let newest = store.certs().ok().and_then(|certs| {
+    let newest = service.store.certs().ok().and_then(|certs| {
         certs
             .into_iter()
             .filter(|c| c.fingerprint == fp && c.kind == "user")
             .max_by_key(|c| c.serial)
     });
+    let registered = service.policies().user_by_key(key).is_some();
     let secs = now.timestamp().max(0) as u64;
-    match newest {
+    let why = match &newest {
         Some(c) if secs >= c.valid_before => format!(
             "certificate expired: the newest certificate for key {fp} (serial {}) was valid until {}",
             c.serial,
@@ -179,7 +215,8 @@ fn unusable_key(
         ),
         Some(c) if secs < c.valid_after => format!("certificate not yet valid: serial {} for key {fp}", c.serial),
         _ => format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)"),
-    }
+    };
+    (why, registered || newest.is_some())
 }
 
 /// One client connection.
@@ -202,21 +239,29 @@ pub struct ConnHandler {
     _alive: tokio::sync::oneshot::Sender<()>,
     /// The watchdog's end of `_alive`, until it starts.
     gone: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Set once a login succeeds; the login grace timer reads it.
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for ConnHandler {
     fn drop(&mut self) {
         if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
-            let why = unusable_key(&self.ctx.service.store, &key, Utc::now());
-            self.refuse(&login_name, None, &why);
+            let (why, known) = unusable_key(&self.ctx.service, &key, Utc::now());
+            self.refuse(&login_name, None, &why, known);
         }
     }
 }
 
 impl ConnHandler {
-    fn new(ctx: Arc<Ctx>, peer: SocketAddr, stop: watch::Receiver<bool>) -> ConnHandler {
+    fn new(
+        ctx: Arc<Ctx>,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+        logged_in: Arc<std::sync::atomic::AtomicBool>,
+    ) -> ConnHandler {
         let (alive, gone) = tokio::sync::oneshot::channel();
         ConnHandler {
+            logged_in,
             _alive: alive,
             gone: Some(gone),
             ctx,
@@ -237,9 +282,18 @@ impl ConnHandler {
         }
     }
 
-    fn refuse(&self, login_name: &str, cert: Option<&Certificate>, why: &str) {
+    /// Logs a refusal, and audits it when it concerns someone this CA knows: a certificate
+    /// user-ca signed, or a registered or certified key. Anonymous junk is only logged, so
+    /// strangers cannot flood the chain or put names in it.
+    fn refuse(&self, login_name: &str, cert: Option<&Certificate>, why: &str, known: bool) {
         tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
+        let ours = cert
+            .is_some_and(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.ctx.user_ca);
+        if !(ours || known) {
+            return;
+        }
         let actor = cert
+            .filter(|_| ours)
             .and_then(|c| c.key_id().split(':').nth(1).map(String::from))
             .unwrap_or_else(|| "unknown".into());
         self.audit(
@@ -314,6 +368,11 @@ impl ConnHandler {
                         login.target.name
                     );
                 }
+                if let Err(why) =
+                    login::still_entitled(&service.policies(), &login.user, &login.grant.contract)
+                {
+                    break format!("access to {} ended: {why}", login.target.name);
+                }
             };
             tracing::info!(user = %login.user, target = %login.target.name, %reason, "cutting the connection off");
             let _ = cutoff.send(Some(reason.clone()));
@@ -385,13 +444,15 @@ impl server::Handler for ConnHandler {
                 Ok(Auth::Accept)
             }
             Err(why) => {
-                self.refuse(user, Some(cert), &why);
+                self.refuse(user, Some(cert), &why, false);
                 Ok(Auth::reject())
             }
         }
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.logged_in
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(login) = self.login.clone() {
             self.watch_expiry(login, session.handle());
         }

@@ -113,9 +113,12 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Policies, Problems> {
             .iter()
             .filter(move |(p, _)| p.file_name().and_then(|n| n.to_str()) == Some(name))
     };
+    let mut roles: BTreeSet<String> = [ROLE_ADMIN, ROLE_AUDITOR].map(String::from).into();
     for (path, text) in named("people.yaml") {
         if let Some(root) = ctx.parse(path, text) {
-            policies.users = ctx.people(&root);
+            let (users, declared) = ctx.people(&root);
+            policies.users = users;
+            roles.extend(declared);
         }
     }
     for (path, text) in named("hosts.yaml") {
@@ -123,7 +126,6 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Policies, Problems> {
             policies.hosts = ctx.hosts(&root);
         }
     }
-    let mut roles: BTreeSet<String> = [ROLE_ADMIN, ROLE_AUDITOR].map(String::from).into();
     roles.extend(
         policies
             .users
@@ -356,17 +358,26 @@ impl Ctx {
                 let known: Vec<&str> = known.iter().map(String::as_str).collect();
                 self.problem(
                     *pos,
-                    format!("{what}: unknown role `{role}` (no user in people.yaml holds it); known roles: {}", known.join(", ")),
+                    format!("{what}: unknown role `{role}` (neither declared under `roles:` in people.yaml nor held by a user); known roles: {}", known.join(", ")),
                 );
             }
         }
     }
 
-    fn people(&mut self, root: &Node) -> BTreeMap<String, User> {
-        let top = self.fields(root, "people.yaml", &["users"]);
+    /// The users, and the roles people.yaml declares (which stay known with nobody holding them).
+    fn people(&mut self, root: &Node) -> (BTreeMap<String, User>, Vec<String>) {
+        let top = self.fields(root, "people.yaml", &["roles", "users"]);
         let mut users = BTreeMap::new();
+        let mut declared = Vec::new();
+        if let Some(node) = top.get("roles") {
+            for (role, pos) in self.strings(node, "people.yaml roles") {
+                if self.name(&role, pos, "role") {
+                    declared.push(role);
+                }
+            }
+        }
         let Some(node) = self.required(&top, "users", "people.yaml") else {
-            return users;
+            return (users, declared);
         };
         let mut owners: HashMap<Vec<u8>, String> = HashMap::new();
         for (name, pos, body) in self.entries(node, "users") {
@@ -402,7 +413,7 @@ impl Ctx {
             }
             users.insert(name.to_string(), user);
         }
-        users
+        (users, declared)
     }
 
     fn hosts(&mut self, root: &Node) -> BTreeMap<String, Host> {

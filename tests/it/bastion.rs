@@ -719,6 +719,39 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     );
     let out = run_ok(&mut rig.ramp(BOB, &["audit", "verify"]));
     assert!(out.contains("intact"), "{out}");
+    assert!(
+        rig.audit().contains(" session-interrupted "),
+        "{}",
+        rig.audit()
+    );
+}
+
+#[test]
+fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-11",
+        ],
+    );
+    let child = sleeper(&rig, 60);
+    let people = rig
+        .dir
+        .read("policies/people.yaml")
+        .replace("roles: [sre]", "roles: []");
+    rig.dir.write("policies/people.yaml", people);
+    rig.daemon.signal("HUP");
+    let out = child.wait_with_output().unwrap();
+    let both = format!("{}{}", text(&out).0, text(&out).1);
+    assert!(both.contains("no longer entitled"), "{both}");
+    let refused = run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
+    assert!(!refused.status.success(), "a removed user logged in");
 }
 
 #[test]

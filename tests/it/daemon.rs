@@ -77,6 +77,15 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends a signal (like `HUP`) to the daemon.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("daemon running").id();
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status();
+    }
+
     /// Kills the daemon with SIGKILL, as a crash would.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {
