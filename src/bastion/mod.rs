@@ -241,6 +241,8 @@ pub struct ConnHandler {
     gone: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Set once a login succeeds; the login grace timer reads it.
     logged_in: Arc<std::sync::atomic::AtomicBool>,
+    /// Channels whose program (shell, exec, subsystem) has started: one program each.
+    started: std::collections::HashSet<russh::ChannelId>,
 }
 
 impl Drop for ConnHandler {
@@ -262,6 +264,7 @@ impl ConnHandler {
         let (alive, gone) = tokio::sync::oneshot::channel();
         ConnHandler {
             logged_in,
+            started: std::collections::HashSet::new(),
             _alive: alive,
             gone: Some(gone),
             ctx,
@@ -272,6 +275,38 @@ impl ConnHandler {
             warning: watch::channel(None).0,
             stop,
             plain_key_tried: None,
+        }
+    }
+
+    /// Answers a channel request the way the channel task will act on it ([`proxy::allows`]).
+    /// Answering here, while russh still knows whether this request wants a reply, keeps
+    /// every reply matched to its request.
+    fn answer(
+        &mut self,
+        channel: russh::ChannelId,
+        request: proxy::Request<'_>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let started = self.started.contains(&channel);
+        let ok = self
+            .login
+            .as_ref()
+            .is_some_and(|l| proxy::allows(&l.options, request, started));
+        if ok
+            && matches!(
+                request,
+                proxy::Request::Shell | proxy::Request::Exec | proxy::Request::Subsystem(_)
+            )
+        {
+            self.started.insert(channel);
+        }
+        if !ok {
+            tracing::info!(peer = %self.peer, ?request, "channel request refused");
+        }
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
         }
     }
 
@@ -553,6 +588,77 @@ impl server::Handler for ConnHandler {
             }
         }
         Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, proxy::Request::Pty, session)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, proxy::Request::Env, session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: russh::ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, proxy::Request::Shell, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, proxy::Request::Exec, session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: russh::ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, proxy::Request::Subsystem(name), session)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, proxy::Request::X11, session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: russh::ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // russh answers this one itself from the returned value.
+        Ok(false)
     }
 
     async fn tcpip_forward(

@@ -1,39 +1,163 @@
-//! One task per channel: relays between the engineer's channel and the matching channel on
-//! the target, records what passes, enforces what the certificate permits, and ends the
-//! channel when the connection is cut off (expiry, revocation, shutdown).
+//! One task per channel relays between the engineer's channel and the matching channel on
+//! the target, one future per direction, so a side that is slow to read never stops the
+//! other direction nor the cut-off. It records what passes, forwards only the requests the
+//! certificate permits ([`allows`], which the Handler also uses to answer the client), and
+//! ends the channel when the connection is cut off (expiry, revocation, shutdown).
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use russh::server::{self, Msg};
-use russh::{Channel, ChannelMsg};
-use tokio::sync::watch;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::{watch, OnceCell};
 
 use super::files::{scp_files, SftpTracker};
 use super::login::Login;
 use super::recorder::Recorder;
 use super::{Ctx, Upstream};
+use crate::policy::CertOptions;
 
-/// How a channel ends when the bastion ends it.
+/// Why the bastion is ending a connection, once it is; every channel task watches it.
 pub type Cutoff = watch::Receiver<Option<String>>;
 
-/// A reply owed to the client, in the order its requests came.
-enum Owed {
-    /// Forwarded to the target: its answer is the client's answer (sent when `want_reply`).
-    Target { want_reply: bool },
-    /// Decided here, to be sent in turn.
-    Local(bool),
+/// A channel request, as far as the decision to allow it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Pty,
+    Env,
+    Shell,
+    Exec,
+    Subsystem(&'a str),
+    X11,
+    Agent,
+}
+
+/// Whether a request is allowed on a channel whose program may or may not have started.
+/// The Handler answers the client with this; the channel task forwards only what it allows.
+pub fn allows(options: &CertOptions, request: Request<'_>, started: bool) -> bool {
+    match request {
+        Request::Pty => options.pty && !started,
+        Request::Env => !started,
+        Request::Shell | Request::Exec => !started,
+        // A forced command replaces subsystems too, as in sshd; sftp is the only one offered.
+        Request::Subsystem(name) => !started && name == "sftp" && options.force_command.is_none(),
+        // Forwarding back through the bastion would let a target reach the engineer's machine.
+        Request::X11 | Request::Agent => false,
+    }
+}
+
+/// Ends both directions when the connection is cut off or either direction is done.
+#[derive(Clone)]
+struct Stop {
+    cutoff: Cutoff,
+    done: watch::Receiver<bool>,
+}
+
+impl Stop {
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.cutoff.wait_for(Option::is_some) => {}
+            _ = self.done.wait_for(|d| *d) => {}
+        }
+    }
+
+    /// Runs `f` unless the channel is stopped first.
+    async fn guard<F: Future>(&mut self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            out = f => Some(out),
+            _ = self.wait() => None,
+        }
+    }
+}
+
+/// Messages read ahead per direction (up to ~16 MiB of 32 KiB packets). russh's connection
+/// loop waits whenever a channel's own queue is full; reading ahead keeps it moving so one
+/// direction waiting on its peer's window does not stall the other direction's replies.
+const READ_AHEAD: usize = 512;
+
+/// Reads a channel ahead into `to` until it ends or the channel stops.
+async fn read_ahead(
+    mut from: ChannelReadHalf,
+    to: tokio::sync::mpsc::Sender<ChannelMsg>,
+    mut stop: Stop,
+) {
+    loop {
+        let msg = tokio::select! {
+            msg = from.wait() => msg,
+            _ = stop.wait() => return,
+        };
+        let last = matches!(msg, None | Some(ChannelMsg::Close));
+        if let Some(msg) = msg {
+            if stop
+                .guard(to.send(msg))
+                .await
+                .is_none_or(|sent| sent.is_err())
+            {
+                return;
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// A read-ahead queue for one direction of a channel.
+fn queue() -> (
+    tokio::sync::mpsc::Sender<ChannelMsg>,
+    tokio::sync::mpsc::Receiver<ChannelMsg>,
+) {
+    tokio::sync::mpsc::channel(READ_AHEAD)
+}
+
+/// What both directions of one channel share.
+struct Shared {
+    /// Set when the program starts; from then on every byte is recorded.
+    recorder: OnceCell<Arc<Recorder>>,
+    /// Why the bastion ended the channel, when it did (first reason wins).
+    end_reason: Mutex<Option<String>>,
+    exit_status: Mutex<Option<u32>>,
+    done: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn end(&self, reason: Option<String>) {
+        if let Some(r) = reason {
+            self.end_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(r);
+        }
+        self.done.send_replace(true);
+    }
+
+    /// Records, then waits while the recording's buffer is full; ends the channel if the
+    /// recording failed. Returns false when the channel must stop.
+    async fn record(&self, stop: &mut Stop, f: impl FnOnce(&Recorder)) -> bool {
+        let Some(rec) = self.recorder.get() else {
+            return true;
+        };
+        f(rec);
+        if rec.failed() {
+            self.end(Some(
+                "the session recording cannot be written; ending the session".into(),
+            ));
+            return false;
+        }
+        stop.guard(rec.backpressure()).await.is_some()
+    }
 }
 
 /// Relays a session channel (shell, exec, subsystem) until either side closes it.
+#[allow(clippy::too_many_arguments)]
 pub async fn session(
     ctx: Arc<Ctx>,
     login: Arc<Login>,
     upstream: Result<Arc<Upstream>, String>,
-    mut client: Channel<Msg>,
+    client: Channel<Msg>,
     handle: server::Handle,
-    mut cutoff: Cutoff,
-    mut warning: Cutoff,
+    cutoff: Cutoff,
+    warning: Cutoff,
 ) {
     let id = client.id();
     let say = |text: String| {
@@ -44,20 +168,16 @@ pub async fn session(
                 .await;
         }
     };
-    let mut target = match upstream {
-        Ok(up) => match up.handle.channel_open_session().await {
-            Ok(ch) => ch,
-            Err(e) => {
-                say(format!(
-                    "cannot open a session on {}: {e}",
-                    login.target.name
-                ))
-                .await;
-                let _ = client.exit_status(255).await;
-                let _ = client.close().await;
-                return;
-            }
-        },
+    let opened = match upstream {
+        Ok(up) => up
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| format!("cannot open a session on {}: {e}", login.target.name)),
+        Err(why) => Err(why),
+    };
+    let target = match opened {
+        Ok(t) => t,
         Err(why) => {
             say(why).await;
             let _ = client.exit_status(255).await;
@@ -65,272 +185,392 @@ pub async fn session(
             return;
         }
     };
-    let mut owed: VecDeque<Owed> = VecDeque::new();
-    let mut recorder: Option<Arc<Recorder>> = None;
-    let mut sftp: Option<SftpTracker> = None;
-    let mut pty: Option<(String, u32, u32)> = None;
-    let mut exit_status = None;
-    let mut end_reason = None;
-    let mut warned = false;
-
-    // Starts the recording when the session says what it is; refuses the session if the
-    // recording cannot be started, since no session runs unrecorded.
-    let start = |kind: &str, command: Option<String>, pty: &Option<(String, u32, u32)>| {
-        let meta = login.session_meta(kind, command, pty.clone());
-        ctx.recorders.start(meta)
+    let (client_rx, client_tx) = client.split();
+    let (target_rx, target_tx) = target.split();
+    let (done, done_rx) = watch::channel(false);
+    let shared = Shared {
+        recorder: OnceCell::new(),
+        end_reason: Mutex::new(None),
+        exit_status: Mutex::new(None),
+        done,
     };
+    let stop = Stop {
+        cutoff: cutoff.clone(),
+        done: done_rx,
+    };
+    let (up_tx, up_rx) = queue();
+    let (down_tx, down_rx) = queue();
+    tokio::join!(
+        read_ahead(client_rx, up_tx, stop.clone()),
+        upward(&ctx, &login, &shared, stop.clone(), up_rx, &target_tx),
+        read_ahead(target_rx, down_tx, stop.clone()),
+        downward(
+            &shared,
+            stop.clone(),
+            warning,
+            down_rx,
+            &client_tx,
+            &handle,
+            &say
+        ),
+    );
+    let cut = cutoff.borrow().clone();
+    if let Some(reason) = &cut {
+        shared.end(Some(reason.clone()));
+    }
+    let reason = shared
+        .end_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(reason) = &reason {
+        say(reason.clone()).await;
+        let _ = client_tx.exit_status(255).await;
+        let _ = client_tx.eof().await;
+    }
+    let _ = target_tx.close().await;
+    let _ = client_tx.close().await;
+    if let Some(rec) = shared.recorder.get() {
+        let exit = *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner());
+        rec.finish(exit, reason);
+    }
+}
 
+/// Client to target: input and requests. Starts the recording when the program starts.
+async fn upward(
+    ctx: &Ctx,
+    login: &Login,
+    shared: &Shared,
+    mut stop: Stop,
+    mut client: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    target: &ChannelWriteHalf<russh::client::Msg>,
+) {
+    let mut pty: Option<(String, u32, u32)> = None;
+    let mut sftp: Option<SftpTracker> = None;
     loop {
-        tokio::select! {
-            _ = cutoff.changed() => {
-                let reason = cutoff.borrow().clone().unwrap_or_else(|| "access ended".into());
-                say(reason.clone()).await;
-                end_reason = Some(reason);
-                let _ = target.close().await;
-                break;
+        let msg = tokio::select! {
+            msg = client.recv() => msg,
+            _ = stop.wait() => return,
+        };
+        let started = shared.recorder.initialized();
+        let sent = match msg {
+            None | Some(ChannelMsg::Close) => break,
+            // Bytes before the program starts go nowhere, as in sshd: nothing unrecorded passes.
+            Some(ChannelMsg::Data { data }) if started => {
+                let files = sftp.as_mut().map(|t| t.feed(&data)).unwrap_or_default();
+                if !shared
+                    .record(&mut stop, |r| {
+                        r.input(&data);
+                        files.into_iter().for_each(|f| r.file(f));
+                    })
+                    .await
+                {
+                    break;
+                }
+                stop.guard(target.data_bytes(data)).await
             }
-            _ = warning.changed(), if !warned => {
+            Some(ChannelMsg::ExtendedData { data, ext }) if started => {
+                if !shared.record(&mut stop, |r| r.input(&data)).await {
+                    break;
+                }
+                stop.guard(target.extended_data_bytes(ext, data)).await
+            }
+            Some(ChannelMsg::Eof) => stop.guard(target.eof()).await,
+            Some(ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            }) if allows(&login.options, Request::Pty, started) => {
+                pty = Some((term.clone(), col_width, row_height));
+                stop.guard(target.request_pty(
+                    true,
+                    &term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    &terminal_modes,
+                ))
+                .await
+            }
+            Some(ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            }) if allows(&login.options, Request::Env, started) => {
+                stop.guard(target.set_env(false, variable_name, variable_value))
+                    .await
+            }
+            Some(ChannelMsg::RequestShell { .. })
+                if allows(&login.options, Request::Shell, started) =>
+            {
+                match login.options.force_command.clone() {
+                    // force-command replaces the shell too, as in sshd.
+                    Some(cmd) => match start(ctx, login, shared, "exec", Some(cmd.clone()), &pty) {
+                        true => stop.guard(target.exec(true, cmd)).await,
+                        false => break,
+                    },
+                    None => match start(ctx, login, shared, "shell", None, &pty) {
+                        true => stop.guard(target.request_shell(true)).await,
+                        false => break,
+                    },
+                }
+            }
+            Some(ChannelMsg::Exec { command, .. })
+                if allows(&login.options, Request::Exec, started) =>
+            {
+                let command = login
+                    .options
+                    .force_command
+                    .clone()
+                    .unwrap_or_else(|| String::from_utf8_lossy(&command).into_owned());
+                if !start(ctx, login, shared, "exec", Some(command.clone()), &pty) {
+                    break;
+                }
+                if let Some(rec) = shared.recorder.get() {
+                    scp_files(&command).into_iter().for_each(|f| rec.file(f));
+                }
+                stop.guard(target.exec(true, command)).await
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. })
+                if allows(&login.options, Request::Subsystem(&name), started) =>
+            {
+                if !start(ctx, login, shared, "subsystem", Some(name.clone()), &pty) {
+                    break;
+                }
+                sftp = Some(SftpTracker::default());
+                stop.guard(target.request_subsystem(true, name)).await
+            }
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            }) => {
+                if !shared
+                    .record(&mut stop, |r| r.resize(col_width, row_height))
+                    .await
+                {
+                    break;
+                }
+                stop.guard(target.window_change(col_width, row_height, pix_width, pix_height))
+                    .await
+            }
+            Some(ChannelMsg::Signal { signal }) => stop.guard(target.signal(signal)).await,
+            // Refused requests (answered by the Handler) and anything else stop here.
+            Some(_) => Some(Ok(())),
+        };
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(_)) => {
+                shared.end(Some(format!(
+                    "the connection to {} failed",
+                    login.target.name
+                )));
+                return;
+            }
+            None => return,
+        }
+    }
+    shared.end(None);
+}
+
+/// Starts the recording; refuses the session if it cannot be, since none runs unrecorded.
+fn start(
+    ctx: &Ctx,
+    login: &Login,
+    shared: &Shared,
+    kind: &str,
+    command: Option<String>,
+    pty: &Option<(String, u32, u32)>,
+) -> bool {
+    match ctx
+        .recorders
+        .start(login.session_meta(kind, command, pty.clone()))
+    {
+        Ok(rec) => {
+            let _ = shared.recorder.set(rec);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a recording; refusing the session");
+            shared.end(Some(format!(
+                "cannot record this session ({e}); refusing it"
+            )));
+            false
+        }
+    }
+}
+
+/// Target to client: output, exit status, end of stream; the expiry warning on a terminal.
+async fn downward<F, Fut>(
+    shared: &Shared,
+    mut stop: Stop,
+    mut warning: Cutoff,
+    mut target: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    client: &ChannelWriteHalf<Msg>,
+    handle: &server::Handle,
+    say: &F,
+) where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut warned = false;
+    loop {
+        // The select only picks; the work (and its awaits) happens after, outside it.
+        enum Next {
+            Msg(Option<ChannelMsg>),
+            Warn(Option<String>),
+        }
+        let next = tokio::select! {
+            msg = target.recv() => Next::Msg(msg),
+            text = warning.wait_for(Option::is_some), if !warned => Next::Warn(text.ok().and_then(|t| t.clone())),
+            _ = stop.wait() => return,
+        };
+        let msg = match next {
+            Next::Msg(msg) => msg,
+            Next::Warn(text) => {
                 warned = true;
-                let text = warning.borrow().clone();
-                if let (Some(text), Some(_)) = (text, &pty) {
+                let on_terminal = shared
+                    .recorder
+                    .get()
+                    .is_some_and(|r| r.meta().term.is_some());
+                if let (Some(text), true) = (text, on_terminal) {
                     say(text).await;
                 }
+                continue;
             }
-            msg = client.wait() => {
-                let Some(msg) = msg else { let _ = target.close().await; break };
-                let forwarded = match msg {
-                    ChannelMsg::Data { data } => {
-                        if let Some(rec) = &recorder {
-                            rec.input(&data);
-                            if let Some(t) = sftp.as_mut() {
-                                for entry in t.feed(&data) {
-                                    rec.file(entry);
-                                }
-                            }
-                        }
-                        target.data_bytes(data).await
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => target.extended_data_bytes(ext, data).await,
-                    ChannelMsg::Eof => target.eof().await,
-                    ChannelMsg::Close => { let _ = target.close().await; break }
-                    ChannelMsg::RequestPty { want_reply, term, col_width, row_height, pix_width, pix_height, terminal_modes } => {
-                        if login.options.pty {
-                            pty = Some((term.clone(), col_width, row_height));
-                            owed.push_back(Owed::Target { want_reply });
-                            target.request_pty(true, &term, col_width, row_height, pix_width, pix_height, &terminal_modes).await
-                        } else {
-                            tracing::info!(user = %login.user, "pty refused: the certificate does not permit it");
-                            if want_reply { owed.push_back(Owed::Local(false)); }
-                            Ok(())
-                        }
-                    }
-                    ChannelMsg::SetEnv { want_reply, variable_name, variable_value } => {
-                        owed.push_back(Owed::Target { want_reply });
-                        target.set_env(true, variable_name, variable_value).await
-                    }
-                    ChannelMsg::RequestShell { want_reply } | ChannelMsg::Exec { want_reply, .. } | ChannelMsg::RequestSubsystem { want_reply, .. }
-                        if recorder.is_some() => {
-                        // One program per session channel, as sshd does.
-                        if want_reply { owed.push_back(Owed::Local(false)); }
-                        Ok(())
-                    }
-                    ChannelMsg::RequestShell { want_reply } => {
-                        let (kind, command) = match &login.options.force_command {
-                            Some(cmd) => ("exec", Some(cmd.clone())),
-                            None => ("shell", None),
-                        };
-                        match start(kind, command.clone(), &pty) {
-                            Ok(rec) => {
-                                recorder = Some(rec);
-                                owed.push_back(Owed::Target { want_reply });
-                                match command {
-                                    Some(cmd) => target.exec(true, cmd).await,
-                                    None => target.request_shell(true).await,
-                                }
-                            }
-                            Err(e) => { refuse_unrecorded(&say, e).await; break }
-                        }
-                    }
-                    ChannelMsg::Exec { want_reply, command } => {
-                        // force-command replaces whatever was asked, as sshd does.
-                        let command = login.options.force_command.clone()
-                            .unwrap_or_else(|| String::from_utf8_lossy(&command).into_owned());
-                        match start("exec", Some(command.clone()), &pty) {
-                            Ok(rec) => {
-                                for entry in scp_files(&command) {
-                                    rec.file(entry);
-                                }
-                                recorder = Some(rec);
-                                owed.push_back(Owed::Target { want_reply });
-                                target.exec(true, command).await
-                            }
-                            Err(e) => { refuse_unrecorded(&say, e).await; break }
-                        }
-                    }
-                    ChannelMsg::RequestSubsystem { want_reply, name } => {
-                        if name != "sftp" || login.options.force_command.is_some() {
-                            tracing::info!(user = %login.user, subsystem = %name, "subsystem refused");
-                            if want_reply { owed.push_back(Owed::Local(false)); }
-                            Ok(())
-                        } else {
-                            match start("subsystem", Some(name.clone()), &pty) {
-                                Ok(rec) => {
-                                    recorder = Some(rec);
-                                    sftp = Some(SftpTracker::default());
-                                    owed.push_back(Owed::Target { want_reply });
-                                    target.request_subsystem(true, name).await
-                                }
-                                Err(e) => { refuse_unrecorded(&say, e).await; break }
-                            }
-                        }
-                    }
-                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                        if let Some(rec) = &recorder {
-                            rec.resize(col_width, row_height);
-                        }
-                        target.window_change(col_width, row_height, pix_width, pix_height).await
-                    }
-                    ChannelMsg::Signal { signal } => target.signal(signal).await,
-                    ChannelMsg::RequestX11 { want_reply, .. } | ChannelMsg::AgentForward { want_reply } => {
-                        // Forwarding back through the bastion is not offered; see the README.
-                        if want_reply { owed.push_back(Owed::Local(false)); }
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                };
-                if forwarded.is_err() {
-                    end_reason = Some(format!("the connection to {} failed", login.target.name));
+        };
+        let sent = match msg {
+            None | Some(ChannelMsg::Close) => break,
+            Some(ChannelMsg::Data { data }) => {
+                if !shared.record(&mut stop, |r| r.output(&data)).await {
                     break;
                 }
-                pay_local(&mut owed, &handle, id).await;
+                stop.guard(client.data_bytes(data)).await
             }
-            msg = target.wait() => {
-                let Some(msg) = msg else { let _ = client.close().await; break };
-                let delivered = match msg {
-                    ChannelMsg::Data { data } => {
-                        if let Some(rec) = &recorder { rec.output(&data); }
-                        client.data_bytes(data).await
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => {
-                        if let Some(rec) = &recorder { rec.output(&data); }
-                        client.extended_data_bytes(ext, data).await
-                    }
-                    ChannelMsg::Eof => client.eof().await,
-                    ChannelMsg::Close => { let _ = client.close().await; break }
-                    ChannelMsg::ExitStatus { exit_status: code } => {
-                        exit_status = Some(code);
-                        client.exit_status(code).await
-                    }
-                    ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
-                        let _ = handle.exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag).await;
-                        Ok(())
-                    }
-                    ChannelMsg::Success | ChannelMsg::Failure => {
-                        let ok = matches!(msg, ChannelMsg::Success);
-                        if let Some(Owed::Target { want_reply }) = owed.front() {
-                            if *want_reply {
-                                reply(&handle, id, ok).await;
-                            }
-                            owed.pop_front();
-                        }
-                        pay_local(&mut owed, &handle, id).await;
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                };
-                if delivered.is_err() {
-                    let _ = target.close().await;
+            Some(ChannelMsg::ExtendedData { data, ext }) => {
+                if !shared.record(&mut stop, |r| r.output(&data)).await {
                     break;
                 }
+                stop.guard(client.extended_data_bytes(ext, data)).await
             }
-        }
-        if let Some(rec) = &recorder {
-            if rec.failed() {
-                say("the session recording cannot be written; ending the session".into()).await;
-                end_reason = Some("recording failed".into());
-                let _ = target.close().await;
-                break;
+            Some(ChannelMsg::Eof) => stop.guard(client.eof()).await,
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                *shared.exit_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit_status);
+                stop.guard(client.exit_status(exit_status)).await
             }
-            rec.backpressure().await;
+            Some(ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            }) => {
+                let _ = handle
+                    .exit_signal_request(
+                        client.id(),
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    )
+                    .await;
+                Some(Ok(()))
+            }
+            Some(ChannelMsg::Failure) => {
+                tracing::info!("the target refused a channel request");
+                Some(Ok(()))
+            }
+            Some(_) => Some(Ok(())),
+        };
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return,
         }
     }
-    if end_reason.is_some() {
-        let _ = client.exit_status(255).await;
-        let _ = client.eof().await;
-        let _ = client.close().await;
-    }
-    if let Some(rec) = recorder {
-        rec.finish(exit_status, end_reason);
-    }
+    shared.end(None);
 }
 
-async fn reply(handle: &server::Handle, id: russh::ChannelId, ok: bool) {
-    let _ = if ok {
-        handle.channel_success(id).await
-    } else {
-        handle.channel_failure(id).await
-    };
-}
-
-/// Sends the local answers that are next in line.
-async fn pay_local(owed: &mut VecDeque<Owed>, handle: &server::Handle, id: russh::ChannelId) {
-    while let Some(Owed::Local(ok)) = owed.front() {
-        reply(handle, id, *ok).await;
-        owed.pop_front();
-    }
-}
-
-async fn refuse_unrecorded<F, Fut>(say: &F, e: crate::store::StoreError)
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    tracing::error!(error = %e, "cannot start a recording; refusing the session");
-    say(format!("cannot record this session ({e}); refusing it")).await;
-}
-
-/// Relays a direct-tcpip channel (ssh -L) already opened on both sides.
+/// Relays a direct-tcpip channel (ssh -L / -W), already opened on both sides and recorded.
 pub async fn tcpip(
-    mut client: Channel<Msg>,
-    mut target: Channel<client_msg::Msg>,
+    client: Channel<Msg>,
+    target: Channel<russh::client::Msg>,
     rec: Arc<Recorder>,
-    mut cutoff: Cutoff,
+    cutoff: Cutoff,
 ) {
-    let mut reason = None;
-    loop {
-        tokio::select! {
-            _ = cutoff.changed() => { reason = cutoff.borrow().clone(); break }
-            msg = client.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    rec.input(&data);
-                    if target.data_bytes(data).await.is_err() { break }
-                }
-                Some(ChannelMsg::Eof) => { let _ = target.eof().await; }
-                None | Some(ChannelMsg::Close) => break,
-                _ => {}
-            },
-            msg = target.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    rec.output(&data);
-                    if client.data_bytes(data).await.is_err() { break }
-                }
-                Some(ChannelMsg::Eof) => { let _ = client.eof().await; }
-                None | Some(ChannelMsg::Close) => break,
-                _ => {}
-            },
-        }
-        if rec.failed() {
-            reason = Some("recording failed".into());
-            break;
-        }
-        rec.backpressure().await;
-    }
-    let _ = target.close().await;
-    let _ = client.close().await;
+    let (done, done_rx) = watch::channel(false);
+    let shared = Shared {
+        recorder: OnceCell::new_with(Some(rec.clone())),
+        end_reason: Mutex::new(None),
+        exit_status: Mutex::new(None),
+        done,
+    };
+    let stop = Stop {
+        cutoff: cutoff.clone(),
+        done: done_rx,
+    };
+    let (client_rx, client_tx) = client.split();
+    let (target_rx, target_tx) = target.split();
+    let (up_tx, up_rx) = queue();
+    let (down_tx, down_rx) = queue();
+    tokio::join!(
+        read_ahead(client_rx, up_tx, stop.clone()),
+        pump(&shared, stop.clone(), up_rx, &target_tx, true),
+        read_ahead(target_rx, down_tx, stop.clone()),
+        pump(&shared, stop.clone(), down_rx, &client_tx, false),
+    );
+    let _ = target_tx.close().await;
+    let _ = client_tx.close().await;
+    let reason = cutoff.borrow().clone().or_else(|| {
+        shared
+            .end_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    });
     rec.finish(None, reason);
 }
 
-/// The client-side channel message type, named apart from the server's.
-mod client_msg {
-    pub use russh::client::Msg;
+/// One direction of a forwarded TCP stream.
+async fn pump<S>(
+    shared: &Shared,
+    mut stop: Stop,
+    mut from: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    to: &ChannelWriteHalf<S>,
+    is_input: bool,
+) where
+    S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    loop {
+        let msg = tokio::select! {
+            msg = from.recv() => msg,
+            _ = stop.wait() => return,
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                let recorded = shared
+                    .record(&mut stop, |r| {
+                        if is_input {
+                            r.input(&data)
+                        } else {
+                            r.output(&data)
+                        }
+                    })
+                    .await;
+                if !recorded || !matches!(stop.guard(to.data_bytes(data)).await, Some(Ok(()))) {
+                    break;
+                }
+            }
+            Some(ChannelMsg::Eof) => {
+                let _ = to.eof().await;
+            }
+            None | Some(ChannelMsg::Close) => break,
+            Some(_) => {}
+        }
+    }
+    shared.end(None);
 }

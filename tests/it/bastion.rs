@@ -871,3 +871,46 @@ fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
         "output before the stop reached the client"
     );
 }
+
+#[test]
+fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-12",
+        ],
+    );
+    // cat echoes while the upload is still going: both directions full at once, which
+    // deadlocks a relay that moves one direction at a time.
+    let payload: Vec<u8> = (0..24 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    let mut child = rig
+        .ssh(ALICE, "readonly@db-1", &["cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let upload = payload.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&upload).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), payload.len());
+    assert!(out.stdout == payload, "echoed bytes differ");
+    let list = rig.wait_sessions("the session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    assert_eq!(list[0]["bytes_in"].as_u64(), Some(payload.len() as u64));
+    assert_eq!(list[0]["bytes_out"].as_u64(), Some(payload.len() as u64));
+}
