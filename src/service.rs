@@ -681,6 +681,12 @@ impl Service {
             // Targets trust node-ca; the bastion's hop certificates reuse the user's serial.
             crate::krl::RevokedCerts {
                 ca: node,
+                serials: serials.clone(),
+                key_ids: Vec::new(),
+            },
+            // Clients that trust host-ca can refuse a revoked host certificate too.
+            crate::krl::RevokedCerts {
+                ca: self.keys.host_ca.public_key(),
                 serials,
                 key_ids: Vec::new(),
             },

@@ -344,7 +344,13 @@ impl ConnHandler {
         let ctx = self.ctx.clone();
         self.upstream
             .get_or_init(|| async move {
-                let up = upstream::connect(login, &ctx.service.keys.node_ca, ctx.host_ca).await;
+                let up = upstream::connect(
+                    login,
+                    &ctx.service.keys.node_ca,
+                    ctx.host_ca,
+                    &ctx.service.store,
+                )
+                .await;
                 if let Err(why) = &up {
                     tracing::warn!(target = %login.target.name, reason = %why, "hop failed");
                 }

@@ -26,6 +26,8 @@ pub struct Upstream {
 pub struct TargetCheck {
     host: Host,
     host_ca: Fingerprint,
+    /// Revoked serials from the ledger (`ramp-ca revoke --serial` works for host certificates).
+    revoked: Vec<u64>,
     refusal: Arc<Mutex<Option<String>>>,
 }
 
@@ -68,6 +70,8 @@ impl TargetCheck {
                     Err(format!("{}'s host certificate is signed by an unknown CA ({ca_fp})", host.name))
                 } else if cert.verify_signature().is_err() {
                     Err(format!("{}'s host certificate has a bad signature", host.name))
+                } else if self.revoked.contains(&cert.serial()) {
+                    Err(format!("{}'s host certificate (serial {}) is revoked", host.name, cert.serial()))
                 } else if now < cert.valid_after() || now >= cert.valid_before() {
                     Err(format!("{}'s host certificate is outside its validity window", host.name))
                 } else if !cert
@@ -106,6 +110,7 @@ pub async fn connect(
     login: &Login,
     node_ca: &PrivateKey,
     host_ca: Fingerprint,
+    store: &crate::store::Store,
 ) -> Result<Upstream, String> {
     let host = &login.target;
     let key =
@@ -131,6 +136,9 @@ pub async fn connect(
     let check = TargetCheck {
         host: host.clone(),
         host_ca,
+        revoked: store
+            .revoked_serials()
+            .map_err(|e| format!("cannot read revocations: {e}"))?,
         refusal: refusal.clone(),
     };
     let config = Arc::new(client::Config {

@@ -914,3 +914,81 @@ fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
     assert_eq!(list[0]["bytes_in"].as_u64(), Some(payload.len() as u64));
     assert_eq!(list[0]["bytes_out"].as_u64(), Some(payload.len() as u64));
 }
+
+#[test]
+fn a_revoked_host_certificate_stops_the_hop() {
+    let rig = rig();
+    rig.sign(
+        ALICE,
+        &[
+            "--contract",
+            "prod-db",
+            "--step",
+            "observe",
+            "--reason",
+            "INC-13",
+        ],
+    );
+    // A second target whose host certificate comes from `ramp-ca sign-host`, so it has a
+    // ledger serial that can be revoked.
+    let key = keygen(rig.dir.path(), "second_host_key");
+    run_ok(&mut rig.ramp(
+        CAROL,
+        &[
+            "sign-host",
+            "--name",
+            "db-1",
+            "--pubkey",
+            "second_host_key.pub",
+        ],
+    ));
+    let cert = russh::keys::ssh_key::Certificate::from_openssh(
+        rig.dir.read("second_host_key-cert.pub").trim(),
+    )
+    .unwrap();
+    let second = Sshd::start(SshdOptions {
+        trusted_user_ca_keys: rig.dir.join("keys/node-ca.pub"),
+        principals: vec![("readonly".into(), vec!["readonly".into()])],
+        host_key: Some(key),
+        ..SshdOptions::default()
+    });
+    let hosts = rig.dir.read("policies/hosts.yaml").replace(
+        &format!(
+            "127.0.0.1:{}\n    labels: {{role: db}}\n  db-2",
+            rig.target.port()
+        ),
+        &format!(
+            "127.0.0.1:{}\n    labels: {{role: db}}\n  db-2",
+            second.port()
+        ),
+    );
+    rig.dir.write("policies/hosts.yaml", hosts);
+    rig.daemon.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.daemon.log().contains("policies reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload:\n{}",
+            rig.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]))
+            .status
+            .success(),
+        "{}",
+        rig.daemon.log()
+    );
+    run_ok(&mut rig.ramp(CAROL, &["revoke", "--serial", &cert.serial().to_string()]));
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains(&format!(
+            "host certificate (serial {}) is revoked",
+            cert.serial()
+        )),
+        "{}",
+        text(&out).1
+    );
+}
