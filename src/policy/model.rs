@@ -163,12 +163,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: it is always a wildcard, even where the text has a `*` too.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -324,5 +325,17 @@ mod tests {
             assert!(principal_problem(bad).is_some(), "{bad:?}");
         }
         assert_eq!(principal_problem("readonly"), None);
+    }
+
+    /// Found by fuzz/fuzz_targets/login_name.rs (minimised input `\0*\0`): a `*` in the
+    /// pattern was matched as a literal when the text had a `*` at that place, and no
+    /// backtracking point was kept, so `*` did not match `*x`.
+    #[test]
+    fn glob_star_is_a_wildcard_even_where_the_text_has_a_star() {
+        assert!(glob_match("*", "*\0"));
+        assert!(glob_match("*", "*x"));
+        assert!(glob_match("db-*", "db-*1"));
+        assert!(glob_match("a*b", "a*xb"));
+        assert!(glob_match("a*b", "a*b"));
     }
 }

@@ -1,0 +1,66 @@
+//! Session recording chunks as the ledger stores them, and everything that reviews them.
+//!
+//! Input: one encoded chunk. Properties: `decode_events` never panics; a chunk it accepts
+//! re-encodes to exactly the same bytes; asciicast export, JSON export and grep never panic
+//! over the events, and every asciicast line is valid JSON (what `asciinema play` needs).
+#![no_main]
+
+use chrono::TimeZone;
+use libfuzzer_sys::fuzz_target;
+use ramp_ca::recording::{decode_events, encode_event, SessionMeta, SessionState};
+use ramp_ca::review;
+
+fn meta() -> SessionMeta {
+    SessionMeta {
+        id: "s-fuzz".into(),
+        user: "alice".into(),
+        grant: "g-fuzz".into(),
+        serial: 7,
+        key_id: "ramp:alice:prod-db:observe:g-fuzz".into(),
+        principal: "readonly".into(),
+        target: "db-1".into(),
+        client: "192.0.2.1:50000".into(),
+        kind: "shell".into(),
+        command: None,
+        term: Some("xterm-256color".into()),
+        cols: 80,
+        rows: 24,
+        start: chrono::Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap(),
+        end: None,
+        state: SessionState::Ended,
+        exit_status: Some(0),
+        end_reason: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        files: Vec::new(),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(events) = decode_events(data) else {
+        return;
+    };
+    let mut again = Vec::with_capacity(data.len());
+    for e in &events {
+        encode_event(&mut again, e.at_ms, e.kind, &e.data);
+    }
+    assert_eq!(again, data, "decode/encode is not a round trip");
+
+    let meta = meta();
+    let cast = review::to_asciicast(&meta, &events);
+    let lines: Vec<&str> = cast.lines().collect();
+    assert_eq!(
+        lines.len(),
+        events.len() + 1,
+        "one header line plus one per event"
+    );
+    for line in lines {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
+            panic!("asciicast line is not JSON ({e}): {line:?}");
+        }
+    }
+    let _ = review::to_json(&meta, &events).to_string();
+    let hits = review::grep(&meta, &events, "x", 10);
+    assert!(hits.len() <= 10);
+    assert!(hits.iter().all(|h| h.line.contains('x')));
+});
