@@ -179,3 +179,70 @@ fn sign_falls_back_to_ssh_agent_when_the_key_file_is_not_there() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn kill_9_while_signing_leaves_unique_serials_and_an_intact_audit_chain() {
+    let (dir, daemon) = setup();
+    // Six shell loops sign as fast as they can until the daemon dies under them.
+    let sign = shell_words(&daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web"]));
+    let line = format!("for i in $(seq 1 200); do {sign} >/dev/null 2>&1 || exit 0; done");
+    let signers: Vec<std::process::Child> = (0..6)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&line)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    daemon.kill9();
+    for mut s in signers {
+        let _ = s.wait();
+    }
+    let store = ramp_ca::store::Store::open(&dir.join("data")).unwrap();
+    let certs = store.certs().unwrap();
+    let mut serials: Vec<u64> = certs.iter().map(|c| c.serial).collect();
+    let minted = serials.len();
+    serials.sort_unstable();
+    serials.dedup();
+    assert_eq!(serials.len(), minted, "a serial was used twice");
+    assert!(
+        minted > 3,
+        "the load signed something before the kill ({minted})"
+    );
+    assert!(store.verify_audit().unwrap().first_bad.is_none());
+    drop(store);
+    let daemon = crate::Daemon::start(&dir);
+    let out = crate::support::run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &["sign", "--contract", "prod-web", "--json"],
+    ));
+    let next = json(&out)["serial"].as_u64().unwrap();
+    assert!(
+        next > *serials.last().unwrap(),
+        "serial {next} reused after the crash"
+    );
+}
+
+/// A command line for `sh -c`, each word single-quoted.
+fn shell_words(cmd: &std::process::Command) -> String {
+    let mut words = vec![cmd.get_program().to_string_lossy().into_owned()];
+    words.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let envs: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{}='{}'",
+                k.to_string_lossy(),
+                v?.to_string_lossy()
+            ))
+        })
+        .collect();
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    format!("env {} {}", envs.join(" "), quoted.join(" "))
+}
