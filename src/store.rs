@@ -134,6 +134,9 @@ struct Head {
     hash: String,
 }
 
+/// sled's page cache; the ledger's hot data is small, recordings are written and rarely read.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const META_SERIAL: &[u8] = b"serial";
 const META_HEAD: &[u8] = b"audit_head";
@@ -197,6 +200,8 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(500))
+            // sled caches up to 1 GiB by default; recordings would otherwise sit in memory.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.display().to_string(),
