@@ -693,7 +693,10 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
         .spawn()
         .unwrap();
     rig.wait_sessions("a live session", |l| l.iter().any(|s| s["state"] == "live"));
-    std::thread::sleep(Duration::from_millis(2500));
+    // Wait until the ledger says at least line-20 is on disk (its bytes_out is flushed with it).
+    rig.wait_sessions("twenty lines recorded", |l| {
+        l[0]["bytes_out"].as_u64() >= Some(200)
+    });
     let Rig {
         dir,
         daemon,
@@ -768,25 +771,33 @@ fn port_forwarding_only_where_the_certificate_permits_it() {
             "INC-9",
         ],
     );
-    let forward = |login: &str| {
+    // Runs `ssh -W` to the target's own SSH port; returns what came back (the target's banner
+    // when forwarding works), waiting up to `patience` for it.
+    let forward = |login: &str, patience: Duration| {
+        use std::io::Read;
         let dest = format!("127.0.0.1:{}", rig.target.port());
         let mut cmd = rig.ssh(ALICE, login, &["-W", &dest]);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let n = stdout.read(&mut buf).unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+        });
+        let got = rx.recv_timeout(patience).unwrap_or_default();
         drop(child.stdin.take());
         let _ = child.kill();
-        child.wait_with_output().unwrap()
+        let _ = child.wait();
+        got
     };
-    let out = forward("readonly@db-1");
-    assert!(
-        !text(&out).0.contains("SSH-2.0"),
-        "forwarded without permission"
-    );
+    let out = forward("readonly@db-1", Duration::from_secs(3));
+    assert!(!out.contains("SSH-2.0"), "forwarded without permission");
     assert!(rig.audit().contains(" forward-refused "), "{}", rig.audit());
 
     // break-glass permits forwarding: observe -> operate -> break-glass, with approvals.
@@ -817,12 +828,10 @@ fn port_forwarding_only_where_the_certificate_permits_it() {
     run_ok(&mut rig.ramp(BOB, &["approve", id]));
     run_ok(&mut rig.ramp(CAROL, &["approve", id]));
     rig.sign(ALICE, &["--grant", id]);
-    let out = forward("root@db-1");
+    let out = forward("root@db-1", Duration::from_secs(20));
     assert!(
-        text(&out).0.starts_with("SSH-2.0-OpenSSH"),
-        "stdout {:?} stderr {}",
-        text(&out).0,
-        text(&out).1
+        out.starts_with("SSH-2.0-OpenSSH"),
+        "no banner through -W: {out:?}"
     );
 }
 
@@ -841,6 +850,10 @@ fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
         ],
     );
     let child = sleeper(&rig, 60);
+    // Stop only once the first output has passed through (and was recorded).
+    rig.wait_sessions("output through the session", |l| {
+        l[0]["bytes_out"].as_u64() > Some(0)
+    });
     let Rig {
         dir,
         daemon,
