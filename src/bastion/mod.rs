@@ -95,7 +95,10 @@ pub async fn run(
         .into_iter()
         .collect(),
         // OpenSSH probes with "none" first; answering it at once saves a second per login.
-        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH offers the plain key beside the certificate, often first; its refusal is held
+        // this long before the certificate is tried, so it is short (refusals here do not
+        // depend on secrets, so a long constant time buys nothing).
+        auth_rejection_time: Duration::from_millis(20),
         auth_rejection_time_initial: Some(Duration::ZERO),
         max_auth_attempts: 6,
         inactivity_timeout: Some(Duration::from_secs(3600)),
@@ -374,13 +377,18 @@ impl ConnHandler {
         let warn_before = (lifetime / 4).clamp(1, 60);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            // The clock is checked every tick; the ledger and policies on every revocation and
+            // every RECHECK_TICKS ticks (policy reloads), so idle connections cost little.
+            const RECHECK_TICKS: u32 = 10;
+            let mut ticks = 0u32;
             let reason = loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = revoked.changed() => {}
+                let revocation = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = revoked.changed() => true,
                     _ = stop.changed() => break "the bastion is shutting down".to_string(),
                     _ = &mut gone => return,
-                }
+                };
+                ticks += 1;
                 let now = Utc::now();
                 let secs = now.timestamp().max(0) as u64;
                 if secs >= login.valid_before {
@@ -395,6 +403,9 @@ impl ConnHandler {
                         "access to {} ends in {left}s, when the certificate expires",
                         login.target.name
                     )));
+                }
+                if !revocation && !ticks.is_multiple_of(RECHECK_TICKS) {
+                    continue;
                 }
                 let store = &service.store;
                 let revoked_now = store.is_revoked(login.serial).unwrap_or(false)

@@ -15,7 +15,8 @@ use crate::recording::{encode_event, EventKind, SessionMeta, SessionState};
 use crate::service::Service;
 use crate::store::Event;
 
-/// How often buffers go to disk; the durability promise is one second.
+/// How often buffers go to disk at the latest (sooner when one fills); the durability
+/// promise is one second.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// A proxy waits once its session's unflushed events exceed this.
 pub const MAX_BUFFER: usize = 8 * 1024 * 1024;
@@ -28,6 +29,9 @@ pub struct Recorder {
     inner: Mutex<Inner>,
     /// Signalled after each flush, for proxies waiting on a full buffer.
     flushed: Notify,
+    /// Wakes the flusher early when this buffer is full, so a busy session is not held to
+    /// one buffer per tick.
+    wake: Arc<Notify>,
     /// Set when a write failed; the session must end.
     failed: AtomicBool,
 }
@@ -95,6 +99,7 @@ impl Recorder {
             if self.lock().buf.len() <= MAX_BUFFER || self.failed() {
                 return;
             }
+            self.wake.notify_one();
             notified.await;
         }
     }
@@ -121,6 +126,8 @@ impl Recorder {
 pub struct Recorders {
     service: Arc<Service>,
     live: Mutex<HashMap<String, Arc<Recorder>>>,
+    /// Rung by a recorder whose buffer is full.
+    wake: Arc<Notify>,
 }
 
 impl Recorders {
@@ -128,6 +135,7 @@ impl Recorders {
         Arc::new(Recorders {
             service,
             live: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
         })
     }
 
@@ -151,6 +159,7 @@ impl Recorders {
                 dirty: false,
             }),
             flushed: Notify::new(),
+            wake: self.wake.clone(),
             failed: AtomicBool::new(false),
         });
         self.live
@@ -237,6 +246,7 @@ impl Recorders {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
                 _ = stop.changed() => break,
             }
             let me = self.clone();
