@@ -81,6 +81,21 @@ impl Rig {
         self.daemon.cmd(&self.dir, key, args)
     }
 
+    /// alice's first step of prod-db, with `reason`.
+    fn observe(&self, reason: &str) -> serde_json::Value {
+        self.sign(
+            ALICE,
+            &[
+                "--contract",
+                "prod-db",
+                "--step",
+                "observe",
+                "--reason",
+                reason,
+            ],
+        )
+    }
+
     fn sign(&self, key: &str, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["sign", "--json"];
         all.extend_from_slice(args);
@@ -92,22 +107,30 @@ impl Rig {
         self.ssh_with(identity, &[], login, args)
     }
 
+    /// `ssh`, `scp` or `sftp` pointed at the bastion with `identity`, before any destination.
+    /// `opts` come first: OpenSSH keeps the first value it sees for an option.
+    fn client(&self, program: &str, identity: &str, opts: &[String]) -> Command {
+        let port_flag = if program == "ssh" { "-p" } else { "-P" };
+        let mut cmd = Command::new(program);
+        cmd.args(opts)
+            .args([
+                "-F",
+                "/dev/null",
+                port_flag,
+                &self.daemon.ssh_port.to_string(),
+                "-i",
+            ])
+            .arg(self.dir.join(identity))
+            .args(client_opts());
+        cmd
+    }
+
     /// [`Rig::ssh`] with more client options, which must come before the destination.
     fn ssh_with(&self, identity: &str, opts: &[String], login: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.args([
-            "-F",
-            "/dev/null",
-            "-p",
-            &self.daemon.ssh_port.to_string(),
-            "-i",
-        ])
-        .arg(self.dir.join(identity))
-        .args(opts)
-        .args(client_opts())
-        .arg(format!("{login}@127.0.0.1"))
-        .args(args)
-        .stdin(Stdio::null());
+        let mut cmd = self.client("ssh", identity, opts);
+        cmd.arg(format!("{login}@127.0.0.1"))
+            .args(args)
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -178,17 +201,7 @@ fn run(cmd: &mut Command) -> Output {
 #[test]
 fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-1",
-        ],
-    );
+    rig.observe("INC-1");
 
     // The client checks the bastion's host certificate against host-ca.
     rig.dir.write(
@@ -288,17 +301,7 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
 #[test]
 fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-2",
-        ],
-    );
+    rig.observe("INC-2");
     let refused = |login: &str, identity: &str, why: &str| {
         let out = run(&mut rig.ssh(identity, login, &["true"]));
         assert!(!out.status.success(), "{login} got in");
@@ -381,17 +384,7 @@ fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
 #[test]
 fn the_hop_checks_the_target_and_nobody_skips_the_bastion() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-3",
-        ],
-    );
+    rig.observe("INC-3");
     let out = run(&mut rig.ssh(ALICE, "readonly@db-2", &["true"]));
     assert!(!out.status.success());
     assert!(
@@ -433,36 +426,15 @@ fn the_hop_checks_the_target_and_nobody_skips_the_bastion() {
 #[test]
 fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-4",
-        ],
-    );
+    rig.observe("INC-4");
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     rig.dir.write("up.bin", &payload);
     let remote = format!("/tmp/ramp-test-{}.bin", std::process::id());
     let scp = |from: String, to: String| {
-        let mut cmd = Command::new("scp");
-        cmd.args([
-            "-q",
-            "-F",
-            "/dev/null",
-            "-P",
-            &rig.daemon.ssh_port.to_string(),
-            "-i",
-        ])
-        .arg(rig.dir.join(ALICE))
-        .args(client_opts())
-        .arg(from)
-        .arg(to);
+        let mut cmd = rig.client("scp", ALICE, &[]);
+        cmd.arg("-q").arg(from).arg(to);
         let out = run(&mut cmd);
         assert!(out.status.success(), "scp: {}", text(&out).1);
     };
@@ -485,20 +457,11 @@ fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
         rig.dir.join("sftp.bin").display()
     );
     rig.dir.write("batch", batch);
-    let mut sftp = Command::new("sftp");
-    sftp.args([
-        "-q",
-        "-F",
-        "/dev/null",
-        "-P",
-        &rig.daemon.ssh_port.to_string(),
-        "-i",
-    ])
-    .arg(rig.dir.join(ALICE))
-    .args(client_opts())
-    .arg("-b")
-    .arg(rig.dir.join("batch"))
-    .arg("readonly@db-1@127.0.0.1");
+    let mut sftp = rig.client("sftp", ALICE, &[]);
+    sftp.arg("-q")
+        .arg("-b")
+        .arg(rig.dir.join("batch"))
+        .arg("readonly@db-1@127.0.0.1");
     let out = run(&mut sftp);
     assert!(out.status.success(), "sftp: {}", text(&out).1);
     assert!(
@@ -534,17 +497,7 @@ fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
 #[test]
 fn a_pty_shell_runs_scripted_input_and_the_recording_has_both_directions() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-5",
-        ],
-    );
+    rig.observe("INC-5");
     let mut cmd = rig.ssh(ALICE, "readonly@db-1", &["-tt"]);
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -640,17 +593,7 @@ fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
 #[test]
 fn revoking_the_grant_ends_the_live_session() {
     let rig = rig();
-    let grant = rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-7",
-        ],
-    )["grant"]["id"]
+    let grant = rig.observe("INC-7")["grant"]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -672,17 +615,7 @@ fn revoking_the_grant_ends_the_live_session() {
 #[test]
 fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-8",
-        ],
-    );
+    rig.observe("INC-8");
     let mut child = rig
         .ssh(
             ALICE,
@@ -732,17 +665,7 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
 #[test]
 fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-11",
-        ],
-    );
+    rig.observe("INC-11");
     let child = sleeper(&rig, 60);
     let people = rig
         .dir
@@ -760,17 +683,7 @@ fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
 #[test]
 fn port_forwarding_only_where_the_certificate_permits_it() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-9",
-        ],
-    );
+    rig.observe("INC-9");
     // Runs `ssh -W` to the target's own SSH port; returns what came back (the target's banner
     // when forwarding works), waiting up to `patience` for it.
     let forward = |login: &str, patience: Duration| {
@@ -838,17 +751,7 @@ fn port_forwarding_only_where_the_certificate_permits_it() {
 #[test]
 fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-10",
-        ],
-    );
+    rig.observe("INC-10");
     let child = sleeper(&rig, 60);
     // Stop only once the first output has passed through (and was recorded).
     rig.wait_sessions("output through the session", |l| {
@@ -888,17 +791,7 @@ fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
 #[test]
 fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-12",
-        ],
-    );
+    rig.observe("INC-12");
     // cat echoes while the upload is still going: both directions full at once, which
     // deadlocks a relay that moves one direction at a time.
     let payload: Vec<u8> = (0..24 * 1024 * 1024u32)
@@ -931,17 +824,7 @@ fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
 #[test]
 fn a_revoked_host_certificate_stops_the_hop() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-13",
-        ],
-    );
+    rig.observe("INC-13");
     // A second target whose host certificate comes from `ramp-ca sign-host`, so it has a
     // ledger serial that can be revoked.
     let key = keygen(rig.dir.path(), "second_host_key");
