@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, keygen, run_err, run_ok, Sshd, SshdOptions, TestDir};
+use crate::support::{client_opts, free_port, keygen, run_err, run_ok, Sshd, SshdOptions, TestDir};
 use crate::{json, Daemon, ALICE, BOB, CAROL};
 
 /// useradd takes a lock of its own; tests creating accounts at once must take turns.
@@ -166,25 +166,6 @@ impl Rig {
     fn audit(&self) -> String {
         run_ok(&mut self.ramp(CAROL, &["audit", "list"]))
     }
-}
-
-fn client_opts() -> [&'static str; 14] {
-    [
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "IdentityAgent=none",
-        "-o",
-        "ConnectTimeout=10",
-        "-o",
-        "LogLevel=ERROR",
-    ]
 }
 
 fn text(out: &Output) -> (String, String) {

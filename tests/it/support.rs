@@ -336,21 +336,29 @@ pub fn ssh_exec(sshd: &Sshd, login: &str, identity: &Path, command: &str) -> Out
         .arg(sshd.port().to_string())
         .arg("-i")
         .arg(identity)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "ConnectTimeout=5",
-        ])
+        .args(client_opts())
         .arg(format!("{login}@127.0.0.1"))
         .arg(command);
     output(&mut cmd)
+}
+
+/// Non-interactive OpenSSH client options every test uses: no prompts, no agent, no
+/// known_hosts, only the given identity.
+pub fn client_opts() -> [&'static str; 14] {
+    [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+    ]
 }
