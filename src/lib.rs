@@ -1,4 +1,5 @@
-//! ramp-ca: an SSH certificate authority for staged, short-lived, audited production access.
+//! ramp-ca: an SSH certificate authority and recording bastion for staged, short-lived,
+//! audited production access.
 //!
 //! Layers, dependencies pointing one way:
 //! - [`policy`]: YAML ramp contracts -> validated model; `decide(request, grants, now)`. Pure.
@@ -8,9 +9,11 @@
 //! - [`auth`]: SSHSIG-signed requests, both the signing and the checking half.
 //! - [`keys`]: key files (0600, never overwritten); [`init`], [`trust`]: set-up helpers.
 //! - [`recording`]: session metadata and timed events, and their encoding. Pure.
+//! - [`review`]: asciicast/JSON export, search and timed playback of recordings.
 //! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain,
 //!   session recordings.
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
+//!   [`bastion`]: the russh server that checks certificates, hops to targets and records;
 //!   [`daemon`]: `serve`, signals and shutdown.
 //! - [`client`], [`cli`]: the command line.
 pub mod api;
