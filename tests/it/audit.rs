@@ -9,19 +9,7 @@ use crate::{setup, Daemon, ALICE, BOB};
 /// through the library, restarts, and returns `audit verify`'s complaint.
 fn verify_after(tamper: impl FnOnce(&sled::Tree)) -> String {
     let (dir, daemon) = setup();
-    run_ok(&mut daemon.cmd(
-        &dir,
-        ALICE,
-        &[
-            "sign",
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-9",
-        ],
-    ));
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::observe("INC-9", &[])));
     run_ok(&mut daemon.cmd(
         &dir,
         ALICE,

@@ -81,19 +81,10 @@ impl Rig {
         self.daemon.cmd(&self.dir, key, args)
     }
 
-    /// alice's first step of prod-db, with `reason`.
-    fn observe(&self, reason: &str) -> serde_json::Value {
-        self.sign(
-            ALICE,
-            &[
-                "--contract",
-                "prod-db",
-                "--step",
-                "observe",
-                "--reason",
-                reason,
-            ],
-        )
+    /// alice's first step of prod-db, with `reason` and `extra` flags.
+    fn observe(&self, reason: &str, extra: &[&str]) -> serde_json::Value {
+        // `sign` below adds the subcommand itself.
+        self.sign(ALICE, &crate::observe(reason, extra)[1..])
     }
 
     fn sign(&self, key: &str, args: &[&str]) -> serde_json::Value {
@@ -182,7 +173,7 @@ fn run(cmd: &mut Command) -> Output {
 #[test]
 fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
     let rig = rig();
-    rig.observe("INC-1");
+    rig.observe("INC-1", &[]);
 
     // The client checks the bastion's host certificate against host-ca.
     rig.dir.write(
@@ -282,7 +273,7 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
 #[test]
 fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
     let rig = rig();
-    rig.observe("INC-2");
+    rig.observe("INC-2", &[]);
     let refused = |login: &str, identity: &str, why: &str| {
         let out = run(&mut rig.ssh(identity, login, &["true"]));
         assert!(!out.status.success(), "{login} got in");
@@ -341,19 +332,7 @@ fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
         ALICE,
         &format!("certificate serial {serial} is revoked"),
     );
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "x",
-            "--ttl",
-            "2s",
-        ],
-    );
+    rig.observe("x", &["--ttl", "2s"]);
     std::thread::sleep(Duration::from_millis(2500));
     refused("readonly@db-1", ALICE, "certificate expired");
 
@@ -365,7 +344,7 @@ fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
 #[test]
 fn the_hop_checks_the_target_and_nobody_skips_the_bastion() {
     let rig = rig();
-    rig.observe("INC-3");
+    rig.observe("INC-3", &[]);
     let out = run(&mut rig.ssh(ALICE, "readonly@db-2", &["true"]));
     assert!(!out.status.success());
     assert!(
@@ -407,7 +386,7 @@ fn the_hop_checks_the_target_and_nobody_skips_the_bastion() {
 #[test]
 fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
     let rig = rig();
-    rig.observe("INC-4");
+    rig.observe("INC-4", &[]);
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -478,7 +457,7 @@ fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
 #[test]
 fn a_pty_shell_runs_scripted_input_and_the_recording_has_both_directions() {
     let rig = rig();
-    rig.observe("INC-5");
+    rig.observe("INC-5", &[]);
     let mut cmd = rig.ssh(ALICE, "readonly@db-1", &["-tt"]);
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -540,19 +519,7 @@ fn sleeper(rig: &Rig, seconds: u32) -> std::process::Child {
 #[test]
 fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
     let rig = rig();
-    rig.sign(
-        ALICE,
-        &[
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-6",
-            "--ttl",
-            "6s",
-        ],
-    );
+    rig.observe("INC-6", &["--ttl", "6s"]);
     let child = sleeper(&rig, 60);
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -574,7 +541,7 @@ fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
 #[test]
 fn revoking_the_grant_ends_the_live_session() {
     let rig = rig();
-    let grant = rig.observe("INC-7")["grant"]["id"]
+    let grant = rig.observe("INC-7", &[])["grant"]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -596,7 +563,7 @@ fn revoking_the_grant_ends_the_live_session() {
 #[test]
 fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     let rig = rig();
-    rig.observe("INC-8");
+    rig.observe("INC-8", &[]);
     let mut child = rig
         .ssh(
             ALICE,
@@ -646,7 +613,7 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
 #[test]
 fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
     let rig = rig();
-    rig.observe("INC-11");
+    rig.observe("INC-11", &[]);
     let child = sleeper(&rig, 60);
     let people = rig
         .dir
@@ -664,7 +631,7 @@ fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
 #[test]
 fn port_forwarding_only_where_the_certificate_permits_it() {
     let rig = rig();
-    rig.observe("INC-9");
+    rig.observe("INC-9", &[]);
     // Runs `ssh -W` to the target's own SSH port; returns what came back (the target's banner
     // when forwarding works), waiting up to `patience` for it.
     let forward = |login: &str, patience: Duration| {
@@ -732,7 +699,7 @@ fn port_forwarding_only_where_the_certificate_permits_it() {
 #[test]
 fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
     let rig = rig();
-    rig.observe("INC-10");
+    rig.observe("INC-10", &[]);
     let child = sleeper(&rig, 60);
     // Stop only once the first output has passed through (and was recorded).
     rig.wait_sessions("output through the session", |l| {
@@ -772,7 +739,7 @@ fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
 #[test]
 fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
     let rig = rig();
-    rig.observe("INC-12");
+    rig.observe("INC-12", &[]);
     // cat echoes while the upload is still going: both directions full at once, which
     // deadlocks a relay that moves one direction at a time.
     let payload: Vec<u8> = (0..24 * 1024 * 1024u32)
@@ -805,7 +772,7 @@ fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
 #[test]
 fn a_revoked_host_certificate_stops_the_hop() {
     let rig = rig();
-    rig.observe("INC-13");
+    rig.observe("INC-13", &[]);
     // A second target whose host certificate comes from `ramp-ca sign-host`, so it has a
     // ledger serial that can be revoked.
     let key = keygen(rig.dir.path(), "second_host_key");

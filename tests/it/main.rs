@@ -43,3 +43,18 @@ pub fn readonly_sshd(ca_pub: PathBuf, revoked_keys: Option<PathBuf>) -> Sshd {
         ..SshdOptions::default()
     })
 }
+
+/// `sign --contract prod-db --step observe --reason REASON EXTRA...`: alice's usual first step.
+pub fn observe<'a>(reason: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "sign",
+        "--contract",
+        "prod-db",
+        "--step",
+        "observe",
+        "--reason",
+        reason,
+    ];
+    args.extend_from_slice(extra);
+    args
+}

@@ -133,16 +133,7 @@ fn revoked_certificates_are_in_the_krl_and_real_sshd_refuses_them() {
         let out = json(&run_ok(&mut daemon.cmd(
             &dir,
             ALICE,
-            &[
-                "sign",
-                "--contract",
-                "prod-db",
-                "--step",
-                "observe",
-                "--reason",
-                "r",
-                "--json",
-            ],
+            &crate::observe("r", &["--json"]),
         )));
         std::fs::copy(
             dir.join(format!("{ALICE}-cert.pub")),

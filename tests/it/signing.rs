@@ -15,16 +15,7 @@ fn a_minted_certificate_carries_the_grant_and_real_sshd_honours_it() {
     let out = crate::support::run_ok(&mut daemon.cmd(
         &dir,
         ALICE,
-        &[
-            "sign",
-            "--contract",
-            "prod-db",
-            "--step",
-            "observe",
-            "--reason",
-            "INC-42",
-            "--json",
-        ],
+        &crate::observe("INC-42", &["--json"]),
     ));
     let out = json(&out);
     let grant = out["grant"]["id"].as_str().unwrap().to_string();
