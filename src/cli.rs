@@ -86,6 +86,10 @@ pub enum Command {
         /// Bastion listen address.
         #[arg(long, default_value = "0.0.0.0:2222")]
         ssh: String,
+        /// MiB kept free on the disk that holds `data/`: below it new sessions are
+        /// refused and live ones ended [default: 64].
+        #[arg(long, value_name = "MIB")]
+        min_free_mib: Option<u64>,
         /// Service config file (YAML).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -369,8 +373,13 @@ pub async fn run(cli: Cli) -> Result {
             }
             Ok(())
         }
-        Command::Serve { api, ssh, config } => {
-            crate::daemon::serve(&dir, &api, &ssh, config.as_deref())
+        Command::Serve {
+            api,
+            ssh,
+            min_free_mib,
+            config,
+        } => {
+            crate::daemon::serve(&dir, &api, &ssh, min_free_mib, config.as_deref())
                 .await
                 .map_err(CliError::Lib)
         }

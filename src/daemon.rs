@@ -20,6 +20,9 @@ pub struct Config {
     pub api: Option<String>,
     /// Bastion listen address.
     pub ssh: Option<String>,
+    /// MiB kept free on the disk that holds `data/`: below it the bastion refuses new
+    /// sessions and ends live ones (nothing runs unrecorded). Default 64.
+    pub min_free_mib: Option<u64>,
 }
 
 impl Config {
@@ -45,11 +48,20 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
 }
 
 /// Runs the daemon until a stop signal.
-pub async fn serve(dir: &Path, api: &str, ssh: &str, config: Option<&Path>) -> Result<(), Error> {
+pub async fn serve(
+    dir: &Path,
+    api: &str,
+    ssh: &str,
+    min_free_mib: Option<u64>,
+    config: Option<&Path>,
+) -> Result<(), Error> {
     let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    let min_free = min_free_mib
+        .or(config.min_free_mib)
+        .map_or(crate::bastion::recorder::DEFAULT_MIN_FREE, |mib| mib << 20);
     let api_addr = parse_addr("--api", config.api.as_deref().unwrap_or(api))?;
     let ssh_addr = parse_addr("--ssh", config.ssh.as_deref().unwrap_or(ssh))?;
     for path in crate::init::init(dir)? {
@@ -108,6 +120,7 @@ pub async fn serve(dir: &Path, api: &str, ssh: &str, config: Option<&Path>) -> R
     let bastion = tokio::spawn(crate::bastion::run(
         ssh_listener,
         service.clone(),
+        min_free,
         stopped(stop_rx.clone()),
     ));
     crate::api::run(listener, service.clone(), stopped(stop_rx))

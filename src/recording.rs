@@ -3,7 +3,7 @@
 //!
 //! Encoding of one event: `kind: u8` (`o` output, `i` input, `r` resize), `at_ms: u64` BE
 //! (milliseconds since the session started), `len: u32` BE, then `len` bytes. A resize's
-//! bytes are `COLSxROWS` in ASCII. Events are stored in chunks, one chunk per flush.
+//! bytes are `COLSxROWS` in ASCII. A recording is these events back to back.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,17 @@ pub struct SessionMeta {
     pub bytes_out: u64,
     /// Files an sftp or scp session touched, as `op path`.
     pub files: Vec<String>,
+    /// Length and hash of the recording file, set when the session ends or is found
+    /// interrupted.
+    #[serde(default)]
+    pub recording: Option<RecordingSeal>,
+}
+
+/// What a finished recording must be: its event bytes and their SHA-256 (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingSeal {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 /// What one event is.
@@ -125,30 +136,21 @@ pub fn encode_event(out: &mut Vec<u8>, at_ms: u64, kind: EventKind, data: &[u8])
     out.extend_from_slice(data);
 }
 
-/// Splits an encoded chunk at event boundaries into pieces of at most `max` bytes (a single
-/// larger event is a piece of its own). The ledger stores pieces, since sled's memory and disk
-/// use grow with value size. A chunk that does not parse stays one piece.
-pub fn split_events(chunk: &[u8], max: usize) -> Vec<&[u8]> {
-    let mut pieces = Vec::new();
-    let (mut start, mut at) = (0, 0);
-    while at < chunk.len() {
-        let Some(len) = chunk
-            .get(at + 9..at + HEADER)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
-        else {
-            break;
-        };
-        let end = (at + HEADER + len).min(chunk.len());
-        if end - start > max && at > start {
-            pieces.push(&chunk[start..at]);
-            start = at;
-        }
-        at = end;
-    }
-    if start < chunk.len() {
-        pieces.push(&chunk[start..]);
-    }
-    pieces
+/// Sizes of one encoded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Its data bytes.
+    pub data: usize,
+    /// Header and data.
+    pub total: usize,
+}
+
+/// The kind and size of the event at the start of `bytes`, if it is complete and valid.
+pub fn event_extent(bytes: &[u8]) -> Option<(EventKind, Extent)> {
+    let kind = EventKind::from_code(*bytes.first()?)?;
+    let len = u32::from_be_bytes(bytes.get(9..HEADER)?.try_into().expect("4 bytes")) as usize;
+    let total = HEADER.checked_add(len)?;
+    (bytes.len() >= total).then_some((kind, Extent { data: len, total }))
 }
 
 /// Why a chunk could not be decoded.
@@ -216,26 +218,5 @@ mod tests {
         huge.extend_from_slice(&0u64.to_be_bytes());
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode_events(&huge), Err(DecodeError::Truncated(0)));
-    }
-
-    #[test]
-    fn chunks_split_at_event_boundaries() {
-        let mut buf = Vec::new();
-        for i in 0..10u8 {
-            encode_event(&mut buf, i as u64, EventKind::Output, &[i; 100]);
-        }
-        let pieces = split_events(&buf, 250);
-        assert_eq!(pieces.len(), 5, "two 113-byte events per piece");
-        let rejoined: Vec<Event> = pieces
-            .iter()
-            .flat_map(|p| decode_events(p).unwrap())
-            .collect();
-        assert_eq!(rejoined, decode_events(&buf).unwrap());
-        assert_eq!(
-            split_events(&buf, 10).len(),
-            10,
-            "an event larger than max is its own piece"
-        );
-        assert_eq!(split_events(&[], 10).len(), 0);
     }
 }

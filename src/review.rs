@@ -496,6 +496,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             files: Vec::new(),
+            recording: None,
         }
     }
 

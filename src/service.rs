@@ -795,7 +795,7 @@ impl Service {
             .store
             .session(id)?
             .ok_or_else(|| ServiceError::NotFound(format!("no recorded session with id `{id}`")))?;
-        let events = self.store.session_events(id)?;
+        let events = self.store.session_events(&meta)?;
         self.store.audit_events(
             vec![Event::new(
                 who,
@@ -828,7 +828,7 @@ impl Service {
             .iter()
             .filter(|s| body.filter.matches(s, now))
         {
-            let events = self.store.session_events(&meta.id)?;
+            let events = self.store.session_events(meta)?;
             hits.extend(crate::review::grep(
                 meta,
                 &events,

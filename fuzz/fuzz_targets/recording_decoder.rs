@@ -1,13 +1,15 @@
-//! Session recording chunks as the ledger stores them, and everything that reviews them.
+//! Session recordings as the recording files hold them, and everything that reviews them.
 //!
-//! Input: one encoded chunk. Properties: `decode_events` never panics; a chunk it accepts
-//! re-encodes to exactly the same bytes; asciicast export, JSON export and grep never panic
+//! Input: the events of one recording file. Properties: `decode_events` never panics; the
+//! whole-event prefix that `event_extent` walks (what a restart keeps after a crash) decodes,
+//! and is everything exactly when the whole input decodes; input it accepts re-encodes to
+//! exactly the same bytes; asciicast export, JSON export and grep never panic
 //! over the events, and every asciicast line is valid JSON (what `asciinema play` needs).
 #![no_main]
 
 use chrono::TimeZone;
 use libfuzzer_sys::fuzz_target;
-use ramp_ca::recording::{decode_events, encode_event, SessionMeta, SessionState};
+use ramp_ca::recording::{decode_events, encode_event, event_extent, SessionMeta, SessionState};
 use ramp_ca::review;
 
 fn meta() -> SessionMeta {
@@ -33,13 +35,31 @@ fn meta() -> SessionMeta {
         bytes_in: 0,
         bytes_out: 0,
         files: Vec::new(),
+        recording: None,
     }
 }
 
+/// How many bytes of whole events `event_extent` walks over (what a restart keeps of a
+/// recording cut by a crash).
+fn whole_prefix(data: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some((_, extent)) = event_extent(&data[at..]) {
+        at += extent.total;
+    }
+    at
+}
+
 fuzz_target!(|data: &[u8]| {
+    let kept = whole_prefix(data);
+    assert!(
+        decode_events(&data[..kept]).is_ok(),
+        "the whole-event prefix must decode"
+    );
     let Ok(events) = decode_events(data) else {
+        assert!(kept < data.len(), "an undecodable recording cannot be all whole events");
         return;
     };
+    assert_eq!(kept, data.len(), "a decodable recording is all whole events");
     let mut again = Vec::with_capacity(data.len());
     for e in &events {
         encode_event(&mut again, e.at_ms, e.kind, &e.data);

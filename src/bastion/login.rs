@@ -64,6 +64,7 @@ impl Login {
             bytes_in: 0,
             bytes_out: 0,
             files: Vec::new(),
+            recording: None,
         }
     }
 }

@@ -52,6 +52,7 @@ pub struct Ctx {
 pub async fn run(
     listener: TcpListener,
     service: Arc<Service>,
+    min_free: u64,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let interrupted = service
@@ -78,7 +79,7 @@ pub async fn run(
             .audit_events(events, Utc::now())
             .map_err(std::io::Error::other)?;
     }
-    let recorders = Recorders::new(service.clone());
+    let recorders = Recorders::new(service.clone(), min_free);
     let (stop_tx, stop_rx) = watch::channel(false);
     // The flusher stops last, after the sessions have written their ends.
     let (flush_stop_tx, flush_stop_rx) = watch::channel(false);

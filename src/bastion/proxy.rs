@@ -138,10 +138,8 @@ impl Shared {
             return true;
         };
         f(rec);
-        if rec.failed() {
-            self.end(Some(
-                "the session recording cannot be written; ending the session".into(),
-            ));
+        if let Some(why) = rec.failure() {
+            self.end(Some(format!("{why}; ending the session")));
             return false;
         }
         stop.guard(rec.backpressure()).await.is_some()
@@ -398,9 +396,7 @@ fn start(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start a recording; refusing the session");
-            shared.end(Some(format!(
-                "cannot record this session ({e}); refusing it"
-            )));
+            shared.end(Some(format!("cannot record this session: {e}; refusing it")));
             false
         }
     }

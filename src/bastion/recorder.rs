@@ -1,7 +1,9 @@
 //! Recording off the data path: proxies append events to an in-memory buffer; one flusher
-//! writes every live session's buffer to the ledger and syncs it to disk at least every
-//! second. A full buffer makes its proxy wait (a bounded queue); a failed write marks the
-//! recorder failed, and its proxy ends the session rather than run it unrecorded.
+//! appends every live session's buffer to its recording file at least every half second
+//! (sooner when a buffer fills), and a syncer makes the files durable every half second
+//! without holding up the writes. A full buffer makes its proxy wait (a bounded queue). A
+//! failed write, or a recording disk with less than the configured space free, fails the
+//! recorder, and its proxy ends the session rather than run it unrecorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +15,21 @@ use tokio::sync::Notify;
 
 use crate::recording::{encode_event, EventKind, SessionMeta, SessionState};
 use crate::service::Service;
-use crate::store::Event;
+use crate::store::recordings::Syncer;
+use crate::store::{Event, RecordingFile};
 
-/// How often buffers go to disk at the latest (sooner when one fills); the durability
-/// promise is one second.
+/// How often buffers are written at the latest (sooner when one fills), and how often
+/// written recordings are synced to disk; the durability promise is one second.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// A proxy waits once its session's unflushed events exceed this.
+/// A proxy waits once its session's unwritten events exceed this.
 pub const MAX_BUFFER: usize = 8 * 1024 * 1024;
+/// Space kept free on the recording disk unless configured otherwise: below it new
+/// sessions are refused and live ones ended, while the ledger still has room to record why.
+pub const DEFAULT_MIN_FREE: u64 = 64 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One session's recording.
 pub struct Recorder {
@@ -27,33 +37,33 @@ pub struct Recorder {
     /// When the session started, for event times.
     started: tokio::time::Instant,
     inner: Mutex<Inner>,
+    /// Only the flusher writes the file.
+    file: Mutex<RecordingFile>,
+    syncer: Syncer,
+    /// Written since the last sync.
+    unsynced: AtomicBool,
     /// Signalled after each flush, for proxies waiting on a full buffer.
     flushed: Notify,
     /// Wakes the flusher early when this buffer is full, so a busy session is not held to
     /// one buffer per tick.
     wake: Arc<Notify>,
-    /// Set when a write failed; the session must end.
+    /// Why the recording can no longer be written; the session must end.
+    failure: Mutex<Option<String>>,
     failed: AtomicBool,
 }
 
 /// What the flusher has not written yet.
 struct Inner {
     buf: Vec<u8>,
-    /// Next chunk number.
-    seq: u64,
     meta: SessionMeta,
     /// Metadata changed since the last write.
     dirty: bool,
 }
 
 impl Recorder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn push(&self, kind: EventKind, data: &[u8]) {
         let at = self.started.elapsed().as_millis() as u64;
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         encode_event(&mut inner.buf, at, kind, data);
         match kind {
             EventKind::Output => inner.meta.bytes_out += data.len() as u64,
@@ -80,23 +90,36 @@ impl Recorder {
 
     /// A file an sftp/scp session touched (`op path`).
     pub fn file(&self, entry: String) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         if !inner.meta.files.contains(&entry) && inner.meta.files.len() < 10_000 {
             inner.meta.files.push(entry);
             inner.dirty = true;
         }
     }
 
-    /// Whether the recording can no longer be written.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+    /// Why the recording can no longer be written, once it cannot.
+    pub fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        lock(&self.failure).clone()
     }
 
-    /// Waits while the unflushed buffer is over its bound.
+    /// Marks the recording failed (the first reason stays).
+    fn fail(&self, why: String) {
+        let mut failure = lock(&self.failure);
+        if failure.is_none() {
+            tracing::error!(session = %self.id, %why, "ending the session: its recording failed");
+            *failure = Some(why);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits while the unwritten buffer is over its bound.
     pub async fn backpressure(&self) {
         loop {
             let notified = self.flushed.notified();
-            if self.lock().buf.len() <= MAX_BUFFER || self.failed() {
+            if lock(&self.inner).buf.len() <= MAX_BUFFER || self.failed.load(Ordering::SeqCst) {
                 return;
             }
             self.wake.notify_one();
@@ -106,7 +129,7 @@ impl Recorder {
 
     /// Ends the recording; the flusher writes the final state.
     pub fn finish(&self, exit_status: Option<u32>, reason: Option<String>) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         if inner.meta.state == SessionState::Live {
             inner.meta.state = SessionState::Ended;
             inner.meta.end = Some(Utc::now());
@@ -118,7 +141,34 @@ impl Recorder {
 
     /// A copy of the metadata as it stands.
     pub fn meta(&self) -> SessionMeta {
-        self.lock().meta.clone()
+        lock(&self.inner).meta.clone()
+    }
+
+    /// Appends what is buffered; on the session's end, seals the file. Returns the metadata
+    /// to store, if it changed.
+    fn write(&self) -> Option<SessionMeta> {
+        let (chunk, mut meta) = {
+            let mut inner = lock(&self.inner);
+            if inner.buf.is_empty() && !inner.dirty {
+                return None;
+            }
+            inner.dirty = false;
+            (std::mem::take(&mut inner.buf), inner.meta.clone())
+        };
+        let mut file = lock(&self.file);
+        if !chunk.is_empty() {
+            match file.append(&chunk) {
+                Ok(()) => self.unsynced.store(true, Ordering::SeqCst),
+                Err(e) => self.fail(format!("cannot write the session recording ({e})")),
+            }
+        }
+        if meta.state != SessionState::Live {
+            match file.seal() {
+                Ok(seal) => meta.recording = Some(seal),
+                Err(e) => tracing::error!(session = %self.id, error = %e, "cannot seal the recording"),
+            }
+        }
+        Some(meta)
     }
 }
 
@@ -128,93 +178,102 @@ pub struct Recorders {
     live: Mutex<HashMap<String, Arc<Recorder>>>,
     /// Rung by a recorder whose buffer is full.
     wake: Arc<Notify>,
+    /// Bytes kept free on the recording disk.
+    min_free: u64,
 }
 
 impl Recorders {
-    pub fn new(service: Arc<Service>) -> Arc<Recorders> {
+    pub fn new(service: Arc<Service>, min_free: u64) -> Arc<Recorders> {
         Arc::new(Recorders {
             service,
             live: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
+            min_free,
         })
     }
 
-    /// Starts recording a session: its metadata is on disk, and audited, before it returns.
-    pub fn start(&self, meta: SessionMeta) -> Result<Arc<Recorder>, crate::store::StoreError> {
+    /// Why no session may record now: the recording disk is (nearly) full.
+    fn disk_full(&self) -> Option<String> {
+        let recordings = &self.service.store.recordings;
+        match recordings.free_bytes() {
+            Ok(free) if free < self.min_free => Some(format!(
+                "the recording disk is full ({} MiB free in {}, {} MiB kept free)",
+                free >> 20,
+                recordings.dir().display(),
+                self.min_free >> 20
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the free space on the recording disk");
+                None
+            }
+        }
+    }
+
+    /// Starts recording a session: its file exists and its metadata is on disk, and
+    /// audited, before it returns; refused when the recording disk is full.
+    pub fn start(&self, meta: SessionMeta) -> Result<Arc<Recorder>, String> {
+        if let Some(why) = self.disk_full() {
+            return Err(why);
+        }
         let store = &self.service.store;
-        store.put_session(&meta)?;
+        let file = store.recordings.create(&meta.id).map_err(|e| e.to_string())?;
+        let syncer = file.syncer().map_err(|e| e.to_string())?;
+        store.put_session(&meta).map_err(|e| e.to_string())?;
         let detail = serde_json::json!({"target": meta.target, "principal": meta.principal, "kind": meta.kind,
             "command": meta.command, "grant": meta.grant, "serial": meta.serial, "client": meta.client});
-        store.audit_events(
-            vec![Event::new(&meta.user, "session-start", &meta.id, detail)],
-            Utc::now(),
-        )?;
+        store
+            .audit_events(
+                vec![Event::new(&meta.user, "session-start", &meta.id, detail)],
+                Utc::now(),
+            )
+            .map_err(|e| e.to_string())?;
         let rec = Arc::new(Recorder {
             id: meta.id.clone(),
             started: tokio::time::Instant::now(),
             inner: Mutex::new(Inner {
                 buf: Vec::new(),
-                seq: 0,
                 meta,
                 dirty: false,
             }),
+            file: Mutex::new(file),
+            syncer,
+            unsynced: AtomicBool::new(false),
             flushed: Notify::new(),
             wake: self.wake.clone(),
+            failure: Mutex::new(None),
             failed: AtomicBool::new(false),
         });
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(rec.id.clone(), rec.clone());
+        lock(&self.live).insert(rec.id.clone(), rec.clone());
         Ok(rec)
     }
 
     /// The live recordings, for the dashboard and tests.
     pub fn live(&self) -> Vec<SessionMeta> {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.values().map(|r| r.meta()).collect()
+        lock(&self.live).values().map(|r| r.meta()).collect()
     }
 
-    /// Writes every pending buffer and metadata change, then syncs to disk. Ended sessions
-    /// are audited and forgotten once written.
+    fn recorders(&self) -> Vec<Arc<Recorder>> {
+        lock(&self.live).values().cloned().collect()
+    }
+
+    /// Writes every pending buffer and metadata change. Ended sessions are sealed, audited
+    /// and forgotten. When the disk is nearly full, every live session is failed.
     pub fn flush_all(&self) {
-        let recorders: Vec<Arc<Recorder>> = self
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let recorders = self.recorders();
         let store = &self.service.store;
+        let full = self.disk_full();
         let mut ended = Vec::new();
         for rec in &recorders {
-            let (chunk, seq, meta) = {
-                let mut inner = rec.lock();
-                if inner.buf.is_empty() && !inner.dirty {
-                    continue;
-                }
-                let chunk = std::mem::take(&mut inner.buf);
-                let seq = inner.seq;
-                if !chunk.is_empty() {
-                    inner.seq += 1;
-                }
-                inner.dirty = false;
-                (chunk, seq, inner.meta.clone())
-            };
-            let written = (chunk.is_empty() || store.append_events(&rec.id, seq, &chunk).is_ok())
-                && store.put_session(&meta).is_ok();
-            if !written {
-                tracing::error!(session = %rec.id, "cannot write the recording; ending the session");
-                rec.failed.store(true, Ordering::SeqCst);
+            if let Some(why) = &full {
+                rec.fail(why.clone());
+            }
+            let Some(meta) = rec.write() else { continue };
+            if let Err(e) = store.put_session(&meta) {
+                rec.fail(format!("cannot write the session's metadata ({e})"));
             }
             if meta.state != SessionState::Live {
                 ended.push(meta);
-            }
-        }
-        if let Err(e) = store.flush() {
-            tracing::error!(error = %e, "cannot sync recordings to disk; ending live sessions");
-            for rec in &recorders {
-                rec.failed.store(true, Ordering::SeqCst);
             }
         }
         if !ended.is_empty() {
@@ -222,14 +281,15 @@ impl Recorders {
                 .iter()
                 .map(|m| {
                     let detail = serde_json::json!({"exit_status": m.exit_status, "reason": m.end_reason,
-                        "bytes_in": m.bytes_in, "bytes_out": m.bytes_out, "files": m.files});
+                        "bytes_in": m.bytes_in, "bytes_out": m.bytes_out, "files": m.files,
+                        "recording": m.recording});
                     Event::new(&m.user, "session-end", &m.id, detail)
                 })
                 .collect();
             if let Err(e) = store.audit_events(events, Utc::now()) {
                 tracing::error!(error = %e, "cannot audit session ends");
             }
-            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let mut live = lock(&self.live);
             for m in &ended {
                 live.remove(&m.id);
             }
@@ -239,8 +299,27 @@ impl Recorders {
         }
     }
 
-    /// Flushes every [`FLUSH_EVERY`] until `stop` fires, then once more.
+    /// Syncs what was written since the last sync: recording files, then the ledger.
+    pub fn sync_all(&self) {
+        for rec in self.recorders() {
+            if rec.unsynced.swap(false, Ordering::SeqCst) {
+                if let Err(e) = rec.syncer.sync() {
+                    rec.fail(format!("cannot sync the session recording to disk ({e})"));
+                }
+            }
+        }
+        if let Err(e) = self.service.store.flush() {
+            tracing::error!(error = %e, "cannot sync the ledger; ending live sessions");
+            for rec in self.recorders() {
+                rec.fail(format!("cannot sync the ledger to disk ({e})"));
+            }
+        }
+    }
+
+    /// Flushes every [`FLUSH_EVERY`] (and when a buffer fills) and syncs every
+    /// [`FLUSH_EVERY`] until `stop` fires, then flushes and syncs once more.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let syncer = tokio::spawn(self.clone().sync_loop(stop.clone()));
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -252,7 +331,25 @@ impl Recorders {
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || me.flush_all()).await;
         }
+        let _ = syncer.await;
         let me = self.clone();
-        let _ = tokio::task::spawn_blocking(move || me.flush_all()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            me.flush_all();
+            me.sync_all();
+        })
+        .await;
+    }
+
+    async fn sync_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.sync_all()).await;
+        }
     }
 }

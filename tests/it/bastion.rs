@@ -596,6 +596,10 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["state"], "interrupted", "{}", list[0]);
     let id = list[0]["id"].as_str().unwrap();
+    // The restart sealed the file as it was: its length counts at least the 20 lines.
+    let seal = &list[0]["recording"];
+    assert!(seal["bytes"].as_u64() >= Some(200), "{}", list[0]);
+    assert_eq!(seal["sha256"].as_str().map(str::len), Some(64), "{}", list[0]);
     let exported = run_ok(&mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]));
     assert!(
         exported.contains("line-1\\n") && exported.contains("line-20\\n"),
@@ -607,6 +611,51 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
         rig.audit().contains(" session-interrupted "),
         "{}",
         rig.audit()
+    );
+}
+
+#[test]
+fn a_changed_recording_is_found_and_a_full_recording_disk_refuses_sessions() {
+    let rig = rig();
+    rig.observe("INC-12", &[]);
+    let out = run_ok(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "sealed-output"]));
+    assert!(out.contains("sealed-output"), "{out}");
+    rig.wait_sessions("the session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    let id = rig.sessions()[0]["id"].as_str().unwrap().to_string();
+    let shown = run_ok(&mut rig.ramp(BOB, &["sessions", "show", &id]));
+    assert!(shown.contains("sealed-output"), "{shown}");
+
+    // Someone edits the recording file after the session ended.
+    let file = rig.dir.join(format!("data/recordings/{id}.rec"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    let (_, err) = run_err(&mut rig.ramp(BOB, &["sessions", "show", &id]));
+    assert!(
+        err.contains(&id) && err.contains("changed or damaged"),
+        "{err}"
+    );
+
+    // A disk with less free space than `--min-free-mib` takes no new sessions.
+    let Rig {
+        dir,
+        daemon,
+        target,
+    } = rig;
+    daemon.stop();
+    let daemon = Daemon::start_with(&dir, &["--min-free-mib", "999999999"]);
+    let rig = Rig {
+        dir,
+        daemon,
+        target,
+    };
+    let (_, err) = run_err(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "unrecorded"]));
+    assert!(
+        err.contains("recording disk is full") && !err.contains("unrecorded"),
+        "{err}"
     );
 }
 

@@ -22,9 +22,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `ramp-ca serve` on `dir` (initialising it first, as `serve` does).
     pub fn start(dir: &TestDir) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// [`Daemon::start`] with more `serve` flags.
+    pub fn start_with(dir: &TestDir, flags: &[&str]) -> Daemon {
         let log = dir.join("serve.log");
         let mut child = ramp(dir)
             .args(["serve", "--api", "127.0.0.1:0", "--ssh", "127.0.0.1:0"])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -4,6 +4,10 @@
 //! `revocations` (seq -> Revocation), `audit` (seq -> AuditRecord, hash-chained), `nonces`
 //! (request nonce -> time, against replay), `meta` (serial counter, audit head, KRL version).
 //! Every change and its audit records commit in one transaction, then the store is flushed.
+//! `sessions` (id -> SessionMeta) holds recorded sessions; their events are files, see
+//! [`recordings`]. This module and its child are the only code that touches `data/`.
+
+pub mod recordings;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -15,7 +19,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Tree;
 
 use crate::grant::{Grant, State};
-use crate::recording::{decode_events, split_events, Event as RecEvent, SessionMeta, SessionState};
+use crate::recording::{decode_events, Event as RecEvent, SessionMeta, SessionState};
+
+pub use self::recordings::{RecordingError, RecordingFile, Recordings};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,8 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -134,12 +142,7 @@ struct Head {
     hash: String,
 }
 
-/// Largest value a recording is stored in: sled's memory stays flat with small values and
-/// grows with large ones (measured: 1 GiB in 8 MiB values took 1 GiB of RSS, in 32 KiB values
-/// 229 MiB, also after 2 GiB).
-const EVENT_PIECE: usize = 32 * 1024;
-
-/// sled's page cache; the ledger's hot data is small, recordings are written and rarely read.
+/// sled's page cache; the ledger's data is small (recordings are files).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -168,8 +171,8 @@ pub struct Store {
     meta: Tree,
     /// Session id -> SessionMeta.
     sessions: Tree,
-    /// Session id ++ chunk seq (u64 BE) -> encoded events (see `recording`).
-    session_events: Tree,
+    /// One file of events per session.
+    pub recordings: Recordings,
     /// Serialises commits so audit sequence numbers are handed out in order.
     writer: Mutex<()>,
 }
@@ -222,7 +225,7 @@ impl Store {
             nonces: tree("nonces")?,
             meta: tree("meta")?,
             sessions: tree("sessions")?,
-            session_events: tree("session_events")?,
+            recordings: Recordings::open(&path.join("recordings"))?,
             db,
             writer: Mutex::new(()),
         })
@@ -533,21 +536,6 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one chunk of encoded events to a session's recording, stored as pieces of at
-    /// most [`EVENT_PIECE`] bytes keyed `id 0 seq piece` (one batch, so all or nothing).
-    pub fn append_events(&self, id: &str, seq: u64, chunk: &[u8]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (i, piece) in split_events(chunk, EVENT_PIECE).into_iter().enumerate() {
-            let mut key = id.as_bytes().to_vec();
-            key.push(0);
-            key.extend_from_slice(&seq.to_be_bytes());
-            key.extend_from_slice(&(i as u32).to_be_bytes());
-            batch.insert(key, piece);
-        }
-        self.session_events.apply_batch(batch)?;
-        Ok(())
-    }
-
     pub fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
         self.sessions
             .get(id.as_bytes())?
@@ -569,36 +557,36 @@ impl Store {
         Ok(out)
     }
 
-    /// A session's events in order.
-    pub fn session_events(&self, id: &str) -> Result<Vec<RecEvent>> {
-        let mut prefix = id.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for kv in self.session_events.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            let events = decode_events(&v).map_err(|e| StoreError::Corrupt {
-                tree: "session_events",
-                key: format!("{id}#{}", hex::encode(&k[prefix.len()..])),
-                reason: e.to_string(),
-            })?;
-            out.extend(events);
-        }
-        Ok(out)
+    /// A session's events in order, checked against the seal in its metadata.
+    pub fn session_events(&self, meta: &SessionMeta) -> Result<Vec<RecEvent>> {
+        let bytes = self.recordings.read(&meta.id, meta.recording.as_ref())?;
+        decode_events(&bytes).map_err(|e| StoreError::Corrupt {
+            tree: "recordings",
+            key: meta.id.clone(),
+            reason: e.to_string(),
+        })
     }
 
-    /// Marks sessions left `live` by a daemon that died as `interrupted`; returns them.
+    /// Marks sessions left `live` by a daemon that died as `interrupted`, sealing their
+    /// recordings as they are on disk (a half-written last event is cut off); returns them.
     pub fn mark_interrupted(&self) -> Result<Vec<SessionMeta>> {
         let mut out = Vec::new();
         for mut s in self.sessions()? {
             if s.state == SessionState::Live {
+                let sealed = self.recordings.seal_interrupted(&s.id)?;
                 s.state = SessionState::Interrupted;
                 s.end_reason = Some(
                     "the bastion stopped without ending the session (crash or kill -9)".into(),
                 );
+                // The metadata may lag the file by one flush; the file is the truth.
+                s.bytes_in = sealed.bytes_in;
+                s.bytes_out = sealed.bytes_out;
+                s.recording = Some(sealed.seal);
                 self.put_session(&s)?;
                 out.push(s);
             }
         }
+        self.flush()?;
         Ok(out)
     }
 
