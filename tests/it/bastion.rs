@@ -28,13 +28,13 @@ fn ensure_account(name: &str) {
 
 /// An installation, its daemon, and a target sshd that is db-1 (host-ca certificate) and
 /// web-1; db-2 pins a wrong key; db-3 is down.
-struct Rig {
-    dir: TestDir,
-    daemon: Daemon,
+pub(crate) struct Rig {
+    pub(crate) dir: TestDir,
+    pub(crate) daemon: Daemon,
     target: Sshd,
 }
 
-fn rig() -> Rig {
+pub(crate) fn rig() -> Rig {
     for account in ["readonly", "dbadmin"] {
         ensure_account(account);
     }
@@ -82,7 +82,7 @@ impl Rig {
     }
 
     /// alice's first step of prod-db, with `reason` and `extra` flags.
-    fn observe(&self, reason: &str, extra: &[&str]) -> serde_json::Value {
+    pub(crate) fn observe(&self, reason: &str, extra: &[&str]) -> serde_json::Value {
         // `sign` below adds the subcommand itself.
         self.sign(ALICE, &crate::observe(reason, extra)[1..])
     }
@@ -117,7 +117,13 @@ impl Rig {
     }
 
     /// [`Rig::ssh`] with more client options, which must come before the destination.
-    fn ssh_with(&self, identity: &str, opts: &[String], login: &str, args: &[&str]) -> Command {
+    pub(crate) fn ssh_with(
+        &self,
+        identity: &str,
+        opts: &[String],
+        login: &str,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = self.client("ssh", identity, opts);
         cmd.arg(format!("{login}@127.0.0.1"))
             .args(args)
@@ -599,7 +605,7 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     // The restart sealed the file as it was: its length counts at least the 20 lines.
     let seal = &list[0]["recording"];
     assert!(seal["bytes"].as_u64() >= Some(200), "{}", list[0]);
-    assert_eq!(seal["sha256"].as_str().map(str::len), Some(64), "{}", list[0]);
+    assert_eq!(seal["blake3"].as_str().map(str::len), Some(64), "{}", list[0]);
     let exported = run_ok(&mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]));
     assert!(
         exported.contains("line-1\\n") && exported.contains("line-20\\n"),
