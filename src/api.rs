@@ -276,7 +276,7 @@ async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiE
 }
 
 async fn krl(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {
-    let bytes = blocking(&app, |s| s.krl(Utc::now())).await?;
+    let bytes = blocking(&app, |s| s.krl()).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 

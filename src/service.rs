@@ -666,10 +666,15 @@ impl Service {
         Ok(revocation)
     }
 
-    /// An OpenSSH KRL of every revoked user certificate.
-    pub fn krl(&self, now: DateTime<Utc>) -> Result<Vec<u8>> {
+    /// An OpenSSH KRL of every revoked user certificate. It depends on the ledger only: its
+    /// version is the number of revocations and its time the last one's, so it is byte for
+    /// byte the same until the next revocation (and a file deployed from it changes only
+    /// then).
+    pub fn krl(&self) -> Result<Vec<u8>> {
         let serials = self.store.revoked_serials()?;
-        let version = self.store.next_krl_version()?;
+        let revocations = self.store.revocations()?;
+        let version = revocations.len() as u64;
+        let generated = revocations.iter().map(|r| r.at.timestamp()).max().unwrap_or(0);
         let ca = self.keys.user_ca.public_key();
         let node = self.keys.node_ca.public_key();
         let sections = [
@@ -694,7 +699,7 @@ impl Service {
         Ok(crate::krl::encode(
             &sections,
             version,
-            now.timestamp().max(0) as u64,
+            generated.max(0) as u64,
             "ramp-ca",
         ))
     }

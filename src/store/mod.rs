@@ -2,7 +2,7 @@
 //!
 //! Trees: `grants` (id -> Grant), `certs` (serial -> CertRecord), `revoked` (serial -> why),
 //! `revocations` (seq -> Revocation), `audit` (seq -> AuditRecord, hash-chained), `nonces`
-//! (request nonce -> time, against replay), `meta` (serial counter, audit head, KRL version).
+//! (request nonce -> time, against replay), `meta` (serial counter, audit head).
 //! Every change and its audit records commit in one transaction, then the store is flushed.
 //! `sessions` (id -> SessionMeta) holds recorded sessions; their events are files, see
 //! [`recordings`]. This module and its child are the only code that touches `data/`.
@@ -148,7 +148,6 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const META_SERIAL: &[u8] = b"serial";
 const META_HEAD: &[u8] = b"audit_head";
-const META_KRL: &[u8] = b"krl_version";
 
 /// A set of changes committed together with their audit events.
 #[derive(Debug, Default)]
@@ -250,17 +249,6 @@ impl Store {
                 .and_then(|b| b.try_into().ok())
                 .unwrap_or([0; 8]),
         ))
-    }
-
-    /// The next KRL version number.
-    pub fn next_krl_version(&self) -> Result<u64> {
-        let v = self.meta.update_and_fetch(META_KRL, |old| {
-            let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
-            Some((n + 1).to_be_bytes().to_vec())
-        })?;
-        Ok(v.as_deref()
-            .and_then(|b| b.try_into().ok())
-            .map_or(1, u64::from_be_bytes))
     }
 
     /// Commits a change and its audit events atomically, then flushes. Returns the audit records.

@@ -189,10 +189,16 @@ fn revoked_certificates_are_in_the_krl_and_real_sshd_refuses_them() {
         .status
         .success());
 
+    // The KRL only changes with a revocation, so a deployed copy only changes then.
+    let first = std::fs::read(dir.join("revoked.krl")).unwrap();
+    run_ok(&mut daemon.cmd(&dir, CAROL, &["krl", "--out", "revoked.krl"]));
+    assert_eq!(std::fs::read(dir.join("revoked.krl")).unwrap(), first);
+
     // Revoking the grant takes its certificates along; revoking the user takes every grant.
     run_ok(&mut daemon.cmd(&dir, CAROL, &["revoke", "--grant", &grant_b]));
     run_ok(&mut daemon.cmd(&dir, CAROL, &["krl", "--out", "revoked.krl"]));
     assert_eq!(query("b").status.code(), Some(1));
+    assert_ne!(std::fs::read(dir.join("revoked.krl")).unwrap(), first);
     run_ok(&mut daemon.cmd(&dir, ALICE, &["sign", "--contract", "prod-web"]));
     let out = json(&run_ok(&mut daemon.cmd(
         &dir,
