@@ -14,7 +14,8 @@
 //!   session recordings.
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
 //!   [`bastion`]: the russh server that checks certificates, hops to targets and records;
-//!   [`daemon`]: `serve`, signals and shutdown.
+//!   [`daemon`]: `serve`, signals and shutdown; [`limits`]: how many connections that have not
+//!   shown who they are both servers let wait, and how fast one address may open them. Pure.
 //! - [`client`], [`cli`]: the command line.
 pub mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod grant;
 pub mod init;
 pub mod keys;
 pub mod krl;
+pub mod limits;
 pub mod policy;
 pub mod recording;
 pub mod review;

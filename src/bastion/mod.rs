@@ -25,6 +25,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OnceCell, Semaphore};
 
+use crate::limits::{self, Admission, Gate, Limits, Rate};
+
 use self::login::Login;
 use self::recorder::Recorders;
 pub use self::upstream::Upstream;
@@ -36,6 +38,32 @@ pub const MAX_CONNECTIONS: usize = 2048;
 
 /// A connection must log in within this long, so idle sockets cannot hold every slot.
 pub const LOGIN_GRACE: Duration = Duration::from_secs(60);
+
+/// A client must send its SSH version line within this long of connecting; real clients send
+/// it at once, so a socket that stays silent is let go well before [`LOGIN_GRACE`].
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections that have not logged in yet, from everyone (OpenSSH's MaxStartups, without the
+/// random early drop); past it new connections are dropped at once.
+pub const MAX_UNAUTHENTICATED: usize = 256;
+
+/// Connections that have not logged in yet from one source, an IPv4 address or an IPv6 /64
+/// (OpenSSH's PerSourceMaxStartups). Above the 50 logins `scripts/bench` starts at once from
+/// one host; a team behind one NAT address shares it.
+pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 64;
+
+/// Each source's budget of connections that never log in: a new connection takes a token and
+/// a login gives it back, so logins are never throttled however fast they come, while
+/// scanners, floods and clients that keep failing are held to 20 a second after a burst of
+/// 128 (each costs a key exchange). Past it new connections are dropped at once.
+pub const UNAUTHENTICATED_RATE: Rate = Rate {
+    burst: 128,
+    per_second: 20,
+};
+
+/// Sources the rate limit remembers at most (a quiet source is forgotten once its budget is
+/// full again); a new source past it is held back by [`MAX_UNAUTHENTICATED`] only.
+pub const MAX_TRACKED_SOURCES: usize = 10_000;
 
 /// What every connection shares.
 pub struct Ctx {
@@ -123,41 +151,60 @@ pub async fn run(
         recorders,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new(Limits {
+        what: "connections not logged in",
+        total: MAX_UNAUTHENTICATED,
+        per_source: MAX_UNAUTHENTICATED_PER_SOURCE,
+        rate: Some(UNAUTHENTICATED_RATE),
+        max_sources: MAX_TRACKED_SOURCES,
+    });
     tokio::pin!(shutdown);
-    loop {
-        let (socket, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    // Lines before the version string are allowed (RFC 4253 4.2); `ssh -v` shows them.
+    let refuse = |socket: tokio::net::TcpStream, refusal: &limits::Refusal| {
+        let _ = socket.try_write(format!("ramp-ca: {refusal}\r\n").as_bytes());
+    };
+    while let Some((socket, peer, admission)) =
+        limits::accept("bastion", &listener, &gate, &mut shutdown, refuse).await
+    {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many connections; dropping");
             continue;
         };
         let _ = socket.set_nodelay(true);
+        let grace_ends = tokio::time::Instant::now() + LOGIN_GRACE;
         let logged_in = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let handler = ConnHandler::new(ctx.clone(), peer, stop_rx.clone(), logged_in.clone());
+        let handler = ConnHandler::new(
+            ctx.clone(),
+            peer,
+            stop_rx.clone(),
+            logged_in.clone(),
+            admission,
+        );
         let config = config.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let session = match server::run_stream(config, socket, handler).await {
-                Ok(s) => s,
-                Err(e) => {
+            // russh waits for the version line without a deadline of its own.
+            let version_by = tokio::time::Instant::now() + VERSION_TIMEOUT;
+            let setup = tokio::time::timeout_at(
+                version_by.min(grace_ends),
+                server::run_stream(config, socket, handler),
+            );
+            let session = match setup.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "connection setup failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no SSH version line in time");
                     return;
                 }
             };
             let handle = session.handle();
             let grace = handle.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(LOGIN_GRACE).await;
+                tokio::time::sleep_until(grace_ends).await;
                 if !logged_in.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = grace
                         .disconnect(
@@ -245,6 +292,8 @@ pub struct ConnHandler {
     gone: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Set once a login succeeds; the login grace timer reads it.
     logged_in: Arc<std::sync::atomic::AtomicBool>,
+    /// This connection's place among those not logged in yet, given up at login.
+    waiting: Option<Admission>,
     /// Channels whose program (shell, exec, subsystem) has started: one program each.
     started: std::collections::HashSet<russh::ChannelId>,
 }
@@ -264,10 +313,12 @@ impl ConnHandler {
         peer: SocketAddr,
         stop: watch::Receiver<bool>,
         logged_in: Arc<std::sync::atomic::AtomicBool>,
+        waiting: Admission,
     ) -> ConnHandler {
         let (alive, gone) = tokio::sync::oneshot::channel();
         ConnHandler {
             logged_in,
+            waiting: Some(waiting),
             started: std::collections::HashSet::new(),
             _alive: alive,
             gone: Some(gone),
@@ -506,6 +557,9 @@ impl server::Handler for ConnHandler {
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         self.logged_in
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(waiting) = self.waiting.take() {
+            waiting.logged_in();
+        }
         if let Some(login) = self.login.clone() {
             self.watch_expiry(login, session.handle());
         }
