@@ -14,8 +14,9 @@
 //!   session recordings.
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
 //!   [`bastion`]: the russh server that checks certificates, hops to targets and records;
-//!   [`daemon`]: `serve`, signals and shutdown; [`limits`]: how many connections that have not
-//!   shown who they are both servers let wait, and how fast one address may open them. Pure.
+//!   [`daemon`]: `serve`, signals and shutdown; [`limits`]: the accept step both servers share,
+//!   with how many connections that have not shown who they are may wait, and how fast one
+//!   address may open them (the bookkeeping pure, the clock an argument).
 //! - [`client`], [`cli`]: the command line.
 pub mod api;
 pub mod auth;
