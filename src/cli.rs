@@ -378,11 +378,9 @@ pub async fn run(cli: Cli) -> Result {
             ssh,
             min_free_mib,
             config,
-        } => {
-            crate::daemon::serve(&dir, &api, &ssh, min_free_mib, config.as_deref())
-                .await
-                .map_err(CliError::Lib)
-        }
+        } => crate::daemon::serve(&dir, &api, &ssh, min_free_mib, config.as_deref())
+            .await
+            .map_err(CliError::Lib),
         Command::Policy(cmd) => policy_command(&dir, cmd),
         Command::Trust(TrustCommand::Sshd) => {
             print!("{}", crate::trust::sshd(&dir)?);

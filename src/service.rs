@@ -140,6 +140,17 @@ impl Service {
         self.grant_changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs a change made under the grant lock (written with [`Store::apply`]), then, with
+    /// the lock released, waits until it is on disk: concurrent changes share disk flushes
+    /// instead of queueing behind each other's. Nobody sees an answer before its change, and
+    /// every change it read, are durable (flushes cover every write made before them).
+    async fn changing<T>(&self, change: impl FnOnce() -> Result<T>) -> Result<T> {
+        let pending = self.store.begin_change();
+        let out = change();
+        pending.durable().await?;
+        out
+    }
+
     /// Changes whenever something is revoked.
     pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.revoked.subscribe()
@@ -190,13 +201,13 @@ impl Service {
         req: &policy::Request<'_>,
         now: DateTime<Utc>,
     ) -> Result<Decision> {
-        let active = self.store.active_grants_of(req.user, now)?;
-        let held: Vec<policy::Held<'_>> = active
+        let steps = self.store.held_steps(req.user, now);
+        let held: Vec<policy::Held<'_>> = steps
             .iter()
-            .map(|g| policy::Held {
-                contract: &g.contract,
-                step: &g.step,
-                end: g.end.unwrap_or(now),
+            .map(|h| policy::Held {
+                contract: &h.contract,
+                step: &h.step,
+                end: h.end,
             })
             .collect();
         Ok(policy::decide(p, req, &held, now))
@@ -250,7 +261,18 @@ impl Service {
     }
 
     /// A request for a step: granted, pending approval, or denied (and audited either way).
-    pub fn request(
+    pub async fn request(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        body: &RequestBody,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        self.changing(|| self.request_locked(user, key, body, now))
+            .await
+    }
+
+    fn request_locked(
         &self,
         user: &str,
         key: &PublicKey,
@@ -280,7 +302,7 @@ impl Service {
             Decision::Deny { reason, .. } => {
                 let mut detail = asked;
                 detail["denied"] = json!(reason);
-                self.store.audit_events(
+                self.store.apply_events(
                     vec![Event::new(user, "request-denied", &body.contract, detail)],
                     now,
                 )?;
@@ -337,7 +359,7 @@ impl Service {
         }
         change.grants.push(grant.clone());
         change.events = events;
-        self.store.commit(change, now)?;
+        self.store.apply(change, now)?;
         Ok(Outcome {
             grant: self.view(&p, grant, now),
             serial: certificate.as_ref().map(|c| c.1),
@@ -347,7 +369,18 @@ impl Service {
     }
 
     /// A certificate for the caller's key from one of their active grants.
-    pub fn certificate(
+    pub async fn certificate(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        self.changing(|| self.certificate_locked(user, key, id, now))
+            .await
+    }
+
+    fn certificate_locked(
         &self,
         user: &str,
         key: &PublicKey,
@@ -376,7 +409,7 @@ impl Service {
         }
         let (text, record) = self.mint(&p, &grant, key, now)?;
         let serial = record.serial;
-        self.store.commit(
+        self.store.apply(
             Change {
                 events: vec![Self::issue_event(user, &record)],
                 certs: vec![record],
@@ -393,7 +426,12 @@ impl Service {
     }
 
     /// An approval; the last one needed activates the grant.
-    pub fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
+    pub async fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
+        self.changing(|| self.approve_locked(approver, id, now))
+            .await
+    }
+
+    fn approve_locked(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
         let _changes = self.lock_grants();
         let p = self.policies();
         let mut grant = self.grant_or_404(id)?;
@@ -411,7 +449,7 @@ impl Service {
             approver,
             &grant.approvers(),
         ) {
-            self.store.audit_events(
+            self.store.apply_events(
                 vec![Event::new(
                     approver,
                     "approve-refused",
@@ -468,7 +506,7 @@ impl Service {
                 }
             }
         }
-        self.store.commit(
+        self.store.apply(
             Change {
                 grants: vec![grant.clone()],
                 events,
@@ -485,7 +523,24 @@ impl Service {
     }
 
     /// A denial by an eligible approver, or the requester withdrawing their own request.
-    pub fn deny(&self, who: &str, id: &str, reason: &str, now: DateTime<Utc>) -> Result<GrantView> {
+    pub async fn deny(
+        &self,
+        who: &str,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<GrantView> {
+        self.changing(|| self.deny_locked(who, id, reason, now))
+            .await
+    }
+
+    fn deny_locked(
+        &self,
+        who: &str,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<GrantView> {
         let _changes = self.lock_grants();
         let p = self.policies();
         let mut grant = self.grant_or_404(id)?;
@@ -515,7 +570,7 @@ impl Service {
             at: now,
             reason: reason.to_string(),
         });
-        self.store.commit(
+        self.store.apply(
             Change {
                 grants: vec![grant.clone()],
                 events: vec![Event::new(who, "deny", id, json!({"reason": reason}))],
@@ -559,7 +614,21 @@ impl Service {
     }
 
     /// Revokes by serial, grant or user. Admins revoke anything; others only their own grants.
-    pub fn revoke(&self, who: &str, body: &RevokeBody, now: DateTime<Utc>) -> Result<Revocation> {
+    pub async fn revoke(
+        &self,
+        who: &str,
+        body: &RevokeBody,
+        now: DateTime<Utc>,
+    ) -> Result<Revocation> {
+        self.changing(|| self.revoke_locked(who, body, now)).await
+    }
+
+    fn revoke_locked(
+        &self,
+        who: &str,
+        body: &RevokeBody,
+        now: DateTime<Utc>,
+    ) -> Result<Revocation> {
         let _changes = self.lock_grants();
         let p = self.policies();
         let admin = p.has_role(who, ROLE_ADMIN);
@@ -648,7 +717,7 @@ impl Service {
             RevokeTarget::Grant(g) => format!("grant:{g}"),
             RevokeTarget::User(u) => format!("user:{u}"),
         };
-        self.store.commit(
+        self.store.apply(
             Change {
                 grants: hit,
                 revocation: Some(revocation.clone()),
@@ -674,7 +743,11 @@ impl Service {
         let serials = self.store.revoked_serials()?;
         let revocations = self.store.revocations()?;
         let version = revocations.len() as u64;
-        let generated = revocations.iter().map(|r| r.at.timestamp()).max().unwrap_or(0);
+        let generated = revocations
+            .iter()
+            .map(|r| r.at.timestamp())
+            .max()
+            .unwrap_or(0);
         let ca = self.keys.user_ca.public_key();
         let node = self.keys.node_ca.public_key();
         let sections = [

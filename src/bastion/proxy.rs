@@ -396,7 +396,9 @@ fn start(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start a recording; refusing the session");
-            shared.end(Some(format!("cannot record this session: {e}; refusing it")));
+            shared.end(Some(format!(
+                "cannot record this session: {e}; refusing it"
+            )));
             false
         }
     }

@@ -165,7 +165,9 @@ impl Recorder {
         if meta.state != SessionState::Live {
             match file.seal() {
                 Ok(seal) => meta.recording = Some(seal),
-                Err(e) => tracing::error!(session = %self.id, error = %e, "cannot seal the recording"),
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "cannot seal the recording")
+                }
             }
         }
         Some(meta)
@@ -217,7 +219,10 @@ impl Recorders {
             return Err(why);
         }
         let store = &self.service.store;
-        let file = store.recordings.create(&meta.id).map_err(|e| e.to_string())?;
+        let file = store
+            .recordings
+            .create(&meta.id)
+            .map_err(|e| e.to_string())?;
         let syncer = file.syncer().map_err(|e| e.to_string())?;
         store.put_session(&meta).map_err(|e| e.to_string())?;
         let detail = serde_json::json!({"target": meta.target, "principal": meta.principal, "kind": meta.kind,

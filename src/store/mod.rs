@@ -7,6 +7,9 @@
 //! `sessions` (id -> SessionMeta) holds recorded sessions; their events are files, see
 //! [`recordings`]. This module and its child are the only code that touches `data/`.
 
+mod active;
+mod sync;
+pub use self::sync::Pending;
 pub mod recordings;
 
 use std::path::Path;
@@ -18,9 +21,11 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::Tree;
 
-use crate::grant::{Grant, State};
+use crate::grant::Grant;
 use crate::recording::{decode_events, Event as RecEvent, SessionMeta, SessionState};
 
+use self::active::ActiveIndex;
+pub use self::active::HeldStep;
 pub use self::recordings::{RecordingError, RecordingFile, Recordings};
 
 /// Errors of the storage layer.
@@ -40,6 +45,8 @@ pub enum StoreError {
     Conflict(String),
     #[error(transparent)]
     Recording(#[from] RecordingError),
+    #[error("cannot sync the ledger to disk: {0}")]
+    Sync(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -160,7 +167,6 @@ pub struct Change {
 
 /// The ledger.
 pub struct Store {
-    db: sled::Db,
     grants: Tree,
     certs: Tree,
     revoked: Tree,
@@ -174,6 +180,9 @@ pub struct Store {
     pub recordings: Recordings,
     /// Serialises commits so audit sequence numbers are handed out in order.
     writer: Mutex<()>,
+    /// Active grants by user and step, for decisions.
+    active: Mutex<ActiveIndex>,
+    syncs: sync::Syncer,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -215,7 +224,7 @@ impl Store {
                 source,
             })?;
         let tree = |name: &str| db.open_tree(name);
-        Ok(Store {
+        let store = Store {
             grants: tree("grants")?,
             certs: tree("certs")?,
             revoked: tree("revoked")?,
@@ -225,25 +234,43 @@ impl Store {
             meta: tree("meta")?,
             sessions: tree("sessions")?,
             recordings: Recordings::open(&path.join("recordings"))?,
-            db,
+            syncs: sync::Syncer::start(db),
             writer: Mutex::new(()),
-        })
+            active: Mutex::new(ActiveIndex::default()),
+        };
+        store.index_grants(&store.grants()?);
+        Ok(store)
     }
 
-    /// Waits until everything written so far is on disk.
+    fn index_grants(&self, grants: &[Grant]) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        for g in grants {
+            active.put(g);
+        }
+    }
+
+    /// Waits until everything written so far is on disk (sharing the flush with whoever
+    /// else is waiting).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.syncs.wait(self.syncs.ticket())
     }
 
-    /// Hands out the next certificate serial. It is on disk before it is returned, so a serial
-    /// is never reused, even after a crash (a crash may leave a gap, never a repeat).
+    /// Announces a change about to be written with [`Store::apply`]; its
+    /// [`Pending::durable`] waits (the task, not a thread) until it is on disk, and a disk
+    /// flush due meanwhile waits briefly for it so the two share the flush.
+    pub fn begin_change(&self) -> Pending<'_> {
+        self.syncs.begin()
+    }
+
+    /// Hands out the next certificate serial; a serial is never reused, even after a crash.
+    /// The counter is written before the certificate's record, and sled recovers writes in
+    /// order, so once the record is on disk (which is before anyone gets the certificate)
+    /// the counter is too; a crash before that may reuse a serial nobody ever received.
     pub fn next_serial(&self) -> Result<u64> {
         let v = self.meta.update_and_fetch(META_SERIAL, |old| {
             let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
             Some((n + 1).to_be_bytes().to_vec())
         })?;
-        self.db.flush()?;
         Ok(u64::from_be_bytes(
             v.as_deref()
                 .and_then(|b| b.try_into().ok())
@@ -251,8 +278,18 @@ impl Store {
         ))
     }
 
-    /// Commits a change and its audit events atomically, then flushes. Returns the audit records.
+    /// Commits a change and its audit events atomically, then waits until they are on disk.
+    /// Returns the audit records.
     pub fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        let records = self.apply(change, now)?;
+        self.flush()?;
+        Ok(records)
+    }
+
+    /// Commits a change and its audit events atomically, without waiting for the disk: for
+    /// callers that hold a lock while they commit, then [`Store::flush`] after releasing it,
+    /// so that commits waiting on one disk flush do not wait on each other too.
+    pub fn apply(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let trees = (
             &self.grants,
@@ -313,13 +350,20 @@ impl Store {
                 TransactionError::Abort(msg) => StoreError::Conflict(msg),
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
-        self.db.flush()?;
+        self.index_grants(&change.grants);
         Ok(records)
     }
 
-    /// Appends audit events alone.
+    /// Appends audit events alone, durably.
     pub fn audit_events(&self, events: Vec<Event>, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        self.commit(
+        let records = self.apply_events(events, now)?;
+        self.flush()?;
+        Ok(records)
+    }
+
+    /// Appends audit events alone, without waiting for the disk (see [`Store::apply`]).
+    pub fn apply_events(&self, events: Vec<Event>, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        self.apply(
             Change {
                 events,
                 ..Change::default()
@@ -349,13 +393,11 @@ impl Store {
         Ok(out)
     }
 
-    /// A user's grants that are active at `now`.
-    pub fn active_grants_of(&self, user: &str, now: DateTime<Utc>) -> Result<Vec<Grant>> {
-        Ok(self
-            .grants()?
-            .into_iter()
-            .filter(|g| g.user == user && g.state(now) == State::Active)
-            .collect())
+    /// The steps a user holds at `now` (an active grant of them), each with the latest end
+    /// among its grants: all a decision needs, however many grants the user holds.
+    pub fn held_steps(&self, user: &str, now: DateTime<Utc>) -> Vec<HeldStep> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.held(user, now)
     }
 
     pub fn cert(&self, serial: u64) -> Result<Option<CertRecord>> {

@@ -9,7 +9,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-
 use crate::recording::{event_extent, EventKind, RecordingSeal};
 
 /// The first bytes of every recording file.
@@ -286,7 +285,10 @@ mod tests {
         assert_eq!(seal.bytes, events.len() as u64);
         assert_eq!(recs.read("abc123", Some(&seal)).unwrap(), events);
         assert!(recs.create("abc123").is_err(), "never overwritten");
-        assert!(matches!(recs.read("../x", None), Err(RecordingError::BadId(_))));
+        assert!(matches!(
+            recs.read("../x", None),
+            Err(RecordingError::BadId(_))
+        ));
 
         // Changed after the seal: found.
         let path = recs.path("abc123").unwrap();

@@ -605,7 +605,12 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     // The restart sealed the file as it was: its length counts at least the 20 lines.
     let seal = &list[0]["recording"];
     assert!(seal["bytes"].as_u64() >= Some(200), "{}", list[0]);
-    assert_eq!(seal["blake3"].as_str().map(str::len), Some(64), "{}", list[0]);
+    assert_eq!(
+        seal["blake3"].as_str().map(str::len),
+        Some(64),
+        "{}",
+        list[0]
+    );
     let exported = run_ok(&mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]));
     assert!(
         exported.contains("line-1\\n") && exported.contains("line-20\\n"),

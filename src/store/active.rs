@@ -1,0 +1,131 @@
+//! The active grants of every user, by step, in memory: each request is decided on the
+//! steps its user holds, and reading them must not grow with the ledger or with how many
+//! grants the user holds (an automation may hold thousands).
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+
+use crate::grant::{Grant, Status};
+
+/// A step a user holds, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldStep {
+    pub contract: String,
+    pub step: String,
+    pub end: DateTime<Utc>,
+}
+
+type StepKey = (String, String);
+/// The active grants of one step, ordered by end: `(end, grant id)`.
+type Ends = BTreeSet<(DateTime<Utc>, String)>;
+
+#[derive(Default)]
+pub struct ActiveIndex {
+    /// user -> (contract, step) -> (end, grant id) of each active grant.
+    by_step: HashMap<String, HashMap<StepKey, Ends>>,
+    /// grant id -> where it sits in `by_step`.
+    placed: HashMap<String, (String, StepKey, DateTime<Utc>)>,
+}
+
+impl ActiveIndex {
+    /// Records a grant as written: indexed while active, dropped otherwise.
+    pub fn put(&mut self, g: &Grant) {
+        if let Some((user, key, end)) = self.placed.remove(&g.id) {
+            if let Some(set) = self.by_step.get_mut(&user).and_then(|s| s.get_mut(&key)) {
+                set.remove(&(end, g.id.clone()));
+            }
+        }
+        if let (Status::Active, Some(end)) = (g.status, g.end) {
+            let key = (g.contract.clone(), g.step.clone());
+            self.by_step
+                .entry(g.user.clone())
+                .or_default()
+                .entry(key.clone())
+                .or_default()
+                .insert((end, g.id.clone()));
+            self.placed.insert(g.id.clone(), (g.user.clone(), key, end));
+        }
+    }
+
+    /// The steps `user` holds at `now`, each with its latest end; forgets what has expired.
+    pub fn held(&mut self, user: &str, now: DateTime<Utc>) -> Vec<HeldStep> {
+        let Some(steps) = self.by_step.get_mut(user) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ((contract, step), set) in steps.iter_mut() {
+            while set.first().is_some_and(|(end, _)| *end <= now) {
+                if let Some((_, id)) = set.pop_first() {
+                    self.placed.remove(&id);
+                }
+            }
+            if let Some((end, _)) = set.last() {
+                out.push(HeldStep {
+                    contract: contract.clone(),
+                    step: step.clone(),
+                    end: *end,
+                });
+            }
+        }
+        steps.retain(|_, set| !set.is_empty());
+        if steps.is_empty() {
+            self.by_step.remove(user);
+        }
+        out.sort_by(|a, b| (&a.contract, &a.step).cmp(&(&b.contract, &b.step)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, step: &str, status: Status, end_in: i64, now: DateTime<Utc>) -> Grant {
+        Grant {
+            id: id.into(),
+            user: "alice".into(),
+            contract: "prod-db".into(),
+            step: step.into(),
+            reason: None,
+            ttl_secs: 60,
+            requested_at: now,
+            status,
+            start: Some(now),
+            end: Some(now + chrono::Duration::seconds(end_in)),
+            approvals_from: vec![],
+            approvals_needed: 0,
+            approvals: vec![],
+            closed: None,
+        }
+    }
+
+    #[test]
+    fn held_steps_follow_writes_and_time() {
+        let now = Utc::now();
+        let mut index = ActiveIndex::default();
+        index.put(&grant("a", "observe", Status::Active, 60, now));
+        index.put(&grant("b", "observe", Status::Active, 600, now));
+        index.put(&grant("c", "operate", Status::Pending, 600, now));
+        let held = index.held("alice", now);
+        assert_eq!(held.len(), 1, "pending is not held: {held:?}");
+        assert_eq!(
+            held[0].end,
+            now + chrono::Duration::seconds(600),
+            "latest end"
+        );
+
+        // Revoking the later grant leaves the earlier one.
+        index.put(&grant("b", "observe", Status::Revoked, 600, now));
+        assert_eq!(
+            index.held("alice", now)[0].end,
+            now + chrono::Duration::seconds(60)
+        );
+        // Time passes: nothing is held, and the expired grant is forgotten.
+        assert!(index
+            .held("alice", now + chrono::Duration::seconds(61))
+            .is_empty());
+        assert!(index.placed.is_empty() && index.by_step.is_empty());
+        assert!(index.held("bob", now).is_empty());
+    }
+}

@@ -1,0 +1,211 @@
+//! Group commit. Whoever needs their writes on disk takes a ticket and waits; one thread
+//! flushes sled for every ticket taken before the flush started, so concurrent commits share
+//! one disk flush instead of queueing for one each. Blocking callers wait on a condition
+//! variable, async ones on a watch channel: neither holds a thread of the async runtime.
+//! Changes under way when a flush is due hold it back briefly (at most [`MAX_GATHER`]), so
+//! that concurrent commits really do share it.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use std::time::{Duration, Instant};
+
+use super::{Result, StoreError};
+
+/// Longest a due flush waits for changes under way to join it.
+pub const MAX_GATHER: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone, Default)]
+struct Synced {
+    /// Every ticket up to this one is on disk.
+    upto: u64,
+    /// The last failed flush covered tickets up to this one, with this error.
+    failed: Option<(u64, String)>,
+}
+
+impl Synced {
+    /// The answer for `ticket`, once there is one.
+    fn answer(&self, ticket: u64) -> Option<Result<()>> {
+        if self.upto >= ticket {
+            return Some(Ok(()));
+        }
+        match &self.failed {
+            Some((upto, e)) if *upto >= ticket => Some(Err(StoreError::Sync(e.clone()))),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Tickets handed out.
+    asked: u64,
+    synced: Synced,
+    /// Changes begun that have not taken their ticket yet.
+    in_flight: u64,
+    stop: bool,
+}
+
+/// What the flushing thread and the waiters share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the flushing thread.
+    work: Condvar,
+    /// Wakes blocking waiters.
+    done: Condvar,
+    /// For async waiters.
+    watch: tokio::sync::watch::Sender<Synced>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The handle the store holds; dropping it stops the thread.
+pub struct Syncer(Arc<Shared>);
+
+impl Syncer {
+    /// Starts the flushing thread.
+    pub fn start(db: sled::Db) -> Syncer {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            watch: tokio::sync::watch::Sender::new(Synced::default()),
+        });
+        let thread = shared.clone();
+        std::thread::Builder::new()
+            .name("ledger-sync".into())
+            .spawn(move || run(&thread, &db))
+            .expect("spawn the ledger sync thread");
+        Syncer(shared)
+    }
+
+    /// Announces a change about to be written, so a flush due meanwhile waits for it.
+    pub fn begin(&self) -> Pending<'_> {
+        self.0.lock().in_flight += 1;
+        Pending(self)
+    }
+
+    /// A ticket covering every write made so far.
+    pub fn ticket(&self) -> u64 {
+        let mut st = self.0.lock();
+        st.asked += 1;
+        self.0.work.notify_one();
+        st.asked
+    }
+
+    /// Blocks until `ticket` is on disk.
+    pub fn wait(&self, ticket: u64) -> Result<()> {
+        let mut st = self.0.lock();
+        loop {
+            if let Some(answer) = st.synced.answer(ticket) {
+                return answer;
+            }
+            st = self.0.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits (asynchronously) until `ticket` is on disk.
+    pub async fn wait_async(&self, ticket: u64) -> Result<()> {
+        let mut rx = self.0.watch.subscribe();
+        let synced = rx
+            .wait_for(|s| s.answer(ticket).is_some())
+            .await
+            .map_err(|_| StoreError::Sync("the ledger sync thread stopped".into()))?;
+        synced.answer(ticket).expect("answered")
+    }
+}
+
+/// A change under way (see [`Syncer::begin`]).
+pub struct Pending<'a>(&'a Syncer);
+
+impl Pending<'_> {
+    /// The change is written: waits until it is on disk.
+    pub async fn durable(self) -> Result<()> {
+        let ticket = self.0.ticket();
+        let syncer = self.0;
+        drop(self);
+        syncer.wait_async(ticket).await
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0 .0.lock().in_flight -= 1;
+        self.0 .0.work.notify_one();
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.0.lock().stop = true;
+        self.0.work.notify_one();
+    }
+}
+
+/// The flushing thread: waits for tickets, flushes once for all of them, answers.
+fn run(shared: &Shared, db: &sled::Db) {
+    loop {
+        let covers = {
+            let mut st = shared.lock();
+            while st.asked == st.synced.upto && !st.stop {
+                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.asked == st.synced.upto {
+                return;
+            }
+            let deadline = Instant::now() + MAX_GATHER;
+            while st.in_flight > 0 && !st.stop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                st = shared
+                    .work
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            st.asked
+        };
+        let flushed = db.flush();
+        let published = {
+            let mut st = shared.lock();
+            match flushed {
+                Ok(_) => st.synced.upto = st.synced.upto.max(covers),
+                Err(e) => st.synced.failed = Some((covers, e.to_string())),
+            }
+            st.synced.clone()
+        };
+        shared.done.notify_all();
+        shared.watch.send_replace(published);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_answered_by_a_shared_flush_from_both_kinds_of_waiter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let syncer = Syncer::start(db.clone());
+        db.insert("a", "1").unwrap();
+        let t = syncer.ticket();
+        syncer.wait(t).unwrap();
+        db.insert("b", "2").unwrap();
+        let t = syncer.ticket();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(syncer.wait_async(t)).unwrap();
+        let many: Vec<u64> = (0..50).map(|_| syncer.ticket()).collect();
+        for t in many {
+            syncer.wait(t).unwrap();
+        }
+        drop(syncer);
+    }
+}
