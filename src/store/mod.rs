@@ -155,6 +155,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const META_SERIAL: &[u8] = b"serial";
 const META_HEAD: &[u8] = b"audit_head";
+/// Records a subscriber may fall behind by before it misses some.
+const AUDIT_FEED_CAPACITY: usize = 4096;
 
 /// A set of changes committed together with their audit events.
 #[derive(Debug, Default)]
@@ -183,6 +185,8 @@ pub struct Store {
     /// Active grants by user and step, for decisions.
     active: Mutex<ActiveIndex>,
     syncs: sync::Syncer,
+    /// Every committed audit record, in order, for live listeners (webhooks, dashboard).
+    audit_feed: tokio::sync::broadcast::Sender<AuditRecord>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -237,6 +241,7 @@ impl Store {
             syncs: sync::Syncer::start(db),
             writer: Mutex::new(()),
             active: Mutex::new(ActiveIndex::default()),
+            audit_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
         };
         store.index_grants(&store.grants()?);
         Ok(store)
@@ -351,7 +356,20 @@ impl Store {
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
         self.index_grants(&change.grants);
+        // Still under the writer lock, so subscribers see records in sequence order.
+        if self.audit_feed.receiver_count() > 0 {
+            for r in &records {
+                let _ = self.audit_feed.send(r.clone());
+            }
+        }
         Ok(records)
+    }
+
+    /// Every audit record committed from now on, in sequence order, sent once its
+    /// transaction commits (before the disk flush that follows). A subscriber that falls
+    /// more than a few thousand records behind misses some (`RecvError::Lagged`).
+    pub fn subscribe_audit(&self) -> tokio::sync::broadcast::Receiver<AuditRecord> {
+        self.audit_feed.subscribe()
     }
 
     /// Appends audit events alone, durably.
@@ -624,5 +642,34 @@ impl Store {
     #[doc(hidden)]
     pub fn raw_audit_tree(&self) -> &Tree {
         &self.audit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_see_committed_records_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let mut feed = store.subscribe_audit();
+        let now = Utc::now();
+        let ev = |a: &str| Event::new("alice", a, "x", serde_json::json!({}));
+        store
+            .apply_events(vec![ev("request"), ev("grant")], now)
+            .unwrap();
+        store.apply_events(vec![ev("revoke")], now).unwrap();
+        let seen: Vec<(u64, String)> = std::iter::from_fn(|| feed.try_recv().ok())
+            .map(|r| (r.seq, r.action))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, "request".to_string()),
+                (2, "grant".to_string()),
+                (3, "revoke".to_string())
+            ]
+        );
     }
 }
