@@ -41,6 +41,7 @@ fn mint(c: &mut Criterion) {
             source_address: vec!["10.0.0.0/8".parse().unwrap()],
             ..CertOptions::default()
         },
+        break_glass: false,
     };
     let mut serial = 0u64;
     c.bench_function("mint one user certificate", |b| {

@@ -249,6 +249,7 @@ mod tests {
                 source_address: vec!["10.0.0.0/8".parse().unwrap()],
                 ..CertOptions::default()
             },
+            break_glass: false,
         }
     }
 

@@ -623,6 +623,7 @@ impl Ctx {
                 "max_ttl",
                 "approvals",
                 "options",
+                "break_glass",
             ],
         );
         let name_node = self.required(&f, "name", &format!("{contract} step"))?;
@@ -695,6 +696,11 @@ impl Ctx {
             Some(n) => self.options(n, &what),
             None => CertOptions::default(),
         };
+        let break_glass = match f.get("break_glass").filter(|n| !n.is_null()) {
+            Some(n) => self.bool(n, &format!("{what} break_glass")),
+            None => None,
+        }
+        .unwrap_or(name == BREAK_GLASS);
         let step = Step {
             name,
             after: after_name,
@@ -703,6 +709,7 @@ impl Ctx {
             max_ttl: max_ttl.map_or(Duration::ZERO, |t| t.0),
             approvals,
             options,
+            break_glass,
         };
         Some((step, name_node.pos, after.map(|n| n.pos)))
     }

@@ -147,6 +147,29 @@ steps:
     }
 
     #[test]
+    fn break_glass_steps() {
+        let glass =
+            "  - name: break-glass\n    after: operate\n    principals: [root]\n    max_ttl: 30m\n";
+        let p = load(&format!("{CONTRACT}{glass}")).unwrap();
+        let steps = &p.contracts["prod-db"].steps;
+        let flags: Vec<bool> = steps.iter().map(|s| s.break_glass).collect();
+        assert_eq!(
+            flags,
+            [false, false, true],
+            "named break-glass: one by default"
+        );
+        let p = load(&format!("{CONTRACT}{glass}    break_glass: false\n")).unwrap();
+        assert!(!p.contracts["prod-db"].steps[2].break_glass);
+        let p =
+            load(&CONTRACT.replace("max_ttl: 2h", "max_ttl: 2h\n    break_glass: true")).unwrap();
+        assert!(p.contracts["prod-db"].steps[1].break_glass);
+        check(
+            &CONTRACT.replace("max_ttl: 2h", "max_ttl: 2h\n    break_glass: loud"),
+            &[(13, 18, "break_glass must be true or false")],
+        );
+    }
+
+    #[test]
     fn duplicate_contracts_across_files() {
         let err = load_texts(&[
             (PathBuf::from("p/people.yaml"), people()),

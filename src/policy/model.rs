@@ -11,6 +11,8 @@ use russh::keys::ssh_key::PublicKey;
 pub const ROLE_ADMIN: &str = "ramp-admin";
 /// Built-in role that may read the audit log and recordings.
 pub const ROLE_AUDITOR: &str = "ramp-auditor";
+/// A step with this name is a break-glass step unless it sets `break_glass: false`.
+pub const BREAK_GLASS: &str = "break-glass";
 
 /// Every policy file of an installation, validated as a whole.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +82,9 @@ pub struct Step {
     /// `None`: granted on request.
     pub approvals: Option<Approvals>,
     pub options: CertOptions,
+    /// An emergency step: its grants are announced loudly (`break-glass` webhooks). Set
+    /// with `break_glass:`; a step named `break-glass` is one unless it says `false`.
+    pub break_glass: bool,
 }
 
 /// Who must approve a step and how many distinct people.
