@@ -205,6 +205,7 @@ async fn blocking<T: Send + 'static>(
 pub fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/whoami", get(whoami))
         .route("/v1/requests", post(request))
         .route("/v1/grants", get(grants))
@@ -221,6 +222,16 @@ pub fn router(app: App) -> Router {
         .route("/v1/sessions/grep", post(grep))
         .route("/v1/sessions/{id}", get(session))
         .with_state(app)
+}
+
+/// `GET /metrics`: Prometheus text, unauthenticated like `/healthz` (the API binds loopback
+/// by default; see the README before exposing it).
+async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
+    let text = blocking(&app, |s| {
+        Ok(crate::metrics::render_now(&s.metrics, &s.store)?)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// Serves the API on an already-bound listener until `shutdown` completes, then drains the

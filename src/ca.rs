@@ -163,6 +163,22 @@ pub enum Refusal {
     Nested,
 }
 
+impl Refusal {
+    /// A short, stable label for metrics (`ramp_logins_refused_total{reason=...}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NotUserCert => "not-user-cert",
+            Refusal::UntrustedCa(_) => "unknown-ca",
+            Refusal::BadSignature => "bad-signature",
+            Refusal::NotYetValid(_) => "not-yet-valid",
+            Refusal::Expired(_) => "expired",
+            Refusal::NoPrincipals | Refusal::WrongPrincipal(_) => "principal",
+            Refusal::UnknownCriticalOption(_) => "critical-option",
+            Refusal::Nested => "bad-certificate",
+        }
+    }
+}
+
 /// The checks OpenSSH makes of a user certificate, made explicit so the bastion can log which failed.
 pub fn verify_user_cert(
     cert: &Certificate,

@@ -34,6 +34,7 @@ pub mod limits;
 pub mod policy;
 pub mod recording;
 pub mod review;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod trust;

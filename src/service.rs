@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::ca;
 use crate::grant::{Approval, Closure, Grant, State, Status};
 use crate::keys::{self, Keys};
+use crate::metrics::{Metrics, RequestOutcome};
 use crate::policy::{self, Decision, Policies, ROLE_ADMIN, ROLE_AUDITOR};
 use crate::recording::{Event as RecEvent, SessionMeta};
 use crate::store::{
@@ -118,6 +119,8 @@ pub struct Service {
     /// Held across read, check and commit of any grant change, so two changes to one grant
     /// (an approval racing a revocation) cannot overwrite each other.
     grant_changes: std::sync::Mutex<()>,
+    /// Counters for `/metrics`, shared with the bastion and the notifier.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -133,6 +136,7 @@ impl Service {
             store,
             revoked: tokio::sync::watch::channel(0).0,
             grant_changes: std::sync::Mutex::new(()),
+            metrics: Arc::new(Metrics::default()),
         })
     }
 
@@ -306,6 +310,7 @@ impl Service {
                     vec![Event::new(user, "request-denied", &body.contract, detail)],
                     now,
                 )?;
+                self.metrics.request(RequestOutcome::Denied);
                 return Err(ServiceError::Denied(reason.clone()));
             }
             Decision::Grant { step, ttl, .. } => (step.clone(), *ttl, Vec::new(), 0),
@@ -360,6 +365,14 @@ impl Service {
         change.grants.push(grant.clone());
         change.events = events;
         self.store.apply(change, now)?;
+        self.metrics.request(if count == 0 {
+            RequestOutcome::Granted
+        } else {
+            RequestOutcome::Pending
+        });
+        if certificate.is_some() {
+            self.metrics.certificate_issued(false);
+        }
         Ok(Outcome {
             grant: self.view(&p, grant, now),
             serial: certificate.as_ref().map(|c| c.1),
@@ -417,6 +430,7 @@ impl Service {
             },
             now,
         )?;
+        self.metrics.certificate_issued(false);
         Ok(Outcome {
             grant: self.view(&p, grant, now),
             certificate: Some(text),
@@ -514,6 +528,7 @@ impl Service {
             },
             now,
         )?;
+        self.metrics.approval();
         Ok(Outcome {
             grant: self.view(&p, grant, now),
             certificate: None,
@@ -732,6 +747,7 @@ impl Service {
             now,
         )?;
         self.revoked.send_modify(|n| *n += 1);
+        self.metrics.revocation();
         Ok(revocation)
     }
 
@@ -810,7 +826,7 @@ impl Service {
                 principals.push(host.to_string());
             }
         }
-        issue_host_cert(
+        let cert = issue_host_cert(
             &self.store,
             &self.keys.host_ca,
             &key,
@@ -819,7 +835,9 @@ impl Service {
             ttl,
             who,
             now,
-        )
+        )?;
+        self.metrics.certificate_issued(true);
+        Ok(cert)
     }
 
     fn require_auditor(&self, who: &str) -> Result<()> {

@@ -69,6 +69,29 @@ impl Login {
     }
 }
 
+/// Why a login was refused: a sentence for the log and the audit chain, and a short label
+/// from [`crate::metrics::LOGIN_REFUSALS`] for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub label: &'static str,
+    pub why: String,
+}
+
+impl Refused {
+    fn new(label: &'static str, why: impl Into<String>) -> Refused {
+        Refused {
+            label,
+            why: why.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Refused {
+        Refused::new(r.label(), r.to_string())
+    }
+}
+
 /// `PRINCIPAL@TARGET` or `TARGET`. The target is after the last `@` (host names have none).
 pub fn parse_login_name(name: &str) -> (Option<&str>, &str) {
     match name.rsplit_once('@') {
@@ -108,7 +131,7 @@ pub fn check(
     login_name: &str,
     client: IpAddr,
     now: DateTime<Utc>,
-) -> Result<Login, String> {
+) -> Result<Login, Refused> {
     let (asked, target_name) = parse_login_name(login_name);
     let principal = match asked {
         Some(p) => p.to_string(),
@@ -116,72 +139,105 @@ pub fn check(
             .valid_principals()
             .first()
             .cloned()
-            .ok_or_else(|| Refusal::NoPrincipals.to_string())?,
+            .ok_or(Refusal::NoPrincipals)?,
     };
     ca::verify_user_cert(
         cert,
         std::slice::from_ref(user_ca),
         &principal,
         now.timestamp().max(0) as u64,
-    )
-    .map_err(|r| r.to_string())?;
+    )?;
     if let Some(list) = cert.critical_options().get("source-address") {
         let allowed = list
             .split(',')
             .map(|c| {
-                parse_cidr(c.trim()).ok_or_else(|| format!("unparseable source-address `{c}`"))
+                parse_cidr(c.trim()).ok_or_else(|| {
+                    Refused::new(
+                        "source-address",
+                        format!("unparseable source-address `{c}`"),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if !allowed.iter().any(|net| net.contains(&client)) {
-            return Err(format!(
-                "source address {client} is not in the certificate's source-address {list}"
+            return Err(Refused::new(
+                "source-address",
+                format!(
+                    "source address {client} is not in the certificate's source-address {list}"
+                ),
             ));
         }
     }
     let key_id = cert.key_id();
     let parts: Vec<&str> = key_id.split(':').collect();
+    let not_ours = || {
+        Refused::new(
+            "key-id",
+            format!("key id `{key_id}` is not a ramp-ca key id"),
+        )
+    };
     let [_, user, contract, step, grant_id] = parts[..] else {
-        return Err(format!("key id `{key_id}` is not a ramp-ca key id"));
+        return Err(not_ours());
     };
     if parts[0] != "ramp" {
-        return Err(format!("key id `{key_id}` is not a ramp-ca key id"));
+        return Err(not_ours());
     }
-    let store_err = |e: crate::store::StoreError| format!("cannot check revocation: {e}");
+    let store_err = |e: crate::store::StoreError| {
+        Refused::new("error", format!("cannot check revocation: {e}"))
+    };
     let serial = cert.serial();
     match store.cert(serial).map_err(store_err)? {
         Some(r) if r.key_id == key_id => {}
         _ => {
-            return Err(format!(
-                "serial {serial} with key id `{key_id}` is not in the ledger"
+            return Err(Refused::new(
+                "unknown-serial",
+                format!("serial {serial} with key id `{key_id}` is not in the ledger"),
             ))
         }
     }
     if store.is_revoked(serial).map_err(store_err)? {
-        return Err(format!("certificate serial {serial} is revoked"));
+        return Err(Refused::new(
+            "revoked",
+            format!("certificate serial {serial} is revoked"),
+        ));
     }
-    let grant = store
-        .grant(grant_id)
-        .map_err(store_err)?
-        .ok_or_else(|| format!("grant {grant_id} is not in the ledger"))?;
+    let grant = store.grant(grant_id).map_err(store_err)?.ok_or_else(|| {
+        Refused::new("no-grant", format!("grant {grant_id} is not in the ledger"))
+    })?;
     if grant.user != user || grant.contract != contract || grant.step != step {
-        return Err(format!("key id `{key_id}` does not match grant {grant_id}"));
+        return Err(Refused::new(
+            "no-grant",
+            format!("key id `{key_id}` does not match grant {grant_id}"),
+        ));
     }
     match grant.state(now) {
         State::Active => {}
-        other => return Err(format!("grant {grant_id} is {other}")),
+        other => {
+            let label = match other {
+                State::Expired => "expired",
+                State::Revoked => "revoked",
+                _ => "no-grant",
+            };
+            return Err(Refused::new(label, format!("grant {grant_id} is {other}")));
+        }
     }
-    still_entitled(policies, user, contract)?;
-    let target = policies
-        .hosts
-        .get(target_name)
-        .ok_or_else(|| format!("unknown target `{target_name}`: not in hosts.yaml"))?;
+    still_entitled(policies, user, contract).map_err(|why| Refused::new("not-entitled", why))?;
+    let target = policies.hosts.get(target_name).ok_or_else(|| {
+        Refused::new(
+            "target",
+            format!("unknown target `{target_name}`: not in hosts.yaml"),
+        )
+    })?;
     let covered = policies
         .contracts
         .get(contract)
         .is_some_and(|c| c.targets.matches(target));
     if !covered {
-        return Err(format!(
-            "contract `{contract}` of grant {grant_id} does not cover target `{target_name}`"
+        return Err(Refused::new(
+            "target",
+            format!(
+                "contract `{contract}` of grant {grant_id} does not cover target `{target_name}`"
+            ),
         ));
     }
     Ok(Login {

@@ -248,7 +248,7 @@ fn unusable_key(
     service: &Service,
     key: &russh::keys::ssh_key::PublicKey,
     now: chrono::DateTime<Utc>,
-) -> (String, bool) {
+) -> (login::Refused, bool) {
     let fp = crate::keys::fingerprint(key);
     let newest = service.store.certs().ok().and_then(|certs| {
         certs
@@ -259,13 +259,13 @@ fn unusable_key(
     let registered = service.policies().user_by_key(key).is_some();
     let secs = now.timestamp().max(0) as u64;
     let why = match &newest {
-        Some(c) if secs >= c.valid_before => format!(
+        Some(c) if secs >= c.valid_before => login::Refused { label: "expired", why: format!(
             "certificate expired: the newest certificate for key {fp} (serial {}) was valid until {}",
             c.serial,
             chrono::DateTime::<Utc>::from_timestamp(c.valid_before as i64, 0).map_or_else(String::new, |t| t.to_rfc3339())
-        ),
-        Some(c) if secs < c.valid_after => format!("certificate not yet valid: serial {} for key {fp}", c.serial),
-        _ => format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)"),
+        ) },
+        Some(c) if secs < c.valid_after => login::Refused { label: "not-yet-valid", why: format!("certificate not yet valid: serial {} for key {fp}", c.serial) },
+        _ => login::Refused { label: "plain-key", why: format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)") },
     };
     (why, registered || newest.is_some())
 }
@@ -301,8 +301,8 @@ pub struct ConnHandler {
 impl Drop for ConnHandler {
     fn drop(&mut self) {
         if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
-            let (why, known) = unusable_key(&self.ctx.service, &key, Utc::now());
-            self.refuse(&login_name, None, &why, known);
+            let (refused, known) = unusable_key(&self.ctx.service, &key, Utc::now());
+            self.refuse(&login_name, None, &refused, known);
         }
     }
 }
@@ -375,7 +375,15 @@ impl ConnHandler {
     /// Logs a refusal, and audits it when it concerns someone this CA knows: a certificate
     /// user-ca signed, or a registered or certified key. Anonymous junk is only logged, so
     /// strangers cannot flood the chain or put names in it.
-    fn refuse(&self, login_name: &str, cert: Option<&Certificate>, why: &str, known: bool) {
+    fn refuse(
+        &self,
+        login_name: &str,
+        cert: Option<&Certificate>,
+        refused: &login::Refused,
+        known: bool,
+    ) {
+        let why = &refused.why;
+        self.ctx.service.metrics.login_refused(refused.label);
         tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
         let ours = cert
             .is_some_and(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.ctx.user_ca);
@@ -547,8 +555,8 @@ impl server::Handler for ConnHandler {
                 self.login = Some(Arc::new(login));
                 Ok(Auth::Accept)
             }
-            Err(why) => {
-                self.refuse(user, Some(cert), &why, false);
+            Err(refused) => {
+                self.refuse(user, Some(cert), &refused, false);
                 Ok(Auth::reject())
             }
         }

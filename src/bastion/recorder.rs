@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 
+use crate::metrics::Metrics;
 use crate::recording::{encode_event, EventKind, SessionMeta, SessionState};
 use crate::service::Service;
 use crate::store::recordings::Syncer;
@@ -50,6 +51,8 @@ pub struct Recorder {
     /// Why the recording can no longer be written; the session must end.
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
+    /// Bytes relayed and recording lag, for `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// What the flusher has not written yet.
@@ -71,6 +74,11 @@ impl Recorder {
             EventKind::Resize => {}
         }
         inner.dirty = true;
+        drop(inner);
+        if kind != EventKind::Resize {
+            self.metrics.proxied(kind == EventKind::Input, data.len());
+        }
+        self.metrics.recording_buffered();
     }
 
     /// Bytes from the target to the client.
@@ -248,8 +256,12 @@ impl Recorders {
             wake: self.wake.clone(),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            metrics: self.service.metrics.clone(),
         });
-        lock(&self.live).insert(rec.id.clone(), rec.clone());
+        let mut live = lock(&self.live);
+        live.insert(rec.id.clone(), rec.clone());
+        self.service.metrics.set_live_sessions(live.len());
+        drop(live);
         Ok(rec)
     }
 
@@ -265,6 +277,8 @@ impl Recorders {
     /// Writes every pending buffer and metadata change. Ended sessions are sealed, audited
     /// and forgotten. When the disk is nearly full, every live session is failed.
     pub fn flush_all(&self) {
+        let metrics = &self.service.metrics;
+        metrics.recording_flush_started();
         let recorders = self.recorders();
         let store = &self.service.store;
         let full = self.disk_full();
@@ -298,7 +312,9 @@ impl Recorders {
             for m in &ended {
                 live.remove(&m.id);
             }
+            metrics.set_live_sessions(live.len());
         }
+        metrics.recording_flush_done();
         for rec in &recorders {
             rec.flushed.notify_waiters();
         }

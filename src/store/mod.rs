@@ -511,6 +511,14 @@ impl Store {
         Ok(out)
     }
 
+    /// How many records the audit chain holds (its head's sequence number).
+    pub fn audit_len(&self) -> Result<u64> {
+        Ok(match self.meta.get(META_HEAD)? {
+            Some(b) => decode::<Head>("meta", META_HEAD, &b)?.seq,
+            None => 0,
+        })
+    }
+
     /// Walks the chain and reports the first record that is missing, edited or out of place.
     pub fn verify_audit(&self) -> Result<AuditReport> {
         // A commit landing mid-walk would look like a removed tail.
