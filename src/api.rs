@@ -64,7 +64,7 @@ type App = Arc<Service>;
 
 /// An error as the client sees it: a status and `{"error": "..."}`.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -110,7 +110,7 @@ pub struct Caller {
 
 impl Caller {
     /// The signed body as JSON, with a clear message when it is not what the route expects.
-    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             ApiError(
                 StatusCode::BAD_REQUEST,
@@ -190,7 +190,7 @@ impl FromRequest<App> for Caller {
 }
 
 /// Runs a service call off the async threads: reads that scan the ledger.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     app: &App,
     f: impl FnOnce(&Service) -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -238,10 +238,9 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
 /// requests in flight (bounded by [`DRAIN`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
-    app: App,
+    routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let routes = router(app);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

@@ -134,6 +134,11 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Print a one-time login link to the web dashboard (it expires within minutes).
+    Dashboard {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// List grants and pending requests you may see.
     Grants {
         /// Include expired, denied and revoked ones.
@@ -434,6 +439,23 @@ pub async fn run(cli: Cli) -> Result {
                 )
                 .await?;
             emit(&opts, &out, || describe_grant(&out))
+        }
+        Command::Dashboard { client: opts } => {
+            let client = connect(&opts).await?;
+            let mut out: serde_json::Value = client
+                .call(Method::POST, "/v1/dashboard/link", Some(&json!({})))
+                .await?;
+            if out["url"].is_null() {
+                let path = out["path"].as_str().unwrap_or_default();
+                out["url"] = json!(format!("{}{path}", opts.server.trim_end_matches('/')));
+            }
+            let url = out["url"].as_str().unwrap_or_default().to_string();
+            let expires = out["expires"].as_str().unwrap_or_default().to_string();
+            emit(&opts, &out, || {
+                format!(
+                    "{url}\n(open it once, before {expires}; it logs you in as the key's owner)\n"
+                )
+            })
         }
         Command::Grants { all, client: opts } => {
             let client = connect(&opts).await?;

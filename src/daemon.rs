@@ -23,18 +23,24 @@ pub struct Config {
     /// MiB kept free on the disk that holds `data/`: below it the bastion refuses new
     /// sessions and ends live ones (nothing runs unrecorded). Default 64.
     pub min_free_mib: Option<u64>,
+    /// The web dashboard: session and link lifetimes, public address.
+    #[serde(default)]
+    pub dashboard: crate::dashboard::Settings,
 }
 
 impl Config {
     /// Reads and validates a config file; unknown keys are errors.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        serde_yaml::from_str(&text).map_err(|e| {
+        let invalid = |e: String| {
             Error::io(path)(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("invalid config: {e}"),
             ))
-        })
+        };
+        let config: Config = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.dashboard.check().map_err(invalid)?;
+        Ok(config)
     }
 }
 
@@ -117,13 +123,20 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let recorders = crate::bastion::recorder::Recorders::new(service.clone(), min_free);
+    let dashboard =
+        crate::dashboard::Dashboard::new(service.clone(), recorders.clone(), &config.dashboard)
+            .map_err(|e| {
+                Error::io("dashboard")(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })?;
     let bastion = tokio::spawn(crate::bastion::run(
         ssh_listener,
         service.clone(),
-        min_free,
+        recorders,
         stopped(stop_rx.clone()),
     ));
-    crate::api::run(listener, service.clone(), stopped(stop_rx))
+    let routes = crate::api::router(service.clone()).merge(crate::dashboard::router(dashboard));
+    crate::api::run(listener, routes, stopped(stop_rx))
         .await
         .map_err(Error::io(bound.to_string()))?;
     match bastion.await {

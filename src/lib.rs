@@ -14,7 +14,9 @@
 //!   session recordings.
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
 //!   [`bastion`]: the russh server that checks certificates, hops to targets and records;
-//!   [`daemon`]: `serve`, signals and shutdown; [`limits`]: the accept step both servers share,
+//!   [`dashboard`]: the web pages on the API port (one-time login links, live state over
+//!   server-sent events, terminal screens rendered server-side); [`daemon`]: `serve`,
+//!   signals and shutdown; [`limits`]: the accept step both servers share,
 //!   with how many connections that have not shown who they are may wait, and how fast one
 //!   address may open them (the bookkeeping pure, the clock an argument).
 //! - [`client`], [`cli`]: the command line.
@@ -25,16 +27,17 @@ pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod dashboard;
 mod error;
 pub mod grant;
 pub mod init;
 pub mod keys;
 pub mod krl;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod recording;
 pub mod review;
-pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod trust;

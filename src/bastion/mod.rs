@@ -80,7 +80,7 @@ pub struct Ctx {
 pub async fn run(
     listener: TcpListener,
     service: Arc<Service>,
-    min_free: u64,
+    recorders: Arc<Recorders>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let interrupted = service
@@ -107,7 +107,6 @@ pub async fn run(
             .audit_events(events, Utc::now())
             .map_err(std::io::Error::other)?;
     }
-    let recorders = Recorders::new(service.clone(), min_free);
     let (stop_tx, stop_rx) = watch::channel(false);
     // The flusher stops last, after the sessions have written their ends.
     let (flush_stop_tx, flush_stop_rx) = watch::channel(false);
@@ -383,8 +382,8 @@ impl ConnHandler {
         known: bool,
     ) {
         let why = &refused.why;
-        self.ctx.service.metrics.login_refused(refused.label);
         tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
+        self.ctx.service.metrics.login_refused(refused.label);
         let ours = cert
             .is_some_and(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.ctx.user_ca);
         if !(ours || known) {

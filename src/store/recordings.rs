@@ -132,6 +132,18 @@ impl Recordings {
         Ok(bytes)
     }
 
+    /// Follows a recording as it is written, from its start.
+    pub fn tail(&self, id: &str) -> Result<Tail> {
+        let path = self.path(id)?;
+        let file = File::open(&path).map_err(io_at(&path))?;
+        Ok(Tail {
+            path,
+            file,
+            header_left: HEADER.len(),
+            partial: Vec::new(),
+        })
+    }
+
     /// Seals the recording of a session the bastion never ended (it crashed or was killed):
     /// cuts off an event that was half written when it died, and counts what is there.
     pub fn seal_interrupted(&self, id: &str) -> Result<Sealed> {
@@ -243,6 +255,35 @@ impl RecordingFile {
     }
 }
 
+/// A recording being followed (see [`Recordings::tail`]).
+pub struct Tail {
+    path: PathBuf,
+    file: File,
+    /// Header bytes not yet skipped.
+    header_left: usize,
+    /// The start of an event whose rest is not written yet.
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    /// Whole events written since the last call (possibly none).
+    pub fn read_new(&mut self) -> Result<Vec<u8>> {
+        let mut fresh = Vec::new();
+        self.file
+            .read_to_end(&mut fresh)
+            .map_err(io_at(&self.path))?;
+        let skip = self.header_left.min(fresh.len());
+        self.header_left -= skip;
+        self.partial.extend_from_slice(&fresh[skip..]);
+        let mut whole = 0;
+        while let Some((_, extent)) = event_extent(&self.partial[whole..]) {
+            whole += extent.total;
+        }
+        let rest = self.partial.split_off(whole);
+        Ok(std::mem::replace(&mut self.partial, rest))
+    }
+}
+
 /// Syncs one recording file to disk.
 pub struct Syncer {
     path: PathBuf,
@@ -312,5 +353,14 @@ mod tests {
         let kept = recs.read("def456", Some(&sealed.seal)).unwrap();
         assert_eq!(decode_events(&kept).unwrap().len(), 2);
         assert_eq!(recs.seal_interrupted("nofile").unwrap().seal.bytes, 0);
+
+        // Following a recording yields whole events only, as they are written.
+        let mut file = recs.create("ghi789").unwrap();
+        let mut tail = recs.tail("ghi789").unwrap();
+        assert!(tail.read_new().unwrap().is_empty());
+        file.append(&events[..5]).unwrap();
+        assert!(tail.read_new().unwrap().is_empty(), "half an event");
+        file.append(&events[5..]).unwrap();
+        assert_eq!(tail.read_new().unwrap(), events);
     }
 }

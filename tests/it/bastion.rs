@@ -94,7 +94,7 @@ impl Rig {
     }
 
     /// The real ssh client through the bastion as `login`, with `identity` (relative path).
-    fn ssh(&self, identity: &str, login: &str, args: &[&str]) -> Command {
+    pub(crate) fn ssh(&self, identity: &str, login: &str, args: &[&str]) -> Command {
         self.ssh_with(identity, &[], login, args)
     }
 

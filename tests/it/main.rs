@@ -4,6 +4,7 @@ mod audit;
 mod bad_input;
 mod bastion;
 mod daemon;
+mod dashboard;
 mod init_policy;
 mod revocation;
 mod signing;

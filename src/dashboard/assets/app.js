@@ -1,0 +1,361 @@
+// ramp-ca dashboard: live state over server-sent events, actions through the same service
+// as the command line, terminal screens rendered by the server.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+
+let state = null;
+let skew = 0; // server clock minus ours, ms
+let stream = null;
+
+function now() { return Date.now() + skew; }
+
+function left(until) {
+  const ms = new Date(until).getTime() - now();
+  if (ms <= 0) return { text: "ended", cls: "now" };
+  const s = Math.floor(ms / 1000);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  const text = h ? `${h}h ${String(m).padStart(2, "0")}m ${String(sec).padStart(2, "0")}s` : `${m}m ${String(sec).padStart(2, "0")}s`;
+  return { text, cls: ms < 60000 ? "now" : ms < 300000 ? "soon" : "" };
+}
+
+function ago(t) {
+  const s = Math.max(0, Math.floor((now() - new Date(t).getTime()) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m ago`;
+  return new Date(t).toLocaleString();
+}
+
+function clock(ms) {
+  const s = Math.floor(ms / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1073741824) return `${(n / 1048576).toFixed(1)} MiB`;
+  return `${(n / 1073741824).toFixed(2)} GiB`;
+}
+
+function toast(text, good) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.className = good ? "toast good" : "toast";
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => t.classList.add("hidden"), 6000);
+}
+
+async function api(path, opts = {}) {
+  const headers = { "content-type": "application/json" };
+  if (state && opts.method && opts.method !== "GET") headers["x-ramp-csrf"] = state.me.csrf;
+  const resp = await fetch(path, { credentials: "same-origin", ...opts, headers });
+  const body = resp.headers.get("content-type")?.includes("json") ? await resp.json() : await resp.text();
+  if (resp.status === 401) showLogin(body.error || "");
+  if (!resp.ok) throw new Error(body.error || `HTTP ${resp.status}`);
+  return body;
+}
+
+function showLogin(why) {
+  $("#login").classList.remove("hidden");
+  $("#login-why").textContent = why;
+  document.querySelectorAll(".view").forEach((v) => v.classList.add("hidden"));
+  if (stream) stream.close();
+}
+
+// --- live state -----------------------------------------------------------------------
+
+function connect() {
+  stream = new EventSource("/ui/api/stream");
+  stream.addEventListener("state", (e) => {
+    $("#conn").classList.add("up");
+    render(JSON.parse(e.data));
+  });
+  stream.onerror = () => {
+    $("#conn").classList.remove("up");
+    // EventSource retries by itself; a 401 means the session is gone.
+    api("/ui/api/state").catch(() => {});
+  };
+}
+
+function stepCell(g) {
+  const glass = /break-glass/.test(g.step) ? " glass" : "";
+  return `<span class="tag${glass}">${esc(g.contract)}</span> <span class="step">${esc(g.step)}</span>`;
+}
+
+function render(s) {
+  if (s.error) { toast(s.error); return; }
+  state = s;
+  skew = new Date(s.now).getTime() - Date.now();
+  $("#login").classList.add("hidden");
+  $("#me").innerHTML = `${esc(s.me.user)} <span class="muted">(${esc(s.me.roles.join(", ") || "no roles")})</span>`;
+  document.querySelectorAll(".reviewer").forEach((el) => el.classList.toggle("hidden", !s.me.reviewer));
+  $("#n-access").textContent = s.pending.length || "";
+  $("#n-pending").textContent = s.pending.length;
+  $("#n-active").textContent = s.active.length;
+  $("#n-live").textContent = s.live.length || "";
+
+  const pending = $("#pending tbody");
+  const open = new Set([...pending.querySelectorAll("tr.asking")].map((tr) => tr.dataset.grant));
+  pending.innerHTML = s.pending.map(({ grant: v, can_approve, can_deny }) => {
+    const g = v;
+    const approvals = `${g.approvals.length} / ${g.approvals_needed}` + (g.approvals.length ? ` <span class="muted">(${g.approvals.map((a) => esc(a.by)).join(", ")})</span>` : "") +
+      `<div class="muted">from ${esc(g.approvals_from.join(" or "))}</div>`;
+    return `<tr data-grant="${esc(g.id)}">
+      <td>${ago(g.requested_at)}</td><td><b>${esc(g.user)}</b></td><td>${stepCell(g)}</td>
+      <td>${esc(fmtTtl(g.ttl_secs))}</td><td>${esc(g.reason || "")}</td><td>${approvals}</td>
+      <td class="actions">${can_approve ? `<button class="ok" data-act="approve">Approve</button>` : ""}
+        ${can_deny ? `<button class="bad" data-act="deny">${g.user === s.me.user ? "Withdraw" : "Deny"}</button>` : ""}</td></tr>`;
+  }).join("");
+  $("#pending-empty").classList.toggle("hidden", s.pending.length > 0);
+
+  const active = $("#active tbody");
+  active.innerHTML = s.active.map(({ grant: v, can_revoke }) => {
+    const g = v;
+    return `<tr data-grant="${esc(g.id)}">
+      <td><span class="left" data-until="${esc(g.end)}"></span></td><td><b>${esc(g.user)}</b></td><td>${stepCell(g)}</td>
+      <td>${v.principals.map((p) => `<span class="tag">${esc(p)}</span>`).join("")}</td>
+      <td>${v.targets.map((t) => `<span class="tag">${esc(t)}</span>`).join("")}</td>
+      <td>${esc(g.reason || "")}</td><td class="id">${esc(g.id)}</td>
+      <td class="actions">${can_revoke ? `<button class="bad" data-act="revoke">Revoke</button>` : ""}</td></tr>`;
+  }).join("");
+  $("#active-empty").classList.toggle("hidden", s.active.length > 0);
+  open.forEach((id) => { const tr = pending.querySelector(`tr[data-grant="${id}"]`); if (tr) ask(tr, "deny"); });
+
+  const live = $("#live tbody");
+  live.innerHTML = s.live.map(({ session: m, ends }) => `<tr data-session="${esc(m.id)}">
+      <td>${ago(m.start)}</td><td><b>${esc(m.user)}</b></td><td class="mono">${esc(m.principal)}@${esc(m.target)}</td>
+      <td class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td class="mono muted">${esc(m.client)}</td>
+      <td>${ends ? `<span class="left" data-until="${esc(ends)}"></span>` : ""}</td>
+      <td class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
+      <td>${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}</td></tr>`).join("");
+  $("#live-empty").classList.toggle("hidden", s.live.length > 0);
+  tick();
+}
+
+function fmtTtl(secs) {
+  const h = Math.floor(secs / 3600), m = Math.floor((secs % 3600) / 60), s = secs % 60;
+  return [h && `${h}h`, m && `${m}m`, s && `${s}s`].filter(Boolean).join(" ") || "0s";
+}
+
+function tick() {
+  document.querySelectorAll("[data-until]").forEach((el) => {
+    const l = left(el.dataset.until);
+    el.textContent = l.text;
+    el.className = "left " + l.cls;
+  });
+}
+setInterval(tick, 1000);
+
+// --- actions --------------------------------------------------------------------------
+
+function ask(tr, act) {
+  tr.classList.add("asking");
+  const cell = tr.querySelector(".actions");
+  cell.innerHTML = `<input class="reason" placeholder="reason (required)" size="22">
+    <button class="bad" data-act="${act}-confirm">${act === "revoke" ? "Revoke" : "Deny"}</button>
+    <button data-act="cancel">Cancel</button>`;
+  cell.querySelector("input").focus();
+}
+
+document.addEventListener("click", async (e) => {
+  const btn = e.target.closest("button[data-act]");
+  if (!btn) return;
+  const tr = btn.closest("tr");
+  const id = tr?.dataset.grant;
+  const act = btn.dataset.act;
+  try {
+    if (act === "approve") {
+      btn.disabled = true;
+      const out = await api(`/ui/api/grants/${id}/approve`, { method: "POST", body: "{}" });
+      toast(`Approved ${id}: ${out.grant.state}`, true);
+    } else if (act === "deny" || act === "revoke") {
+      ask(tr, act);
+    } else if (act === "deny-confirm" || act === "revoke-confirm") {
+      const reason = tr.querySelector("input.reason").value.trim();
+      if (!reason) { toast("A reason is required."); return; }
+      const what = act.split("-")[0];
+      btn.disabled = true;
+      await api(`/ui/api/grants/${id}/${what}`, { method: "POST", body: JSON.stringify({ reason }) });
+      tr.classList.remove("asking");
+      toast(`${what === "revoke" ? "Revoked" : "Denied"} ${id}`, true);
+    } else if (act === "cancel") {
+      tr.classList.remove("asking");
+      render(state);
+    } else if (act === "follow") {
+      follow(tr.dataset.session);
+    } else if (act === "play") {
+      play(tr.dataset.session);
+    }
+  } catch (err) {
+    btn.disabled = false;
+    toast(err.message);
+  }
+});
+
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && e.target.matches("input.reason")) {
+    e.target.closest("td").querySelector("button[data-act$=confirm]").click();
+  }
+  if (e.key === "Escape") closePlayer();
+});
+
+// --- views ----------------------------------------------------------------------------
+
+function show() {
+  const view = (location.hash || "#access").slice(1);
+  document.querySelectorAll(".view").forEach((v) => v.classList.toggle("hidden", v.id !== `view-${view}`));
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("on", a.dataset.view === view));
+  if (view === "recordings") search();
+  if (view === "audit") audit();
+}
+window.addEventListener("hashchange", show);
+
+function form(sel) {
+  return new URLSearchParams([...new FormData($(sel)).entries()].filter(([, v]) => v !== ""));
+}
+
+async function search(e) {
+  e?.preventDefault();
+  try {
+    const q = form("#search");
+    const rows = await api(`/ui/api/recordings?${q}`);
+    const text = q.get("text");
+    $("#recs tbody").innerHTML = rows.map((r) => {
+      const len = r.end ? clock(new Date(r.end) - new Date(r.start)) : "";
+      const hits = (r.hits || []).slice(0, 3).map((h) => `<div class="hit">${clock(h.at_ms)} ${mark(h.line, text)}</div>`).join("");
+      return `<tr data-session="${esc(r.id)}"><td>${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td><b>${esc(r.user)}</b></td>
+        <td class="mono">${esc(r.principal)}@${esc(r.target)}</td><td class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
+        <td>${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td>${len}</td><td class="mono">${bytes(r.bytes_out)}</td>
+        <td><button data-act="play">Play</button> <a class="button" href="/ui/api/recordings/${esc(r.id)}/asciicast">.cast</a></td></tr>`;
+    }).join("");
+    $("#recs-empty").classList.toggle("hidden", rows.length > 0);
+  } catch (err) { toast(err.message); }
+}
+$("#search").addEventListener("submit", search);
+
+function mark(line, text) {
+  const l = esc(line);
+  if (!text) return l;
+  return l.split(esc(text)).join(`<mark>${esc(text)}</mark>`);
+}
+
+async function audit(e) {
+  e?.preventDefault();
+  try {
+    const out = await api(`/ui/api/audit?${form("#audit-filter")}`);
+    const chain = $("#chain");
+    if (out.verify.first_bad) {
+      chain.className = "badge bad";
+      chain.textContent = `chain BROKEN at #${out.verify.first_bad.seq}: ${out.verify.first_bad.reason}`;
+    } else {
+      chain.className = "badge ok";
+      chain.textContent = `chain intact: ${out.verify.records} records`;
+    }
+    $("#audit tbody").innerHTML = out.records.map((r) => `<tr><td class="id">${r.seq}</td><td>${esc(new Date(r.at).toLocaleString())}</td>
+      <td><b>${esc(r.actor)}</b></td><td class="mono">${esc(r.action)}</td><td class="mono">${esc(r.subject)}</td>
+      <td class="detail mono" title="${esc(JSON.stringify(r.detail))}">${esc(JSON.stringify(r.detail))}</td></tr>`).join("");
+  } catch (err) { toast(err.message); }
+}
+$("#audit-filter").addEventListener("submit", audit);
+
+// --- terminal player ------------------------------------------------------------------
+
+const player = { frames: [], rows: [], at: 0, duration: 0, playing: false, last: 0, applied: 0, live: null };
+
+function openPlayer(title, download) {
+  $("#player").classList.remove("hidden");
+  $("#player-title").textContent = title;
+  const dl = $("#player-download");
+  dl.classList.toggle("hidden", !download);
+  if (download) dl.href = download;
+}
+
+function closePlayer() {
+  player.playing = false;
+  if (player.live) { player.live.close(); player.live = null; }
+  $("#player").classList.add("hidden");
+}
+$("#player-close").addEventListener("click", closePlayer);
+
+function apply(frame) {
+  if (frame.size) player.rows = new Array(frame.size[1]).fill("");
+  for (const [r, html] of frame.rows) player.rows[r] = html;
+}
+
+function paint() {
+  $("#screen").innerHTML = player.rows.join("\n");
+  $("#seek").value = player.at;
+  $("#clock").textContent = `${clock(player.at)} / ${clock(player.duration)}`;
+}
+
+function seek(t) {
+  player.at = Math.max(0, Math.min(t, player.duration));
+  player.rows = [];
+  player.applied = 0;
+  while (player.applied < player.frames.length && player.frames[player.applied].t <= player.at) apply(player.frames[player.applied++]);
+  paint();
+}
+
+async function play(id) {
+  try {
+    const out = await api(`/ui/api/recordings/${id}/playback`);
+    const m = out.session, p = out.playback;
+    openPlayer(`${m.user} on ${m.principal}@${m.target} · ${m.kind}${m.command ? ": " + m.command : ""} · ${new Date(m.start).toLocaleString()}`,
+      `/ui/api/recordings/${id}/asciicast`);
+    $("#controls").classList.remove("hidden");
+    player.frames = p.frames;
+    player.duration = p.duration_ms;
+    $("#seek").max = p.duration_ms;
+    $("#player-note").textContent = `${p.frames.length} screens, ${p.cols}x${p.rows}; changes closer than ${p.step_ms} ms are merged.`;
+    seek(0);
+    setPlaying(true);
+  } catch (err) { toast(err.message); }
+}
+
+function setPlaying(on) {
+  player.playing = on && player.duration > 0;
+  $("#play").textContent = player.playing ? "Pause" : "Play";
+  player.last = performance.now();
+  if (player.playing) requestAnimationFrame(step);
+}
+
+function step(ts) {
+  if (!player.playing) return;
+  const speed = Number($("#speed").value);
+  player.at += (ts - player.last) * speed;
+  player.last = ts;
+  if (player.at >= player.duration) { player.at = player.duration; setPlaying(false); }
+  while (player.applied < player.frames.length && player.frames[player.applied].t <= player.at) apply(player.frames[player.applied++]);
+  paint();
+  if (player.playing) requestAnimationFrame(step);
+}
+
+$("#play").addEventListener("click", () => {
+  if (!player.playing && player.at >= player.duration) seek(0);
+  setPlaying(!player.playing);
+});
+$("#seek").addEventListener("input", (e) => seek(Number(e.target.value)));
+
+function follow(id) {
+  const m = state.live.find((l) => l.session.id === id)?.session;
+  openPlayer(m ? `LIVE · ${m.user} on ${m.principal}@${m.target} · ${m.kind}${m.command ? ": " + m.command : ""}` : `LIVE · ${id}`, null);
+  $("#controls").classList.add("hidden");
+  $("#player-note").textContent = "Following the live session (what its recording holds, within a second).";
+  player.rows = [];
+  player.live = new EventSource(`/ui/api/recordings/${id}/follow`);
+  player.live.addEventListener("frame", (e) => {
+    apply(JSON.parse(e.data));
+    $("#screen").innerHTML = player.rows.join("\n");
+  });
+  player.live.addEventListener("end", () => {
+    $("#player-note").textContent = "The session has ended.";
+    player.live.close();
+  });
+}
+
+// --- start ----------------------------------------------------------------------------
+
+api("/ui/api/state").then((s) => { render(s); show(); connect(); }).catch(() => {});

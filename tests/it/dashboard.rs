@@ -1,0 +1,284 @@
+//! The web dashboard in a real browser: headless Chromium driven over WebDriver
+//! (`chromedriver`), against the real daemon and a real sshd target on loopback. Each page is
+//! screenshotted to `target/dashboard-screenshots/` for people to look at.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::bastion::{rig, Rig};
+use crate::support::{free_port, run_ok};
+use crate::{json, ALICE, BOB, CAROL};
+
+/// chromedriver on a loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (scripts/install-deps installs chromium-driver)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1440,900", "--force-device-scale-factor=1"],
+        }
+    });
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&driver.url)
+        .await
+        .expect("connect to chromedriver")
+}
+
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The text of the first element matching `css`, or "" when there is none.
+async fn text_of(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits (bounded) until the element `css` has text for which `ok` holds; returns it.
+async fn wait_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = text_of(c, css).await;
+        if ok(&t) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: `{css}` reads {t:?}\npage:\n{}",
+            text_of(c, "body").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// A fresh login link for `key`'s owner.
+fn link(rig: &Rig, key: &str) -> String {
+    let out = json(&run_ok(&mut rig.daemon.cmd(
+        &rig.dir,
+        key,
+        &["dashboard", "--json"],
+    )));
+    out["url"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_line() {
+    let rig = rig();
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        let base = rig.daemon.url.clone();
+
+        // No anonymous access: the page asks for a link, the data routes say 401.
+        c.goto(&format!("{base}/ui/")).await.unwrap();
+        wait_text(&c, "#login", "login notice", |t| t.contains("ramp-ca dashboard")).await;
+        let anon = reqwest::get(format!("{base}/ui/api/state")).await.unwrap();
+        assert_eq!(anon.status(), 401);
+
+        // bob (sre-lead, auditor) logs in through a one-time link.
+        let bob_link = link(&rig, BOB);
+        c.goto(&bob_link).await.unwrap();
+        wait_text(&c, "#me", "bob logged in", |t| t.contains("bob")).await;
+        // The link is spent.
+        let again = reqwest::get(&bob_link).await.unwrap();
+        assert_eq!(again.status(), 401);
+
+        // alice takes the first step: her grant appears without a reload, and its
+        // countdown moves.
+        rig.observe("INC-50 dashboard", &[]);
+        let row = "#active tbody tr .left";
+        let first = wait_text(&c, row, "alice's grant", |t| t.contains('m')).await;
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let later = text_of(&c, row).await;
+        assert_ne!(first, later, "the countdown should move");
+        assert!(text_of(&c, "#active").await.contains("alice"));
+        screenshot(&c, "1-access").await;
+
+        // alice asks for the next step; bob approves from the page; the grant turns active.
+        let pending = json(&run_ok(&mut rig.daemon.cmd(
+            &rig.dir,
+            ALICE,
+            &["request", "--contract", "prod-db", "--step", "operate", "--reason", "INC-50 fix index", "--json"],
+        )));
+        let id = pending["grant"]["id"].as_str().unwrap().to_string();
+        let pending_row = format!("#pending tr[data-grant=\"{id}\"]");
+        wait_text(&c, &pending_row, "the pending request", |t| t.contains("INC-50 fix index")).await;
+        screenshot(&c, "2-pending").await;
+        click(&c, &format!("{pending_row} button[data-act=approve]")).await;
+        let active_row = format!("#active tr[data-grant=\"{id}\"]");
+        wait_text(&c, &active_row, "the approved grant", |t| t.contains("operate")).await;
+        assert!(text_of(&c, "#pending-empty").await.contains("No pending"));
+        let grants = run_ok(&mut rig.daemon.cmd(&rig.dir, ALICE, &["grants", "--json"]));
+        assert!(grants.contains(&id) && grants.contains("\"active\""), "{grants}");
+
+        // bob is no admin: he sees no revoke button on alice's grant. carol is.
+        assert!(c
+            .find(Locator::Css(&format!("{active_row} button[data-act=revoke]")))
+            .await
+            .is_err());
+        c.goto(&link(&rig, CAROL)).await.unwrap();
+        wait_text(&c, "#me", "carol logged in", |t| t.contains("carol")).await;
+        wait_text(&c, &active_row, "carol sees the grant", |t| t.contains("operate")).await;
+        // Her cookie alone does not make a change: the page's CSRF token must come too.
+        let cookie = c.get_named_cookie("ramp_session").await.unwrap();
+        let forged = reqwest::Client::new()
+            .post(format!("{base}/ui/api/grants/{id}/revoke"))
+            .header("cookie", format!("ramp_session={}", cookie.value()))
+            .json(&json!({"reason": "forged"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403);
+        click(&c, &format!("{active_row} button[data-act=revoke]")).await;
+        c.find(Locator::Css(&format!("{active_row} input.reason")))
+            .await
+            .unwrap()
+            .send_keys("INC-50 done")
+            .await
+            .unwrap();
+        click(&c, &format!("{active_row} button[data-act=revoke-confirm]")).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while c.find(Locator::Css(&active_row)).await.is_ok() {
+            assert!(Instant::now() < deadline, "the revoked grant stays on the page");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let audit = run_ok(&mut rig.daemon.cmd(&rig.dir, CAROL, &["audit", "list", "--json"]));
+        assert!(audit.contains("INC-50 done") && audit.contains("dashboard-login"), "{audit}");
+
+        // A live session, followed from the page.
+        let mut live = rig
+            .ssh(
+                ALICE,
+                "readonly@db-1",
+                &["for i in $(seq 1 60); do echo live-line-$i; sleep 0.25; done"],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        c.goto(&format!("{base}/ui/#sessions")).await.unwrap();
+        wait_text(&c, "#live tbody", "the live session", |t| t.contains("alice")).await;
+        screenshot(&c, "3-live").await;
+        click(&c, "#live tbody tr button[data-act=follow]").await;
+        wait_text(&c, "#screen", "the followed screen", |t| t.contains("live-line-4")).await;
+        screenshot(&c, "4-follow").await;
+        click(&c, "#player-close").await;
+        let _ = live.kill();
+        let _ = live.wait();
+
+        // A finished recording: found by its text, played, paused, sought, downloadable.
+        run_ok(&mut rig.ssh(
+            ALICE,
+            "readonly@db-1",
+            &["printf", "'first-screen\\n'; sleep 1; printf '\\033[1;32mgreen-and-bold\\033[0m\\n'"],
+        ));
+        c.goto(&format!("{base}/ui/#recordings")).await.unwrap();
+        c.find(Locator::Css("#search input[name=text]"))
+            .await
+            .unwrap()
+            .send_keys("green-and-bold")
+            .await
+            .unwrap();
+        click(&c, "#search button").await;
+        wait_text(&c, "#recs tbody", "the search hit", |t| t.contains("green-and-bold")).await;
+        screenshot(&c, "5-recordings").await;
+        click(&c, "#recs tbody tr button[data-act=play]").await;
+        wait_text(&c, "#screen", "playback", |t| t.contains("green-and-bold")).await;
+        let html = c
+            .find(Locator::Css("#screen"))
+            .await
+            .unwrap()
+            .html(true)
+            .await
+            .unwrap();
+        assert!(html.contains("class=\"b\""), "bold is rendered: {html}");
+        screenshot(&c, "6-player").await;
+        // Seek to the start: only the first screen shows.
+        c.execute(
+            "const s = document.querySelector('#seek'); s.value = 0; s.dispatchEvent(new Event('input'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let start = text_of(&c, "#screen").await;
+        assert!(!start.contains("green-and-bold"), "{start}");
+        assert_eq!(text_of(&c, "#play").await, "Play", "seeking after the end leaves it paused");
+        let href = c
+            .find(Locator::Css("#player-download"))
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(href.ends_with("/asciicast"), "{href}");
+        click(&c, "#player-close").await;
+
+        // The audit page with the chain's status.
+        c.goto(&format!("{base}/ui/#audit")).await.unwrap();
+        wait_text(&c, "#chain", "chain status", |t| t.contains("intact")).await;
+        wait_text(&c, "#audit tbody", "audit rows", |t| t.contains("revoke")).await;
+        screenshot(&c, "7-audit").await;
+        c.close().await.unwrap();
+    });
+}
