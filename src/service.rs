@@ -601,9 +601,13 @@ impl Service {
     pub fn grants(&self, user: &str, all: bool, now: DateTime<Utc>) -> Result<Vec<GrantView>> {
         let p = self.policies();
         let sees_all = p.has_role(user, ROLE_ADMIN) || p.has_role(user, ROLE_AUDITOR);
-        Ok(self
-            .store
-            .grants()?
+        // Open grants are kept in memory; only `all` reads the whole ledger.
+        let grants = if all {
+            self.store.grants()?
+        } else {
+            self.store.open_grants(now)
+        };
+        Ok(grants
             .into_iter()
             .filter(|g| {
                 g.user == user

@@ -1,6 +1,7 @@
-//! The active grants of every user, by step, in memory: each request is decided on the
-//! steps its user holds, and reading them must not grow with the ledger or with how many
-//! grants the user holds (an automation may hold thousands).
+//! The open grants (pending or active) in memory: each request is decided on the steps its
+//! user holds, and the dashboard lists what is open many times a second; neither may grow
+//! with the ledger, nor the first with how many grants the user holds (an automation may
+//! hold thousands).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -26,11 +27,18 @@ pub struct ActiveIndex {
     by_step: HashMap<String, HashMap<StepKey, Ends>>,
     /// grant id -> where it sits in `by_step`.
     placed: HashMap<String, (String, StepKey, DateTime<Utc>)>,
+    /// Pending and active grants (active ones may have expired since).
+    open: HashMap<String, Grant>,
 }
 
 impl ActiveIndex {
-    /// Records a grant as written: indexed while active, dropped otherwise.
+    /// Records a grant as written: indexed while open, dropped otherwise.
     pub fn put(&mut self, g: &Grant) {
+        if matches!(g.status, Status::Pending | Status::Active) {
+            self.open.insert(g.id.clone(), g.clone());
+        } else {
+            self.open.remove(&g.id);
+        }
         if let Some((user, key, end)) = self.placed.remove(&g.id) {
             if let Some(set) = self.by_step.get_mut(&user).and_then(|s| s.get_mut(&key)) {
                 set.remove(&(end, g.id.clone()));
@@ -46,6 +54,15 @@ impl ActiveIndex {
                 .insert((end, g.id.clone()));
             self.placed.insert(g.id.clone(), (g.user.clone(), key, end));
         }
+    }
+
+    /// The grants pending or active at `now`, oldest request first; forgets expired ones.
+    pub fn open(&mut self, now: DateTime<Utc>) -> Vec<Grant> {
+        self.open
+            .retain(|_, g| !matches!(g.status, Status::Active) || g.end.is_none_or(|e| e > now));
+        let mut out: Vec<Grant> = self.open.values().cloned().collect();
+        out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
+        out
     }
 
     /// The steps `user` holds at `now`, each with its latest end; forgets what has expired.
@@ -126,6 +143,12 @@ mod tests {
             .held("alice", now + chrono::Duration::seconds(61))
             .is_empty());
         assert!(index.placed.is_empty() && index.by_step.is_empty());
+        let open: Vec<String> = index
+            .open(now + chrono::Duration::seconds(61))
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        assert_eq!(open, vec!["c".to_string()], "only the pending one is left");
         assert!(index.held("bob", now).is_empty());
     }
 }

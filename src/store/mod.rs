@@ -411,6 +411,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Grants pending or active at `now`, oldest request first, without reading the ledger.
+    pub fn open_grants(&self, now: DateTime<Utc>) -> Vec<Grant> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.open(now)
+    }
+
     /// The steps a user holds at `now` (an active grant of them), each with the latest end
     /// among its grants: all a decision needs, however many grants the user holds.
     pub fn held_steps(&self, user: &str, now: DateTime<Utc>) -> Vec<HeldStep> {
