@@ -12,6 +12,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::service::Service;
 use crate::Error;
 
+/// How long a stop waits for queued webhook events (cut-off sessions among them).
+const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The service config file (`--config F`); flags override it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +23,9 @@ pub struct Config {
     pub api: Option<String>,
     /// Bastion listen address.
     pub ssh: Option<String>,
+    /// Receivers of notifications (see [`crate::notify`]); checked as the file is read.
+    #[serde(default)]
+    pub webhooks: Vec<crate::notify::Webhook>,
     /// MiB kept free on the disk that holds `data/`: below it the bastion refuses new
     /// sessions and ends live ones (nothing runs unrecorded). Default 64.
     pub min_free_mib: Option<u64>,
@@ -86,6 +92,7 @@ pub async fn serve(
         }
         Err(e) => tracing::error!(error = %e, "cannot read the audit chain"),
     }
+    let notifier = crate::notify::Notifier::start(service.clone(), &config.webhooks);
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(Error::io(api_addr.to_string()))?;
@@ -143,6 +150,9 @@ pub async fn serve(
         Ok(Err(e)) => tracing::error!(error = %e, "bastion failed"),
         Err(e) => tracing::error!(error = %e, "bastion task failed"),
         Ok(Ok(())) => {}
+    }
+    if let Some(notifier) = notifier {
+        notifier.stop(NOTIFY_DRAIN).await;
     }
     service.store.flush()?;
     tracing::info!("stopped; ledger flushed");

@@ -19,6 +19,8 @@
 //!   signals and shutdown; [`limits`]: the accept step both servers share,
 //!   with how many connections that have not shown who they are may wait, and how fast one
 //!   address may open them (the bookkeeping pure, the clock an argument).
+//! - [`notify`]: webhooks for what people act on, fed by the audit stream, off every
+//!   request's path; [`metrics`]: counters bumped where things happen, `/metrics` text.
 //! - [`client`], [`cli`]: the command line.
 pub mod api;
 pub mod auth;
@@ -35,6 +37,7 @@ pub mod keys;
 pub mod krl;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod recording;
 pub mod review;

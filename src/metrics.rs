@@ -210,7 +210,7 @@ impl LedgerGauges {
             audit_records: store.audit_len()?,
             ..LedgerGauges::default()
         };
-        for grant in store.grants()? {
+        for grant in store.open_grants(now) {
             match grant.state(now) {
                 State::Active => g.active_grants += 1,
                 State::Pending => g.pending_requests += 1,
