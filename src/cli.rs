@@ -189,6 +189,11 @@ pub enum Command {
     /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Which sessions a listing or search covers.
@@ -364,6 +369,11 @@ type Result<T = ()> = std::result::Result<T, CliError>;
 pub async fn run(cli: Cli) -> Result {
     let dir = cli.dir;
     match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ramp-ca", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Init => {
             let created = crate::init::init(&dir)?;
             let keys = crate::keys::Keys::load(&dir.join("keys"))?;
