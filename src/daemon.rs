@@ -171,3 +171,40 @@ async fn stop_signal() {
     }
     tracing::info!("stop signal received, draining");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scripts/config.example.yaml` documents every option; `serve` must accept it as is.
+    #[test]
+    fn the_example_config_loads_with_every_option() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/config.example.yaml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.api.as_deref(), Some("127.0.0.1:7400"));
+        assert_eq!(c.ssh.as_deref(), Some("0.0.0.0:2222"));
+        assert_eq!(c.min_free_mib, Some(64));
+        assert_eq!(c.webhooks.len(), 2);
+        assert_eq!(c.webhooks[0].format, crate::notify::Format::Slack);
+        assert_eq!(c.dashboard.session_ttl, "8h");
+        assert_eq!(c.dashboard.link_ttl, "2m");
+        assert!(c.dashboard.public_url.is_some());
+    }
+
+    #[test]
+    fn a_bad_webhook_is_named_with_the_file_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "api: 127.0.0.1:0\nwebhooks:\n  - url: https://x/\n    format: teams\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("webhooks[0].format: unknown variant `teams`") && err.contains("line 4"),
+            "{err}"
+        );
+    }
+}
