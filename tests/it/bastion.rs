@@ -35,6 +35,11 @@ pub(crate) struct Rig {
 }
 
 pub(crate) fn rig() -> Rig {
+    rig_with(&[])
+}
+
+/// [`rig`] with more `serve` flags (like `--config F`).
+pub(crate) fn rig_with(flags: &[&str]) -> Rig {
     for account in ["readonly", "dbadmin"] {
         ensure_account(account);
     }
@@ -67,7 +72,7 @@ pub(crate) fn rig() -> Rig {
             wrong.trim()
         ),
     );
-    let daemon = Daemon::start(&dir);
+    let daemon = Daemon::start_with(&dir, flags);
     Rig {
         dir,
         daemon,

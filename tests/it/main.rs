@@ -6,6 +6,7 @@ mod bastion;
 mod daemon;
 mod dashboard;
 mod init_policy;
+mod notify;
 mod revocation;
 mod signing;
 mod sshd_harness;
