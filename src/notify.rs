@@ -426,12 +426,20 @@ impl Notifier {
     pub async fn stop(self, within: Duration) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + within;
-        for task in self.tasks {
+        let mut unfinished = 0;
+        // The follower first: it closes the queues the workers finish on.
+        for task in self.tasks.into_iter().rev() {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
-                tracing::warn!("webhook events still queued at stop were not delivered");
+                unfinished += 1;
             }
+        }
+        if unfinished > 0 {
+            tracing::warn!(
+                receivers = unfinished,
+                "webhook events still queued at stop were not delivered"
+            );
         }
     }
 }
