@@ -243,7 +243,7 @@ impl Dashboard {
             .into_iter()
             .filter(|s| s.state == SessionState::Live && (reviewer || s.user == *user))
             .collect();
-        live.sort_by(|a, b| a.start.cmp(&b.start));
+        live.sort_by_key(|s| s.start);
         let grant_ends: HashMap<String, Option<DateTime<Utc>>> = active
             .iter()
             .filter_map(|a| serde_json::from_value::<GrantView>(a["grant"].clone()).ok())
