@@ -603,17 +603,32 @@ async fn recordings(
     Ok(Json(rows).into_response())
 }
 
+/// Reads a recording for the browser's user (role-checked and audited as a read with
+/// `purpose`, like the command line's) and shapes it with `f`, off the async threads.
+async fn with_recording<T: Send + 'static>(
+    app: &App,
+    headers: &HeaderMap,
+    id: String,
+    purpose: &'static str,
+    f: impl FnOnce(SessionMeta, Vec<crate::recording::Event>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = app.web_user(headers)?;
+    blocking(&app.service, move |svc| {
+        let (meta, events) = svc.session(&s.user, &id, purpose, Utc::now())?;
+        Ok(f(meta, events))
+    })
+    .await
+}
+
 async fn playback(
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let s = app.web_user(&headers)?;
-    let out = blocking(&app.service, move |svc| {
-        let (meta, events) = svc.session(&s.user, &id, "dashboard-play", Utc::now())?;
+    let out = with_recording(&app, &headers, id, "dashboard-play", |meta, events| {
         let size = (meta.cols, meta.rows, meta.term.is_some());
         let playback = screen::playback(size, &events, MAX_FRAMES);
-        Ok(json!({"session": meta, "playback": playback}))
+        json!({"session": meta, "playback": playback})
     })
     .await?;
     Ok(Json(out).into_response())
@@ -624,13 +639,11 @@ async fn asciicast(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let s = app.web_user(&headers)?;
-    let (name, cast) = blocking(&app.service, move |svc| {
-        let (meta, events) = svc.session(&s.user, &id, "dashboard-export", Utc::now())?;
-        Ok((
+    let (name, cast) = with_recording(&app, &headers, id, "dashboard-export", |meta, events| {
+        (
             format!("ramp-{}-{}.cast", meta.target, meta.id),
             crate::review::to_asciicast(&meta, &events),
-        ))
+        )
     })
     .await?;
     Ok((
