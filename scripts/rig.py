@@ -1,10 +1,11 @@
-"""A real ramp-ca on loopback, for the scripts that drive one from outside (scripts/chaos;
-scripts/bench is to move onto it).
+"""A real ramp-ca on loopback, for the scripts that drive one from outside (scripts/chaos,
+scripts/bench).
 
 What it stands up, all under one temp dir that tear-down removes:
-  - ramp-ca installations (`ramp-ca init --dir`), each with its `serve` on 127.0.0.1; the
-    ports come from serve's `ramp-ca: API on http://ADDR` / `ramp-ca: bastion on ADDR` lines,
-    and a restart can keep them, so clients carry on against the same addresses;
+  - ramp-ca installations (`ramp-ca init --dir`, or a copy of another one's keys, policies
+    and demo identities), each with its `serve` on 127.0.0.1; the ports come from serve's
+    `ramp-ca: API on http://ADDR` / `ramp-ca: bastion on ADDR` lines, and a restart can keep
+    them, so clients carry on against the same addresses;
   - OpenSSH sshd targets: a host key certified by the installation's host-ca, trusting its
     node-ca for the bastion's hop, the `readonly` account allowed as principal `readonly`;
   - one ssh client config (batch mode, no agent, no known_hosts, no multiplexing); the
@@ -87,6 +88,15 @@ def markdown_table(headers, rows):
                       *(line(r) for r in rows)])
 
 
+def raise_on_signals():
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so a script tears down as on an error (both
+    set explicitly: a shell starts background jobs with SIGINT ignored)."""
+    def interrupted(*_):
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,23 +177,30 @@ def ensure_account(name):
     run(["usermod", "-p", "*", name], timeout=30)  # unlocked, no password: keys only
 
 
-def pick_binary(explicit=None):
-    """The ramp-ca to test: `explicit`, else the newer of target/debug and target/release,
-    after `cargo build` when neither exists."""
+def build(kind):
+    """`cargo build` of the ramp-ca binary for kind ("debug" or "release"); its path."""
+    cmd = ["cargo", "build", "--bins", *(["--release"] if kind == "release" else [])]
+    log(" ".join(cmd))
+    run(cmd, timeout=3600, cwd=ROOT, stdout=None, stderr=None)
+    path = os.path.join(ROOT, "target", kind, "ramp-ca")
+    if not os.access(path, os.X_OK):
+        raise RigError(f"cargo build did not produce {path}")
+    return path
+
+
+def pick_binary(explicit=None, kinds=("debug", "release")):
+    """The ramp-ca to test: `explicit`, else the newest of target/KIND/ramp-ca for `kinds`,
+    after a build of the first kind when there is none."""
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise RigError(f"{explicit} is not an executable")
         return os.path.abspath(explicit)
-    debug, release = (os.path.join(ROOT, "target", kind, "ramp-ca")
-                      for kind in ("debug", "release"))
-    have = [p for p in (debug, release) if os.access(p, os.X_OK)]
+    have = [p for p in (os.path.join(ROOT, "target", kind, "ramp-ca") for kind in kinds)
+            if os.access(p, os.X_OK)]
     if not have:
-        log("no ramp-ca built yet: cargo build")
-        run(["cargo", "build"], timeout=3600, cwd=ROOT, stdout=None, stderr=None)
-        return pick_binary(debug)
-    if len(have) == 1:
-        return have[0]
-    return debug if os.path.getmtime(debug) > os.path.getmtime(release) else release
+        log(f"no target/{kinds[0]}/ramp-ca built yet")
+        return build(kinds[0])
+    return max(have, key=os.path.getmtime)
 
 
 def provenance(binary):
@@ -214,7 +231,9 @@ class Sshd:
 class Ramp:
     """One ramp-ca installation (`ramp-ca init --dir`) and the `serve` running on it."""
 
-    def __init__(self, rig, name):
+    def __init__(self, rig, name, like=None):
+        """`ramp-ca init` in a new dir; or, with `like`, a copy of that installation's keys,
+        policies and demo identities and an empty store (its targets trust this one too)."""
         self.rig = rig
         self.name = name
         self.dir = rig.mkdir(name)
@@ -223,12 +242,25 @@ class Ramp:
         self.proc = None
         self.api = None
         self.bport = None
-        run([rig.binary, "init", "--dir", self.dir], timeout=60, env=rig.env)
+        if like:
+            for sub in ("keys", "policies", "demo"):
+                shutil.copytree(os.path.join(like.dir, sub), os.path.join(self.dir, sub))
+        else:
+            run([rig.binary, "init", "--dir", self.dir], timeout=60, env=rig.env)
 
     # ---- policies ----------------------------------------------------------------------------
     def key(self, user):
         """Path of a demo identity's private key (alice, bob, carol)."""
         return os.path.join(self.dir, "demo", user, "id_ed25519")
+
+    def key_copy(self, name, user="alice"):
+        """A copy of a demo identity's key at its own path, so certificates written beside it
+        stay apart from the original's."""
+        key = os.path.join(self.rig.mkdir(f"{self.name}-keys/{name}"), "id_ed25519")
+        for suffix in ("", ".pub"):
+            shutil.copy2(self.key(user) + suffix, key + suffix)
+        os.chmod(key, 0o600)
+        return key
 
     def set_host(self, name, address, host_key=None, labels="{role: db}"):
         """Writes `name`'s entry in hosts.yaml (replacing one of that name); serve reads it at
@@ -309,6 +341,10 @@ class Ramp:
         cmd = [self.rig.binary, *args, "--dir", self.dir, "--server", self.api, "--key",
                key or self.key(user)]
         return run(cmd, timeout=timeout, check=check, env=self.rig.env)
+
+    def sessions(self, user="bob"):
+        """`sessions list --json` (bob is an auditor)."""
+        return json.loads(self.cli("sessions", "list", "--json", user=user).stdout)
 
     def sign(self, key=None, reason="rig"):
         """A 30-minute certificate of prod-db's first step for alice (or her key copied to
@@ -393,8 +429,8 @@ class Rig:
             f.write("\n".join(lines) + "\n")
         return path
 
-    def install(self, name):
-        return Ramp(self, name)
+    def install(self, name, like=None):
+        return Ramp(self, name, like)
 
     # ---- sshd -------------------------------------------------------------------------------
     def start_sshd(self, name, lines):
@@ -485,7 +521,10 @@ class Rig:
         self.daemons = []
 
     def teardown(self):
-        """Everything stopped, the clean-ups run, the temp dir removed (unless kept)."""
+        """Everything stopped, the clean-ups run, the temp dir removed (unless kept). A
+        second Ctrl-C or SIGTERM must not cut it short, so from here on both are ignored."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.stop_processes()
         for fn in reversed(self.cleanups):
             try:
