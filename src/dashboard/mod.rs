@@ -400,8 +400,14 @@ async fn login(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response 
         lock(&app.sessions).remove(&id);
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.1);
     }
+    // Behind https (public_url says so) the cookie never travels in the clear.
+    let secure = if app.public_url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
-        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         app.ttls.session.num_seconds()
     );
     (
