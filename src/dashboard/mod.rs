@@ -401,7 +401,11 @@ async fn login(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response 
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.1);
     }
     // Behind https (public_url says so) the cookie never travels in the clear.
-    let secure = if app.public_url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+    let secure = if app
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"))
+    {
         "; Secure"
     } else {
         ""
