@@ -486,7 +486,19 @@ async fn follow(
     loop {
         tokio::select! {
             got = feed.recv() => match got {
-                Ok(rec) => dispatch(rec),
+                Ok(rec) => {
+                    // Records are broadcast once committed, before the disk flush: announce
+                    // only what is on disk, so a crash cannot leave a notice of a lost record.
+                    let mut batch = vec![rec];
+                    while let Ok(more) = feed.try_recv() {
+                        batch.push(more);
+                    }
+                    if let Err(e) = service.store.durable().await {
+                        tracing::error!(error = %e, dropped = batch.len(), "cannot sync the ledger; these records are not announced");
+                        continue;
+                    }
+                    batch.into_iter().for_each(&mut dispatch);
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "webhooks fell behind the audit log; some events were not sent");
                 }

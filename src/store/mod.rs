@@ -260,6 +260,11 @@ impl Store {
         self.syncs.wait(self.syncs.ticket())
     }
 
+    /// [`Store::flush`] for async callers: the task waits, no thread does.
+    pub async fn durable(&self) -> Result<()> {
+        self.syncs.wait_async(self.syncs.ticket()).await
+    }
+
     /// Announces a change about to be written with [`Store::apply`]; its
     /// [`Pending::durable`] waits (the task, not a thread) until it is on disk, and a disk
     /// flush due meanwhile waits briefly for it so the two share the flush.
