@@ -110,6 +110,7 @@ function render(s) {
         ${can_deny ? `<button class="bad" data-act="deny">${g.user === s.me.user ? "Withdraw" : "Deny"}</button>` : ""}</td></tr>`;
   }).join("");
   $("#pending-empty").classList.toggle("hidden", s.pending.length > 0);
+  $("#pending").classList.toggle("hidden", s.pending.length === 0);
 
   const active = $("#active tbody");
   active.innerHTML = s.active.map(({ grant: v, can_revoke }) => {
@@ -122,6 +123,7 @@ function render(s) {
       <td class="actions">${can_revoke ? `<button class="bad" data-act="revoke">Revoke</button>` : ""}</td></tr>`;
   }).join("");
   $("#active-empty").classList.toggle("hidden", s.active.length > 0);
+  $("#active").classList.toggle("hidden", s.active.length === 0);
   open.forEach((id) => { const tr = pending.querySelector(`tr[data-grant="${id}"]`); if (tr) ask(tr, "deny"); });
 
   const live = $("#live tbody");
@@ -132,6 +134,7 @@ function render(s) {
       <td class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
       <td>${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}</td></tr>`).join("");
   $("#live-empty").classList.toggle("hidden", s.live.length > 0);
+  $("#live").classList.toggle("hidden", s.live.length === 0);
   tick();
 }
 
@@ -232,6 +235,7 @@ async function search(e) {
         <td><button data-act="play">Play</button> <a class="button" href="/ui/api/recordings/${esc(r.id)}/asciicast">.cast</a></td></tr>`;
     }).join("");
     $("#recs-empty").classList.toggle("hidden", rows.length > 0);
+    $("#recs").classList.toggle("hidden", rows.length === 0);
   } catch (err) { toast(err.message); }
 }
 $("#search").addEventListener("submit", search);
