@@ -42,6 +42,8 @@ const CSRF_HEADER: &str = "x-ramp-csrf";
 const TICK: Duration = Duration::from_secs(5);
 /// Most frames a playback is cut into.
 const MAX_FRAMES: usize = 3000;
+/// The audit page re-verifies the chain at most this often.
+const VERIFY_EVERY: Duration = Duration::from_secs(30);
 /// How often a followed session's recording is read for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
@@ -111,6 +113,8 @@ pub struct Dashboard {
     /// One-time login tokens -> (user, expiry).
     links: Mutex<HashMap<String, (String, DateTime<Utc>)>>,
     sessions: Mutex<HashMap<String, WebSession>>,
+    /// The audit chain's last verification, and when.
+    verified: Mutex<Option<(std::time::Instant, crate::store::AuditReport)>>,
 }
 
 type App = Arc<Dashboard>;
@@ -136,6 +140,7 @@ impl Dashboard {
             public_url: settings.public_url.clone(),
             links: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            verified: Mutex::new(None),
         }))
     }
 
@@ -195,6 +200,17 @@ impl Dashboard {
             ));
         }
         Ok(session)
+    }
+
+    /// Whether a browser session still stands (not expired, not logged out, its user still
+    /// in people.yaml, and a reviewer when `reviewer`): long-lived streams ask on every step.
+    fn still_allowed(&self, session: &WebSession, reviewer: bool) -> bool {
+        let now = Utc::now();
+        let live = lock(&self.sessions)
+            .values()
+            .any(|s| s.csrf == session.csrf && s.expires > now);
+        live && self.service.policies().users.contains_key(&session.user)
+            && (!reviewer || self.is_reviewer(&session.user))
     }
 
     fn is_reviewer(&self, user: &str) -> bool {
@@ -467,11 +483,8 @@ async fn stream(State(app): State<App>, headers: HeaderMap) -> Result<Response, 
                     }
                 }
             }
-            // The session may have ended or been removed meanwhile.
-            if lock(&app.sessions)
-                .values()
-                .all(|s| s.csrf != session.csrf || s.expires <= Utc::now())
-            {
+            // The browser session may have ended, or its user been removed, meanwhile.
+            if !app.still_allowed(&session, false) {
                 return None;
             }
             let app2 = app.clone();
@@ -706,44 +719,49 @@ async fn follow(
     let term = screen::Terminal::new(meta.cols, meta.rows, meta.term.is_some());
     let started = meta.start;
     let state = (app, meta.id.clone(), tail, term, true, false);
-    let events = futures_util::stream::unfold(
-        state,
-        move |(app, id, mut tail, mut term, first, done)| async move {
-            if done {
-                return None;
-            }
-            let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
-            if first {
-                let f = term.full_frame(t);
-                let data = serde_json::to_string(&f).unwrap_or_default();
-                let ev = SseEvent::default().event("frame").data(data);
-                return Some((
-                    Ok::<_, std::convert::Infallible>(ev),
-                    (app, id, tail, term, false, false),
-                ));
-            }
-            loop {
-                tokio::time::sleep(FOLLOW_EVERY).await;
-                let bytes = tail.read_new().unwrap_or_default();
-                if let Ok(events) = decode_events(&bytes) {
-                    for e in &events {
-                        term.feed(e);
-                    }
+    let events =
+        futures_util::stream::unfold(state, move |(app, id, mut tail, mut term, first, done)| {
+            let s = s.clone();
+            async move {
+                if done || !app.still_allowed(&s, true) {
+                    return None;
                 }
-                let still_live = app.recorders.live().iter().any(|m| m.id == id);
                 let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
-                if let Some(f) = term.frame(t) {
+                if first {
+                    let f = term.full_frame(t);
                     let data = serde_json::to_string(&f).unwrap_or_default();
                     let ev = SseEvent::default().event("frame").data(data);
-                    return Some((Ok(ev), (app, id, tail, term, false, false)));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (app, id, tail, term, false, false),
+                    ));
                 }
-                if !still_live {
-                    let ev = SseEvent::default().event("end").data("{}");
-                    return Some((Ok(ev), (app, id, tail, term, false, true)));
+                loop {
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    if !app.still_allowed(&s, true) {
+                        return None;
+                    }
+                    // Asked before reading, so the session's last output is read before its end.
+                    let still_live = app.recorders.live().iter().any(|m| m.id == id);
+                    let bytes = tail.read_new().unwrap_or_default();
+                    if let Ok(events) = decode_events(&bytes) {
+                        for e in &events {
+                            term.feed(e);
+                        }
+                    }
+                    let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
+                    if let Some(f) = term.frame(t) {
+                        let data = serde_json::to_string(&f).unwrap_or_default();
+                        let ev = SseEvent::default().event("frame").data(data);
+                        return Some((Ok(ev), (app, id, tail, term, false, false)));
+                    }
+                    if !still_live {
+                        let ev = SseEvent::default().event("end").data("{}");
+                        return Some((Ok(ev), (app, id, tail, term, false, true)));
+                    }
                 }
             }
-        },
-    );
+        });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -770,9 +788,16 @@ async fn audit(
             ServiceError::Denied("the audit log takes ramp-admin or ramp-auditor".into()).into(),
         );
     }
+    // Verifying walks the whole chain under the ledger's writer lock: at most every
+    // VERIFY_EVERY, however often the page asks.
+    let cached = lock(&app.verified)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < VERIFY_EVERY)
+        .map(|(_, report)| report.clone());
+    let app2 = app.clone();
     let out = blocking(&app.service, move |svc| {
         let now = Utc::now();
-        let since = now - chrono::Duration::seconds(q.since.unwrap_or(86_400).max(0));
+        let since = crate::service::seconds_before(now, q.since.unwrap_or(86_400));
         let want = |field: &Option<String>, value: &str| {
             field
                 .as_deref()
@@ -791,7 +816,14 @@ async fn audit(
             .collect();
         records.reverse();
         records.truncate(q.limit.unwrap_or(500).min(5000));
-        let report = svc.store.verify_audit()?;
+        let report = match cached {
+            Some(r) => r,
+            None => {
+                let r = svc.store.verify_audit()?;
+                *lock(&app2.verified) = Some((std::time::Instant::now(), r.clone()));
+                r
+            }
+        };
         Ok(json!({"records": records, "verify": report}))
     })
     .await?;

@@ -32,10 +32,19 @@ pub struct Playback {
     /// Frames closer together than this were merged.
     pub step_ms: u64,
     pub frames: Vec<Frame>,
+    /// The frames stop before the recording does (it changed the screen too much to hold).
+    pub truncated: bool,
 }
 
-fn nz(n: u32, default: u16) -> NonZeroU16 {
-    NonZeroU16::new(u16::try_from(n).unwrap_or(u16::MAX).clamp(1, 1000))
+/// The largest terminal emulated: a client may claim any size, and every row is rendered.
+const MAX_COLS: u16 = 500;
+const MAX_ROWS: u16 = 200;
+/// Most bytes of row HTML one playback holds; past it the frames are merged further, and a
+/// recording too busy even then is cut short (and says so).
+pub const MAX_PLAYBACK_BYTES: usize = 48 << 20;
+
+fn nz(n: u32, default: u16, max: u16) -> NonZeroU16 {
+    NonZeroU16::new(u16::try_from(n).unwrap_or(u16::MAX).clamp(1, max))
         .unwrap_or(NonZeroU16::new(default).expect("non-zero default"))
 }
 
@@ -55,7 +64,7 @@ impl Terminal {
     /// A terminal of the session's size; `pty` says whether the session had one.
     pub fn new(cols: u32, rows: u32, pty: bool) -> Terminal {
         Terminal {
-            parser: vt100::Parser::new(nz(rows, 24), nz(cols, 80), 0),
+            parser: vt100::Parser::new(nz(rows, 24, MAX_ROWS), nz(cols, 80, MAX_COLS), 0),
             shown: Vec::new(),
             resized: true,
             cooked: !pty,
@@ -80,7 +89,8 @@ impl Terminal {
             EventKind::Output => self.parser.process(&event.data),
             EventKind::Resize => {
                 if let Some((cols, rows)) = event.size() {
-                    self.parser.set_size(nz(rows, 24), nz(cols, 80));
+                    self.parser
+                        .set_size(nz(rows, 24, MAX_ROWS), nz(cols, 80, MAX_COLS));
                     self.resized = true;
                 }
             }
@@ -128,30 +138,45 @@ impl Terminal {
 
 /// Renders a recording as frames at least `step_ms` apart, widening the step until there are
 /// at most `max_frames`.
-pub fn playback(
+pub fn playback(size: (u32, u32, bool), events: &[Event], max_frames: usize) -> Playback {
+    playback_within(size, events, max_frames, MAX_PLAYBACK_BYTES)
+}
+
+fn playback_within(
     (cols, rows, pty): (u32, u32, bool),
     events: &[Event],
     max_frames: usize,
+    max_bytes: usize,
 ) -> Playback {
     let duration_ms = events.last().map_or(0, |e| e.at_ms);
     let (start_rows, start_cols) = Terminal::new(cols, rows, pty).parser.screen().size();
     let mut step_ms = 40;
-    let mut frames = render(Terminal::new(cols, rows, pty), events, step_ms);
-    while frames.len() > max_frames && step_ms < 60_000 {
+    loop {
+        let (frames, whole) = render(Terminal::new(cols, rows, pty), events, step_ms, max_bytes);
+        if (whole && frames.len() <= max_frames) || step_ms >= 60_000 {
+            return Playback {
+                cols: start_cols.get(),
+                rows: start_rows.get(),
+                duration_ms,
+                step_ms,
+                frames,
+                truncated: !whole,
+            };
+        }
         step_ms *= 2;
-        frames = render(Terminal::new(cols, rows, pty), events, step_ms);
-    }
-    Playback {
-        cols: start_cols.get(),
-        rows: start_rows.get(),
-        duration_ms,
-        step_ms,
-        frames,
     }
 }
 
-fn render(mut term: Terminal, events: &[Event], step_ms: u64) -> Vec<Frame> {
+/// Frames at least `step_ms` apart, and whether they reach the end within `max_bytes`.
+fn render(
+    mut term: Terminal,
+    events: &[Event],
+    step_ms: u64,
+    max_bytes: usize,
+) -> (Vec<Frame>, bool) {
     let mut frames = vec![term.full_frame(0)];
+    let size = |f: &Frame| f.rows.iter().map(|(_, h)| h.len() + 8).sum::<usize>();
+    let mut bytes = size(&frames[0]);
     let mut last_t = 0;
     let mut dirty = false;
     for (i, e) in events.iter().enumerate() {
@@ -162,13 +187,17 @@ fn render(mut term: Terminal, events: &[Event], step_ms: u64) -> Vec<Frame> {
             .is_none_or(|n| n.at_ms >= last_t + step_ms);
         if dirty && next_far {
             if let Some(f) = term.frame(e.at_ms) {
+                bytes += size(&f);
+                if bytes > max_bytes {
+                    return (frames, false);
+                }
                 frames.push(f);
             }
             last_t = e.at_ms;
             dirty = false;
         }
     }
-    frames
+    (frames, true)
 }
 
 /// How one cell looks, as the CSS it needs.
@@ -349,6 +378,27 @@ mod tests {
             p.frames.len()
         );
         assert!(xterm_rgb(196) == (255, 0, 0) && xterm_rgb(244) == (128, 128, 128));
+        // A client claiming a huge terminal gets a bounded one, and a screen that changes
+        // wholesale all the time is merged, then cut short, within the byte budget.
+        let mut huge = vec![Event {
+            at_ms: 0,
+            kind: EventKind::Resize,
+            data: b"65000x65000".to_vec(),
+        }];
+        let noisy: String = (0..500).map(|i| format!("\x1b[{}m#", 31 + i % 7)).collect();
+        for i in 0..20u64 {
+            huge.push(out(i * 61_000, &format!("{noisy}\x1b[S")));
+        }
+        let p = playback_within((65000, 65000, true), &huge, 3000, 200 << 10);
+        let size = p.frames.iter().find_map(|f| f.size);
+        assert_eq!(size, Some((500, 200)), "clamped");
+        let bytes: usize = p
+            .frames
+            .iter()
+            .flat_map(|f| &f.rows)
+            .map(|(_, h)| h.len())
+            .sum();
+        assert!(bytes <= 200 << 10 && p.truncated, "{bytes} bytes");
         // Without a pty a bare newline starts the next line at its first column, as the
         // client's terminal shows it.
         let plain = vec![out(0, "one\ntwo\r\nthree\n")];

@@ -32,6 +32,23 @@ pub struct ActiveIndex {
 }
 
 impl ActiveIndex {
+    /// Takes a grant out of `by_step`.
+    fn unplace(&mut self, id: &str) {
+        if let Some((user, key, end)) = self.placed.remove(id) {
+            if let Some(steps) = self.by_step.get_mut(&user) {
+                if let Some(set) = steps.get_mut(&key) {
+                    set.remove(&(end, id.to_string()));
+                    if set.is_empty() {
+                        steps.remove(&key);
+                    }
+                }
+                if steps.is_empty() {
+                    self.by_step.remove(&user);
+                }
+            }
+        }
+    }
+
     /// Records a grant as written: indexed while open, dropped otherwise.
     pub fn put(&mut self, g: &Grant) {
         if matches!(g.status, Status::Pending | Status::Active) {
@@ -39,11 +56,7 @@ impl ActiveIndex {
         } else {
             self.open.remove(&g.id);
         }
-        if let Some((user, key, end)) = self.placed.remove(&g.id) {
-            if let Some(set) = self.by_step.get_mut(&user).and_then(|s| s.get_mut(&key)) {
-                set.remove(&(end, g.id.clone()));
-            }
-        }
+        self.unplace(&g.id);
         if let (Status::Active, Some(end)) = (g.status, g.end) {
             let key = (g.contract.clone(), g.step.clone());
             self.by_step
@@ -58,8 +71,16 @@ impl ActiveIndex {
 
     /// The grants pending or active at `now`, oldest request first; forgets expired ones.
     pub fn open(&mut self, now: DateTime<Utc>) -> Vec<Grant> {
-        self.open
-            .retain(|_, g| !matches!(g.status, Status::Active) || g.end.is_none_or(|e| e > now));
+        let expired: Vec<String> = self
+            .open
+            .values()
+            .filter(|g| matches!(g.status, Status::Active) && g.end.is_some_and(|e| e <= now))
+            .map(|g| g.id.clone())
+            .collect();
+        for id in expired {
+            self.open.remove(&id);
+            self.unplace(&id);
+        }
         let mut out: Vec<Grant> = self.open.values().cloned().collect();
         out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
         out
@@ -142,6 +163,10 @@ mod tests {
         assert!(index
             .held("alice", now + chrono::Duration::seconds(61))
             .is_empty());
+        assert!(index.placed.is_empty() && index.by_step.is_empty());
+        // Listing forgets expired grants everywhere, even for a user who never asks again.
+        index.put(&grant("d", "observe", Status::Active, 5, now));
+        index.open(now + chrono::Duration::seconds(6));
         assert!(index.placed.is_empty() && index.by_step.is_empty());
         let open: Vec<String> = index
             .open(now + chrono::Duration::seconds(61))

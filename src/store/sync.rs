@@ -23,6 +23,12 @@ struct Synced {
 }
 
 impl Synced {
+    /// Every ticket up to this one has an answer (on disk, or failed).
+    fn handled(&self) -> u64 {
+        self.upto
+            .max(self.failed.as_ref().map_or(0, |(upto, _)| *upto))
+    }
+
     /// The answer for `ticket`, once there is one.
     fn answer(&self, ticket: u64) -> Option<Result<()>> {
         if self.upto >= ticket {
@@ -150,10 +156,12 @@ fn run(shared: &Shared, db: &sled::Db) {
     loop {
         let covers = {
             let mut st = shared.lock();
-            while st.asked == st.synced.upto && !st.stop {
+            // Answered tickets, failed ones included, need no flush: a failed flush is not
+            // retried until someone asks again.
+            while st.asked == st.synced.handled() && !st.stop {
                 st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
             }
-            if st.asked == st.synced.upto {
+            if st.asked == st.synced.handled() {
                 return;
             }
             let deadline = Instant::now() + MAX_GATHER;
@@ -171,16 +179,24 @@ fn run(shared: &Shared, db: &sled::Db) {
             st.asked
         };
         let flushed = db.flush();
+        let failed = flushed.is_err();
         let published = {
             let mut st = shared.lock();
             match flushed {
                 Ok(_) => st.synced.upto = st.synced.upto.max(covers),
-                Err(e) => st.synced.failed = Some((covers, e.to_string())),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot flush the ledger to disk");
+                    st.synced.failed = Some((covers, e.to_string()));
+                }
             }
             st.synced.clone()
         };
         shared.done.notify_all();
         shared.watch.send_replace(published);
+        if failed {
+            // A disk that failed once usually fails again at once: do not spin on it.
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

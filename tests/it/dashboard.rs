@@ -289,6 +289,12 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         wait_text(&c, "#chain", "chain status", |t| t.contains("intact")).await;
         wait_text(&c, "#audit tbody", "audit rows", |t| t.contains("revoke")).await;
         screenshot(&c, "7-audit").await;
+
+        // Logging out ends the browser session: the page asks for a link again.
+        click(&c, "#logout").await;
+        wait_text(&c, "#login", "logged out", |t| t.contains("ramp-ca dashboard")).await;
+        c.refresh().await.unwrap();
+        wait_text(&c, "#login", "still logged out", |t| t.contains("ramp-ca dashboard")).await;
         c.close().await.unwrap();
     });
 }

@@ -313,7 +313,8 @@ async function play(id) {
     player.frames = p.frames;
     player.duration = p.duration_ms;
     $("#seek").max = p.duration_ms;
-    $("#player-note").textContent = `${p.frames.length} screens, ${p.cols}x${p.rows}; changes closer than ${p.step_ms} ms are merged.`;
+    $("#player-note").textContent = `${p.frames.length} screens, ${p.cols}x${p.rows}; changes closer than ${p.step_ms} ms are merged.` +
+      (p.truncated ? " The screen changed too much to show in full: playback stops early; download the .cast for all of it." : "");
     seek(0);
     setPlaying(true);
   } catch (err) { toast(err.message); }
@@ -359,6 +360,11 @@ function follow(id) {
     player.live.close();
   });
 }
+
+$("#logout").addEventListener("click", async () => {
+  try { await api("/ui/logout", { method: "POST", body: "{}" }); } catch (err) { /* already gone */ }
+  showLogin("Logged out.");
+});
 
 // --- start ----------------------------------------------------------------------------
 
