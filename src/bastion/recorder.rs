@@ -171,11 +171,15 @@ impl Recorder {
             }
         }
         if meta.state != SessionState::Live {
-            match file.seal() {
-                Ok(seal) => meta.recording = Some(seal),
-                Err(e) => {
-                    tracing::error!(session = %self.id, error = %e, "cannot seal the recording")
-                }
+            let (seal, synced) = file.seal();
+            meta.recording = Some(seal);
+            if let Err(e) = synced {
+                tracing::error!(session = %self.id, error = %e, "cannot sync the recording's end");
+                let why = format!("the recording's last sync failed ({e})");
+                meta.end_reason = Some(match meta.end_reason.take() {
+                    Some(r) => format!("{r}; {why}"),
+                    None => why,
+                });
             }
         }
         Some(meta)

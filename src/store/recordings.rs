@@ -245,13 +245,16 @@ impl RecordingFile {
         })
     }
 
-    /// Syncs and returns the seal of everything appended: the last write of a session.
-    pub fn seal(&mut self) -> Result<RecordingSeal> {
-        self.file.sync_data().map_err(io_at(&self.path))?;
-        Ok(RecordingSeal {
+    /// The last write of a session: the seal of everything appended, and whether the final
+    /// sync to disk worked. The seal is returned either way, so the file is never left
+    /// unchecked (it matches what was written, synced or not).
+    pub fn seal(&mut self) -> (RecordingSeal, Result<()>) {
+        let synced = self.file.sync_data().map_err(io_at(&self.path));
+        let seal = RecordingSeal {
             bytes: self.len,
             blake3: self.hasher.finalize().to_hex().to_string(),
-        })
+        };
+        (seal, synced)
     }
 }
 
@@ -322,7 +325,8 @@ mod tests {
         encode_event(&mut events, 5, EventKind::Input, b"ls\r");
         let mut file = recs.create("abc123").unwrap();
         file.append(&events).unwrap();
-        let seal = file.seal().unwrap();
+        let (seal, synced) = file.seal();
+        synced.unwrap();
         assert_eq!(seal.bytes, events.len() as u64);
         assert_eq!(recs.read("abc123", Some(&seal)).unwrap(), events);
         assert!(recs.create("abc123").is_err(), "never overwritten");
