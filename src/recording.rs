@@ -169,27 +169,34 @@ pub fn decode_events(mut bytes: &[u8]) -> Result<Vec<Event>, DecodeError> {
     let mut out = Vec::new();
     let mut offset = 0;
     while !bytes.is_empty() {
-        if bytes.len() < HEADER {
-            return Err(DecodeError::Truncated(offset));
-        }
-        let kind = EventKind::from_code(bytes[0]).ok_or(DecodeError::UnknownKind {
-            kind: bytes[0],
-            at: offset,
-        })?;
-        let at_ms = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-        let len = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes")) as usize;
-        let data = bytes
-            .get(HEADER..HEADER + len)
-            .ok_or(DecodeError::Truncated(offset))?;
+        let Some((kind, extent)) = event_extent(bytes) else {
+            return Err(match EventKind::from_code(bytes[0]) {
+                None if bytes.len() >= HEADER => DecodeError::UnknownKind {
+                    kind: bytes[0],
+                    at: offset,
+                },
+                _ => DecodeError::Truncated(offset),
+            });
+        };
         out.push(Event {
-            at_ms,
+            at_ms: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
             kind,
-            data: data.to_vec(),
+            data: bytes[HEADER..extent.total].to_vec(),
         });
-        bytes = &bytes[HEADER + len..];
-        offset += HEADER + len;
+        bytes = &bytes[extent.total..];
+        offset += extent.total;
     }
     Ok(out)
+}
+
+/// How many leading bytes of `bytes` are whole events (the rest is an event still being
+/// written, or cut by a crash).
+pub fn whole_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some((_, extent)) = event_extent(&bytes[at..]) {
+        at += extent.total;
+    }
+    at
 }
 
 #[cfg(test)]

@@ -149,9 +149,8 @@ impl Service {
     /// instead of queueing behind each other's. Nobody sees an answer before its change, and
     /// every change it read, are durable (flushes cover every write made before them).
     async fn changing<T>(&self, change: impl FnOnce() -> Result<T>) -> Result<T> {
-        let pending = self.store.begin_change();
         let out = change();
-        pending.durable().await?;
+        self.store.durable().await?;
         out
     }
 

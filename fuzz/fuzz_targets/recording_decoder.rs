@@ -1,15 +1,15 @@
 //! Session recordings as the recording files hold them, and everything that reviews them.
 //!
 //! Input: the events of one recording file. Properties: `decode_events` never panics; the
-//! whole-event prefix that `event_extent` walks (what a restart keeps after a crash) decodes,
-//! and is everything exactly when the whole input decodes; input it accepts re-encodes to
-//! exactly the same bytes; asciicast export, JSON export and grep never panic
+//! whole-event prefix that `whole_len` measures (what a follower reads, and a restart keeps)
+//! decodes, and is everything exactly when the whole input decodes; input it accepts
+//! re-encodes to exactly the same bytes; asciicast export, JSON export and grep never panic
 //! over the events, and every asciicast line is valid JSON (what `asciinema play` needs).
 #![no_main]
 
 use chrono::TimeZone;
 use libfuzzer_sys::fuzz_target;
-use ramp_ca::recording::{decode_events, encode_event, event_extent, SessionMeta, SessionState};
+use ramp_ca::recording::{decode_events, encode_event, whole_len, SessionMeta, SessionState};
 use ramp_ca::review;
 
 fn meta() -> SessionMeta {
@@ -39,18 +39,8 @@ fn meta() -> SessionMeta {
     }
 }
 
-/// How many bytes of whole events `event_extent` walks over (what a restart keeps of a
-/// recording cut by a crash).
-fn whole_prefix(data: &[u8]) -> usize {
-    let mut at = 0;
-    while let Some((_, extent)) = event_extent(&data[at..]) {
-        at += extent.total;
-    }
-    at
-}
-
 fuzz_target!(|data: &[u8]| {
-    let kept = whole_prefix(data);
+    let kept = whole_len(data);
     assert!(
         decode_events(&data[..kept]).is_ok(),
         "the whole-event prefix must decode"

@@ -121,6 +121,23 @@ struct Shared {
 }
 
 impl Shared {
+    /// A channel's shared state, recording into `recorder` once it is set, and the stop
+    /// signal both directions watch.
+    fn new(recorder: OnceCell<Arc<Recorder>>, cutoff: &Cutoff) -> (Shared, Stop) {
+        let (done, done_rx) = watch::channel(false);
+        let shared = Shared {
+            recorder,
+            end_reason: Mutex::new(None),
+            exit_status: Mutex::new(None),
+            done,
+        };
+        let stop = Stop {
+            cutoff: cutoff.clone(),
+            done: done_rx,
+        };
+        (shared, stop)
+    }
+
     fn end(&self, reason: Option<String>) {
         if let Some(r) = reason {
             self.end_reason
@@ -185,17 +202,7 @@ pub async fn session(
     };
     let (client_rx, client_tx) = client.split();
     let (target_rx, target_tx) = target.split();
-    let (done, done_rx) = watch::channel(false);
-    let shared = Shared {
-        recorder: OnceCell::new(),
-        end_reason: Mutex::new(None),
-        exit_status: Mutex::new(None),
-        done,
-    };
-    let stop = Stop {
-        cutoff: cutoff.clone(),
-        done: done_rx,
-    };
+    let (shared, stop) = Shared::new(OnceCell::new(), &cutoff);
     let (up_tx, up_rx) = queue();
     let (down_tx, down_rx) = queue();
     tokio::join!(
@@ -500,17 +507,7 @@ pub async fn tcpip(
     rec: Arc<Recorder>,
     cutoff: Cutoff,
 ) {
-    let (done, done_rx) = watch::channel(false);
-    let shared = Shared {
-        recorder: OnceCell::new_with(Some(rec.clone())),
-        end_reason: Mutex::new(None),
-        exit_status: Mutex::new(None),
-        done,
-    };
-    let stop = Stop {
-        cutoff: cutoff.clone(),
-        done: done_rx,
-    };
+    let (shared, stop) = Shared::new(OnceCell::new_with(Some(rec.clone())), &cutoff);
     let (client_rx, client_tx) = client.split();
     let (target_rx, target_tx) = target.split();
     let (up_tx, up_rx) = queue();

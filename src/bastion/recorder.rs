@@ -274,6 +274,11 @@ impl Recorders {
         lock(&self.live).values().map(|r| r.meta()).collect()
     }
 
+    /// Whether session `id` is still being recorded.
+    pub fn is_live(&self, id: &str) -> bool {
+        lock(&self.live).contains_key(id)
+    }
+
     fn recorders(&self) -> Vec<Arc<Recorder>> {
         lock(&self.live).values().cloned().collect()
     }

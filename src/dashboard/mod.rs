@@ -31,7 +31,7 @@ use crate::bastion::recorder::Recorders;
 use crate::grant::State as GrantState;
 use crate::policy::{self, ROLE_ADMIN, ROLE_AUDITOR};
 use crate::recording::{decode_events, SessionMeta, SessionState};
-use crate::service::{GrantView, GrepBody, RevokeBody, Service, ServiceError, SessionFilter};
+use crate::service::{GrepBody, RevokeBody, Service, ServiceError, SessionFilter};
 use crate::store::Event;
 
 /// Cookie that carries a browser session.
@@ -147,11 +147,10 @@ impl Dashboard {
     /// Audits events and waits until they are on disk.
     async fn audit(&self, events: Vec<Event>) -> Result<(), ApiError> {
         let store = &self.service.store;
-        let pending = store.begin_change();
         store
             .apply_events(events, Utc::now())
             .map_err(ServiceError::from)?;
-        pending.durable().await.map_err(ServiceError::from)?;
+        store.durable().await.map_err(ServiceError::from)?;
         Ok(())
     }
 
@@ -227,9 +226,12 @@ impl Dashboard {
         let reviewer = self.is_reviewer(user);
         let views = self.service.grants(user, false, now)?;
         let (mut active, mut pending) = (Vec::new(), Vec::new());
+        // When each active grant ends, for the time left of its sessions.
+        let mut grant_ends: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
         for v in views {
             match v.state {
                 GrantState::Active => {
+                    grant_ends.insert(v.grant.id.clone(), v.grant.end);
                     let can_revoke = admin || v.grant.user == *user;
                     active.push(json!({"grant": v, "can_revoke": can_revoke}));
                 }
@@ -260,11 +262,6 @@ impl Dashboard {
             .filter(|s| s.state == SessionState::Live && (reviewer || s.user == *user))
             .collect();
         live.sort_by_key(|s| s.start);
-        let grant_ends: HashMap<String, Option<DateTime<Utc>>> = active
-            .iter()
-            .filter_map(|a| serde_json::from_value::<GrantView>(a["grant"].clone()).ok())
-            .map(|v| (v.grant.id, v.grant.end))
-            .collect();
         let live: Vec<serde_json::Value> = live
             .into_iter()
             .map(|s| {
@@ -742,7 +739,7 @@ async fn follow(
                         return None;
                     }
                     // Asked before reading, so the session's last output is read before its end.
-                    let still_live = app.recorders.live().iter().any(|m| m.id == id);
+                    let still_live = app.recorders.is_live(&id);
                     let bytes = tail.read_new().unwrap_or_default();
                     if let Ok(events) = decode_events(&bytes) {
                         for e in &events {

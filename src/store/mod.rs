@@ -8,9 +8,8 @@
 //! [`recordings`]. This module and its child are the only code that touches `data/`.
 
 mod active;
-mod sync;
-pub use self::sync::Pending;
 pub mod recordings;
+mod sync;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -265,13 +264,6 @@ impl Store {
         self.syncs.wait_async(self.syncs.ticket()).await
     }
 
-    /// Announces a change about to be written with [`Store::apply`]; its
-    /// [`Pending::durable`] waits (the task, not a thread) until it is on disk, and a disk
-    /// flush due meanwhile waits briefly for it so the two share the flush.
-    pub fn begin_change(&self) -> Pending<'_> {
-        self.syncs.begin()
-    }
-
     /// Hands out the next certificate serial; a serial is never reused, even after a crash.
     /// The counter is written before the certificate's record, and sled recovers writes in
     /// order, so once the record is on disk (which is before anyone gets the certificate)
@@ -297,7 +289,7 @@ impl Store {
     }
 
     /// Commits a change and its audit events atomically, without waiting for the disk: for
-    /// callers that hold a lock while they commit, then [`Store::flush`] after releasing it,
+    /// callers that hold a lock while they commit, then [`Store::durable`] after releasing it,
     /// so that commits waiting on one disk flush do not wait on each other too.
     pub fn apply(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());

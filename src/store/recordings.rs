@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::recording::{event_extent, EventKind, RecordingSeal};
+use crate::recording::{event_extent, whole_len, EventKind, RecordingSeal};
 
 /// The first bytes of every recording file.
 pub const HEADER: &[u8] = b"ramp-ca recording v1\n";
@@ -278,11 +278,7 @@ impl Tail {
         let skip = self.header_left.min(fresh.len());
         self.header_left -= skip;
         self.partial.extend_from_slice(&fresh[skip..]);
-        let mut whole = 0;
-        while let Some((_, extent)) = event_extent(&self.partial[whole..]) {
-            whole += extent.total;
-        }
-        let rest = self.partial.split_off(whole);
+        let rest = self.partial.split_off(whole_len(&self.partial));
         Ok(std::mem::replace(&mut self.partial, rest))
     }
 }

@@ -2,17 +2,12 @@
 //! flushes sled for every ticket taken before the flush started, so concurrent commits share
 //! one disk flush instead of queueing for one each. Blocking callers wait on a condition
 //! variable, async ones on a watch channel: neither holds a thread of the async runtime.
-//! Changes under way when a flush is due hold it back briefly (at most [`MAX_GATHER`]), so
-//! that concurrent commits really do share it.
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Result, StoreError};
-
-/// Longest a due flush waits for changes under way to join it.
-pub const MAX_GATHER: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Default)]
 struct Synced {
@@ -46,8 +41,6 @@ struct State {
     /// Tickets handed out.
     asked: u64,
     synced: Synced,
-    /// Changes begun that have not taken their ticket yet.
-    in_flight: u64,
     stop: bool,
 }
 
@@ -88,12 +81,6 @@ impl Syncer {
         Syncer(shared)
     }
 
-    /// Announces a change about to be written, so a flush due meanwhile waits for it.
-    pub fn begin(&self) -> Pending<'_> {
-        self.0.lock().in_flight += 1;
-        Pending(self)
-    }
-
     /// A ticket covering every write made so far.
     pub fn ticket(&self) -> u64 {
         let mut st = self.0.lock();
@@ -124,26 +111,6 @@ impl Syncer {
     }
 }
 
-/// A change under way (see [`Syncer::begin`]).
-pub struct Pending<'a>(&'a Syncer);
-
-impl Pending<'_> {
-    /// The change is written: waits until it is on disk.
-    pub async fn durable(self) -> Result<()> {
-        let ticket = self.0.ticket();
-        let syncer = self.0;
-        drop(self);
-        syncer.wait_async(ticket).await
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0 .0.lock().in_flight -= 1;
-        self.0 .0.work.notify_one();
-    }
-}
-
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.0.lock().stop = true;
@@ -163,18 +130,6 @@ fn run(shared: &Shared, db: &sled::Db) {
             }
             if st.asked == st.synced.handled() {
                 return;
-            }
-            let deadline = Instant::now() + MAX_GATHER;
-            while st.in_flight > 0 && !st.stop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                st = shared
-                    .work
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
             }
             st.asked
         };

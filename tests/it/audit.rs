@@ -10,19 +10,7 @@ use crate::{setup, Daemon, ALICE, BOB};
 fn verify_after(tamper: impl FnOnce(&sled::Tree)) -> String {
     let (dir, daemon) = setup();
     run_ok(&mut daemon.cmd(&dir, ALICE, &crate::observe("INC-9", &[])));
-    run_ok(&mut daemon.cmd(
-        &dir,
-        ALICE,
-        &[
-            "request",
-            "--contract",
-            "prod-db",
-            "--step",
-            "operate",
-            "--reason",
-            "INC-9",
-        ],
-    ));
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::ask("operate", "INC-9")));
     let out = run_ok(&mut daemon.cmd(&dir, BOB, &["audit", "verify"]));
     assert!(out.contains("audit chain intact"), "{out}");
     let (_, err) = run_err(&mut daemon.cmd(&dir, ALICE, &["audit", "verify"]));

@@ -81,6 +81,23 @@ pub(crate) fn rig_with(flags: &[&str]) -> Rig {
 }
 
 impl Rig {
+    /// Stops the daemon with `stop` and starts it again on the same directory with `flags`;
+    /// the target keeps running.
+    fn restart(self, stop: impl FnOnce(Daemon), flags: &[&str]) -> Rig {
+        let Rig {
+            dir,
+            daemon,
+            target,
+        } = self;
+        stop(daemon);
+        let daemon = Daemon::start_with(&dir, flags);
+        Rig {
+            dir,
+            daemon,
+            target,
+        }
+    }
+
     /// `ramp-ca ARGS --key KEY` against the daemon.
     fn ramp(&self, key: &str, args: &[&str]) -> Command {
         self.daemon.cmd(&self.dir, key, args)
@@ -589,20 +606,9 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     rig.wait_sessions("twenty lines recorded", |l| {
         l[0]["bytes_out"].as_u64() >= Some(200)
     });
-    let Rig {
-        dir,
-        daemon,
-        target,
-    } = rig;
-    daemon.kill9();
+    let rig = rig.restart(Daemon::kill9, &[]);
     let _ = child.kill();
     let _ = child.wait();
-    let daemon = Daemon::start(&dir);
-    let rig = Rig {
-        dir,
-        daemon,
-        target,
-    };
     let list = rig.sessions();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["state"], "interrupted", "{}", list[0]);
@@ -656,18 +662,12 @@ fn a_changed_recording_is_found_and_a_full_recording_disk_refuses_sessions() {
     );
 
     // A disk with less free space than `--min-free-mib` takes no new sessions.
-    let Rig {
-        dir,
-        daemon,
-        target,
-    } = rig;
-    daemon.stop();
-    let daemon = Daemon::start_with(&dir, &["--min-free-mib", "999999999"]);
-    let rig = Rig {
-        dir,
-        daemon,
-        target,
-    };
+    let rig = rig.restart(
+        |d| {
+            d.stop();
+        },
+        &["--min-free-mib", "999999999"],
+    );
     let (_, err) = run_err(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "unrecorded"]));
     assert!(
         err.contains("recording disk is full") && !err.contains("unrecorded"),
@@ -770,21 +770,13 @@ fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
     rig.wait_sessions("output through the session", |l| {
         l[0]["bytes_out"].as_u64() > Some(0)
     });
-    let Rig {
-        dir,
-        daemon,
-        target,
-    } = rig;
-    assert!(daemon.stop().success(), "clean exit on SIGTERM");
+    let rig = rig.restart(
+        |d| assert!(d.stop().success(), "clean exit on SIGTERM"),
+        &[],
+    );
     let out = child.wait_with_output().unwrap();
     let both = format!("{}{}", text(&out).0, text(&out).1);
     assert!(both.contains("shutting down"), "{both}");
-    let daemon = Daemon::start(&dir);
-    let rig = Rig {
-        dir,
-        daemon,
-        target,
-    };
     let list = rig.sessions();
     assert_eq!(list[0]["state"], "ended", "{}", list[0]);
     assert!(

@@ -159,7 +159,7 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         let pending = json(&run_ok(&mut rig.daemon.cmd(
             &rig.dir,
             ALICE,
-            &["request", "--contract", "prod-db", "--step", "operate", "--reason", "INC-50 fix index", "--json"],
+            &crate::ask("operate", "INC-50 fix index"),
         )));
         let id = pending["grant"]["id"].as_str().unwrap().to_string();
         let pending_row = format!("#pending tr[data-grant=\"{id}\"]");

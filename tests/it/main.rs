@@ -60,3 +60,17 @@ pub fn observe<'a>(reason: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args.extend_from_slice(extra);
     args
 }
+
+/// `request --contract prod-db --step STEP --reason REASON --json`: alice's next step.
+pub fn ask<'a>(step: &'a str, reason: &'a str) -> Vec<&'a str> {
+    vec![
+        "request",
+        "--contract",
+        "prod-db",
+        "--step",
+        step,
+        "--reason",
+        reason,
+        "--json",
+    ]
+}

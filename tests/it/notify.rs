@@ -234,32 +234,11 @@ fn webhooks_carry_requests_approvals_denials_break_glass_and_revocations_while_b
     let id_of = |out: String| json(&out)["grant"]["id"].as_str().unwrap().to_string();
 
     run(ALICE, &crate::observe("INC-42", &["--json"]));
-    let operate = id_of(run(
-        ALICE,
-        &[
-            "request",
-            "--contract",
-            "prod-db",
-            "--step",
-            "operate",
-            "--reason",
-            "INC-42",
-            "--json",
-        ],
-    ));
+    let operate = id_of(run(ALICE, &crate::ask("operate", "INC-42")));
     run(BOB, &["approve", &operate]);
     let glass = id_of(run(
         ALICE,
-        &[
-            "request",
-            "--contract",
-            "prod-db",
-            "--step",
-            "break-glass",
-            "--reason",
-            "INC-42 <db down> & more",
-            "--json",
-        ],
+        &crate::ask("break-glass", "INC-42 <db down> & more"),
     ));
     run(BOB, &["approve", &glass]);
     run(CAROL, &["approve", &glass]);
@@ -267,19 +246,7 @@ fn webhooks_carry_requests_approvals_denials_break_glass_and_revocations_while_b
         CAROL,
         &["revoke", "--grant", &glass, "--reason", "incident over"],
     );
-    let again = id_of(run(
-        ALICE,
-        &[
-            "request",
-            "--contract",
-            "prod-db",
-            "--step",
-            "break-glass",
-            "--reason",
-            "INC-43",
-            "--json",
-        ],
-    ));
+    let again = id_of(run(ALICE, &crate::ask("break-glass", "INC-43")));
     run(BOB, &["deny", &again, "--reason", "not now"]);
     // No reason: the policy refuses it.
     let started = Instant::now();
