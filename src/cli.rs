@@ -15,8 +15,8 @@ use crate::recording::{self, Event as RecEvent, SessionMeta};
 use crate::service::{
     GrantView, GrepBody, Outcome, RequestBody, RevokeBody, SessionFilter, SignHostBody,
 };
-use crate::store::{AuditRecord, AuditReport, Revocation};
 use crate::shown::Shown;
+use crate::store::{AuditRecord, AuditReport, Revocation};
 use crate::{keys, policy};
 
 /// ramp-ca: staged, short-lived, audited SSH access.
@@ -695,7 +695,9 @@ async fn sign(
         loop {
             // A long poll: the daemon answers once the request is decided, or after a while.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let poll = left.as_secs().clamp(1, crate::service::MAX_GRANT_WAIT.as_secs());
+            let poll = left
+                .as_secs()
+                .clamp(1, crate::service::MAX_GRANT_WAIT.as_secs());
             let view: GrantView = client
                 .call(
                     Method::GET,

@@ -40,6 +40,9 @@ pub struct Config {
     /// The web dashboard: session and link lifetimes, public address.
     #[serde(default)]
     pub dashboard: crate::dashboard::Settings,
+    /// The bastion: limits per user.
+    #[serde(default)]
+    pub bastion: crate::bastion::Settings,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ pub struct Settings {
     pub min_free: u64,
     pub webhooks: Vec<crate::notify::Webhook>,
     pub dashboard: crate::dashboard::Settings,
+    pub bastion: crate::bastion::Settings,
 }
 
 impl Settings {
@@ -105,6 +109,7 @@ impl Settings {
                 }),
             webhooks: file.webhooks,
             dashboard: file.dashboard,
+            bastion: file.bastion,
         })
     }
 }
@@ -203,6 +208,7 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         ssh_listener,
         service.clone(),
         recorders,
+        config.bastion.clone(),
         stopped(stop_rx.clone()),
     ));
     let routes = crate::api::router(service.clone()).merge(crate::dashboard::router(dashboard));
@@ -252,6 +258,7 @@ mod tests {
         assert_eq!(c.dashboard.session_ttl, "8h");
         assert_eq!(c.dashboard.link_ttl, "2m");
         assert!(c.dashboard.public_url.is_some());
+        assert_eq!(c.bastion.max_connections_per_user, 32);
     }
 
     /// Regression: `serve --config F --api A` used the file's `api:` over the flag.
@@ -277,7 +284,11 @@ mod tests {
             min_free_mib: Some(3),
             config: None,
         };
-        check(all_flags, file(), ("127.0.0.1:8001", "127.0.0.1:8002", 3 << 20));
+        check(
+            all_flags,
+            file(),
+            ("127.0.0.1:8001", "127.0.0.1:8002", 3 << 20),
+        );
         check(
             Flags::default(),
             file(),

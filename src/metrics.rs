@@ -35,6 +35,7 @@ pub const LOGIN_REFUSALS: &[&str] = &[
     "target",
     "plain-key",
     "login-name",
+    "busy",
     "error",
 ];
 

@@ -502,7 +502,7 @@ mod tests {
             bytes_out: 0,
             files: Vec::new(),
             env: Vec::new(),
-        recording: None,
+            recording: None,
         }
     }
 
@@ -625,7 +625,10 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!((lines[0]["width"].as_u64(), lines[0]["height"].as_u64()), (Some(80), Some(24)));
+        assert_eq!(
+            (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+            (Some(80), Some(24))
+        );
         assert_eq!(lines[1][2], "80x24");
         assert_eq!(lines[2][2], "100x24");
     }

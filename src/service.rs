@@ -314,7 +314,9 @@ impl Service {
         let id = grant.id.clone();
         let mut minted = None;
         if grant.state(now) == State::Active {
-            let end = grant.end.map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            let end = grant
+                .end
+                .map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             reasons.push(format!(
                 "you already hold grant {id} of this step until {}; {}",
                 end.unwrap_or_default(),
@@ -402,7 +404,14 @@ impl Service {
             } => (step.clone(), *ttl, from.clone(), *count),
         };
         if let Some(held) = self.store.own_open_grant(user, &body.contract, &step, now) {
-            return self.reuse(&p, held, key, body.certify, decision.reasons().to_vec(), now);
+            return self.reuse(
+                &p,
+                held,
+                key,
+                body.certify,
+                decision.reasons().to_vec(),
+                now,
+            );
         }
         let mut grant = Grant {
             id: new_id(),

@@ -65,10 +65,47 @@ pub const UNAUTHENTICATED_RATE: Rate = Rate {
 /// full again); a new source past it is held back by [`MAX_UNAUTHENTICATED`] only.
 pub const MAX_TRACKED_SOURCES: usize = 10_000;
 
+/// Channels (sessions, forwards) one connection may have open at once, as OpenSSH's
+/// `MaxSessions`: each holds read-ahead buffers, so a connection of stalled channels stays small.
+pub const MAX_CHANNELS: usize = 10;
+
+/// Connections one user may have through the bastion at once unless the config says
+/// otherwise (`bastion: {max_connections_per_user: N}`): one grant holder cannot take every
+/// connection slot, and with [`MAX_CHANNELS`] bounds the russh queues they can fill.
+pub const MAX_CONNECTIONS_PER_USER: usize = 32;
+
+/// Bastion settings from the config file.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Connections one user may have at once ([`MAX_CONNECTIONS_PER_USER`]).
+    #[serde(default = "default_max_connections_per_user")]
+    pub max_connections_per_user: usize,
+}
+
+fn default_max_connections_per_user() -> usize {
+    MAX_CONNECTIONS_PER_USER
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_connections_per_user: MAX_CONNECTIONS_PER_USER,
+        }
+    }
+}
+
+/// How long the Handler waits for the target to answer a channel request before it answers
+/// the client with a failure and closes the channel.
+pub const TARGET_ANSWER: Duration = Duration::from_secs(10);
+
 /// What every connection shares.
 pub struct Ctx {
     pub service: Arc<Service>,
     pub recorders: Arc<Recorders>,
+    /// Connections logged in, by user.
+    users: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    settings: Settings,
     /// The only CA whose user certificates log in.
     user_ca: Fingerprint,
     /// The CA whose host certificates targets present.
@@ -81,6 +118,7 @@ pub async fn run(
     listener: TcpListener,
     service: Arc<Service>,
     recorders: Arc<Recorders>,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let interrupted = service
@@ -133,6 +171,9 @@ pub async fn run(
         keepalive_interval: Some(Duration::from_secs(30)),
         nodelay: true,
         window_size: 8 * 1024 * 1024,
+        // Messages russh queues per channel before its connection loop waits (default 100):
+        // the read-ahead empties it at once, so a few messages do (see proxy::RUSSH_CHANNEL_QUEUE).
+        channel_buffer_size: proxy::RUSSH_CHANNEL_QUEUE,
         ..server::Config::default()
     });
     let ctx = Arc::new(Ctx {
@@ -148,6 +189,8 @@ pub async fn run(
             .fingerprint(HashAlg::Sha256),
         service,
         recorders,
+        users: std::sync::Mutex::new(std::collections::HashMap::new()),
+        settings,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let gate = Gate::new(Limits {
@@ -269,6 +312,14 @@ fn unusable_key(
     (why, registered || newest.is_some())
 }
 
+/// The refusal of a channel past [`MAX_CHANNELS`].
+fn too_many_channels() -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: 4, // SSH_OPEN_RESOURCE_SHORTAGE
+        reason: format!("ramp-ca: at most {MAX_CHANNELS} channels at once on one connection"),
+    }
+}
+
 /// One client connection.
 pub struct ConnHandler {
     ctx: Arc<Ctx>,
@@ -295,10 +346,27 @@ pub struct ConnHandler {
     waiting: Option<Admission>,
     /// Channels whose program (shell, exec, subsystem) has started: one program each.
     started: std::collections::HashSet<russh::ChannelId>,
+    /// Per session channel, where its task hands back the target's answers to requests.
+    answers: std::collections::HashMap<russh::ChannelId, tokio::sync::mpsc::Receiver<bool>>,
+    /// Permits for the channels open at once ([`MAX_CHANNELS`]).
+    channels: Arc<Semaphore>,
+    /// This connection counts against its user's connection limit.
+    counted: bool,
+    /// What its channels may hold read ahead, per direction.
+    budgets: proxy::Budgets,
 }
 
 impl Drop for ConnHandler {
     fn drop(&mut self) {
+        if let (true, Some(login)) = (self.counted, &self.login) {
+            let mut users = self.ctx.users.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = users.get_mut(&login.user) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(&login.user);
+                }
+            }
+        }
         if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
             let (refused, known) = unusable_key(&self.ctx.service, &key, Utc::now());
             self.refuse(&login_name, None, &refused, known);
@@ -319,6 +387,10 @@ impl ConnHandler {
             logged_in,
             waiting: Some(waiting),
             started: std::collections::HashSet::new(),
+            answers: std::collections::HashMap::new(),
+            channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
+            counted: false,
+            budgets: proxy::Budgets::default(),
             _alive: alive,
             gone: Some(gone),
             ctx,
@@ -332,32 +404,46 @@ impl ConnHandler {
         }
     }
 
-    /// Answers a channel request the way the channel task will act on it ([`proxy::allows`]).
-    /// Answering here, while russh still knows whether this request wants a reply, keeps
-    /// every reply matched to its request.
-    fn answer(
+    /// Answers a channel request. One the certificate does not permit ([`proxy::allows`],
+    /// the rule the channel task follows too) is refused at once; one it permits is forwarded
+    /// by the channel task, and the target's answer is the client's, so a request the target
+    /// refuses (an sftp subsystem it lacks, a pty) fails at once instead of hanging. russh
+    /// waits for this before reading the next packet, which keeps replies in request order.
+    async fn answer(
         &mut self,
         channel: russh::ChannelId,
         request: proxy::Request<'_>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         let started = self.started.contains(&channel);
-        let ok = self
+        let allowed = self
             .login
             .as_ref()
             .is_some_and(|l| proxy::allows(&l.options, request, started));
-        if ok
-            && matches!(
-                request,
-                proxy::Request::Shell | proxy::Request::Exec | proxy::Request::Subsystem(_)
-            )
-        {
+        if !allowed {
+            tracing::info!(peer = %self.peer, ?request, "channel request refused");
+            return session.channel_failure(channel);
+        }
+        if matches!(
+            request,
+            proxy::Request::Shell | proxy::Request::Exec | proxy::Request::Subsystem(_)
+        ) {
             self.started.insert(channel);
         }
-        if !ok {
-            tracing::info!(peer = %self.peer, ?request, "channel request refused");
-        }
-        if ok {
+        let agreed = match self.answers.get_mut(&channel) {
+            Some(answers) => match tokio::time::timeout(TARGET_ANSWER, answers.recv()).await {
+                Ok(Some(ok)) => ok,
+                // The channel task ended (the hop failed, the recording could not start).
+                Ok(None) => false,
+                Err(_) => {
+                    tracing::warn!(peer = %self.peer, ?request, "the target did not answer a channel request; closing the channel");
+                    session.close(channel)?;
+                    false
+                }
+            },
+            None => false,
+        };
+        if agreed {
             session.channel_success(channel)
         } else {
             session.channel_failure(channel)
@@ -400,6 +486,22 @@ impl ConnHandler {
             json!({"reason": why, "client": self.peer.to_string(),
                    "serial": cert.map(|c| c.serial()), "key_id": cert.map(|c| c.key_id().to_string())}),
         );
+    }
+
+    /// Counts this connection against its user's connection limit; false when the user has
+    /// that many connections already.
+    fn count_user(&mut self, user: &str) -> bool {
+        if self.counted {
+            return true;
+        }
+        let mut users = self.ctx.users.lock().unwrap_or_else(|e| e.into_inner());
+        let n = users.entry(user.to_string()).or_insert(0);
+        if *n >= self.ctx.settings.max_connections_per_user {
+            return false;
+        }
+        *n += 1;
+        self.counted = true;
+        true
     }
 
     async fn upstream(&self, login: &Login) -> Result<Arc<Upstream>, String> {
@@ -543,6 +645,17 @@ impl server::Handler for ConnHandler {
             Utc::now(),
         ) {
             Ok(login) => {
+                if !self.count_user(&login.user) {
+                    let busy = login::Refused {
+                        label: "busy",
+                        why: format!(
+                            "`{}` already has {} connections through the bastion; close one",
+                            login.user, self.ctx.settings.max_connections_per_user
+                        ),
+                    };
+                    self.refuse(user, Some(cert), &busy, false);
+                    return Ok(Auth::reject());
+                }
                 tracing::info!(user = %login.user, principal = %login.principal, target = %login.target.name, peer = %self.peer, "login");
                 self.audit(
                     &login.user,
@@ -585,17 +698,25 @@ impl server::Handler for ConnHandler {
                 .await;
             return Ok(());
         };
+        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
+            reply.reject(too_many_channels()).await;
+            return Ok(());
+        };
         reply.accept().await;
         let upstream = self.upstream(&login).await;
-        tokio::spawn(proxy::session(
-            self.ctx.clone(),
-            login,
-            upstream,
-            channel,
-            session.handle(),
-            self.cutoff.subscribe(),
-            self.warning.subscribe(),
-        ));
+        let (answers_tx, answers) = tokio::sync::mpsc::channel(4);
+        self.answers.insert(channel.id(), answers);
+        let (ctx, handle) = (self.ctx.clone(), session.handle());
+        let (cutoff, warning) = (self.cutoff.subscribe(), self.warning.subscribe());
+        let budgets = self.budgets.clone();
+        tokio::spawn(async move {
+            proxy::session(
+                ctx, login, upstream, channel, handle, cutoff, warning, answers_tx, budgets,
+            )
+            .await;
+            drop(permit);
+            proxy::give_back_memory();
+        });
         Ok(())
     }
 
@@ -613,6 +734,10 @@ impl server::Handler for ConnHandler {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
+            return Ok(());
+        };
+        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
+            reply.reject(too_many_channels()).await;
             return Ok(());
         };
         let dest = format!("{host}:{port}");
@@ -655,7 +780,13 @@ impl server::Handler for ConnHandler {
         match self.ctx.recorders.start(meta) {
             Ok(rec) => {
                 reply.accept().await;
-                tokio::spawn(proxy::tcpip(channel, target, rec, self.cutoff.subscribe()));
+                let cutoff = self.cutoff.subscribe();
+                let budgets = self.budgets.clone();
+                tokio::spawn(async move {
+                    proxy::tcpip(channel, target, rec, cutoff, budgets).await;
+                    drop(permit);
+                    proxy::give_back_memory();
+                });
             }
             Err(e) => {
                 reply
@@ -680,7 +811,7 @@ impl server::Handler for ConnHandler {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Pty, session)
+        self.answer(channel, proxy::Request::Pty, session).await
     }
 
     async fn env_request(
@@ -690,7 +821,7 @@ impl server::Handler for ConnHandler {
         _value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Env, session)
+        self.answer(channel, proxy::Request::Env, session).await
     }
 
     async fn shell_request(
@@ -698,7 +829,7 @@ impl server::Handler for ConnHandler {
         channel: russh::ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Shell, session)
+        self.answer(channel, proxy::Request::Shell, session).await
     }
 
     async fn exec_request(
@@ -707,7 +838,7 @@ impl server::Handler for ConnHandler {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Exec, session)
+        self.answer(channel, proxy::Request::Exec, session).await
     }
 
     async fn subsystem_request(
@@ -717,6 +848,7 @@ impl server::Handler for ConnHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.answer(channel, proxy::Request::Subsystem(name), session)
+            .await
     }
 
     async fn x11_request(
@@ -728,7 +860,7 @@ impl server::Handler for ConnHandler {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::X11, session)
+        self.answer(channel, proxy::Request::X11, session).await
     }
 
     async fn agent_request(

@@ -1,8 +1,10 @@
 //! One task per channel relays between the engineer's channel and the matching channel on
 //! the target, one future per direction, so a side that is slow to read never stops the
 //! other direction nor the cut-off. It records what passes, forwards only the requests the
-//! certificate permits ([`allows`], which the Handler also uses to answer the client), and
-//! ends the channel when the connection is cut off (expiry, revocation, shutdown).
+//! certificate permits ([`allows`], which the Handler also uses), hands the target's answer
+//! to each forwarded request back to the Handler (which answers the client with it), and
+//! ends the channel when the connection is cut off (expiry, revocation, shutdown) or the
+//! target refuses its program.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -70,15 +72,80 @@ impl Stop {
     }
 }
 
-/// Messages read ahead per direction (up to ~16 MiB of 32 KiB packets). russh's connection
-/// loop waits whenever a channel's own queue is full; reading ahead keeps it moving so one
-/// direction waiting on its peer's window does not stall the other direction's replies.
-const READ_AHEAD: usize = 512;
+/// Messages read ahead per direction of one channel (up to 16 MiB of 32 KiB packets).
+/// russh's connection loop waits whenever a channel's own queue is full, and while it waits
+/// nothing moves on the connection, window adjustments included; reading ahead keeps it moving
+/// so one direction waiting on its peer's window does not stall the other direction's
+/// replies (a `cat` echoing a large upload is a test). russh grants window as data arrives,
+/// so only this buffer absorbs what a peer sends while its reader stalls: it must stay large.
+pub const READ_AHEAD: usize = 512;
 
-/// Reads a channel ahead into `to` until it ends or the channel stops.
+/// Bytes all the channels of one connection may hold read ahead in each direction: the bound
+/// on what a client that stops reading (or a target that stops reading) makes the bastion hold
+/// for one connection, however many channels it opens. A stalled channel holding it all slows
+/// the other channels of its own connection only, which russh's one loop per connection would
+/// stall anyway. Half of [`READ_AHEAD`], and as large as the client's window.
+pub const CONNECTION_READ_AHEAD: usize = 8 * 1024 * 1024;
+
+/// Messages russh queues per channel before its connection loop waits (its default is 100):
+/// small, since [`read_ahead`] empties it at once while the budget lasts, and it is what each
+/// channel holds beyond the budget when the budget is spent.
+pub const RUSSH_CHANNEL_QUEUE: usize = 4;
+
+/// Budget units: read-ahead is counted in KiB.
+const UNIT: usize = 1024;
+
+/// A connection's read-ahead budgets, one per direction ([`CONNECTION_READ_AHEAD`]).
+#[derive(Clone)]
+pub struct Budgets {
+    up: Arc<tokio::sync::Semaphore>,
+    down: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Budgets {
+    fn default() -> Budgets {
+        let units = CONNECTION_READ_AHEAD / UNIT;
+        Budgets {
+            up: Arc::new(tokio::sync::Semaphore::new(units)),
+            down: Arc::new(tokio::sync::Semaphore::new(units)),
+        }
+    }
+}
+
+/// One direction's read-ahead as its consumer sees it: each message holds its share of the
+/// connection's budget until the consumer asks for the next one (by then it has been passed on).
+struct Ahead {
+    rx: tokio::sync::mpsc::Receiver<(ChannelMsg, tokio::sync::OwnedSemaphorePermit)>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Ahead {
+    async fn recv(&mut self) -> Option<ChannelMsg> {
+        self.held = None;
+        let (msg, share) = self.rx.recv().await?;
+        self.held = Some(share);
+        Some(msg)
+    }
+}
+
+/// The target's answer to a request the client asked for, as the Handler waits for it.
+pub type Answers = tokio::sync::mpsc::Sender<bool>;
+
+/// A request forwarded to the target, waiting for its answer.
+#[derive(Debug)]
+enum Asked {
+    Pty(String, u32, u32),
+    Env(String, String),
+    /// The program: shell, exec or subsystem, as the recording names it.
+    Program(String),
+}
+
+/// Reads a channel ahead into `to`, each message taking its size from `budget` first,
+/// until the channel ends or stops.
 async fn read_ahead(
     mut from: ChannelReadHalf,
-    to: tokio::sync::mpsc::Sender<ChannelMsg>,
+    to: tokio::sync::mpsc::Sender<(ChannelMsg, tokio::sync::OwnedSemaphorePermit)>,
+    budget: Arc<tokio::sync::Semaphore>,
     mut stop: Stop,
 ) {
     loop {
@@ -88,8 +155,16 @@ async fn read_ahead(
         };
         let last = matches!(msg, None | Some(ChannelMsg::Close));
         if let Some(msg) = msg {
+            let size = match &msg {
+                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
+                _ => 0,
+            };
+            let units = size.div_ceil(UNIT).clamp(1, CONNECTION_READ_AHEAD / UNIT) as u32;
+            let Some(Ok(share)) = stop.guard(budget.clone().acquire_many_owned(units)).await else {
+                return;
+            };
             if stop
-                .guard(to.send(msg))
+                .guard(to.send((msg, share)))
                 .await
                 .is_none_or(|sent| sent.is_err())
             {
@@ -104,10 +179,18 @@ async fn read_ahead(
 
 /// A read-ahead queue for one direction of a channel.
 fn queue() -> (
-    tokio::sync::mpsc::Sender<ChannelMsg>,
-    tokio::sync::mpsc::Receiver<ChannelMsg>,
+    tokio::sync::mpsc::Sender<(ChannelMsg, tokio::sync::OwnedSemaphorePermit)>,
+    Ahead,
 ) {
-    tokio::sync::mpsc::channel(READ_AHEAD)
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    (tx, Ahead { rx, held: None })
+}
+
+/// What the target agreed to before the program started: the session's recording records it.
+#[derive(Debug, Default)]
+struct Agreed {
+    pty: Option<(String, u32, u32)>,
+    env: Vec<String>,
 }
 
 /// What both directions of one channel share.
@@ -118,18 +201,30 @@ struct Shared {
     end_reason: Mutex<Option<String>>,
     exit_status: Mutex<Option<u32>>,
     done: watch::Sender<bool>,
+    /// Requests forwarded to the target, oldest first; the target answers in order.
+    asked: Mutex<std::collections::VecDeque<Asked>>,
+    /// Where the target's answers go (the Handler, which answers the client).
+    answers: Option<Answers>,
+    agreed: Mutex<Agreed>,
 }
 
 impl Shared {
     /// A channel's shared state, recording into `recorder` once it is set, and the stop
     /// signal both directions watch.
-    fn new(recorder: OnceCell<Arc<Recorder>>, cutoff: &Cutoff) -> (Shared, Stop) {
+    fn new(
+        recorder: OnceCell<Arc<Recorder>>,
+        cutoff: &Cutoff,
+        answers: Option<Answers>,
+    ) -> (Shared, Stop) {
         let (done, done_rx) = watch::channel(false);
         let shared = Shared {
             recorder,
             end_reason: Mutex::new(None),
             exit_status: Mutex::new(None),
             done,
+            asked: Mutex::new(std::collections::VecDeque::new()),
+            answers,
+            agreed: Mutex::new(Agreed::default()),
         };
         let stop = Stop {
             cutoff: cutoff.clone(),
@@ -148,6 +243,35 @@ impl Shared {
         self.done.send_replace(true);
     }
 
+    /// Notes a request about to be forwarded, so its answer finds it.
+    fn ask(&self, what: Asked) {
+        lock(&self.asked).push_back(what);
+    }
+
+    /// The target answered the oldest request: tell the Handler, keep what it agreed to, and
+    /// end the channel if it refused the program (the recording ends with why).
+    fn answered(&self, ok: bool, target: &str) {
+        let asked = lock(&self.asked).pop_front();
+        if let Some(answers) = &self.answers {
+            let _ = answers.try_send(ok);
+        }
+        match (asked, ok) {
+            (Some(Asked::Pty(term, cols, rows)), true) => {
+                lock(&self.agreed).pty = Some((term, cols, rows))
+            }
+            (Some(Asked::Env(name, value)), true) => {
+                lock(&self.agreed).env.push(format!("{name}={value}"))
+            }
+            (Some(Asked::Program(what)), false) => {
+                self.end(Some(format!("{target} refused the {what} request")))
+            }
+            (Some(refused), false) => {
+                tracing::info!(target, ?refused, "the target refused a channel request")
+            }
+            _ => {}
+        }
+    }
+
     /// Records, then waits while the recording's buffer is full; ends the channel if the
     /// recording failed. Returns false when the channel must stop.
     async fn record(&self, stop: &mut Stop, f: impl FnOnce(&Recorder)) -> bool {
@@ -163,7 +287,36 @@ impl Shared {
     }
 }
 
-/// Relays a session channel (shell, exec, subsystem) until either side closes it.
+/// Hands freed memory back to the system after a channel ends, at most once a second: glibc
+/// keeps freed buffers in per-thread arenas, so a burst of stalled channels would otherwise
+/// leave the daemon holding their peak long after they closed.
+pub fn give_back_memory() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = chrono::Utc::now().timestamp_millis();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last < 1000
+        || LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    #[cfg(target_env = "gnu")]
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Relays a session channel (shell, exec, subsystem) until either side closes it; the
+/// target's answer to each request goes to `answers`.
 #[allow(clippy::too_many_arguments)]
 pub async fn session(
     ctx: Arc<Ctx>,
@@ -173,6 +326,8 @@ pub async fn session(
     handle: server::Handle,
     cutoff: Cutoff,
     warning: Cutoff,
+    answers: Answers,
+    budgets: Budgets,
 ) {
     let id = client.id();
     let say = |text: String| {
@@ -202,14 +357,15 @@ pub async fn session(
     };
     let (client_rx, client_tx) = client.split();
     let (target_rx, target_tx) = target.split();
-    let (shared, stop) = Shared::new(OnceCell::new(), &cutoff);
+    let (shared, stop) = Shared::new(OnceCell::new(), &cutoff, Some(answers));
     let (up_tx, up_rx) = queue();
     let (down_tx, down_rx) = queue();
     tokio::join!(
-        read_ahead(client_rx, up_tx, stop.clone()),
+        read_ahead(client_rx, up_tx, budgets.up.clone(), stop.clone()),
         upward(&ctx, &login, &shared, stop.clone(), up_rx, &target_tx),
-        read_ahead(target_rx, down_tx, stop.clone()),
+        read_ahead(target_rx, down_tx, budgets.down.clone(), stop.clone()),
         downward(
+            &login.target.name,
             &shared,
             stop.clone(),
             warning,
@@ -247,10 +403,9 @@ async fn upward(
     login: &Login,
     shared: &Shared,
     mut stop: Stop,
-    mut client: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    mut client: Ahead,
     target: &ChannelWriteHalf<russh::client::Msg>,
 ) {
-    let mut pty: Option<(String, u32, u32)> = None;
     let mut sftp: Option<SftpTracker> = None;
     loop {
         let msg = tokio::select! {
@@ -290,7 +445,7 @@ async fn upward(
                 terminal_modes,
                 ..
             }) if allows(&login.options, Request::Pty, started) => {
-                pty = Some((term.clone(), col_width, row_height));
+                shared.ask(Asked::Pty(term.clone(), col_width, row_height));
                 stop.guard(target.request_pty(
                     true,
                     &term,
@@ -307,7 +462,8 @@ async fn upward(
                 variable_value,
                 ..
             }) if allows(&login.options, Request::Env, started) => {
-                stop.guard(target.set_env(false, variable_name, variable_value))
+                shared.ask(Asked::Env(variable_name.clone(), variable_value.clone()));
+                stop.guard(target.set_env(true, variable_name, variable_value))
                     .await
             }
             Some(ChannelMsg::RequestShell { .. })
@@ -315,11 +471,11 @@ async fn upward(
             {
                 match login.options.force_command.clone() {
                     // force-command replaces the shell too, as in sshd.
-                    Some(cmd) => match start(ctx, login, shared, "exec", Some(cmd.clone()), &pty) {
+                    Some(cmd) => match start(ctx, login, shared, "exec", Some(cmd.clone())) {
                         true => stop.guard(target.exec(true, cmd)).await,
                         false => break,
                     },
-                    None => match start(ctx, login, shared, "shell", None, &pty) {
+                    None => match start(ctx, login, shared, "shell", None) {
                         true => stop.guard(target.request_shell(true)).await,
                         false => break,
                     },
@@ -333,7 +489,7 @@ async fn upward(
                     .force_command
                     .clone()
                     .unwrap_or_else(|| String::from_utf8_lossy(&command).into_owned());
-                if !start(ctx, login, shared, "exec", Some(command.clone()), &pty) {
+                if !start(ctx, login, shared, "exec", Some(command.clone())) {
                     break;
                 }
                 if let Some(rec) = shared.recorder.get() {
@@ -344,7 +500,7 @@ async fn upward(
             Some(ChannelMsg::RequestSubsystem { name, .. })
                 if allows(&login.options, Request::Subsystem(&name), started) =>
             {
-                if !start(ctx, login, shared, "subsystem", Some(name.clone()), &pty) {
+                if !start(ctx, login, shared, "subsystem", Some(name.clone())) {
                     break;
                 }
                 sftp = Some(SftpTracker::default());
@@ -384,21 +540,25 @@ async fn upward(
     shared.end(None);
 }
 
-/// Starts the recording; refuses the session if it cannot be, since none runs unrecorded.
-fn start(
-    ctx: &Ctx,
-    login: &Login,
-    shared: &Shared,
-    kind: &str,
-    command: Option<String>,
-    pty: &Option<(String, u32, u32)>,
-) -> bool {
-    match ctx
-        .recorders
-        .start(login.session_meta(kind, command, pty.clone()))
-    {
+/// Starts the recording, with what the target agreed to so far, and notes the program
+/// request about to be forwarded; refuses the session if it cannot be recorded, since none
+/// runs unrecorded.
+fn start(ctx: &Ctx, login: &Login, shared: &Shared, kind: &str, command: Option<String>) -> bool {
+    let what = match kind {
+        "subsystem" => format!("{} subsystem", command.as_deref().unwrap_or("")),
+        other => other.to_string(),
+    };
+    let mut meta = {
+        let agreed = lock(&shared.agreed);
+        let mut meta = login.session_meta(kind, command, agreed.pty.clone());
+        meta.env = agreed.env.clone();
+        meta
+    };
+    meta.env.sort();
+    match ctx.recorders.start(meta) {
         Ok(rec) => {
             let _ = shared.recorder.set(rec);
+            shared.ask(Asked::Program(what));
             true
         }
         Err(e) => {
@@ -411,12 +571,15 @@ fn start(
     }
 }
 
-/// Target to client: output, exit status, end of stream; the expiry warning on a terminal.
+/// Target to client: output, exit status, end of stream, answers to requests; the expiry
+/// warning on a terminal.
+#[allow(clippy::too_many_arguments)]
 async fn downward<F, Fut>(
+    target_name: &str,
     shared: &Shared,
     mut stop: Stop,
     mut warning: Cutoff,
-    mut target: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    mut target: Ahead,
     client: &ChannelWriteHalf<Msg>,
     handle: &server::Handle,
     say: &F,
@@ -486,8 +649,12 @@ async fn downward<F, Fut>(
                     .await;
                 Some(Ok(()))
             }
+            Some(ChannelMsg::Success) => {
+                shared.answered(true, target_name);
+                Some(Ok(()))
+            }
             Some(ChannelMsg::Failure) => {
-                tracing::info!("the target refused a channel request");
+                shared.answered(false, target_name);
                 Some(Ok(()))
             }
             Some(_) => Some(Ok(())),
@@ -506,16 +673,17 @@ pub async fn tcpip(
     target: Channel<russh::client::Msg>,
     rec: Arc<Recorder>,
     cutoff: Cutoff,
+    budgets: Budgets,
 ) {
-    let (shared, stop) = Shared::new(OnceCell::new_with(Some(rec.clone())), &cutoff);
+    let (shared, stop) = Shared::new(OnceCell::new_with(Some(rec.clone())), &cutoff, None);
     let (client_rx, client_tx) = client.split();
     let (target_rx, target_tx) = target.split();
     let (up_tx, up_rx) = queue();
     let (down_tx, down_rx) = queue();
     tokio::join!(
-        read_ahead(client_rx, up_tx, stop.clone()),
+        read_ahead(client_rx, up_tx, budgets.up.clone(), stop.clone()),
         pump(&shared, stop.clone(), up_rx, &target_tx, true),
-        read_ahead(target_rx, down_tx, stop.clone()),
+        read_ahead(target_rx, down_tx, budgets.down.clone(), stop.clone()),
         pump(&shared, stop.clone(), down_rx, &client_tx, false),
     );
     let _ = target_tx.close().await;
@@ -534,7 +702,7 @@ pub async fn tcpip(
 async fn pump<S>(
     shared: &Shared,
     mut stop: Stop,
-    mut from: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    mut from: Ahead,
     to: &ChannelWriteHalf<S>,
     is_input: bool,
 ) where

@@ -154,6 +154,9 @@ pub async fn connect(
     let config = Arc::new(client::Config {
         nodelay: true,
         window_size: 8 * 1024 * 1024,
+        // Messages russh queues per channel before its connection loop waits (default 100):
+        // the read-ahead empties it at once, so a few messages do (see proxy::RUSSH_CHANNEL_QUEUE).
+        channel_buffer_size: super::proxy::RUSSH_CHANNEL_QUEUE,
         maximum_packet_size: 32768,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),

@@ -88,7 +88,13 @@ impl ActiveIndex {
 
     /// The user's own open grant of one step: the active grant that ends last, else the
     /// oldest pending request for it.
-    pub fn own(&mut self, user: &str, contract: &str, step: &str, now: DateTime<Utc>) -> Option<Grant> {
+    pub fn own(
+        &mut self,
+        user: &str,
+        contract: &str,
+        step: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Grant> {
         let key = (contract.to_string(), step.to_string());
         let active = self
             .by_step

@@ -893,3 +893,216 @@ fn a_revoked_host_certificate_stops_the_hop() {
         text(&out).1
     );
 }
+
+/// Runs `cmd` with `input` on stdin, failing the test if it has not ended within `limit`
+/// (it is killed then): for the regressions where a client hung.
+fn run_within(cmd: &mut Command, input: &str, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} still running after {limit:?} (it hangs):\n{}",
+                text(&out).1
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Regression: through the bastion, sftp to a target whose sshd has no `Subsystem sftp` hung
+/// forever (the bastion said yes before the target said no). Every request the target
+/// refuses is now refused to the client at once, and the recording says why it ended.
+#[test]
+fn sftp_to_a_target_without_the_subsystem_fails_at_once_instead_of_hanging() {
+    let rig = rig();
+    rig.observe("INC-sftp", &[]);
+    let bare = Sshd::start(SshdOptions {
+        trusted_user_ca_keys: rig.dir.join("keys/node-ca.pub"),
+        principals: vec![("readonly".into(), vec!["readonly".into()])],
+        no_sftp: true,
+        extra_config: vec!["PermitTTY no".into()],
+        ..SshdOptions::default()
+    });
+    let mut hosts = rig.dir.read("policies/hosts.yaml");
+    hosts.push_str(&format!(
+        "  db-9:\n    address: 127.0.0.1:{}\n    labels: {{role: db}}\n    host_key: \"{}\"\n",
+        bare.port(),
+        bare.host_key_pub().trim()
+    ));
+    rig.dir.write("policies/hosts.yaml", hosts);
+    rig.daemon.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rig.daemon.log().contains("policies reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload:\n{}",
+            rig.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let limit = Duration::from_secs(30);
+
+    let mut sftp = rig.client("sftp", ALICE, &[]);
+    sftp.args(["-b", "-", "readonly@db-9@127.0.0.1"]);
+    let out = run_within(&mut sftp, "ls\n", limit);
+    assert!(!out.status.success(), "sftp worked without a subsystem");
+    assert!(
+        text(&out).1.contains("subsystem request failed"),
+        "{}",
+        text(&out).1
+    );
+    let mut subsystem = rig.ssh(ALICE, "readonly@db-9", &["-s", "sftp"]);
+    let out = run_within(&mut subsystem, "", limit);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("subsystem request failed"),
+        "{}",
+        text(&out).1
+    );
+    // A pty the target refuses is refused to the client too, which (asked with -tt, as
+    // straight to the target) gives up at once.
+    let mut tty = rig.ssh_with(ALICE, &["-tt".into()], "readonly@db-9", &["true"]);
+    let out = run_within(&mut tty, "", limit);
+    assert_eq!(out.status.code(), Some(255), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("PTY allocation request failed"),
+        "{}",
+        text(&out).1
+    );
+
+    let list = rig.wait_sessions("three ended sessions on db-9", |l| {
+        l.iter()
+            .filter(|s| s["target"] == "db-9" && s["state"] == "ended")
+            .count()
+            == 3
+    });
+    let refused: Vec<&serde_json::Value> =
+        list.iter().filter(|s| s["kind"] == "subsystem").collect();
+    assert_eq!(refused.len(), 2, "{list:#?}");
+    for s in refused {
+        assert_eq!(
+            s["end_reason"], "db-9 refused the sftp subsystem request",
+            "{s:#}"
+        );
+    }
+    let exec = list.iter().find(|s| s["kind"] == "exec").unwrap();
+    assert!(exec["term"].is_null(), "the pty was refused: {exec:#}");
+}
+
+/// Regression: one connection could open any number of channels, each holding up to 18 MiB
+/// of output its client never read (60 of them took the daemon to 1.1 GiB), and one user any
+/// number of connections. Now a connection has at most 10 channels, a user at most the
+/// configured number of connections, and what their channels read ahead shares one budget.
+#[test]
+fn a_grant_holder_is_held_to_ten_channels_a_connection_and_a_few_connections() {
+    let config = TestDir::new();
+    config.write("config.yaml", "bastion:\n  max_connections_per_user: 2\n");
+    let rig = rig_with(&["--config", config.join("config.yaml").to_str().unwrap()]);
+    rig.observe("INC-flood", &[]);
+    let sock = rig.dir.join("mux.sock");
+    let mux = |extra: &[&str]| {
+        let mut opts: Vec<String> = vec!["-S".into(), sock.display().to_string()];
+        opts.extend(extra.iter().map(|s| s.to_string()));
+        opts
+    };
+    let mut master = rig
+        .ssh_with(
+            ALICE,
+            &mux(&["-M", "-N", "-o", "ControlPersist=no"]),
+            "readonly@db-1",
+            &[],
+        )
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no control socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Ten channels of output nobody reads (their stdout is a pipe this test never drains).
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        stalled.push(
+            // Output starts once all ten are open: a full hop stops new channels opening.
+            rig.ssh_with(
+                ALICE,
+                &mux(&[]),
+                "readonly@db-1",
+                &["sleep", "3", ";", "head", "-c", "200M", "/dev/zero"],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = rig
+            .sessions()
+            .iter()
+            .filter(|s| s["state"] == "live")
+            .count();
+        if live == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{live} of 10 channels live");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run_within(
+        &mut rig.ssh_with(ALICE, &mux(&[]), "readonly@db-1", &["echo", "eleventh"]),
+        "",
+        Duration::from_secs(30),
+    );
+    // The master's bastion refuses the channel (OpenSSH then falls back to a connection of
+    // its own, which is let in as the user's second).
+    assert!(
+        text(&out)
+            .1
+            .contains("session request failed: Session open refused by peer"),
+        "an eleventh channel opened: {:?}",
+        text(&out)
+    );
+    // The user's second connection is let in, the third refused with the reason.
+    let second = run(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "second"]));
+    assert_eq!(text(&second).0, "second\n", "{}", text(&second).1);
+    let mut holder = rig
+        .ssh(ALICE, "readonly@db-1", &["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a third connection kept getting in"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig
+        .daemon
+        .log()
+        .contains("`alice` already has 2 connections through the bastion; close one")
+    {
+        assert!(Instant::now() < deadline, "{}", rig.daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut c in stalled.into_iter().chain([holder, master]) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -144,8 +144,10 @@ pub struct SshdOptions {
     pub principals: Vec<(String, Vec<String>)>,
     /// A host key to use instead of a fresh one; its `-cert.pub`, when present, is presented too.
     pub host_key: Option<PathBuf>,
-    /// More sshd_config lines (e.g. `Subsystem sftp internal-sftp`).
+    /// More sshd_config lines (e.g. `PermitTTY no`).
     pub extra_config: Vec<String>,
+    /// Leave out `Subsystem sftp`, as on a target that offers none.
+    pub no_sftp: bool,
 }
 
 /// A real OpenSSH server on 127.0.0.1, killed on drop.
@@ -273,8 +275,6 @@ fn sshd_config(dir: &TestDir, host_key: &Path, port: u16, opts: &SshdOptions) ->
     let mut lines = vec![
         format!("ListenAddress 127.0.0.1:{port}"),
         format!("HostKey {}", quote(host_key)),
-        // Targets behind the bastion need sftp for scp and sftp sessions.
-        "Subsystem sftp internal-sftp".to_string(),
         format!("PidFile {}", quote(&dir.join("sshd.pid"))),
         // Temp dirs and keys are not root-owned 0755 trees; skip the checks.
         "StrictModes no".to_string(),
@@ -288,6 +288,10 @@ fn sshd_config(dir: &TestDir, host_key: &Path, port: u16, opts: &SshdOptions) ->
         "PermitRootLogin yes".to_string(),
         format!("TrustedUserCAKeys {}", quote(&opts.trusted_user_ca_keys)),
     ];
+    if !opts.no_sftp {
+        // Targets behind the bastion need sftp for scp and sftp sessions.
+        lines.push("Subsystem sftp internal-sftp".to_string());
+    }
     if let Some(revoked) = &opts.revoked_keys {
         lines.push(format!("RevokedKeys {}", quote(revoked)));
     }
