@@ -1015,7 +1015,7 @@ fn a_grant_holder_is_held_to_ten_channels_a_connection_and_a_few_connections() {
         opts.extend(extra.iter().map(|s| s.to_string()));
         opts
     };
-    let mut master = rig
+    let master = rig
         .ssh_with(
             ALICE,
             &mux(&["-M", "-N", "-o", "ControlPersist=no"]),
@@ -1076,7 +1076,7 @@ fn a_grant_holder_is_held_to_ten_channels_a_connection_and_a_few_connections() {
     // The user's second connection is let in, the third refused with the reason.
     let second = run(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "second"]));
     assert_eq!(text(&second).0, "second\n", "{}", text(&second).1);
-    let mut holder = rig
+    let holder = rig
         .ssh(ALICE, "readonly@db-1", &["sleep", "60"])
         .spawn()
         .unwrap();
