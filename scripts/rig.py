@@ -88,6 +88,54 @@ def markdown_table(headers, rows):
                       *(line(r) for r in rows)])
 
 
+class Checks:
+    """The correctness checks one scenario adds: what was expected, what was seen, and
+    whether they agree. Any failed check fails the script's run."""
+
+    def __init__(self, num, name):
+        self.num, self.name = num, name
+        self.rows = []  # (check, expected, observed, ok)
+
+    def add(self, check, expected, observed, ok):
+        self.rows.append((check, expected, observed, bool(ok)))
+        log(f"  {'PASS' if ok else 'FAIL'} {check}: {observed}")
+
+    def outcome(self, check, expected, ok_observed):
+        """add() for an (ok, observed) pair."""
+        ok, observed = ok_observed
+        self.add(check, expected, observed, ok)
+
+
+def print_checks(results):
+    """Every check of every scenario, one row each, in Markdown; observations too long for a
+    cell go in full below the table."""
+    headers = ["#", "scenario", "check", "expected", "observed", "result"]
+    table, notes = [], []
+    for c in results:
+        for i, (check, expected, observed, ok) in enumerate(c.rows):
+            if len(observed) > 90:
+                notes.append(f"  [{c.num}] {check}: {observed}")
+                observed = observed[:80] + " ... (below)"
+            table.append([str(c.num) if i == 0 else "", c.name if i == 0 else "", check,
+                          expected, observed, "PASS" if ok else "FAIL"])
+    print(markdown_table(headers, table))
+    if notes:
+        print("\nobserved in full:")
+        print("\n".join(notes))
+
+
+def verdict(results, problem=None):
+    """(failed, the run's last line): `PASS|FAIL: N passed, N failed`, naming each failed
+    check and the problem (set-up failed, interrupted) when there is one."""
+    oks = [ok for c in results for *_, ok in c.rows]
+    failed = [f"[{c.num}] {check}" for c in results for check, _, _, ok in c.rows if not ok]
+    bad = problem is not None or bool(failed)
+    line = (f"{'FAIL' if bad else 'PASS'}: {oks.count(True)} passed, {oks.count(False)} failed"
+            + (f" ({'; '.join(failed)})" if failed else "")
+            + (f"; {problem}" if problem else ""))
+    return bad, line
+
+
 def raise_on_signals():
     """SIGINT and SIGTERM raise KeyboardInterrupt, so a script tears down as on an error (both
     set explicitly: a shell starts background jobs with SIGINT ignored)."""
@@ -95,6 +143,16 @@ def raise_on_signals():
         raise KeyboardInterrupt()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
+
+
+def wait_for(fn, timeout, interval=0.1):
+    """fn()'s first truthy value within timeout seconds, else its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 def free_port():
