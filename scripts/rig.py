@@ -278,10 +278,12 @@ def provenance(binary):
 class Sshd:
     """One sshd listening on 127.0.0.1."""
 
-    def __init__(self, name, proc, port, host_key):
+    def __init__(self, name, proc, port, log, host_key=None):
         self.name = name
         self.proc = proc
         self.port = port
+        #: Its stderr (`sshd -e`): what it logs at its LogLevel.
+        self.log = log
         #: Path of its Ed25519 host key (`.pub` beside it; `-cert.pub` when certified).
         self.host_key = host_key
 
@@ -422,10 +424,12 @@ class Ramp:
 class Rig:
     """The temp dir and every process started in it."""
 
-    def __init__(self, binary, prefix="ramp-rig-", keep=False):
+    def __init__(self, binary, prefix="ramp-rig-", keep=False, ssh_options=()):
         self.built = binary
         self.prefix = prefix
         self.keep = keep
+        #: ssh_config lines (`Option value`) added to every client config the rig writes.
+        self.ssh_options = tuple(ssh_options)
         self.tmp = None
         self.daemons = []        # (Popen, name): sshds and serves, stopped at tear-down
         self.clients = []        # client Popens, each in its own process group
@@ -463,8 +467,9 @@ class Rig:
         return path
 
     def write_ssh_config(self, rel, identity=None):
-        """Client options every path shares; IdentitiesOnly, so only the identity named
-        here or with -i is offered."""
+        """Client options every path shares, and the rig's ssh_options; IdentitiesOnly, so
+        only the identity named here or with -i is offered. ssh passes `-F` (not `-o`) on to
+        a ProxyJump hop, so options set here hold on that leg too."""
         lines = [
             "Host *",
             f"  User {ACCOUNT}",
@@ -482,6 +487,7 @@ class Rig:
         ]
         if identity:
             lines.insert(2, f"  IdentityFile {identity}")
+        lines += [f"  {option}" for option in self.ssh_options]
         path = os.path.join(self.tmp, rel)
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -492,8 +498,9 @@ class Rig:
 
     # ---- sshd -------------------------------------------------------------------------------
     def start_sshd(self, name, lines):
-        """sshd -D on a free loopback port with `lines` plus the shared settings; a lost race
-        for the port is retried."""
+        """sshd -D on a free loopback port with `lines` plus the shared settings (sshd takes
+        the first value of a setting, so `lines` override them); a lost race for the port is
+        retried. Its Sshd, without host_key."""
         d = self.mkdir(name)
         last = ""
         for _ in range(3):
@@ -517,7 +524,7 @@ class Rig:
             self.daemons.append((p, f"{name} sshd"))
             try:
                 wait_port(port, p, 10, logf)
-                return p, port
+                return Sshd(name, p, port, logf)
             except RigError as e:
                 last = str(e)
                 stop_proc(p)
@@ -536,7 +543,7 @@ class Rig:
         os.makedirs(os.path.join(d, "principals"), exist_ok=True)
         with open(os.path.join(d, "principals", ACCOUNT), "w") as f:
             f.write(f"{ACCOUNT}\n")
-        p, port = self.start_sshd(f"{ramp.name}-{name}", [
+        sshd = self.start_sshd(f"{ramp.name}-{name}", [
             *extra,
             f"HostKey {host}",
             f"HostCertificate {host}-cert.pub",
@@ -545,7 +552,8 @@ class Rig:
             "AuthorizedKeysFile none",
             "Subsystem sftp internal-sftp",
         ])
-        return Sshd(name, p, port, host)
+        sshd.name, sshd.host_key = name, host
+        return sshd
 
     # ---- clients ----------------------------------------------------------------------------
     def spawn(self, cmd, **kw):
