@@ -88,6 +88,54 @@ def markdown_table(headers, rows):
                       *(line(r) for r in rows)])
 
 
+class Checks:
+    """The correctness checks one scenario adds: what was expected, what was seen, and
+    whether they agree. Any failed check fails the script's run."""
+
+    def __init__(self, num, name):
+        self.num, self.name = num, name
+        self.rows = []  # (check, expected, observed, ok)
+
+    def add(self, check, expected, observed, ok):
+        self.rows.append((check, expected, observed, bool(ok)))
+        log(f"  {'PASS' if ok else 'FAIL'} {check}: {observed}")
+
+    def outcome(self, check, expected, ok_observed):
+        """add() for an (ok, observed) pair."""
+        ok, observed = ok_observed
+        self.add(check, expected, observed, ok)
+
+
+def print_checks(results):
+    """Every check of every scenario, one row each, in Markdown; observations too long for a
+    cell go in full below the table."""
+    headers = ["#", "scenario", "check", "expected", "observed", "result"]
+    table, notes = [], []
+    for c in results:
+        for i, (check, expected, observed, ok) in enumerate(c.rows):
+            if len(observed) > 90:
+                notes.append(f"  [{c.num}] {check}: {observed}")
+                observed = observed[:80] + " ... (below)"
+            table.append([str(c.num) if i == 0 else "", c.name if i == 0 else "", check,
+                          expected, observed, "PASS" if ok else "FAIL"])
+    print(markdown_table(headers, table))
+    if notes:
+        print("\nobserved in full:")
+        print("\n".join(notes))
+
+
+def verdict(results, problem=None):
+    """(failed, the run's last line): `PASS|FAIL: N passed, N failed`, naming each failed
+    check and the problem (set-up failed, interrupted) when there is one."""
+    oks = [ok for c in results for *_, ok in c.rows]
+    failed = [f"[{c.num}] {check}" for c in results for check, _, _, ok in c.rows if not ok]
+    bad = problem is not None or bool(failed)
+    line = (f"{'FAIL' if bad else 'PASS'}: {oks.count(True)} passed, {oks.count(False)} failed"
+            + (f" ({'; '.join(failed)})" if failed else "")
+            + (f"; {problem}" if problem else ""))
+    return bad, line
+
+
 def raise_on_signals():
     """SIGINT and SIGTERM raise KeyboardInterrupt, so a script tears down as on an error (both
     set explicitly: a shell starts background jobs with SIGINT ignored)."""
@@ -95,6 +143,16 @@ def raise_on_signals():
         raise KeyboardInterrupt()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
+
+
+def wait_for(fn, timeout, interval=0.1):
+    """fn()'s first truthy value within timeout seconds, else its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 def free_port():
@@ -220,10 +278,12 @@ def provenance(binary):
 class Sshd:
     """One sshd listening on 127.0.0.1."""
 
-    def __init__(self, name, proc, port, host_key):
+    def __init__(self, name, proc, port, log, host_key=None):
         self.name = name
         self.proc = proc
         self.port = port
+        #: Its stderr (`sshd -e`): what it logs at its LogLevel.
+        self.log = log
         #: Path of its Ed25519 host key (`.pub` beside it; `-cert.pub` when certified).
         self.host_key = host_key
 
@@ -364,10 +424,12 @@ class Ramp:
 class Rig:
     """The temp dir and every process started in it."""
 
-    def __init__(self, binary, prefix="ramp-rig-", keep=False):
+    def __init__(self, binary, prefix="ramp-rig-", keep=False, ssh_options=()):
         self.built = binary
         self.prefix = prefix
         self.keep = keep
+        #: ssh_config lines (`Option value`) added to every client config the rig writes.
+        self.ssh_options = tuple(ssh_options)
         self.tmp = None
         self.daemons = []        # (Popen, name): sshds and serves, stopped at tear-down
         self.clients = []        # client Popens, each in its own process group
@@ -405,8 +467,9 @@ class Rig:
         return path
 
     def write_ssh_config(self, rel, identity=None):
-        """Client options every path shares; IdentitiesOnly, so only the identity named
-        here or with -i is offered."""
+        """Client options every path shares, and the rig's ssh_options; IdentitiesOnly, so
+        only the identity named here or with -i is offered. ssh passes `-F` (not `-o`) on to
+        a ProxyJump hop, so options set here hold on that leg too."""
         lines = [
             "Host *",
             f"  User {ACCOUNT}",
@@ -424,6 +487,7 @@ class Rig:
         ]
         if identity:
             lines.insert(2, f"  IdentityFile {identity}")
+        lines += [f"  {option}" for option in self.ssh_options]
         path = os.path.join(self.tmp, rel)
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -434,8 +498,9 @@ class Rig:
 
     # ---- sshd -------------------------------------------------------------------------------
     def start_sshd(self, name, lines):
-        """sshd -D on a free loopback port with `lines` plus the shared settings; a lost race
-        for the port is retried."""
+        """sshd -D on a free loopback port with `lines` plus the shared settings (sshd takes
+        the first value of a setting, so `lines` override them); a lost race for the port is
+        retried. Its Sshd, without host_key."""
         d = self.mkdir(name)
         last = ""
         for _ in range(3):
@@ -459,7 +524,7 @@ class Rig:
             self.daemons.append((p, f"{name} sshd"))
             try:
                 wait_port(port, p, 10, logf)
-                return p, port
+                return Sshd(name, p, port, logf)
             except RigError as e:
                 last = str(e)
                 stop_proc(p)
@@ -478,7 +543,7 @@ class Rig:
         os.makedirs(os.path.join(d, "principals"), exist_ok=True)
         with open(os.path.join(d, "principals", ACCOUNT), "w") as f:
             f.write(f"{ACCOUNT}\n")
-        p, port = self.start_sshd(f"{ramp.name}-{name}", [
+        sshd = self.start_sshd(f"{ramp.name}-{name}", [
             *extra,
             f"HostKey {host}",
             f"HostCertificate {host}-cert.pub",
@@ -487,7 +552,8 @@ class Rig:
             "AuthorizedKeysFile none",
             "Subsystem sftp internal-sftp",
         ])
-        return Sshd(name, p, port, host)
+        sshd.name, sshd.host_key = name, host
+        return sshd
 
     # ---- clients ----------------------------------------------------------------------------
     def spawn(self, cmd, **kw):

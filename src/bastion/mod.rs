@@ -33,6 +33,28 @@ pub use self::upstream::Upstream;
 use crate::service::Service;
 use crate::store::Event;
 
+/// Key exchanges the bastion offers its clients and its targets, best first: the post-quantum
+/// hybrid ML-KEM-768 + X25519 (OpenSSH 9.9 and later), then curve25519-sha256 for older
+/// OpenSSH (russh has no sntrup761x25519, the hybrid OpenSSH 9.0 to 9.8 prefer). Named here, not
+/// left to russh's defaults, so an upgrade cannot drop the post-quantum one unnoticed. The
+/// last four are not key exchanges but flags in the same list: extension negotiation and
+/// strict kex (the Terrapin fix), which russh only uses when they are listed.
+pub const KEX_ORDER: &[russh::kex::Name] = &[
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::CURVE25519,
+    russh::kex::CURVE25519_PRE_RFC_8731,
+    russh::kex::DH_GEX_SHA256,
+    russh::kex::DH_G18_SHA512,
+    russh::kex::DH_G17_SHA512,
+    russh::kex::DH_G16_SHA512,
+    russh::kex::DH_G15_SHA512,
+    russh::kex::DH_G14_SHA256,
+    russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+    russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 2048;
 
@@ -174,6 +196,10 @@ pub async fn run(
         // Messages russh queues per channel before its connection loop waits (default 100):
         // the read-ahead empties it at once, so a few messages do (see proxy::RUSSH_CHANNEL_QUEUE).
         channel_buffer_size: proxy::RUSSH_CHANNEL_QUEUE,
+        preferred: russh::Preferred {
+            kex: std::borrow::Cow::Borrowed(KEX_ORDER),
+            ..russh::Preferred::default()
+        },
         ..server::Config::default()
     });
     let ctx = Arc::new(Ctx {
@@ -880,5 +906,36 @@ impl server::Handler for ConnHandler {
     ) -> Result<bool, Self::Error> {
         // Remote forwarding would let a target reach into the engineer's network; not offered.
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KEX_ORDER;
+    use russh::kex;
+
+    /// Extension negotiation and strict kex: flags in the key exchange list, not key exchanges.
+    const FLAGS: [kex::Name; 4] = [
+        kex::EXTENSION_SUPPORT_AS_CLIENT,
+        kex::EXTENSION_SUPPORT_AS_SERVER,
+        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+        kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ];
+
+    #[test]
+    fn kex_order_offers_post_quantum_first_then_curve25519_and_keeps_strict_kex() {
+        assert_eq!(
+            KEX_ORDER[..2],
+            [kex::MLKEM768X25519_SHA256, kex::CURVE25519]
+        );
+        for flag in &FLAGS {
+            assert!(KEX_ORDER.contains(flag), "{flag:?} missing");
+        }
+        for name in KEX_ORDER.iter().filter(|n| !FLAGS.contains(n)) {
+            assert!(
+                kex::ALL_KEX_ALGORITHMS.contains(&name),
+                "russh has no {name:?}"
+            );
+        }
     }
 }

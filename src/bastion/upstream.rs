@@ -178,6 +178,7 @@ pub async fn connect(
             } else {
                 std::borrow::Cow::Borrowed(&[])
             },
+            kex: std::borrow::Cow::Borrowed(super::KEX_ORDER),
             cipher: std::borrow::Cow::Borrowed(HOP_CIPHERS),
             ..russh::Preferred::default()
         },
