@@ -239,15 +239,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Why a connection that only managed to offer a plain key got nowhere, and whether the key
-/// is one this CA knows. The SSH layer refuses expired, not-yet-valid and badly signed
-/// certificates before [`login::check`] sees them, so the ledger's newest certificate for the
-/// key tells the likely story.
+/// Why a connection that only managed to offer a plain key got nowhere, and whose key it is
+/// when this CA knows it (registered in people.yaml, or certified before). The SSH layer
+/// refuses expired, not-yet-valid and badly signed certificates before [`login::check`] sees
+/// them, so the ledger's newest certificate for the key tells the likely story.
 fn unusable_key(
     service: &Service,
     key: &russh::keys::ssh_key::PublicKey,
     now: chrono::DateTime<Utc>,
-) -> (login::Refused, bool) {
+) -> (login::Refused, Option<String>) {
     let fp = crate::keys::fingerprint(key);
     let newest = service.store.certs().ok().and_then(|certs| {
         certs
@@ -255,7 +255,11 @@ fn unusable_key(
             .filter(|c| c.fingerprint == fp && c.kind == "user")
             .max_by_key(|c| c.serial)
     });
-    let registered = service.policies().user_by_key(key).is_some();
+    let owner = service
+        .policies()
+        .user_by_key(key)
+        .map(|u| u.name.clone())
+        .or_else(|| newest.as_ref().map(|c| c.user.clone()));
     let secs = now.timestamp().max(0) as u64;
     let why = match &newest {
         Some(c) if secs >= c.valid_before => login::Refused { label: "expired", why: format!(
@@ -266,7 +270,7 @@ fn unusable_key(
         Some(c) if secs < c.valid_after => login::Refused { label: "not-yet-valid", why: format!("certificate not yet valid: serial {} for key {fp}", c.serial) },
         _ => login::Refused { label: "plain-key", why: format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)") },
     };
-    (why, registered || newest.is_some())
+    (why, owner)
 }
 
 /// One client connection.
@@ -282,9 +286,13 @@ pub struct ConnHandler {
     warning: watch::Sender<Option<String>>,
     /// The bastion is shutting down.
     stop: watch::Receiver<bool>,
-    /// A plain key this connection tried; audited only if no certificate login follows,
-    /// since OpenSSH offers the plain key beside its certificate on every normal login.
+    /// A plain key this connection tried; refused (logged, counted, audited) only if the
+    /// connection offered no certificate and never logs in, since OpenSSH offers the plain key
+    /// beside its certificate on every login.
     plain_key_tried: Option<(String, russh::keys::ssh_key::PublicKey)>,
+    /// A certificate this connection offered was refused: that refusal says why, so the plain
+    /// key offered beside it adds nothing.
+    certificate_refused: bool,
     /// Dropped with the connection, which tells its watchdog to stop.
     _alive: tokio::sync::oneshot::Sender<()>,
     /// The watchdog's end of `_alive`, until it starts.
@@ -300,8 +308,11 @@ pub struct ConnHandler {
 impl Drop for ConnHandler {
     fn drop(&mut self) {
         if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
-            let (refused, known) = unusable_key(&self.ctx.service, &key, Utc::now());
-            self.refuse(&login_name, None, &refused, known);
+            if self.certificate_refused {
+                return;
+            }
+            let (refused, owner) = unusable_key(&self.ctx.service, &key, Utc::now());
+            self.refuse(&login_name, None, &refused, owner.as_deref());
         }
     }
 }
@@ -329,6 +340,7 @@ impl ConnHandler {
             warning: watch::channel(None).0,
             stop,
             plain_key_tried: None,
+            certificate_refused: false,
         }
     }
 
@@ -372,26 +384,27 @@ impl ConnHandler {
     }
 
     /// Logs a refusal, and audits it when it concerns someone this CA knows: a certificate
-    /// user-ca signed, or a registered or certified key. Anonymous junk is only logged, so
-    /// strangers cannot flood the chain or put names in it.
+    /// user-ca signed, or a registered or certified key (`owner`, who it belongs to).
+    /// Anonymous junk is only logged, so strangers cannot flood the chain or put names in it.
     fn refuse(
         &self,
         login_name: &str,
         cert: Option<&Certificate>,
         refused: &login::Refused,
-        known: bool,
+        owner: Option<&str>,
     ) {
         let why = &refused.why;
         tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
         self.ctx.service.metrics.login_refused(refused.label);
         let ours = cert
             .is_some_and(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.ctx.user_ca);
-        if !(ours || known) {
+        if !(ours || owner.is_some()) {
             return;
         }
         let actor = cert
             .filter(|_| ours)
             .and_then(|c| c.key_id().split(':').nth(1).map(String::from))
+            .or(owner.map(String::from))
             .unwrap_or_else(|| "unknown".into());
         self.audit(
             &actor,
@@ -555,7 +568,10 @@ impl server::Handler for ConnHandler {
                 Ok(Auth::Accept)
             }
             Err(refused) => {
-                self.refuse(user, Some(cert), &refused, false);
+                let key = russh::keys::ssh_key::PublicKey::from(cert.public_key().clone());
+                let owner = p.user_by_key(&key).map(|u| u.name.clone());
+                self.refuse(user, Some(cert), &refused, owner.as_deref());
+                self.certificate_refused = true;
                 Ok(Auth::reject())
             }
         }

@@ -298,75 +298,209 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
     }
 }
 
+/// Waits (bounded) until the daemon's log contains `what`; some refusals are logged as the
+/// connection winds down, just after ssh exits.
+fn wait_log(rig: &Rig, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rig.daemon.log().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "log lacks {what:?}:\n{}",
+            rig.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `login-refused` audit records of connections from `client` (an IP address).
+fn refusals_from(audit: &[serde_json::Value], client: &str) -> Vec<serde_json::Value> {
+    audit
+        .iter()
+        .filter(|r| {
+            r["action"] == "login-refused"
+                && r["detail"]["client"]
+                    .as_str()
+                    .and_then(|c| c.parse::<std::net::SocketAddr>().ok())
+                    .is_some_and(|a| a.ip().to_string() == client)
+        })
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
     let rig = rig();
-    rig.observe("INC-2", &[]);
-    let refused = |login: &str, identity: &str, why: &str| {
-        let out = run(&mut rig.ssh(identity, login, &["true"]));
-        assert!(!out.status.success(), "{login} got in");
-        // Some refusals are logged as the connection winds down, just after ssh exits.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !rig.daemon.log().contains(why) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(
-            rig.daemon.log().contains(why),
-            "log lacks {why:?}:\n{}",
-            rig.daemon.log()
-        );
+    let observe = rig.observe("INC-2", &[]);
+    let (serial, grant) = (
+        observe["serial"].as_u64().unwrap(),
+        observe["grant"]["id"].as_str().unwrap().to_string(),
+    );
+    // Each attempt comes from an address of its own, so each audit record can be told apart.
+    let refused = |from: &str, login: &str, identity: &str, why: &str| {
+        let bind = ["-b".to_string(), from.to_string()];
+        let out = run(&mut rig.ssh_with(identity, &bind, login, &["true"]));
+        assert!(!out.status.success(), "{login} got in from {from}");
+        wait_log(&rig, &format!("login refused peer={from}:"));
+        wait_log(&rig, why);
     };
     refused(
+        "127.0.0.11",
         "dbadmin@db-1",
         ALICE,
         "principal `dbadmin` is not in the certificate",
     );
-    refused("readonly@web-1", ALICE, "contract `prod-db` of grant");
-    refused("readonly@nowhere", ALICE, "unknown target `nowhere`");
-    // A key without a certificate.
-    keygen(rig.dir.path(), "plain");
     refused(
+        "127.0.0.12",
+        "readonly@web-1",
+        ALICE,
+        &format!("contract `prod-db` of grant {grant} does not cover target `web-1`"),
+    );
+    refused(
+        "127.0.0.13",
+        "readonly@nowhere",
+        ALICE,
+        "unknown target `nowhere`: not in hosts.yaml",
+    );
+    // alice's registered key on its own, without its certificate.
+    std::fs::create_dir(rig.dir.join("bare")).unwrap();
+    std::fs::copy(rig.dir.join(ALICE), rig.dir.join("bare/alice")).unwrap();
+    let alice_fp = crate::support::run_ok(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(rig.dir.join(format!("{ALICE}.pub"))),
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_string();
+    refused(
+        "127.0.0.14",
         "readonly@db-1",
-        "plain",
+        "bare/alice",
+        &format!("a plain key ({alice_fp}) is not accepted: sign in with a ramp-ca certificate"),
+    );
+    // A stranger's key: logged, not audited.
+    keygen(rig.dir.path(), "stranger");
+    refused(
+        "127.0.0.15",
+        "readonly@db-1",
+        "stranger",
         "is not accepted: sign in with a ramp-ca certificate",
     );
-    // A certificate from another CA, dressed up with a real-looking key id.
+    // Certificates from another CA, dressed up with a real-looking key id and alice's serial:
+    // over a stranger's key, logged and not audited; over alice's registered key, audited.
     let rogue = keygen(rig.dir.path(), "rogue-ca");
     keygen(rig.dir.path(), "forged");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-s"])
-            .arg(&rogue)
-            .args([
-                "-I",
-                "ramp:alice:prod-db:observe:x",
-                "-n",
-                "readonly",
-                "-z",
-                "1",
-            ])
-            .arg(rig.dir.join("forged.pub")),
+    std::fs::create_dir(rig.dir.join("forged-alice")).unwrap();
+    std::fs::copy(rig.dir.join(ALICE), rig.dir.join("forged-alice/alice")).unwrap();
+    std::fs::copy(
+        rig.dir.join(format!("{ALICE}.pub")),
+        rig.dir.join("forged-alice/alice.pub"),
+    )
+    .unwrap();
+    for key in ["forged.pub", "forged-alice/alice.pub"] {
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(&rogue)
+                .args([
+                    "-I",
+                    &format!("ramp:alice:prod-db:observe:{grant}"),
+                    "-n",
+                    "readonly",
+                    "-z",
+                    &serial.to_string(),
+                ])
+                .arg(rig.dir.join(key)),
+        );
+    }
+    refused(
+        "127.0.0.16",
+        "readonly@db-1",
+        "forged",
+        "signed by an untrusted CA",
     );
-    refused("readonly@db-1", "forged", "signed by an untrusted CA");
+    refused(
+        "127.0.0.19",
+        "readonly@db-1",
+        "forged-alice/alice",
+        "signed by an untrusted CA",
+    );
     // Revoked, then expired.
-    let serial = json(&run_ok(
+    let web = json(&run_ok(
         &mut rig.ramp(ALICE, &["sign", "--contract", "prod-web", "--json"]),
     ))["serial"]
         .as_u64()
         .unwrap();
-    run_ok(&mut rig.ramp(CAROL, &["revoke", "--serial", &serial.to_string()]));
+    run_ok(&mut rig.ramp(CAROL, &["revoke", "--serial", &web.to_string()]));
     refused(
+        "127.0.0.17",
         "logs@web-1",
         ALICE,
-        &format!("certificate serial {serial} is revoked"),
+        &format!("certificate serial {web} is revoked"),
     );
-    rig.observe("x", &["--ttl", "2s"]);
-    std::thread::sleep(Duration::from_millis(2500));
-    refused("readonly@db-1", ALICE, "certificate expired");
+    let short = rig.observe("x", &["--ttl", "2s"])["serial"]
+        .as_u64()
+        .unwrap();
+    let cert = russh::keys::ssh_key::Certificate::from_openssh(
+        rig.dir.read(format!("{ALICE}-cert.pub")).trim(),
+    )
+    .unwrap();
+    while (chrono::Utc::now().timestamp() as u64) < cert.valid_before() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    refused(
+        "127.0.0.18",
+        "readonly@db-1",
+        ALICE,
+        &format!("certificate expired: the newest certificate for key {alice_fp} (serial {short})"),
+    );
 
-    let audit = rig.audit();
-    assert!(audit.matches(" login-refused ").count() >= 7, "{audit}");
-    assert!(audit.contains("certificate expired"), "{audit}");
+    let audit = json(&run_ok(&mut rig.ramp(CAROL, &["audit", "list", "--json"])));
+    let audit = audit.as_array().unwrap();
+    // One record each, naming alice, the login asked for and the reason.
+    let audited = |from: &str, login: &str, why: &str| {
+        let records = refusals_from(audit, from);
+        assert_eq!(records.len(), 1, "{from}: {records:#?}");
+        let r = &records[0];
+        assert_eq!(
+            (r["actor"].as_str(), r["subject"].as_str()),
+            (Some("alice"), Some(login)),
+            "{r:#}"
+        );
+        let reason = r["detail"]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{from}: {reason:?} lacks {why:?}");
+    };
+    audited(
+        "127.0.0.11",
+        "dbadmin@db-1",
+        "principal `dbadmin` is not in the certificate",
+    );
+    audited(
+        "127.0.0.12",
+        "readonly@web-1",
+        "does not cover target `web-1`",
+    );
+    audited("127.0.0.13", "readonly@nowhere", "unknown target `nowhere`");
+    audited("127.0.0.14", "readonly@db-1", "a plain key");
+    audited(
+        "127.0.0.17",
+        "logs@web-1",
+        &format!("certificate serial {web} is revoked"),
+    );
+    audited(
+        "127.0.0.18",
+        "readonly@db-1",
+        &format!("(serial {short}) was valid until"),
+    );
+    audited("127.0.0.19", "readonly@db-1", "signed by an untrusted CA");
+    for stranger in ["127.0.0.15", "127.0.0.16"] {
+        assert_eq!(
+            refusals_from(audit, stranger),
+            Vec::<serde_json::Value>::new(),
+            "a stranger's refusal reached the audit chain"
+        );
+    }
 }
 
 #[test]
