@@ -480,16 +480,22 @@ impl ConnHandler {
                     continue;
                 }
                 let store = &service.store;
-                let revoked_now = store.is_revoked(login.serial).unwrap_or(false)
-                    || store
-                        .grant(&login.grant.id)
-                        .ok()
-                        .flatten()
-                        .is_none_or(|g| g.state(now) != crate::grant::State::Active);
-                if revoked_now {
+                let grant_ended = store
+                    .grant(&login.grant.id)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|g| g.state(now) != crate::grant::State::Active);
+                if grant_ended {
                     break format!(
                         "access to {} ended: the grant was revoked",
                         login.target.name
+                    );
+                }
+                // Revoking the grant revokes its serials too; a serial alone says so.
+                if store.is_revoked(login.serial).unwrap_or(false) {
+                    break format!(
+                        "access to {} ended: certificate serial {} was revoked",
+                        login.target.name, login.serial
                     );
                 }
                 if let Err(why) =

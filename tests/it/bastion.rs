@@ -684,28 +684,63 @@ fn a_pty_shell_runs_scripted_input_and_the_recording_has_both_directions() {
     assert!(shown.contains("marker-42"), "{shown:?}");
 }
 
-/// Starts `sleep` through the bastion in the background (on a pty, as a person would) and
-/// waits until its session is live.
-fn sleeper(rig: &Rig, seconds: u32) -> std::process::Child {
+/// Starts a minute of `sleep` through the bastion as alice in the background (on a pty, as a
+/// person would) and waits until its session is live.
+fn sleeper(rig: &Rig) -> std::process::Child {
+    sleeper_as(rig, "readonly@db-1")
+}
+
+/// [`sleeper`] logged in as `login`.
+fn sleeper_as(rig: &Rig, login: &str) -> std::process::Child {
+    let before = rig.sessions().len();
     let child = rig
-        .ssh(
-            ALICE,
-            "readonly@db-1",
-            &["-tt", "echo", "started;", "sleep", &seconds.to_string()],
-        )
+        .ssh(ALICE, login, &["-tt", "echo", "started;", "sleep", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    rig.wait_sessions("a live session", |l| l.iter().any(|s| s["state"] == "live"));
+    rig.wait_sessions("a new live session", |l| {
+        l.len() == before + 1 && l[before]["state"] == "live"
+    });
     child
+}
+
+/// Starts a [`sleeper_as`] `login`, has carol revoke with `revoke` (like `--serial N`), and
+/// checks that the session is cut off at once with `why` on the user's terminal and as its
+/// recording's end reason; returns the session's record.
+fn revoke_cuts(rig: &Rig, login: &str, revoke: &[&str], why: &str) -> serde_json::Value {
+    let child = sleeper_as(rig, login);
+    let live = rig.sessions().len() - 1;
+    let mut args = vec!["revoke", "--reason", "test"];
+    args.extend_from_slice(revoke);
+    let revoked_at = Instant::now();
+    run_ok(&mut rig.ramp(CAROL, &args));
+    let out = child.wait_with_output().unwrap();
+    let took = revoked_at.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(255), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains(&format!("ramp-ca: {why}\r\n")),
+        "the terminal does not say {why:?}:\n{stdout}{stderr}"
+    );
+    // Generous bound against a noisy machine; the design aims at one second.
+    assert!(took < Duration::from_secs(10), "revocation took {took:?}");
+    let list = rig.wait_sessions("the session ended", |l| l[live]["state"] == "ended");
+    assert_eq!(
+        list[live]["end_reason"].as_str(),
+        Some(why),
+        "{}",
+        list[live]
+    );
+    list[live].clone()
 }
 
 #[test]
 fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
     let rig = rig();
-    rig.observe("INC-6", &["--ttl", "6s"]);
-    let child = sleeper(&rig, 60);
+    // Ten seconds leave a busy machine time to log in before the certificate ends.
+    rig.observe("INC-6", &["--ttl", "10s"]);
+    let child = sleeper(&rig);
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let (stdout, stderr) = text(&out);
@@ -724,25 +759,68 @@ fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
 }
 
 #[test]
-fn revoking_the_grant_ends_the_live_session() {
+fn revoking_a_grant_a_serial_or_a_user_ends_their_live_sessions_saying_why() {
     let rig = rig();
     let grant = rig.observe("INC-7", &[])["grant"]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let child = sleeper(&rig, 60);
-    let revoked_at = Instant::now();
-    run_ok(&mut rig.ramp(
-        CAROL,
-        &["revoke", "--grant", &grant, "--reason", "incident over"],
-    ));
-    let out = child.wait_with_output().unwrap();
-    let took = revoked_at.elapsed();
-    assert!(!out.status.success());
-    let both = format!("{}{}", text(&out).0, text(&out).1);
-    assert!(both.contains("the grant was revoked"), "{both}");
-    // Generous bound against a noisy machine; the design aims at one second.
-    assert!(took < Duration::from_secs(10), "revocation took {took:?}");
+    revoke_cuts(
+        &rig,
+        "readonly@db-1",
+        &["--grant", &grant],
+        "access to db-1 ended: the grant was revoked",
+    );
+    // A serial alone: the grant stays active, and the message names the serial.
+    let observe = rig.observe("INC-7", &[]);
+    let serial = observe["serial"].as_u64().unwrap().to_string();
+    let cut = revoke_cuts(
+        &rig,
+        "readonly@db-1",
+        &["--serial", &serial],
+        &format!("access to db-1 ended: certificate serial {serial} was revoked"),
+    );
+    assert_eq!(cut["serial"].as_u64().unwrap().to_string(), serial);
+    let grants = json(&run_ok(&mut rig.ramp(ALICE, &["grants", "--json"])));
+    assert_eq!(grants[0]["id"], observe["grant"]["id"], "{grants}");
+    assert_eq!(grants[0]["state"], "active", "{grants}");
+    // Every grant of the user.
+    rig.sign(
+        ALICE,
+        &["--grant", observe["grant"]["id"].as_str().unwrap()],
+    );
+    revoke_cuts(
+        &rig,
+        "readonly@db-1",
+        &["--user", "alice"],
+        "access to db-1 ended: the grant was revoked",
+    );
+}
+
+#[test]
+fn revoking_the_step_a_grant_climbed_from_ends_the_live_session_of_that_grant() {
+    let rig = rig();
+    let observe = rig.observe("INC-14", &[])["grant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let operate = json(&run_ok(
+        &mut rig.ramp(ALICE, &crate::ask("operate", "INC-14")),
+    ))["grant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_ok(&mut rig.ramp(BOB, &["approve", &operate]));
+    rig.sign(ALICE, &["--grant", &operate]);
+    // dbadmin is a principal of operate only.
+    let cut = revoke_cuts(
+        &rig,
+        "dbadmin@db-1",
+        &["--grant", &observe],
+        "access to db-1 ended: the grant was revoked",
+    );
+    assert_eq!(cut["grant"], operate.as_str(), "{cut}");
+    assert_eq!(cut["principal"], "dbadmin", "{cut}");
 }
 
 #[test]
@@ -836,7 +914,7 @@ fn a_changed_recording_is_found_and_a_full_recording_disk_refuses_sessions() {
 fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
     let rig = rig();
     rig.observe("INC-11", &[]);
-    let child = sleeper(&rig, 60);
+    let child = sleeper(&rig);
     let people = rig
         .dir
         .read("policies/people.yaml")
@@ -936,7 +1014,7 @@ fn port_forwarding_only_where_the_certificate_permits_it() {
 fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
     let rig = rig();
     rig.observe("INC-10", &[]);
-    let child = sleeper(&rig, 60);
+    let child = sleeper(&rig);
     // Stop only once the first output has passed through (and was recorded).
     rig.wait_sessions("output through the session", |l| {
         l[0]["bytes_out"].as_u64() > Some(0)
