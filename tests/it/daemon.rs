@@ -86,10 +86,20 @@ impl Daemon {
     /// Sends a signal (like `HUP`) to the daemon.
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("daemon running").id();
-        let _ = Command::new("kill")
+        let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(pid.to_string())
-            .status();
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
+    }
+
+    /// The daemon's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for the daemon")
     }
 
     /// Kills the daemon with SIGKILL, as a crash would.
@@ -125,5 +135,63 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Daemon;
+    use crate::support::{ramp, run_ok, TestDir};
+    use std::time::{Duration, Instant};
+
+    /// Starts a daemon and signals it the moment it has printed its ports, a few times over.
+    fn signalled_at_once(name: &str, check: impl Fn(&TestDir, &mut Daemon)) {
+        let dir = TestDir::new();
+        run_ok(ramp(&dir).arg("init"));
+        for _ in 0..5 {
+            let mut daemon = Daemon::start(&dir);
+            daemon.signal(name);
+            check(&dir, &mut daemon);
+        }
+    }
+
+    #[test]
+    fn sighup_sent_as_soon_as_serve_prints_its_ports_reloads_instead_of_killing_it() {
+        signalled_at_once("HUP", |dir, daemon| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !daemon.log().contains("policies reloaded") {
+                if let Some(status) = daemon.exited() {
+                    panic!("SIGHUP ended the daemon ({status}):\n{}", daemon.log());
+                }
+                assert!(Instant::now() < deadline, "no reload:\n{}", daemon.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(daemon.exited(), None, "{}", daemon.log());
+            run_ok(&mut daemon.cmd(dir, crate::ALICE, &["grants"]));
+        });
+    }
+
+    #[test]
+    fn sigterm_sent_as_soon_as_serve_prints_its_ports_drains_and_exits_0() {
+        signalled_at_once("TERM", |_, daemon| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(status) = daemon.exited() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "still running:\n{}",
+                    daemon.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(status.success(), "{status}:\n{}", daemon.log());
+            assert!(
+                daemon.log().contains("stopped; ledger flushed"),
+                "{}",
+                daemon.log()
+            );
+        });
     }
 }
