@@ -759,16 +759,18 @@ impl server::Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         // russh answers this one itself from the returned value.
+        tracing::info!(peer = %self.peer, request = ?proxy::Request::Agent, "channel request refused");
         Ok(false)
     }
 
     async fn tcpip_forward(
         &mut self,
-        _address: &str,
-        _port: &mut u32,
+        address: &str,
+        port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         // Remote forwarding would let a target reach into the engineer's network; not offered.
+        tracing::info!(peer = %self.peer, %address, port = *port, "remote forwarding refused");
         Ok(false)
     }
 }

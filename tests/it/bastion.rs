@@ -185,6 +185,69 @@ impl Rig {
     fn audit(&self) -> String {
         run_ok(&mut self.ramp(CAROL, &["audit", "list"]))
     }
+
+    /// The audit records with `action`, as JSON.
+    fn audited(&self, action: &str) -> Vec<serde_json::Value> {
+        let all = json(&run_ok(&mut self.ramp(CAROL, &["audit", "list", "--json"])));
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == action)
+            .cloned()
+            .collect()
+    }
+
+    /// Re-reads the policies (SIGHUP) and waits (bounded) until the daemon says it did.
+    fn reload(&self) {
+        let reloads = || self.daemon.log().matches("policies reloaded").count();
+        let before = reloads();
+        self.daemon.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no reload:\n{}",
+                self.daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Adds the test contract `fenced` (for sre, on db-1), one step for each certificate
+    /// option under test, and reloads.
+    fn fenced(&self) {
+        self.dir.write(
+            "policies/fenced.yaml",
+            "contract: fenced\n\
+             description: One step for each certificate option the bastion enforces\n\
+             targets: {names: [db-1]}\n\
+             requesters: [sre]\n\
+             reason: optional\n\
+             steps:\n\
+             \x20 - name: from-two\n\
+             \x20   principals: [readonly]\n\
+             \x20   max_ttl: 30m\n\
+             \x20   options: {source_address: [127.0.0.2/32, 10.9.0.0/16]}\n\
+             \x20 - name: no-pty\n\
+             \x20   principals: [readonly]\n\
+             \x20   max_ttl: 30m\n\
+             \x20   options: {pty: false}\n\
+             \x20 - name: forced\n\
+             \x20   principals: [readonly]\n\
+             \x20   max_ttl: 30m\n\
+             \x20   options: {force_command: \"echo forced-as-$(whoami)\"}\n\
+             \x20 - name: forwarding\n\
+             \x20   principals: [readonly]\n\
+             \x20   max_ttl: 30m\n\
+             \x20   options: {port_forwarding: true, agent_forwarding: true, x11_forwarding: true}\n",
+        );
+        self.reload();
+    }
+
+    /// alice's certificate for step `step` of the `fenced` contract.
+    fn fenced_step(&self, step: &str) -> serde_json::Value {
+        self.sign(ALICE, &["--contract", "fenced", "--step", step])
+    }
 }
 
 fn text(out: &Output) -> (String, String) {
@@ -1113,16 +1176,7 @@ fn a_revoked_host_certificate_stops_the_hop() {
         ),
     );
     rig.dir.write("policies/hosts.yaml", hosts);
-    rig.daemon.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rig.daemon.log().contains("policies reloaded") {
-        assert!(
-            Instant::now() < deadline,
-            "no reload:\n{}",
-            rig.daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rig.reload();
     assert!(
         run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]))
             .status
@@ -1141,4 +1195,254 @@ fn a_revoked_host_certificate_stops_the_hop() {
         "{}",
         text(&out).1
     );
+}
+
+/// The daemon's log lines about connections from `peer` (`IP:PORT`s are matched by IP).
+fn log_about(rig: &Rig, ip: &str) -> Vec<String> {
+    rig.daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("peer={ip}:")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_step_without_pty_refuses_the_terminal_and_its_command_runs_without_one() {
+    let rig = rig();
+    rig.fenced();
+    rig.fenced_step("no-pty");
+    // `ssh -tt` insists on a terminal: OpenSSH ends the session when it is refused.
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-1", &["-tt", "tty"]));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(255), "{stdout}{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "PTY allocation request failed on channel 0",
+        "{stdout}"
+    );
+    wait_log(&rig, "channel request refused peer=127.0.0.1:");
+    assert!(
+        log_about(&rig, "127.0.0.1")
+            .iter()
+            .any(|l| l.contains("channel request refused") && l.ends_with("request=Pty")),
+        "{}",
+        rig.daemon.log()
+    );
+    // A person at a terminal (here `script`'s) asks for one implicitly: the shell runs
+    // without it, as with sshd.
+    let ssh = rig.ssh(ALICE, "readonly@db-1", &[]);
+    let words: Vec<String> = std::iter::once(ssh.get_program())
+        .chain(ssh.get_args())
+        .map(|w| format!("'{}'", w.to_string_lossy()))
+        .collect();
+    let mut child = Command::new("script")
+        .args(["-qec", &words.join(" "), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"tty; echo ran-$((6*7)); exit 3\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("PTY allocation request failed on channel 0\r\nnot a tty\r\nran-42"),
+        "{stdout:?}"
+    );
+    let list = rig.wait_sessions("the shell ended", |l| {
+        l.iter()
+            .any(|s| s["kind"] == "shell" && s["state"] == "ended")
+    });
+    let shell = list.iter().find(|s| s["kind"] == "shell").unwrap();
+    assert!(shell["term"].is_null(), "{shell}");
+    assert_eq!(shell["exit_status"], 3, "{shell}");
+    // No session got a terminal.
+    assert!(list.iter().all(|s| s["term"].is_null()), "{list:#?}");
+}
+
+#[test]
+fn a_forced_command_runs_and_is_recorded_whatever_the_client_asks() {
+    let rig = rig();
+    rig.fenced();
+    rig.fenced_step("forced");
+    let forced = "echo forced-as-$(whoami)";
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-1", &["echo asked-for"]));
+    assert_eq!(text(&out).0, "forced-as-readonly\n", "{}", text(&out).1);
+    // A shell too.
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-1", &[]));
+    assert_eq!(text(&out).0, "forced-as-readonly\n", "{}", text(&out).1);
+    let list = rig.wait_sessions("two ended sessions", |l| {
+        l.len() == 2 && l.iter().all(|s| s["state"] == "ended")
+    });
+    for s in &list {
+        assert_eq!(
+            (s["kind"].as_str(), s["command"].as_str()),
+            (Some("exec"), Some(forced)),
+            "{s}"
+        );
+        let id = s["id"].as_str().unwrap();
+        let exported = json(&run_ok(
+            &mut rig.ramp(BOB, &["sessions", "export", id, "--format", "json"]),
+        ));
+        let shown: String = exported["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "output")
+            .map(|e| e["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(shown, "forced-as-readonly\n", "{exported}");
+    }
+    let hits = json(&run_ok(
+        &mut rig.ramp(BOB, &["sessions", "grep", "asked-for", "--json"]),
+    ));
+    assert_eq!(hits, serde_json::json!([]), "the asked command ran");
+}
+
+#[test]
+fn agent_x11_and_remote_forwarding_are_refused_even_where_the_certificate_permits_them() {
+    let rig = rig();
+    rig.fenced();
+    let cert = rig.fenced_step("forwarding");
+    let listing = run_ok(
+        Command::new("ssh-keygen")
+            .arg("-Lf")
+            .arg(rig.dir.join(format!("{ALICE}-cert.pub"))),
+    );
+    for ext in [
+        "permit-agent-forwarding",
+        "permit-X11-forwarding",
+        "permit-port-forwarding",
+    ] {
+        assert!(listing.contains(ext), "{ext} missing: {listing}");
+    }
+    let from = |ip: &str| vec!["-b".to_string(), ip.to_string()];
+
+    // -R: OpenSSH gives up when told to.
+    let mut opts = from("127.0.0.21");
+    opts.extend(["-o".into(), "ExitOnForwardFailure=yes".into()]);
+    let out = run(&mut rig.ssh_with(
+        ALICE,
+        &opts,
+        "readonly@db-1",
+        &["-R", "0:127.0.0.1:9", "true"],
+    ));
+    assert_eq!(out.status.code(), Some(255), "{:?}", text(&out));
+    assert_eq!(
+        text(&out).1.trim(),
+        "Error: remote port forwarding failed for listen port 0"
+    );
+    wait_log(&rig, "remote forwarding refused peer=127.0.0.21:");
+
+    // X11: refused, the command runs without a display.
+    let out = run(rig
+        .ssh_with(
+            ALICE,
+            &from("127.0.0.22"),
+            "readonly@db-1",
+            &["-Y", "echo display=[$DISPLAY]"],
+        )
+        .env("DISPLAY", ":0"));
+    assert_eq!(
+        text(&out),
+        (
+            "display=[]\n".to_string(),
+            "X11 forwarding request failed on channel 0\r\n".to_string()
+        )
+    );
+    assert!(
+        log_about(&rig, "127.0.0.22")
+            .iter()
+            .any(|l| l.contains("channel request refused") && l.ends_with("request=X11")),
+        "{:#?}",
+        log_about(&rig, "127.0.0.22")
+    );
+
+    // The agent: OpenSSH asks without wanting an answer, so only the target can tell: it
+    // never got one.
+    let sock = rig.dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // IdentityAgent comes first, so it wins over client_opts' `none` that would hide it.
+    let mut opts = vec![
+        "-o".to_string(),
+        format!("IdentityAgent={}", sock.display()),
+    ];
+    opts.extend(from("127.0.0.23"));
+    let out = run(&mut rig.ssh_with(
+        ALICE,
+        &opts,
+        "readonly@db-1",
+        &["-A", "echo agent=[$SSH_AUTH_SOCK]"],
+    ));
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert_eq!(text(&out), ("agent=[]\n".to_string(), String::new()));
+    assert!(
+        log_about(&rig, "127.0.0.23")
+            .iter()
+            .any(|l| l.contains("channel request refused") && l.ends_with("request=Agent")),
+        "{:#?}",
+        log_about(&rig, "127.0.0.23")
+    );
+    assert_eq!(cert["grant"]["step"], "forwarding");
+}
+
+#[test]
+fn source_address_admits_only_clients_inside_it() {
+    let rig = rig();
+    rig.fenced();
+    let signed = rig.fenced_step("from-two");
+    let cert = russh::keys::ssh_key::Certificate::from_openssh(
+        rig.dir.read(format!("{ALICE}-cert.pub")).trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        cert.critical_options()
+            .get("source-address")
+            .map(String::as_str),
+        Some("127.0.0.2/32,10.9.0.0/16")
+    );
+    let from = |ip: &str| vec!["-b".to_string(), ip.to_string()];
+
+    let out = run(&mut rig.ssh_with(ALICE, &from("127.0.0.3"), "readonly@db-1", &["echo ok"]));
+    assert_eq!(out.status.code(), Some(255), "{:?}", text(&out));
+    assert!(text(&out).0.is_empty(), "{:?}", text(&out));
+    let why = "source address 127.0.0.3 is not in the certificate's source-address 127.0.0.2/32,10.9.0.0/16";
+    wait_log(&rig, why);
+    let refused = rig.audited("login-refused");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(
+        (
+            refused[0]["actor"].as_str(),
+            refused[0]["detail"]["reason"].as_str(),
+            refused[0]["detail"]["serial"].as_u64()
+        ),
+        (Some("alice"), Some(why), signed["serial"].as_u64())
+    );
+
+    let out = run(&mut rig.ssh_with(ALICE, &from("127.0.0.2"), "readonly@db-1", &["echo ok"]));
+    assert_eq!(text(&out), ("ok\n".to_string(), String::new()));
+    let list = rig.wait_sessions("the session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    assert_eq!(list[0]["client"], "127.0.0.2");
 }
