@@ -244,6 +244,18 @@ impl Rig {
         self.reload();
     }
 
+    /// Adds host `name` at `sshd`'s address to hosts.yaml (no pinned key: it must present a
+    /// host-ca certificate naming it) and reloads.
+    fn add_host(&self, name: &str, sshd: &Sshd) {
+        let mut hosts = self.dir.read("policies/hosts.yaml");
+        hosts.push_str(&format!(
+            "  {name}:\n    address: 127.0.0.1:{}\n    labels: {{role: db}}\n",
+            sshd.port()
+        ));
+        self.dir.write("policies/hosts.yaml", hosts);
+        self.reload();
+    }
+
     /// alice's certificate for step `step` of the `fenced` contract.
     fn fenced_step(&self, step: &str) -> serde_json::Value {
         self.sign(ALICE, &["--contract", "fenced", "--step", step])
@@ -1136,6 +1148,217 @@ fn bulk_both_ways_at_once_through_cat_is_byte_exact() {
     });
     assert_eq!(list[0]["bytes_in"].as_u64(), Some(payload.len() as u64));
     assert_eq!(list[0]["bytes_out"].as_u64(), Some(payload.len() as u64));
+}
+
+/// A target sshd that trusts node-ca only (as `ramp-ca trust sshd` says), lets principal
+/// `readonly` in as `readonly`, reads `revoked_keys` when given, and presents a host key
+/// certified by `ssh-keygen -s CA -h ARGS...` (CA relative to the rig's directory).
+fn target_with_host_cert(
+    rig: &Rig,
+    name: &str,
+    ca: &str,
+    args: &[&str],
+    revoked_keys: Option<std::path::PathBuf>,
+) -> Sshd {
+    let key = keygen(rig.dir.path(), &format!("{name}_host_key"));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(rig.dir.join(ca))
+            .args(["-h", "-I", name])
+            .args(args)
+            .arg(key.with_extension("pub")),
+    );
+    Sshd::start(SshdOptions {
+        trusted_user_ca_keys: rig.dir.join("keys/node-ca.pub"),
+        revoked_keys,
+        principals: vec![("readonly".into(), vec!["readonly".into()])],
+        host_key: Some(key),
+        ..SshdOptions::default()
+    })
+}
+
+#[test]
+fn the_hop_refuses_a_host_certificate_from_another_ca_expired_or_naming_another_host() {
+    let rig = rig();
+    rig.observe("INC-15", &[]);
+    keygen(rig.dir.path(), "rogue-host-ca");
+    let rogue_fp = fingerprint(&rig.dir.join("rogue-host-ca.pub"));
+    let cases = [
+        (
+            "db-4",
+            "rogue-host-ca",
+            vec!["-n", "db-4,127.0.0.1", "-V", "-1m:+1d"],
+            format!("db-4's host certificate is signed by an unknown CA ({rogue_fp})"),
+        ),
+        (
+            "db-5",
+            "keys/host-ca",
+            vec!["-n", "db-5,127.0.0.1", "-V", "20200101:20200102"],
+            "db-5's host certificate is outside its validity window".to_string(),
+        ),
+        (
+            "db-6",
+            "keys/host-ca",
+            vec!["-n", "db-9", "-V", "-1m:+1d"],
+            "db-6's host certificate is not valid for the name db-6".to_string(),
+        ),
+    ];
+    let mut targets = Vec::new();
+    for (name, ca, args, _) in &cases {
+        let sshd = target_with_host_cert(&rig, name, ca, args, None);
+        rig.add_host(name, &sshd);
+        targets.push(sshd);
+    }
+    for ((name, _, _, why), target) in cases.iter().zip(&targets) {
+        let out = run(&mut rig.ssh(ALICE, &format!("readonly@{name}"), &["echo", "ran"]));
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(255), "{name}: {stdout}{stderr}");
+        assert!(stdout.is_empty(), "{name}: {stdout}");
+        assert_eq!(
+            stderr.trim(),
+            format!("ramp-ca: refusing to connect: {why}"),
+            "{name}"
+        );
+        // The bastion hung up before offering the target anything.
+        assert!(
+            !target.log().contains("publickey"),
+            "{name}: {}",
+            target.log()
+        );
+    }
+    // Each is refused for its certificate alone: the same target signed properly is fine.
+    let fine = target_with_host_cert(&rig, "db-8", "keys/host-ca", &["-n", "db-8"], None);
+    rig.add_host("db-8", &fine);
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-8", &["echo", "ran"]));
+    assert_eq!(text(&out), ("ran\n".to_string(), String::new()));
+}
+
+#[test]
+fn a_target_trusting_node_ca_only_refuses_the_hop_of_a_serial_in_the_node_ca_part_of_the_krl() {
+    let rig = rig();
+    let first = rig.observe("INC-16", &[]);
+    let serial = first["serial"].as_u64().unwrap();
+    let key_id = format!(
+        "ramp:alice:prod-db:observe:{}",
+        first["grant"]["id"].as_str().unwrap()
+    );
+    std::fs::copy(
+        rig.dir.join(format!("{ALICE}-cert.pub")),
+        rig.dir.join("first-cert.pub"),
+    )
+    .unwrap();
+    // The target reads the KRL `ramp-ca krl` writes, as ramp-ca-krl.timer keeps it.
+    let krl = rig.dir.join("target.krl");
+    run_ok(&mut rig.ramp(CAROL, &["krl", "--out", krl.to_str().unwrap()]));
+    let target = target_with_host_cert(
+        &rig,
+        "db-7",
+        "keys/host-ca",
+        &["-n", "db-7"],
+        Some(krl.clone()),
+    );
+    rig.add_host("db-7", &target);
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-7", &["echo", "in"]));
+    assert_eq!(text(&out), ("in\n".to_string(), String::new()));
+    // The hop is a node-ca certificate carrying alice's serial and key id.
+    let node_ca = fingerprint(&rig.dir.join("keys/node-ca.pub"));
+    assert!(
+        target
+            .log()
+            .lines()
+            .any(|l| l.starts_with("Accepted publickey for readonly")
+                && l.ends_with(&format!(
+                    "ID {key_id} (serial {serial}) CA ED25519 {node_ca}"
+                ))),
+        "{}",
+        target.log()
+    );
+
+    // Revoke the serial where this bastion cannot see it: in a copy of the installation, as a
+    // bastion that missed the revocation (or skipped its check) would. The KRL from there is
+    // all that stands between the hop and the target.
+    let twin = TestDir::new();
+    let (dir, krl_out) = (rig.dir.path().to_path_buf(), krl.clone());
+    let rig = rig.restart(
+        |d| {
+            assert!(d.stop().success());
+            run_ok(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(dir.join("."))
+                    .arg(twin.path()),
+            );
+            let other = Daemon::start(&twin);
+            run_ok(&mut other.cmd(&twin, CAROL, &["revoke", "--serial", &serial.to_string()]));
+            run_ok(&mut other.cmd(&twin, CAROL, &["krl", "--out", krl_out.to_str().unwrap()]));
+            assert!(other.stop().success());
+        },
+        &[],
+    );
+    // ssh-keygen reads it: serial N is revoked under node-ca (and user-ca), no other serial is.
+    let query = |cert: &std::path::Path| {
+        Command::new("ssh-keygen")
+            .arg("-Qf")
+            .arg(&krl)
+            .arg(cert)
+            .output()
+            .unwrap()
+    };
+    let node_cert = |n: u64| {
+        let key = keygen(rig.dir.path(), &format!("hop-{n}"));
+        run_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(rig.dir.join("keys/node-ca"))
+                .args(["-I", "hop", "-n", "readonly", "-z", &n.to_string()])
+                .arg(key.with_extension("pub")),
+        );
+        rig.dir.join(format!("hop-{n}-cert.pub"))
+    };
+    for (cert, revoked) in [
+        (node_cert(serial), true),
+        (node_cert(serial + 1), false),
+        (rig.dir.join("first-cert.pub"), true),
+    ] {
+        let out = query(&cert);
+        assert_eq!(
+            out.status.success(),
+            !revoked,
+            "{}: {:?}",
+            cert.display(),
+            text(&out)
+        );
+    }
+
+    // This bastion still lets alice in, and the target itself refuses the hop.
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-7", &["echo", "in"]));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(255), "{stdout}{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "ramp-ca: db-7 refused the bastion's certificate for `readonly` (does it trust node-ca, and is `readonly` an account there?)"
+    );
+    // sshd may log it just after the bastion has given up.
+    let revoked_line = format!("revoked by file {}", krl.display());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = format!("ID {key_id} (serial {serial}) CA ED25519 {node_ca}");
+    while !target
+        .log()
+        .lines()
+        .any(|l| l.starts_with("Authentication key ED25519-CERT") && l.ends_with(&revoked_line))
+        || !target
+            .log()
+            .lines()
+            .any(|l| l.starts_with("Failed publickey for readonly") && l.ends_with(&failed))
+    {
+        assert!(Instant::now() < deadline, "{}", target.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Another serial of alice's goes through the same target.
+    rig.observe("INC-16", &[]);
+    let out = run(&mut rig.ssh(ALICE, "readonly@db-7", &["echo", "in"]));
+    assert_eq!(text(&out), ("in\n".to_string(), String::new()));
 }
 
 #[test]
