@@ -78,9 +78,11 @@ impl Daemon {
         cmd
     }
 
-    /// The daemon's log so far.
+    /// The daemon's log so far (an unreadable log fails the test: "no panic in the log" must
+    /// not pass for want of a log).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.log.display()))
     }
 
     /// Sends a signal (like `HUP`) to the daemon.
@@ -102,12 +104,23 @@ impl Daemon {
             .expect("wait for the daemon")
     }
 
-    /// Kills the daemon with SIGKILL, as a crash would.
+    /// Kills the daemon with SIGKILL, as a crash would; fails the test if it had already
+    /// exited, since then nothing crashed.
     pub fn kill9(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let mut child = self.child.take().expect("daemon running");
+        if let Some(status) = child.try_wait().expect("wait for the daemon") {
+            panic!(
+                "the daemon exited ({status}) before kill -9:\n{}",
+                self.log()
+            );
         }
+        child.kill().expect("kill -9 the daemon");
+        let status = child.wait().expect("wait for the daemon");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status}"
+        );
     }
 
     /// Stops the daemon with SIGTERM and waits (bounded) for a clean exit.
