@@ -391,12 +391,14 @@ fn wait_log(rig: &Rig, what: &str) {
 fn refusals_from(audit: &[serde_json::Value], client: &str) -> Vec<serde_json::Value> {
     audit
         .iter()
+        .filter(|r| r["action"] == "login-refused")
         .filter(|r| {
-            r["action"] == "login-refused"
-                && r["detail"]["client"]
-                    .as_str()
-                    .and_then(|c| c.parse::<std::net::SocketAddr>().ok())
-                    .is_some_and(|a| a.ip().to_string() == client)
+            let from = r["detail"]["client"].as_str();
+            let addr = from.and_then(|c| c.parse::<std::net::SocketAddr>().ok());
+            addr.unwrap_or_else(|| panic!("a refusal without a client address: {r}"))
+                .ip()
+                .to_string()
+                == client
         })
         .cloned()
         .collect()
@@ -688,7 +690,7 @@ fn scp_and_sftp_move_files_byte_exact_both_ways_and_are_recorded() {
         std::fs::read(rig.dir.join("sftp.bin")).unwrap() == payload,
         "sftp round trip differs"
     );
-    let _ = std::fs::remove_file(&remote);
+    std::fs::remove_file(&remote).unwrap_or_else(|e| panic!("{remote}: {e}"));
 
     let list = rig.wait_sessions("three ended sessions", |l| {
         l.len() == 3 && l.iter().all(|s| s["state"] == "ended")
