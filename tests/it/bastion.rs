@@ -214,7 +214,7 @@ impl Rig {
     }
 
     /// Adds the test contract `fenced` (for sre, on db-1), one step for each certificate
-    /// option under test, and reloads.
+    /// option under test and a two-second one, and reloads.
     fn fenced(&self) {
         self.dir.write(
             "policies/fenced.yaml",
@@ -239,7 +239,10 @@ impl Rig {
              \x20 - name: forwarding\n\
              \x20   principals: [readonly]\n\
              \x20   max_ttl: 30m\n\
-             \x20   options: {port_forwarding: true, agent_forwarding: true, x11_forwarding: true}\n",
+             \x20   options: {port_forwarding: true, agent_forwarding: true, x11_forwarding: true}\n\
+             \x20 - name: brief\n\
+             \x20   principals: [readonly]\n\
+             \x20   max_ttl: 2s\n",
         );
         self.reload();
     }
@@ -516,9 +519,9 @@ fn logins_are_refused_for_every_reason_and_each_refusal_is_audited() {
         ALICE,
         &format!("certificate serial {web} is revoked"),
     );
-    let short = rig.observe("x", &["--ttl", "2s"])["serial"]
-        .as_u64()
-        .unwrap();
+    // A grant of its own (of a step alice does not hold yet), so its certificate lasts 2 s.
+    rig.fenced();
+    let short = rig.fenced_step("brief")["serial"].as_u64().unwrap();
     let cert = russh::keys::ssh_key::Certificate::from_openssh(
         rig.dir.read(format!("{ALICE}-cert.pub")).trim(),
     )
