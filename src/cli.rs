@@ -643,6 +643,13 @@ async fn sign(
             let view: GrantView = client
                 .call(Method::GET, &format!("/v1/grants/{id}"), None::<&()>)
                 .await?;
+            if view.state == State::Pending && !wait {
+                return Err(CliError::Refused(format!(
+                    "grant `{id}` is still pending: {} of {} approvals; wait for it with: ramp-ca sign --grant {id} --wait",
+                    view.grant.approvals.len(),
+                    view.grant.approvals_needed
+                )));
+            }
             if view.state == State::Pending {
                 Outcome {
                     grant: view,

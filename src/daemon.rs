@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Deserialize;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::service::Service;
 use crate::Error;
@@ -160,12 +160,18 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let ssh_bound = ssh_listener
         .local_addr()
         .map_err(Error::io(ssh_addr.to_string()))?;
+    // Before anyone can know the daemon is up: until they are handled, these signals kill it
+    // without a reload or a drain.
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
+    let stops = (
+        signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?,
+        signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?,
+    );
     tracing::info!(api = %bound, bastion = %ssh_bound, "listening");
     // Tests and scripts read these two lines to find the ports.
     println!("ramp-ca: API on http://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
 
-    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
     let reloader = service.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
@@ -192,7 +198,7 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        stop_signal().await;
+        stop_signal(stops).await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -229,13 +235,9 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
+async fn stop_signal((mut term, mut int): (Signal, Signal)) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("stop signal received, draining");

@@ -308,15 +308,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Why a connection that only managed to offer a plain key got nowhere, and whether the key
-/// is one this CA knows. The SSH layer refuses expired, not-yet-valid and badly signed
-/// certificates before [`login::check`] sees them, so the ledger's newest certificate for the
-/// key tells the likely story.
+/// Why a connection that only managed to offer a plain key got nowhere, and whose key it is
+/// when this CA knows it (registered in people.yaml, or certified before). The SSH layer
+/// refuses expired, not-yet-valid and badly signed certificates before [`login::check`] sees
+/// them, so the ledger's newest certificate for the key tells the likely story.
 fn unusable_key(
     service: &Service,
     key: &russh::keys::ssh_key::PublicKey,
     now: chrono::DateTime<Utc>,
-) -> (login::Refused, bool) {
+) -> (login::Refused, Option<String>) {
     let fp = crate::keys::fingerprint(key);
     let newest = service.store.certs().ok().and_then(|certs| {
         certs
@@ -324,7 +324,11 @@ fn unusable_key(
             .filter(|c| c.fingerprint == fp && c.kind == "user")
             .max_by_key(|c| c.serial)
     });
-    let registered = service.policies().user_by_key(key).is_some();
+    let owner = service
+        .policies()
+        .user_by_key(key)
+        .map(|u| u.name.clone())
+        .or_else(|| newest.as_ref().map(|c| c.user.clone()));
     let secs = now.timestamp().max(0) as u64;
     let why = match &newest {
         Some(c) if secs >= c.valid_before => login::Refused { label: "expired", why: format!(
@@ -335,7 +339,7 @@ fn unusable_key(
         Some(c) if secs < c.valid_after => login::Refused { label: "not-yet-valid", why: format!("certificate not yet valid: serial {} for key {fp}", c.serial) },
         _ => login::Refused { label: "plain-key", why: format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)") },
     };
-    (why, registered || newest.is_some())
+    (why, owner)
 }
 
 /// The refusal of a channel past [`MAX_CHANNELS`].
@@ -359,9 +363,13 @@ pub struct ConnHandler {
     warning: watch::Sender<Option<String>>,
     /// The bastion is shutting down.
     stop: watch::Receiver<bool>,
-    /// A plain key this connection tried; audited only if no certificate login follows,
-    /// since OpenSSH offers the plain key beside its certificate on every normal login.
+    /// A plain key this connection tried; refused (logged, counted, audited) only if the
+    /// connection offered no certificate and never logs in, since OpenSSH offers the plain key
+    /// beside its certificate on every login.
     plain_key_tried: Option<(String, russh::keys::ssh_key::PublicKey)>,
+    /// A certificate this connection offered was refused: that refusal says why, so the plain
+    /// key offered beside it adds nothing.
+    certificate_refused: bool,
     /// Dropped with the connection, which tells its watchdog to stop.
     _alive: tokio::sync::oneshot::Sender<()>,
     /// The watchdog's end of `_alive`, until it starts.
@@ -394,8 +402,11 @@ impl Drop for ConnHandler {
             }
         }
         if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
-            let (refused, known) = unusable_key(&self.ctx.service, &key, Utc::now());
-            self.refuse(&login_name, None, &refused, known);
+            if self.certificate_refused {
+                return;
+            }
+            let (refused, owner) = unusable_key(&self.ctx.service, &key, Utc::now());
+            self.refuse(&login_name, None, &refused, owner.as_deref());
         }
     }
 }
@@ -427,6 +438,7 @@ impl ConnHandler {
             warning: watch::channel(None).0,
             stop,
             plain_key_tried: None,
+            certificate_refused: false,
         }
     }
 
@@ -484,26 +496,27 @@ impl ConnHandler {
     }
 
     /// Logs a refusal, and audits it when it concerns someone this CA knows: a certificate
-    /// user-ca signed, or a registered or certified key. Anonymous junk is only logged, so
-    /// strangers cannot flood the chain or put names in it.
+    /// user-ca signed, or a registered or certified key (`owner`, who it belongs to).
+    /// Anonymous junk is only logged, so strangers cannot flood the chain or put names in it.
     fn refuse(
         &self,
         login_name: &str,
         cert: Option<&Certificate>,
         refused: &login::Refused,
-        known: bool,
+        owner: Option<&str>,
     ) {
         let why = &refused.why;
         tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
         self.ctx.service.metrics.login_refused(refused.label);
         let ours = cert
             .is_some_and(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.ctx.user_ca);
-        if !(ours || known) {
+        if !(ours || owner.is_some()) {
             return;
         }
         let actor = cert
             .filter(|_| ours)
             .and_then(|c| c.key_id().split(':').nth(1).map(String::from))
+            .or(owner.map(String::from))
             .unwrap_or_else(|| "unknown".into());
         self.audit(
             &actor,
@@ -595,16 +608,22 @@ impl ConnHandler {
                     continue;
                 }
                 let store = &service.store;
-                let revoked_now = store.is_revoked(login.serial).unwrap_or(false)
-                    || store
-                        .grant(&login.grant.id)
-                        .ok()
-                        .flatten()
-                        .is_none_or(|g| g.state(now) != crate::grant::State::Active);
-                if revoked_now {
+                let grant_ended = store
+                    .grant(&login.grant.id)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|g| g.state(now) != crate::grant::State::Active);
+                if grant_ended {
                     break format!(
                         "access to {} ended: the grant was revoked",
                         login.target.name
+                    );
+                }
+                // Revoking the grant revokes its serials too; a serial alone says so.
+                if store.is_revoked(login.serial).unwrap_or(false) {
+                    break format!(
+                        "access to {} ended: certificate serial {} was revoked",
+                        login.target.name, login.serial
                     );
                 }
                 if let Err(why) =
@@ -679,7 +698,8 @@ impl server::Handler for ConnHandler {
                             login.user, self.ctx.settings.max_connections_per_user
                         ),
                     };
-                    self.refuse(user, Some(cert), &busy, false);
+                    self.refuse(user, Some(cert), &busy, Some(&login.user));
+                    self.certificate_refused = true;
                     return Ok(Auth::reject());
                 }
                 tracing::info!(user = %login.user, principal = %login.principal, target = %login.target.name, peer = %self.peer, "login");
@@ -694,7 +714,10 @@ impl server::Handler for ConnHandler {
                 Ok(Auth::Accept)
             }
             Err(refused) => {
-                self.refuse(user, Some(cert), &refused, false);
+                let key = russh::keys::ssh_key::PublicKey::from(cert.public_key().clone());
+                let owner = p.user_by_key(&key).map(|u| u.name.clone());
+                self.refuse(user, Some(cert), &refused, owner.as_deref());
+                self.certificate_refused = true;
                 Ok(Auth::reject())
             }
         }
@@ -895,16 +918,18 @@ impl server::Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         // russh answers this one itself from the returned value.
+        tracing::info!(peer = %self.peer, request = ?proxy::Request::Agent, "channel request refused");
         Ok(false)
     }
 
     async fn tcpip_forward(
         &mut self,
-        _address: &str,
-        _port: &mut u32,
+        address: &str,
+        port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         // Remote forwarding would let a target reach into the engineer's network; not offered.
+        tracing::info!(peer = %self.peer, %address, port = *port, "remote forwarding refused");
         Ok(false)
     }
 }

@@ -78,26 +78,49 @@ impl Daemon {
         cmd
     }
 
-    /// The daemon's log so far.
+    /// The daemon's log so far (an unreadable log fails the test: "no panic in the log" must
+    /// not pass for want of a log).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.log.display()))
     }
 
     /// Sends a signal (like `HUP`) to the daemon.
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("daemon running").id();
-        let _ = Command::new("kill")
+        let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(pid.to_string())
-            .status();
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
     }
 
-    /// Kills the daemon with SIGKILL, as a crash would.
+    /// The daemon's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for the daemon")
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would; fails the test if it had already
+    /// exited, since then nothing crashed.
     pub fn kill9(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let mut child = self.child.take().expect("daemon running");
+        if let Some(status) = child.try_wait().expect("wait for the daemon") {
+            panic!(
+                "the daemon exited ({status}) before kill -9:\n{}",
+                self.log()
+            );
         }
+        child.kill().expect("kill -9 the daemon");
+        let status = child.wait().expect("wait for the daemon");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status}"
+        );
     }
 
     /// Stops the daemon with SIGTERM and waits (bounded) for a clean exit.
@@ -125,5 +148,63 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Daemon;
+    use crate::support::{ramp, run_ok, TestDir};
+    use std::time::{Duration, Instant};
+
+    /// Starts a daemon and signals it the moment it has printed its ports, a few times over.
+    fn signalled_at_once(name: &str, check: impl Fn(&TestDir, &mut Daemon)) {
+        let dir = TestDir::new();
+        run_ok(ramp(&dir).arg("init"));
+        for _ in 0..5 {
+            let mut daemon = Daemon::start(&dir);
+            daemon.signal(name);
+            check(&dir, &mut daemon);
+        }
+    }
+
+    #[test]
+    fn sighup_sent_as_soon_as_serve_prints_its_ports_reloads_instead_of_killing_it() {
+        signalled_at_once("HUP", |dir, daemon| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !daemon.log().contains("policies reloaded") {
+                if let Some(status) = daemon.exited() {
+                    panic!("SIGHUP ended the daemon ({status}):\n{}", daemon.log());
+                }
+                assert!(Instant::now() < deadline, "no reload:\n{}", daemon.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(daemon.exited(), None, "{}", daemon.log());
+            run_ok(&mut daemon.cmd(dir, crate::ALICE, &["grants"]));
+        });
+    }
+
+    #[test]
+    fn sigterm_sent_as_soon_as_serve_prints_its_ports_drains_and_exits_0() {
+        signalled_at_once("TERM", |_, daemon| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(status) = daemon.exited() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "still running:\n{}",
+                    daemon.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(status.success(), "{status}:\n{}", daemon.log());
+            assert!(
+                daemon.log().contains("stopped; ledger flushed"),
+                "{}",
+                daemon.log()
+            );
+        });
     }
 }

@@ -209,7 +209,7 @@ impl Sshd {
 
     /// The host key's public half, as sshd presents it.
     pub fn host_key_pub(&self) -> String {
-        let config = fs::read_to_string(self.dir.join("sshd_config")).unwrap_or_default();
+        let config = fs::read_to_string(self.dir.join("sshd_config")).expect("read sshd_config");
         let key = config
             .lines()
             .find_map(|l| l.strip_prefix("HostKey "))
@@ -227,9 +227,11 @@ impl Sshd {
         self.dir.path()
     }
 
-    /// Everything sshd has logged so far (it logs to stderr with `-e`).
+    /// Everything sshd has logged so far (it logs to stderr with `-e`); an unreadable log fails
+    /// the test rather than read as one that says nothing.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
+        fs::read_to_string(&self.log_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.log_path.display()))
     }
 
     fn stop(&mut self) {
