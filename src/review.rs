@@ -497,6 +497,7 @@ mod tests {
             bytes_out: 0,
             files: Vec::new(),
             recording: None,
+            sealed_in: None,
         }
     }
 

@@ -36,6 +36,7 @@ fn meta() -> SessionMeta {
         bytes_out: 0,
         files: Vec::new(),
         recording: None,
+        sealed_in: None,
     }
 }
 

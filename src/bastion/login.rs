@@ -65,6 +65,7 @@ impl Login {
             bytes_out: 0,
             files: Vec::new(),
             recording: None,
+            sealed_in: None,
         }
     }
 }
