@@ -638,14 +638,13 @@ pub async fn run(cli: Cli) -> Result {
                 let mut text = format!("audit chain intact: {} records\n", out.records);
                 if let Some(r) = out.recordings.as_ref().filter(|r| r.bad.is_empty()) {
                     text.push_str(&if r.files {
-                        format!("recordings intact: {} finished sessions match their seals in the audit chain\n", r.sessions)
+                        format!("recordings intact: {} finished sessions, each file matching its seal in the audit chain\n", r.sessions)
                     } else {
-                        format!("recording seals intact: {} finished sessions' seals match the audit chain (files not read)\n", r.sessions)
+                        format!("recording seals intact: {} finished sessions, each seal matching the audit chain (files not read)\n", r.sessions)
                     });
                 }
-                for line in &checked {
-                    text.push_str(line);
-                    text.push('\n');
+                for c in &checked {
+                    text.push_str(&format!("{c}\n"));
                 }
                 text
             })?;
@@ -726,29 +725,25 @@ fn read_checkpoints(paths: &[PathBuf]) -> Result<Vec<crate::checkpoint::Sourced>
 /// Checks checkpoints an auditor keeps against the chain, here rather than in the daemon:
 /// each must be signed by the audit-signer (`--signer`, else the key the daemon reports),
 /// and the records the daemon sends must re-hash, link, and reach every checkpoint's
-/// record with its hash. Returns a line per checkpoint; `Refused` names the first failure.
+/// record with its hash. Returns what matched; `Refused` names the first failure.
 async fn verify_checkpoints(
     client: &Client,
     paths: &[PathBuf],
     signer: Option<&Path>,
-) -> Result<Vec<String>> {
+) -> Result<Vec<CheckedCheckpoint>> {
     let checkpoints = read_checkpoints(paths)?;
-    let (key, whose) = match signer {
-        Some(path) => (keys::read_public(path)?, "pinned with --signer".to_string()),
+    let key = match signer {
+        Some(path) => keys::read_public(path)?,
         None => {
             let got: serde_json::Value = client
                 .call(Method::GET, "/v1/audit/signer", None::<&()>)
                 .await?;
             let line = got["signer_key"].as_str().unwrap_or_default();
-            let key = keys::parse_public(line).map_err(|e| {
+            keys::parse_public(line).map_err(|e| {
                 CliError::Refused(format!(
                     "the daemon reports no usable audit-signer key: {e}"
                 ))
-            })?;
-            (
-                key,
-                "the key the daemon reports; pin it with --signer KEY.pub".to_string(),
-            )
+            })?
         }
     };
     for c in &checkpoints {
@@ -776,15 +771,45 @@ async fn verify_checkpoints(
     let fingerprint = keys::fingerprint(&key);
     Ok(checkpoints
         .iter()
-        .map(|c| {
-            format!(
-                "checkpoint {}: record {} matches (signed {} by {fingerprint}, {whose})",
-                c.source,
-                c.signed.checkpoint.seq,
-                rfc3339(c.signed.checkpoint.at)
-            )
+        .map(|c| CheckedCheckpoint {
+            source: c.source.clone(),
+            seq: c.signed.checkpoint.seq,
+            at: c.signed.checkpoint.at,
+            signer: fingerprint.clone(),
+            pinned: signer.is_some(),
         })
         .collect())
+}
+
+/// A checkpoint the chain matches, as `audit verify --checkpoint` reports it.
+#[derive(Debug, Serialize)]
+struct CheckedCheckpoint {
+    /// The file (and its place in it when a file holds several).
+    source: String,
+    /// The record it vouches for.
+    seq: u64,
+    at: DateTime<Utc>,
+    /// The audit-signer key it is signed with.
+    signer: String,
+    /// Whether that key was given with `--signer` (else the daemon reported it).
+    pinned: bool,
+}
+
+impl std::fmt::Display for CheckedCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whose = match self.pinned {
+            true => "pinned with --signer",
+            false => "the key the daemon reports; pin it with --signer KEY.pub",
+        };
+        write!(
+            f,
+            "checkpoint {}: record {} matches (signed {} by {}, {whose})",
+            self.source,
+            self.seq,
+            rfc3339(self.at),
+            self.signer
+        )
+    }
 }
 
 /// Prints JSON with `--json`, else the text `human` makes.
