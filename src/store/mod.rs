@@ -807,17 +807,25 @@ impl Store {
     /// recordings as they are on disk (a half-written last event is cut off), each with its
     /// `session-interrupted` audit record carrying the seal; returns them. A session the
     /// chain already ended is not sealed again (its metadata was set back to `live`): its
-    /// seal is taken back from the chain, so a changed recording is still found.
+    /// seal is taken back from the chain, so a changed recording is still found. Finished
+    /// sessions that name no end record (from older versions) are linked to theirs, so
+    /// reads need not search the chain. One pass over the chain, only when needed.
     pub fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
-        let live: Vec<SessionMeta> = self
+        let (live, unlinked): (Vec<SessionMeta>, Vec<SessionMeta>) = self
             .sessions()?
             .into_iter()
-            .filter(|s| s.state == SessionState::Live)
-            .collect();
-        if live.is_empty() {
+            .filter(|s| s.state == SessionState::Live || s.sealed_in.is_none())
+            .partition(|s| s.state == SessionState::Live);
+        if live.is_empty() && unlinked.is_empty() {
             return Ok(Vec::new());
         }
         let ended = self.session_ends()?;
+        for mut s in unlinked {
+            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
+                s.sealed_in = Some(end.seq);
+                self.put_session(&s)?;
+            }
+        }
         let mut change = Change::default();
         for mut s in live {
             if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {

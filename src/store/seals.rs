@@ -444,6 +444,24 @@ mod tests {
     }
 
     #[test]
+    fn a_session_from_an_older_version_is_linked_to_its_end_record_at_start() {
+        let (_dir, store) = open();
+        let mut m = recorded(&store, "s6", b"old");
+        m.sealed_in = None;
+        store.put_session(&m).unwrap();
+        assert_eq!(
+            store.session_events(&m).unwrap().len(),
+            1,
+            "found by searching"
+        );
+        forge(&store, &m, b"new");
+        assert!(read_err(&store, "s6").contains("audit record 1"));
+        assert!(store.mark_interrupted(Utc::now()).unwrap().is_empty());
+        assert_eq!(store.session("s6").unwrap().unwrap().sealed_in, Some(1));
+        assert!(read_err(&store, "s6").contains("audit record 1"));
+    }
+
+    #[test]
     fn an_interrupted_session_is_sealed_in_its_audit_record() {
         let (_dir, store) = open();
         let m = meta("s5");
