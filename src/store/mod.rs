@@ -394,56 +394,55 @@ impl Store {
             &self.sessions,
         );
         let records = trees
-            .transaction(
-                |(grants, certs, revoked, revocations, audit, meta, sessions)| {
-                    for g in &change.grants {
-                        grants.insert(g.id.as_bytes(), encode(g))?;
+            .transaction(|trees| {
+                let (grants, certs, revoked, revocations, audit, meta, sessions) = trees;
+                for g in &change.grants {
+                    grants.insert(g.id.as_bytes(), encode(g))?;
+                }
+                for c in &change.certs {
+                    certs.insert(&c.serial.to_be_bytes(), encode(c))?;
+                }
+                if let Some(r) = &change.revocation {
+                    let id = revocations.generate_id()?;
+                    revocations.insert(&id.to_be_bytes(), encode(r))?;
+                    for s in &r.serials {
+                        revoked.insert(&s.to_be_bytes(), encode(&r.target))?;
                     }
-                    for c in &change.certs {
-                        certs.insert(&c.serial.to_be_bytes(), encode(c))?;
-                    }
-                    if let Some(r) = &change.revocation {
-                        let id = revocations.generate_id()?;
-                        revocations.insert(&id.to_be_bytes(), encode(r))?;
-                        for s in &r.serials {
-                            revoked.insert(&s.to_be_bytes(), encode(&r.target))?;
-                        }
-                    }
-                    let mut out = Vec::new();
-                    let mut head: Head = match meta.get(META_HEAD)? {
-                        Some(b) => serde_json::from_slice(&b).map_err(|e| {
-                            ConflictableTransactionError::Abort(format!("corrupt audit head: {e}"))
-                        })?,
-                        None => Head::genesis(),
+                }
+                let mut out = Vec::new();
+                let mut head: Head = match meta.get(META_HEAD)? {
+                    Some(b) => serde_json::from_slice(&b).map_err(|e| {
+                        ConflictableTransactionError::Abort(format!("corrupt audit head: {e}"))
+                    })?,
+                    None => Head::genesis(),
+                };
+                for e in &change.events {
+                    let mut r = AuditRecord {
+                        seq: head.seq + 1,
+                        at: now,
+                        actor: e.actor.clone(),
+                        action: e.action.clone(),
+                        subject: e.subject.clone(),
+                        detail: e.detail.clone(),
+                        prev: head.hash.clone(),
+                        hash: String::new(),
                     };
-                    for e in &change.events {
-                        let mut r = AuditRecord {
-                            seq: head.seq + 1,
-                            at: now,
-                            actor: e.actor.clone(),
-                            action: e.action.clone(),
-                            subject: e.subject.clone(),
-                            detail: e.detail.clone(),
-                            prev: head.hash.clone(),
-                            hash: String::new(),
-                        };
-                        r.hash = chain_hash(&r);
-                        audit.insert(&r.seq.to_be_bytes(), encode(&r))?;
-                        head = Head {
-                            seq: r.seq,
-                            hash: r.hash.clone(),
-                        };
-                        out.push(r);
-                    }
-                    meta.insert(META_HEAD, encode(&head))?;
-                    for (s, ended_by) in &change.sessions {
-                        let mut s = s.clone();
-                        s.sealed_in = out.get(*ended_by).map(|r: &AuditRecord| r.seq);
-                        sessions.insert(s.id.as_bytes(), encode(&s))?;
-                    }
-                    Ok(out)
-                },
-            )
+                    r.hash = chain_hash(&r);
+                    audit.insert(&r.seq.to_be_bytes(), encode(&r))?;
+                    head = Head {
+                        seq: r.seq,
+                        hash: r.hash.clone(),
+                    };
+                    out.push(r);
+                }
+                meta.insert(META_HEAD, encode(&head))?;
+                for (s, ended_by) in &change.sessions {
+                    let mut s = s.clone();
+                    s.sealed_in = out.get(*ended_by).map(|r: &AuditRecord| r.seq);
+                    sessions.insert(s.id.as_bytes(), encode(&s))?;
+                }
+                Ok(out)
+            })
             .map_err(|e: TransactionError<String>| match e {
                 TransactionError::Abort(msg) => StoreError::Conflict(msg),
                 TransactionError::Storage(e) => StoreError::Sled(e),
