@@ -595,89 +595,103 @@ pub async fn run(cli: Cli) -> Result {
             signer,
             skip_recordings,
             client: opts,
-        }) => {
-            let client = connect(&opts).await?;
-            let path = if skip_recordings {
-                "/v1/audit/verify?skip_recordings=true"
-            } else {
-                "/v1/audit/verify"
-            };
-            let out: AuditReport = client.call(Method::GET, path, None::<&()>).await?;
-            if let Some(bad) = &out.first_bad {
-                if opts.json {
-                    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-                }
-                return Err(CliError::Refused(format!(
-                    "audit chain broken at record {}: {}",
-                    bad.seq, bad.reason
-                )));
-            }
-            let mut problems: Vec<String> = out
-                .recordings
-                .iter()
-                .flat_map(|r| &r.bad)
-                .map(|b| b.reason.clone())
-                .collect();
-            let checked = if checkpoint.is_empty() {
-                Vec::new()
-            } else {
-                match verify_checkpoints(&client, &checkpoint, signer.as_deref()).await {
-                    Ok(lines) => lines,
-                    Err(CliError::Refused(why)) => {
-                        problems.push(why);
-                        Vec::new()
-                    }
-                    Err(e) => return Err(e),
-                }
-            };
-            let mut value = serde_json::to_value(&out).unwrap_or_default();
-            if !checkpoint.is_empty() {
-                value["checkpoints"] = json!(checked);
-            }
-            emit(&opts, &value, || {
-                let mut text = format!("audit chain intact: {} records\n", out.records);
-                if let Some(r) = out.recordings.as_ref().filter(|r| r.bad.is_empty()) {
-                    text.push_str(&if r.files {
-                        format!("recordings intact: {} finished sessions, each file matching its seal in the audit chain\n", r.sessions)
-                    } else {
-                        format!("recording seals intact: {} finished sessions, each seal matching the audit chain (files not read)\n", r.sessions)
-                    });
-                }
-                for c in &checked {
-                    text.push_str(&format!("{c}\n"));
-                }
-                text
-            })?;
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(CliError::Refused(problems.join("\n")))
-            }
-        }
+        }) => audit_verify(&opts, &checkpoint, signer.as_deref(), skip_recordings).await,
         Command::Audit(AuditCommand::Checkpoint { out, client: opts }) => {
-            let client = connect(&opts).await?;
-            let got: serde_json::Value = client
-                .call(Method::GET, "/v1/audit/checkpoint", None::<&()>)
-                .await?;
-            let text = got["checkpoint"].as_str().unwrap_or_default().to_string();
-            match &out {
-                Some(path) => {
-                    write_atomic(path, text.as_bytes())?;
-                    emit(&opts, &got, || {
-                        format!(
-                            "wrote {}: record {} signed by {}\n",
-                            path.display(),
-                            got["seq"],
-                            got["signer"].as_str().unwrap_or_default()
-                        )
-                    })
-                }
-                None if opts.json => emit(&opts, &got, String::new),
-                None => {
-                    print!("{text}");
-                    Ok(())
-                }
+            audit_checkpoint(&opts, out.as_deref()).await
+        }
+    }
+}
+
+/// `audit verify`: the daemon's verdict on the chain and the recordings' seals, then the
+/// checkpoints given, checked here; exit 1 names every problem.
+async fn audit_verify(
+    opts: &ClientOpts,
+    checkpoint: &[PathBuf],
+    signer: Option<&Path>,
+    skip_recordings: bool,
+) -> Result {
+    let client = connect(opts).await?;
+    let path = if skip_recordings {
+        "/v1/audit/verify?skip_recordings=true"
+    } else {
+        "/v1/audit/verify"
+    };
+    let out: AuditReport = client.call(Method::GET, path, None::<&()>).await?;
+    if let Some(bad) = &out.first_bad {
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        return Err(CliError::Refused(format!(
+            "audit chain broken at record {}: {}",
+            bad.seq, bad.reason
+        )));
+    }
+    let mut problems: Vec<String> = out
+        .recordings
+        .iter()
+        .flat_map(|r| &r.bad)
+        .map(|b| b.reason.clone())
+        .collect();
+    let checked = if checkpoint.is_empty() {
+        Vec::new()
+    } else {
+        match verify_checkpoints(&client, checkpoint, signer).await {
+            Ok(checked) => checked,
+            Err(CliError::Refused(why)) => {
+                problems.push(why);
+                Vec::new()
             }
+            Err(e) => return Err(e),
+        }
+    };
+    let mut value = serde_json::to_value(&out).unwrap_or_default();
+    if !checkpoint.is_empty() {
+        value["checkpoints"] = json!(checked);
+    }
+    emit(opts, &value, || {
+        let mut text = format!("audit chain intact: {} records\n", out.records);
+        if let Some(r) = out.recordings.as_ref().filter(|r| r.bad.is_empty()) {
+            text.push_str(&if r.files {
+                format!("recordings intact: {} finished sessions, each file matching its seal in the audit chain\n", r.sessions)
+            } else {
+                format!("recording seals intact: {} finished sessions, each seal matching the audit chain (files not read)\n", r.sessions)
+            });
+        }
+        for c in &checked {
+            text.push_str(&format!("{c}\n"));
+        }
+        text
+    })?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Refused(problems.join("\n")))
+    }
+}
+
+/// `audit checkpoint`: one signed now, written to `out` or stdout.
+async fn audit_checkpoint(opts: &ClientOpts, out: Option<&Path>) -> Result {
+    let client = connect(opts).await?;
+    let got: serde_json::Value = client
+        .call(Method::GET, "/v1/audit/checkpoint", None::<&()>)
+        .await?;
+    let text = got["checkpoint"].as_str().unwrap_or_default().to_string();
+    match &out {
+        Some(path) => {
+            write_atomic(path, text.as_bytes())?;
+            emit(opts, &got, || {
+                format!(
+                    "wrote {}: record {} signed by {}\n",
+                    path.display(),
+                    got["seq"],
+                    got["signer"].as_str().unwrap_or_default()
+                )
+            })
+        }
+        None if opts.json => emit(opts, &got, String::new),
+        None => {
+            print!("{text}");
+            Ok(())
         }
     }
 }
