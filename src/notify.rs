@@ -23,7 +23,7 @@ use crate::grant::Grant;
 use crate::metrics::{Delivery, Metrics};
 use crate::policy::format_duration;
 use crate::service::Service;
-use crate::store::AuditRecord;
+use crate::store::{AuditRecord, SESSION_END, SESSION_INTERRUPTED};
 
 /// Events one receiver may have waiting; past it new ones are dropped and counted.
 pub const QUEUE: usize = 1024;
@@ -348,9 +348,9 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             };
             (Kind::Revoke, text)
         }
-        "session-end" | "session-interrupted" => {
+        SESSION_END | SESSION_INTERRUPTED => {
             let why = match rec.action.as_str() {
-                "session-end" => d["reason"].as_str()?.to_string(),
+                SESSION_END => d["reason"].as_str()?.to_string(),
                 _ => "the bastion stopped without ending the session (crash or kill -9)".into(),
             };
             let s = service.store.session(&rec.subject).ok().flatten();
