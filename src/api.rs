@@ -41,7 +41,8 @@ pub const MAX_CONNECTIONS_PER_SOURCE: usize = 128;
 
 /// A request's head (request line and headers) must arrive within this long once the
 /// connection is ready for it, so slow heads (slowloris) and idle keep-alive connections are
-/// closed; the command line's `--wait` polls every second, well inside it.
+/// closed; the command line's `--wait` long-polls (one request at a time, each answered
+/// within `service::MAX_GRANT_WAIT`).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head; a larger one gets 431. A signed request needs well under 1 KiB.
@@ -173,11 +174,8 @@ impl FromRequest<App> for Caller {
             &body,
             now,
         )?;
-        let forget_before = now - chrono::Duration::seconds(2 * auth::MAX_SKEW_SECS);
-        // A single in-memory compare-and-swap in sled: quicker inline than a hop to a thread.
-        let fresh = app
-            .store
-            .remember_nonce(&signed.nonce, now, forget_before)?;
+        // A compare-and-swap and an insert in sled: quicker inline than a hop to a thread.
+        let fresh = app.store.remember_nonce(&signed.nonce, now)?;
         if !fresh {
             return Err(AuthError::Replay.into());
         }
@@ -381,12 +379,22 @@ async fn grants(
     Ok(Json(out).into_response())
 }
 
+#[derive(Deserialize)]
+struct GrantQuery {
+    /// Seconds to wait while the grant is pending (long-poll), capped by the service.
+    #[serde(default)]
+    wait: u64,
+}
+
 async fn grant(
     State(app): State<App>,
     Path(id): Path<String>,
+    Query(q): Query<GrantQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| s.grant(&caller.user, &id, Utc::now())).await?;
+    let out = app
+        .wait_grant(&caller.user, &id, Duration::from_secs(q.wait))
+        .await?;
     Ok(Json(out).into_response())
 }
 
@@ -438,7 +446,7 @@ async fn sign_host(State(app): State<App>, caller: Caller) -> Result<Response, A
 struct AuditQuery {
     /// Seconds back from now.
     since: Option<i64>,
-    /// Records 1 to this one (what a client checks checkpoints against).
+    /// Records 1 to this one, instead of `since` (what a client checks checkpoints against).
     upto: Option<u64>,
 }
 
@@ -447,16 +455,9 @@ async fn audit(
     Query(q): Query<AuditQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let since = q.since.map_or(chrono::DateTime::<Utc>::MIN_UTC, |s| {
-        Utc::now() - chrono::Duration::seconds(s.max(0))
-    });
     let out = blocking(&app, move |s| match q.upto {
-        Some(upto) => Ok(s
-            .audit_upto(&caller.user, upto)?
-            .into_iter()
-            .filter(|r| r.at >= since)
-            .collect()),
-        None => s.audit(&caller.user, since),
+        Some(upto) => s.audit_upto(&caller.user, upto),
+        None => s.audit(&caller.user, q.since, Utc::now()),
     })
     .await?;
     Ok(Json(out).into_response())

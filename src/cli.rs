@@ -15,6 +15,7 @@ use crate::recording::{self, Event as RecEvent, SessionMeta};
 use crate::service::{
     GrantView, GrepBody, Outcome, RequestBody, RevokeBody, SessionFilter, SignHostBody,
 };
+use crate::shown::Shown;
 use crate::store::{AuditRecord, AuditReport, Revocation};
 use crate::{keys, policy};
 
@@ -80,17 +81,17 @@ pub enum Command {
     Init,
     /// Run the CA API (and bastion) until SIGINT/SIGTERM; initialises what is missing first.
     Serve {
-        /// API listen address.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        api: String,
-        /// Bastion listen address.
-        #[arg(long, default_value = "0.0.0.0:2222")]
-        ssh: String,
+        /// API listen address [default: 127.0.0.1:7400; beats the config file's `api:`].
+        #[arg(long, value_name = "ADDR")]
+        api: Option<String>,
+        /// Bastion listen address [default: 0.0.0.0:2222; beats the config file's `ssh:`].
+        #[arg(long, value_name = "ADDR")]
+        ssh: Option<String>,
         /// MiB kept free on the disk that holds `data/`: below it new sessions are
         /// refused and live ones ended [default: 64].
         #[arg(long, value_name = "MIB")]
         min_free_mib: Option<u64>,
-        /// Service config file (YAML).
+        /// Service config file (YAML); every flag given beats the file's value.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -398,15 +399,25 @@ pub async fn run(cli: Cli) -> Result {
             Ok(())
         }
         Command::Init => {
-            let created = crate::init::init(&dir)?;
+            let done = crate::init::init(&dir)?;
             let keys = crate::keys::Keys::load(&dir.join("keys"))?;
             let store = crate::store::Store::open(&dir.join("data")).map_err(crate::Error::from)?;
             let cert = crate::init::ensure_bastion_cert(&dir, &keys, &store, Utc::now())?;
             store.flush().map_err(crate::Error::from)?;
-            for path in created.iter().chain(cert.iter()) {
+            for path in done.created.iter().chain(cert.iter()) {
                 println!("created {}", path.display());
             }
-            if created.is_empty() && cert.is_none() {
+            match &done.kept_policies {
+                Some(policies) => println!(
+                    "{} holds a policy set: left as it is (examples are written into a new, empty policies directory only)",
+                    policies.display()
+                ),
+                None => println!(
+                    "wrote example policies into {} (a new installation)",
+                    dir.join("policies").display()
+                ),
+            }
+            if done.created.is_empty() && cert.is_none() {
                 println!("{} is already initialised; nothing changed", dir.display());
             }
             Ok(())
@@ -416,9 +427,17 @@ pub async fn run(cli: Cli) -> Result {
             ssh,
             min_free_mib,
             config,
-        } => crate::daemon::serve(&dir, &api, &ssh, min_free_mib, config.as_deref())
-            .await
-            .map_err(CliError::Lib),
+        } => {
+            let flags = crate::daemon::Flags {
+                api,
+                ssh,
+                min_free_mib,
+                config,
+            };
+            crate::daemon::serve(&dir, &flags)
+                .await
+                .map_err(CliError::Lib)
+        }
         Command::Policy(cmd) => policy_command(&dir, cmd),
         Command::Trust(TrustCommand::Sshd) => {
             print!("{}", crate::trust::sshd(&dir)?);
@@ -859,14 +878,28 @@ async fn sign(
     };
     let client = connect(opts).await?;
     let mut out: Outcome = match grant {
+        // A pending request is waited on (or reported); anything else asks for a certificate.
         Some(id) => {
-            client
-                .call(
-                    Method::POST,
-                    &format!("/v1/grants/{id}/certificate"),
-                    Some(&json!({})),
-                )
-                .await?
+            let view: GrantView = client
+                .call(Method::GET, &format!("/v1/grants/{id}"), None::<&()>)
+                .await?;
+            if view.state == State::Pending {
+                Outcome {
+                    grant: view,
+                    certificate: None,
+                    serial: None,
+                    reasons: Vec::new(),
+                    existing: true,
+                }
+            } else {
+                client
+                    .call(
+                        Method::POST,
+                        &format!("/v1/grants/{id}/certificate"),
+                        Some(&json!({})),
+                    )
+                    .await?
+            }
         }
         None => {
             client
@@ -875,33 +908,51 @@ async fn sign(
         }
     };
     if out.certificate.is_none() && out.grant.state == State::Pending {
+        let id = out.grant.grant.id.clone();
+        let pick_up = format!(
+            "ramp-ca sign --grant {id}{}",
+            opts.key
+                .as_ref()
+                .map(|k| format!(" --key {}", k.display()))
+                .unwrap_or_default()
+        );
         if !wait {
             return emit(opts, &out, || {
                 format!(
-                    "{}waiting for approval; run again with --wait, or later: ramp-ca sign --grant {}\n",
+                    "{}{}once approved, pick the certificate up with: {pick_up}\n(or wait for it now: {pick_up} --wait)\n",
                     describe_grant(&out.grant),
-                    out.grant.grant.id
+                    reasons_text(&out.reasons)
                 )
             });
         }
         eprintln!(
-            "{}waiting for approval (up to {})...",
+            "{}{}waiting for approval (up to {})...",
             describe_grant(&out.grant),
+            reasons_text(&out.reasons),
             policy::format_duration(timeout)
         );
-        let id = out.grant.grant.id.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // A long poll: the daemon answers once the request is decided, or after a while.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let poll = left
+                .as_secs()
+                .clamp(1, crate::service::MAX_GRANT_WAIT.as_secs());
             let view: GrantView = client
-                .call(Method::GET, &format!("/v1/grants/{id}"), None::<&()>)
+                .call(
+                    Method::GET,
+                    &format!("/v1/grants/{id}?wait={poll}"),
+                    None::<&()>,
+                )
                 .await?;
             match view.state {
                 State::Pending if tokio::time::Instant::now() < deadline => continue,
                 State::Pending => {
                     return Err(CliError::Refused(format!(
-                        "request {id} is still pending after {}",
-                        policy::format_duration(timeout)
+                        "request {id} is still pending after {} ({} of {} approvals); it stays filed: pick the certificate up once approved with: {pick_up}",
+                        policy::format_duration(timeout),
+                        view.grant.approvals.len(),
+                        view.grant.approvals_needed
                     )))
                 }
                 State::Active => break,
@@ -937,8 +988,13 @@ async fn sign(
         &json!({"grant": out.grant, "serial": out.serial, "certificate": cert, "path": path}),
         || {
             format!(
-                "{}certificate serial {} for {} valid until {}\nwrote {}\n",
+                "{}{}certificate serial {} for {} valid until {}\nwrote {}\n",
                 describe_grant(&out.grant),
+                if out.existing {
+                    reasons_text(&out.reasons)
+                } else {
+                    String::new()
+                },
                 parsed.serial(),
                 parsed.valid_principals().join(","),
                 unix_time(parsed.valid_before()),
@@ -1057,9 +1113,9 @@ async fn sessions_command(cmd: SessionsCommand) -> Result {
                 for h in &hits {
                     out.push_str(&format!(
                         "{} +{:.1}s: {}\n",
-                        h.session,
+                        Shown(&h.session),
                         h.at_ms as f64 / 1000.0,
-                        h.line
+                        Shown(&h.line)
                     ));
                 }
                 if hits.is_empty() {
@@ -1082,14 +1138,14 @@ fn sessions_table(sessions: &[SessionMeta]) -> String {
     for s in sessions {
         out.push_str(&format!(
             "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
-            s.id,
+            Shown(&s.id),
             s.start.format("%Y-%m-%dT%H:%M:%SZ"),
-            s.user,
-            format!("{}@{}", s.principal, s.target),
-            s.kind,
+            Shown(&s.user),
+            Shown(&format!("{}@{}", s.principal, s.target)),
+            Shown(&s.kind),
             s.state.to_string(),
             s.exit_status.map_or("-".into(), |c| c.to_string()),
-            s.command.as_deref().unwrap_or("")
+            Shown(s.command.as_deref().unwrap_or(""))
         ));
     }
     out
@@ -1098,27 +1154,33 @@ fn sessions_table(sessions: &[SessionMeta]) -> String {
 fn describe_session(s: &SessionMeta, events: usize) -> String {
     let mut out = format!(
         "session   {}\nuser      {} (grant {}, serial {}, key id {})\nlogin     {}@{} from {}\nkind      {} {}\nstart     {}\nend       {}\nstate     {}{}\nexit      {}\nbytes     {} in, {} out, {} events\n",
-        s.id,
-        s.user,
-        s.grant,
+        Shown(&s.id),
+        Shown(&s.user),
+        Shown(&s.grant),
         s.serial,
-        s.key_id,
-        s.principal,
-        s.target,
-        s.client,
-        s.kind,
-        s.command.as_deref().unwrap_or(""),
+        Shown(&s.key_id),
+        Shown(&s.principal),
+        Shown(&s.target),
+        Shown(&s.client),
+        Shown(&s.kind),
+        Shown(s.command.as_deref().unwrap_or("")),
         rfc3339(s.start),
         s.end.map(rfc3339).unwrap_or_else(|| "-".into()),
         s.state,
-        s.end_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        s.end_reason
+            .as_ref()
+            .map(|r| format!(" ({})", Shown(r)))
+            .unwrap_or_default(),
         s.exit_status.map_or("-".into(), |c| c.to_string()),
         s.bytes_in,
         s.bytes_out,
         events
     );
+    for e in &s.env {
+        out.push_str(&format!("env       {}\n", Shown(e)));
+    }
     for f in &s.files {
-        out.push_str(&format!("file      {f}\n"));
+        out.push_str(&format!("file      {}\n", Shown(f)));
     }
     out
 }
@@ -1245,6 +1307,15 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The policy's reasons worth repeating to the person who asked (the last one: why this
+/// answer), as an indented line.
+fn reasons_text(reasons: &[String]) -> String {
+    reasons
+        .last()
+        .map(|r| format!("  {}\n", Shown(r)))
+        .unwrap_or_default()
+}
+
 fn describe_grant(g: &GrantView) -> String {
     let gr = &g.grant;
     let mut s = format!(
@@ -1264,7 +1335,7 @@ fn describe_grant(g: &GrantView) -> String {
         )),
         _ => {
             if let Some(c) = &gr.closed {
-                s.push_str(&format!(" by {}: {}", c.by, c.reason));
+                s.push_str(&format!(" by {}: {}", Shown(&c.by), Shown(&c.reason)));
             }
         }
     }
@@ -1307,10 +1378,10 @@ fn audit_table(records: &[AuditRecord]) -> String {
             "{:>6} {} {:<10} {:<16} {:<14} {}\n",
             r.seq,
             r.at.format("%Y-%m-%dT%H:%M:%SZ"),
-            r.actor,
-            r.action,
-            r.subject,
-            r.detail
+            Shown(&r.actor),
+            Shown(&r.action),
+            Shown(&r.subject),
+            Shown(&r.detail.to_string())
         ));
     }
     if out.is_empty() {

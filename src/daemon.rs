@@ -12,8 +12,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::service::Service;
 use crate::Error;
 
+/// How often request nonces too old to matter are forgotten.
+const NONCE_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a stop waits for queued webhook events (cut-off sessions among them).
 const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the API listens unless a flag or the config file says otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:7400";
+/// Where the bastion listens unless a flag or the config file says otherwise.
+pub const DEFAULT_SSH: &str = "0.0.0.0:2222";
 
 /// The service config file (`--config F`); flags override it.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +62,62 @@ impl Config {
     }
 }
 
+/// What was given on `serve`'s command line; `None` where the flag was left out.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub api: Option<String>,
+    pub ssh: Option<String>,
+    pub min_free_mib: Option<u64>,
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// The settings `serve` runs with. They are merged in [`Settings::merge`] and nowhere else:
+/// a flag beats the config file, which beats the default, for every option.
+#[derive(Debug)]
+pub struct Settings {
+    pub api: SocketAddr,
+    pub ssh: SocketAddr,
+    /// Bytes kept free on the recording disk.
+    pub min_free: u64,
+    pub webhooks: Vec<crate::notify::Webhook>,
+    pub dashboard: crate::dashboard::Settings,
+    /// How often the audit chain's head is signed when it grew (config only).
+    pub checkpoint_every: std::time::Duration,
+}
+
+impl Settings {
+    /// Reads the config file named by the flags (if any) and merges: flag > file > default.
+    pub fn load(flags: &Flags) -> Result<Settings, Error> {
+        let file = match &flags.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        Settings::merge(flags, file)
+    }
+
+    /// Flag > file > default, option by option.
+    pub fn merge(flags: &Flags, file: Config) -> Result<Settings, Error> {
+        let pick = |flag: &Option<String>, file: Option<String>, default: &str| {
+            flag.clone().or(file).unwrap_or_else(|| default.to_string())
+        };
+        Ok(Settings {
+            api: parse_addr("--api", &pick(&flags.api, file.api, DEFAULT_API))?,
+            ssh: parse_addr("--ssh", &pick(&flags.ssh, file.ssh, DEFAULT_SSH))?,
+            min_free: flags
+                .min_free_mib
+                .or(file.min_free_mib)
+                .map_or(crate::bastion::recorder::DEFAULT_MIN_FREE, |mib| {
+                    mib.saturating_mul(1 << 20)
+                }),
+            webhooks: file.webhooks,
+            dashboard: file.dashboard,
+            checkpoint_every: file.audit.every().map_err(|e| {
+                Error::io("audit")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?,
+        })
+    }
+}
+
 fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
     text.parse().map_err(|_| {
         Error::io(flag)(std::io::Error::new(
@@ -64,24 +128,15 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
 }
 
 /// Runs the daemon until a stop signal.
-pub async fn serve(
-    dir: &Path,
-    api: &str,
-    ssh: &str,
-    min_free_mib: Option<u64>,
-    config: Option<&Path>,
-) -> Result<(), Error> {
-    let config = match config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let min_free = min_free_mib
-        .or(config.min_free_mib)
-        .map_or(crate::bastion::recorder::DEFAULT_MIN_FREE, |mib| mib << 20);
-    let api_addr = parse_addr("--api", config.api.as_deref().unwrap_or(api))?;
-    let ssh_addr = parse_addr("--ssh", config.ssh.as_deref().unwrap_or(ssh))?;
-    for path in crate::init::init(dir)? {
+pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
+    let config = Settings::load(flags)?;
+    let (api_addr, ssh_addr, min_free) = (config.api, config.ssh, config.min_free);
+    let done = crate::init::init(dir)?;
+    for path in &done.created {
         tracing::info!(path = %path.display(), "created");
+    }
+    if let Some(policies) = &done.kept_policies {
+        tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
     }
     let service = Arc::new(Service::open(dir)?);
     if let Some(path) =
@@ -97,12 +152,8 @@ pub async fn serve(
         Err(e) => tracing::error!(error = %e, "cannot read the audit chain"),
     }
     let notifier = crate::notify::Notifier::start(service.clone(), &config.webhooks);
-    let checkpoints = crate::checkpoint::writer::Writer::start(
-        service.clone(),
-        config.audit.every().map_err(|e| {
-            Error::io("audit")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        })?,
-    );
+    let checkpoints =
+        crate::checkpoint::writer::Writer::start(service.clone(), config.checkpoint_every);
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(Error::io(api_addr.to_string()))?;
@@ -129,6 +180,19 @@ pub async fn serve(
                 Err(e) => {
                     tracing::error!("policies NOT reloaded, the old ones stay in force:\n{e}")
                 }
+            }
+        }
+    });
+    let sweeper = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(NONCE_SWEEP);
+        loop {
+            tick.tick().await;
+            let service = sweeper.clone();
+            match tokio::task::spawn_blocking(move || service.forget_old_nonces(Utc::now())).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(forgotten = n, "old request nonces"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot forget old request nonces"),
+                _ => {}
             }
         }
     });
@@ -215,6 +279,68 @@ mod tests {
         std::fs::write(&path, "audit:\n  every: 5m\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `every`"), "{err}");
+    }
+
+    /// Regression: `serve --config F --api A` used the file's `api:` over the flag.
+    #[test]
+    fn flags_beat_the_config_file_which_beats_the_defaults() {
+        let file = || Config {
+            api: Some("127.0.0.1:9001".into()),
+            ssh: Some("127.0.0.1:9002".into()),
+            min_free_mib: Some(7),
+            ..Config::default()
+        };
+        let check = |flags: Flags, file: Config, want: (&str, &str, u64)| {
+            let s = Settings::merge(&flags, file).unwrap();
+            assert_eq!(
+                (s.api.to_string(), s.ssh.to_string(), s.min_free),
+                (want.0.to_string(), want.1.to_string(), want.2),
+                "{flags:?}"
+            );
+        };
+        let all_flags = Flags {
+            api: Some("127.0.0.1:8001".into()),
+            ssh: Some("127.0.0.1:8002".into()),
+            min_free_mib: Some(3),
+            config: None,
+        };
+        check(
+            all_flags,
+            file(),
+            ("127.0.0.1:8001", "127.0.0.1:8002", 3 << 20),
+        );
+        check(
+            Flags::default(),
+            file(),
+            ("127.0.0.1:9001", "127.0.0.1:9002", 7 << 20),
+        );
+        check(
+            Flags {
+                ssh: Some("127.0.0.1:8002".into()),
+                ..Flags::default()
+            },
+            file(),
+            ("127.0.0.1:9001", "127.0.0.1:8002", 7 << 20),
+        );
+        check(
+            Flags::default(),
+            Config::default(),
+            (
+                DEFAULT_API,
+                DEFAULT_SSH,
+                crate::bastion::recorder::DEFAULT_MIN_FREE,
+            ),
+        );
+        let bad = Settings::merge(
+            &Flags {
+                api: Some("nowhere".into()),
+                ..Flags::default()
+            },
+            file(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("--api") && bad.contains("`nowhere`"), "{bad}");
     }
 
     #[test]

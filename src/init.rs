@@ -1,5 +1,7 @@
 //! `ramp-ca init`: keys, example policies and demo identities for an installation.
-//! Creates only what is missing; never overwrites a key or a policy file.
+//! Creates only what is missing; never overwrites a key or a policy file. Policies are written
+//! into a new installation only (no `policies/` yet, or an empty one): a contract an admin
+//! deleted from an existing set stays deleted.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -28,10 +30,26 @@ const DEMO_USERS: &[(&str, &str)] = &[
 /// Bastion host certificates last this long; `init` renews one that is about to expire.
 const BASTION_CERT_DAYS: i64 = 365;
 
-/// Creates whatever is missing under `dir` and returns what it created.
-pub fn init(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+/// What `init` did.
+#[derive(Debug, Default)]
+pub struct Initialised {
+    /// Every file it created.
+    pub created: Vec<PathBuf>,
+    /// The policies directory already held files, so no example was written into it.
+    pub kept_policies: Option<PathBuf>,
+}
+
+/// Creates whatever is missing under `dir`: keys always; the example policies and demo
+/// identities only when `policies/` is new or empty.
+pub fn init(dir: &Path) -> Result<Initialised, Error> {
     let mut created = Keys::ensure(&dir.join("keys"))?;
     let policies = dir.join("policies");
+    if holds_files(&policies)? {
+        return Ok(Initialised {
+            created,
+            kept_policies: Some(policies),
+        });
+    }
     fs::create_dir_all(&policies).map_err(Error::io(&policies))?;
     for (name, text) in EXAMPLES {
         let path = policies.join(name);
@@ -40,13 +58,23 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         }
     }
     let people = policies.join("people.yaml");
-    if !people.exists() {
-        let text = people_yaml(dir, &mut created)?;
-        if write_new(&people, &text)? {
-            created.push(people);
-        }
+    let text = people_yaml(dir, &mut created)?;
+    if write_new(&people, &text)? {
+        created.push(people);
     }
-    Ok(created)
+    Ok(Initialised {
+        created,
+        kept_policies: None,
+    })
+}
+
+/// Whether `dir` exists and holds anything (an admin's policy set, however small).
+fn holds_files(dir: &Path) -> Result<bool, Error> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(dir)(e)),
+    }
 }
 
 /// Writes a file unless it exists.

@@ -23,7 +23,7 @@
 //!   address may open them (the bookkeeping pure, the clock an argument).
 //! - [`notify`]: webhooks for what people act on, fed by the audit stream, off every
 //!   request's path; [`metrics`]: counters bumped where things happen, `/metrics` text.
-//! - [`client`], [`cli`]: the command line.
+//! - [`client`], [`cli`]: the command line; [`shown`]: user text escaped for terminals and logs.
 pub mod api;
 pub mod auth;
 pub mod bastion;
@@ -45,6 +45,7 @@ pub mod policy;
 pub mod recording;
 pub mod review;
 pub mod service;
+pub mod shown;
 pub mod store;
 pub mod trust;
 

@@ -34,6 +34,7 @@ pub const LOGIN_REFUSALS: &[&str] = &[
     "not-entitled",
     "target",
     "plain-key",
+    "login-name",
     "error",
 ];
 

@@ -8,6 +8,15 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The terminal size a client asked for, where zero (what `ssh -tt` from a script often
+/// reports) means the usual 80x24.
+pub fn terminal_size(cols: u32, rows: u32) -> (u32, u32) {
+    (
+        if cols == 0 { 80 } else { cols },
+        if rows == 0 { 24 } else { rows },
+    )
+}
+
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +73,9 @@ pub struct SessionMeta {
     pub bytes_out: u64,
     /// Files an sftp or scp session touched, as `op path`.
     pub files: Vec<String>,
+    /// Environment variables the client passed to the target, as `NAME=value`.
+    #[serde(default)]
+    pub env: Vec<String>,
     /// Length and hash of the recording file, set when the session ends or is found
     /// interrupted.
     #[serde(default)]
@@ -72,6 +84,13 @@ pub struct SessionMeta {
     /// the two against each other without scanning the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_in: Option<u64>,
+}
+
+impl SessionMeta {
+    /// The terminal size at the start, zero read as the default (older recordings kept 0x0).
+    pub fn size(&self) -> (u32, u32) {
+        terminal_size(self.cols, self.rows)
+    }
 }
 
 /// What a finished recording must be: its event bytes and their BLAKE3 hash (hex; `b3sum`
@@ -127,7 +146,7 @@ impl Event {
         }
         let text = std::str::from_utf8(&self.data).ok()?;
         let (c, r) = text.split_once('x')?;
-        Some((c.parse().ok()?, r.parse().ok()?))
+        Some(terminal_size(c.parse().ok()?, r.parse().ok()?))
     }
 }
 

@@ -30,8 +30,8 @@ use crate::recording::{Event, EventKind, SessionMeta};
 pub fn to_asciicast(meta: &SessionMeta, events: &[Event]) -> String {
     let header = CastHeader {
         version: 2,
-        width: meta.cols,
-        height: meta.rows,
+        width: meta.size().0,
+        height: meta.size().1,
         timestamp: meta.start.timestamp(),
         title: title(meta),
         env: CastEnv {
@@ -229,7 +229,12 @@ fn decode_streams(events: &[Event]) -> impl Iterator<Item = String> + '_ {
         let (carry, last) = match event.kind {
             EventKind::Output => (&mut carry_output, last_output == Some(i)),
             EventKind::Input => (&mut carry_input, last_input == Some(i)),
-            EventKind::Resize => return String::from_utf8_lossy(&event.data).into_owned(),
+            EventKind::Resize => {
+                return match event.size() {
+                    Some((cols, rows)) => format!("{cols}x{rows}"),
+                    None => String::from_utf8_lossy(&event.data).into_owned(),
+                }
+            }
         };
         let mut bytes = std::mem::take(carry);
         bytes.extend_from_slice(&event.data);
@@ -496,6 +501,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             files: Vec::new(),
+            env: Vec::new(),
             recording: None,
             sealed_in: None,
         }
@@ -608,6 +614,24 @@ mod tests {
         }
         assert!(lines[3].starts_with("[1.500000, \"o\", "), "{}", lines[3]);
         assert_eq!(seconds(u64::MAX), "18446744073709551.615000");
+    }
+
+    /// Regression: `ssh -tt` from a script reports 0x0; the export said width 0, height 0.
+    #[test]
+    fn a_zero_terminal_size_exports_as_the_default() {
+        let mut m = meta();
+        (m.cols, m.rows) = (0, 0);
+        let cast = to_asciicast(&m, &[resize(10, b"0x0"), resize(20, b"100x0")]);
+        let lines: Vec<serde_json::Value> = cast
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+            (Some(80), Some(24))
+        );
+        assert_eq!(lines[1][2], "80x24");
+        assert_eq!(lines[2][2], "100x24");
     }
 
     #[test]

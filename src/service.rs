@@ -25,6 +25,9 @@ use crate::store::{
 /// Most hits a search returns.
 pub const GREP_LIMIT: usize = 1000;
 
+/// The longest a request waits on a pending grant before it is answered as it stands.
+pub const MAX_GRANT_WAIT: Duration = Duration::from_secs(25);
+
 /// Host certificates last this long unless asked otherwise.
 pub const HOST_CERT_TTL: Duration = Duration::from_secs(365 * 86400);
 
@@ -83,6 +86,10 @@ pub struct Outcome {
     pub serial: Option<u64>,
     /// Why the policy decided as it did.
     pub reasons: Vec<String>,
+    /// The answer comes from a grant or request the caller already had: nothing new was
+    /// filed (the last reason says which).
+    #[serde(default)]
+    pub existing: bool,
 }
 
 /// `POST /v1/revoke`.
@@ -152,6 +159,13 @@ impl Service {
         let out = change();
         self.store.durable().await?;
         out
+    }
+
+    /// Forgets request nonces whose timestamps would be refused anyway (see [`crate::auth`]);
+    /// the daemon calls it on a timer, never on a request's path.
+    pub fn forget_old_nonces(&self, now: DateTime<Utc>) -> Result<usize> {
+        let cutoff = seconds_before(now, 2 * crate::auth::MAX_SKEW_SECS);
+        Ok(self.store.forget_nonces(cutoff)?)
     }
 
     /// Changes whenever something is revoked.
@@ -263,6 +277,74 @@ impl Service {
         )
     }
 
+    /// Mints from an active grant and records the certificate with its audit event.
+    fn issue(
+        &self,
+        p: &Policies,
+        grant: &Grant,
+        key: &PublicKey,
+        now: DateTime<Utc>,
+    ) -> Result<(String, u64)> {
+        let (text, record) = self.mint(p, grant, key, now)?;
+        let serial = record.serial;
+        self.store.apply(
+            Change {
+                events: vec![Self::issue_event(&grant.user, &record)],
+                certs: vec![record],
+                ..Change::default()
+            },
+            now,
+        )?;
+        self.metrics.certificate_issued(false);
+        Ok((text, serial))
+    }
+
+    /// A request for a step the caller already holds, or already asked for, is answered from
+    /// that grant instead of filing a duplicate for approvers: a certificate from the active
+    /// grant when `certify`, else the grant or the pending request as it stands.
+    fn reuse(
+        &self,
+        p: &Policies,
+        grant: Grant,
+        key: &PublicKey,
+        certify: bool,
+        mut reasons: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let id = grant.id.clone();
+        let mut minted = None;
+        if grant.state(now) == State::Active {
+            let end = grant
+                .end
+                .map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            reasons.push(format!(
+                "you already hold grant {id} of this step until {}; {}",
+                end.unwrap_or_default(),
+                if certify {
+                    "the certificate comes from it (no new request filed)"
+                } else {
+                    "no new request filed"
+                }
+            ));
+            if certify {
+                minted = Some(self.issue(p, &grant, key, now)?);
+            }
+        } else {
+            reasons.push(format!(
+                "you already asked for this step: request {id} is pending ({} of {} approvals); no new request filed",
+                grant.approvals.len(),
+                grant.approvals_needed
+            ));
+        }
+        Ok(Outcome {
+            grant: self.view(p, grant, now),
+            serial: minted.as_ref().map(|m| m.1),
+            certificate: minted.map(|m| m.0),
+            reasons,
+            existing: true,
+        })
+    }
+
     /// A request for a step: granted, pending approval, or denied (and audited either way).
     pub async fn request(
         &self,
@@ -321,6 +403,16 @@ impl Service {
                 ..
             } => (step.clone(), *ttl, from.clone(), *count),
         };
+        if let Some(held) = self.store.own_open_grant(user, &body.contract, &step, now) {
+            return self.reuse(
+                &p,
+                held,
+                key,
+                body.certify,
+                decision.reasons().to_vec(),
+                now,
+            );
+        }
         let mut grant = Grant {
             id: new_id(),
             user: user.to_string(),
@@ -377,6 +469,7 @@ impl Service {
             serial: certificate.as_ref().map(|c| c.1),
             certificate: certificate.map(|c| c.0),
             reasons: decision.reasons().to_vec(),
+            existing: false,
         })
     }
 
@@ -419,22 +512,13 @@ impl Service {
             }
             other => return Err(ServiceError::Conflict(format!("grant `{id}` is {other}"))),
         }
-        let (text, record) = self.mint(&p, &grant, key, now)?;
-        let serial = record.serial;
-        self.store.apply(
-            Change {
-                events: vec![Self::issue_event(user, &record)],
-                certs: vec![record],
-                ..Change::default()
-            },
-            now,
-        )?;
-        self.metrics.certificate_issued(false);
+        let (text, serial) = self.issue(&p, &grant, key, now)?;
         Ok(Outcome {
             grant: self.view(&p, grant, now),
             certificate: Some(text),
             serial: Some(serial),
             reasons: Vec::new(),
+            existing: false,
         })
     }
 
@@ -533,6 +617,7 @@ impl Service {
             certificate: None,
             serial: None,
             reasons,
+            existing: false,
         })
     }
 
@@ -595,11 +680,18 @@ impl Service {
         Ok(self.view(&p, grant, now))
     }
 
-    /// Grants the caller may see: their own; everything for admins and auditors; pending
-    /// requests they could approve for approvers. Ended grants only with `all`.
+    /// Whether `user` may see `g`: their own; everything for admins and auditors; pending
+    /// requests they could approve for approvers.
+    fn may_see(p: &Policies, user: &str, g: &Grant) -> bool {
+        g.user == user
+            || p.has_role(user, ROLE_ADMIN)
+            || p.has_role(user, ROLE_AUDITOR)
+            || (g.status == Status::Pending && g.approvals_from.iter().any(|r| p.has_role(user, r)))
+    }
+
+    /// Grants the caller may see ([`Service::may_see`]). Ended grants only with `all`.
     pub fn grants(&self, user: &str, all: bool, now: DateTime<Utc>) -> Result<Vec<GrantView>> {
         let p = self.policies();
-        let sees_all = p.has_role(user, ROLE_ADMIN) || p.has_role(user, ROLE_AUDITOR);
         // Open grants are kept in memory; only `all` reads the whole ledger.
         let grants = if all {
             self.store.grants()?
@@ -608,27 +700,46 @@ impl Service {
         };
         Ok(grants
             .into_iter()
-            .filter(|g| {
-                g.user == user
-                    || sees_all
-                    || (g.status == Status::Pending
-                        && g.approvals_from.iter().any(|r| p.has_role(user, r)))
-            })
+            .filter(|g| Self::may_see(&p, user, g))
             .filter(|g| all || matches!(g.state(now), State::Active | State::Pending))
             .map(|g| self.view(&p, g, now))
             .collect())
     }
 
-    /// One grant, if the caller may see it.
+    /// One grant, if the caller may see it: one keyed read.
     pub fn grant(&self, user: &str, id: &str, now: DateTime<Utc>) -> Result<GrantView> {
-        self.grants(user, true, now)?
-            .into_iter()
-            .find(|g| g.grant.id == id)
-            .ok_or_else(|| {
-                ServiceError::NotFound(format!(
-                    "no grant or request with id `{id}` that you may see"
-                ))
-            })
+        let p = self.policies();
+        match self.store.grant(id)? {
+            Some(g) if Self::may_see(&p, user, &g) => Ok(self.view(&p, g, now)),
+            _ => Err(ServiceError::NotFound(format!(
+                "no grant or request with id `{id}` that you may see"
+            ))),
+        }
+    }
+
+    /// [`Service::grant`], but while the grant is pending, answers only once it is decided
+    /// (or after `wait`, at most [`MAX_GRANT_WAIT`]): a waiting `sign --wait` costs a
+    /// subscription, not a poll of the ledger.
+    pub async fn wait_grant(&self, user: &str, id: &str, wait: Duration) -> Result<GrantView> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_GRANT_WAIT);
+        // Subscribed before the first read, so no write between the two goes unseen.
+        let mut writes = self.store.subscribe_grants();
+        loop {
+            let view = self.grant(user, id, Utc::now())?;
+            if view.state != State::Pending {
+                return Ok(view);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, writes.recv()).await {
+                    Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        return Ok(view)
+                    }
+                    Ok(Ok(written)) if written != id => continue,
+                    // This grant was written, or writes were missed: read it again.
+                    Ok(_) => break,
+                }
+            }
+        }
     }
 
     /// Revokes by serial, grant or user. Admins revoke anything; others only their own grants.
@@ -705,7 +816,8 @@ impl Service {
                 )
             }
         };
-        hit.extend(dependents(&p, &grants, &hit, now));
+        let (fell, shortened) = fallout(&p, &grants, &hit, now);
+        hit.extend(fell);
         // A revoked grant takes every certificate minted from it along.
         for g in &hit {
             serials.extend(certs.iter().filter(|c| c.grant == g.id).map(|c| c.serial));
@@ -735,15 +847,22 @@ impl Service {
             RevokeTarget::Grant(g) => format!("grant:{g}"),
             RevokeTarget::User(u) => format!("user:{u}"),
         };
+        let moved: Vec<serde_json::Value> = shortened
+            .iter()
+            .map(|g| json!({"grant": g.id, "end": g.end}))
+            .collect();
+        let mut written = hit;
+        written.extend(shortened);
         self.store.apply(
             Change {
-                grants: hit,
+                grants: written,
                 revocation: Some(revocation.clone()),
                 events: vec![Event::new(
                     who,
                     "revoke",
                     &subject,
-                    json!({"reason": reason, "serials": serials, "grants": revocation.grants}),
+                    json!({"reason": reason, "serials": serials, "grants": revocation.grants,
+                           "shortened": moved}),
                 )],
                 ..Change::default()
             },
@@ -962,8 +1081,15 @@ impl Service {
     }
 
     /// Audit records since a time, for admins and auditors.
-    pub fn audit(&self, who: &str, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+    /// `since_secs` back from `now` (any value: absurd ones saturate), after the role check.
+    pub fn audit(
+        &self,
+        who: &str,
+        since_secs: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>> {
         self.require_auditor(who)?;
+        let since = since_secs.map_or(DateTime::<Utc>::MIN_UTC, |s| seconds_before(now, s));
         Ok(self.store.audit_since(since)?)
     }
 
@@ -1082,39 +1208,75 @@ pub fn issue_host_cert(
     Ok(cert.to_openssh().map_err(ca::CaError::from)?)
 }
 
-/// Grants that stand on revoked ones: a step with `after: X` is held only while an active
-/// grant of X is, so revoking the last X grant also revokes what climbed from it (transitively).
-fn dependents(p: &Policies, grants: &[Grant], revoked: &[Grant], now: DateTime<Utc>) -> Vec<Grant> {
-    let mut gone: Vec<&Grant> = revoked.iter().collect();
-    let mut out: Vec<Grant> = Vec::new();
+/// What ending `ended` does to the grants that climbed from them. A step with `after: X` is
+/// held only while an active grant of X is (a pending request holds nothing), and never past
+/// the latest end among those: revoking one of two `observe` grants moves an `operate` grant's
+/// end back to the other's. Transitive. Returns the open grants left standing on nothing (to
+/// close with `ended`) and the active grants whose end moves earlier, with the new end.
+fn fallout(
+    p: &Policies,
+    grants: &[Grant],
+    ended: &[Grant],
+    now: DateTime<Utc>,
+) -> (Vec<Grant>, Vec<Grant>) {
+    let mut gone: std::collections::HashSet<String> = ended.iter().map(|g| g.id.clone()).collect();
+    // Open grants as they will stand, ends possibly moved earlier.
+    let mut open: Vec<Grant> = grants
+        .iter()
+        .filter(|g| matches!(g.state(now), State::Active | State::Pending))
+        .cloned()
+        .collect();
+    let mut closed = Vec::new();
+    let mut moved: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
-        let live = |g: &&Grant| {
-            matches!(g.state(now), State::Active | State::Pending)
-                && !gone.iter().any(|r| r.id == g.id)
-        };
-        let more: Vec<&Grant> = grants
-            .iter()
-            .filter(live)
-            .filter(|g| {
-                let Some(after) = p
-                    .contracts
-                    .get(&g.contract)
-                    .and_then(|c| c.step(&g.step))
-                    .and_then(|s| s.after.as_deref())
-                else {
-                    return false;
-                };
-                let held_by =
-                    |o: &&Grant| o.user == g.user && o.contract == g.contract && o.step == after;
-                gone.iter().any(held_by) && !grants.iter().filter(live).any(|o| held_by(&o))
-            })
-            .collect();
-        if more.is_empty() {
-            return out;
+        let mut changed = false;
+        for i in 0..open.len() {
+            let g = &open[i];
+            if gone.contains(&g.id) {
+                continue;
+            }
+            let Some(after) = p
+                .contracts
+                .get(&g.contract)
+                .and_then(|c| c.step(&g.step))
+                .and_then(|s| s.after.as_deref())
+            else {
+                continue;
+            };
+            let held_until = open
+                .iter()
+                .filter(|o| {
+                    o.user == g.user
+                        && o.contract == g.contract
+                        && o.step == after
+                        && o.state(now) == State::Active
+                        && !gone.contains(&o.id)
+                })
+                .filter_map(|o| o.end)
+                .max();
+            match held_until {
+                None => {
+                    gone.insert(g.id.clone());
+                    closed.push(g.clone());
+                    changed = true;
+                }
+                Some(until) if g.status == Status::Active && g.end.is_some_and(|e| e > until) => {
+                    open[i].end = Some(until);
+                    moved.insert(open[i].id.clone());
+                    changed = true;
+                }
+                Some(_) => {}
+            }
         }
-        out.extend(more.iter().map(|g| (*g).clone()));
-        gone.extend(more);
+        if !changed {
+            break;
+        }
     }
+    let shortened = open
+        .into_iter()
+        .filter(|g| moved.contains(&g.id) && !gone.contains(&g.id))
+        .collect();
+    (closed, shortened)
 }
 
 /// `now - secs`, saturating at the earliest time instead of overflowing on absurd input.

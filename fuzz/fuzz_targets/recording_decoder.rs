@@ -35,6 +35,7 @@ fn meta() -> SessionMeta {
         bytes_in: 0,
         bytes_out: 0,
         files: Vec::new(),
+        env: Vec::new(),
         recording: None,
         sealed_in: None,
     }

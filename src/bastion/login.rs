@@ -38,9 +38,9 @@ impl Login {
         command: Option<String>,
         pty: Option<(String, u32, u32)>,
     ) -> SessionMeta {
-        let (term, cols, rows) = match pty {
-            Some((t, c, r)) => (Some(t), c, r),
-            None => (None, 80, 24),
+        let (term, (cols, rows)) = match pty {
+            Some((t, c, r)) => (Some(t), crate::recording::terminal_size(c, r)),
+            None => (None, (80, 24)),
         };
         SessionMeta {
             id: crate::service::new_id(),
@@ -64,6 +64,7 @@ impl Login {
             bytes_in: 0,
             bytes_out: 0,
             files: Vec::new(),
+            env: Vec::new(),
             recording: None,
             sealed_in: None,
         }
@@ -133,6 +134,15 @@ pub fn check(
     client: IpAddr,
     now: DateTime<Utc>,
 ) -> Result<Login, Refused> {
+    if login_name.chars().any(crate::shown::is_control) {
+        return Err(Refused::new(
+            "login-name",
+            format!(
+                "login name `{}` holds control characters: write PRINCIPAL@TARGET",
+                crate::shown::shown(login_name)
+            ),
+        ));
+    }
     let (asked, target_name) = parse_login_name(login_name);
     let principal = match asked {
         Some(p) => p.to_string(),

@@ -646,7 +646,7 @@ async fn playback(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let out = with_recording(&app, &headers, id, "dashboard-play", |meta, events| {
-        let size = (meta.cols, meta.rows, meta.term.is_some());
+        let size = (meta.size().0, meta.size().1, meta.term.is_some());
         let playback = screen::playback(size, &events, MAX_FRAMES);
         json!({"session": meta, "playback": playback})
     })
@@ -713,7 +713,7 @@ async fn follow(
         json!({"purpose": "dashboard-follow", "user": meta.user, "target": meta.target}),
     )])
     .await?;
-    let term = screen::Terminal::new(meta.cols, meta.rows, meta.term.is_some());
+    let term = screen::Terminal::new(meta.size().0, meta.size().1, meta.term.is_some());
     let started = meta.start;
     let state = (app, meta.id.clone(), tail, term, true, false);
     let events =

@@ -86,6 +86,38 @@ impl ActiveIndex {
         out
     }
 
+    /// The user's own open grant of one step: the active grant that ends last, else the
+    /// oldest pending request for it.
+    pub fn own(
+        &mut self,
+        user: &str,
+        contract: &str,
+        step: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Grant> {
+        let key = (contract.to_string(), step.to_string());
+        let active = self
+            .by_step
+            .get(user)
+            .and_then(|steps| steps.get(&key))
+            .and_then(|set| set.last())
+            .filter(|(end, _)| *end > now)
+            .and_then(|(_, id)| self.open.get(id));
+        if let Some(g) = active {
+            return Some(g.clone());
+        }
+        self.open
+            .values()
+            .filter(|g| {
+                g.status == Status::Pending
+                    && g.user == user
+                    && g.contract == contract
+                    && g.step == step
+            })
+            .min_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)))
+            .cloned()
+    }
+
     /// The steps `user` holds at `now`, each with its latest end; forgets what has expired.
     pub fn held(&mut self, user: &str, now: DateTime<Utc>) -> Vec<HeldStep> {
         let Some(steps) = self.by_step.get_mut(user) else {

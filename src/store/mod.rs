@@ -262,6 +262,8 @@ pub struct Store {
     revocations: Tree,
     audit: Tree,
     nonces: Tree,
+    /// `time ++ nonce` for every nonce, so old ones are found without walking them all.
+    nonce_times: Tree,
     meta: Tree,
     /// Session id -> SessionMeta.
     sessions: Tree,
@@ -276,6 +278,15 @@ pub struct Store {
     syncs: sync::Syncer,
     /// Every committed audit record, in order, for live listeners (webhooks, dashboard).
     audit_feed: tokio::sync::broadcast::Sender<AuditRecord>,
+    /// The id of every grant written, for requests waiting on one (`sign --wait`).
+    grant_feed: tokio::sync::broadcast::Sender<String>,
+}
+
+/// The `nonce_times` key: the big-endian unix time, then the nonce.
+fn nonce_time_key(at: &[u8; 8], nonce: &str) -> Vec<u8> {
+    let mut key = at.to_vec();
+    key.extend_from_slice(nonce.as_bytes());
+    key
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -306,6 +317,17 @@ pub fn chain_hash(r: &AuditRecord) -> String {
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
+        // Owner-only, like keys/: the ledger holds reasons, commands and who went where.
+        let private = |source: std::io::Error| StoreError::Open {
+            path: path.display().to_string(),
+            source: sled::Error::Io(source),
+        };
+        std::fs::create_dir_all(path).map_err(private)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(private)?;
+        }
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(500))
@@ -324,6 +346,7 @@ impl Store {
             revocations: tree("revocations")?,
             audit: tree("audit")?,
             nonces: tree("nonces")?,
+            nonce_times: tree("nonce_times")?,
             meta: tree("meta")?,
             sessions: tree("sessions")?,
             recordings: Recordings::open(&path.join("recordings"))?,
@@ -332,9 +355,27 @@ impl Store {
             writer: Mutex::new(()),
             active: Mutex::new(ActiveIndex::default()),
             audit_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
+            grant_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
         };
         store.index_grants(&store.grants()?);
+        store.index_old_nonces()?;
         Ok(store)
+    }
+
+    /// Ledgers written before `nonce_times` existed: index their nonces once, so they are
+    /// forgotten like the rest.
+    fn index_old_nonces(&self) -> Result<()> {
+        if !self.nonce_times.is_empty() {
+            return Ok(());
+        }
+        for kv in self.nonces.iter() {
+            let (nonce, at) = kv?;
+            let at: [u8; 8] = at.as_ref().try_into().unwrap_or([0; 8]);
+            let mut key = at.to_vec();
+            key.extend_from_slice(&nonce);
+            self.nonce_times.insert(key, &[])?;
+        }
+        Ok(())
     }
 
     fn index_grants(&self, grants: &[Grant]) {
@@ -448,6 +489,11 @@ impl Store {
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
         self.index_grants(&change.grants);
+        if self.grant_feed.receiver_count() > 0 {
+            for g in &change.grants {
+                let _ = self.grant_feed.send(g.id.clone());
+            }
+        }
         // Still under the writer lock, so subscribers see records in sequence order.
         if self.audit_feed.receiver_count() > 0 {
             for r in &records {
@@ -462,6 +508,12 @@ impl Store {
     /// more than a few thousand records behind misses some (`RecvError::Lagged`).
     pub fn subscribe_audit(&self) -> tokio::sync::broadcast::Receiver<AuditRecord> {
         self.audit_feed.subscribe()
+    }
+
+    /// The id of every grant written from now on, once its transaction commits. A subscriber
+    /// that falls far behind gets `RecvError::Lagged` and should read again what it watches.
+    pub fn subscribe_grants(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.grant_feed.subscribe()
     }
 
     /// Appends audit events alone, durably.
@@ -516,6 +568,19 @@ impl Store {
         active.held(user, now)
     }
 
+    /// The user's own open grant of a step at `now`: the active one that ends last, else the
+    /// oldest pending request; from memory.
+    pub fn own_open_grant(
+        &self,
+        user: &str,
+        contract: &str,
+        step: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Grant> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.own(user, contract, step, now)
+    }
+
     pub fn cert(&self, serial: u64) -> Result<Option<CertRecord>> {
         let key = serial.to_be_bytes();
         self.certs
@@ -563,37 +628,35 @@ impl Store {
             .collect()
     }
 
-    /// Records a request nonce; false when it was seen before (a replay).
-    /// Nonces older than `keep_after` are forgotten, since their timestamps are refused anyway.
-    pub fn remember_nonce(
-        &self,
-        nonce: &str,
-        now: DateTime<Utc>,
-        keep_after: DateTime<Utc>,
-    ) -> Result<bool> {
+    /// Records a request nonce; false when it was seen before (a replay). Nothing else
+    /// happens on this path: forgetting old nonces is [`Store::forget_nonces`]' job, on a
+    /// timer, so no client's input decides when a sweep runs.
+    pub fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
+        let at = now.timestamp().to_be_bytes();
         let fresh = self
             .nonces
-            .compare_and_swap(
-                nonce.as_bytes(),
-                None as Option<&[u8]>,
-                Some(&now.timestamp().to_be_bytes()[..]),
-            )?
+            .compare_and_swap(nonce.as_bytes(), None as Option<&[u8]>, Some(&at[..]))?
             .is_ok();
-        // Prune now and then: about one request in 256 sweeps the old nonces.
-        if fresh
-            && nonce.as_bytes().first().is_some_and(|b| *b == b'0')
-            && nonce.as_bytes().get(1) == Some(&b'0')
-        {
-            let cutoff = keep_after.timestamp();
-            for kv in self.nonces.iter() {
-                let (k, v) = kv?;
-                let t = i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-                if t < cutoff {
-                    self.nonces.remove(k)?;
-                }
-            }
+        if fresh {
+            self.nonce_times.insert(nonce_time_key(&at, nonce), &[])?;
         }
         Ok(fresh)
+    }
+
+    /// Forgets nonces recorded before `cutoff` (their timestamps are refused anyway); walks
+    /// only those, in time order. Returns how many went.
+    pub fn forget_nonces(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        // Timestamps are signed; before 1970 sorts after (big-endian two's complement), and
+        // no request is stamped then.
+        let end = cutoff.timestamp().max(0).to_be_bytes();
+        let mut gone = 0;
+        for kv in self.nonce_times.range(..&end[..]) {
+            let (k, _) = kv?;
+            self.nonces.remove(&k[8..])?;
+            self.nonce_times.remove(&k)?;
+            gone += 1;
+        }
+        Ok(gone)
     }
 
     /// Audit records with `at >= since`, oldest first.
@@ -886,6 +949,32 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a nonce starting with `00` made the request that sent it sweep every
+    /// stored nonce inline; now remembering does no sweep, and forgetting walks only the old.
+    #[test]
+    fn nonces_are_refused_twice_and_forgotten_by_age_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let later = t0 + chrono::Duration::seconds(600);
+        assert!(store.remember_nonce("00aa", t0).unwrap());
+        assert!(store.remember_nonce("00bb", t0).unwrap());
+        assert!(store.remember_nonce("cc", later).unwrap());
+        assert!(!store.remember_nonce("00aa", later).unwrap(), "a replay");
+        // Nothing was swept by the requests themselves.
+        assert_eq!(store.nonces.len(), 3);
+        assert_eq!(store.forget_nonces(t0).unwrap(), 0, "cutoff is exclusive");
+        assert_eq!(
+            store
+                .forget_nonces(t0 + chrono::Duration::seconds(1))
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.nonces.len(), 1);
+        assert!(!store.remember_nonce("cc", later).unwrap(), "still refused");
+        assert!(store.remember_nonce("00aa", later).unwrap(), "forgotten");
+    }
 
     #[test]
     fn subscribers_see_committed_records_in_order() {

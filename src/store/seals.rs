@@ -279,6 +279,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             files: Vec::new(),
+            env: Vec::new(),
             recording: None,
             sealed_in: None,
         }
