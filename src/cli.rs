@@ -694,7 +694,12 @@ async fn audit_checkpoint(opts: &ClientOpts, out: Option<&Path>) -> Result {
     let got: serde_json::Value = client
         .call(Method::GET, "/v1/audit/checkpoint", None::<&()>)
         .await?;
-    let text = got["checkpoint"].as_str().unwrap_or_default().to_string();
+    // Written as read back, so only a well-formed checkpoint reaches the file or terminal.
+    let text = crate::checkpoint::Signed::parse_all(got["checkpoint"].as_str().unwrap_or_default())
+        .ok()
+        .and_then(|all| all.into_iter().next())
+        .map(|c| c.text())
+        .ok_or_else(|| CliError::Refused("the daemon sent no well-formed checkpoint".into()))?;
     match &out {
         Some(path) => {
             write_atomic(path, text.as_bytes())?;
