@@ -216,6 +216,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/hosts/sign", post(sign_host))
         .route("/v1/audit", get(audit))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/audit/checkpoint", get(audit_checkpoint))
+        .route("/v1/audit/signer", get(audit_signer))
         .route("/v1/sessions", get(sessions))
         .route("/v1/sessions/grep", post(grep))
         .route("/v1/sessions/{id}", get(session))
@@ -444,6 +446,8 @@ async fn sign_host(State(app): State<App>, caller: Caller) -> Result<Response, A
 struct AuditQuery {
     /// Seconds back from now.
     since: Option<i64>,
+    /// Records 1 to this one, instead of `since` (what a client checks checkpoints against).
+    upto: Option<u64>,
 }
 
 async fn audit(
@@ -451,13 +455,56 @@ async fn audit(
     Query(q): Query<AuditQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| s.audit(&caller.user, q.since, Utc::now())).await?;
+    let out = blocking(&app, move |s| match q.upto {
+        Some(upto) => s.audit_upto(&caller.user, upto),
+        None => s.audit(&caller.user, q.since, Utc::now()),
+    })
+    .await?;
     Ok(Json(out).into_response())
 }
 
-async fn verify_audit(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| s.verify_audit(&caller.user)).await?;
+#[derive(Deserialize)]
+struct VerifyQuery {
+    /// Compare recording seals with the chain but do not read the recording files.
+    #[serde(default)]
+    skip_recordings: bool,
+}
+
+async fn verify_audit(
+    State(app): State<App>,
+    Query(q): Query<VerifyQuery>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let out = blocking(&app, move |s| {
+        s.verify_audit(&caller.user, !q.skip_recordings)
+    })
+    .await?;
     Ok(Json(out).into_response())
+}
+
+/// A checkpoint of the chain's head signed now: its text, and the key that signed it.
+async fn audit_checkpoint(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let signed = blocking(&app, move |s| s.audit_checkpoint(&caller.user, Utc::now())).await?;
+    let c = &signed.checkpoint;
+    Ok(Json(json!({
+        "checkpoint": signed.text(), "seq": c.seq, "hash": c.hash, "at": c.at,
+        "signer": c.signer, "signer_key": signer_line(&app),
+    }))
+    .into_response())
+}
+
+/// The audit-signer's public key, which every checkpoint must be signed with.
+async fn audit_signer(State(app): State<App>, _caller: Caller) -> Json<serde_json::Value> {
+    let key = app.keys.audit_signer.public_key();
+    Json(json!({"signer_key": signer_line(&app), "fingerprint": crate::keys::fingerprint(key)}))
+}
+
+fn signer_line(app: &App) -> String {
+    app.keys
+        .audit_signer
+        .public_key()
+        .to_openssh()
+        .unwrap_or_default()
 }
 
 async fn sessions(

@@ -43,6 +43,9 @@ pub struct Config {
     /// The bastion: limits per user.
     #[serde(default)]
     pub bastion: crate::bastion::Settings,
+    /// Signed checkpoints of the audit chain: how often.
+    #[serde(default)]
+    pub audit: crate::checkpoint::writer::Settings,
 }
 
 impl Config {
@@ -56,7 +59,8 @@ impl Config {
             ))
         };
         let config: Config = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        config.dashboard.check().map_err(invalid)?;
+        config.dashboard.check().map_err(&invalid)?;
+        config.audit.check().map_err(&invalid)?;
         Ok(config)
     }
 }
@@ -81,6 +85,8 @@ pub struct Settings {
     pub webhooks: Vec<crate::notify::Webhook>,
     pub dashboard: crate::dashboard::Settings,
     pub bastion: crate::bastion::Settings,
+    /// How often the audit chain's head is signed when it grew (config only).
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl Settings {
@@ -110,6 +116,9 @@ impl Settings {
             webhooks: file.webhooks,
             dashboard: file.dashboard,
             bastion: file.bastion,
+            checkpoint_every: file.audit.every().map_err(|e| {
+                Error::io("audit")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?,
         })
     }
 }
@@ -148,6 +157,8 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         Err(e) => tracing::error!(error = %e, "cannot read the audit chain"),
     }
     let notifier = crate::notify::Notifier::start(service.clone(), &config.webhooks);
+    let checkpoints =
+        crate::checkpoint::writer::Writer::start(service.clone(), config.checkpoint_every);
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(Error::io(api_addr.to_string()))?;
@@ -226,6 +237,9 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         Err(e) => tracing::error!(error = %e, "bastion task failed"),
         Ok(Ok(())) => {}
     }
+    // After the bastion wrote its sessions' ends, before the webhooks stop: the last
+    // checkpoint covers the stop and goes out.
+    checkpoints.stop().await;
     if let Some(notifier) = notifier {
         notifier.stop(NOTIFY_DRAIN).await;
     }
@@ -261,6 +275,19 @@ mod tests {
         assert_eq!(c.dashboard.link_ttl, "2m");
         assert!(c.dashboard.public_url.is_some());
         assert_eq!(c.bastion.max_connections_per_user, 32);
+        assert_eq!(c.audit.checkpoint_every, "5m");
+    }
+
+    #[test]
+    fn a_bad_checkpoint_interval_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "audit:\n  checkpoint_every: often\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("audit.checkpoint_every: `often`"), "{err}");
+        std::fs::write(&path, "audit:\n  every: 5m\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `every`"), "{err}");
     }
 
     /// Regression: `serve --config F --api A` used the file's `api:` over the flag.

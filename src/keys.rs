@@ -15,6 +15,8 @@ pub const NODE_CA: &str = "node-ca";
 pub const HOST_CA: &str = "host-ca";
 /// The bastion's host key; its certificate is `bastion_host_ed25519-cert.pub`.
 pub const BASTION_HOST: &str = "bastion_host_ed25519";
+/// Signs checkpoints of the audit chain (see [`crate::checkpoint`]).
+pub const AUDIT_SIGNER: &str = "audit-signer";
 
 /// Errors reading or writing key files, each naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -158,12 +160,14 @@ pub fn cert_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The four private keys a running service needs.
+/// The private keys a running service needs.
 pub struct Keys {
     pub user_ca: PrivateKey,
     pub node_ca: PrivateKey,
     pub host_ca: PrivateKey,
     pub bastion_host: PrivateKey,
+    /// Signs checkpoints of the audit chain; nothing else.
+    pub audit_signer: PrivateKey,
 }
 
 impl Keys {
@@ -174,6 +178,7 @@ impl Keys {
             node_ca: read_private(&dir.join(NODE_CA))?,
             host_ca: read_private(&dir.join(HOST_CA))?,
             bastion_host: read_private(&dir.join(BASTION_HOST))?,
+            audit_signer: read_private(&dir.join(AUDIT_SIGNER))?,
         })
     }
 
@@ -182,7 +187,7 @@ impl Keys {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
         let mut created = Vec::new();
-        for name in [USER_CA, NODE_CA, HOST_CA, BASTION_HOST] {
+        for name in [USER_CA, NODE_CA, HOST_CA, BASTION_HOST, AUDIT_SIGNER] {
             let path = dir.join(name);
             if ensure_key(&path, &format!("ramp-ca {name}"))? {
                 created.push(path);

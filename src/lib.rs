@@ -11,7 +11,9 @@
 //! - [`recording`]: session metadata and timed events, and their encoding. Pure.
 //! - [`review`]: asciicast/JSON export, search and timed playback of recordings.
 //! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain,
-//!   session recordings.
+//!   session recordings, kept checkpoints.
+//! - [`checkpoint`]: the audit chain's head signed with the audit-signer key (SSHSIG), and
+//!   checking a chain against such checkpoints. Pure but its `writer` (the daemon's schedule).
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
 //!   [`bastion`]: the russh server that checks certificates, hops to targets and records;
 //!   [`dashboard`]: the web pages on the API port (one-time login links, live state over
@@ -26,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod bastion;
 pub mod ca;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod daemon;

@@ -1,6 +1,7 @@
 //! Webhooks: the audit records people act on (requests waiting for approval, approvals,
-//! denials, grants, break-glass grants, revocations, sessions the bastion cut off), posted
-//! as Slack-compatible or plain JSON to the receivers in the service config.
+//! denials, grants, break-glass grants, revocations, sessions the bastion cut off), and the
+//! signed checkpoints of the audit chain (so a receiver keeps a copy off this machine),
+//! posted as Slack-compatible or plain JSON to the receivers in the service config.
 //!
 //! Off every request's path: the notifier follows the audit stream
 //! ([`crate::store::Store::subscribe_audit`]) and queues each event for each receiver that
@@ -17,11 +18,12 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::checkpoint::Signed;
 use crate::grant::Grant;
 use crate::metrics::{Delivery, Metrics};
 use crate::policy::format_duration;
 use crate::service::Service;
-use crate::store::AuditRecord;
+use crate::store::{AuditRecord, SESSION_END, SESSION_INTERRUPTED};
 
 /// Events one receiver may have waiting; past it new ones are dropped and counted.
 pub const QUEUE: usize = 1024;
@@ -79,6 +81,8 @@ pub enum Kind {
     /// The bastion ended a session: expiry, revocation, removal from the policies, full
     /// recording disk, shutdown, or a crash found at the next start.
     SessionCutOff,
+    /// A signed checkpoint of the audit chain, carried whole.
+    Checkpoint,
 }
 
 impl Kind {
@@ -91,6 +95,7 @@ impl Kind {
             Kind::BreakGlass => "break-glass",
             Kind::Revoke => "revoke",
             Kind::SessionCutOff => "session-cut-off",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -343,9 +348,9 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             };
             (Kind::Revoke, text)
         }
-        "session-end" | "session-interrupted" => {
+        SESSION_END | SESSION_INTERRUPTED => {
             let why = match rec.action.as_str() {
-                "session-end" => d["reason"].as_str()?.to_string(),
+                SESSION_END => d["reason"].as_str()?.to_string(),
                 _ => "the bastion stopped without ending the session (crash or kill -9)".into(),
             };
             let s = service.store.session(&rec.subject).ok().flatten();
@@ -382,6 +387,31 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
     Some(Notice { kind, json, text })
 }
 
+/// The event a kept checkpoint is: its text whole in `detail.checkpoint` (and in the Slack
+/// line, as a code block), so a receiver holds a copy the ledger's writer cannot reach.
+pub fn checkpoint_notice(signed: &Signed) -> Notice {
+    let c = &signed.checkpoint;
+    let text = signed.text();
+    let line = format!(
+        ":receipt: audit checkpoint: record {} of the audit chain, signed by {} (keep it; `ramp-ca audit verify --checkpoint FILE`)\n```\n{text}```",
+        c.seq, c.signer
+    );
+    let json = json!({
+        "event": Kind::Checkpoint.as_str(),
+        "at": c.at,
+        "actor": "ramp-ca",
+        "subject": "audit",
+        "detail": {"seq": c.seq, "hash": c.hash, "signer": c.signer, "checkpoint": text},
+        "audit_seq": c.seq,
+        "text": line,
+    });
+    Notice {
+        kind: Kind::Checkpoint,
+        json,
+        text: line,
+    }
+}
+
 /// The running notifier: the audit follower and one worker per receiver.
 pub struct Notifier {
     stop: watch::Sender<bool>,
@@ -403,6 +433,7 @@ impl Notifier {
             .map_err(|e| tracing::error!(error = %e, "webhooks disabled: cannot set up HTTP"))
             .ok()?;
         let feed = service.store.subscribe_audit();
+        let checkpoints = service.store.checkpoints.subscribe();
         let (stop, stopped) = watch::channel(false);
         let mut queues = Vec::new();
         let mut tasks = Vec::new();
@@ -417,7 +448,13 @@ impl Notifier {
             )));
         }
         tracing::info!(receivers = hooks.len(), "webhooks on");
-        tasks.push(tokio::spawn(follow(service, feed, queues, stopped)));
+        tasks.push(tokio::spawn(follow(
+            service,
+            feed,
+            checkpoints,
+            queues,
+            stopped,
+        )));
         Some(Notifier { stop, tasks })
     }
 
@@ -451,16 +488,18 @@ struct Dropping {
     logged: Option<tokio::time::Instant>,
 }
 
-/// Turns audit records into notices and queues them for the receivers that want them,
-/// until `stop`; then queues what was already committed and closes the queues.
+/// Turns audit records and kept checkpoints into notices and queues them for the receivers
+/// that want them, until `stop`; then queues what was already committed and closes the
+/// queues.
 async fn follow(
     service: Arc<Service>,
     mut feed: broadcast::Receiver<AuditRecord>,
+    mut checkpoints: broadcast::Receiver<Signed>,
     mut queues: Vec<(Webhook, mpsc::Sender<Arc<Notice>>, Dropping)>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut dispatch = |rec: AuditRecord| {
-        let Some(notice) = notice(&service, &rec) else {
+    let mut dispatch = |notice: Option<Notice>| {
+        let Some(notice) = notice else {
             return;
         };
         let notice = Arc::new(notice);
@@ -497,10 +536,20 @@ async fn follow(
                         tracing::error!(error = %e, dropped = batch.len(), "cannot sync the ledger; these records are not announced");
                         continue;
                     }
-                    batch.into_iter().for_each(&mut dispatch);
+                    for rec in batch {
+                        dispatch(notice(&service, &rec));
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "webhooks fell behind the audit log; some events were not sent");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            // Checkpoints are kept on disk before they are broadcast.
+            got = checkpoints.recv() => match got {
+                Ok(c) => dispatch(Some(checkpoint_notice(&c))),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "webhooks fell behind the audit checkpoints; some were not sent");
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -508,7 +557,10 @@ async fn follow(
         }
     }
     while let Ok(rec) = feed.try_recv() {
-        dispatch(rec);
+        dispatch(notice(&service, &rec));
+    }
+    while let Ok(c) = checkpoints.try_recv() {
+        dispatch(Some(checkpoint_notice(&c)));
     }
 }
 

@@ -80,6 +80,10 @@ pub struct SessionMeta {
     /// interrupted.
     #[serde(default)]
     pub recording: Option<RecordingSeal>,
+    /// The audit record that ended the session and carries the same seal, so a read checks
+    /// the two against each other without scanning the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_in: Option<u64>,
 }
 
 impl SessionMeta {

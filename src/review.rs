@@ -503,6 +503,7 @@ mod tests {
             files: Vec::new(),
             env: Vec::new(),
             recording: None,
+            sealed_in: None,
         }
     }
 

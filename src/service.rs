@@ -1093,10 +1093,31 @@ impl Service {
         Ok(self.store.audit_since(since)?)
     }
 
-    /// Verifies the audit chain, for admins and auditors.
-    pub fn verify_audit(&self, who: &str) -> Result<AuditReport> {
+    /// Audit records 1 to `upto`, for admins and auditors: what a client checks its
+    /// checkpoints against.
+    pub fn audit_upto(&self, who: &str, upto: u64) -> Result<Vec<AuditRecord>> {
         self.require_auditor(who)?;
-        Ok(self.store.verify_audit()?)
+        Ok(self.store.audit_upto(upto)?)
+    }
+
+    /// Verifies the audit chain and every finished recording's seal against it (reading
+    /// and hashing the files too when `read_files`), for admins and auditors.
+    pub fn verify_audit(&self, who: &str, read_files: bool) -> Result<AuditReport> {
+        self.require_auditor(who)?;
+        let mut report = self.store.verify_audit()?;
+        report.recordings = Some(self.store.verify_recordings(read_files)?);
+        Ok(report)
+    }
+
+    /// A checkpoint of the audit chain's head signed now, for admins and auditors (see
+    /// [`crate::checkpoint::writer::sign_head`]).
+    pub fn audit_checkpoint(
+        &self,
+        who: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crate::checkpoint::Signed> {
+        self.require_auditor(who)?;
+        crate::checkpoint::writer::sign_head(self, now)
     }
 }
 

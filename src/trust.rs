@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::keys::{self, HOST_CA, NODE_CA};
+use crate::keys::{self, AUDIT_SIGNER, HOST_CA, NODE_CA};
 use crate::Error;
 
 fn public_line(dir: &Path, name: &str) -> Result<String, Error> {
@@ -34,4 +34,19 @@ pub fn sshd(dir: &Path) -> Result<String, Error> {
 pub fn known_hosts(dir: &Path) -> Result<String, Error> {
     let host_ca = public_line(dir, HOST_CA)?;
     Ok(format!("@cert-authority * {host_ca}\n"))
+}
+
+/// The audit-signer's public key, for auditors to pin (`audit verify --signer`), with the
+/// `allowed_signers` line `ssh-keygen -Y verify` takes.
+pub fn audit_signer(dir: &Path) -> Result<String, Error> {
+    let key = public_line(dir, AUDIT_SIGNER)?;
+    let ns = crate::checkpoint::NAMESPACE;
+    Ok(format!(
+        "# ramp-ca's audit-signer: it signs checkpoints of the audit chain (SSHSIG, namespace {ns}).\n\
+         # Save this output as audit-signer.pub and check checkpoints you keep with\n\
+         #   ramp-ca audit verify --checkpoint FILE --signer audit-signer.pub\n\
+         # For ssh-keygen -Y verify -f allowed_signers -I {ns} -n {ns}, allowed_signers holds:\n\
+         #   {ns} namespaces=\"{ns}\" {key}\n\
+         {key}\n"
+    ))
 }

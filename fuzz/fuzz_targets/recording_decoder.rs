@@ -37,6 +37,7 @@ fn meta() -> SessionMeta {
         files: Vec::new(),
         env: Vec::new(),
         recording: None,
+        sealed_in: None,
     }
 }
 

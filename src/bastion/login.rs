@@ -66,6 +66,7 @@ impl Login {
             files: Vec::new(),
             env: Vec::new(),
             recording: None,
+            sealed_in: None,
         }
     }
 }

@@ -143,29 +143,13 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Sealed and audited (`session-interrupted`) by the store, in one commit.
     let interrupted = service
         .store
-        .mark_interrupted()
+        .mark_interrupted(Utc::now())
         .map_err(std::io::Error::other)?;
     for s in &interrupted {
         tracing::warn!(session = %s.id, user = %s.user, target = %s.target, "session was interrupted by a crash");
-    }
-    let events = interrupted
-        .iter()
-        .map(|s| {
-            Event::new(
-                &s.user,
-                "session-interrupted",
-                &s.id,
-                json!({"target": s.target, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out}),
-            )
-        })
-        .collect::<Vec<_>>();
-    if !events.is_empty() {
-        service
-            .store
-            .audit_events(events, Utc::now())
-            .map_err(std::io::Error::other)?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     // The flusher stops last, after the sessions have written their ends.

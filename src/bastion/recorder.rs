@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::recording::{encode_event, EventKind, SessionMeta, SessionState};
 use crate::service::Service;
 use crate::store::recordings::Syncer;
-use crate::store::{Event, RecordingFile};
+use crate::store::{Event, RecordingFile, SESSION_END};
 
 /// How often buffers are written at the latest (sooner when one fills), and how often
 /// written recordings are synced to disk; the durability promise is one second.
@@ -297,25 +297,30 @@ impl Recorders {
                 rec.fail(why.clone());
             }
             let Some(meta) = rec.write() else { continue };
-            if let Err(e) = store.put_session(&meta) {
-                rec.fail(format!("cannot write the session's metadata ({e})"));
-            }
             if meta.state != SessionState::Live {
+                // Written below, with the audit record that carries its seal.
                 ended.push(meta);
+            } else if let Err(e) = store.put_session(&meta) {
+                rec.fail(format!("cannot write the session's metadata ({e})"));
             }
         }
         if !ended.is_empty() {
-            let events = ended
+            let ends = ended
                 .iter()
                 .map(|m| {
                     let detail = serde_json::json!({"exit_status": m.exit_status, "reason": m.end_reason,
                         "bytes_in": m.bytes_in, "bytes_out": m.bytes_out, "files": m.files,
                         "recording": m.recording});
-                    Event::new(&m.user, "session-end", &m.id, detail)
+                    (m.clone(), Event::new(&m.user, SESSION_END, &m.id, detail))
                 })
                 .collect();
-            if let Err(e) = store.audit_events(events, Utc::now()) {
-                tracing::error!(error = %e, "cannot audit session ends");
+            if let Err(e) = store.end_sessions(ends, Utc::now()) {
+                tracing::error!(error = %e, "cannot record session ends in the ledger; keeping their metadata alone");
+                for m in &ended {
+                    if let Err(e) = store.put_session(m) {
+                        tracing::error!(session = %m.id, error = %e, "cannot write the session's metadata");
+                    }
+                }
             }
             let mut live = lock(&self.live);
             for m in &ended {

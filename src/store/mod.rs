@@ -5,10 +5,14 @@
 //! (request nonce -> time, against replay), `meta` (serial counter, audit head).
 //! Every change and its audit records commit in one transaction, then the store is flushed.
 //! `sessions` (id -> SessionMeta) holds recorded sessions; their events are files, see
-//! [`recordings`]. This module and its child are the only code that touches `data/`.
+//! [`recordings`]; a finished recording's seal is also in the audit record that ends its
+//! session, see [`seals`]. Signed checkpoints of the chain are files too, see
+//! [`checkpoints`]. This module and its children are the only code that touches `data/`.
 
 mod active;
+pub mod checkpoints;
 pub mod recordings;
+pub mod seals;
 mod sync;
 
 use std::path::Path;
@@ -25,7 +29,9 @@ use crate::recording::{decode_events, Event as RecEvent, SessionMeta, SessionSta
 
 use self::active::ActiveIndex;
 pub use self::active::HeldStep;
+pub use self::checkpoints::Checkpoints;
 pub use self::recordings::{RecordingError, RecordingFile, Recordings};
+pub use self::seals::{BadRecording, SealReport, SESSION_END, SESSION_INTERRUPTED};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,18 @@ pub enum StoreError {
     Recording(#[from] RecordingError),
     #[error("cannot sync the ledger to disk: {0}")]
     Sync(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A finished recording whose seal in the ledger is not the one its session's end
+    /// record in the audit chain carries (or that record is not there).
+    #[error("recording {path} does not match its seal in audit record {seq} ({why}): the recording and its ledger entry were changed after the session ended")]
+    SealMismatch { path: String, seq: u64, why: String },
+    /// A finished recording the audit chain has no end record for.
+    #[error("recording {path} has no seal in the audit chain ({why})")]
+    Unsealed { path: String, why: String },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -132,6 +150,9 @@ pub struct AuditReport {
     pub records: u64,
     /// `None` when the whole chain is intact.
     pub first_bad: Option<BadRecord>,
+    /// Recordings checked against their seals in the chain; `None` when not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recordings: Option<SealReport>,
 }
 
 /// The first record where the chain breaks, and how.
@@ -141,11 +162,74 @@ pub struct BadRecord {
     pub reason: String,
 }
 
-/// The head of the chain, kept in `meta` so removing the newest records is noticed too.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Head {
-    seq: u64,
-    hash: String,
+/// A point of the chain: a record's sequence number and hash. The chain's head is kept in
+/// `meta`, so removing the newest records is noticed too; a checkpoint signs one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Head {
+    /// Before the first record.
+    pub fn genesis() -> Head {
+        Head {
+            seq: 0,
+            hash: ZERO_HASH.into(),
+        }
+    }
+}
+
+/// Follows the chain record by record from a known point, checking every link: the one
+/// place that says what a well-formed next record is (the ledger's own verification, the
+/// checkpoint writer's and an auditor's client all walk with it).
+#[derive(Debug, Clone)]
+pub struct ChainWalk {
+    at: Head,
+}
+
+impl ChainWalk {
+    pub fn from(at: Head) -> ChainWalk {
+        ChainWalk { at }
+    }
+
+    /// Where the walk stands: the last record checked.
+    pub fn at(&self) -> &Head {
+        &self.at
+    }
+
+    /// The sequence number the next record must have.
+    pub fn next_seq(&self) -> u64 {
+        self.at.seq + 1
+    }
+
+    /// Checks that `r` is the next record, links to the last one and hashes to its hash.
+    pub fn step(&mut self, r: &AuditRecord) -> std::result::Result<(), BadRecord> {
+        let expected = self.next_seq();
+        let bad = |reason: String| BadRecord {
+            seq: expected,
+            reason,
+        };
+        if r.seq != expected {
+            return Err(bad(format!("record {expected} claims sequence {}", r.seq)));
+        }
+        if r.prev != self.at.hash {
+            return Err(bad(format!(
+                "record {expected} does not link to record {}",
+                expected - 1
+            )));
+        }
+        if chain_hash(r) != r.hash {
+            return Err(bad(format!(
+                "record {expected} was altered (its hash does not match its contents)"
+            )));
+        }
+        self.at = Head {
+            seq: r.seq,
+            hash: r.hash.clone(),
+        };
+        Ok(())
+    }
 }
 
 /// sled's page cache; the ledger's data is small (recordings are files).
@@ -164,6 +248,10 @@ pub struct Change {
     pub certs: Vec<CertRecord>,
     pub revocation: Option<Revocation>,
     pub events: Vec<Event>,
+    /// Sessions that end with this change, each with the index in `events` of the record
+    /// that ends it: written with `sealed_in` set to that record's sequence number, so the
+    /// seal in the metadata and the one in the chain are never apart.
+    pub sessions: Vec<(SessionMeta, usize)>,
 }
 
 /// The ledger.
@@ -181,6 +269,8 @@ pub struct Store {
     sessions: Tree,
     /// One file of events per session.
     pub recordings: Recordings,
+    /// Signed checkpoints of the audit chain, one file each.
+    pub checkpoints: Checkpoints,
     /// Serialises commits so audit sequence numbers are handed out in order.
     writer: Mutex<()>,
     /// Active grants by user and step, for decisions.
@@ -260,6 +350,7 @@ impl Store {
             meta: tree("meta")?,
             sessions: tree("sessions")?,
             recordings: Recordings::open(&path.join("recordings"))?,
+            checkpoints: Checkpoints::open(&path.join("checkpoints"))?,
             syncs: sync::Syncer::start(db),
             writer: Mutex::new(()),
             active: Mutex::new(ActiveIndex::default()),
@@ -341,9 +432,11 @@ impl Store {
             &self.revocations,
             &self.audit,
             &self.meta,
+            &self.sessions,
         );
         let records = trees
-            .transaction(|(grants, certs, revoked, revocations, audit, meta)| {
+            .transaction(|trees| {
+                let (grants, certs, revoked, revocations, audit, meta, sessions) = trees;
                 for g in &change.grants {
                     grants.insert(g.id.as_bytes(), encode(g))?;
                 }
@@ -362,10 +455,7 @@ impl Store {
                     Some(b) => serde_json::from_slice(&b).map_err(|e| {
                         ConflictableTransactionError::Abort(format!("corrupt audit head: {e}"))
                     })?,
-                    None => Head {
-                        seq: 0,
-                        hash: ZERO_HASH.into(),
-                    },
+                    None => Head::genesis(),
                 };
                 for e in &change.events {
                     let mut r = AuditRecord {
@@ -387,6 +477,11 @@ impl Store {
                     out.push(r);
                 }
                 meta.insert(META_HEAD, encode(&head))?;
+                for (s, ended_by) in &change.sessions {
+                    let mut s = s.clone();
+                    s.sealed_in = out.get(*ended_by).map(|r: &AuditRecord| r.seq);
+                    sessions.insert(s.id.as_bytes(), encode(&s))?;
+                }
                 Ok(out)
             })
             .map_err(|e: TransactionError<String>| match e {
@@ -585,71 +680,150 @@ impl Store {
         })
     }
 
-    /// Walks the chain and reports the first record that is missing, edited or out of place.
-    pub fn verify_audit(&self) -> Result<AuditReport> {
-        // A commit landing mid-walk would look like a removed tail.
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut expected = 1u64;
-        let mut prev = ZERO_HASH.to_string();
-        let bad = |seq: u64, reason: String| AuditReport {
-            records: seq.saturating_sub(1),
-            first_bad: Some(BadRecord { seq, reason }),
-        };
-        for kv in self.audit.iter() {
+    /// The head of the chain: its newest record's sequence number and hash.
+    pub fn audit_head(&self) -> Result<Head> {
+        Ok(match self.meta.get(META_HEAD)? {
+            Some(b) => decode("meta", META_HEAD, &b)?,
+            None => Head::genesis(),
+        })
+    }
+
+    /// One audit record.
+    pub fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>> {
+        let key = seq.to_be_bytes();
+        self.audit
+            .get(key)?
+            .map(|b| decode("audit", &key, &b))
+            .transpose()
+    }
+
+    /// Audit records 1 to `upto`, oldest first.
+    pub fn audit_upto(&self, upto: u64) -> Result<Vec<AuditRecord>> {
+        self.audit
+            .range(..=upto.to_be_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("audit", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Walks the stored records after `walk`'s point up to `upto`, stopping at the first
+    /// that is missing, unreadable or does not follow.
+    fn walk_records(&self, walk: &mut ChainWalk, upto: u64) -> Result<Option<BadRecord>> {
+        let from = walk.next_seq();
+        if from > upto {
+            return Ok(None);
+        }
+        for kv in self.audit.range(from.to_be_bytes()..=upto.to_be_bytes()) {
             let (k, v) = kv?;
+            let expected = walk.next_seq();
             let key_seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             if key_seq != expected {
-                return Ok(bad(
-                    expected,
-                    format!("record {expected} is missing (next stored is {key_seq})"),
-                ));
+                return Ok(Some(BadRecord {
+                    seq: expected,
+                    reason: format!("record {expected} is missing (next stored is {key_seq})"),
+                }));
             }
             let r: AuditRecord = match serde_json::from_slice(&v) {
                 Ok(r) => r,
                 Err(e) => {
-                    return Ok(bad(
-                        expected,
-                        format!("record {expected} is unreadable: {e}"),
-                    ))
+                    return Ok(Some(BadRecord {
+                        seq: expected,
+                        reason: format!("record {expected} is unreadable: {e}"),
+                    }))
                 }
             };
-            if r.seq != expected {
-                return Ok(bad(
-                    expected,
-                    format!("record {expected} claims sequence {}", r.seq),
-                ));
+            if let Err(bad) = walk.step(&r) {
+                return Ok(Some(bad));
             }
-            if r.prev != prev {
-                return Ok(bad(
-                    expected,
-                    format!("record {expected} does not link to record {}", expected - 1),
-                ));
-            }
-            if chain_hash(&r) != r.hash {
-                return Ok(bad(
-                    expected,
-                    format!("record {expected} was altered (its hash does not match its contents)"),
-                ));
-            }
-            prev = r.hash;
-            expected += 1;
         }
-        let count = expected - 1;
+        Ok(None)
+    }
+
+    /// Walks the chain and reports the first record that is missing, edited or out of place.
+    pub fn verify_audit(&self) -> Result<AuditReport> {
+        // A commit landing mid-walk would look like a removed tail.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let bad = |b: BadRecord| AuditReport {
+            records: b.seq.saturating_sub(1),
+            first_bad: Some(b),
+            recordings: None,
+        };
+        let mut walk = ChainWalk::from(Head::genesis());
+        if let Some(b) = self.walk_records(&mut walk, u64::MAX)? {
+            return Ok(bad(b));
+        }
+        let Head {
+            seq: count,
+            hash: prev,
+        } = walk.at().clone();
         let head: Option<Head> = self
             .meta
             .get(META_HEAD)?
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let at_end = |reason: String| {
+            bad(BadRecord {
+                seq: count + 1,
+                reason,
+            })
+        };
         match head {
-            Some(h) if h.seq != count || h.hash != prev => Ok(bad(
-                count + 1,
-                format!("the log ends at record {count} but {} were written; the newest were removed or altered", h.seq),
-            )),
-            None if count > 0 => Ok(bad(count + 1, "the chain head is missing".into())),
+            Some(h) if h.seq != count || h.hash != prev => Ok(at_end(format!(
+                "the log ends at record {count} but {} were written; the newest were removed or altered",
+                h.seq
+            ))),
+            None if count > 0 => Ok(at_end("the chain head is missing".into())),
             _ => Ok(AuditReport {
                 records: count,
                 first_bad: None,
+                recordings: None,
             }),
         }
+    }
+
+    /// Whether the chain still holds `from` (a point a checkpoint signed) and runs on from
+    /// it, record by record, to its head; returns the head, or the first record that breaks.
+    /// Reads only the records from `from` on, without holding up commits.
+    pub fn audit_extends(&self, from: &Head) -> Result<std::result::Result<Head, BadRecord>> {
+        let head = self.audit_head()?;
+        let bad = |seq: u64, reason: String| Ok(Err(BadRecord { seq, reason }));
+        if head.seq < from.seq {
+            return bad(
+                head.seq + 1,
+                format!(
+                    "the chain ends at record {} but record {} was checkpointed; the newest were removed",
+                    head.seq, from.seq
+                ),
+            );
+        }
+        if from.seq > 0 {
+            let kept = self.audit_record(from.seq)?;
+            if !kept.is_some_and(|r| r.hash == from.hash && chain_hash(&r) == r.hash) {
+                return bad(
+                    from.seq,
+                    format!(
+                        "record {} is not the one its checkpoint signed: the chain up to it was rewritten",
+                        from.seq
+                    ),
+                );
+            }
+        }
+        let mut walk = ChainWalk::from(from.clone());
+        if let Some(b) = self.walk_records(&mut walk, head.seq)? {
+            return Ok(Err(b));
+        }
+        if walk.at() != &head {
+            let seq = walk.at().seq;
+            return bad(
+                seq + 1,
+                format!(
+                    "the log ends at record {seq} but {} were written; the newest were removed or altered",
+                    head.seq
+                ),
+            );
+        }
+        Ok(Ok(head))
     }
 
     /// Writes a session's metadata (created or updated).
@@ -679,9 +853,11 @@ impl Store {
         Ok(out)
     }
 
-    /// A session's events in order, checked against the seal in its metadata.
+    /// A session's events in order, checked against its seal: the one in its metadata,
+    /// which must be the one in the audit record that ended the session.
     pub fn session_events(&self, meta: &SessionMeta) -> Result<Vec<RecEvent>> {
-        let bytes = self.recordings.read(&meta.id, meta.recording.as_ref())?;
+        let seal = self.audited_seal(meta)?;
+        let bytes = self.recordings.read(&meta.id, seal.as_ref())?;
         decode_events(&bytes).map_err(|e| StoreError::Corrupt {
             tree: "recordings",
             key: meta.id.clone(),
@@ -690,26 +866,77 @@ impl Store {
     }
 
     /// Marks sessions left `live` by a daemon that died as `interrupted`, sealing their
-    /// recordings as they are on disk (a half-written last event is cut off); returns them.
-    pub fn mark_interrupted(&self) -> Result<Vec<SessionMeta>> {
-        let mut out = Vec::new();
-        for mut s in self.sessions()? {
-            if s.state == SessionState::Live {
-                let sealed = self.recordings.seal_interrupted(&s.id)?;
-                s.state = SessionState::Interrupted;
-                s.end_reason = Some(
-                    "the bastion stopped without ending the session (crash or kill -9)".into(),
-                );
-                // The metadata may lag the file by one flush; the file is the truth.
-                s.bytes_in = sealed.bytes_in;
-                s.bytes_out = sealed.bytes_out;
-                s.recording = Some(sealed.seal);
+    /// recordings as they are on disk (a half-written last event is cut off), each with its
+    /// `session-interrupted` audit record carrying the seal; returns them. A session the
+    /// chain already ended is not sealed again (its metadata was set back to `live`): its
+    /// seal is taken back from the chain, so a changed recording is still found. Finished
+    /// sessions that name no end record (from older versions) are linked to theirs, so
+    /// reads need not search the chain. One pass over the chain, only when needed.
+    pub fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
+        let (live, unlinked): (Vec<SessionMeta>, Vec<SessionMeta>) = self
+            .sessions()?
+            .into_iter()
+            .filter(|s| s.state == SessionState::Live || s.sealed_in.is_none())
+            .partition(|s| s.state == SessionState::Live);
+        if live.is_empty() && unlinked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ended = self.session_ends()?;
+        for mut s in unlinked {
+            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
+                s.sealed_in = Some(end.seq);
                 self.put_session(&s)?;
-                out.push(s);
             }
         }
-        self.flush()?;
+        let mut change = Change::default();
+        for mut s in live {
+            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
+                tracing::error!(session = %s.id, record = end.seq, "the ledger says this session is live but the audit chain ended it; its metadata was altered");
+                self.put_session(&seals::restore_from(s, end))?;
+                continue;
+            }
+            let sealed = self.recordings.seal_interrupted(&s.id)?;
+            s.state = SessionState::Interrupted;
+            s.end_reason =
+                Some("the bastion stopped without ending the session (crash or kill -9)".into());
+            // The metadata may lag the file by one flush; the file is the truth.
+            s.bytes_in = sealed.bytes_in;
+            s.bytes_out = sealed.bytes_out;
+            s.recording = Some(sealed.seal);
+            change.events.push(Event::new(
+                &s.user,
+                SESSION_INTERRUPTED,
+                &s.id,
+                serde_json::json!({"target": s.target, "bytes_in": s.bytes_in,
+                    "bytes_out": s.bytes_out, "recording": s.recording}),
+            ));
+            change.sessions.push((s, change.events.len() - 1));
+        }
+        let out = change.sessions.iter().map(|(s, _)| s.clone()).collect();
+        self.commit(change, now)?;
         Ok(out)
+    }
+
+    /// Writes sessions that ended with the audit records that end them, in one
+    /// transaction, durably: each session's `sealed_in` names its record.
+    pub fn end_sessions(
+        &self,
+        ended: Vec<(SessionMeta, Event)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut change = Change::default();
+        for (i, (meta, event)) in ended.into_iter().enumerate() {
+            change.events.push(event);
+            change.sessions.push((meta, i));
+        }
+        self.commit(change, now)
+    }
+
+    /// Low-level access for tests and repair tools: the raw `meta` tree (the serial counter
+    /// and the audit chain's head).
+    #[doc(hidden)]
+    pub fn raw_meta_tree(&self) -> &Tree {
+        &self.meta
     }
 
     /// Low-level access for tests and repair tools: the raw audit tree.

@@ -56,7 +56,8 @@ impl Recordings {
         &self.dir
     }
 
-    fn path(&self, id: &str) -> Result<PathBuf> {
+    /// The file of session `id`.
+    pub fn path(&self, id: &str) -> Result<PathBuf> {
         let ok = !id.is_empty()
             && id.len() <= 64
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -111,25 +112,33 @@ impl Recordings {
         }
         bytes.drain(..HEADER.len());
         if let Some(seal) = seal {
-            let why = if bytes.len() as u64 != seal.bytes {
-                Some(format!(
-                    "{} bytes, the ledger says {}",
-                    bytes.len(),
-                    seal.bytes
-                ))
-            } else if blake3::hash(&bytes).to_hex().as_str() != seal.blake3 {
-                Some("its BLAKE3 hash differs".to_string())
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                return Err(RecordingError::Mismatch {
-                    path: path.display().to_string(),
-                    why,
-                });
-            }
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&bytes);
+            check_seal(&path, bytes.len() as u64, &hasher, seal)?;
         }
         Ok(bytes)
+    }
+
+    /// Checks a recording against its seal without holding it in memory (for verifying
+    /// every recording at once); without a seal, only that it is a recording.
+    pub fn check(&self, id: &str, seal: Option<&RecordingSeal>) -> Result<()> {
+        let path = self.path(id)?;
+        let io = io_at(&path);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && seal.is_none() => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut header = vec![0; HEADER.len()];
+        if file.read_exact(&mut header).is_err() || header != HEADER {
+            return Err(RecordingError::NotARecording {
+                path: path.display().to_string(),
+            });
+        }
+        let Some(seal) = seal else { return Ok(()) };
+        let mut hasher = blake3::Hasher::new();
+        let len = std::io::copy(&mut file, &mut hasher).map_err(&io)?;
+        check_seal(&path, len, &hasher, seal)
     }
 
     /// Follows a recording as it is written, from its start.
@@ -300,6 +309,21 @@ impl Syncer {
     }
 }
 
+/// Whether `len` bytes hashed by `hasher` are what `seal` says.
+fn check_seal(path: &Path, len: u64, hasher: &blake3::Hasher, seal: &RecordingSeal) -> Result<()> {
+    let why = if len != seal.bytes {
+        format!("{len} bytes, the ledger says {}", seal.bytes)
+    } else if hasher.finalize().to_hex().as_str() != seal.blake3 {
+        "its BLAKE3 hash differs".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(RecordingError::Mismatch {
+        path: path.display().to_string(),
+        why,
+    })
+}
+
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> RecordingError + '_ {
     move |source| RecordingError::Io {
         path: path.display().to_string(),
@@ -339,6 +363,15 @@ mod tests {
         std::fs::write(&path, &raw).unwrap();
         let err = recs.read("abc123", Some(&seal)).unwrap_err();
         assert!(err.to_string().contains("BLAKE3 hash differs"), "{err}");
+        let err = recs.check("abc123", Some(&seal)).unwrap_err();
+        assert!(err.to_string().contains("BLAKE3 hash differs"), "{err}");
+        raw[last] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+        recs.check("abc123", Some(&seal)).unwrap();
+        raw.push(b'x');
+        std::fs::write(&path, &raw).unwrap();
+        let err = recs.check("abc123", Some(&seal)).unwrap_err();
+        assert!(err.to_string().contains("bytes, the ledger says"), "{err}");
 
         // Killed mid-write: the half event is cut off, the rest counted.
         let mut file = recs.create("def456").unwrap();

@@ -61,8 +61,9 @@ impl Shared {
     }
 }
 
-/// The handle the store holds; dropping it stops the thread.
-pub struct Syncer(Arc<Shared>);
+/// The handle the store holds; dropping it stops the thread and waits for it, so the
+/// ledger's files are closed (and its lock released) once the store is dropped.
+pub struct Syncer(Arc<Shared>, Option<std::thread::JoinHandle<()>>);
 
 impl Syncer {
     /// Starts the flushing thread.
@@ -74,11 +75,11 @@ impl Syncer {
             watch: tokio::sync::watch::Sender::new(Synced::default()),
         });
         let thread = shared.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("ledger-sync".into())
             .spawn(move || run(&thread, &db))
             .expect("spawn the ledger sync thread");
-        Syncer(shared)
+        Syncer(shared, Some(handle))
     }
 
     /// A ticket covering every write made so far.
@@ -115,6 +116,9 @@ impl Drop for Syncer {
     fn drop(&mut self) {
         self.0.lock().stop = true;
         self.0.work.notify_one();
+        if let Some(thread) = self.1.take() {
+            let _ = thread.join();
+        }
     }
 }
 

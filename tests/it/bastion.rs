@@ -987,6 +987,68 @@ fn a_changed_recording_is_found_and_a_full_recording_disk_refuses_sessions() {
     );
 }
 
+/// Issue 9 §8: a recording edited together with its seal in the ledger went unnoticed
+/// (reads checked the file against the ledger's seal only); the seal is also in the audit
+/// record that ended the session, and reads and `audit verify` compare the two.
+#[test]
+fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
+    let rig = rig();
+    rig.observe("INC-14", &[]);
+    let out = run_ok(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "sealed-output"]));
+    assert!(out.contains("sealed-output"), "{out}");
+    let list = rig.wait_sessions("the session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let sealed_in = list[0]["sealed_in"]
+        .as_u64()
+        .expect("the end record is named");
+    let out = run_ok(&mut rig.ramp(BOB, &["audit", "verify"]));
+    assert!(
+        out.contains("audit chain intact")
+            && out.contains("recordings intact: 1 finished sessions"),
+        "{out}"
+    );
+
+    // With the daemon stopped, someone rewrites the output and the seal to match it.
+    let data = rig.dir.join("data");
+    let rig = rig.restart(
+        |d| {
+            d.stop();
+            let store = ramp_ca::store::Store::open(&data).unwrap();
+            let file = store.recordings.path(&id).unwrap();
+            let mut raw = std::fs::read(&file).unwrap();
+            let at = raw
+                .windows(13)
+                .position(|w| w == b"sealed-output")
+                .expect("the output is in the file");
+            raw[at..at + 13].copy_from_slice(b"benign-output");
+            std::fs::write(&file, &raw).unwrap();
+            let mut meta = store.session(&id).unwrap().unwrap();
+            let events = &raw[ramp_ca::store::recordings::HEADER.len()..];
+            meta.recording = Some(ramp_ca::recording::RecordingSeal {
+                bytes: events.len() as u64,
+                blake3: blake3::hash(events).to_hex().to_string(),
+            });
+            store.put_session(&meta).unwrap();
+            store.flush().unwrap();
+        },
+        &[],
+    );
+    let named = format!("{id}.rec does not match its seal in audit record {sealed_in}");
+    let (_, err) = run_err(&mut rig.ramp(BOB, &["sessions", "show", &id]));
+    assert!(err.contains(&named), "{err}");
+    let (_, err) = run_err(&mut rig.ramp(BOB, &["sessions", "export", &id]));
+    assert!(err.contains(&named), "{err}");
+    for flags in [&[][..], &["--skip-recordings"][..]] {
+        let mut args = vec!["audit", "verify"];
+        args.extend_from_slice(flags);
+        let (code, err) = run_err(&mut rig.ramp(BOB, &args));
+        assert_eq!(code, 1, "{flags:?}: {err}");
+        assert!(err.contains(&named), "{flags:?}: {err}");
+    }
+}
+
 #[test]
 fn taking_someone_out_of_people_yaml_ends_their_sessions_on_reload() {
     let rig = rig();

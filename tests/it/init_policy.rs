@@ -16,7 +16,13 @@ fn mode(dir: &TestDir, rel: &str) -> u32 {
 fn init_creates_private_keys_and_never_overwrites_one() {
     let dir = TestDir::new();
     let out = run_ok(ramp(&dir).arg("init"));
-    for key in ["user-ca", "node-ca", "host-ca", "bastion_host_ed25519"] {
+    for key in [
+        "user-ca",
+        "node-ca",
+        "host-ca",
+        "bastion_host_ed25519",
+        "audit-signer",
+    ] {
         assert_eq!(mode(&dir, &format!("keys/{key}")), 0o600, "{key}");
         assert!(dir.join(format!("keys/{key}.pub")).exists(), "{key}.pub");
         assert!(out.contains(&format!("keys/{key}")), "{out}");

@@ -499,3 +499,105 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
     let (code, err) = run_err(ramp(&dir).args(["completions", "cmd.exe"]));
     assert_eq!(code, 2, "{err}");
 }
+
+/// Issue 9 §8: a checkpoint kept only beside the ledger is in reach of whoever rewrites the
+/// ledger; the webhooks carry each one whole to receivers elsewhere, on schedule when the
+/// chain grew, and at stop.
+#[test]
+fn checkpoints_are_posted_whole_when_the_chain_grew_and_at_stop() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).arg("init"));
+    let (receiver, slack) = (Receiver::start(Answer::Ok), Receiver::start(Answer::Ok));
+    let hooks = [
+        (receiver.url.as_str(), "json", Some("checkpoint")),
+        (slack.url.as_str(), "slack", Some("checkpoint")),
+    ];
+    let with_interval = |every: &str| {
+        let path = config(&dir, &hooks);
+        let mut yaml = std::fs::read_to_string(&path).unwrap();
+        yaml.push_str(&format!("audit:\n  checkpoint_every: {every}\n"));
+        std::fs::write(&path, yaml).unwrap();
+        path
+    };
+    let daemon = Daemon::start_with(&dir, &["--config", &with_interval("1s")]);
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::observe("INC-60", &[])));
+    let head = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        BOB,
+        &["audit", "list", "--json"],
+    )))
+    .as_array()
+    .unwrap()
+    .len() as u64;
+    let posts = receiver.wait("a checkpoint of the head", |p| {
+        p.iter().any(|p| p["detail"]["seq"] == head)
+    });
+    let cp = posts.iter().find(|p| p["detail"]["seq"] == head).unwrap();
+    assert_eq!(cp["event"], "checkpoint");
+    assert_eq!(cp["actor"], "ramp-ca");
+    assert_eq!(cp["audit_seq"], head);
+    let text = cp["detail"]["checkpoint"].as_str().unwrap();
+    assert_eq!(
+        text,
+        dir.read(format!("data/checkpoints/{head:012}.checkpoint")),
+        "the receiver holds the very file the daemon kept"
+    );
+    assert!(cp["text"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("record {head}")));
+    let lines = slack.wait("the Slack copy", |p| {
+        p.iter().any(|p| {
+            p["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("record {head} "))
+        })
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["text"].as_str().unwrap().contains(text)),
+        "Slack gets the checkpoint whole: {lines:#?}"
+    );
+    // What a receiver kept checks the chain, pinned to the key `trust audit-signer` prints.
+    let kept = dir.write("received.checkpoint", text);
+    let signer = dir.write(
+        "signer.pub",
+        run_ok(ramp(&dir).args(["trust", "audit-signer"])),
+    );
+    let out = run_ok(&mut daemon.cmd(
+        &dir,
+        BOB,
+        &[
+            "audit",
+            "verify",
+            "--checkpoint",
+            kept.to_str().unwrap(),
+            "--signer",
+            signer.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        out.contains(&format!("record {head} matches")) && out.contains("pinned with --signer"),
+        "{out}"
+    );
+    // No growth, no new checkpoint.
+    thread::sleep(Duration::from_millis(2500));
+    let before = receiver.posts();
+    assert!(
+        before
+            .iter()
+            .all(|p| p["detail"]["seq"].as_u64() <= Some(head)),
+        "{before:#?}"
+    );
+    assert!(daemon.stop().success());
+
+    // At stop, the records since the last checkpoint are signed too.
+    let daemon = Daemon::start_with(&dir, &["--config", &with_interval("1h")]);
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::ask("operate", "INC-60")));
+    assert!(daemon.stop().success());
+    receiver.wait("the stop's checkpoint", |p| {
+        p.iter().any(|p| p["detail"]["seq"].as_u64() > Some(head))
+    });
+}

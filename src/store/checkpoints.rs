@@ -1,0 +1,369 @@
+//! Signed checkpoints of the audit chain on disk: one file per checkpointed record,
+//! `data/checkpoints/SEQ.checkpoint` (SEQ zero-padded to 12 digits so they sort), in an
+//! owner-only directory, written once and never replaced. Every checkpoint kept is also
+//! broadcast, so the webhooks carry a copy off this machine. The files are the service's
+//! own memory of what it signed: whoever can write `data/` can delete them, but not forge
+//! one; the copies auditors keep elsewhere are what a rewrite cannot reach.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use super::{Head, Result, StoreError};
+use crate::checkpoint::Signed;
+
+/// Checkpoints a listener may fall behind by before it misses some.
+const FEED_CAPACITY: usize = 64;
+
+/// The directory of checkpoint files.
+pub struct Checkpoints {
+    dir: PathBuf,
+    /// The newest checkpoint whose signature and chain were checked: the ledger must still
+    /// hold it and run on from it before anything newer is signed.
+    trusted: Mutex<Option<Head>>,
+    /// Every checkpoint kept, for the webhooks.
+    feed: broadcast::Sender<Signed>,
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Checkpoints {
+    /// Opens (creating, owner-only) the directory.
+    pub fn open(dir: &Path) -> Result<Checkpoints> {
+        let io = io_at(dir);
+        std::fs::create_dir_all(dir).map_err(&io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(&io)?;
+        }
+        Ok(Checkpoints {
+            dir: dir.to_path_buf(),
+            trusted: Mutex::new(None),
+            feed: broadcast::channel(FEED_CAPACITY).0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of the checkpoint of record `seq`.
+    pub fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:012}.checkpoint"))
+    }
+
+    /// Keeps a checkpoint: writes its file (synced) unless record `seq` already has one,
+    /// trusts its head, and announces it when it is new. Returns whether it was new.
+    pub fn keep(&self, signed: &Signed) -> Result<bool> {
+        let cp = &signed.checkpoint;
+        let path = self.path(cp.seq);
+        let io = io_at(&path);
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        file.write_all(signed.text().as_bytes()).map_err(&io)?;
+        file.sync_all().map_err(&io)?;
+        // The new name is durable once the directory is.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(&self.dir))?;
+        self.trust(cp.head());
+        let _ = self.feed.send(signed.clone());
+        Ok(true)
+    }
+
+    /// Every checkpoint file's path and text, newest record first.
+    pub fn stored(&self) -> Result<Vec<(PathBuf, String)>> {
+        let io = io_at(&self.dir);
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(&io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(&io)?;
+        paths.retain(|p| p.extension().is_some_and(|e| e == "checkpoint"));
+        paths.sort();
+        paths.reverse();
+        paths
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).map_err(io_at(&p))?;
+                Ok((p, text))
+            })
+            .collect()
+    }
+
+    /// The newest checked point the chain must still extend, if any.
+    pub fn trusted(&self) -> Option<Head> {
+        self.trusted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Trusts `head` from now on, unless a newer point is trusted already.
+    pub fn trust(&self, head: Head) {
+        let mut t = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        if t.as_ref().is_none_or(|old| old.seq <= head.seq) {
+            *t = Some(head);
+        }
+    }
+
+    /// Every checkpoint kept from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Signed> {
+        self.feed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use russh::keys::ssh_key::{Algorithm, PrivateKey};
+    use serde_json::json;
+
+    use crate::checkpoint::{check_chain, Signed, Sourced};
+    use crate::store::{chain_hash, Event, Head, Store};
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    /// A store with `n` records (`request` by alice about `g1`, `g2`, ...).
+    fn store_with(n: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        for i in 1..=n {
+            let e = Event::new("alice", "request", &format!("g{i}"), json!({"i": i}));
+            store.audit_events(vec![e], now()).unwrap();
+        }
+        (dir, store)
+    }
+
+    /// What someone who can write the ledger does: change record `seq`, re-hash it and
+    /// every record after it, and move the head along.
+    fn rewrite(store: &Store, seq: u64) {
+        let audit = store.raw_audit_tree();
+        let mut prev = match seq {
+            1 => "0".repeat(64),
+            _ => store.audit_record(seq - 1).unwrap().unwrap().hash,
+        };
+        for mut r in store
+            .audit_upto(u64::MAX)
+            .unwrap()
+            .into_iter()
+            .skip(seq as usize - 1)
+        {
+            if r.seq == seq {
+                r.actor = "mallory".into();
+            }
+            r.prev = prev;
+            r.hash = chain_hash(&r);
+            prev = r.hash.clone();
+            audit
+                .insert(r.seq.to_be_bytes(), serde_json::to_vec(&r).unwrap())
+                .unwrap();
+        }
+        let head = Head {
+            seq: store.audit_len().unwrap(),
+            hash: prev,
+        };
+        store
+            .raw_meta_tree()
+            .insert("audit_head", serde_json::to_vec(&head).unwrap())
+            .unwrap();
+    }
+
+    fn sourced(name: &str, signed: Signed) -> Sourced {
+        Sourced {
+            source: name.into(),
+            signed,
+        }
+    }
+
+    fn checkpoint_of(store: &Store, key: &PrivateKey, name: &str) -> Sourced {
+        let head = store.audit_head().unwrap();
+        sourced(name, Signed::sign(key, &head, now()).unwrap())
+    }
+
+    #[test]
+    fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_an_earlier_checkpoint() {
+        let k = key();
+        let (_dir, store) = store_with(4);
+        let early = checkpoint_of(&store, &k, "early");
+        store
+            .audit_events(vec![Event::new("bob", "approve", "g1", json!({}))], now())
+            .unwrap();
+        store
+            .audit_events(vec![Event::new("bob", "approve", "g2", json!({}))], now())
+            .unwrap();
+        let late = checkpoint_of(&store, &k, "late");
+        let all = || store.audit_upto(u64::MAX).unwrap();
+        assert_eq!(check_chain(all(), &[early.clone(), late.clone()]), Ok(6));
+        assert_eq!(
+            store
+                .audit_extends(&early.signed.checkpoint.head())
+                .unwrap(),
+            Ok(store.audit_head().unwrap())
+        );
+
+        rewrite(&store, 5);
+        let plain = store.verify_audit().unwrap();
+        assert_eq!(
+            plain.first_bad, None,
+            "a re-hashed chain is intact as far as hashes go"
+        );
+        assert_eq!(plain.records, 6);
+        // The earlier checkpoint still holds (record 5 came after it); the later one names
+        // record 6 and bounds the rewrite by the earlier one.
+        let bad = check_chain(all(), &[early.clone(), late.clone()]).unwrap_err();
+        assert_eq!(bad.seq, 6, "{bad:?}");
+        assert!(
+            bad.reason
+                .contains("record 6 is not the one checkpoint late")
+                && bad
+                    .reason
+                    .contains("rewritten and re-hashed, after record 4 (checkpoint early"),
+            "{bad:?}"
+        );
+        // The ledger itself no longer extends what it checkpointed.
+        let bad = store
+            .audit_extends(&late.signed.checkpoint.head())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(bad.seq, 6, "{bad:?}");
+        assert!(bad.reason.contains("rewritten"), "{bad:?}");
+
+        rewrite(&store, 2);
+        assert_eq!(store.verify_audit().unwrap().first_bad, None);
+        let bad = check_chain(all(), std::slice::from_ref(&early)).unwrap_err();
+        assert_eq!(bad.seq, 4, "{bad:?}");
+        assert!(
+            bad.reason
+                .contains("record 4 is not the one checkpoint early"),
+            "{bad:?}"
+        );
+        let bad = store
+            .audit_extends(&early.signed.checkpoint.head())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(bad.seq, 4, "{bad:?}");
+    }
+
+    #[test]
+    fn a_chain_shorter_than_its_checkpoint_is_named() {
+        let k = key();
+        let (_dir, store) = store_with(5);
+        let cp = checkpoint_of(&store, &k, "cp");
+        let cut: Vec<_> = store.audit_upto(3).unwrap();
+        let bad = check_chain(cut, std::slice::from_ref(&cp)).unwrap_err();
+        assert_eq!(bad.seq, 4);
+        assert!(
+            bad.reason
+                .contains("the chain ends at record 3 but checkpoint cp")
+                && bad
+                    .reason
+                    .contains("vouches for record 5: records 4 to 5 were removed"),
+            "{bad:?}"
+        );
+        // Cut in the ledger itself, head and all.
+        store.raw_audit_tree().remove(5u64.to_be_bytes()).unwrap();
+        store.raw_audit_tree().remove(4u64.to_be_bytes()).unwrap();
+        let head = store.audit_record(3).unwrap().unwrap();
+        store
+            .raw_meta_tree()
+            .insert(
+                "audit_head",
+                serde_json::to_vec(&Head {
+                    seq: 3,
+                    hash: head.hash,
+                })
+                .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(store.verify_audit().unwrap().first_bad, None);
+        let bad = store
+            .audit_extends(&cp.signed.checkpoint.head())
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            bad.reason
+                .contains("the chain ends at record 3 but record 5 was checkpointed"),
+            "{bad:?}"
+        );
+        // A gap in what is sent is named too.
+        let mut gappy = store_with(4).1.audit_upto(4).unwrap();
+        gappy.remove(1);
+        let cp4 = checkpoint_of(&store_with(4).1, &k, "cp4");
+        let bad = check_chain(gappy, &[cp4]).unwrap_err();
+        assert!(bad.reason.contains("record 2 is missing"), "{bad:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_bad_signature_or_another_signer_is_refused() {
+        let (k, mallory) = (key(), key());
+        let (_dir, store) = store_with(2);
+        let cp = checkpoint_of(&store, &k, "cp");
+        cp.signed.verify(k.public_key()).unwrap();
+        // Signed by someone else: refused even though the chain matches it.
+        let theirs = checkpoint_of(&store, &mallory, "theirs");
+        assert_eq!(
+            check_chain(store.audit_upto(2).unwrap(), std::slice::from_ref(&theirs)),
+            Ok(2)
+        );
+        let err = theirs
+            .signed
+            .verify(k.public_key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not by the audit-signer key"), "{err}");
+        // A field changed after signing: the signature fails.
+        let text = cp.signed.text().replace("seq: 2", "seq: 1");
+        let edited = &Signed::parse_all(&text).unwrap()[0];
+        let err = edited.verify(k.public_key()).unwrap_err().to_string();
+        assert!(err.contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn checkpoints_are_kept_once_announced_and_trusted() {
+        let k = key();
+        let (_dir, store) = store_with(3);
+        let mut feed = store.checkpoints.subscribe();
+        let cp = checkpoint_of(&store, &k, "cp").signed;
+        assert!(store.checkpoints.keep(&cp).unwrap());
+        let again = checkpoint_of(&store, &k, "again").signed;
+        assert!(
+            !store.checkpoints.keep(&again).unwrap(),
+            "one file a record"
+        );
+        assert_eq!(feed.try_recv().unwrap().checkpoint, cp.checkpoint);
+        assert!(feed.try_recv().is_err());
+        let stored = store.checkpoints.stored().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(stored[0].0.ends_with("000000000003.checkpoint"));
+        assert_eq!(stored[0].1, cp.text());
+        assert_eq!(store.checkpoints.trusted(), Some(cp.checkpoint.head()));
+        store.checkpoints.trust(Head {
+            seq: 1,
+            hash: "x".into(),
+        });
+        assert_eq!(
+            store.checkpoints.trusted().unwrap().seq,
+            3,
+            "never goes back"
+        );
+    }
+}
