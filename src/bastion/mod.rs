@@ -455,8 +455,10 @@ impl ConnHandler {
         let agreed = match self.answers.get_mut(&channel) {
             Some(answers) => match tokio::time::timeout(TARGET_ANSWER, answers.recv()).await {
                 Ok(Some(ok)) => ok,
-                // The channel task ended (the hop failed, the recording could not start).
-                Ok(None) => false,
+                // The channel task ended the channel itself (the hop failed, the recording
+                // could not start, a cut-off) after telling the client why: a failure here
+                // would make the client quit before it prints that.
+                Ok(None) => true,
                 Err(_) => {
                     tracing::warn!(peer = %self.peer, ?request, "the target did not answer a channel request; closing the channel");
                     session.close(channel)?;

@@ -10,7 +10,7 @@ use ramp_ca::auth::Signer;
 
 use crate::bastion::{rig, Rig};
 use crate::support::{keygen, run_err, run_ok};
-use crate::{setup, ALICE, BOB, CAROL};
+use crate::{json, setup, ALICE, BOB, CAROL};
 
 /// Sends a request signed by `signer` (or with the given raw headers) and returns (status, body).
 async fn send(
@@ -724,4 +724,69 @@ fn a_flood_of_connections_from_one_address_is_rate_limited() {
         log.contains("connection refused server=\"bastion\" peer=127.0.0.7"),
         "{log}"
     );
+}
+
+/// Regression: a reason or name with control characters (a screen clear, a newline and a
+/// forged line) was printed raw by `grants` and `audit list`, where it ran in an auditor's
+/// terminal; and a closed stdout (`ramp-ca audit list | head`) ended the CLI in a panic.
+#[test]
+fn control_characters_from_users_are_escaped_and_a_closed_pipe_ends_quietly() {
+    let (dir, daemon) = setup();
+    let hostile = "INC-1\x1b[2J\x1b]0;owned\x07\nforged: carol approved everything\u{9b}";
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::observe(hostile, &[])));
+    let asked = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &crate::ask("operate", "INC-1"),
+    )));
+    let id = asked["grant"]["id"].as_str().unwrap();
+    let denied = run_ok(&mut daemon.cmd(&dir, BOB, &["deny", id, "--reason", hostile]));
+    let escaped = "INC-1\\x1b[2J\\x1b]0;owned\\x07\\nforged: carol approved everything\\u{9b}";
+    assert!(denied.contains(escaped), "{denied}");
+    let audit = run_ok(&mut daemon.cmd(&dir, CAROL, &["audit", "list"]));
+    assert!(audit.contains("INC-1\\u001b[2J"), "{audit}");
+    for (what, out) in [("deny", &denied), ("audit list", &audit)] {
+        assert!(
+            !out.chars()
+                .any(|c| c == '\x1b' || c == '\x07' || c == '\u{9b}'),
+            "{what} printed a control character raw: {out:?}"
+        );
+        assert!(
+            !out.lines().any(|l| l.starts_with("forged")),
+            "{what} let the reason start a line: {out}"
+        );
+    }
+    // The JSON keeps the reason exactly as given.
+    let list = json(&run_ok(&mut daemon.cmd(&dir, ALICE, &["grants", "--json"])));
+    assert_eq!(list[0]["reason"], hostile);
+
+    // A reader that goes away: the command stops without a panic or a backtrace.
+    let cmd = daemon.cmd(&dir, CAROL, &["audit", "list"]);
+    let line = format!(
+        "{} | true; echo \"status=${{PIPESTATUS[0]}}\"",
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut shell = std::process::Command::new("bash");
+    shell.arg("-c").arg(&line).current_dir(dir.path());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => shell.env(k, v),
+            None => shell.env_remove(k),
+        };
+    }
+    let out = shell.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stdout.contains("status=0") || stdout.contains("status=141"),
+        "{stdout}{stderr}"
+    );
+    no_panic(&daemon);
 }

@@ -1946,3 +1946,55 @@ fn a_grant_holder_is_held_to_ten_channels_a_connection_and_a_few_connections() {
         let _ = c.wait();
     }
 }
+
+/// Regression: a login name with control characters reached the service log raw, where a
+/// newline forged a line and escape codes ran in the reader's terminal.
+#[test]
+fn a_login_name_with_control_characters_is_refused_and_logged_escaped() {
+    let rig = rig();
+    rig.observe("INC-ctl", &[]);
+    // OpenSSH's client refuses such a name itself; a client of one's own does not.
+    struct AnyHost;
+    impl russh::client::Handler for AnyHost {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _key: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+    let key = ramp_ca::keys::read_private(&rig.dir.join(ALICE)).unwrap();
+    let cert = ramp_ca::keys::read_certificate(&rig.dir.join(format!("{ALICE}-cert.pub"))).unwrap();
+    let port = rig.daemon.ssh_port;
+    let accepted = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let config = std::sync::Arc::new(russh::client::Config::default());
+            let mut handle = russh::client::connect(config, ("127.0.0.1", port), AnyHost)
+                .await
+                .unwrap();
+            handle
+                .authenticate_openssh_cert(
+                    "readonly\x1b[2J\nINFO login user=carol@db-1",
+                    std::sync::Arc::new(key),
+                    cert,
+                )
+                .await
+                .unwrap()
+                .success()
+        });
+    assert!(!accepted, "logged in with control characters in the name");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rig.daemon.log().contains("holds control characters") {
+        assert!(Instant::now() < deadline, "{}", rig.daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = rig.daemon.log();
+    assert!(!log.contains('\x1b'), "raw escape in the log: {log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("INFO login")),
+        "a forged line: {log}"
+    );
+    assert!(log.contains("readonly\\x1b[2J\\nINFO login"), "{log}");
+}

@@ -58,6 +58,41 @@ fn init_creates_private_keys_and_never_overwrites_one() {
     assert!(out.contains("nothing changed"), "{out}");
 }
 
+/// Regression: `init` (and so every `serve`) wrote each example policy file that was
+/// missing, so a contract an admin deleted to retire it granted access again after a restart.
+#[test]
+fn a_retired_contract_stays_retired_after_init_and_serve() {
+    let dir = TestDir::new();
+    let out = run_ok(ramp(&dir).arg("init"));
+    assert!(out.contains("wrote example policies into"), "{out}");
+    assert_eq!(mode(&dir, "data"), 0o700, "the ledger is the owner's only");
+    std::fs::remove_file(dir.join("policies/prod-db.yaml")).unwrap();
+    let out = run_ok(ramp(&dir).arg("init"));
+    assert!(
+        out.contains("holds a policy set: left as it is"),
+        "init says why it wrote no example: {out}"
+    );
+    assert!(
+        !dir.join("policies/prod-db.yaml").exists(),
+        "init brought it back"
+    );
+    let daemon = crate::Daemon::start(&dir);
+    assert!(
+        !dir.join("policies/prod-db.yaml").exists(),
+        "serve brought it back"
+    );
+    let (code, err) = run_err(&mut daemon.cmd(&dir, crate::ALICE, &crate::observe("INC-1", &[])));
+    assert_eq!(code, 1);
+    assert!(err.contains("no contract named `prod-db`"), "{err}");
+    drop(daemon);
+    // An empty policies directory is a new installation.
+    for f in std::fs::read_dir(dir.join("policies")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let out = run_ok(ramp(&dir).arg("init"));
+    assert!(dir.join("policies/prod-db.yaml").exists(), "{out}");
+}
+
 #[test]
 fn a_ca_key_readable_by_others_is_refused() {
     let dir = TestDir::new();

@@ -233,3 +233,99 @@ fn revoked_certificates_are_in_the_krl_and_real_sshd_refuses_them() {
         "{all}"
     );
 }
+
+/// Regression: after bob approved alice's `operate` request, running the same `sign` again
+/// (as the pending message said) filed a second request, which approvers then saw twice.
+#[test]
+fn signing_again_for_a_step_held_or_asked_for_files_no_duplicate() {
+    let (dir, daemon) = setup();
+    let sign = |step: &str, json: bool| {
+        let mut args = vec![
+            "sign",
+            "--contract",
+            "prod-db",
+            "--step",
+            step,
+            "--reason",
+            "INC-8",
+        ];
+        if json {
+            args.push("--json");
+        }
+        daemon.cmd(&dir, ALICE, &args)
+    };
+    let observe = grant_id(&run_ok(&mut sign("observe", true)));
+    let again = json(&run_ok(&mut sign("observe", true)));
+    assert_eq!(again["grant"]["id"], observe.as_str(), "{again}");
+    assert!(again["certificate"].is_string(), "minted from it: {again}");
+
+    let first = run_ok(&mut sign("operate", false));
+    let pending = first.split_whitespace().next().unwrap().to_string();
+    let key = dir.join(ALICE);
+    assert!(
+        first.contains(&format!(
+            "once approved, pick the certificate up with: ramp-ca sign --grant {pending} --key {}",
+            key.display()
+        )),
+        "{first}"
+    );
+    let second = run_ok(&mut sign("operate", false));
+    assert!(second.starts_with(&pending), "{second}");
+    assert!(
+        second.contains(&format!("request {pending} is pending"))
+            && second.contains("no new request filed"),
+        "{second}"
+    );
+    let asked = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &[
+            "request",
+            "--contract",
+            "prod-db",
+            "--step",
+            "operate",
+            "--reason",
+            "INC-8",
+            "--json",
+        ],
+    )));
+    assert_eq!(asked["grant"]["id"], pending.as_str());
+    let seen = json(&run_ok(&mut daemon.cmd(&dir, BOB, &["grants", "--json"])));
+    let operate: Vec<&serde_json::Value> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["step"] == "operate")
+        .collect();
+    assert_eq!(operate.len(), 1, "bob sees one request: {seen}");
+
+    // A wait that runs out says the request is still filed, and how to pick it up.
+    let (code, err) = run_err(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &["sign", "--grant", &pending, "--wait", "--timeout", "2s"],
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("request {pending} is still pending after 2s"))
+            && err.contains("it stays filed"),
+        "{err}"
+    );
+
+    run_ok(&mut daemon.cmd(&dir, BOB, &["approve", &pending]));
+    let minted = json(&run_ok(&mut sign("operate", true)));
+    assert_eq!(minted["grant"]["id"], pending.as_str(), "{minted}");
+    assert_eq!(minted["grant"]["state"], "active");
+    assert!(minted["certificate"].is_string(), "{minted}");
+    let all = json(&run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &["grants", "--all", "--json"],
+    )));
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        2,
+        "observe and operate only: {all}"
+    );
+}

@@ -1290,3 +1290,6 @@ pub fn seconds_before(now: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
 pub fn new_id() -> String {
     hex::encode(rand::random::<[u8; 6]>())
 }
+
+#[cfg(test)]
+mod tests;
