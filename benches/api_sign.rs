@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ramp_ca::client::{signer_for, Client};
-use ramp_ca::service::{Outcome, RequestBody};
+use ramp_ca::wire::grants::{Outcome, RequestBody};
+use ramp_ca::wire::REQUESTS;
 use reqwest::Method;
 
 struct Args {
@@ -110,7 +111,7 @@ async fn main() {
                 while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
                     let t = Instant::now();
                     let out: Result<Outcome, _> = client
-                        .call(Method::POST, "/v1/requests", Some(body.as_ref()))
+                        .call(Method::POST, REQUESTS, Some(body.as_ref()))
                         .await;
                     done.push((t.elapsed(), out.map_err(|e| e.to_string())));
                 }

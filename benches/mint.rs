@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use ramp_ca::ca::{mint_user_cert, user_cert_for};
-use ramp_ca::grant::{Grant, Status};
-use ramp_ca::policy::{CertOptions, Step};
+use ramp_ca::domain::cert::{mint_user_cert, user_cert_for};
+use ramp_ca::domain::grant::{Asked, Grant};
+use ramp_ca::domain::policy::{CertOptions, Step};
 use russh::keys::ssh_key::{Algorithm, PrivateKey};
 
 fn mint(c: &mut Criterion) {
@@ -14,23 +14,17 @@ fn mint(c: &mut Criterion) {
     let ca = PrivateKey::random(&mut rng, Algorithm::Ed25519).unwrap();
     let user = PrivateKey::random(&mut rng, Algorithm::Ed25519).unwrap();
     let now = Utc::now();
-    let mut grant = Grant {
+    let asked = Asked {
         id: "bench".into(),
-        user: "alice".into(),
-        contract: "prod-db".into(),
+        user: "alice",
+        contract: "prod-db",
         step: "operate".into(),
-        reason: Some("bench".into()),
+        reason: Some("bench"),
         ttl_secs: 3600,
-        requested_at: now,
-        status: Status::Pending,
-        start: None,
-        end: None,
         approvals_from: vec![],
         approvals_needed: 0,
-        approvals: vec![],
-        closed: None,
     };
-    grant.activate(now);
+    let grant = Grant::requested(asked, now);
     let step = Step {
         name: "operate".into(),
         after: None,

@@ -9,7 +9,7 @@ use russh::keys::ssh_encoding::{Decode, Encode};
 use russh::keys::ssh_key::{HashAlg, PrivateKey, PublicKey, SshSig};
 use sha2::{Digest, Sha256};
 
-use crate::policy::Policies;
+use crate::domain::policy::Policies;
 
 /// SSHSIG namespace of every API request.
 pub const NAMESPACE: &str = "ramp-ca";
@@ -70,7 +70,7 @@ pub struct Signed {
 }
 
 /// Checks a request's signature and freshness and finds its signer. The caller must still
-/// record the nonce (see `Store::remember_nonce`) to refuse replays.
+/// record the nonce (see `Service::fresh_nonce`) to refuse replays.
 pub fn verify(
     policies: &Policies,
     method: &str,
@@ -223,7 +223,7 @@ mod tests {
             "users:\n  alice:\n    keys: [\"{}\"]\n    roles: [sre]\n",
             alice.public_key().to_openssh().unwrap()
         );
-        let p = crate::policy::load_texts(&[
+        let p = crate::domain::policy::load_texts(&[
             (PathBuf::from("people.yaml"), people),
             (PathBuf::from("hosts.yaml"), "hosts: {}\n".into()),
         ])

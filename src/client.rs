@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::auth::{self, Signer};
-use crate::keys;
+use crate::install::keys;
 
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]

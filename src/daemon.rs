@@ -110,7 +110,7 @@ impl Settings {
             min_free: flags
                 .min_free_mib
                 .or(file.min_free_mib)
-                .map_or(crate::bastion::recorder::DEFAULT_MIN_FREE, |mib| {
+                .map_or(crate::recordings::writer::DEFAULT_MIN_FREE, |mib| {
                     mib.saturating_mul(1 << 20)
                 }),
             webhooks: file.webhooks,
@@ -136,7 +136,7 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
 pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let config = Settings::load(flags)?;
     let (api_addr, ssh_addr, min_free) = (config.api, config.ssh, config.min_free);
-    let done = crate::init::init(dir)?;
+    let done = crate::install::init::init(dir)?;
     for path in &done.created {
         tracing::info!(path = %path.display(), "created");
     }
@@ -144,12 +144,10 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
     }
     let service = Arc::new(Service::open(dir)?);
-    if let Some(path) =
-        crate::init::ensure_bastion_cert(dir, &service.keys, &service.store, Utc::now())?
-    {
+    if let Some(path) = service.ensure_bastion_cert(Utc::now()).await? {
         tracing::info!(path = %path.display(), "signed the bastion host certificate");
     }
-    match service.store.verify_audit() {
+    match service.chain_report() {
         Ok(r) if r.first_bad.is_none() => tracing::info!(records = r.records, "audit chain intact"),
         Ok(r) => {
             tracing::error!(bad = ?r.first_bad, "AUDIT CHAIN BROKEN; run `ramp-ca audit verify`")
@@ -215,7 +213,7 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let recorders = crate::bastion::recorder::Recorders::new(service.clone(), min_free);
+    let recorders = crate::recordings::writer::Recorders::new(service.clone(), min_free);
     let dashboard =
         crate::dashboard::Dashboard::new(service.clone(), recorders.clone(), &config.dashboard)
             .map_err(|e| {
@@ -243,7 +241,7 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(notifier) = notifier {
         notifier.stop(NOTIFY_DRAIN).await;
     }
-    service.store.flush()?;
+    service.on_disk().await?;
     tracing::info!("stopped; ledger flushed");
     Ok(())
 }
@@ -337,7 +335,7 @@ mod tests {
             (
                 DEFAULT_API,
                 DEFAULT_SSH,
-                crate::bastion::recorder::DEFAULT_MIN_FREE,
+                crate::recordings::writer::DEFAULT_MIN_FREE,
             ),
         );
         let bad = Settings::merge(

@@ -6,13 +6,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid policies:\n{0}")]
-    Policy(#[from] crate::policy::Problems),
+    Policy(#[from] crate::domain::policy::Problems),
     #[error(transparent)]
-    Key(#[from] crate::keys::KeyError),
+    Key(#[from] crate::install::keys::KeyError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error(transparent)]
-    Ca(#[from] crate::ca::CaError),
+    Cert(#[from] crate::domain::cert::CertError),
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
     #[error("{path}: {source}")]

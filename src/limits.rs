@@ -41,7 +41,7 @@ pub struct Rate {
 
 /// Why a connection was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
+pub enum Cap {
     /// `total` connections are waiting already.
     Full,
     /// `per_source` connections from this source are waiting already.
@@ -52,8 +52,8 @@ pub enum Refused {
 
 /// A refusal as the servers report it: to the client, and (at most once a second) to the log.
 #[derive(Clone, Debug)]
-pub struct Refusal {
-    pub why: Refused,
+pub struct TurnedAway {
+    pub why: Cap,
     /// The source the limit applied to.
     pub source: IpAddr,
     what: &'static str,
@@ -61,13 +61,13 @@ pub struct Refusal {
     pub log: Option<u64>,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for TurnedAway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, source) = (self.what, self.source);
         match self.why {
-            Refused::Full => write!(f, "too many {what}; try again later"),
-            Refused::SourceFull => write!(f, "too many {what} from {source}; try again later"),
-            Refused::RateLimited => {
+            Cap::Full => write!(f, "too many {what}; try again later"),
+            Cap::SourceFull => write!(f, "too many {what} from {source}; try again later"),
+            Cap::RateLimited => {
                 write!(f, "too many new connections from {source}; slow down")
             }
         }
@@ -171,12 +171,12 @@ impl Gate {
     }
 
     /// Lets a connection from `peer` in, or says why not.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr, now: Instant) -> Result<Admission, Refusal> {
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, now: Instant) -> Result<Admission, TurnedAway> {
         let limits = self.limits;
         let key = source_of(peer);
         let mut state = self.state();
         if state.waiting >= limits.total {
-            return Err(self.refuse(&mut state, Refused::Full, key, now));
+            return Err(self.refuse(&mut state, Cap::Full, key, now));
         }
         if !state.sources.contains_key(&key) && state.sources.len() >= limits.max_sources {
             state.sweep(limits.rate, now);
@@ -192,7 +192,7 @@ impl Gate {
             if let Some(rate) = limits.rate {
                 source.refill(rate, now);
                 if source.tokens < TOKEN {
-                    refused = Some(Refused::RateLimited);
+                    refused = Some(Cap::RateLimited);
                 } else {
                     // Turned away or not, the attempt spends a token: a source beating on its
                     // cap is flooding.
@@ -200,7 +200,7 @@ impl Gate {
                 }
             }
             if refused.is_none() && source.waiting >= limits.per_source {
-                refused = Some(Refused::SourceFull);
+                refused = Some(Cap::SourceFull);
             }
             if let Some(why) = refused {
                 return Err(self.refuse(&mut state, why, key, now));
@@ -218,7 +218,7 @@ impl Gate {
         })
     }
 
-    fn refuse(&self, state: &mut State, why: Refused, source: IpAddr, now: Instant) -> Refusal {
+    fn refuse(&self, state: &mut State, why: Cap, source: IpAddr, now: Instant) -> TurnedAway {
         let log = if state.logged.is_none_or(|t| now >= t + LOG_EVERY) {
             state.logged = Some(now);
             Some(std::mem::take(&mut state.unlogged))
@@ -226,7 +226,7 @@ impl Gate {
             state.unlogged += 1;
             None
         };
-        Refusal {
+        TurnedAway {
             why,
             source,
             what: self.limits.what,
@@ -262,7 +262,7 @@ pub async fn accept<F: Future<Output = ()>>(
     listener: &TcpListener,
     gate: &Arc<Gate>,
     shutdown: &mut Pin<&mut F>,
-    mut refuse: impl FnMut(TcpStream, &Refusal),
+    mut refuse: impl FnMut(TcpStream, &TurnedAway),
 ) -> Option<(TcpStream, SocketAddr, Admission)> {
     loop {
         let (socket, peer) = tokio::select! {
@@ -376,9 +376,9 @@ mod tests {
                             "ok"
                         }
                         Err(r) => match r.why {
-                            Refused::Full => "full",
-                            Refused::SourceFull => "source",
-                            Refused::RateLimited => "rate",
+                            Cap::Full => "full",
+                            Cap::SourceFull => "source",
+                            Cap::RateLimited => "rate",
                         },
                     }
                 }

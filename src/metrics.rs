@@ -8,36 +8,10 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use chrono::{DateTime, Utc};
-
-use crate::grant::State;
-use crate::store::{Store, StoreError};
+use crate::domain::login::Label;
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Why the bastion refused a login, as a short, bounded label (`reason="..."`).
-pub const LOGIN_REFUSALS: &[&str] = &[
-    "expired",
-    "not-yet-valid",
-    "revoked",
-    "unknown-ca",
-    "not-user-cert",
-    "bad-signature",
-    "bad-certificate",
-    "principal",
-    "critical-option",
-    "source-address",
-    "key-id",
-    "unknown-serial",
-    "no-grant",
-    "not-entitled",
-    "target",
-    "plain-key",
-    "login-name",
-    "busy",
-    "error",
-];
 
 /// What a request came to when it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +46,8 @@ pub struct Metrics {
     approvals: AtomicU64,
     /// Revocations made (one per revoke call, however much it covered).
     revocations: AtomicU64,
-    /// Refused logins, indexed like [`LOGIN_REFUSALS`].
-    logins_refused: [AtomicU64; LOGIN_REFUSALS.len()],
+    /// Refused logins, indexed like [`Label::ALL`].
+    logins_refused: [AtomicU64; Label::ALL.len()],
     /// Bytes from clients to targets.
     bytes_in: AtomicU64,
     /// Bytes from targets to clients.
@@ -107,7 +81,8 @@ impl Default for Metrics {
     }
 }
 
-fn unix_ms() -> u64 {
+/// Unix milliseconds now, for [`render`].
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -136,13 +111,9 @@ impl Metrics {
         self.revocations.fetch_add(1, Relaxed);
     }
 
-    /// A refused login; a label outside [`LOGIN_REFUSALS`] counts as `error`.
-    pub fn login_refused(&self, reason: &str) {
-        let i = LOGIN_REFUSALS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(LOGIN_REFUSALS.len() - 1);
-        self.logins_refused[i].fetch_add(1, Relaxed);
+    /// A refused login.
+    pub fn login_refused(&self, reason: Label) {
+        self.logins_refused[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Bytes relayed: `input` from the client to the target, else from the target back.
@@ -205,24 +176,6 @@ pub struct LedgerGauges {
     pub audit_records: u64,
 }
 
-impl LedgerGauges {
-    /// Counts grants active and requests pending at `now`, and the audit chain's length.
-    pub fn read(store: &Store, now: DateTime<Utc>) -> Result<LedgerGauges, StoreError> {
-        let mut g = LedgerGauges {
-            audit_records: store.audit_len()?,
-            ..LedgerGauges::default()
-        };
-        for grant in store.open_grants(now) {
-            match grant.state(now) {
-                State::Active => g.active_grants += 1,
-                State::Pending => g.pending_requests += 1,
-                _ => {}
-            }
-        }
-        Ok(g)
-    }
-}
-
 /// One metric family: its help and type lines, then `name{labels} value` samples.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -270,10 +223,10 @@ pub fn render(m: &Metrics, ledger: &LedgerGauges, now_ms: u64) -> String {
         "Revocations made.",
         &[(String::new(), n(&m.revocations))],
     );
-    let refused: Vec<(String, String)> = LOGIN_REFUSALS
+    let refused: Vec<(String, String)> = Label::ALL
         .iter()
         .zip(&m.logins_refused)
-        .map(|(r, c)| (format!("{{reason=\"{r}\"}}"), n(c)))
+        .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.as_str()), n(c)))
         .collect();
     family(
         &mut out,
@@ -336,12 +289,6 @@ pub fn render(m: &Metrics, ledger: &LedgerGauges, now_ms: u64) -> String {
     out
 }
 
-/// [`render`] at the current time, for the `/metrics` route.
-pub fn render_now(m: &Metrics, store: &Store) -> Result<String, StoreError> {
-    let ledger = LedgerGauges::read(store, Utc::now())?;
-    Ok(render(m, &ledger, unix_ms()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,8 +306,8 @@ mod tests {
         m.certificate_issued(false);
         m.certificate_issued(true);
         m.request(RequestOutcome::Pending);
-        m.login_refused("revoked");
-        m.login_refused("no-such-label");
+        m.login_refused(Label::Revoked);
+        m.login_refused(Label::Error);
         m.proxied(true, 10);
         m.proxied(false, 32);
         m.webhook(Delivery::Dropped);

@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use libfuzzer_sys::fuzz_target;
 use ramp_ca::auth::{verify, Headers};
-use ramp_ca::policy::Policies;
-use ramp_ca::service::{RequestBody, RevokeBody};
+use ramp_ca::domain::policy::Policies;
+use ramp_ca::wire::grants::{RequestBody, RevokeBody};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::PublicKey;
 
@@ -52,7 +52,7 @@ fn policies() -> &'static Policies {
         );
         let hosts = "hosts:\n  db-1:\n    address: 10.0.3.7:22\n    labels: {env: prod}\n";
         let contract = "contract: prod-db\ntargets: {names: [\"db-*\"]}\nrequesters: [sre]\nsteps:\n  - name: observe\n    principals: [readonly]\n    max_ttl: 30m\n";
-        ramp_ca::policy::load_texts(&[
+        ramp_ca::domain::policy::load_texts(&[
             (PathBuf::from("people.yaml"), people),
             (PathBuf::from("hosts.yaml"), hosts.into()),
             (PathBuf::from("prod-db.yaml"), contract.into()),

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ramp_ca::bastion::login::parse_login_name;
-use ramp_ca::policy::{
+use ramp_ca::domain::login::parse_login_name;
+use ramp_ca::domain::policy::{
     format_duration, glob_match, parse_duration, principal_problem, MAX_DURATION,
 };
 

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         (PathBuf::from("hosts.yaml"), hosts),
         (PathBuf::from("c.yaml"), contract),
     ];
-    if let Err(problems) = ramp_ca::policy::load_texts(&files) {
+    if let Err(problems) = ramp_ca::domain::policy::load_texts(&files) {
         assert!(!problems.0.is_empty(), "Err with no problems");
         for p in &problems.0 {
             assert!(

@@ -9,8 +9,10 @@
 
 use chrono::TimeZone;
 use libfuzzer_sys::fuzz_target;
-use ramp_ca::recording::{decode_events, encode_event, whole_len, SessionMeta, SessionState};
-use ramp_ca::review;
+use ramp_ca::domain::session::{SessionMeta, SessionState};
+use ramp_ca::recordings::export;
+use ramp_ca::recordings::format::{decode_events, encode_event, whole_len};
+use ramp_ca::recordings::search;
 
 fn meta() -> SessionMeta {
     SessionMeta {
@@ -59,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, data, "decode/encode is not a round trip");
 
     let meta = meta();
-    let cast = review::to_asciicast(&meta, &events);
+    let cast = export::to_asciicast(&meta, &events);
     let lines: Vec<&str> = cast.lines().collect();
     assert_eq!(
         lines.len(),
@@ -71,8 +73,8 @@ fuzz_target!(|data: &[u8]| {
             panic!("asciicast line is not JSON ({e}): {line:?}");
         }
     }
-    let _ = review::to_json(&meta, &events).to_string();
-    let hits = review::grep(&meta, &events, "x", 10);
+    let _ = export::to_json(&meta, &events).to_string();
+    let hits = search::grep(&meta, &events, "x", 10);
     assert!(hits.len() <= 10);
     assert!(hits.iter().all(|h| h.line.contains('x')));
 });

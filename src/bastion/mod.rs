@@ -2,36 +2,34 @@
 //! target with its own node-ca certificate, records every channel, and cuts connections off
 //! at expiry or revocation.
 //!
-//! The russh `Handler` here is a thin adapter: authentication goes to [`login::check`],
-//! each channel becomes a task in [`proxy`], each connection gets a watchdog that decides
-//! when it ends.
+//! The russh `Handler` ([`handler`]) is a thin adapter: authentication asks the service
+//! (`Service::check_login`), each channel becomes a task in [`proxy`], each connection gets
+//! a [`watchdog`] that decides when it ends. [`run`] recovers what a crash left, sets the
+//! server up, accepts until the shutdown future fires, then drains.
 
 mod files;
-pub mod login;
+mod handler;
 pub mod proxy;
-pub mod recorder;
 mod upstream;
+mod watchdog;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg};
-use russh::server::{self, Auth, Msg, Session};
-use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
-use serde_json::json;
+use russh::keys::ssh_key::Fingerprint;
+use russh::server;
+use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OnceCell, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
-use crate::limits::{self, Admission, Gate, Limits, Rate};
-
-use self::login::Login;
-use self::recorder::Recorders;
-pub use self::upstream::Upstream;
+use crate::limits::{self, Gate, Limits, Rate};
+use crate::recordings::writer::Recorders;
 use crate::service::Service;
-use crate::store::Event;
+
+use self::handler::ConnHandler;
+pub use self::upstream::Upstream;
 
 /// Key exchanges the bastion offers its clients and its targets, best first: the post-quantum
 /// hybrid ML-KEM-768 + X25519 (OpenSSH 9.9 and later), then curve25519-sha256 for older
@@ -122,14 +120,12 @@ impl Default for Settings {
 pub const TARGET_ANSWER: Duration = Duration::from_secs(10);
 
 /// What every connection shares.
-pub struct Ctx {
+pub struct Bastion {
     pub service: Arc<Service>,
     pub recorders: Arc<Recorders>,
     /// Connections logged in, by user.
     users: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     settings: Settings,
-    /// The only CA whose user certificates log in.
-    user_ca: Fingerprint,
     /// The CA whose host certificates targets present.
     host_ca: Fingerprint,
 }
@@ -143,29 +139,49 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Sealed and audited (`session-interrupted`) by the store, in one commit.
-    let interrupted = service
-        .store
-        .mark_interrupted(Utc::now())
-        .map_err(std::io::Error::other)?;
-    for s in &interrupted {
-        tracing::warn!(session = %s.id, user = %s.user, target = %s.target, "session was interrupted by a crash");
-    }
+    recover(&service).await?;
+    let config = server_config(&service);
     let (stop_tx, stop_rx) = watch::channel(false);
     // The flusher stops last, after the sessions have written their ends.
     let (flush_stop_tx, flush_stop_rx) = watch::channel(false);
     let flusher = tokio::spawn(recorders.clone().run(flush_stop_rx));
+    let bastion = Arc::new(Bastion {
+        host_ca: service.host_ca(),
+        service,
+        recorders,
+        users: std::sync::Mutex::new(std::collections::HashMap::new()),
+        settings,
+    });
+    accept(&listener, &bastion, config, &stop_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    drain(&bastion).await;
+    let _ = flush_stop_tx.send(true);
+    let _ = flusher.await;
+    Ok(())
+}
+
+/// Seals and audits (`session-interrupted`) the sessions a crash left live.
+async fn recover(service: &Arc<Service>) -> std::io::Result<()> {
+    let interrupted = service
+        .recover_interrupted(Utc::now())
+        .await
+        .map_err(std::io::Error::other)?;
+    for s in &interrupted {
+        tracing::warn!(session = %s.id, user = %s.user, target = %s.target, "session was interrupted by a crash");
+    }
+    Ok(())
+}
+
+/// The SSH server's settings: public keys only, the bastion's host key and certificate,
+/// our key exchanges, short refusals.
+fn server_config(service: &Service) -> Arc<server::Config> {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
-    let config = Arc::new(server::Config {
+    let (host_key, host_cert) = service.bastion_identity();
+    Arc::new(server::Config {
         methods,
-        keys: vec![service.keys.bastion_host.clone()],
-        certificates: crate::keys::read_certificate(&crate::keys::cert_path(
-            &service.dir.join("keys").join(crate::keys::BASTION_HOST),
-        ))
-        .ok()
-        .into_iter()
-        .collect(),
+        keys: vec![host_key],
+        certificates: host_cert.into_iter().collect(),
         // OpenSSH probes with "none" first; answering it at once saves a second per login.
         // OpenSSH offers the plain key beside the certificate, often first; its refusal is held
         // this long before the certificate is tried, so it is short (refusals here do not
@@ -185,23 +201,18 @@ pub async fn run(
             ..russh::Preferred::default()
         },
         ..server::Config::default()
-    });
-    let ctx = Arc::new(Ctx {
-        user_ca: service
-            .keys
-            .user_ca
-            .public_key()
-            .fingerprint(HashAlg::Sha256),
-        host_ca: service
-            .keys
-            .host_ca
-            .public_key()
-            .fingerprint(HashAlg::Sha256),
-        service,
-        recorders,
-        users: std::sync::Mutex::new(std::collections::HashMap::new()),
-        settings,
-    });
+    })
+}
+
+/// Accepts connections until `shutdown`, each served by its own task with a
+/// [`ConnHandler`]; connections not logged in are bounded by the [`Gate`].
+async fn accept(
+    listener: &TcpListener,
+    bastion: &Arc<Bastion>,
+    config: Arc<server::Config>,
+    stop_rx: &watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let gate = Gate::new(Limits {
         what: "connections not logged in",
@@ -212,11 +223,11 @@ pub async fn run(
     });
     tokio::pin!(shutdown);
     // Lines before the version string are allowed (RFC 4253 4.2); `ssh -v` shows them.
-    let refuse = |socket: tokio::net::TcpStream, refusal: &limits::Refusal| {
-        let _ = socket.try_write(format!("ramp-ca: {refusal}\r\n").as_bytes());
+    let refuse = |socket: tokio::net::TcpStream, turned: &limits::TurnedAway| {
+        let _ = socket.try_write(format!("ramp-ca: {turned}\r\n").as_bytes());
     };
     while let Some((socket, peer, admission)) =
-        limits::accept("bastion", &listener, &gate, &mut shutdown, refuse).await
+        limits::accept("bastion", listener, &gate, &mut shutdown, refuse).await
     {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many connections; dropping");
@@ -226,7 +237,7 @@ pub async fn run(
         let grace_ends = tokio::time::Instant::now() + LOGIN_GRACE;
         let logged_in = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = ConnHandler::new(
-            ctx.clone(),
+            bastion.clone(),
             peer,
             stop_rx.clone(),
             logged_in.clone(),
@@ -281,642 +292,13 @@ pub async fn run(
             }
         });
     }
-    let _ = stop_tx.send(true);
-    // Sessions tell their users and finish their recordings, bounded by a short grace.
+}
+
+/// Sessions tell their users and finish their recordings, bounded by a short grace.
+async fn drain(bastion: &Bastion) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while !ctx.recorders.live().is_empty() && tokio::time::Instant::now() < deadline {
+    while !bastion.recorders.live().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = flush_stop_tx.send(true);
-    let _ = flusher.await;
-    Ok(())
-}
-
-/// Why a connection that only managed to offer a plain key got nowhere, and whose key it is
-/// when this CA knows it (registered in people.yaml, or certified before). The SSH layer
-/// refuses expired, not-yet-valid and badly signed certificates before [`login::check`] sees
-/// them, so the ledger's newest certificate for the key tells the likely story.
-fn unusable_key(
-    service: &Service,
-    key: &russh::keys::ssh_key::PublicKey,
-    now: chrono::DateTime<Utc>,
-) -> (login::Refused, Option<String>) {
-    let fp = crate::keys::fingerprint(key);
-    let newest = service.store.certs().ok().and_then(|certs| {
-        certs
-            .into_iter()
-            .filter(|c| c.fingerprint == fp && c.kind == "user")
-            .max_by_key(|c| c.serial)
-    });
-    let owner = service
-        .policies()
-        .user_by_key(key)
-        .map(|u| u.name.clone())
-        .or_else(|| newest.as_ref().map(|c| c.user.clone()));
-    let secs = now.timestamp().max(0) as u64;
-    let why = match &newest {
-        Some(c) if secs >= c.valid_before => login::Refused { label: "expired", why: format!(
-            "certificate expired: the newest certificate for key {fp} (serial {}) was valid until {}",
-            c.serial,
-            chrono::DateTime::<Utc>::from_timestamp(c.valid_before as i64, 0).map_or_else(String::new, |t| t.to_rfc3339())
-        ) },
-        Some(c) if secs < c.valid_after => login::Refused { label: "not-yet-valid", why: format!("certificate not yet valid: serial {} for key {fp}", c.serial) },
-        _ => login::Refused { label: "plain-key", why: format!("a plain key ({fp}) is not accepted: sign in with a ramp-ca certificate (ramp-ca sign)") },
-    };
-    (why, owner)
-}
-
-/// The refusal of a channel past [`MAX_CHANNELS`].
-fn too_many_channels() -> ChannelOpenFailure {
-    ChannelOpenFailure::Other {
-        code: 4, // SSH_OPEN_RESOURCE_SHORTAGE
-        reason: format!("ramp-ca: at most {MAX_CHANNELS} channels at once on one connection"),
-    }
-}
-
-/// One client connection.
-pub struct ConnHandler {
-    ctx: Arc<Ctx>,
-    peer: SocketAddr,
-    login: Option<Arc<Login>>,
-    /// The hop to the target, made on the first channel and shared by the rest.
-    upstream: Arc<OnceCell<Result<Arc<Upstream>, String>>>,
-    /// Why the connection is being ended; every channel task watches it.
-    cutoff: watch::Sender<Option<String>>,
-    /// The warning before expiry.
-    warning: watch::Sender<Option<String>>,
-    /// The bastion is shutting down.
-    stop: watch::Receiver<bool>,
-    /// A plain key this connection tried; refused (logged, counted, audited) only if the
-    /// connection offered no certificate and never logs in, since OpenSSH offers the plain key
-    /// beside its certificate on every login.
-    plain_key_tried: Option<(String, russh::keys::ssh_key::PublicKey)>,
-    /// A certificate this connection offered was refused: that refusal says why, so the plain
-    /// key offered beside it adds nothing.
-    certificate_refused: bool,
-    /// Dropped with the connection, which tells its watchdog to stop.
-    _alive: tokio::sync::oneshot::Sender<()>,
-    /// The watchdog's end of `_alive`, until it starts.
-    gone: Option<tokio::sync::oneshot::Receiver<()>>,
-    /// Set once a login succeeds; the login grace timer reads it.
-    logged_in: Arc<std::sync::atomic::AtomicBool>,
-    /// This connection's place among those not logged in yet, given up at login.
-    waiting: Option<Admission>,
-    /// Channels whose program (shell, exec, subsystem) has started: one program each.
-    started: std::collections::HashSet<russh::ChannelId>,
-    /// Per session channel, where its task hands back the target's answers to requests.
-    answers: std::collections::HashMap<russh::ChannelId, tokio::sync::mpsc::Receiver<bool>>,
-    /// Permits for the channels open at once ([`MAX_CHANNELS`]).
-    channels: Arc<Semaphore>,
-    /// This connection counts against its user's connection limit.
-    counted: bool,
-    /// What its channels may hold read ahead, per direction.
-    budgets: proxy::Budgets,
-}
-
-impl Drop for ConnHandler {
-    fn drop(&mut self) {
-        if let (true, Some(login)) = (self.counted, &self.login) {
-            let mut users = self.ctx.users.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = users.get_mut(&login.user) {
-                *n -= 1;
-                if *n == 0 {
-                    users.remove(&login.user);
-                }
-            }
-        }
-        if let (None, Some((login_name, key))) = (&self.login, self.plain_key_tried.take()) {
-            if self.certificate_refused {
-                return;
-            }
-            let (refused, owner) = unusable_key(&self.ctx.service, &key, Utc::now());
-            self.refuse(&login_name, None, &refused, owner.as_deref());
-        }
-    }
-}
-
-impl ConnHandler {
-    fn new(
-        ctx: Arc<Ctx>,
-        peer: SocketAddr,
-        stop: watch::Receiver<bool>,
-        logged_in: Arc<std::sync::atomic::AtomicBool>,
-        waiting: Admission,
-    ) -> ConnHandler {
-        let (alive, gone) = tokio::sync::oneshot::channel();
-        ConnHandler {
-            logged_in,
-            waiting: Some(waiting),
-            started: std::collections::HashSet::new(),
-            answers: std::collections::HashMap::new(),
-            channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
-            counted: false,
-            budgets: proxy::Budgets::default(),
-            _alive: alive,
-            gone: Some(gone),
-            ctx,
-            peer,
-            login: None,
-            upstream: Arc::new(OnceCell::new()),
-            cutoff: watch::channel(None).0,
-            warning: watch::channel(None).0,
-            stop,
-            plain_key_tried: None,
-            certificate_refused: false,
-        }
-    }
-
-    /// Answers a channel request. One the certificate does not permit ([`proxy::allows`],
-    /// the rule the channel task follows too) is refused at once; one it permits is forwarded
-    /// by the channel task, and the target's answer is the client's, so a request the target
-    /// refuses (an sftp subsystem it lacks, a pty) fails at once instead of hanging. russh
-    /// waits for this before reading the next packet, which keeps replies in request order.
-    async fn answer(
-        &mut self,
-        channel: russh::ChannelId,
-        request: proxy::Request<'_>,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
-        let started = self.started.contains(&channel);
-        let allowed = self
-            .login
-            .as_ref()
-            .is_some_and(|l| proxy::allows(&l.options, request, started));
-        if !allowed {
-            tracing::info!(peer = %self.peer, ?request, "channel request refused");
-            return session.channel_failure(channel);
-        }
-        if matches!(
-            request,
-            proxy::Request::Shell | proxy::Request::Exec | proxy::Request::Subsystem(_)
-        ) {
-            self.started.insert(channel);
-        }
-        let agreed = match self.answers.get_mut(&channel) {
-            Some(answers) => match tokio::time::timeout(TARGET_ANSWER, answers.recv()).await {
-                Ok(Some(ok)) => ok,
-                // The channel task ended the channel itself (the hop failed, the recording
-                // could not start, a cut-off) after telling the client why: a failure here
-                // would make the client quit before it prints that.
-                Ok(None) => true,
-                Err(_) => {
-                    tracing::warn!(peer = %self.peer, ?request, "the target did not answer a channel request; closing the channel");
-                    session.close(channel)?;
-                    false
-                }
-            },
-            None => false,
-        };
-        if agreed {
-            session.channel_success(channel)
-        } else {
-            session.channel_failure(channel)
-        }
-    }
-
-    fn audit(&self, actor: &str, action: &str, subject: &str, detail: serde_json::Value) {
-        let event = Event::new(actor, action, subject, detail);
-        if let Err(e) = self.ctx.service.store.audit_events(vec![event], Utc::now()) {
-            tracing::error!(error = %e, "cannot audit {action}");
-        }
-    }
-
-    /// Logs a refusal, and audits it when it concerns someone this CA knows: a certificate
-    /// user-ca signed, or a registered or certified key (`owner`, who it belongs to).
-    /// Anonymous junk is only logged, so strangers cannot flood the chain or put names in it.
-    fn refuse(
-        &self,
-        login_name: &str,
-        cert: Option<&Certificate>,
-        refused: &login::Refused,
-        owner: Option<&str>,
-    ) {
-        let why = &refused.why;
-        tracing::warn!(peer = %self.peer, login = %login_name, reason = %why, "login refused");
-        self.ctx.service.metrics.login_refused(refused.label);
-        let ours = cert
-            .is_some_and(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.ctx.user_ca);
-        if !(ours || owner.is_some()) {
-            return;
-        }
-        let actor = cert
-            .filter(|_| ours)
-            .and_then(|c| c.key_id().split(':').nth(1).map(String::from))
-            .or(owner.map(String::from))
-            .unwrap_or_else(|| "unknown".into());
-        self.audit(
-            &actor,
-            "login-refused",
-            login_name,
-            json!({"reason": why, "client": self.peer.to_string(),
-                   "serial": cert.map(|c| c.serial()), "key_id": cert.map(|c| c.key_id().to_string())}),
-        );
-    }
-
-    /// Counts this connection against its user's connection limit; false when the user has
-    /// that many connections already.
-    fn count_user(&mut self, user: &str) -> bool {
-        if self.counted {
-            return true;
-        }
-        let mut users = self.ctx.users.lock().unwrap_or_else(|e| e.into_inner());
-        let n = users.entry(user.to_string()).or_insert(0);
-        if *n >= self.ctx.settings.max_connections_per_user {
-            return false;
-        }
-        *n += 1;
-        self.counted = true;
-        true
-    }
-
-    async fn upstream(&self, login: &Login) -> Result<Arc<Upstream>, String> {
-        let ctx = self.ctx.clone();
-        self.upstream
-            .get_or_init(|| async move {
-                let up = upstream::connect(
-                    login,
-                    &ctx.service.keys.node_ca,
-                    ctx.host_ca,
-                    &ctx.service.store,
-                )
-                .await;
-                if let Err(why) = &up {
-                    tracing::warn!(target = %login.target.name, reason = %why, "hop failed");
-                }
-                up.map(Arc::new)
-            })
-            .await
-            .clone()
-    }
-
-    /// Ends the connection at expiry or revocation, warning shortly before expiry.
-    fn watch_expiry(&mut self, login: Arc<Login>, handle: server::Handle) {
-        let Some(mut gone) = self.gone.take() else {
-            return;
-        };
-        let cutoff = self.cutoff.clone();
-        let warning = self.warning.clone();
-        let service = self.ctx.service.clone();
-        let mut revoked = service.revocations();
-        let mut stop = self.stop.clone();
-        let lifetime = login.valid_before.saturating_sub(login.valid_after);
-        let warn_before = (lifetime / 4).clamp(1, 60);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            // The clock is checked every tick; the ledger and policies on every revocation and
-            // every RECHECK_TICKS ticks (policy reloads), so idle connections cost little.
-            const RECHECK_TICKS: u32 = 10;
-            let mut ticks = 0u32;
-            let reason = loop {
-                let revocation = tokio::select! {
-                    _ = tick.tick() => false,
-                    _ = revoked.changed() => true,
-                    _ = stop.changed() => break "the bastion is shutting down".to_string(),
-                    _ = &mut gone => return,
-                };
-                ticks += 1;
-                let now = Utc::now();
-                let secs = now.timestamp().max(0) as u64;
-                if secs >= login.valid_before {
-                    break format!(
-                        "access to {} ended: the certificate expired",
-                        login.target.name
-                    );
-                }
-                if secs + warn_before >= login.valid_before && warning.borrow().is_none() {
-                    let left = login.valid_before - secs;
-                    let _ = warning.send(Some(format!(
-                        "access to {} ends in {left}s, when the certificate expires",
-                        login.target.name
-                    )));
-                }
-                if !revocation && !ticks.is_multiple_of(RECHECK_TICKS) {
-                    continue;
-                }
-                let store = &service.store;
-                let grant_ended = store
-                    .grant(&login.grant.id)
-                    .ok()
-                    .flatten()
-                    .is_none_or(|g| g.state(now) != crate::grant::State::Active);
-                if grant_ended {
-                    break format!(
-                        "access to {} ended: the grant was revoked",
-                        login.target.name
-                    );
-                }
-                // Revoking the grant revokes its serials too; a serial alone says so.
-                if store.is_revoked(login.serial).unwrap_or(false) {
-                    break format!(
-                        "access to {} ended: certificate serial {} was revoked",
-                        login.target.name, login.serial
-                    );
-                }
-                if let Err(why) =
-                    login::still_entitled(&service.policies(), &login.user, &login.grant.contract)
-                {
-                    break format!("access to {} ended: {why}", login.target.name);
-                }
-            };
-            tracing::info!(user = %login.user, target = %login.target.name, %reason, "cutting the connection off");
-            let _ = cutoff.send(Some(reason.clone()));
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, reason, String::new())
-                .await;
-        });
-    }
-}
-
-impl server::Handler for ConnHandler {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        let mut methods = MethodSet::empty();
-        methods.push(MethodKind::PublicKey);
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(methods),
-            partial_success: false,
-        })
-    }
-
-    async fn auth_publickey_offered(
-        &mut self,
-        _user: &str,
-        _key: server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        // An offer only earns the chance to prove possession; nothing is decided yet.
-        Ok(Auth::Accept)
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: server::VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        tracing::info!(peer = %self.peer, login = %user, "plain key refused");
-        self.plain_key_tried = Some((user.to_string(), key.public_key.clone()));
-        Ok(Auth::reject())
-    }
-
-    async fn auth_openssh_certificate(
-        &mut self,
-        user: &str,
-        cert: &Certificate,
-    ) -> Result<Auth, Self::Error> {
-        let p = self.ctx.service.policies();
-        let store = &self.ctx.service.store;
-        match login::check(
-            &p,
-            store,
-            &self.ctx.user_ca,
-            cert,
-            user,
-            self.peer.ip(),
-            Utc::now(),
-        ) {
-            Ok(login) => {
-                if !self.count_user(&login.user) {
-                    let busy = login::Refused {
-                        label: "busy",
-                        why: format!(
-                            "`{}` already has {} connections through the bastion; close one",
-                            login.user, self.ctx.settings.max_connections_per_user
-                        ),
-                    };
-                    self.refuse(user, Some(cert), &busy, Some(&login.user));
-                    self.certificate_refused = true;
-                    return Ok(Auth::reject());
-                }
-                tracing::info!(user = %login.user, principal = %login.principal, target = %login.target.name, peer = %self.peer, "login");
-                self.audit(
-                    &login.user,
-                    "login",
-                    &login.target.name,
-                    json!({"principal": login.principal, "grant": login.grant.id, "serial": login.serial,
-                           "client": login.client}),
-                );
-                self.login = Some(Arc::new(login));
-                Ok(Auth::Accept)
-            }
-            Err(refused) => {
-                let key = russh::keys::ssh_key::PublicKey::from(cert.public_key().clone());
-                let owner = p.user_by_key(&key).map(|u| u.name.clone());
-                self.refuse(user, Some(cert), &refused, owner.as_deref());
-                self.certificate_refused = true;
-                Ok(Auth::reject())
-            }
-        }
-    }
-
-    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.logged_in
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(waiting) = self.waiting.take() {
-            waiting.logged_in();
-        }
-        if let Some(login) = self.login.clone() {
-            self.watch_expiry(login, session.handle());
-        }
-        Ok(())
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        channel: Channel<Msg>,
-        reply: server::ChannelOpenHandle,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let Some(login) = self.login.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-            reply.reject(too_many_channels()).await;
-            return Ok(());
-        };
-        reply.accept().await;
-        let upstream = self.upstream(&login).await;
-        let (answers_tx, answers) = tokio::sync::mpsc::channel(4);
-        self.answers.insert(channel.id(), answers);
-        let (ctx, handle) = (self.ctx.clone(), session.handle());
-        let (cutoff, warning) = (self.cutoff.subscribe(), self.warning.subscribe());
-        let budgets = self.budgets.clone();
-        tokio::spawn(async move {
-            proxy::session(
-                ctx, login, upstream, channel, handle, cutoff, warning, answers_tx, budgets,
-            )
-            .await;
-            drop(permit);
-            proxy::give_back_memory();
-        });
-        Ok(())
-    }
-
-    async fn channel_open_direct_tcpip(
-        &mut self,
-        channel: Channel<Msg>,
-        host: &str,
-        port: u32,
-        originator: &str,
-        originator_port: u32,
-        reply: server::ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let Some(login) = self.login.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-            reply.reject(too_many_channels()).await;
-            return Ok(());
-        };
-        let dest = format!("{host}:{port}");
-        if !login.options.port_forwarding {
-            self.audit(
-                &login.user,
-                "forward-refused",
-                &dest,
-                json!({"reason": "the certificate does not permit port forwarding"}),
-            );
-            reply
-                .reject(ChannelOpenFailure::Other {
-                    code: 1,
-                    reason: "ramp-ca: the certificate does not permit port forwarding".into(),
-                })
-                .await;
-            return Ok(());
-        }
-        let opened = match self.upstream(&login).await {
-            Ok(up) => up
-                .handle
-                .channel_open_direct_tcpip(host, port, originator, originator_port)
-                .await
-                .map_err(|e| format!("{} could not open {dest}: {e}", login.target.name)),
-            Err(why) => Err(why),
-        };
-        let target = match opened {
-            Ok(t) => t,
-            Err(why) => {
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: format!("ramp-ca: {why}"),
-                    })
-                    .await;
-                return Ok(());
-            }
-        };
-        let meta = login.session_meta("direct-tcpip", Some(dest), None);
-        match self.ctx.recorders.start(meta) {
-            Ok(rec) => {
-                reply.accept().await;
-                let cutoff = self.cutoff.subscribe();
-                let budgets = self.budgets.clone();
-                tokio::spawn(async move {
-                    proxy::tcpip(channel, target, rec, cutoff, budgets).await;
-                    drop(permit);
-                    proxy::give_back_memory();
-                });
-            }
-            Err(e) => {
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: format!("ramp-ca: cannot record: {e}"),
-                    })
-                    .await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn pty_request(
-        &mut self,
-        channel: russh::ChannelId,
-        _term: &str,
-        _cols: u32,
-        _rows: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Pty, session).await
-    }
-
-    async fn env_request(
-        &mut self,
-        channel: russh::ChannelId,
-        _name: &str,
-        _value: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Env, session).await
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: russh::ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Shell, session).await
-    }
-
-    async fn exec_request(
-        &mut self,
-        channel: russh::ChannelId,
-        _data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Exec, session).await
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: russh::ChannelId,
-        name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::Subsystem(name), session)
-            .await
-    }
-
-    async fn x11_request(
-        &mut self,
-        channel: russh::ChannelId,
-        _single: bool,
-        _protocol: &str,
-        _cookie: &str,
-        _screen: u32,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.answer(channel, proxy::Request::X11, session).await
-    }
-
-    async fn agent_request(
-        &mut self,
-        _channel: russh::ChannelId,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        // russh answers this one itself from the returned value.
-        tracing::info!(peer = %self.peer, request = ?proxy::Request::Agent, "channel request refused");
-        Ok(false)
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        address: &str,
-        port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        // Remote forwarding would let a target reach into the engineer's network; not offered.
-        tracing::info!(peer = %self.peer, %address, port = *port, "remote forwarding refused");
-        Ok(false)
     }
 }
 

@@ -10,9 +10,9 @@ use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::{Algorithm, Fingerprint, HashAlg, PrivateKey};
 use russh::keys::PublicKeyOrCertificate;
 
-use super::login::Login;
-use crate::ca;
-use crate::policy::Host;
+use crate::domain::login::Login;
+use crate::domain::policy::Host;
+use crate::service::Service;
 
 /// How long connecting and authenticating to a target may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,8 +72,7 @@ impl TargetCheck {
             (PublicKeyOrCertificate::Certificate(cert), None) => {
                 let now = chrono::Utc::now().timestamp().max(0) as u64;
                 let ca_fp = cert.signature_key().fingerprint(HashAlg::Sha256);
-                let address_host = host.address.rsplit_once(':').map_or(host.address.as_str(), |(h, _)| h);
-                let address_host = address_host.trim_start_matches('[').trim_end_matches(']');
+                let address_host = host.address_host();
                 if cert.cert_type() != CertType::Host {
                     Err(format!("{} presented a user certificate as its host key", host.name))
                 } else if ca_fp != self.host_ca {
@@ -118,35 +117,20 @@ impl client::Handler for TargetCheck {
 /// Connects to the login's target as its principal. Errors are sentences for the user.
 pub async fn connect(
     login: &Login,
-    node_ca: &PrivateKey,
+    service: &Service,
     host_ca: Fingerprint,
-    store: &crate::store::Store,
 ) -> Result<Upstream, String> {
     let host = &login.target;
     let key =
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| e.to_string())?;
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    // The hop carries the user's serial and key id, so the target's log names the person and
-    // a KRL entry for the user's serial also stops the hop.
-    let principals = [login.principal.clone()];
-    let spec = ca::UserCert {
-        key: key.public_key(),
-        serial: login.serial,
-        key_id: login.key_id.clone(),
-        principals: &principals,
-        valid_after: now.saturating_sub(ca::BACKDATE_SECS as u64),
-        valid_before: login.valid_before,
-        options: &crate::policy::CertOptions {
-            source_address: Vec::new(),
-            ..login.options.clone()
-        },
-    };
-    let cert = ca::mint_user_cert(node_ca, &spec, &mut rand::rng()).map_err(|e| e.to_string())?;
+    let cert = service
+        .hop_certificate(login, key.public_key(), chrono::Utc::now())
+        .map_err(|e| e.to_string())?;
     let refusal = Arc::new(Mutex::new(None));
     let check = TargetCheck {
         host: host.clone(),
         host_ca,
-        revoked: store
+        revoked: service
             .revoked_serials()
             .map_err(|e| format!("cannot read revocations: {e}"))?,
         refusal: refusal.clone(),

@@ -26,8 +26,8 @@ pub mod writer;
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use russh::keys::ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use crate::keys;
-use crate::store::{AuditRecord, BadRecord, ChainWalk, Head};
+use crate::domain::audit::{AuditRecord, BadRecord, ChainWalk, Head};
+use crate::domain::cert::fingerprint;
 
 /// The SSHSIG namespace of checkpoints (`ssh-keygen -Y verify -n ramp-ca-audit`).
 pub const NAMESPACE: &str = "ramp-ca-audit";
@@ -105,7 +105,7 @@ impl Signed {
             seq: head.seq,
             hash: head.hash.clone(),
             at: at.with_nanosecond(0).unwrap_or(at),
-            signer: keys::fingerprint(key.public_key()),
+            signer: fingerprint(key.public_key()),
         };
         let message = checkpoint.message();
         let signature = key
@@ -159,8 +159,8 @@ impl Signed {
 
     /// Checks that the audit-signer `key` signed this checkpoint, as it says.
     pub fn verify(&self, key: &PublicKey) -> Result<(), CheckpointError> {
-        let expected = keys::fingerprint(key);
-        let used = keys::fingerprint(&PublicKey::from(self.signature.public_key().clone()));
+        let expected = fingerprint(key);
+        let used = fingerprint(&PublicKey::from(self.signature.public_key().clone()));
         for found in [&used, &self.checkpoint.signer] {
             if *found != expected {
                 return Err(CheckpointError::WrongSigner {
@@ -392,7 +392,7 @@ mod tests {
             .to_string();
         assert!(err.contains("does not verify"), "{err}");
         // A signer line that names a key other than the one that signed.
-        let theirs = keys::fingerprint(key().public_key());
+        let theirs = fingerprint(key().public_key());
         let relabelled = text.replace(&signed.checkpoint.signer, &theirs);
         let err = Signed::parse_all(&relabelled).unwrap()[0]
             .verify(k.public_key())

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::grant::{Grant, Status};
+use crate::domain::grant::{Grant, State};
 
 /// A step a user holds, until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,13 +51,13 @@ impl ActiveIndex {
 
     /// Records a grant as written: indexed while open, dropped otherwise.
     pub fn put(&mut self, g: &Grant) {
-        if matches!(g.status, Status::Pending | Status::Active) {
+        if matches!(g.state, State::Pending | State::Active) {
             self.open.insert(g.id.clone(), g.clone());
         } else {
             self.open.remove(&g.id);
         }
         self.unplace(&g.id);
-        if let (Status::Active, Some(end)) = (g.status, g.end) {
+        if let (State::Active, Some(end)) = (g.state, g.end) {
             let key = (g.contract.clone(), g.step.clone());
             self.by_step
                 .entry(g.user.clone())
@@ -74,7 +74,7 @@ impl ActiveIndex {
         let expired: Vec<String> = self
             .open
             .values()
-            .filter(|g| matches!(g.status, Status::Active) && g.end.is_some_and(|e| e <= now))
+            .filter(|g| matches!(g.state, State::Active) && g.end.is_some_and(|e| e <= now))
             .map(|g| g.id.clone())
             .collect();
         for id in expired {
@@ -109,7 +109,7 @@ impl ActiveIndex {
         self.open
             .values()
             .filter(|g| {
-                g.status == Status::Pending
+                g.state == State::Pending
                     && g.user == user
                     && g.contract == contract
                     && g.step == step
@@ -151,7 +151,7 @@ impl ActiveIndex {
 mod tests {
     use super::*;
 
-    fn grant(id: &str, step: &str, status: Status, end_in: i64, now: DateTime<Utc>) -> Grant {
+    fn grant(id: &str, step: &str, state: State, end_in: i64, now: DateTime<Utc>) -> Grant {
         Grant {
             id: id.into(),
             user: "alice".into(),
@@ -160,7 +160,7 @@ mod tests {
             reason: None,
             ttl_secs: 60,
             requested_at: now,
-            status,
+            state,
             start: Some(now),
             end: Some(now + chrono::Duration::seconds(end_in)),
             approvals_from: vec![],
@@ -174,9 +174,9 @@ mod tests {
     fn held_steps_follow_writes_and_time() {
         let now = Utc::now();
         let mut index = ActiveIndex::default();
-        index.put(&grant("a", "observe", Status::Active, 60, now));
-        index.put(&grant("b", "observe", Status::Active, 600, now));
-        index.put(&grant("c", "operate", Status::Pending, 600, now));
+        index.put(&grant("a", "observe", State::Active, 60, now));
+        index.put(&grant("b", "observe", State::Active, 600, now));
+        index.put(&grant("c", "operate", State::Pending, 600, now));
         let held = index.held("alice", now);
         assert_eq!(held.len(), 1, "pending is not held: {held:?}");
         assert_eq!(
@@ -186,7 +186,7 @@ mod tests {
         );
 
         // Revoking the later grant leaves the earlier one.
-        index.put(&grant("b", "observe", Status::Revoked, 600, now));
+        index.put(&grant("b", "observe", State::Revoked, 600, now));
         assert_eq!(
             index.held("alice", now)[0].end,
             now + chrono::Duration::seconds(60)
@@ -197,7 +197,7 @@ mod tests {
             .is_empty());
         assert!(index.placed.is_empty() && index.by_step.is_empty());
         // Listing forgets expired grants everywhere, even for a user who never asks again.
-        index.put(&grant("d", "observe", Status::Active, 5, now));
+        index.put(&grant("d", "observe", State::Active, 5, now));
         index.open(now + chrono::Duration::seconds(6));
         assert!(index.placed.is_empty() && index.by_step.is_empty());
         let open: Vec<String> = index

@@ -12,8 +12,9 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use super::{Head, Result, StoreError};
+use super::{Result, StoreError};
 use crate::checkpoint::Signed;
+use crate::domain::audit::Head;
 
 /// Checkpoints a listener may fall behind by before it misses some.
 const FEED_CAPACITY: usize = 64;
@@ -129,10 +130,10 @@ impl Checkpoints {
 mod tests {
     use chrono::{DateTime, Utc};
     use russh::keys::ssh_key::{Algorithm, PrivateKey};
-    use serde_json::json;
 
     use crate::checkpoint::{check_chain, Signed, Sourced};
-    use crate::store::{chain_hash, Event, Head, Store};
+    use crate::domain::audit::{chain_hash, Approved, Entry, Head};
+    use crate::store::{commit_now, Change, Store};
 
     fn key() -> PrivateKey {
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
@@ -142,15 +143,23 @@ mod tests {
         Utc::now()
     }
 
-    /// A store with `n` records (`request` by alice about `g1`, `g2`, ...).
+    /// A store with `n` records (`approve` by alice of `g1`, `g2`, ...).
     fn store_with(n: u64) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("data")).unwrap();
         for i in 1..=n {
-            let e = Event::new("alice", "request", &format!("g{i}"), json!({"i": i}));
-            store.audit_events(vec![e], now()).unwrap();
+            approve(&store, "alice", &format!("g{i}"), i);
         }
         (dir, store)
+    }
+
+    /// Audits an approval of `grant` by `who`.
+    fn approve(store: &Store, who: &str, grant: &str, approvals: u64) {
+        let approved = Approved {
+            approvals,
+            needed: 2,
+        };
+        commit_now(store, Change::audit(vec![Entry::new(who, grant, approved)]));
     }
 
     /// What someone who can write the ledger does: change record `seq`, re-hash it and
@@ -204,12 +213,8 @@ mod tests {
         let k = key();
         let (_dir, store) = store_with(4);
         let early = checkpoint_of(&store, &k, "early");
-        store
-            .audit_events(vec![Event::new("bob", "approve", "g1", json!({}))], now())
-            .unwrap();
-        store
-            .audit_events(vec![Event::new("bob", "approve", "g2", json!({}))], now())
-            .unwrap();
+        approve(&store, "bob", "g1", 1);
+        approve(&store, "bob", "g2", 1);
         let late = checkpoint_of(&store, &k, "late");
         let all = || store.audit_upto(u64::MAX).unwrap();
         assert_eq!(check_chain(all(), &[early.clone(), late.clone()]), Ok(6));
@@ -341,27 +346,27 @@ mod tests {
     fn checkpoints_are_kept_once_announced_and_trusted() {
         let k = key();
         let (_dir, store) = store_with(3);
-        let mut feed = store.checkpoints.subscribe();
+        let mut feed = store.checkpoints().subscribe();
         let cp = checkpoint_of(&store, &k, "cp").signed;
-        assert!(store.checkpoints.keep(&cp).unwrap());
+        assert!(store.checkpoints().keep(&cp).unwrap());
         let again = checkpoint_of(&store, &k, "again").signed;
         assert!(
-            !store.checkpoints.keep(&again).unwrap(),
+            !store.checkpoints().keep(&again).unwrap(),
             "one file a record"
         );
         assert_eq!(feed.try_recv().unwrap().checkpoint, cp.checkpoint);
         assert!(feed.try_recv().is_err());
-        let stored = store.checkpoints.stored().unwrap();
+        let stored = store.checkpoints().stored().unwrap();
         assert_eq!(stored.len(), 1);
         assert!(stored[0].0.ends_with("000000000003.checkpoint"));
         assert_eq!(stored[0].1, cp.text());
-        assert_eq!(store.checkpoints.trusted(), Some(cp.checkpoint.head()));
-        store.checkpoints.trust(Head {
+        assert_eq!(store.checkpoints().trusted(), Some(cp.checkpoint.head()));
+        store.checkpoints().trust(Head {
             seq: 1,
             hash: "x".into(),
         });
         assert_eq!(
-            store.checkpoints.trusted().unwrap().seq,
+            store.checkpoints().trusted().unwrap().seq,
             3,
             "never goes back"
         );

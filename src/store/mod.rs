@@ -1,37 +1,43 @@
-//! The ledger: the only module that touches sled.
+//! The ledger: the only module that touches sled, and only the service uses it.
 //!
 //! Trees: `grants` (id -> Grant), `certs` (serial -> CertRecord), `revoked` (serial -> why),
 //! `revocations` (seq -> Revocation), `audit` (seq -> AuditRecord, hash-chained), `nonces`
-//! (request nonce -> time, against replay), `meta` (serial counter, audit head).
-//! Every change and its audit records commit in one transaction, then the store is flushed.
-//! `sessions` (id -> SessionMeta) holds recorded sessions; their events are files, see
-//! [`recordings`]; a finished recording's seal is also in the audit record that ends its
-//! session, see [`seals`]. Signed checkpoints of the chain are files too, see
-//! [`checkpoints`]. This module and its children are the only code that touches `data/`.
+//! (request nonce -> time, against replay), `meta` (serial counter, audit head), `sessions`
+//! (id -> SessionMeta). Records are the domain types' serde form. Every change commits with
+//! its audit records in one transaction through [`Store::commit`], whose future resolves
+//! once the change is on disk. A session's events are a file of their own (see
+//! [`crate::recordings::files`]), kept in `data/recordings/`; a finished recording's seal is
+//! also in the audit record that ends its session, see [`seals`]. Signed checkpoints of the
+//! chain are files in `data/checkpoints/`, see [`checkpoints`].
 
 mod active;
+mod audit;
 pub mod checkpoints;
-pub mod recordings;
-pub mod seals;
+mod seals;
+mod sessions;
 mod sync;
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::Tree;
 
-use crate::grant::Grant;
-use crate::recording::{decode_events, Event as RecEvent, SessionMeta, SessionState};
+use crate::domain::audit::{AuditRecord, Entry, Head};
+use crate::domain::cert::CertRecord;
+use crate::domain::grant::{Grant, Revocation};
+use crate::domain::session::SessionMeta;
+use crate::recordings::files::{RecordingError, Recordings};
 
 use self::active::ActiveIndex;
 pub use self::active::HeldStep;
+pub use self::audit::AuditReport;
 pub use self::checkpoints::Checkpoints;
-pub use self::recordings::{RecordingError, RecordingFile, Recordings};
-pub use self::seals::{BadRecording, SealReport, SESSION_END, SESSION_INTERRUPTED};
+pub use self::seals::{BadRecording, SealReport};
+pub use self::sessions::Interrupted;
+pub use self::sync::OnDisk;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -68,190 +74,37 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// A certificate the CA minted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
-    pub serial: u64,
-    pub key_id: String,
-    /// `user` or `host`.
-    pub kind: String,
-    pub user: String,
-    /// The grant it was minted from; empty for host certificates.
-    pub grant: String,
-    pub principals: Vec<String>,
-    pub valid_after: u64,
-    pub valid_before: u64,
-    /// SHA-256 fingerprint of the certified key.
-    pub fingerprint: String,
-    pub issued_at: DateTime<Utc>,
-}
-
-/// What a revocation names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RevokeTarget {
-    Serial(u64),
-    Grant(String),
-    User(String),
-}
-
-/// One revocation as an admin made it, with the certificates and grants it covered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revocation {
-    pub target: RevokeTarget,
-    pub by: String,
-    pub at: DateTime<Utc>,
-    pub reason: String,
-    pub serials: Vec<u64>,
-    pub grants: Vec<String>,
-}
-
-/// One entry of the hash-chained audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub seq: u64,
-    pub at: DateTime<Utc>,
-    /// Who did it (a user name, or `ramp-ca` for the service itself).
-    pub actor: String,
-    /// What happened: `request`, `approve`, `deny`, `issue`, `revoke`, ...
-    pub action: String,
-    /// What it happened to (a grant id, a serial, a host).
-    pub subject: String,
-    pub detail: serde_json::Value,
-    /// Hex SHA-256 of the previous record (zeros for the first).
-    pub prev: String,
-    /// Hex SHA-256 over `prev` and this record's fields.
-    pub hash: String,
-}
-
-/// An audit event before it is chained.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub detail: serde_json::Value,
-}
-
-impl Event {
-    pub fn new(actor: &str, action: &str, subject: &str, detail: serde_json::Value) -> Event {
-        Event {
-            actor: actor.into(),
-            action: action.into(),
-            subject: subject.into(),
-            detail,
-        }
-    }
-}
-
-/// The result of checking the audit chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditReport {
-    pub records: u64,
-    /// `None` when the whole chain is intact.
-    pub first_bad: Option<BadRecord>,
-    /// Recordings checked against their seals in the chain; `None` when not asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recordings: Option<SealReport>,
-}
-
-/// The first record where the chain breaks, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BadRecord {
-    pub seq: u64,
-    pub reason: String,
-}
-
-/// A point of the chain: a record's sequence number and hash. The chain's head is kept in
-/// `meta`, so removing the newest records is noticed too; a checkpoint signs one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    pub seq: u64,
-    pub hash: String,
-}
-
-impl Head {
-    /// Before the first record.
-    pub fn genesis() -> Head {
-        Head {
-            seq: 0,
-            hash: ZERO_HASH.into(),
-        }
-    }
-}
-
-/// Follows the chain record by record from a known point, checking every link: the one
-/// place that says what a well-formed next record is (the ledger's own verification, the
-/// checkpoint writer's and an auditor's client all walk with it).
-#[derive(Debug, Clone)]
-pub struct ChainWalk {
-    at: Head,
-}
-
-impl ChainWalk {
-    pub fn from(at: Head) -> ChainWalk {
-        ChainWalk { at }
-    }
-
-    /// Where the walk stands: the last record checked.
-    pub fn at(&self) -> &Head {
-        &self.at
-    }
-
-    /// The sequence number the next record must have.
-    pub fn next_seq(&self) -> u64 {
-        self.at.seq + 1
-    }
-
-    /// Checks that `r` is the next record, links to the last one and hashes to its hash.
-    pub fn step(&mut self, r: &AuditRecord) -> std::result::Result<(), BadRecord> {
-        let expected = self.next_seq();
-        let bad = |reason: String| BadRecord {
-            seq: expected,
-            reason,
-        };
-        if r.seq != expected {
-            return Err(bad(format!("record {expected} claims sequence {}", r.seq)));
-        }
-        if r.prev != self.at.hash {
-            return Err(bad(format!(
-                "record {expected} does not link to record {}",
-                expected - 1
-            )));
-        }
-        if chain_hash(r) != r.hash {
-            return Err(bad(format!(
-                "record {expected} was altered (its hash does not match its contents)"
-            )));
-        }
-        self.at = Head {
-            seq: r.seq,
-            hash: r.hash.clone(),
-        };
-        Ok(())
-    }
-}
-
 /// sled's page cache; the ledger's data is small (recordings are files).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const META_SERIAL: &[u8] = b"serial";
 const META_HEAD: &[u8] = b"audit_head";
 /// Records a subscriber may fall behind by before it misses some.
 const AUDIT_FEED_CAPACITY: usize = 4096;
 
-/// A set of changes committed together with their audit events.
+/// A set of changes committed together with their audit entries.
 #[derive(Debug, Default)]
 pub struct Change {
     pub grants: Vec<Grant>,
     pub certs: Vec<CertRecord>,
     pub revocation: Option<Revocation>,
-    pub events: Vec<Event>,
-    /// Sessions that end with this change, each with the index in `events` of the record
+    pub entries: Vec<Entry>,
+    /// Sessions written as they stand (started, or their metadata moved on).
+    pub sessions: Vec<SessionMeta>,
+    /// Sessions that end with this change, each with the index in `entries` of the record
     /// that ends it: written with `sealed_in` set to that record's sequence number, so the
     /// seal in the metadata and the one in the chain are never apart.
-    pub sessions: Vec<(SessionMeta, usize)>,
+    pub ended: Vec<(SessionMeta, usize)>,
+}
+
+impl Change {
+    /// Audit entries alone.
+    pub fn audit(entries: Vec<Entry>) -> Change {
+        Change {
+            entries,
+            ..Change::default()
+        }
+    }
 }
 
 /// The ledger.
@@ -268,14 +121,15 @@ pub struct Store {
     /// Session id -> SessionMeta.
     sessions: Tree,
     /// One file of events per session.
-    pub recordings: Recordings,
+    recordings: Recordings,
     /// Signed checkpoints of the audit chain, one file each.
-    pub checkpoints: Checkpoints,
+    checkpoints: Checkpoints,
     /// Serialises commits so audit sequence numbers are handed out in order.
     writer: Mutex<()>,
     /// Active grants by user and step, for decisions.
     active: Mutex<ActiveIndex>,
-    syncs: sync::Syncer,
+    /// The group commit: one thread flushes sled for everyone waiting.
+    syncs: sync::GroupCommit,
     /// Every committed audit record, in order, for live listeners (webhooks, dashboard).
     audit_feed: tokio::sync::broadcast::Sender<AuditRecord>,
     /// The id of every grant written, for requests waiting on one (`sign --wait`).
@@ -283,9 +137,9 @@ pub struct Store {
 }
 
 /// The `nonce_times` key: the big-endian unix time, then the nonce.
-fn nonce_time_key(at: &[u8; 8], nonce: &str) -> Vec<u8> {
+fn nonce_time_key(at: &[u8; 8], nonce: &[u8]) -> Vec<u8> {
     let mut key = at.to_vec();
-    key.extend_from_slice(nonce.as_bytes());
+    key.extend_from_slice(nonce);
     key
 }
 
@@ -301,17 +155,19 @@ fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> 
     })
 }
 
-/// The chained hash of a record: SHA-256 over the previous hash and the record's fields.
-pub fn chain_hash(r: &AuditRecord) -> String {
-    let body = serde_json::json!({
-        "seq": r.seq, "at": r.at, "actor": r.actor, "action": r.action,
-        "subject": r.subject, "detail": r.detail,
-    });
-    let mut h = Sha256::new();
-    h.update(r.prev.as_bytes());
-    h.update(b"\n");
-    h.update(serde_json::to_vec(&body).expect("json"));
-    hex::encode(h.finalize())
+/// Every record of a tree, in key order.
+fn all<T: DeserializeOwned>(name: &'static str, tree: &Tree) -> Result<Vec<T>> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            decode(name, &k, &v)
+        })
+        .collect()
+}
+
+/// A big-endian `u64` key.
+fn key_u64(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k.try_into().unwrap_or([0; 8]))
 }
 
 impl Store {
@@ -351,7 +207,7 @@ impl Store {
             sessions: tree("sessions")?,
             recordings: Recordings::open(&path.join("recordings"))?,
             checkpoints: Checkpoints::open(&path.join("checkpoints"))?,
-            syncs: sync::Syncer::start(db),
+            syncs: sync::GroupCommit::start(db),
             writer: Mutex::new(()),
             active: Mutex::new(ActiveIndex::default()),
             audit_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
@@ -371,9 +227,7 @@ impl Store {
         for kv in self.nonces.iter() {
             let (nonce, at) = kv?;
             let at: [u8; 8] = at.as_ref().try_into().unwrap_or([0; 8]);
-            let mut key = at.to_vec();
-            key.extend_from_slice(&nonce);
-            self.nonce_times.insert(key, &[])?;
+            self.nonce_times.insert(nonce_time_key(&at, &nonce), &[])?;
         }
         Ok(())
     }
@@ -385,15 +239,10 @@ impl Store {
         }
     }
 
-    /// Waits until everything written so far is on disk (sharing the flush with whoever
-    /// else is waiting).
-    pub fn flush(&self) -> Result<()> {
-        self.syncs.wait(self.syncs.ticket())
-    }
-
-    /// [`Store::flush`] for async callers: the task waits, no thread does.
-    pub async fn durable(&self) -> Result<()> {
-        self.syncs.wait_async(self.syncs.ticket()).await
+    /// Every write made so far, once it is on disk (sharing the flush with whoever else is
+    /// waiting). Writes nothing itself.
+    pub fn on_disk(&self) -> OnDisk<()> {
+        self.syncs.after(())
     }
 
     /// Hands out the next certificate serial; a serial is never reused, even after a crash.
@@ -402,28 +251,22 @@ impl Store {
     /// the counter is too; a crash before that may reuse a serial nobody ever received.
     pub fn next_serial(&self) -> Result<u64> {
         let v = self.meta.update_and_fetch(META_SERIAL, |old| {
-            let n = old.map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            let n = old.map_or(0, key_u64);
             Some((n + 1).to_be_bytes().to_vec())
         })?;
-        Ok(u64::from_be_bytes(
-            v.as_deref()
-                .and_then(|b| b.try_into().ok())
-                .unwrap_or([0; 8]),
-        ))
+        Ok(v.as_deref().map_or(0, key_u64))
     }
 
-    /// Commits a change and its audit events atomically, then waits until they are on disk.
-    /// Returns the audit records.
-    pub fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        let records = self.apply(change, now)?;
-        self.flush()?;
-        Ok(records)
+    /// Commits a change and its audit entries atomically, at once, and returns what waits
+    /// for the disk: its audit records, once the change (and every write before it) is on
+    /// disk. The only way to change the ledger. The wait is the caller's, so a caller holding
+    /// a lock while it changes the ledger waits after releasing it, and commits waiting on
+    /// one disk flush do not wait on each other too.
+    pub fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<OnDisk<Vec<AuditRecord>>> {
+        Ok(self.syncs.after(self.apply(&change, now)?))
     }
 
-    /// Commits a change and its audit events atomically, without waiting for the disk: for
-    /// callers that hold a lock while they commit, then [`Store::durable`] after releasing it,
-    /// so that commits waiting on one disk flush do not wait on each other too.
-    pub fn apply(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+    fn apply(&self, change: &Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let trees = (
             &self.grants,
@@ -457,18 +300,8 @@ impl Store {
                     })?,
                     None => Head::genesis(),
                 };
-                for e in &change.events {
-                    let mut r = AuditRecord {
-                        seq: head.seq + 1,
-                        at: now,
-                        actor: e.actor.clone(),
-                        action: e.action.clone(),
-                        subject: e.subject.clone(),
-                        detail: e.detail.clone(),
-                        prev: head.hash.clone(),
-                        hash: String::new(),
-                    };
-                    r.hash = chain_hash(&r);
+                for e in &change.entries {
+                    let r = e.chain(&head, now);
                     audit.insert(&r.seq.to_be_bytes(), encode(&r))?;
                     head = Head {
                         seq: r.seq,
@@ -477,7 +310,10 @@ impl Store {
                     out.push(r);
                 }
                 meta.insert(META_HEAD, encode(&head))?;
-                for (s, ended_by) in &change.sessions {
+                for s in &change.sessions {
+                    sessions.insert(s.id.as_bytes(), encode(s))?;
+                }
+                for (s, ended_by) in &change.ended {
                     let mut s = s.clone();
                     s.sealed_in = out.get(*ended_by).map(|r: &AuditRecord| r.seq);
                     sessions.insert(s.id.as_bytes(), encode(&s))?;
@@ -516,24 +352,6 @@ impl Store {
         self.grant_feed.subscribe()
     }
 
-    /// Appends audit events alone, durably.
-    pub fn audit_events(&self, events: Vec<Event>, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        let records = self.apply_events(events, now)?;
-        self.flush()?;
-        Ok(records)
-    }
-
-    /// Appends audit events alone, without waiting for the disk (see [`Store::apply`]).
-    pub fn apply_events(&self, events: Vec<Event>, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        self.apply(
-            Change {
-                events,
-                ..Change::default()
-            },
-            now,
-        )
-    }
-
     pub fn grant(&self, id: &str) -> Result<Option<Grant>> {
         self.grants
             .get(id.as_bytes())?
@@ -543,14 +361,7 @@ impl Store {
 
     /// Every grant, oldest request first.
     pub fn grants(&self) -> Result<Vec<Grant>> {
-        let mut out: Vec<Grant> = self
-            .grants
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("grants", &k, &v)
-            })
-            .collect::<Result<_>>()?;
+        let mut out: Vec<Grant> = all("grants", &self.grants)?;
         out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -591,13 +402,7 @@ impl Store {
 
     /// Every certificate minted, by serial.
     pub fn certs(&self) -> Result<Vec<CertRecord>> {
-        self.certs
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("certs", &k, &v)
-            })
-            .collect()
+        all("certs", &self.certs)
     }
 
     /// Whether a serial was revoked.
@@ -610,22 +415,13 @@ impl Store {
         self.revoked
             .iter()
             .keys()
-            .map(|k| {
-                let k = k?;
-                Ok(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])))
-            })
+            .map(|k| Ok(key_u64(&k?)))
             .collect()
     }
 
     /// Every revocation, in order.
     pub fn revocations(&self) -> Result<Vec<Revocation>> {
-        self.revocations
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("revocations", &k, &v)
-            })
-            .collect()
+        all("revocations", &self.revocations)
     }
 
     /// Records a request nonce; false when it was seen before (a replay). Nothing else
@@ -638,7 +434,8 @@ impl Store {
             .compare_and_swap(nonce.as_bytes(), None as Option<&[u8]>, Some(&at[..]))?
             .is_ok();
         if fresh {
-            self.nonce_times.insert(nonce_time_key(&at, nonce), &[])?;
+            self.nonce_times
+                .insert(nonce_time_key(&at, nonce.as_bytes()), &[])?;
         }
         Ok(fresh)
     }
@@ -659,277 +456,9 @@ impl Store {
         Ok(gone)
     }
 
-    /// Audit records with `at >= since`, oldest first.
-    pub fn audit_since(&self, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        let mut out = Vec::new();
-        for kv in self.audit.iter() {
-            let (k, v) = kv?;
-            let r: AuditRecord = decode("audit", &k, &v)?;
-            if r.at >= since {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
-    /// How many records the audit chain holds (its head's sequence number).
-    pub fn audit_len(&self) -> Result<u64> {
-        Ok(match self.meta.get(META_HEAD)? {
-            Some(b) => decode::<Head>("meta", META_HEAD, &b)?.seq,
-            None => 0,
-        })
-    }
-
-    /// The head of the chain: its newest record's sequence number and hash.
-    pub fn audit_head(&self) -> Result<Head> {
-        Ok(match self.meta.get(META_HEAD)? {
-            Some(b) => decode("meta", META_HEAD, &b)?,
-            None => Head::genesis(),
-        })
-    }
-
-    /// One audit record.
-    pub fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>> {
-        let key = seq.to_be_bytes();
-        self.audit
-            .get(key)?
-            .map(|b| decode("audit", &key, &b))
-            .transpose()
-    }
-
-    /// Audit records 1 to `upto`, oldest first.
-    pub fn audit_upto(&self, upto: u64) -> Result<Vec<AuditRecord>> {
-        self.audit
-            .range(..=upto.to_be_bytes())
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("audit", &k, &v)
-            })
-            .collect()
-    }
-
-    /// Walks the stored records after `walk`'s point up to `upto`, stopping at the first
-    /// that is missing, unreadable or does not follow.
-    fn walk_records(&self, walk: &mut ChainWalk, upto: u64) -> Result<Option<BadRecord>> {
-        let from = walk.next_seq();
-        if from > upto {
-            return Ok(None);
-        }
-        for kv in self.audit.range(from.to_be_bytes()..=upto.to_be_bytes()) {
-            let (k, v) = kv?;
-            let expected = walk.next_seq();
-            let key_seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            if key_seq != expected {
-                return Ok(Some(BadRecord {
-                    seq: expected,
-                    reason: format!("record {expected} is missing (next stored is {key_seq})"),
-                }));
-            }
-            let r: AuditRecord = match serde_json::from_slice(&v) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Ok(Some(BadRecord {
-                        seq: expected,
-                        reason: format!("record {expected} is unreadable: {e}"),
-                    }))
-                }
-            };
-            if let Err(bad) = walk.step(&r) {
-                return Ok(Some(bad));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Walks the chain and reports the first record that is missing, edited or out of place.
-    pub fn verify_audit(&self) -> Result<AuditReport> {
-        // A commit landing mid-walk would look like a removed tail.
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let bad = |b: BadRecord| AuditReport {
-            records: b.seq.saturating_sub(1),
-            first_bad: Some(b),
-            recordings: None,
-        };
-        let mut walk = ChainWalk::from(Head::genesis());
-        if let Some(b) = self.walk_records(&mut walk, u64::MAX)? {
-            return Ok(bad(b));
-        }
-        let Head {
-            seq: count,
-            hash: prev,
-        } = walk.at().clone();
-        let head: Option<Head> = self
-            .meta
-            .get(META_HEAD)?
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let at_end = |reason: String| {
-            bad(BadRecord {
-                seq: count + 1,
-                reason,
-            })
-        };
-        match head {
-            Some(h) if h.seq != count || h.hash != prev => Ok(at_end(format!(
-                "the log ends at record {count} but {} were written; the newest were removed or altered",
-                h.seq
-            ))),
-            None if count > 0 => Ok(at_end("the chain head is missing".into())),
-            _ => Ok(AuditReport {
-                records: count,
-                first_bad: None,
-                recordings: None,
-            }),
-        }
-    }
-
-    /// Whether the chain still holds `from` (a point a checkpoint signed) and runs on from
-    /// it, record by record, to its head; returns the head, or the first record that breaks.
-    /// Reads only the records from `from` on, without holding up commits.
-    pub fn audit_extends(&self, from: &Head) -> Result<std::result::Result<Head, BadRecord>> {
-        let head = self.audit_head()?;
-        let bad = |seq: u64, reason: String| Ok(Err(BadRecord { seq, reason }));
-        if head.seq < from.seq {
-            return bad(
-                head.seq + 1,
-                format!(
-                    "the chain ends at record {} but record {} was checkpointed; the newest were removed",
-                    head.seq, from.seq
-                ),
-            );
-        }
-        if from.seq > 0 {
-            let kept = self.audit_record(from.seq)?;
-            if !kept.is_some_and(|r| r.hash == from.hash && chain_hash(&r) == r.hash) {
-                return bad(
-                    from.seq,
-                    format!(
-                        "record {} is not the one its checkpoint signed: the chain up to it was rewritten",
-                        from.seq
-                    ),
-                );
-            }
-        }
-        let mut walk = ChainWalk::from(from.clone());
-        if let Some(b) = self.walk_records(&mut walk, head.seq)? {
-            return Ok(Err(b));
-        }
-        if walk.at() != &head {
-            let seq = walk.at().seq;
-            return bad(
-                seq + 1,
-                format!(
-                    "the log ends at record {seq} but {} were written; the newest were removed or altered",
-                    head.seq
-                ),
-            );
-        }
-        Ok(Ok(head))
-    }
-
-    /// Writes a session's metadata (created or updated).
-    pub fn put_session(&self, meta: &SessionMeta) -> Result<()> {
-        self.sessions.insert(meta.id.as_bytes(), encode(meta))?;
-        Ok(())
-    }
-
-    pub fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
-        self.sessions
-            .get(id.as_bytes())?
-            .map(|b| decode("sessions", id.as_bytes(), &b))
-            .transpose()
-    }
-
-    /// Every session, oldest first.
-    pub fn sessions(&self) -> Result<Vec<SessionMeta>> {
-        let mut out: Vec<SessionMeta> = self
-            .sessions
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("sessions", &k, &v)
-            })
-            .collect::<Result<_>>()?;
-        out.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    /// A session's events in order, checked against its seal: the one in its metadata,
-    /// which must be the one in the audit record that ended the session.
-    pub fn session_events(&self, meta: &SessionMeta) -> Result<Vec<RecEvent>> {
-        let seal = self.audited_seal(meta)?;
-        let bytes = self.recordings.read(&meta.id, seal.as_ref())?;
-        decode_events(&bytes).map_err(|e| StoreError::Corrupt {
-            tree: "recordings",
-            key: meta.id.clone(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Marks sessions left `live` by a daemon that died as `interrupted`, sealing their
-    /// recordings as they are on disk (a half-written last event is cut off), each with its
-    /// `session-interrupted` audit record carrying the seal; returns them. A session the
-    /// chain already ended is not sealed again (its metadata was set back to `live`): its
-    /// seal is taken back from the chain, so a changed recording is still found. Finished
-    /// sessions that name no end record (from older versions) are linked to theirs, so
-    /// reads need not search the chain. One pass over the chain, only when needed.
-    pub fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
-        let (live, unlinked): (Vec<SessionMeta>, Vec<SessionMeta>) = self
-            .sessions()?
-            .into_iter()
-            .filter(|s| s.state == SessionState::Live || s.sealed_in.is_none())
-            .partition(|s| s.state == SessionState::Live);
-        if live.is_empty() && unlinked.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ended = self.session_ends()?;
-        for mut s in unlinked {
-            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
-                s.sealed_in = Some(end.seq);
-                self.put_session(&s)?;
-            }
-        }
-        let mut change = Change::default();
-        for mut s in live {
-            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
-                tracing::error!(session = %s.id, record = end.seq, "the ledger says this session is live but the audit chain ended it; its metadata was altered");
-                self.put_session(&seals::restore_from(s, end))?;
-                continue;
-            }
-            let sealed = self.recordings.seal_interrupted(&s.id)?;
-            s.state = SessionState::Interrupted;
-            s.end_reason =
-                Some("the bastion stopped without ending the session (crash or kill -9)".into());
-            // The metadata may lag the file by one flush; the file is the truth.
-            s.bytes_in = sealed.bytes_in;
-            s.bytes_out = sealed.bytes_out;
-            s.recording = Some(sealed.seal);
-            change.events.push(Event::new(
-                &s.user,
-                SESSION_INTERRUPTED,
-                &s.id,
-                serde_json::json!({"target": s.target, "bytes_in": s.bytes_in,
-                    "bytes_out": s.bytes_out, "recording": s.recording}),
-            ));
-            change.sessions.push((s, change.events.len() - 1));
-        }
-        let out = change.sessions.iter().map(|(s, _)| s.clone()).collect();
-        self.commit(change, now)?;
-        Ok(out)
-    }
-
-    /// Writes sessions that ended with the audit records that end them, in one
-    /// transaction, durably: each session's `sealed_in` names its record.
-    pub fn end_sessions(
-        &self,
-        ended: Vec<(SessionMeta, Event)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<AuditRecord>> {
-        let mut change = Change::default();
-        for (i, (meta, event)) in ended.into_iter().enumerate() {
-            change.events.push(event);
-            change.sessions.push((meta, i));
-        }
-        self.commit(change, now)
+    /// The signed checkpoints of the audit chain kept on disk.
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
     }
 
     /// Low-level access for tests and repair tools: the raw `meta` tree (the serial counter
@@ -946,9 +475,21 @@ impl Store {
     }
 }
 
+/// Commits `change` and waits for the disk from synchronous test code.
+#[cfg(test)]
+pub(crate) fn commit_now(store: &Store, change: Change) -> Vec<AuditRecord> {
+    let on_disk = store.commit(change, Utc::now()).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(on_disk)
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::audit::Denied;
 
     /// Regression: a nonce starting with `00` made the request that sent it sweep every
     /// stored nonce inline; now remembering does no sweep, and forgetting walks only the old.
@@ -981,21 +522,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("data")).unwrap();
         let mut feed = store.subscribe_audit();
-        let now = Utc::now();
-        let ev = |a: &str| Event::new("alice", a, "x", serde_json::json!({}));
-        store
-            .apply_events(vec![ev("request"), ev("grant")], now)
-            .unwrap();
-        store.apply_events(vec![ev("revoke")], now).unwrap();
+        let ev = |why: &str| Entry::new("alice", "x", Denied { reason: why.into() });
+        commit_now(&store, Change::audit(vec![ev("one"), ev("two")]));
+        commit_now(&store, Change::audit(vec![ev("three")]));
         let seen: Vec<(u64, String)> = std::iter::from_fn(|| feed.try_recv().ok())
-            .map(|r| (r.seq, r.action))
+            .map(|r| (r.seq, r.detail["reason"].as_str().unwrap().to_string()))
             .collect();
         assert_eq!(
             seen,
             vec![
-                (1, "request".to_string()),
-                (2, "grant".to_string()),
-                (3, "revoke".to_string())
+                (1, "one".to_string()),
+                (2, "two".to_string()),
+                (3, "three".to_string())
             ]
         );
     }

@@ -7,18 +7,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
-use super::{AuditRecord, Result, Store, StoreError};
-use crate::recording::{RecordingSeal, SessionMeta, SessionState};
-
-/// The audit action that ends a session the bastion ended.
-pub const SESSION_END: &str = "session-end";
-/// The audit action that ends a session a crash interrupted (found at the next start).
-pub const SESSION_INTERRUPTED: &str = "session-interrupted";
+use super::{decode, Result, Store, StoreError};
+use crate::domain::audit::{seal_in, AuditRecord, Kind};
+use crate::domain::session::{RecordingSeal, SessionMeta, SessionState};
 
 /// Recordings checked against their seals in the audit chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealReport {
     /// Finished sessions whose seals were checked.
     pub sessions: u64,
@@ -30,20 +24,14 @@ pub struct SealReport {
 
 /// A recording that does not match its seal, or a session the chain and the ledger
 /// disagree about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRecording {
     pub session: String,
     pub reason: String,
 }
 
-/// The seal an end record carries; `None` for records written before seals were audited
-/// (`session-interrupted` records of older versions).
-fn seal_in(r: &AuditRecord) -> Option<RecordingSeal> {
-    serde_json::from_value(r.detail.get("recording")?.clone()).ok()
-}
-
 fn is_end(r: &AuditRecord) -> bool {
-    r.action == SESSION_END || r.action == SESSION_INTERRUPTED
+    r.kind().is_some_and(Kind::ends_session)
 }
 
 fn short(hash: &str) -> &str {
@@ -53,7 +41,7 @@ fn short(hash: &str) -> &str {
 /// A session the ledger says is live although the chain ended it, put back as the chain
 /// says (see [`Store::mark_interrupted`]).
 pub(super) fn restore_from(mut s: SessionMeta, end: &AuditRecord) -> SessionMeta {
-    s.state = if end.action == SESSION_END {
+    s.state = if end.kind() == Some(Kind::SessionEnd) {
         SessionState::Ended
     } else {
         SessionState::Interrupted
@@ -75,7 +63,7 @@ impl Store {
         let mut out: HashMap<String, Vec<AuditRecord>> = HashMap::new();
         for kv in self.audit.iter() {
             let (k, v) = kv?;
-            let r: AuditRecord = super::decode("audit", &k, &v)?;
+            let r: AuditRecord = decode("audit", &k, &v)?;
             if is_end(&r) {
                 out.entry(r.subject.clone()).or_default().push(r);
             }
@@ -92,7 +80,7 @@ impl Store {
         meta: &SessionMeta,
         ends: Option<&HashMap<String, Vec<AuditRecord>>>,
     ) -> Result<Option<RecordingSeal>> {
-        if meta.state == SessionState::Live && meta.sealed_in.is_none() {
+        if meta.unsealed_live() {
             // Still being written: there is nothing to check it against yet.
             return Ok(meta.recording.clone());
         }
@@ -134,8 +122,9 @@ impl Store {
                         return Err(StoreError::Unsealed {
                             path: path(),
                             why: format!(
-                                "the session is {} but no {SESSION_END} record names it",
-                                meta.state
+                                "the session is {} but no {} record names it",
+                                meta.state,
+                                Kind::SessionEnd.label()
                             ),
                         })
                     }
@@ -216,7 +205,7 @@ impl Store {
                     ),
                 );
             }
-            if s.state == SessionState::Live && s.sealed_in.is_none() {
+            if s.unsealed_live() {
                 if let Some(r) = recorded.first() {
                     bad(
                         &s.id,
@@ -250,11 +239,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
-    use serde_json::json;
 
     use super::*;
-    use crate::recording::{encode_event, EventKind};
-    use crate::store::Event;
+    use crate::domain::audit::{Action, Entry, Requested, SessionEnded, SessionInterrupted};
+    use crate::recordings::format::{encode_event, EventKind};
+    use crate::store::{commit_now, Change};
 
     fn meta(id: &str) -> SessionMeta {
         SessionMeta {
@@ -285,18 +274,61 @@ mod tests {
         }
     }
 
+    /// Writes session metadata as it stands.
+    fn put(store: &Store, m: &SessionMeta) {
+        commit_now(
+            store,
+            Change {
+                sessions: vec![m.clone()],
+                ..Change::default()
+            },
+        );
+    }
+
+    fn audit(store: &Store, subject: &str, action: impl Into<Action>) {
+        commit_now(
+            store,
+            Change::audit(vec![Entry::new("alice", subject, action)]),
+        );
+    }
+
+    fn ended(recording: Option<RecordingSeal>) -> SessionEnded {
+        SessionEnded {
+            exit_status: None,
+            reason: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            files: Vec::new(),
+            recording,
+        }
+    }
+
+    /// What the service does at start: seals what a dead daemon left live, in the chain.
+    fn mark_interrupted(store: &Store) -> Vec<SessionMeta> {
+        let (change, sealed) = crate::service::interrupted_change(store.interrupted().unwrap());
+        commit_now(store, change);
+        sealed
+    }
+
     /// Records session `id` with `output`, ends it as the recorder does, and returns it.
     fn recorded(store: &Store, id: &str, output: &[u8]) -> SessionMeta {
         let mut m = meta(id);
         let mut file = store.recordings.create(id).unwrap();
-        store.put_session(&m).unwrap();
+        put(store, &m);
         let mut events = Vec::new();
         encode_event(&mut events, 0, EventKind::Output, output);
         file.append(&events).unwrap();
         m.recording = Some(file.seal().0);
         m.state = SessionState::Ended;
-        let end = Event::new("alice", SESSION_END, id, json!({"recording": m.recording}));
-        store.end_sessions(vec![(m, end)], Utc::now()).unwrap();
+        let end = Entry::new("alice", id, ended(m.recording.clone()));
+        commit_now(
+            store,
+            Change {
+                entries: vec![end],
+                ended: vec![(m, 0)],
+                ..Change::default()
+            },
+        );
         store.session(id).unwrap().unwrap()
     }
 
@@ -306,13 +338,13 @@ mod tests {
         let mut events = Vec::new();
         encode_event(&mut events, 0, EventKind::Output, output);
         let path = store.recordings.path(&m.id).unwrap();
-        std::fs::write(&path, [super::super::recordings::HEADER, &events].concat()).unwrap();
+        std::fs::write(&path, [crate::recordings::files::HEADER, &events].concat()).unwrap();
         let mut m = m.clone();
         m.recording = Some(RecordingSeal {
             bytes: events.len() as u64,
             blake3: blake3::hash(&events).to_hex().to_string(),
         });
-        store.put_session(&m).unwrap();
+        put(store, &m);
     }
 
     fn open() -> (tempfile::TempDir, Store) {
@@ -329,12 +361,14 @@ mod tests {
     #[test]
     fn a_recording_edited_with_its_seal_is_named_with_its_audit_record() {
         let (_dir, store) = open();
-        store
-            .audit_events(
-                vec![Event::new("alice", "request", "g1", json!({}))],
-                Utc::now(),
-            )
-            .unwrap();
+        let request = Requested {
+            contract: "prod-db".into(),
+            step: "observe".into(),
+            ttl_secs: 60,
+            reason: None,
+            needs_approvals: 0,
+        };
+        audit(&store, "g1", request);
         let m = recorded(&store, "s1", b"DROP TABLE users;\r\n");
         assert_eq!(m.sealed_in, Some(2), "the end record's sequence number");
         assert_eq!(store.session_events(&m).unwrap().len(), 1);
@@ -359,7 +393,7 @@ mod tests {
         // Pointing the metadata at another record does not help.
         let mut moved = store.session("s1").unwrap().unwrap();
         moved.sealed_in = Some(1);
-        store.put_session(&moved).unwrap();
+        put(&store, &moved);
         let err = read_err(&store, "s1");
         assert!(
             err.contains("that record is `request` of `g1`, not the end of this session"),
@@ -367,12 +401,12 @@ mod tests {
         );
         // Nor removing the pointer: the chain is searched for the session's end.
         moved.sealed_in = None;
-        store.put_session(&moved).unwrap();
+        put(&store, &moved);
         let err = read_err(&store, "s1");
         assert!(err.contains("in audit record 2"), "{err}");
         // Nor removing the seal.
         moved.recording = None;
-        store.put_session(&moved).unwrap();
+        put(&store, &moved);
         let err = read_err(&store, "s1");
         assert!(err.contains("the ledger has no seal for it"), "{err}");
     }
@@ -404,18 +438,16 @@ mod tests {
         let (_dir, store) = open();
         let m = recorded(&store, "s3", b"x");
         // Ended twice, and a live session the chain already ended.
-        let again = Event::new(
-            "alice",
-            SESSION_INTERRUPTED,
-            "s3",
-            json!({"recording": m.recording}),
-        );
-        let stray = Event::new("alice", SESSION_END, "gone", json!({}));
-        store.audit_events(vec![again, stray], Utc::now()).unwrap();
-        let live = meta("s4");
-        store.put_session(&live).unwrap();
-        let end = Event::new("alice", SESSION_END, "s4", json!({}));
-        store.audit_events(vec![end], Utc::now()).unwrap();
+        let again = SessionInterrupted {
+            target: "db-1".into(),
+            bytes_in: 0,
+            bytes_out: 0,
+            recording: m.recording.clone(),
+        };
+        audit(&store, "s3", again);
+        audit(&store, "gone", ended(None));
+        put(&store, &meta("s4"));
+        audit(&store, "s4", ended(None));
         let reasons: Vec<String> = store
             .verify_recordings(true)
             .unwrap()
@@ -437,7 +469,7 @@ mod tests {
             "{all}"
         );
         // At the next start the live one is put back as the chain says, not sealed again.
-        let restored = store.mark_interrupted(Utc::now()).unwrap();
+        let restored = mark_interrupted(&store);
         assert!(restored.is_empty(), "nothing new was interrupted");
         let s4 = store.session("s4").unwrap().unwrap();
         assert_eq!((s4.state, s4.sealed_in), (SessionState::Ended, Some(4)));
@@ -449,7 +481,7 @@ mod tests {
         let (_dir, store) = open();
         let mut m = recorded(&store, "s6", b"old");
         m.sealed_in = None;
-        store.put_session(&m).unwrap();
+        put(&store, &m);
         assert_eq!(
             store.session_events(&m).unwrap().len(),
             1,
@@ -457,7 +489,7 @@ mod tests {
         );
         forge(&store, &m, b"new");
         assert!(read_err(&store, "s6").contains("audit record 1"));
-        assert!(store.mark_interrupted(Utc::now()).unwrap().is_empty());
+        assert!(mark_interrupted(&store).is_empty());
         assert_eq!(store.session("s6").unwrap().unwrap().sealed_in, Some(1));
         assert!(read_err(&store, "s6").contains("audit record 1"));
     }
@@ -467,18 +499,18 @@ mod tests {
         let (_dir, store) = open();
         let m = meta("s5");
         let mut file = store.recordings.create("s5").unwrap();
-        store.put_session(&m).unwrap();
+        put(&store, &m);
         let mut events = Vec::new();
         encode_event(&mut events, 0, EventKind::Output, b"before the crash");
         file.append(&events).unwrap();
         drop(file);
         let mut feed = store.subscribe_audit();
-        let out = store.mark_interrupted(Utc::now()).unwrap();
+        let out = mark_interrupted(&store);
         assert_eq!(out.len(), 1);
         let rec = feed.try_recv().unwrap();
         assert_eq!(
-            (rec.action.as_str(), rec.subject.as_str()),
-            (SESSION_INTERRUPTED, "s5")
+            (rec.kind(), rec.subject.as_str()),
+            (Some(Kind::SessionInterrupted), "s5")
         );
         assert_eq!(seal_in(&rec), out[0].recording);
         let s5 = store.session("s5").unwrap().unwrap();

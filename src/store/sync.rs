@@ -1,10 +1,12 @@
 //! Group commit. Whoever needs their writes on disk takes a ticket and waits; one thread
 //! flushes sled for every ticket taken before the flush started, so concurrent commits share
-//! one disk flush instead of queueing for one each. Blocking callers wait on a condition
-//! variable, async ones on a watch channel: neither holds a thread of the async runtime.
+//! one disk flush instead of queueing for one each. Waiters are futures on a watch channel:
+//! no thread of the async runtime waits for the disk.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
-
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::{Result, StoreError};
@@ -37,7 +39,7 @@ impl Synced {
 }
 
 #[derive(Default)]
-struct State {
+struct Tickets {
     /// Tickets handed out.
     asked: u64,
     synced: Synced,
@@ -45,74 +47,77 @@ struct State {
 }
 
 /// What the flushing thread and the waiters share.
-struct Shared {
-    state: Mutex<State>,
+struct Flushes {
+    tickets: Mutex<Tickets>,
     /// Wakes the flushing thread.
     work: Condvar,
-    /// Wakes blocking waiters.
-    done: Condvar,
-    /// For async waiters.
+    /// What is on disk, for the waiters.
     watch: tokio::sync::watch::Sender<Synced>,
 }
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+impl Flushes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tickets> {
+        self.tickets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A write's result, once the write is on disk: awaiting it waits for the flush that covers
+/// it. The write itself is already done.
+#[must_use = "the write is not known to be on disk until this is awaited"]
+pub struct OnDisk<T>(Pin<Box<dyn Future<Output = Result<T>> + Send>>);
+
+impl<T> Future for OnDisk<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.0.as_mut().poll(cx)
     }
 }
 
 /// The handle the store holds; dropping it stops the thread and waits for it, so the
 /// ledger's files are closed (and its lock released) once the store is dropped.
-pub struct Syncer(Arc<Shared>, Option<std::thread::JoinHandle<()>>);
+pub struct GroupCommit(Arc<Flushes>, Option<std::thread::JoinHandle<()>>);
 
-impl Syncer {
+impl GroupCommit {
     /// Starts the flushing thread.
-    pub fn start(db: sled::Db) -> Syncer {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+    pub fn start(db: sled::Db) -> GroupCommit {
+        let flushes = Arc::new(Flushes {
+            tickets: Mutex::new(Tickets::default()),
             work: Condvar::new(),
-            done: Condvar::new(),
             watch: tokio::sync::watch::Sender::new(Synced::default()),
         });
-        let thread = shared.clone();
+        let thread = flushes.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-sync".into())
             .spawn(move || run(&thread, &db))
             .expect("spawn the ledger sync thread");
-        Syncer(shared, Some(handle))
+        GroupCommit(flushes, Some(handle))
     }
 
-    /// A ticket covering every write made so far.
-    pub fn ticket(&self) -> u64 {
-        let mut st = self.0.lock();
-        st.asked += 1;
+    /// A ticket covering every write made so far; the flush it needs starts at once.
+    fn ticket(&self) -> u64 {
+        let mut t = self.0.lock();
+        t.asked += 1;
         self.0.work.notify_one();
-        st.asked
+        t.asked
     }
 
-    /// Blocks until `ticket` is on disk.
-    pub fn wait(&self, ticket: u64) -> Result<()> {
-        let mut st = self.0.lock();
-        loop {
-            if let Some(answer) = st.synced.answer(ticket) {
-                return answer;
-            }
-            st = self.0.done.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Waits (asynchronously) until `ticket` is on disk.
-    pub async fn wait_async(&self, ticket: u64) -> Result<()> {
+    /// `value` (what writes just made returned), once those writes are on disk.
+    pub fn after<T: Send + 'static>(&self, value: T) -> OnDisk<T> {
+        let ticket = self.ticket();
         let mut rx = self.0.watch.subscribe();
-        let synced = rx
-            .wait_for(|s| s.answer(ticket).is_some())
-            .await
-            .map_err(|_| StoreError::Sync("the ledger sync thread stopped".into()))?;
-        synced.answer(ticket).expect("answered")
+        OnDisk(Box::pin(async move {
+            let synced = rx
+                .wait_for(|s| s.answer(ticket).is_some())
+                .await
+                .map_err(|_| StoreError::Sync("the ledger sync thread stopped".into()))?;
+            synced.answer(ticket).expect("answered")?;
+            Ok(value)
+        }))
     }
 }
 
-impl Drop for Syncer {
+impl Drop for GroupCommit {
     fn drop(&mut self) {
         self.0.lock().stop = true;
         self.0.work.notify_one();
@@ -123,35 +128,34 @@ impl Drop for Syncer {
 }
 
 /// The flushing thread: waits for tickets, flushes once for all of them, answers.
-fn run(shared: &Shared, db: &sled::Db) {
+fn run(flushes: &Flushes, db: &sled::Db) {
     loop {
         let covers = {
-            let mut st = shared.lock();
+            let mut t = flushes.lock();
             // Answered tickets, failed ones included, need no flush: a failed flush is not
             // retried until someone asks again.
-            while st.asked == st.synced.handled() && !st.stop {
-                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            while t.asked == t.synced.handled() && !t.stop {
+                t = flushes.work.wait(t).unwrap_or_else(|e| e.into_inner());
             }
-            if st.asked == st.synced.handled() {
+            if t.asked == t.synced.handled() {
                 return;
             }
-            st.asked
+            t.asked
         };
         let flushed = db.flush();
         let failed = flushed.is_err();
         let published = {
-            let mut st = shared.lock();
+            let mut t = flushes.lock();
             match flushed {
-                Ok(_) => st.synced.upto = st.synced.upto.max(covers),
+                Ok(_) => t.synced.upto = t.synced.upto.max(covers),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot flush the ledger to disk");
-                    st.synced.failed = Some((covers, e.to_string()));
+                    t.synced.failed = Some((covers, e.to_string()));
                 }
             }
-            st.synced.clone()
+            t.synced.clone()
         };
-        shared.done.notify_all();
-        shared.watch.send_replace(published);
+        flushes.watch.send_replace(published);
         if failed {
             // A disk that failed once usually fails again at once: do not spin on it.
             std::thread::sleep(Duration::from_millis(100));
@@ -190,46 +194,34 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_ticket_is_answered_once_its_writes_are_on_disk_for_both_kinds_of_waiter() {
+    #[tokio::test]
+    async fn a_write_is_answered_once_it_is_on_disk_and_waits_share_flushes() {
         let tmp = tempfile::tempdir().unwrap();
-        // No background flushing: only the syncer puts writes on disk.
+        // No background flushing: only the group commit puts writes on disk.
         let db = sled::Config::new()
             .path(tmp.path())
             .flush_every_ms(None)
             .open()
             .unwrap();
-        let syncer = Syncer::start(db.clone());
+        let commits = GroupCommit::start(db.clone());
         db.insert("a", "1").unwrap();
-        let t = syncer.ticket();
-        syncer.wait(t).unwrap();
+        assert_eq!(commits.after(7).await.unwrap(), 7);
         assert_eq!(
             as_on_disk(tmp.path()).1.get("a").unwrap().as_deref(),
             Some(&b"1"[..]),
-            "a blocking waiter was answered before its write was on disk"
+            "a waiter was answered before its write was on disk"
         );
-        db.insert("b", "2").unwrap();
-        let t = syncer.ticket();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(syncer.wait_async(t)).unwrap();
-        assert_eq!(
-            as_on_disk(tmp.path()).1.get("b").unwrap().as_deref(),
-            Some(&b"2"[..]),
-            "an async waiter was answered before its write was on disk"
-        );
-        // Many tickets at once are all answered, each after the writes before it.
-        let many: Vec<u64> = (0..50)
+        // Many waits at once are all answered, each after the writes before it.
+        let many: Vec<OnDisk<()>> = (0..50)
             .map(|i| {
                 db.insert(format!("k{i}"), "v").unwrap();
-                syncer.ticket()
+                commits.after(())
             })
             .collect();
-        for t in many {
-            syncer.wait(t).unwrap();
+        for w in many {
+            w.await.unwrap();
         }
         assert_eq!(as_on_disk(tmp.path()).1.scan_prefix("k").count(), 50);
-        drop(syncer);
+        drop(commits);
     }
 }

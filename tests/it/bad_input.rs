@@ -45,7 +45,7 @@ async fn signed(
 
 fn alice(dir: &crate::support::TestDir) -> Signer {
     Signer::Key(Box::new(
-        ramp_ca::keys::read_private(&dir.join(ALICE)).unwrap(),
+        ramp_ca::install::keys::read_private(&dir.join(ALICE)).unwrap(),
     ))
 }
 

@@ -1016,7 +1016,7 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
         |d| {
             d.stop();
             let store = ramp_ca::store::Store::open(&data).unwrap();
-            let file = store.recordings.path(&id).unwrap();
+            let file = data.join("recordings").join(format!("{id}.rec"));
             let mut raw = std::fs::read(&file).unwrap();
             let at = raw
                 .windows(13)
@@ -1025,13 +1025,17 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
             raw[at..at + 13].copy_from_slice(b"benign-output");
             std::fs::write(&file, &raw).unwrap();
             let mut meta = store.session(&id).unwrap().unwrap();
-            let events = &raw[ramp_ca::store::recordings::HEADER.len()..];
-            meta.recording = Some(ramp_ca::recording::RecordingSeal {
+            let events = &raw[ramp_ca::recordings::files::HEADER.len()..];
+            meta.recording = Some(ramp_ca::domain::session::RecordingSeal {
                 bytes: events.len() as u64,
                 blake3: blake3::hash(events).to_hex().to_string(),
             });
-            store.put_session(&meta).unwrap();
-            store.flush().unwrap();
+            let rewrite = ramp_ca::store::Change {
+                sessions: vec![meta],
+                ..Default::default()
+            };
+            let written = store.commit(rewrite, chrono::Utc::now()).unwrap();
+            crate::support::block_on(written).unwrap();
         },
         &[],
     );
@@ -1964,8 +1968,9 @@ fn a_login_name_with_control_characters_is_refused_and_logged_escaped() {
             Ok(true)
         }
     }
-    let key = ramp_ca::keys::read_private(&rig.dir.join(ALICE)).unwrap();
-    let cert = ramp_ca::keys::read_certificate(&rig.dir.join(format!("{ALICE}-cert.pub"))).unwrap();
+    let key = ramp_ca::install::keys::read_private(&rig.dir.join(ALICE)).unwrap();
+    let cert = ramp_ca::install::keys::read_certificate(&rig.dir.join(format!("{ALICE}-cert.pub")))
+        .unwrap();
     let port = rig.daemon.ssh_port;
     let accepted = tokio::runtime::Runtime::new()
         .unwrap()

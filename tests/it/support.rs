@@ -116,6 +116,20 @@ pub fn run_err(cmd: &mut Command) -> (i32, String) {
     (code, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Runs a future to its end from synchronous test code (the library's ledger writes and
+/// waits for the disk are async).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
+/// What a tampering test wrote straight into the ledger, once it is on disk.
+pub fn on_disk(store: &ramp_ca::store::Store) {
+    block_on(store.on_disk()).expect("the ledger is on disk");
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

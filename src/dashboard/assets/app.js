@@ -2,6 +2,10 @@
 // as the command line, terminal screens rendered by the server.
 "use strict";
 
+// Every path this page calls, from the server's one list (filled in as the script is served).
+const ROUTES = __RAMP_ROUTES__;
+const route = (name, id) => ROUTES[name].replace("{id}", id);
+
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
@@ -68,7 +72,7 @@ function showLogin(why) {
 // --- live state -----------------------------------------------------------------------
 
 function connect() {
-  stream = new EventSource("/ui/api/stream");
+  stream = new EventSource(route("stream"));
   stream.addEventListener("state", (e) => {
     $("#conn").classList.add("up");
     render(JSON.parse(e.data));
@@ -76,7 +80,7 @@ function connect() {
   stream.onerror = () => {
     $("#conn").classList.remove("up");
     // EventSource retries by itself; a 401 means the session is gone.
-    api("/ui/api/state").catch(() => {});
+    api(route("state")).catch(() => {});
   };
 }
 
@@ -172,7 +176,7 @@ document.addEventListener("click", async (e) => {
   try {
     if (act === "approve") {
       btn.disabled = true;
-      const out = await api(`/ui/api/grants/${id}/approve`, { method: "POST", body: "{}" });
+      const out = await api(route("approve", id), { method: "POST", body: "{}" });
       toast(`Approved ${id}: ${out.grant.state}`, true);
     } else if (act === "deny" || act === "revoke") {
       ask(tr, act);
@@ -181,7 +185,7 @@ document.addEventListener("click", async (e) => {
       if (!reason) { toast("A reason is required."); return; }
       const what = act.split("-")[0];
       btn.disabled = true;
-      await api(`/ui/api/grants/${id}/${what}`, { method: "POST", body: JSON.stringify({ reason }) });
+      await api(route(what, id), { method: "POST", body: JSON.stringify({ reason }) });
       tr.classList.remove("asking");
       toast(`${what === "revoke" ? "Revoked" : "Denied"} ${id}`, true);
     } else if (act === "cancel") {
@@ -224,7 +228,7 @@ async function search(e) {
   e?.preventDefault();
   try {
     const q = form("#search");
-    const rows = await api(`/ui/api/recordings?${q}`);
+    const rows = await api(`${route("recordings")}?${q}`);
     const text = q.get("text");
     $("#recs tbody").innerHTML = rows.map((r) => {
       const len = r.end ? clock(new Date(r.end) - new Date(r.start)) : "";
@@ -232,7 +236,7 @@ async function search(e) {
       return `<tr data-session="${esc(r.id)}"><td>${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td><b>${esc(r.user)}</b></td>
         <td class="mono">${esc(r.principal)}@${esc(r.target)}</td><td class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
         <td>${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td>${len}</td><td class="mono">${bytes(r.bytes_out)}</td>
-        <td><button data-act="play">Play</button> <a class="button" href="/ui/api/recordings/${esc(r.id)}/asciicast">.cast</a></td></tr>`;
+        <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
     }).join("");
     $("#recs-empty").classList.toggle("hidden", rows.length > 0);
     $("#recs").classList.toggle("hidden", rows.length === 0);
@@ -249,7 +253,7 @@ function mark(line, text) {
 async function audit(e) {
   e?.preventDefault();
   try {
-    const out = await api(`/ui/api/audit?${form("#audit-filter")}`);
+    const out = await api(`${route("audit")}?${form("#audit-filter")}`);
     const chain = $("#chain");
     if (out.verify.first_bad) {
       chain.className = "badge bad";
@@ -305,10 +309,10 @@ function seek(t) {
 
 async function play(id) {
   try {
-    const out = await api(`/ui/api/recordings/${id}/playback`);
+    const out = await api(route("playback", id));
     const m = out.session, p = out.playback;
     openPlayer(`${m.user} on ${m.principal}@${m.target} · ${m.kind}${m.command ? ": " + m.command : ""} · ${new Date(m.start).toLocaleString()}`,
-      `/ui/api/recordings/${id}/asciicast`);
+      route("asciicast", id));
     $("#controls").classList.remove("hidden");
     player.frames = p.frames;
     player.duration = p.duration_ms;
@@ -350,7 +354,7 @@ function follow(id) {
   $("#controls").classList.add("hidden");
   $("#player-note").textContent = "Following the live session (what its recording holds, within a second).";
   player.rows = [];
-  player.live = new EventSource(`/ui/api/recordings/${id}/follow`);
+  player.live = new EventSource(route("follow", id));
   player.live.addEventListener("frame", (e) => {
     apply(JSON.parse(e.data));
     $("#screen").innerHTML = player.rows.join("\n");
@@ -362,10 +366,10 @@ function follow(id) {
 }
 
 $("#logout").addEventListener("click", async () => {
-  try { await api("/ui/logout", { method: "POST", body: "{}" }); } catch (err) { /* already gone */ }
+  try { await api(route("logout"), { method: "POST", body: "{}" }); } catch (err) { /* already gone */ }
   showLogin("Logged out.");
 });
 
 // --- start ----------------------------------------------------------------------------
 
-api("/ui/api/state").then((s) => { render(s); show(); connect(); }).catch(() => {});
+api(route("state")).then((s) => { render(s); show(); connect(); }).catch(() => {});

@@ -1,0 +1,308 @@
+//! The command line's flags and subcommands (clap): what each command takes, not what it
+//! does (that is [`super`]'s and its modules').
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ramp-ca: staged, short-lived, audited SSH access.
+#[derive(Debug, Parser)]
+#[command(name = "ramp-ca", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Installation root: keys/, policies/, data/.
+    #[arg(long, global = true, env = "RAMP_DIR", default_value = ".")]
+    pub dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How client commands reach and sign for the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// Daemon URL.
+    #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7400")]
+    pub server: String,
+    /// Identity key that signs the request (default ~/.ssh/id_ed25519, or ssh-agent).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `sign` and `request` ask for.
+#[derive(Debug, Clone, Args)]
+pub struct StepArgs {
+    #[arg(long)]
+    pub contract: Option<String>,
+    /// Default: the contract's first step.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Like 30m; at most the step's max_ttl (default: the step's max_ttl).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create keys/, example policies and demo identities (never overwrites a key).
+    Init,
+    /// Run the CA API (and bastion) until SIGINT/SIGTERM; initialises what is missing first.
+    Serve {
+        /// API listen address [default: 127.0.0.1:7400; beats the config file's `api:`].
+        #[arg(long, value_name = "ADDR")]
+        api: Option<String>,
+        /// Bastion listen address [default: 0.0.0.0:2222; beats the config file's `ssh:`].
+        #[arg(long, value_name = "ADDR")]
+        ssh: Option<String>,
+        /// MiB kept free on the disk that holds `data/`: below it new sessions are
+        /// refused and live ones ended [default: 64].
+        #[arg(long, value_name = "MIB")]
+        min_free_mib: Option<u64>,
+        /// Service config file (YAML); every flag given beats the file's value.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check or explain policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Request a step and write `<key>-cert.pub` once granted.
+    Sign {
+        #[command(flatten)]
+        ask: StepArgs,
+        /// Get a certificate from an existing active grant instead of requesting.
+        #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason"])]
+        grant: Option<String>,
+        /// Wait for approvals, then write the certificate.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Request a step without minting a certificate yet.
+    Request {
+        #[command(flatten)]
+        ask: StepArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Approve a pending request.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Deny a pending request (or withdraw your own).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a one-time login link to the web dashboard (it expires within minutes).
+    Dashboard {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List grants and pending requests you may see.
+    Grants {
+        /// Include expired, denied and revoked ones.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a certificate, a grant (and its certificates) or everything a user holds.
+    Revoke {
+        #[arg(long, group = "what")]
+        serial: Option<u64>,
+        #[arg(long, group = "what")]
+        grant: Option<String>,
+        #[arg(long, group = "what")]
+        user: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Write an OpenSSH KRL of every revoked certificate.
+    Krl {
+        /// Output file (default DIR/revoked.krl).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Sign a target's host key with host-ca; writes `<name>-cert.pub` beside the key.
+    SignHost {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Validity (default 365d).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Read or verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print what targets and clients need to trust this CA.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Which sessions a listing or search covers.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only sessions started this recently, like 1h.
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// asciicast v2, for `asciinema play`.
+    Asciicast,
+    /// Metadata and every event as JSON.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List recorded sessions.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show one session's metadata.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Replay a session's output with its real timing.
+    Play {
+        id: String,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Longest pause kept between two events.
+        #[arg(long, default_value = "2s")]
+        idle_cap: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Export a session (to stdout, or --out F).
+    Export {
+        id: String,
+        #[arg(long, value_enum, default_value = "asciicast")]
+        format: ExportFormat,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Search recordings' input and output for a text.
+    Grep {
+        pattern: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory (default DIR/policies); exit 1 listing every problem.
+    Check { path: Option<PathBuf> },
+    /// Show the decision for a request and the reasons.
+    Explain {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        contract: String,
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Assume the user holds an active grant of these steps (repeatable).
+        #[arg(long)]
+        holding: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit records, newest last.
+    List {
+        /// Only records this recent, like 1h.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Verify the hash chain and the recordings' seals; exit 1 naming the first bad record
+    /// (and every recording that does not match).
+    Verify {
+        /// Also check the chain against signed checkpoints kept elsewhere: a file (one or
+        /// more checkpoints) or a directory of `*.checkpoint` files; repeatable.
+        #[arg(long, value_name = "F")]
+        checkpoint: Vec<PathBuf>,
+        /// The audit-signer public key the checkpoints must be signed with (`ramp-ca
+        /// trust audit-signer`); default: the key the daemon reports.
+        #[arg(long, value_name = "KEY.pub", requires = "checkpoint")]
+        signer: Option<PathBuf>,
+        /// Compare the recordings' seals with the chain, but do not read and hash the
+        /// recording files.
+        #[arg(long)]
+        skip_recordings: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Get a checkpoint of the chain's head signed by the service, to keep elsewhere.
+    Checkpoint {
+        /// Write it to this file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// sshd_config lines and the node-ca key for targets.
+    Sshd,
+    /// The @cert-authority line for clients' known_hosts.
+    KnownHosts,
+    /// The public key that signs audit checkpoints, for auditors to pin.
+    AuditSigner,
+}

@@ -1,0 +1,329 @@
+//! Client commands about access: `sign`, `request`, `approve`, `deny`, `grants`, `revoke`,
+//! `krl`, `sign-host`, `dashboard`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::Method;
+use serde_json::json;
+
+use super::output::{describe_grant, grants_table, reasons_text, unix_time};
+use super::{connect, emit, key_path, write_atomic, CliError, ClientOpts, Result, StepArgs};
+use crate::client::Client;
+use crate::domain::grant::State;
+use crate::domain::policy;
+use crate::install::keys;
+use crate::wire::dashboard::LinkBody;
+use crate::wire::grants::{
+    GrantView, HostCertificate, Outcome, ReasonBody, RequestBody, Revocation, RevokeBody,
+    SignHostBody,
+};
+use crate::wire::{self as routes, path};
+
+/// An empty JSON object, the body of a signed `POST` that needs none.
+fn no_body() -> serde_json::Value {
+    json!({})
+}
+
+impl StepArgs {
+    /// The request body, certifying the signing key when `certify`.
+    fn body(self, certify: bool) -> Result<RequestBody> {
+        let contract = self.contract.ok_or_else(|| {
+            CliError::Usage("--contract C is required (or --grant ID for sign)".into())
+        })?;
+        Ok(RequestBody {
+            contract,
+            step: self.step,
+            ttl: self.ttl,
+            reason: self.reason,
+            certify,
+        })
+    }
+}
+
+/// `request`: a step asked for, without minting.
+pub(super) async fn request(opts: &ClientOpts, ask: StepArgs) -> Result {
+    let body = ask.body(false)?;
+    let client = connect(opts).await?;
+    let out: Outcome = client
+        .call(Method::POST, routes::REQUESTS, Some(&body))
+        .await?;
+    emit(opts, &out, || describe_grant(&out.grant))
+}
+
+pub(super) async fn approve(opts: &ClientOpts, id: &str) -> Result {
+    let client = connect(opts).await?;
+    let out: Outcome = client
+        .call(
+            Method::POST,
+            &path(routes::GRANT_APPROVE, id),
+            Some(&no_body()),
+        )
+        .await?;
+    emit(opts, &out, || describe_grant(&out.grant))
+}
+
+pub(super) async fn deny(opts: &ClientOpts, id: &str, reason: String) -> Result {
+    let client = connect(opts).await?;
+    let out: GrantView = client
+        .call(
+            Method::POST,
+            &path(routes::GRANT_DENY, id),
+            Some(&ReasonBody { reason }),
+        )
+        .await?;
+    emit(opts, &out, || describe_grant(&out))
+}
+
+/// `dashboard`: a one-time login link.
+pub(super) async fn dashboard(opts: &ClientOpts) -> Result {
+    let client = connect(opts).await?;
+    let mut out: LinkBody = client
+        .call(Method::POST, routes::DASHBOARD_LINK, Some(&no_body()))
+        .await?;
+    if out.url.is_none() {
+        out.url = Some(format!("{}{}", opts.server.trim_end_matches('/'), out.path));
+    }
+    let url = out.url.clone().unwrap_or_default();
+    let expires = serde_json::to_value(out.expires).unwrap_or_default();
+    let expires = expires.as_str().unwrap_or_default().to_string();
+    emit(opts, &out, || {
+        format!("{url}\n(open it once, before {expires}; it logs you in as the key's owner)\n")
+    })
+}
+
+/// `grants`: what the caller may see; `--all` adds ended ones.
+pub(super) async fn list(opts: &ClientOpts, all: bool) -> Result {
+    let client = connect(opts).await?;
+    let url = if all {
+        format!("{}?all=true", routes::GRANTS)
+    } else {
+        routes::GRANTS.to_string()
+    };
+    let out: Vec<GrantView> = client.call(Method::GET, &url, None::<&()>).await?;
+    emit(opts, &out, || grants_table(&out, Utc::now()))
+}
+
+pub(super) async fn revoke(opts: &ClientOpts, body: RevokeBody) -> Result {
+    if body.serial.is_none() && body.grant.is_none() && body.user.is_none() {
+        return Err(CliError::Usage(
+            "revoke needs --serial N, --grant ID or --user U".into(),
+        ));
+    }
+    let client = connect(opts).await?;
+    let out: Revocation = client
+        .call(Method::POST, routes::REVOKE, Some(&body))
+        .await?;
+    emit(opts, &out, || {
+        format!(
+            "revoked {} certificate(s) {:?} and {} grant(s) {:?}\nship the new KRL to targets: ramp-ca krl\n",
+            out.serials.len(),
+            out.serials,
+            out.grants.len(),
+            out.grants
+        )
+    })
+}
+
+/// `krl`: the daemon's KRL, written to `to`.
+pub(super) async fn krl(opts: &ClientOpts, to: &Path) -> Result {
+    let client = connect(opts).await?;
+    let bytes = client.send(Method::GET, routes::KRL, None::<&()>).await?;
+    write_atomic(to, &bytes)?;
+    emit(opts, &json!({"path": to, "bytes": bytes.len()}), || {
+        format!("wrote {} ({} bytes)\n", to.display(), bytes.len())
+    })
+}
+
+/// `ssh_host_ed25519_key.pub` -> `ssh_host_ed25519_key-cert.pub`, as ssh-keygen names it.
+fn host_cert_path(pubkey: &Path) -> PathBuf {
+    let s = pubkey.to_string_lossy();
+    PathBuf::from(format!("{}-cert.pub", s.strip_suffix(".pub").unwrap_or(&s)))
+}
+
+/// `sign-host`: a host certificate for the key in `pubkey`, written beside it.
+pub(super) async fn sign_host(
+    opts: &ClientOpts,
+    name: String,
+    pubkey: &Path,
+    ttl: Option<String>,
+) -> Result {
+    let public_key = std::fs::read_to_string(pubkey).map_err(crate::Error::io(pubkey))?;
+    keys::parse_public(&public_key).map_err(|e| {
+        CliError::Refused(format!(
+            "{}: not an OpenSSH public key: {e}",
+            pubkey.display()
+        ))
+    })?;
+    let client = connect(opts).await?;
+    let body = SignHostBody {
+        name,
+        public_key,
+        ttl,
+    };
+    let out: HostCertificate = client
+        .call(Method::POST, routes::HOSTS_SIGN, Some(&body))
+        .await?;
+    let cert = out.certificate;
+    let to = host_cert_path(pubkey);
+    write_atomic(&to, format!("{cert}\n").as_bytes())?;
+    emit(opts, &json!({"path": to, "certificate": cert}), || {
+        format!("wrote {}\n", to.display())
+    })
+}
+
+/// `sign`: asks (or picks a certificate up from `--grant`), waits for approval when told
+/// to, and writes `KEY-cert.pub`.
+pub(super) async fn sign(
+    opts: &ClientOpts,
+    ask: StepArgs,
+    grant: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> Result {
+    let key_path = key_path(opts);
+    let body = match &grant {
+        Some(_) => None,
+        None => Some(ask.body(true)?),
+    };
+    let client = connect(opts).await?;
+    let mut out: Outcome = match grant {
+        Some(id) => from_grant(&client, &id, wait).await?,
+        None => {
+            client
+                .call(Method::POST, routes::REQUESTS, body.as_ref())
+                .await?
+        }
+    };
+    if out.certificate.is_none() && out.grant.state == State::Pending {
+        let id = out.grant.grant.id.clone();
+        let pick_up = format!(
+            "ramp-ca sign --grant {id}{}",
+            opts.key
+                .as_ref()
+                .map(|k| format!(" --key {}", k.display()))
+                .unwrap_or_default()
+        );
+        if !wait {
+            return emit(opts, &out, || {
+                format!(
+                    "{}{}once approved, pick the certificate up with: {pick_up}\n(or wait for it now: {pick_up} --wait)\n",
+                    describe_grant(&out.grant),
+                    reasons_text(&out.reasons)
+                )
+            });
+        }
+        eprintln!(
+            "{}{}waiting for approval (up to {})...",
+            describe_grant(&out.grant),
+            reasons_text(&out.reasons),
+            policy::format_duration(timeout)
+        );
+        wait_for_approval(&client, &id, timeout, &pick_up).await?;
+        out = certificate_of(&client, &id).await?;
+    }
+    let Some(cert) = &out.certificate else {
+        return Err(CliError::Refused(format!(
+            "grant {} is {}; no certificate",
+            out.grant.grant.id, out.grant.state
+        )));
+    };
+    let path = keys::cert_path(&key_path);
+    write_atomic(&path, format!("{cert}\n").as_bytes())?;
+    let parsed = keys::read_certificate(&path)?;
+    emit(
+        opts,
+        &json!({"grant": out.grant, "serial": out.serial, "certificate": cert, "path": path}),
+        || {
+            format!(
+                "{}{}certificate serial {} for {} valid until {}\nwrote {}\n",
+                describe_grant(&out.grant),
+                if out.existing {
+                    reasons_text(&out.reasons)
+                } else {
+                    String::new()
+                },
+                parsed.serial(),
+                parsed.valid_principals().join(","),
+                unix_time(parsed.valid_before()),
+                path.display()
+            )
+        },
+    )
+}
+
+/// A certificate for the signing key from grant `id`.
+async fn certificate_of(client: &Client, id: &str) -> Result<Outcome> {
+    Ok(client
+        .call(
+            Method::POST,
+            &path(routes::GRANT_CERTIFICATE, id),
+            Some(&no_body()),
+        )
+        .await?)
+}
+
+/// `sign --grant ID`: a pending request is waited on (or reported); anything else asks for
+/// a certificate.
+async fn from_grant(client: &Client, id: &str, wait: bool) -> Result<Outcome> {
+    let view: GrantView = client
+        .call(Method::GET, &path(routes::GRANT, id), None::<&()>)
+        .await?;
+    if view.state != State::Pending {
+        return certificate_of(client, id).await;
+    }
+    if !wait {
+        return Err(CliError::Refused(format!(
+            "grant `{id}` is still pending: {} of {} approvals; wait for it with: ramp-ca sign --grant {id} --wait",
+            view.grant.approvals.len(),
+            view.grant.approvals_needed
+        )));
+    }
+    Ok(Outcome {
+        grant: view,
+        certificate: None,
+        serial: None,
+        reasons: Vec::new(),
+        existing: true,
+    })
+}
+
+/// Long-polls request `id` until it is decided (or `timeout` runs out): the daemon answers
+/// once it is, or after a while.
+async fn wait_for_approval(client: &Client, id: &str, timeout: Duration, pick_up: &str) -> Result {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let poll = left
+            .as_secs()
+            .clamp(1, crate::service::MAX_GRANT_WAIT.as_secs());
+        let view: GrantView = client
+            .call(
+                Method::GET,
+                &format!("{}?wait={poll}", path(routes::GRANT, id)),
+                None::<&()>,
+            )
+            .await?;
+        match view.state {
+            State::Pending if tokio::time::Instant::now() < deadline => continue,
+            State::Pending => {
+                return Err(CliError::Refused(format!(
+                    "request {id} is still pending after {} ({} of {} approvals); it stays filed: pick the certificate up once approved with: {pick_up}",
+                    policy::format_duration(timeout),
+                    view.grant.approvals.len(),
+                    view.grant.approvals_needed
+                )))
+            }
+            State::Active => return Ok(()),
+            other => {
+                let why = view
+                    .grant
+                    .closed
+                    .map(|c| format!(" by {}: {}", c.by, c.reason))
+                    .unwrap_or_default();
+                return Err(CliError::Refused(format!("request {id} was {other}{why}")));
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The command line: [`args`] says what each command takes; the modules here do the work.
+//! Local commands ([`Command::Init`], `serve`, `policy`, `trust`) read `--dir`; client
+//! commands talk to the daemon through [`crate::client`], over the paths and bodies of
+//! [`crate::wire`], and print text or `--json` ([`output`]).
+
+pub mod args;
+mod audit;
+mod grants;
+mod output;
+mod policy;
+mod sessions;
+
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::client::{self, Client, ClientError};
+
+pub use self::args::{
+    AuditCommand, Cli, ClientOpts, Command, ExportFormat, FilterArgs, PolicyCommand,
+    SessionsCommand, StepArgs, TrustCommand,
+};
+
+/// Why a command failed; the exit code follows from it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or arguments: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Refused or invalid: exit 1.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Lib(#[from] crate::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<crate::install::keys::KeyError> for CliError {
+    fn from(e: crate::install::keys::KeyError) -> Self {
+        CliError::Lib(e.into())
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, CliError>;
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> Result {
+    let dir = cli.dir;
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ramp-ca", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Init => init(&dir).await,
+        Command::Serve {
+            api,
+            ssh,
+            min_free_mib,
+            config,
+        } => {
+            let flags = crate::daemon::Flags {
+                api,
+                ssh,
+                min_free_mib,
+                config,
+            };
+            crate::daemon::serve(&dir, &flags)
+                .await
+                .map_err(CliError::Lib)
+        }
+        Command::Policy(cmd) => policy::run(&dir, cmd),
+        Command::Trust(cmd) => {
+            let text = match cmd {
+                TrustCommand::Sshd => crate::install::trust::sshd(&dir)?,
+                TrustCommand::KnownHosts => crate::install::trust::known_hosts(&dir)?,
+                TrustCommand::AuditSigner => crate::install::trust::audit_signer(&dir)?,
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::Sign {
+            ask,
+            grant,
+            wait,
+            timeout,
+            client,
+        } => {
+            let timeout = crate::domain::policy::parse_duration(&timeout)
+                .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
+            grants::sign(&client, ask, grant, wait, timeout).await
+        }
+        Command::Request { ask, client } => grants::request(&client, ask).await,
+        Command::Approve { id, client } => grants::approve(&client, &id).await,
+        Command::Deny { id, reason, client } => grants::deny(&client, &id, reason).await,
+        Command::Dashboard { client } => grants::dashboard(&client).await,
+        Command::Grants { all, client } => grants::list(&client, all).await,
+        Command::Revoke {
+            serial,
+            grant,
+            user,
+            reason,
+            client,
+        } => {
+            let body = crate::wire::grants::RevokeBody {
+                serial,
+                grant,
+                user,
+                reason,
+            };
+            grants::revoke(&client, body).await
+        }
+        Command::Krl { out, client } => {
+            let path = out.unwrap_or_else(|| dir.join("revoked.krl"));
+            grants::krl(&client, &path).await
+        }
+        Command::SignHost {
+            name,
+            pubkey,
+            ttl,
+            client,
+        } => grants::sign_host(&client, name, &pubkey, ttl).await,
+        Command::Sessions(cmd) => sessions::run(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
+    }
+}
+
+/// `init`: what is missing under `dir`, and what was done.
+async fn init(dir: &Path) -> Result {
+    let (done, cert) = crate::service::initialise(dir, Utc::now()).await?;
+    for path in done.created.iter().chain(cert.iter()) {
+        println!("created {}", path.display());
+    }
+    match &done.kept_policies {
+        Some(policies) => println!(
+            "{} holds a policy set: left as it is (examples are written into a new, empty policies directory only)",
+            policies.display()
+        ),
+        None => println!(
+            "wrote example policies into {} (a new installation)",
+            dir.join("policies").display()
+        ),
+    }
+    if done.created.is_empty() && cert.is_none() {
+        println!("{} is already initialised; nothing changed", dir.display());
+    }
+    Ok(())
+}
+
+/// Prints JSON with `--json`, else the text `human` makes.
+fn emit<T: Serialize>(opts: &ClientOpts, value: &T, human: impl FnOnce() -> String) -> Result {
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        print!("{}", human());
+    }
+    Ok(())
+}
+
+/// `--since`'s duration.
+fn since(text: &str) -> Result<std::time::Duration> {
+    crate::domain::policy::parse_duration(text)
+        .ok_or_else(|| CliError::Usage(format!("--since: bad duration `{text}` (like 1h)")))
+}
+
+/// A client for the daemon, signing with `--key` (or ssh-agent).
+async fn connect(opts: &ClientOpts) -> Result<Client> {
+    let path = key_path(opts);
+    let signer = client::signer_for(&path).await?;
+    Ok(Client::new(&opts.server, signer))
+}
+
+/// The identity key: `--key`, else `~/.ssh/id_ed25519`.
+fn key_path(opts: &ClientOpts) -> PathBuf {
+    opts.key.clone().unwrap_or_else(client::default_key_path)
+}
+
+/// Writes a file whole or not at all.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(crate::Error::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(crate::Error::io(path))?;
+    Ok(())
+}

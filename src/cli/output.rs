@@ -1,0 +1,163 @@
+//! How client commands print: tables and descriptions, every user-supplied text escaped
+//! for the terminal ([`Shown`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::grant::State;
+use crate::domain::policy;
+use crate::domain::session::SessionMeta;
+use crate::shown::Shown;
+use crate::wire::audit::AuditRecord;
+use crate::wire::grants::GrantView;
+use crate::wire::sessions::Session;
+
+pub(super) fn sessions_table(sessions: &[Session]) -> String {
+    if sessions.is_empty() {
+        return "no sessions\n".into();
+    }
+    let mut out = format!(
+        "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
+        "ID", "START", "USER", "PRINCIPAL@TARGET", "KIND", "STATE", "EXIT", "COMMAND"
+    );
+    for s in sessions {
+        out.push_str(&format!(
+            "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
+            Shown(&s.id),
+            s.start.format("%Y-%m-%dT%H:%M:%SZ"),
+            Shown(&s.user),
+            Shown(&format!("{}@{}", s.principal, s.target)),
+            Shown(&s.kind),
+            s.state.to_string(),
+            s.exit_status.map_or("-".into(), |c| c.to_string()),
+            Shown(s.command.as_deref().unwrap_or(""))
+        ));
+    }
+    out
+}
+
+pub(super) fn describe_session(s: &SessionMeta, events: usize) -> String {
+    let mut out = format!(
+        "session   {}\nuser      {} (grant {}, serial {}, key id {})\nlogin     {}@{} from {}\nkind      {} {}\nstart     {}\nend       {}\nstate     {}{}\nexit      {}\nbytes     {} in, {} out, {} events\n",
+        Shown(&s.id),
+        Shown(&s.user),
+        Shown(&s.grant),
+        s.serial,
+        Shown(&s.key_id),
+        Shown(&s.principal),
+        Shown(&s.target),
+        Shown(&s.client),
+        Shown(&s.kind),
+        Shown(s.command.as_deref().unwrap_or("")),
+        rfc3339(s.start),
+        s.end.map(rfc3339).unwrap_or_else(|| "-".into()),
+        s.state,
+        s.end_reason
+            .as_ref()
+            .map(|r| format!(" ({})", Shown(r)))
+            .unwrap_or_default(),
+        s.exit_status.map_or("-".into(), |c| c.to_string()),
+        s.bytes_in,
+        s.bytes_out,
+        events
+    );
+    for e in &s.env {
+        out.push_str(&format!("env       {}\n", Shown(e)));
+    }
+    for f in &s.files {
+        out.push_str(&format!("file      {}\n", Shown(f)));
+    }
+    out
+}
+
+pub(super) fn unix_time(secs: u64) -> String {
+    DateTime::<Utc>::from_timestamp(secs as i64, 0).map_or_else(|| secs.to_string(), rfc3339)
+}
+
+pub(super) fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The policy's reasons worth repeating to the person who asked (the last one: why this
+/// answer), as an indented line.
+pub(super) fn reasons_text(reasons: &[String]) -> String {
+    reasons
+        .last()
+        .map(|r| format!("  {}\n", Shown(r)))
+        .unwrap_or_default()
+}
+
+pub(super) fn describe_grant(g: &GrantView) -> String {
+    let gr = &g.grant;
+    let mut s = format!(
+        "{} {}/{} for {}: {}",
+        gr.id, gr.contract, gr.step, gr.user, g.state
+    );
+    match g.state {
+        State::Active => s.push_str(&format!(
+            " until {}",
+            gr.end.map(rfc3339).unwrap_or_default()
+        )),
+        State::Pending => s.push_str(&format!(
+            " ({} of {} approvals from {})",
+            gr.approvals.len(),
+            gr.approvals_needed,
+            gr.approvals_from.join(", ")
+        )),
+        _ => {
+            if let Some(c) = &gr.closed {
+                s.push_str(&format!(" by {}: {}", Shown(&c.by), Shown(&c.reason)));
+            }
+        }
+    }
+    s.push('\n');
+    s
+}
+
+pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
+    if grants.is_empty() {
+        return "no grants\n".into();
+    }
+    let mut out = format!(
+        "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
+        "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS"
+    );
+    for g in grants {
+        let left = match (g.state, g.grant.end) {
+            (State::Active, Some(end)) => policy::format_duration(Duration::from_secs(
+                (end - now).num_seconds().max(0) as u64,
+            )),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
+            g.grant.id,
+            g.grant.user,
+            format!("{}/{}", g.grant.contract, g.grant.step),
+            g.state.to_string(),
+            left,
+            g.principals.join(",")
+        ));
+    }
+    out
+}
+
+pub(super) fn audit_table(records: &[AuditRecord]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&format!(
+            "{:>6} {} {:<10} {:<16} {:<14} {}\n",
+            r.seq,
+            r.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            Shown(&r.actor),
+            Shown(&r.action),
+            Shown(&r.subject),
+            Shown(&r.detail.to_string())
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no audit records\n");
+    }
+    out
+}

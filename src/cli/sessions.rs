@@ -1,0 +1,155 @@
+//! `sessions list | show | play | export | grep`: recorded sessions, read through the daemon
+//! (which checks the role and audits every read) and shown, played or exported here.
+
+use reqwest::Method;
+
+use super::output::{describe_session, sessions_table};
+use super::{
+    connect, emit, since, write_atomic, CliError, ExportFormat, FilterArgs, Result, SessionsCommand,
+};
+use crate::client::{Client, ClientError};
+use crate::domain::policy;
+use crate::domain::session::SessionMeta;
+use crate::recordings::export;
+use crate::recordings::format::{decode_events, Event};
+use crate::shown::Shown;
+use crate::wire::sessions::{GrepBody, Hit, Session, SessionBody, SessionFilter};
+use crate::wire::{self as routes, path};
+
+impl FilterArgs {
+    fn filter(self) -> Result<SessionFilter> {
+        let since = match self.since {
+            Some(s) => Some(since(&s)?.as_secs() as i64),
+            None => None,
+        };
+        Ok(SessionFilter {
+            user: self.user,
+            target: self.target,
+            since,
+        })
+    }
+}
+
+/// Fetches a session's metadata and events, naming why (show, play, export) for the audit.
+async fn fetch_session(
+    client: &Client,
+    id: &str,
+    purpose: &str,
+) -> Result<(SessionMeta, Vec<Event>)> {
+    let out: serde_json::Value = client
+        .call(
+            Method::GET,
+            &format!("{}?purpose={purpose}", path(routes::SESSION, id)),
+            None::<&()>,
+        )
+        .await?;
+    let bad = |why: String| {
+        CliError::Client(ClientError::Refused {
+            status: 0,
+            message: format!("malformed session from the daemon: {why}"),
+        })
+    };
+    let body: SessionBody = serde_json::from_value(out).map_err(|e| bad(e.to_string()))?;
+    let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &body.events)
+        .map_err(|e| bad(e.to_string()))?;
+    let events = decode_events(&raw).map_err(|e| bad(e.to_string()))?;
+    Ok((body.session.into(), events))
+}
+
+pub(super) async fn run(cmd: SessionsCommand) -> Result {
+    match cmd {
+        SessionsCommand::List {
+            filter,
+            client: opts,
+        } => {
+            let query = serde_urlencoded::to_string(filter.filter()?).unwrap_or_default();
+            let client = connect(&opts).await?;
+            let out: Vec<Session> = client
+                .call(
+                    Method::GET,
+                    &format!("{}?{query}", routes::SESSIONS),
+                    None::<&()>,
+                )
+                .await?;
+            emit(&opts, &out, || sessions_table(&out))
+        }
+        SessionsCommand::Show { id, client: opts } => {
+            let client = connect(&opts).await?;
+            let (meta, events) = fetch_session(&client, &id, "show").await?;
+            let shown = Session::from(meta.clone());
+            emit(&opts, &shown, || describe_session(&meta, events.len()))
+        }
+        SessionsCommand::Play {
+            id,
+            speed,
+            idle_cap,
+            client: opts,
+        } => {
+            if !(speed > 0.0 && speed.is_finite()) {
+                return Err(CliError::Usage("--speed must be a positive number".into()));
+            }
+            let cap = policy::parse_duration(&idle_cap)
+                .ok_or_else(|| CliError::Usage(format!("--idle-cap: bad duration `{idle_cap}`")))?;
+            let client = connect(&opts).await?;
+            let (_, events) = fetch_session(&client, &id, "play").await?;
+            let mut stdout = tokio::io::stdout();
+            export::play(&events, speed, cap, &mut stdout)
+                .await
+                .map_err(crate::Error::io("stdout"))?;
+            Ok(())
+        }
+        SessionsCommand::Export {
+            id,
+            format,
+            out,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let (meta, events) = fetch_session(&client, &id, "export").await?;
+            let text = match format {
+                ExportFormat::Asciicast => export::to_asciicast(&meta, &events),
+                ExportFormat::Json => {
+                    serde_json::to_string_pretty(&export::to_json(&meta, &events))
+                        .unwrap_or_default()
+                        + "\n"
+                }
+            };
+            match out {
+                Some(path) => write_atomic(&path, text.as_bytes()),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        }
+        SessionsCommand::Grep {
+            pattern,
+            filter,
+            client: opts,
+        } => {
+            let body = GrepBody {
+                pattern,
+                filter: filter.filter()?,
+            };
+            let client = connect(&opts).await?;
+            let hits: Vec<Hit> = client
+                .call(Method::POST, routes::SESSIONS_GREP, Some(&body))
+                .await?;
+            emit(&opts, &hits, || {
+                let mut out = String::new();
+                for h in &hits {
+                    out.push_str(&format!(
+                        "{} +{:.1}s: {}\n",
+                        Shown(&h.session),
+                        h.at_ms as f64 / 1000.0,
+                        Shown(&h.line)
+                    ));
+                }
+                if hits.is_empty() {
+                    out.push_str("no matches\n");
+                }
+                out
+            })
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The reviewer's pages: recordings (listed, searched, played, exported, followed live) and
+//! the audit log with the chain's verdict. Every check and every audit record is the
+//! service's, as for the command line.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+
+use super::{lock, App};
+use crate::api::ApiError;
+use crate::domain::session::{SessionFilter, SessionMeta};
+use crate::recordings::format::{decode_events, Event};
+use crate::recordings::{export, screen};
+use crate::service::AuditSearch;
+use crate::wire::audit::AuditRecord;
+use crate::wire::dashboard::{AuditPage, AuditQuery, PlaybackBody, RecordingRow, RecordingsQuery};
+use crate::wire::sessions::Hit;
+use crate::wire::ui;
+
+/// Most frames a playback is cut into.
+const MAX_FRAMES: usize = 3000;
+/// The audit page re-verifies the chain at most this often.
+const VERIFY_EVERY: Duration = Duration::from_secs(30);
+/// How often a followed session's recording is read for new output.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+pub(super) fn routes() -> Router<App> {
+    Router::new()
+        .route(ui::RECORDINGS, get(recordings))
+        .route(ui::PLAYBACK, get(playback))
+        .route(ui::ASCIICAST, get(asciicast))
+        .route(ui::FOLLOW, get(follow))
+        .route(ui::AUDIT, get(audit))
+}
+
+async fn recordings(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<RecordingsQuery>,
+) -> Result<Response, ApiError> {
+    let s = app.web_user(&headers)?;
+    let filter = SessionFilter {
+        user: q.user.filter(|u| !u.is_empty()),
+        target: q.target.filter(|t| !t.is_empty()),
+        since: q.since,
+    };
+    let text = q.text.filter(|t| !t.trim().is_empty());
+    let now = Utc::now();
+    let sessions = app.service.sessions(&s.user, filter.clone(), now).await?;
+    let rows: Vec<RecordingRow> = match text {
+        None => sessions
+            .into_iter()
+            .rev()
+            .map(|session| RecordingRow {
+                session: session.into(),
+                hits: Vec::new(),
+            })
+            .collect(),
+        Some(text) => {
+            let hits = app.service.grep(&s.user, &text, filter, now).await?;
+            let mut by_session: HashMap<String, Vec<Hit>> = HashMap::new();
+            for h in hits {
+                by_session
+                    .entry(h.session.clone())
+                    .or_default()
+                    .push(h.into());
+            }
+            sessions
+                .into_iter()
+                .rev()
+                .filter_map(|session| {
+                    let hits = by_session.remove(&session.id)?;
+                    Some(RecordingRow {
+                        session: session.into(),
+                        hits,
+                    })
+                })
+                .collect()
+        }
+    };
+    Ok(Json(rows).into_response())
+}
+
+/// Reads a recording for the browser's user (role-checked and audited as a read with
+/// `purpose`, like the command line's) and shapes it with `f`, off the async threads.
+async fn with_recording<T: Send + 'static>(
+    app: &App,
+    headers: &HeaderMap,
+    id: String,
+    purpose: &'static str,
+    f: impl FnOnce(SessionMeta, Vec<Event>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = app.web_user(headers)?;
+    let (meta, events) = app
+        .service
+        .session(&s.user, &id, purpose, Utc::now())
+        .await?;
+    tokio::task::spawn_blocking(move || f(meta, events))
+        .await
+        .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn playback(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let out = with_recording(&app, &headers, id, "dashboard-play", |meta, events| {
+        let size = (meta.size().0, meta.size().1, meta.term.is_some());
+        let playback = screen::playback(size, &events, MAX_FRAMES);
+        PlaybackBody {
+            playback,
+            session: meta.into(),
+        }
+    })
+    .await?;
+    Ok(Json(out).into_response())
+}
+
+async fn asciicast(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (name, cast) = with_recording(&app, &headers, id, "dashboard-export", |meta, events| {
+        (
+            format!("ramp-{}-{}.cast", meta.target, meta.id),
+            export::to_asciicast(&meta, &events),
+        )
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-asciicast".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        cast,
+    )
+        .into_response())
+}
+
+/// `GET /ui/api/recordings/{id}/follow`: a live session's screen as server-sent events (a
+/// full frame first, then changed rows), read from its recording as it is written; ends
+/// with an `end` event when the session does.
+async fn follow(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = app.web_user(&headers)?;
+    let (meta, tail) = app.service.follow(&s.user, &id, Utc::now()).await?;
+    let term = screen::Terminal::new(meta.size().0, meta.size().1, meta.term.is_some());
+    let started = meta.start;
+    let state = (app, meta.id.clone(), tail, term, true, false);
+    let events =
+        futures_util::stream::unfold(state, move |(app, id, mut tail, mut term, first, done)| {
+            let s = s.clone();
+            async move {
+                if done || !app.still_allowed(&s, true) {
+                    return None;
+                }
+                let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
+                if first {
+                    let f = term.full_frame(t);
+                    let data = serde_json::to_string(&f).unwrap_or_default();
+                    let ev = SseEvent::default().event("frame").data(data);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (app, id, tail, term, false, false),
+                    ));
+                }
+                loop {
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    if !app.still_allowed(&s, true) {
+                        return None;
+                    }
+                    // Asked before reading, so the session's last output is read before its end.
+                    let still_live = app.recorders.is_live(&id);
+                    let bytes = tail.read_new().unwrap_or_default();
+                    if let Ok(events) = decode_events(&bytes) {
+                        for e in &events {
+                            term.feed(e);
+                        }
+                    }
+                    let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
+                    if let Some(f) = term.frame(t) {
+                        let data = serde_json::to_string(&f).unwrap_or_default();
+                        let ev = SseEvent::default().event("frame").data(data);
+                        return Some((Ok(ev), (app, id, tail, term, false, false)));
+                    }
+                    if !still_live {
+                        let ev = SseEvent::default().event("end").data("{}");
+                        return Some((Ok(ev), (app, id, tail, term, false, true)));
+                    }
+                }
+            }
+        });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+async fn audit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let s = app.web_user(&headers)?;
+    let search = AuditSearch {
+        actor: q.actor,
+        action: q.action,
+        subject: q.subject,
+        since: q.since.unwrap_or(86_400),
+        limit: q.limit.unwrap_or(500).min(5000),
+    };
+    // Verifying walks the whole chain under the ledger's writer lock: at most every
+    // VERIFY_EVERY, however often the page asks.
+    let cached = lock(&app.verified)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < VERIFY_EVERY)
+        .map(|(_, report)| report.clone());
+    let app2 = app.clone();
+    let page = tokio::task::spawn_blocking(move || -> Result<AuditPage, ApiError> {
+        let svc = &app2.service;
+        let records = svc.audit_search(&s.user, &search, Utc::now())?;
+        let verify = match cached {
+            Some(r) => r,
+            None => {
+                let r = svc.verify_chain(&s.user)?;
+                *lock(&app2.verified) = Some((std::time::Instant::now(), r.clone()));
+                r
+            }
+        };
+        Ok(AuditPage {
+            records: records.into_iter().map(AuditRecord::from).collect(),
+            verify,
+        })
+    })
+    .await
+    .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(page).into_response())
+}

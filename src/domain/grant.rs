@@ -1,0 +1,342 @@
+//! Requests and grants, and how they change. Plain data and pure transitions: the clock is
+//! an argument, nothing here reads or writes anything. The serde derives are the ledger's
+//! record format (see [`crate::store`]); the HTTP and webhook formats are [`crate::wire`]'s.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::policy::Policies;
+
+/// The name the service acts under when nobody did (a grant closed at activation).
+pub const SERVICE_ACTOR: &str = "ramp-ca";
+
+/// A request and, once approved, the grant it became (one record, one id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub user: String,
+    pub contract: String,
+    pub step: String,
+    pub reason: Option<String>,
+    /// How long the grant lasts once active, in seconds (already clamped by the decision).
+    pub ttl_secs: u64,
+    pub requested_at: DateTime<Utc>,
+    /// As recorded: pending, active, denied or revoked; never expired, which
+    /// [`Grant::state_at`] derives from `end` and the clock.
+    #[serde(rename = "status")]
+    pub state: State,
+    /// When the grant became active.
+    pub start: Option<DateTime<Utc>>,
+    /// When it stops (or stopped) being valid; no certificate outlives it.
+    pub end: Option<DateTime<Utc>>,
+    /// Roles whose holders may approve, and how many distinct approvers are needed.
+    pub approvals_from: Vec<String>,
+    pub approvals_needed: u32,
+    pub approvals: Vec<Approval>,
+    /// Who denied or revoked it, when and why.
+    pub closed: Option<Closure>,
+}
+
+/// Where a grant stands. A grant records pending, active, denied or revoked; expired is an
+/// active grant past its end, at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Active,
+    Expired,
+    Denied,
+    Revoked,
+}
+
+impl State {
+    /// The word people and the wire formats use.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Active => "active",
+            State::Expired => "expired",
+            State::Denied => "denied",
+            State::Revoked => "revoked",
+        }
+    }
+
+    /// Every state, for reading labels back.
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::Active,
+        State::Expired,
+        State::Denied,
+        State::Revoked,
+    ];
+
+    /// The state a label names.
+    pub fn from_label(label: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.label() == label)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// One approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A denial or revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closure {
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What a new request asks for, once the policy has decided the step, the ttl and who must
+/// approve.
+#[derive(Debug, Clone)]
+pub struct Asked<'a> {
+    pub id: String,
+    pub user: &'a str,
+    pub contract: &'a str,
+    pub step: String,
+    /// Blank reasons are no reason.
+    pub reason: Option<&'a str>,
+    pub ttl_secs: u64,
+    pub approvals_from: Vec<String>,
+    pub approvals_needed: u32,
+}
+
+impl Grant {
+    /// A new request at `now`, active at once when it needs no approval.
+    pub fn requested(asked: Asked<'_>, now: DateTime<Utc>) -> Grant {
+        let mut grant = Grant {
+            id: asked.id,
+            user: asked.user.to_string(),
+            contract: asked.contract.to_string(),
+            step: asked.step,
+            reason: asked
+                .reason
+                .filter(|r| !r.trim().is_empty())
+                .map(String::from),
+            ttl_secs: asked.ttl_secs,
+            requested_at: now,
+            state: State::Pending,
+            start: None,
+            end: None,
+            approvals_from: asked.approvals_from,
+            approvals_needed: asked.approvals_needed,
+            approvals: Vec::new(),
+            closed: None,
+        };
+        if grant.approvals_needed == 0 {
+            grant.activate(now);
+        }
+        grant
+    }
+
+    /// The state at `now`: an active grant past its end is expired.
+    pub fn state_at(&self, now: DateTime<Utc>) -> State {
+        match self.state {
+            State::Active if self.end.is_some_and(|e| e <= now) => State::Expired,
+            recorded => recorded,
+        }
+    }
+
+    /// Active at `now`: what a certificate, a login and a live session need.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.state_at(now) == State::Active
+    }
+
+    /// Pending or active at `now`: a request still open, or a grant still held.
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.state_at(now), State::Active | State::Pending)
+    }
+
+    /// Makes the grant active from `now` for its ttl.
+    pub fn activate(&mut self, now: DateTime<Utc>) {
+        self.state = State::Active;
+        self.start = Some(now);
+        self.end = Some(now + chrono::Duration::seconds(self.ttl_secs as i64));
+    }
+
+    /// Records one approval; true when it was the last one needed.
+    pub fn approve(&mut self, by: &str, now: DateTime<Utc>) -> bool {
+        self.approvals.push(Approval {
+            by: by.to_string(),
+            at: now,
+        });
+        self.approvals.len() as u32 >= self.approvals_needed
+    }
+
+    /// Ends the grant for good (`Denied` or `Revoked`), saying who did and why.
+    pub fn close(&mut self, state: State, by: &str, now: DateTime<Utc>, reason: &str) {
+        self.state = state;
+        self.closed = Some(Closure {
+            by: by.to_string(),
+            at: now,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Names of the people who approved so far.
+    pub fn approvers(&self) -> Vec<String> {
+        self.approvals.iter().map(|a| a.by.clone()).collect()
+    }
+
+    /// `contract/step`, as messages name what a grant is of.
+    pub fn what(&self) -> String {
+        format!("{}/{}", self.contract, self.step)
+    }
+}
+
+/// What a revocation names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeTarget {
+    Serial(u64),
+    Grant(String),
+    User(String),
+}
+
+impl RevokeTarget {
+    /// The audit record's subject: `serial:N`, `grant:ID` or `user:NAME`.
+    pub fn subject(&self) -> String {
+        match self {
+            RevokeTarget::Serial(s) => format!("serial:{s}"),
+            RevokeTarget::Grant(g) => format!("grant:{g}"),
+            RevokeTarget::User(u) => format!("user:{u}"),
+        }
+    }
+}
+
+/// One revocation as someone made it, with the certificates and grants it covered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub target: RevokeTarget,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub serials: Vec<u64>,
+    pub grants: Vec<String>,
+}
+
+/// What ending some grants does to the grants that climbed from them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fallout {
+    /// Open grants left standing on nothing: they end with the grants that ended.
+    pub closed: Vec<Grant>,
+    /// Active grants whose end moves earlier, with their new end.
+    pub shortened: Vec<Grant>,
+}
+
+/// What ending `ended` does to the grants that climbed from them. A step with `after: X` is
+/// held only while an active grant of X is (a pending request holds nothing), and never past
+/// the latest end among those: revoking one of two `observe` grants moves an `operate`
+/// grant's end back to the other's. Transitive.
+pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime<Utc>) -> Fallout {
+    let mut gone: HashSet<String> = ended.iter().map(|g| g.id.clone()).collect();
+    // Open grants as they will stand, ends possibly moved earlier.
+    let mut open: Vec<Grant> = grants.iter().filter(|g| g.is_open(now)).cloned().collect();
+    let mut closed = Vec::new();
+    let mut moved: HashSet<String> = HashSet::new();
+    loop {
+        let mut changed = false;
+        for i in 0..open.len() {
+            let g = &open[i];
+            if gone.contains(&g.id) {
+                continue;
+            }
+            let Some(after) = p
+                .contracts
+                .get(&g.contract)
+                .and_then(|c| c.step(&g.step))
+                .and_then(|s| s.after.as_deref())
+            else {
+                continue;
+            };
+            let held_until = open
+                .iter()
+                .filter(|o| {
+                    o.user == g.user
+                        && o.contract == g.contract
+                        && o.step == after
+                        && o.is_active(now)
+                        && !gone.contains(&o.id)
+                })
+                .filter_map(|o| o.end)
+                .max();
+            match held_until {
+                None => {
+                    gone.insert(g.id.clone());
+                    closed.push(g.clone());
+                    changed = true;
+                }
+                Some(until) if g.state == State::Active && g.end.is_some_and(|e| e > until) => {
+                    open[i].end = Some(until);
+                    moved.insert(open[i].id.clone());
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let shortened = open
+        .into_iter()
+        .filter(|g| moved.contains(&g.id) && !gone.contains(&g.id))
+        .collect();
+    Fallout { closed, shortened }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_900_000_000 + secs, 0).unwrap()
+    }
+
+    fn asked(needed: u32) -> Asked<'static> {
+        Asked {
+            id: "g1".into(),
+            user: "alice",
+            contract: "prod-db",
+            step: "observe".into(),
+            reason: Some("  "),
+            ttl_secs: 60,
+            approvals_from: vec!["sre-lead".into()],
+            approvals_needed: needed,
+        }
+    }
+
+    #[test]
+    fn a_grant_goes_from_request_to_expiry_and_closes_with_who_and_why() {
+        let g = Grant::requested(asked(0), t(0));
+        assert_eq!(g.reason, None, "a blank reason is no reason");
+        assert_eq!(
+            (g.state_at(t(59)), g.state_at(t(60))),
+            (State::Active, State::Expired)
+        );
+        let mut p = Grant::requested(asked(2), t(0));
+        assert_eq!(p.state_at(t(1000)), State::Pending);
+        assert!(!p.approve("bob", t(1)));
+        assert!(p.approve("carol", t(2)));
+        assert_eq!(p.approvers(), ["bob", "carol"]);
+        p.close(State::Denied, "carol", t(3), "no");
+        assert_eq!(p.state_at(t(3)), State::Denied);
+        assert_eq!(p.closed.unwrap().reason, "no");
+        for s in State::ALL {
+            assert_eq!(State::from_label(s.label()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The rules, as plain data and pure functions: no IO, no clock (`now` and the RNG are
+//! arguments), so every rule is tested deterministically.
+//!
+//! - [`policy`]: YAML ramp contracts -> validated model; `decide(request, held, now)`.
+//! - [`grant`]: requests and grants and how they change (approve, deny, revoke, close, the
+//!   grants that climbed from one and fall with it).
+//! - [`cert`]: certificates: the key id, options <-> extensions, the validity window,
+//!   minting and the checks a verifier makes.
+//! - [`krl`]: OpenSSH key revocation lists.
+//! - [`audit`]: the audit chain (records, hashes, walking it) and the closed vocabulary of
+//!   audited actions with their typed details.
+//! - [`login`]: who may log in where through the bastion, and why a login is refused.
+//! - [`session`]: a recorded session's metadata, as the ledger, the pages and the exports
+//!   know it.
+
+pub mod audit;
+pub mod cert;
+pub mod grant;
+pub mod krl;
+pub mod login;
+pub mod policy;
+pub mod session;

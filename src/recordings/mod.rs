@@ -1,0 +1,16 @@
+//! Session recordings, one home: how events are encoded ([`format`]), the file each
+//! session's events go to and how it is sealed, checked and followed ([`files`]), the
+//! bastion's writer that records off the data path ([`writer`]), and what reviewers get out
+//! of them: exports and playback ([`export`]), search ([`search`]) and terminal screens for
+//! the browser ([`screen`]). A recording stores raw bytes as they crossed the channel:
+//! search strips escape sequences from the text, the screens emulate a terminal to render
+//! them.
+
+pub mod export;
+pub mod files;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub mod format;
+pub mod screen;
+pub mod search;
+pub mod writer;

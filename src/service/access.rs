@@ -1,0 +1,90 @@
+//! Who may do what: every role check the service makes, for the command line, the API and
+//! the dashboard alike. Roles are looked up in the policies in force, so a reload takes
+//! effect at once.
+
+use super::{Result, Service, ServiceError};
+use crate::domain::grant::{Grant, State};
+use crate::domain::policy::{approval_refusal, Policies, ROLE_ADMIN, ROLE_AUDITOR};
+
+/// What reading the audit log or recordings is called in a refusal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reading {
+    /// `audit list`, `audit verify`, checkpoints.
+    AuditLog,
+    /// The dashboard's audit page.
+    AuditPage,
+    /// Listing, showing, playing, exporting and searching recordings.
+    Recordings,
+    /// Following a live session on the dashboard.
+    Follow,
+}
+
+impl Reading {
+    fn what(self) -> &'static str {
+        match self {
+            Reading::AuditLog => "reading the audit log",
+            Reading::AuditPage => "the audit log",
+            Reading::Recordings => "reading recordings",
+            Reading::Follow => "following a session",
+        }
+    }
+}
+
+/// Whether `user` reviews: admins and auditors read the audit log and every recording.
+pub(crate) fn is_reviewer(p: &Policies, user: &str) -> bool {
+    p.has_role(user, ROLE_ADMIN) || p.has_role(user, ROLE_AUDITOR)
+}
+
+/// Whether `user` may see `g`: their own; everything for admins and auditors; pending
+/// requests they could approve for approvers.
+pub(crate) fn may_see(p: &Policies, user: &str, g: &Grant) -> bool {
+    g.user == user
+        || is_reviewer(p, user)
+        || (g.state == State::Pending && g.approvals_from.iter().any(|r| p.has_role(user, r)))
+}
+
+/// Whether `who` may deny a request: its requester (withdrawing it), an admin, or someone
+/// holding a role that may approve it.
+pub(crate) fn may_deny(p: &Policies, who: &str, g: &Grant) -> bool {
+    who == g.user
+        || p.has_role(who, ROLE_ADMIN)
+        || g.approvals_from.iter().any(|r| p.has_role(who, r))
+}
+
+/// Whether `who` may approve a request (see [`approval_refusal`] for why not).
+pub(crate) fn may_approve(p: &Policies, who: &str, g: &Grant) -> bool {
+    approval_refusal(p, &g.contract, &g.step, &g.user, who, &g.approvers()).is_none()
+}
+
+/// Whether `who` may revoke what belongs to `owner`: their own, or anything for admins.
+pub(crate) fn may_revoke(p: &Policies, who: &str, owner: &str) -> bool {
+    who == owner || p.has_role(who, ROLE_ADMIN)
+}
+
+impl Service {
+    /// Refuses `who` unless they review (see [`is_reviewer`]).
+    pub(crate) fn require_reviewer(&self, who: &str, reading: Reading) -> Result<()> {
+        if is_reviewer(&self.policies(), who) {
+            Ok(())
+        } else {
+            Err(ServiceError::Denied(format!(
+                "{} takes ramp-admin or ramp-auditor",
+                reading.what()
+            )))
+        }
+    }
+
+    /// Whether `user` reviews (admins and auditors).
+    pub fn is_reviewer(&self, user: &str) -> bool {
+        is_reviewer(&self.policies(), user)
+    }
+
+    /// Refuses `who` unless they are an admin, saying what it takes.
+    pub(crate) fn require_admin(&self, who: &str, doing: &str) -> Result<()> {
+        if self.policies().has_role(who, ROLE_ADMIN) {
+            Ok(())
+        } else {
+            Err(ServiceError::Denied(format!("{doing} takes ramp-admin")))
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! What the bastion asks the ledger: whether a certificate may log in where it asks to,
+//! whether a live login still may, the hop's own certificate, and the audit records of
+//! logins, refusals and refused forwards.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg, PrivateKey, PublicKey};
+
+use super::{Result, Service};
+use crate::domain::audit::{Entry, ForwardRefused, LoggedIn, LoginRefused};
+use crate::domain::cert::{self, CertError, CertKind, KeyId, UserCert, Window};
+use crate::domain::login::{self, Login, Refusal};
+use crate::domain::policy::CertOptions;
+use crate::install::keys;
+use crate::store::Change;
+
+/// A login attempt that was refused, as far as the audit record goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The login name asked for (`PRINCIPAL@TARGET`).
+    pub login_name: &'a str,
+    pub peer: SocketAddr,
+    /// The certificate offered, if one was.
+    pub cert: Option<&'a Certificate>,
+    /// Whose registered or certified key it was, when this CA knows it.
+    pub owner: Option<&'a str>,
+}
+
+impl Service {
+    /// The bastion's SSH host key, and its host certificate when there is one.
+    pub fn bastion_identity(&self) -> (PrivateKey, Option<Certificate>) {
+        let path = keys::cert_path(&self.dir.join("keys").join(keys::BASTION_HOST));
+        (
+            self.keys.bastion_host.clone(),
+            keys::read_certificate(&path).ok(),
+        )
+    }
+
+    /// The only CA whose user certificates log in.
+    pub fn user_ca(&self) -> Fingerprint {
+        self.keys.user_ca.public_key().fingerprint(HashAlg::Sha256)
+    }
+
+    /// The CA whose host certificates targets present.
+    pub fn host_ca(&self) -> Fingerprint {
+        self.keys.host_ca.public_key().fingerprint(HashAlg::Sha256)
+    }
+
+    /// Every check of a certificate offered as `login_name` from `client`, in order (see
+    /// [`crate::domain::login`]); the ledger says whether its serial is known and not
+    /// revoked, and which grant it is of. The first failure is the refusal.
+    pub fn check_login(
+        &self,
+        cert: &Certificate,
+        login_name: &str,
+        client: SocketAddr,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<Login, Refusal> {
+        let ledger = |e: crate::store::StoreError| Refusal::Ledger(e.to_string());
+        let presented = login::presented(&self.user_ca(), cert, login_name, client.ip(), now)?;
+        let key_id = presented.key_id.to_string();
+        match self.store.cert(presented.serial).map_err(ledger)? {
+            Some(r) if r.key_id == key_id => {}
+            _ => {
+                return Err(Refusal::UnknownSerial {
+                    serial: presented.serial,
+                    key_id,
+                })
+            }
+        }
+        if self.store.is_revoked(presented.serial).map_err(ledger)? {
+            return Err(Refusal::Revoked(presented.serial));
+        }
+        let grant_id = &presented.key_id.grant;
+        let grant = self
+            .store
+            .grant(grant_id)
+            .map_err(ledger)?
+            .ok_or_else(|| Refusal::NoGrant(grant_id.clone()))?;
+        login::granted(&self.policies(), cert, client.ip(), presented, grant, now)
+    }
+
+    /// Whether a live login still stands at `now`: its grant active, its serial not
+    /// revoked, its holder still entitled. `None` when it does; else why it ended.
+    pub fn recheck(&self, l: &Login, now: DateTime<Utc>) -> Option<String> {
+        let grant = self.store.grant(&l.grant.id).ok().flatten();
+        if grant.is_none_or(|g| login::still_valid(&g, now).is_err()) {
+            return Some("the grant was revoked".into());
+        }
+        // Revoking the grant revokes its serials too; a serial alone says so.
+        if self.store.is_revoked(l.serial).unwrap_or(false) {
+            return Some(format!("certificate serial {} was revoked", l.serial));
+        }
+        login::still_entitled(&self.policies(), &l.user, &l.grant.contract)
+            .err()
+            .map(|why| why.to_string())
+    }
+
+    /// Audits a login.
+    pub async fn logged_in(&self, l: &Login, now: DateTime<Utc>) -> Result<()> {
+        let logged = LoggedIn {
+            principal: l.principal.clone(),
+            grant: l.grant.id.clone(),
+            serial: l.serial,
+            client: l.client.clone(),
+        };
+        let entry = Entry::new(&l.user, &l.target.name, logged);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
+    }
+
+    /// Counts a refused login, and audits it when it concerns someone this CA knows: a
+    /// certificate user-ca signed, or a registered or certified key. Anonymous junk is only
+    /// counted (and logged by the bastion), so strangers cannot flood the chain or put names
+    /// in it.
+    pub async fn login_refused(
+        &self,
+        attempt: Attempt<'_>,
+        refusal: &Refusal,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.metrics.login_refused(refusal.label());
+        let ours = attempt
+            .cert
+            .filter(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.user_ca());
+        if ours.is_none() && attempt.owner.is_none() {
+            return Ok(());
+        }
+        let actor = ours
+            .and_then(|c| KeyId::parse(c.key_id()).map(|k| k.user))
+            .or(attempt.owner.map(String::from))
+            .unwrap_or_else(|| "unknown".into());
+        let refused = LoginRefused {
+            reason: refusal.to_string(),
+            client: attempt.peer.to_string(),
+            serial: attempt.cert.map(|c| c.serial()),
+            key_id: attempt.cert.map(|c| c.key_id().to_string()),
+        };
+        let entry = Entry::new(&actor, attempt.login_name, refused);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
+    }
+
+    /// Why a connection that only managed to offer a plain key got nowhere, and whose key it
+    /// is when this CA knows it (registered in people.yaml, or certified before). The SSH
+    /// layer refuses expired, not-yet-valid and badly signed certificates before
+    /// [`Service::check_login`] sees them, so the ledger's newest certificate for the key
+    /// tells the likely story.
+    pub fn unusable_key(&self, key: &PublicKey, now: DateTime<Utc>) -> (Refusal, Option<String>) {
+        let fp = cert::fingerprint(key);
+        let newest = self.store.certs().ok().and_then(|certs| {
+            certs
+                .into_iter()
+                .filter(|c| c.fingerprint == fp && c.is(CertKind::User))
+                .max_by_key(|c| c.serial)
+        });
+        let owner = self
+            .key_owner(key)
+            .or_else(|| newest.as_ref().map(|c| c.user.clone()));
+        let secs = now.timestamp().max(0) as u64;
+        let why = match &newest {
+            Some(c) if secs >= c.valid_before => Refusal::KeyExpired {
+                key: fp,
+                serial: c.serial,
+                until: DateTime::<Utc>::from_timestamp(c.valid_before as i64, 0)
+                    .map_or_else(String::new, |t| t.to_rfc3339()),
+            },
+            Some(c) if secs < c.valid_after => Refusal::KeyNotYetValid {
+                key: fp,
+                serial: c.serial,
+            },
+            _ => Refusal::PlainKey(fp),
+        };
+        (why, owner)
+    }
+
+    /// Audits a port forward the certificate does not permit.
+    pub async fn forward_refused(
+        &self,
+        user: &str,
+        dest: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let refused = ForwardRefused {
+            reason: reason.to_string(),
+        };
+        let entry = Entry::new(user, dest, refused);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
+    }
+
+    /// The bastion's certificate for its own hop to a login's target: for a fresh `key`,
+    /// signed by node-ca (which targets trust), for the one principal, carrying the user's
+    /// serial and key id (so the target's log names the person and a KRL entry for the
+    /// user's serial stops the hop too), expiring with the user's certificate, with the
+    /// user's options but the source address (the hop comes from the bastion).
+    pub fn hop_certificate(
+        &self,
+        l: &Login,
+        key: &PublicKey,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<Certificate, CertError> {
+        let principals = [l.principal.clone()];
+        let spec = UserCert {
+            key,
+            serial: l.serial,
+            key_id: l.key_id.clone(),
+            principals: &principals,
+            window: Window::backdated(now, l.valid_before),
+            options: &CertOptions {
+                source_address: Vec::new(),
+                ..l.options.clone()
+            },
+        };
+        cert::mint_user_cert(&self.keys.node_ca, &spec, &mut rand::rng())
+    }
+
+    /// Every revoked serial: host certificates too (`ramp-ca revoke --serial`).
+    pub fn revoked_serials(&self) -> Result<Vec<u64>> {
+        Ok(self.store.revoked_serials()?)
+    }
+}

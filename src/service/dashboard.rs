@@ -1,0 +1,121 @@
+//! What the dashboard asks: the live view as its user may see it (with what they may do
+//! about each row), and the audit records of its logins.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::access::{is_reviewer, may_revoke};
+use super::{Result, Service};
+use crate::domain::audit::{DashboardLinked, DashboardLoggedIn, Entry};
+use crate::domain::grant::State;
+use crate::domain::policy::ROLE_ADMIN;
+use crate::domain::session::{SessionMeta, SessionState};
+use crate::store::Change;
+use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow};
+
+/// A browser session, as the live view names it.
+#[derive(Debug, Clone)]
+pub struct WebUser<'a> {
+    pub user: &'a str,
+    pub csrf: &'a str,
+    pub expires: DateTime<Utc>,
+}
+
+impl Service {
+    /// Everything the live view shows, as `web.user` may see it: grants and requests, with
+    /// what they may do about each, and the sessions in `live` they may watch.
+    pub fn live_view(
+        &self,
+        web: &WebUser<'_>,
+        live: Vec<SessionMeta>,
+        now: DateTime<Utc>,
+    ) -> Result<dashboard::State> {
+        let user = web.user;
+        let p = self.policies();
+        let reviewer = is_reviewer(&p, user);
+        let (mut active, mut pending) = (Vec::new(), Vec::new());
+        // When each active grant ends, for the time left of its sessions.
+        let mut grant_ends: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
+        let open = self.store.open_grants(now);
+        for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
+            match g.state_at(now) {
+                State::Active => {
+                    grant_ends.insert(g.id.clone(), g.end);
+                    active.push(ActiveRow {
+                        can_revoke: may_revoke(&p, user, &g.user),
+                        grant: self.view(&p, g, now),
+                    });
+                }
+                State::Pending => {
+                    let (can_approve, can_deny) = self.pending_rights(&p, user, g);
+                    pending.push(PendingRow {
+                        can_approve,
+                        can_deny,
+                        grant: self.view(&p, g, now),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut live: Vec<SessionMeta> = live
+            .into_iter()
+            .filter(|s| s.state == SessionState::Live && (reviewer || s.user == user))
+            .collect();
+        live.sort_by_key(|s| s.start);
+        let live = live
+            .into_iter()
+            .map(|s| LiveRow {
+                ends: grant_ends.get(&s.grant).copied().flatten(),
+                session: s.into(),
+            })
+            .collect();
+        Ok(dashboard::State {
+            active,
+            live,
+            me: Me {
+                admin: p.has_role(user, ROLE_ADMIN),
+                csrf: web.csrf.to_string(),
+                expires: web.expires,
+                reviewer,
+                roles: p
+                    .users
+                    .get(user)
+                    .map(|u| u.roles.clone())
+                    .unwrap_or_default(),
+                user: user.to_string(),
+            },
+            now,
+            pending,
+        })
+    }
+
+    /// Audits a one-time dashboard login link handed to `user`.
+    pub async fn dashboard_linked(
+        &self,
+        user: &str,
+        expires: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let entry = Entry::new(user, user, DashboardLinked { expires });
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
+    }
+
+    /// Audits a browser session started from a link.
+    pub async fn dashboard_logged_in(
+        &self,
+        user: &str,
+        link_expires: DateTime<Utc>,
+        session_expires: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let logged = DashboardLoggedIn {
+            link_expires,
+            session_expires,
+        };
+        let entry = Entry::new(user, user, logged);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
+    }
+}

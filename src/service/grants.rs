@@ -1,0 +1,552 @@
+//! Requests and grants: asking for a step, approving, denying, certificates from a grant,
+//! and what each caller may see.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use russh::keys::ssh_key::PublicKey;
+
+use super::access::{may_approve, may_deny, may_see};
+use super::{new_id, Result, Service, ServiceError, Writes, MAX_GRANT_WAIT};
+use crate::domain::audit::{
+    ApprovalRefused, Approved, Denied, Entry, Granted, Issued, RequestDenied, Requested,
+};
+use crate::domain::cert::{self, CertError, CertKind, CertRecord, Minted};
+use crate::domain::grant::{Asked, Grant, State, SERVICE_ACTOR};
+use crate::domain::policy::{self, Decision, Policies};
+use crate::metrics::RequestOutcome;
+use crate::store::Change;
+use crate::wire::grants::{GrantView, Outcome, RequestBody};
+
+/// A certificate just minted: its line and its serial.
+struct NewCert {
+    text: String,
+    serial: u64,
+}
+
+impl Service {
+    /// A grant as people see it at `now`: with its state and what it allows.
+    pub(crate) fn view(&self, p: &Policies, grant: &Grant, now: DateTime<Utc>) -> GrantView {
+        let contract = p.contracts.get(&grant.contract);
+        let principals = contract
+            .and_then(|c| c.step(&grant.step))
+            .map(|s| s.principals.clone())
+            .unwrap_or_default();
+        let targets = contract
+            .map(|c| p.targets_of(c).map(|h| h.name.clone()).collect())
+            .unwrap_or_default();
+        GrantView {
+            grant: grant.into(),
+            state: grant.state_at(now),
+            principals,
+            targets,
+        }
+    }
+
+    fn grant_or_404(&self, id: &str) -> Result<Grant> {
+        self.store
+            .grant(id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
+    }
+
+    /// Decides a request against the requester's grants active at `now`.
+    fn decide(&self, p: &Policies, req: &policy::Request<'_>, now: DateTime<Utc>) -> Decision {
+        let steps = self.store.held_steps(req.user, now);
+        let held: Vec<policy::Held<'_>> = steps
+            .iter()
+            .map(|h| policy::Held {
+                contract: &h.contract,
+                step: &h.step,
+                end: h.end,
+            })
+            .collect();
+        policy::decide(p, req, &held, now)
+    }
+
+    /// Mints a certificate for `key` from an active grant; returns it with its ledger record
+    /// and the audit entry that goes with it.
+    fn mint(
+        &self,
+        p: &Policies,
+        grant: &Grant,
+        key: &PublicKey,
+        now: DateTime<Utc>,
+    ) -> Result<(NewCert, CertRecord, Entry)> {
+        let step = p
+            .contracts
+            .get(&grant.contract)
+            .and_then(|c| c.step(&grant.step))
+            .ok_or_else(|| {
+                ServiceError::Conflict(format!(
+                    "contract `{}` step `{}` no longer exists in the policies",
+                    grant.contract, grant.step
+                ))
+            })?;
+        let serial = self.store.next_serial()?;
+        let spec = cert::user_cert_for(grant, step, key, serial, now)?;
+        let minted = cert::mint_user_cert(&self.keys.user_ca, &spec, &mut rand::rng())?;
+        let text = minted.to_openssh().map_err(CertError::from)?;
+        let record = CertRecord::new(
+            Minted {
+                kind: CertKind::User,
+                serial,
+                key_id: &spec.key_id,
+                user: &grant.user,
+                grant: &grant.id,
+                principals: &step.principals,
+                window: spec.window,
+                key,
+            },
+            now,
+        );
+        let issued = Issued {
+            grant: record.grant.clone(),
+            key_id: record.key_id.clone(),
+            principals: record.principals.clone(),
+            valid_after: record.valid_after,
+            valid_before: record.valid_before,
+            key: record.fingerprint.clone(),
+        };
+        let entry = Entry::new(&grant.user, &serial.to_string(), issued);
+        Ok((NewCert { text, serial }, record, entry))
+    }
+
+    /// Mints from an active grant and commits the certificate with its audit record.
+    fn issue(
+        &self,
+        writes: &mut Writes,
+        p: &Policies,
+        grant: &Grant,
+        key: &PublicKey,
+        now: DateTime<Utc>,
+    ) -> Result<NewCert> {
+        let (minted, record, entry) = self.mint(p, grant, key, now)?;
+        let change = Change {
+            entries: vec![entry],
+            certs: vec![record],
+            ..Change::default()
+        };
+        writes.commit(&self.store, change, now)?;
+        self.metrics.certificate_issued(false);
+        Ok(minted)
+    }
+
+    /// A request for a step the caller already holds, or already asked for, is answered from
+    /// that grant instead of filing a duplicate for approvers: a certificate from the active
+    /// grant when `certify`, else the grant or the pending request as it stands.
+    #[allow(clippy::too_many_arguments)]
+    fn reuse(
+        &self,
+        writes: &mut Writes,
+        p: &Policies,
+        grant: Grant,
+        key: &PublicKey,
+        certify: bool,
+        mut reasons: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let id = &grant.id;
+        let mut minted = None;
+        if grant.is_active(now) {
+            let end = grant
+                .end
+                .map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            reasons.push(format!(
+                "you already hold grant {id} of this step until {}; {}",
+                end.unwrap_or_default(),
+                if certify {
+                    "the certificate comes from it (no new request filed)"
+                } else {
+                    "no new request filed"
+                }
+            ));
+            if certify {
+                minted = Some(self.issue(writes, p, &grant, key, now)?);
+            }
+        } else {
+            reasons.push(format!(
+                "you already asked for this step: request {id} is pending ({} of {} approvals); no new request filed",
+                grant.approvals.len(),
+                grant.approvals_needed
+            ));
+        }
+        Ok(Outcome {
+            grant: self.view(p, &grant, now),
+            serial: minted.as_ref().map(|m| m.serial),
+            certificate: minted.map(|m| m.text),
+            reasons,
+            existing: true,
+        })
+    }
+
+    /// A request for a step: granted, pending approval, or denied (and audited either way).
+    pub async fn request(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        body: &RequestBody,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        self.changing(|w| self.request_locked(w, user, key, body, now))
+            .await
+    }
+
+    fn request_locked(
+        &self,
+        writes: &mut Writes,
+        user: &str,
+        key: &PublicKey,
+        body: &RequestBody,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let _changes = self.lock_grants();
+        let p = self.policies();
+        let ttl = match body.ttl.as_deref() {
+            Some(t) => Some(policy::parse_duration(t).ok_or_else(|| {
+                ServiceError::BadRequest(format!(
+                    "bad ttl `{t}`: write a positive duration like 90s, 30m, 2h, 1d"
+                ))
+            })?),
+            None => None,
+        };
+        let req = policy::Request {
+            user,
+            contract: &body.contract,
+            step: body.step.as_deref(),
+            reason: body.reason.as_deref(),
+            ttl,
+        };
+        let decision = self.decide(&p, &req, now);
+        let (step, ttl, from, count) = match &decision {
+            Decision::Deny { reason, .. } => {
+                let denied = RequestDenied {
+                    contract: body.contract.clone(),
+                    step: body.step.clone(),
+                    ttl: body.ttl.clone(),
+                    reason: body.reason.clone(),
+                    denied: reason.clone(),
+                };
+                let entry = Entry::new(user, &body.contract, denied);
+                writes.commit(&self.store, Change::audit(vec![entry]), now)?;
+                self.metrics.request(RequestOutcome::Denied);
+                return Err(ServiceError::Denied(reason.clone()));
+            }
+            Decision::Grant { step, ttl, .. } => (step.clone(), *ttl, Vec::new(), 0),
+            Decision::NeedsApproval {
+                step,
+                ttl,
+                from,
+                count,
+                ..
+            } => (step.clone(), *ttl, from.clone(), *count),
+        };
+        if let Some(held) = self.store.own_open_grant(user, &body.contract, &step, now) {
+            let reasons = decision.reasons().to_vec();
+            return self.reuse(writes, &p, held, key, body.certify, reasons, now);
+        }
+        let asked = Asked {
+            id: new_id(),
+            user,
+            contract: &body.contract,
+            step,
+            reason: body.reason.as_deref(),
+            ttl_secs: ttl.as_secs(),
+            approvals_from: from,
+            approvals_needed: count,
+        };
+        let grant = Grant::requested(asked, now);
+        let requested = Requested {
+            contract: grant.contract.clone(),
+            step: grant.step.clone(),
+            ttl_secs: grant.ttl_secs,
+            reason: grant.reason.clone(),
+            needs_approvals: count,
+        };
+        let mut change = Change::audit(vec![Entry::new(user, &grant.id, requested)]);
+        if grant.is_active(now) {
+            let granted = Granted {
+                end: grant.end,
+                approvers: None,
+            };
+            change.entries.push(Entry::new(user, &grant.id, granted));
+        }
+        let mut certificate = None;
+        if body.certify && grant.is_active(now) {
+            let (minted, record, entry) = self.mint(&p, &grant, key, now)?;
+            change.entries.push(entry);
+            change.certs.push(record);
+            certificate = Some(minted);
+        }
+        change.grants.push(grant.clone());
+        writes.commit(&self.store, change, now)?;
+        self.metrics.request(if count == 0 {
+            RequestOutcome::Granted
+        } else {
+            RequestOutcome::Pending
+        });
+        if certificate.is_some() {
+            self.metrics.certificate_issued(false);
+        }
+        Ok(Outcome {
+            grant: self.view(&p, &grant, now),
+            serial: certificate.as_ref().map(|c| c.serial),
+            certificate: certificate.map(|c| c.text),
+            reasons: decision.reasons().to_vec(),
+            existing: false,
+        })
+    }
+
+    /// A certificate for the caller's key from one of their active grants.
+    pub async fn certificate(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        self.changing(|w| self.certificate_locked(w, user, key, id, now))
+            .await
+    }
+
+    fn certificate_locked(
+        &self,
+        writes: &mut Writes,
+        user: &str,
+        key: &PublicKey,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let _changes = self.lock_grants();
+        let p = self.policies();
+        let grant = self.grant_or_404(id)?;
+        if grant.user != user {
+            return Err(ServiceError::Denied(format!(
+                "grant `{id}` belongs to `{}`, not you",
+                grant.user
+            )));
+        }
+        match grant.state_at(now) {
+            State::Active => {}
+            State::Pending => {
+                return Err(ServiceError::Conflict(format!(
+                    "grant `{id}` is still pending: {} of {} approvals",
+                    grant.approvals.len(),
+                    grant.approvals_needed
+                )))
+            }
+            other => return Err(ServiceError::Conflict(format!("grant `{id}` is {other}"))),
+        }
+        let minted = self.issue(writes, &p, &grant, key, now)?;
+        Ok(Outcome {
+            grant: self.view(&p, &grant, now),
+            certificate: Some(minted.text),
+            serial: Some(minted.serial),
+            reasons: Vec::new(),
+            existing: false,
+        })
+    }
+
+    /// A pending request, or why it is not one.
+    fn pending_or_409(&self, id: &str, now: DateTime<Utc>) -> Result<Grant> {
+        let grant = self.grant_or_404(id)?;
+        match grant.state_at(now) {
+            State::Pending => Ok(grant),
+            other => Err(ServiceError::Conflict(format!(
+                "request `{id}` is {other}, not pending"
+            ))),
+        }
+    }
+
+    /// An approval; the last one needed activates the grant.
+    pub async fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
+        self.changing(|w| self.approve_locked(w, approver, id, now))
+            .await
+    }
+
+    fn approve_locked(
+        &self,
+        writes: &mut Writes,
+        approver: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let _changes = self.lock_grants();
+        let p = self.policies();
+        let mut grant = self.pending_or_409(id, now)?;
+        if let Some(why) = policy::approval_refusal(
+            &p,
+            &grant.contract,
+            &grant.step,
+            &grant.user,
+            approver,
+            &grant.approvers(),
+        ) {
+            let refused = ApprovalRefused {
+                reason: why.clone(),
+            };
+            let entry = Entry::new(approver, id, refused);
+            writes.commit(&self.store, Change::audit(vec![entry]), now)?;
+            return Err(ServiceError::Denied(why));
+        }
+        let complete = grant.approve(approver, now);
+        let approved = Approved {
+            approvals: grant.approvals.len() as u64,
+            needed: grant.approvals_needed,
+        };
+        let mut entries = vec![Entry::new(approver, id, approved)];
+        let mut reasons = Vec::new();
+        if complete {
+            // Re-decide at activation: the step it climbs from may have ended meanwhile.
+            let req = policy::Request {
+                user: &grant.user,
+                contract: &grant.contract,
+                step: Some(&grant.step),
+                reason: grant.reason.as_deref(),
+                ttl: Some(Duration::from_secs(grant.ttl_secs)),
+            };
+            match self.decide(&p, &req, now) {
+                Decision::Deny { reason, .. } => {
+                    let why = format!("could not activate after approval: {reason}");
+                    grant.close(State::Denied, SERVICE_ACTOR, now, &why);
+                    let denied = Denied {
+                        reason: reason.clone(),
+                    };
+                    entries.push(Entry::new(SERVICE_ACTOR, id, denied));
+                    reasons.push(reason);
+                }
+                d => {
+                    if let Decision::Grant { ttl, .. } | Decision::NeedsApproval { ttl, .. } = &d {
+                        grant.ttl_secs = grant.ttl_secs.min(ttl.as_secs());
+                    }
+                    reasons = d.reasons().to_vec();
+                    grant.activate(now);
+                    let granted = Granted {
+                        end: grant.end,
+                        approvers: Some(grant.approvers()),
+                    };
+                    entries.push(Entry::new(approver, id, granted));
+                }
+            }
+        }
+        let change = Change {
+            grants: vec![grant.clone()],
+            entries,
+            ..Change::default()
+        };
+        writes.commit(&self.store, change, now)?;
+        self.metrics.approval();
+        Ok(Outcome {
+            grant: self.view(&p, &grant, now),
+            certificate: None,
+            serial: None,
+            reasons,
+            existing: false,
+        })
+    }
+
+    /// A denial by an eligible approver, or the requester withdrawing their own request.
+    pub async fn deny(
+        &self,
+        who: &str,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<GrantView> {
+        self.changing(|w| self.deny_locked(w, who, id, reason, now))
+            .await
+    }
+
+    fn deny_locked(
+        &self,
+        writes: &mut Writes,
+        who: &str,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<GrantView> {
+        let _changes = self.lock_grants();
+        let p = self.policies();
+        let mut grant = self.pending_or_409(id, now)?;
+        if reason.trim().is_empty() {
+            return Err(ServiceError::BadRequest(
+                "a denial needs a reason (--reason)".into(),
+            ));
+        }
+        if !may_deny(&p, who, &grant) {
+            return Err(ServiceError::Denied(format!(
+                "`{who}` may not deny this request: it takes one of the roles {} (or ramp-admin)",
+                grant.approvals_from.join(", ")
+            )));
+        }
+        grant.close(State::Denied, who, now, reason);
+        let denied = Denied {
+            reason: reason.to_string(),
+        };
+        let change = Change {
+            grants: vec![grant.clone()],
+            entries: vec![Entry::new(who, id, denied)],
+            ..Change::default()
+        };
+        writes.commit(&self.store, change, now)?;
+        Ok(self.view(&p, &grant, now))
+    }
+
+    /// Grants the caller may see: their own; everything for admins and auditors; pending
+    /// requests they could approve for approvers. Ended grants only with `all`.
+    pub fn grants(&self, user: &str, all: bool, now: DateTime<Utc>) -> Result<Vec<GrantView>> {
+        let p = self.policies();
+        // Open grants are kept in memory; only `all` reads the whole ledger.
+        let grants = if all {
+            self.store.grants()?
+        } else {
+            self.store.open_grants(now)
+        };
+        Ok(grants
+            .iter()
+            .filter(|g| may_see(&p, user, g))
+            .filter(|g| all || g.is_open(now))
+            .map(|g| self.view(&p, g, now))
+            .collect())
+    }
+
+    /// One grant, if the caller may see it: one keyed read.
+    pub fn grant(&self, user: &str, id: &str, now: DateTime<Utc>) -> Result<GrantView> {
+        let p = self.policies();
+        match self.store.grant(id)? {
+            Some(g) if may_see(&p, user, &g) => Ok(self.view(&p, &g, now)),
+            _ => Err(ServiceError::NotFound(format!(
+                "no grant or request with id `{id}` that you may see"
+            ))),
+        }
+    }
+
+    /// [`Service::grant`], but while the grant is pending, answers only once it is decided
+    /// (or after `wait`, at most [`MAX_GRANT_WAIT`]): a waiting `sign --wait` costs a
+    /// subscription, not a poll of the ledger.
+    pub async fn wait_grant(&self, user: &str, id: &str, wait: Duration) -> Result<GrantView> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_GRANT_WAIT);
+        // Subscribed before the first read, so no write between the two goes unseen.
+        let mut writes = self.store.subscribe_grants();
+        loop {
+            let view = self.grant(user, id, Utc::now())?;
+            if view.state != State::Pending {
+                return Ok(view);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, writes.recv()).await {
+                    Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        return Ok(view)
+                    }
+                    Ok(Ok(written)) if written != id => continue,
+                    // This grant was written, or writes were missed: read it again.
+                    Ok(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Whether `who` may approve the pending request `g` and may deny it (for the pages).
+    pub(crate) fn pending_rights(&self, p: &Policies, who: &str, g: &Grant) -> (bool, bool) {
+        (may_approve(p, who, g), may_deny(p, who, g))
+    }
+}

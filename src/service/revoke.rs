@@ -1,0 +1,153 @@
+//! Revocation: of a certificate, a grant (and its certificates) or everything a user holds,
+//! with the grants that climbed from what ended; and the KRL that ships it to targets.
+
+use chrono::{DateTime, Utc};
+
+use super::access::may_revoke;
+use super::{Result, Service, ServiceError, Writes};
+use crate::domain::audit::{Entry, Revoked, Shortened};
+use crate::domain::grant::{dependents, Grant, Revocation, RevokeTarget, State};
+use crate::store::Change;
+use crate::wire::grants::RevokeBody;
+
+impl Service {
+    /// Revokes by serial, grant or user. Admins revoke anything; others only their own.
+    pub async fn revoke(
+        &self,
+        who: &str,
+        body: &RevokeBody,
+        now: DateTime<Utc>,
+    ) -> Result<Revocation> {
+        self.changing(|w| self.revoke_locked(w, who, body, now))
+            .await
+    }
+
+    fn revoke_locked(
+        &self,
+        writes: &mut Writes,
+        who: &str,
+        body: &RevokeBody,
+        now: DateTime<Utc>,
+    ) -> Result<Revocation> {
+        let _changes = self.lock_grants();
+        let p = self.policies();
+        let target = match (body.serial, &body.grant, &body.user) {
+            (Some(s), None, None) => RevokeTarget::Serial(s),
+            (None, Some(g), None) => RevokeTarget::Grant(g.clone()),
+            (None, None, Some(u)) => RevokeTarget::User(u.clone()),
+            _ => {
+                return Err(ServiceError::BadRequest(
+                    "revoke exactly one of --serial, --grant or --user".into(),
+                ))
+            }
+        };
+        let certs = self.store.certs()?;
+        let grants = self.store.grants()?;
+        let (mut serials, mut hit): (Vec<u64>, Vec<Grant>) = match &target {
+            RevokeTarget::Serial(s) => {
+                let c = certs.iter().find(|c| c.serial == *s).ok_or_else(|| {
+                    ServiceError::NotFound(format!("no certificate with serial {s} in the ledger"))
+                })?;
+                if !may_revoke(&p, who, &c.user) {
+                    return Err(ServiceError::Denied(format!(
+                        "serial {s} belongs to `{}`; only ramp-admin may revoke it",
+                        c.user
+                    )));
+                }
+                (vec![*s], Vec::new())
+            }
+            RevokeTarget::Grant(id) => {
+                let g = grants
+                    .iter()
+                    .find(|g| &g.id == id)
+                    .ok_or_else(|| ServiceError::NotFound(format!("no grant with id `{id}`")))?;
+                if !may_revoke(&p, who, &g.user) {
+                    return Err(ServiceError::Denied(format!(
+                        "grant `{id}` belongs to `{}`; only ramp-admin may revoke it",
+                        g.user
+                    )));
+                }
+                (Vec::new(), vec![g.clone()])
+            }
+            RevokeTarget::User(u) => {
+                if !may_revoke(&p, who, u) {
+                    return Err(ServiceError::Denied(
+                        "only ramp-admin may revoke another user".into(),
+                    ));
+                }
+                if !p.users.contains_key(u) && !grants.iter().any(|g| &g.user == u) {
+                    return Err(ServiceError::NotFound(format!(
+                        "no user `{u}` in people.yaml or the ledger"
+                    )));
+                }
+                (
+                    Vec::new(),
+                    grants.iter().filter(|g| &g.user == u).cloned().collect(),
+                )
+            }
+        };
+        let fallout = dependents(&p, &grants, &hit, now);
+        hit.extend(fallout.closed);
+        // A revoked grant takes every certificate minted from it along.
+        for g in &hit {
+            serials.extend(certs.iter().filter(|c| c.grant == g.id).map(|c| c.serial));
+        }
+        serials.sort_unstable();
+        serials.dedup();
+        let reason = body.reason.clone().unwrap_or_else(|| "revoked".into());
+        hit.retain(|g| g.is_open(now));
+        for g in &mut hit {
+            g.close(State::Revoked, who, now, &reason);
+        }
+        let revocation = Revocation {
+            target: target.clone(),
+            by: who.to_string(),
+            at: now,
+            reason: reason.clone(),
+            serials: serials.clone(),
+            grants: hit.iter().map(|g| g.id.clone()).collect(),
+        };
+        let revoked = Revoked {
+            reason,
+            serials,
+            grants: revocation.grants.clone(),
+            shortened: fallout
+                .shortened
+                .iter()
+                .map(|g| Shortened {
+                    grant: g.id.clone(),
+                    end: g.end,
+                })
+                .collect(),
+        };
+        let mut written = hit;
+        written.extend(fallout.shortened);
+        let change = Change {
+            grants: written,
+            revocation: Some(revocation.clone()),
+            entries: vec![Entry::new(who, &target.subject(), revoked)],
+            ..Change::default()
+        };
+        writes.commit(&self.store, change, now)?;
+        self.revoked.send_modify(|n| *n += 1);
+        self.metrics.revocation();
+        Ok(revocation)
+    }
+
+    /// An OpenSSH KRL of every revoked certificate (see
+    /// [`crate::domain::krl::of_revocations`]).
+    pub fn krl(&self) -> Result<Vec<u8>> {
+        let serials = self.store.revoked_serials()?;
+        let revocations = self.store.revocations()?;
+        let cas = [
+            self.keys.user_ca.public_key(),
+            self.keys.node_ca.public_key(),
+            self.keys.host_ca.public_key(),
+        ];
+        Ok(crate::domain::krl::of_revocations(
+            &cas,
+            &serials,
+            &revocations,
+        ))
+    }
+}

@@ -1,0 +1,270 @@
+//! Recorded sessions: reading them (for reviewers, every read audited), and the ledger side
+//! of recording them (a session's start, its metadata, its end with its seal, and what a
+//! crash left behind).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::access::Reading;
+use super::{Result, Service, ServiceError, GREP_LIMIT};
+use crate::domain::audit::{
+    Entry, SessionEnded, SessionInterrupted, SessionRead, SessionStarted, SessionsListed,
+    SessionsSearched,
+};
+use crate::domain::session::{SessionFilter, SessionMeta};
+use crate::recordings::files::{RecordingFile, Tail};
+use crate::recordings::format::Event;
+use crate::recordings::search::{self, Hit};
+use crate::store::{Change, Interrupted};
+
+impl From<Hit> for crate::wire::sessions::Hit {
+    fn from(h: Hit) -> crate::wire::sessions::Hit {
+        crate::wire::sessions::Hit {
+            session: h.session,
+            at_ms: h.at_ms,
+            line: h.line,
+        }
+    }
+}
+
+/// The change that ends what a dead daemon left live: each interrupted session with the
+/// `session-interrupted` record carrying its seal, and the metadata repaired; and the
+/// interrupted sessions.
+pub fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta>) {
+    let mut change = Change {
+        sessions: found.repaired,
+        ..Change::default()
+    };
+    for s in &found.sealed {
+        let interrupted = SessionInterrupted {
+            target: s.target.clone(),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            recording: s.recording.clone(),
+        };
+        change.entries.push(Entry::new(&s.user, &s.id, interrupted));
+        change.ended.push((s.clone(), change.entries.len() - 1));
+    }
+    (change, found.sealed)
+}
+
+impl Service {
+    /// Runs a read that scans the ledger or recordings on a thread of its own, off the
+    /// async threads.
+    async fn off_thread<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Service) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || read(&me))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("the read failed: {e}")))?
+    }
+
+    /// Recorded sessions matching `filter`, for admins and auditors; the listing is audited.
+    pub async fn sessions(
+        self: &Arc<Self>,
+        who: &str,
+        filter: SessionFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionMeta>> {
+        self.require_reviewer(who, Reading::Recordings)?;
+        let wanted = filter.clone();
+        let out: Vec<SessionMeta> = self
+            .off_thread(move |s| {
+                Ok(s.store
+                    .sessions()?
+                    .into_iter()
+                    .filter(|m| wanted.matches(m, now))
+                    .collect())
+            })
+            .await?;
+        let listed = SessionsListed {
+            filter,
+            count: out.len() as u64,
+        };
+        let entry = Entry::new(who, "sessions", listed);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(out)
+    }
+
+    /// One session's metadata and events, for admins and auditors; every read is audited
+    /// with its purpose (show, play, export, dashboard-play...).
+    pub async fn session(
+        self: &Arc<Self>,
+        who: &str,
+        id: &str,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(SessionMeta, Vec<Event>)> {
+        self.require_reviewer(who, Reading::Recordings)?;
+        let wanted = id.to_string();
+        let (meta, events) = self
+            .off_thread(move |s| {
+                let meta = s.recorded(&wanted)?;
+                let events = s.store.session_events(&meta)?;
+                Ok((meta, events))
+            })
+            .await?;
+        self.audit_read(who, &meta, purpose, now).await?;
+        Ok((meta, events))
+    }
+
+    fn recorded(&self, id: &str) -> Result<SessionMeta> {
+        self.store
+            .session(id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("no recorded session with id `{id}`")))
+    }
+
+    async fn audit_read(
+        &self,
+        who: &str,
+        meta: &SessionMeta,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let read = SessionRead {
+            purpose: purpose.to_string(),
+            user: meta.user.clone(),
+            target: meta.target.clone(),
+        };
+        let entry = Entry::new(who, &meta.id, read);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
+    }
+
+    /// Searches recordings for a pattern, for admins and auditors; the search is audited.
+    pub async fn grep(
+        self: &Arc<Self>,
+        who: &str,
+        pattern: &str,
+        filter: SessionFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Hit>> {
+        self.require_reviewer(who, Reading::Recordings)?;
+        if pattern.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "the search pattern is empty".into(),
+            ));
+        }
+        let (wanted, needle) = (filter.clone(), pattern.to_string());
+        let hits = self
+            .off_thread(move |s| {
+                let mut hits = Vec::new();
+                for meta in s
+                    .store
+                    .sessions()?
+                    .iter()
+                    .filter(|m| wanted.matches(m, now))
+                {
+                    let events = s.store.session_events(meta)?;
+                    let left = GREP_LIMIT - hits.len().min(GREP_LIMIT);
+                    hits.extend(search::grep(meta, &events, &needle, left));
+                    if hits.len() >= GREP_LIMIT {
+                        break;
+                    }
+                }
+                Ok(hits)
+            })
+            .await?;
+        let searched = SessionsSearched {
+            pattern: pattern.to_string(),
+            filter,
+            hits: hits.len() as u64,
+        };
+        let entry = Entry::new(who, "sessions", searched);
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(hits)
+    }
+
+    /// A live session's recording to follow as it is written, for admins and auditors;
+    /// audited as a read (`dashboard-follow`).
+    pub async fn follow(
+        &self,
+        who: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(SessionMeta, Tail)> {
+        self.require_reviewer(who, Reading::Follow)?;
+        let meta = self.recorded(id)?;
+        let tail = self.store.tail_recording(&meta.id)?;
+        self.audit_read(who, &meta, "dashboard-follow", now).await?;
+        Ok((meta, tail))
+    }
+
+    /// Starts a session's recording: its file exists and its metadata is on disk, and
+    /// audited (`session-start`), before it returns.
+    pub async fn start_recording(
+        &self,
+        meta: &SessionMeta,
+        now: DateTime<Utc>,
+    ) -> Result<RecordingFile> {
+        let file = self.store.create_recording(&meta.id)?;
+        let started = SessionStarted {
+            target: meta.target.clone(),
+            principal: meta.principal.clone(),
+            kind: meta.kind.clone(),
+            command: meta.command.clone(),
+            grant: meta.grant.clone(),
+            serial: meta.serial,
+            client: meta.client.clone(),
+        };
+        let change = Change {
+            sessions: vec![meta.clone()],
+            entries: vec![Entry::new(&meta.user, &meta.id, started)],
+            ..Change::default()
+        };
+        self.commit(change, now).await?;
+        Ok(file)
+    }
+
+    /// Writes live sessions' metadata as it stands.
+    pub async fn update_sessions(&self, metas: Vec<SessionMeta>, now: DateTime<Utc>) -> Result<()> {
+        let change = Change {
+            sessions: metas,
+            ..Change::default()
+        };
+        self.commit(change, now).await?;
+        Ok(())
+    }
+
+    /// Writes sessions that ended with the `session-end` records that carry their seals,
+    /// in one transaction, durably: each session's `sealed_in` names its record.
+    pub async fn end_sessions(&self, ended: Vec<SessionMeta>, now: DateTime<Utc>) -> Result<()> {
+        let mut change = Change::default();
+        for (i, m) in ended.into_iter().enumerate() {
+            let end = SessionEnded {
+                exit_status: m.exit_status,
+                reason: m.end_reason.clone(),
+                bytes_in: m.bytes_in,
+                bytes_out: m.bytes_out,
+                files: m.files.clone(),
+                recording: m.recording.clone(),
+            };
+            change.entries.push(Entry::new(&m.user, &m.id, end));
+            change.ended.push((m, i));
+        }
+        self.commit(change, now).await?;
+        Ok(())
+    }
+
+    /// Seals and audits the sessions a daemon that died left live (`session-interrupted`,
+    /// in one commit); returns them.
+    pub async fn recover_interrupted(
+        self: &Arc<Self>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionMeta>> {
+        let found = self.off_thread(|s| Ok(s.store.interrupted()?)).await?;
+        let (change, sealed) = interrupted_change(found);
+        self.commit(change, now).await?;
+        Ok(sealed)
+    }
+
+    /// Bytes free on the recording disk, and where the recordings are.
+    pub fn recording_space(&self) -> Result<(u64, PathBuf)> {
+        let (free, dir) = self.store.recording_space()?;
+        Ok((free, dir.to_path_buf()))
+    }
+}

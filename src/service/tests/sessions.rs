@@ -1,0 +1,141 @@
+//! Recorded sessions: written through the recorder, read by reviewers only, every read and
+//! every start and end in the audit chain.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::domain::session::{SessionFilter, SessionMeta, SessionState};
+use crate::recordings::writer::Recorders;
+
+/// alice's session `id` as the bastion starts it at `now`.
+fn live(id: &str, now: DateTime<Utc>) -> SessionMeta {
+    SessionMeta {
+        id: id.into(),
+        state: SessionState::Live,
+        exit_status: None,
+        start: now,
+        ..crate::recordings::fixtures::meta()
+    }
+}
+
+/// Records session `id` with `output` through the recorder and ends it.
+async fn recorded(f: &Fixture, id: &str, output: &[u8]) -> SessionMeta {
+    let recorders = Recorders::new(f.service.clone(), 0);
+    let rec = recorders.start(live(id, t0())).await.unwrap();
+    rec.output(output);
+    rec.finish(Some(0), None);
+    recorders.flush_all().await;
+    assert!(!recorders.is_live(id));
+    f.service.session_record(id).unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_recording_starts_audited_and_ends_sealed_in_its_audit_record() {
+    let f = fixture();
+    let m = recorded(&f, "rec1", b"hello\r\n").await;
+    let started = f.audited("session-start");
+    assert_eq!(
+        (started[0].actor.as_str(), started[0].subject.as_str()),
+        ("alice", "rec1")
+    );
+    assert_eq!(started[0].detail["target"], "db1");
+    let ended = f.audited("session-end");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(m.state, SessionState::Ended);
+    assert_eq!(
+        m.sealed_in,
+        Some(ended[0].seq),
+        "the metadata names its end record"
+    );
+    let seal = crate::domain::audit::seal_in(&ended[0]);
+    assert_eq!(seal, m.recording, "one seal in both");
+    assert_eq!(m.bytes_out, 7);
+}
+
+#[tokio::test]
+async fn what_a_dead_daemon_left_live_is_sealed_interrupted_at_the_next_start() {
+    let f = fixture();
+    let recorders = Recorders::new(f.service.clone(), 0);
+    let rec = recorders.start(live("crashed", t0())).await.unwrap();
+    rec.output(b"half");
+    recorders.flush_all().await;
+    drop(recorders);
+    let found = f.service.recover_interrupted(at(60)).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].state, SessionState::Interrupted);
+    let record = &f.audited("session-interrupted")[0];
+    assert_eq!(record.subject, "crashed");
+    let m = f.service.session_record("crashed").unwrap().unwrap();
+    assert_eq!(m.sealed_in, Some(record.seq));
+    assert_eq!(m.bytes_out, 4, "counted from the file");
+    assert!(f
+        .service
+        .recover_interrupted(at(61))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
+    let f = fixture();
+    recorded(&f, "rec1", b"SELECT secret FROM t;\r\n").await;
+    recorded(&f, "rec2", b"ls\r\n").await;
+    let svc: &Arc<Service> = &f.service;
+    let all = SessionFilter::default();
+    let err = svc.sessions("alice", all.clone(), at(5)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("reading recordings takes ramp-admin or ramp-auditor"),
+        "{err}"
+    );
+    assert!(svc.session("alice", "rec1", "show", at(5)).await.is_err());
+    assert!(svc.grep("alice", "x", all.clone(), at(5)).await.is_err());
+    assert!(
+        f.audited("sessions-list").is_empty(),
+        "refusals read nothing"
+    );
+
+    assert_eq!(
+        svc.sessions("bob", all.clone(), at(5)).await.unwrap().len(),
+        2
+    );
+    let mine = SessionFilter {
+        target: Some("db2".into()),
+        ..SessionFilter::default()
+    };
+    assert!(svc.sessions("carol", mine, at(5)).await.unwrap().is_empty());
+    let listed = f.audited("sessions-list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].detail["count"], 2);
+    assert_eq!(listed[1].detail["filter"]["target"], "db2");
+
+    let (meta, events) = svc
+        .session("bob", "rec1", "dashboard-play", at(6))
+        .await
+        .unwrap();
+    assert_eq!((meta.id.as_str(), events.len()), ("rec1", 1));
+    let read = &f.audited("session-read")[0];
+    assert_eq!(read.detail["purpose"], "dashboard-play");
+    let err = svc.session("bob", "nope", "show", at(6)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no recorded session with id `nope`"),
+        "{err}"
+    );
+
+    let hits = svc.grep("bob", "secret", all.clone(), at(7)).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].session, "rec1");
+    let err = svc.grep("bob", "", all, at(7)).await.unwrap_err();
+    assert!(err.to_string().contains("pattern is empty"), "{err}");
+    let searched = f.audited("sessions-grep");
+    assert_eq!(searched.len(), 1);
+    assert_eq!(
+        (
+            searched[0].detail["pattern"].as_str(),
+            searched[0].detail["hits"].as_u64()
+        ),
+        (Some("secret"), Some(1))
+    );
+}

@@ -1,0 +1,141 @@
+//! The dashboard's bodies: its live state, login links, recordings, playback frames and the
+//! audit page, as the page's script reads them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::audit::{AuditRecord, AuditReport};
+use super::grants::GrantView;
+use super::sessions::{Hit, Session};
+
+/// The answer to `POST /v1/dashboard/link`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkBody {
+    pub expires: DateTime<Utc>,
+    /// `/ui/login?token=...`.
+    pub path: String,
+    /// The whole link, when the service knows its public address.
+    pub url: Option<String>,
+}
+
+/// `GET /ui/login` query.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoginQuery {
+    pub token: String,
+}
+
+/// Everything the live view shows, as its user may see it (`/ui/api/state`, and each
+/// `state` event of `/ui/api/stream`).
+#[derive(Debug, Clone, Serialize)]
+pub struct State {
+    pub active: Vec<ActiveRow>,
+    pub live: Vec<LiveRow>,
+    pub me: Me,
+    pub now: DateTime<Utc>,
+    pub pending: Vec<PendingRow>,
+}
+
+/// Who the page belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Me {
+    pub admin: bool,
+    /// The token every change must carry in `x-ramp-csrf`.
+    pub csrf: String,
+    pub expires: DateTime<Utc>,
+    pub reviewer: bool,
+    pub roles: Vec<String>,
+    pub user: String,
+}
+
+/// An active grant, and whether this user may revoke it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveRow {
+    pub can_revoke: bool,
+    pub grant: GrantView,
+}
+
+/// A pending request, and what this user may do about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingRow {
+    pub can_approve: bool,
+    pub can_deny: bool,
+    pub grant: GrantView,
+}
+
+/// A live session, and when its grant ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveRow {
+    pub ends: Option<DateTime<Utc>>,
+    pub session: Session,
+}
+
+/// `GET /ui/api/recordings` query.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RecordingsQuery {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    /// Seconds back.
+    pub since: Option<i64>,
+    /// Text that must appear in the recording (input or output).
+    pub text: Option<String>,
+}
+
+/// One row of the recordings list.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordingRow {
+    #[serde(flatten)]
+    pub session: Session,
+    /// Lines that matched `text` and where, when searching.
+    pub hits: Vec<Hit>,
+}
+
+/// The answer to `GET /ui/api/recordings/{id}/playback`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlaybackBody {
+    pub playback: Playback,
+    pub session: Session,
+}
+
+/// One step of the screen: the rows that changed at `t` (ms since the session started).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Frame {
+    pub t: u64,
+    /// `[columns, rows]` when the terminal was resized (every row follows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<(u16, u16)>,
+    /// `[row, html]` for each changed row.
+    pub rows: Vec<(u16, String)>,
+    /// `[row, column]` of the cursor, or null when hidden.
+    pub cursor: Option<(u16, u16)>,
+}
+
+/// A whole recording as frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct Playback {
+    pub cols: u16,
+    pub rows: u16,
+    pub duration_ms: u64,
+    /// Frames closer together than this were merged.
+    pub step_ms: u64,
+    pub frames: Vec<Frame>,
+    /// The frames stop before the recording does (it changed the screen too much to hold).
+    pub truncated: bool,
+}
+
+/// `GET /ui/api/audit` query.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    /// Seconds back (default a day).
+    pub since: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// The answer to `GET /ui/api/audit`: the records, newest first, and the chain's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    pub verify: AuditReport,
+}

@@ -1,0 +1,121 @@
+//! The wire: every route path and every body that crosses HTTP (the API, the dashboard's
+//! pages) or goes to a webhook receiver. The only serde boundary for those formats: the
+//! domain's records are converted here, so renaming a field inside the service changes no
+//! body, and the server, the command line and the pages share one list of paths.
+
+pub mod audit;
+pub mod dashboard;
+pub mod grants;
+pub mod sessions;
+pub mod webhook;
+
+/// `GET`: liveness, unauthenticated.
+pub const HEALTHZ: &str = "/healthz";
+/// `GET`: Prometheus text, unauthenticated.
+pub const METRICS: &str = "/metrics";
+/// `GET`: who the signing key belongs to.
+pub const WHOAMI: &str = "/v1/whoami";
+/// `POST` [`grants::RequestBody`]: ask for a step.
+pub const REQUESTS: &str = "/v1/requests";
+/// `GET [?all=true]`: the grants the caller may see.
+pub const GRANTS: &str = "/v1/grants";
+/// `GET [?wait=SECS]`: one grant.
+pub const GRANT: &str = "/v1/grants/{id}";
+/// `POST`: a certificate from an active grant.
+pub const GRANT_CERTIFICATE: &str = "/v1/grants/{id}/certificate";
+/// `POST`: approve a request.
+pub const GRANT_APPROVE: &str = "/v1/grants/{id}/approve";
+/// `POST` [`grants::ReasonBody`]: deny (or withdraw) a request.
+pub const GRANT_DENY: &str = "/v1/grants/{id}/deny";
+/// `POST` [`grants::RevokeBody`].
+pub const REVOKE: &str = "/v1/revoke";
+/// `GET`: the KRL bytes.
+pub const KRL: &str = "/v1/krl";
+/// `POST` [`grants::SignHostBody`]: a host certificate.
+pub const HOSTS_SIGN: &str = "/v1/hosts/sign";
+/// `GET [?since=SECS | ?upto=SEQ]`: audit records.
+pub const AUDIT: &str = "/v1/audit";
+/// `GET [?skip_recordings=true]`: the chain's and the recordings' verdict.
+pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
+/// `GET`: a checkpoint of the chain's head signed now.
+pub const AUDIT_CHECKPOINT: &str = "/v1/audit/checkpoint";
+/// `GET`: the key checkpoints are signed with.
+pub const AUDIT_SIGNER: &str = "/v1/audit/signer";
+/// `GET [?user=&target=&since=SECS]`: recorded sessions.
+pub const SESSIONS: &str = "/v1/sessions";
+/// `POST` [`sessions::GrepBody`]: search recordings.
+pub const SESSIONS_GREP: &str = "/v1/sessions/grep";
+/// `GET [?purpose=show|play|export]`: one session with its events.
+pub const SESSION: &str = "/v1/sessions/{id}";
+/// `POST`: a one-time login link to the dashboard.
+pub const DASHBOARD_LINK: &str = "/v1/dashboard/link";
+
+/// The dashboard's pages and the calls they make, all under `/ui` (browser sessions, not
+/// signed requests). The page's script gets them from [`ui::ROUTES`].
+pub mod ui {
+    pub const ROOT: &str = "/ui";
+    pub const PAGE: &str = "/ui/";
+    pub const SCRIPT: &str = "/ui/app.js";
+    pub const STYLE: &str = "/ui/app.css";
+    /// `GET ?token=T`: spends a login link.
+    pub const LOGIN: &str = "/ui/login";
+    pub const LOGOUT: &str = "/ui/logout";
+    pub const STATE: &str = "/ui/api/state";
+    pub const STREAM: &str = "/ui/api/stream";
+    pub const APPROVE: &str = "/ui/api/grants/{id}/approve";
+    pub const DENY: &str = "/ui/api/grants/{id}/deny";
+    pub const REVOKE: &str = "/ui/api/grants/{id}/revoke";
+    pub const RECORDINGS: &str = "/ui/api/recordings";
+    pub const PLAYBACK: &str = "/ui/api/recordings/{id}/playback";
+    pub const ASCIICAST: &str = "/ui/api/recordings/{id}/asciicast";
+    pub const FOLLOW: &str = "/ui/api/recordings/{id}/follow";
+    pub const AUDIT: &str = "/ui/api/audit";
+
+    /// The routes the page's script calls, by the name it uses.
+    pub const ROUTES: [(&str, &str); 11] = [
+        ("logout", LOGOUT),
+        ("state", STATE),
+        ("stream", STREAM),
+        ("approve", APPROVE),
+        ("deny", DENY),
+        ("revoke", REVOKE),
+        ("recordings", RECORDINGS),
+        ("playback", PLAYBACK),
+        ("asciicast", ASCIICAST),
+        ("follow", FOLLOW),
+        ("audit", AUDIT),
+    ];
+}
+
+/// A route with its `{id}` filled in.
+pub fn path(route: &str, id: &str) -> String {
+    route.replace("{id}", id)
+}
+
+/// The wire's words for the domain's closed vocabularies (grant and session states): the
+/// domain's labels, read back strictly.
+pub(crate) mod label {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::domain::grant::State;
+    use crate::domain::session::SessionState;
+
+    pub fn ser_grant<S: Serializer>(s: &State, to: S) -> Result<S::Ok, S::Error> {
+        to.serialize_str(s.label())
+    }
+
+    pub fn de_grant<'de, D: Deserializer<'de>>(from: D) -> Result<State, D::Error> {
+        let text = String::deserialize(from)?;
+        State::from_label(&text).ok_or_else(|| D::Error::custom(format!("no grant state `{text}`")))
+    }
+
+    pub fn ser_session<S: Serializer>(s: &SessionState, to: S) -> Result<S::Ok, S::Error> {
+        to.serialize_str(s.label())
+    }
+
+    pub fn de_session<'de, D: Deserializer<'de>>(from: D) -> Result<SessionState, D::Error> {
+        let text = String::deserialize(from)?;
+        SessionState::from_label(&text)
+            .ok_or_else(|| D::Error::custom(format!("no session state `{text}`")))
+    }
+}

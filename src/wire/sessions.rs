@@ -1,0 +1,141 @@
+//! Recorded sessions on the wire: their metadata, their events, searches.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::label;
+use crate::domain::session::{self, RecordingSeal, SessionMeta, SessionState};
+
+/// One recorded session's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user: String,
+    pub grant: String,
+    pub serial: u64,
+    pub key_id: String,
+    pub principal: String,
+    pub target: String,
+    pub client: String,
+    pub kind: String,
+    pub command: Option<String>,
+    pub term: Option<String>,
+    pub cols: u32,
+    pub rows: u32,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    #[serde(
+        serialize_with = "label::ser_session",
+        deserialize_with = "label::de_session"
+    )]
+    pub state: SessionState,
+    pub exit_status: Option<u32>,
+    pub end_reason: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub recording: Option<RecordingSeal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_in: Option<u64>,
+}
+
+/// Moves every field across; written once for both directions.
+macro_rules! session_fields {
+    ($from:expr, $to:ident) => {{
+        let m = $from;
+        $to {
+            id: m.id,
+            user: m.user,
+            grant: m.grant,
+            serial: m.serial,
+            key_id: m.key_id,
+            principal: m.principal,
+            target: m.target,
+            client: m.client,
+            kind: m.kind,
+            command: m.command,
+            term: m.term,
+            cols: m.cols,
+            rows: m.rows,
+            start: m.start,
+            end: m.end,
+            state: m.state,
+            exit_status: m.exit_status,
+            end_reason: m.end_reason,
+            bytes_in: m.bytes_in,
+            bytes_out: m.bytes_out,
+            files: m.files,
+            env: m.env,
+            recording: m.recording,
+            sealed_in: m.sealed_in,
+        }
+    }};
+}
+
+impl From<SessionMeta> for Session {
+    fn from(m: SessionMeta) -> Session {
+        session_fields!(m, Session)
+    }
+}
+
+impl From<Session> for SessionMeta {
+    fn from(s: Session) -> SessionMeta {
+        session_fields!(s, SessionMeta)
+    }
+}
+
+/// Which sessions a listing (`GET /v1/sessions` query) or search covers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    /// Only sessions started this many seconds ago or later.
+    pub since: Option<i64>,
+}
+
+impl From<SessionFilter> for session::SessionFilter {
+    fn from(f: SessionFilter) -> session::SessionFilter {
+        session::SessionFilter {
+            user: f.user,
+            target: f.target,
+            since: f.since,
+        }
+    }
+}
+
+/// `POST /v1/sessions/grep`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrepBody {
+    pub pattern: String,
+    #[serde(default, flatten)]
+    pub filter: SessionFilter,
+}
+
+/// `GET /v1/sessions/{id}` query.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SessionQuery {
+    /// Why the recording is read (show, play, export), for the audit log.
+    pub purpose: Option<String>,
+}
+
+/// The answer to `GET /v1/sessions/{id}`: the metadata, and the events in the recording
+/// encoding, base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionBody {
+    pub events: String,
+    pub session: Session,
+}
+
+/// One match of a search: which session, when, and the line of text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub session: String,
+    /// Milliseconds since the session started.
+    pub at_ms: u64,
+    pub line: String,
+}
