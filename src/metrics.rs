@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::domain::login::Label;
+use crate::domain::Vocabulary;
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -226,7 +227,7 @@ pub fn render(m: &Metrics, ledger: &LedgerGauges, now_ms: u64) -> String {
     let refused: Vec<(String, String)> = Label::ALL
         .iter()
         .zip(&m.logins_refused)
-        .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.as_str()), n(c)))
+        .map(|(r, c)| (format!("{{reason=\"{}\"}}", r.label()), n(c)))
         .collect();
     family(
         &mut out,

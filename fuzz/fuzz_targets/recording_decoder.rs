@@ -18,28 +18,17 @@ fn meta() -> SessionMeta {
     SessionMeta {
         id: "s-fuzz".into(),
         user: "alice".into(),
-        grant: "g-fuzz".into(),
-        serial: 7,
         key_id: "ramp:alice:prod-db:observe:g-fuzz".into(),
         principal: "readonly".into(),
         target: "db-1".into(),
-        client: "192.0.2.1:50000".into(),
         kind: "shell".into(),
-        command: None,
         term: Some("xterm-256color".into()),
         cols: 80,
         rows: 24,
         start: chrono::Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap(),
-        end: None,
         state: SessionState::Ended,
         exit_status: Some(0),
-        end_reason: None,
-        bytes_in: 0,
-        bytes_out: 0,
-        files: Vec::new(),
-        env: Vec::new(),
-        recording: None,
-        sealed_in: None,
+        ..SessionMeta::default()
     }
 }
 

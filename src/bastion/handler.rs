@@ -9,7 +9,7 @@ use chrono::Utc;
 use russh::keys::ssh_key::{Certificate, PublicKey};
 use russh::server::{self, Auth, Msg, Session};
 use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
-use tokio::sync::{watch, OnceCell, Semaphore};
+use tokio::sync::{watch, OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use super::watchdog::Watchdog;
 use super::{proxy, upstream, Bastion, Upstream, MAX_CHANNELS, TARGET_ANSWER};
@@ -225,6 +225,25 @@ impl ConnHandler {
             .clone()
     }
 
+    /// A new channel's login and its permit among [`MAX_CHANNELS`]; refused (and `None`)
+    /// before login or past the limit.
+    async fn admit_channel(
+        &self,
+        reply: server::ChannelOpenHandle,
+    ) -> Option<(Arc<Login>, OwnedSemaphorePermit, server::ChannelOpenHandle)> {
+        let Some(login) = self.login.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return None;
+        };
+        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
+            reply.reject(too_many_channels()).await;
+            return None;
+        };
+        Some((login, permit, reply))
+    }
+
     /// Starts the connection's watchdog (see [`Watchdog`]), once.
     fn watch_expiry(&mut self, login: Arc<Login>, handle: server::Handle) {
         let Some(gone) = self.gone.take() else {
@@ -331,14 +350,7 @@ impl server::Handler for ConnHandler {
         reply: server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(login) = self.login.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-            reply.reject(too_many_channels()).await;
+        let Some((login, permit, reply)) = self.admit_channel(reply).await else {
             return Ok(());
         };
         reply.accept().await;
@@ -369,14 +381,7 @@ impl server::Handler for ConnHandler {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(login) = self.login.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        let Ok(permit) = self.channels.clone().try_acquire_owned() else {
-            reply.reject(too_many_channels()).await;
+        let Some((login, permit, reply)) = self.admit_channel(reply).await else {
             return Ok(());
         };
         let dest = format!("{host}:{port}");

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::session::{RecordingSeal, SessionFilter};
+use super::Vocabulary;
 
 /// The hash before the first record.
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -94,12 +95,11 @@ macro_rules! actions {
             $($(#[$doc])* $variant,)*
         }
 
-        impl Kind {
-            /// Every kind of action.
-            pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
+        impl Vocabulary for Kind {
+            const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
 
             /// The label records, listings and filters use (`request`, `session-end`...).
-            pub fn label(self) -> &'static str {
+            fn label(self) -> &'static str {
                 match self {
                     $(Kind::$variant => $label,)*
                 }
@@ -180,11 +180,6 @@ actions! {
 }
 
 impl Kind {
-    /// The kind a label names.
-    pub fn from_label(label: &str) -> Option<Kind> {
-        Kind::ALL.iter().copied().find(|k| k.label() == label)
-    }
-
     /// The actions that end a session and carry its recording's seal.
     pub fn ends_session(self) -> bool {
         matches!(self, Kind::SessionEnd | Kind::SessionInterrupted)

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::grant::Grant;
 use super::login::Refusal;
 use super::policy::{parse_cidr, CertOptions, Step};
+use super::Vocabulary;
 
 /// Certificates start this far in the past, for clients whose clocks run slow.
 pub const BACKDATE_SECS: i64 = 60;
@@ -113,8 +114,10 @@ pub enum CertKind {
     Host,
 }
 
-impl CertKind {
-    pub fn label(self) -> &'static str {
+impl Vocabulary for CertKind {
+    const ALL: &'static [CertKind] = &[CertKind::User, CertKind::Host];
+
+    fn label(self) -> &'static str {
         match self {
             CertKind::User => "user",
             CertKind::Host => "host",

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::policy::Policies;
+use super::Vocabulary;
 
 /// The name the service acts under when nobody did (a grant closed at activation).
 pub const SERVICE_ACTOR: &str = "ramp-ca";
@@ -51,20 +52,8 @@ pub enum State {
     Revoked,
 }
 
-impl State {
-    /// The word people and the wire formats use.
-    pub fn label(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Active => "active",
-            State::Expired => "expired",
-            State::Denied => "denied",
-            State::Revoked => "revoked",
-        }
-    }
-
-    /// Every state, for reading labels back.
-    pub const ALL: [State; 5] = [
+impl Vocabulary for State {
+    const ALL: &'static [State] = &[
         State::Pending,
         State::Active,
         State::Expired,
@@ -72,9 +61,14 @@ impl State {
         State::Revoked,
     ];
 
-    /// The state a label names.
-    pub fn from_label(label: &str) -> Option<State> {
-        State::ALL.into_iter().find(|s| s.label() == label)
+    fn label(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Active => "active",
+            State::Expired => "expired",
+            State::Denied => "denied",
+            State::Revoked => "revoked",
+        }
     }
 }
 
@@ -335,7 +329,7 @@ mod tests {
         p.close(State::Denied, "carol", t(3), "no");
         assert_eq!(p.state_at(t(3)), State::Denied);
         assert_eq!(p.closed.unwrap().reason, "no");
-        for s in State::ALL {
+        for &s in State::ALL {
             assert_eq!(State::from_label(s.label()), Some(s));
         }
     }

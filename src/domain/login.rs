@@ -10,7 +10,8 @@ use russh::keys::ssh_key::{Certificate, Fingerprint};
 use super::cert::{self, KeyId};
 use super::grant::{Grant, State};
 use super::policy::{CertOptions, Host, Policies};
-use super::session::{terminal_size, SessionMeta, SessionState};
+use super::session::{terminal_size, SessionMeta};
+use super::Vocabulary;
 
 /// Why a login was refused: the sentence for the log and the audit chain (its `Display`),
 /// and a short, bounded [`Label`] for metrics.
@@ -104,9 +105,9 @@ pub enum Label {
     Error,
 }
 
-impl Label {
+impl Vocabulary for Label {
     /// Every label, in the order `/metrics` lists them.
-    pub const ALL: [Label; 19] = [
+    const ALL: &'static [Label] = &[
         Label::Expired,
         Label::NotYetValid,
         Label::Revoked,
@@ -128,7 +129,7 @@ impl Label {
         Label::Error,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Label::Expired => "expired",
             Label::NotYetValid => "not-yet-valid",
@@ -366,16 +367,7 @@ impl Login {
             cols,
             rows,
             start: now,
-            end: None,
-            state: SessionState::Live,
-            exit_status: None,
-            end_reason: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            files: Vec::new(),
-            env: Vec::new(),
-            recording: None,
-            sealed_in: None,
+            ..SessionMeta::default()
         }
     }
 }
@@ -398,7 +390,7 @@ mod tests {
 
     #[test]
     fn every_label_is_listed_once() {
-        let mut seen: Vec<&str> = Label::ALL.iter().map(|l| l.as_str()).collect();
+        let mut seen: Vec<&str> = Label::ALL.iter().map(|l| l.label()).collect();
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), Label::ALL.len());

@@ -20,3 +20,18 @@ pub mod krl;
 pub mod login;
 pub mod policy;
 pub mod session;
+
+/// A closed vocabulary (grant states, audited actions, refusal reasons...): every word, and
+/// its label in one `match`; labels are read back through the same list, never a second one.
+pub trait Vocabulary: Sized + Copy + 'static {
+    /// Every word, in the order listings show them.
+    const ALL: &'static [Self];
+
+    /// The word's label, as records, bodies and metrics carry it.
+    fn label(self) -> &'static str;
+
+    /// The word a label names.
+    fn from_label(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|w| w.label() == text)
+    }
+}

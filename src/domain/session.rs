@@ -6,6 +6,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::Vocabulary;
+
 /// The terminal size a client asked for, where zero (what `ssh -tt` from a script often
 /// reports) means the usual 80x24.
 pub fn terminal_size(cols: u32, rows: u32) -> (u32, u32) {
@@ -27,10 +29,11 @@ pub const INTERRUPTED_REASON: &str =
     "the bastion stopped without ending the session (crash or kill -9)";
 
 /// Where a session stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
     /// Running now (or the daemon died while it ran and has not restarted yet).
+    #[default]
     Live,
     Ended,
     /// The daemon stopped without ending it (kill -9, power loss): everything up to the
@@ -38,24 +41,19 @@ pub enum SessionState {
     Interrupted,
 }
 
-impl SessionState {
-    pub const ALL: [SessionState; 3] = [
+impl Vocabulary for SessionState {
+    const ALL: &'static [SessionState] = &[
         SessionState::Live,
         SessionState::Ended,
         SessionState::Interrupted,
     ];
 
-    /// The word the ledger, the pages and the exports use.
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             SessionState::Live => "live",
             SessionState::Ended => "ended",
             SessionState::Interrupted => "interrupted",
         }
-    }
-
-    pub fn from_label(label: &str) -> Option<SessionState> {
-        SessionState::ALL.into_iter().find(|s| s.label() == label)
     }
 }
 
@@ -65,8 +63,9 @@ impl std::fmt::Display for SessionState {
     }
 }
 
-/// Everything known about one recorded session (one channel through the bastion).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything known about one recorded session (one channel through the bastion). The
+/// default is a live session where nothing happened yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMeta {
     pub id: String,
     pub user: String,

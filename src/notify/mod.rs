@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint::Signed;
 use crate::domain::audit::AuditRecord;
+use crate::domain::Vocabulary;
 use crate::metrics::{Delivery, Metrics};
 use crate::service::Service;
 use crate::wire::webhook::Topic;

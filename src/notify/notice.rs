@@ -12,6 +12,7 @@ use crate::domain::audit::{Action, AuditRecord};
 use crate::domain::grant::{Grant, SERVICE_ACTOR};
 use crate::domain::policy::format_duration;
 use crate::domain::session::INTERRUPTED_REASON;
+use crate::domain::Vocabulary;
 use crate::service::Service;
 use crate::wire::grants::Grant as GrantBody;
 use crate::wire::webhook::{to_value, CheckpointDetail, CutOffSession, Payload, SlackBody, Topic};

@@ -21,16 +21,9 @@ pub fn meta() -> SessionMeta {
         cols: 100,
         rows: 30,
         start: chrono::Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap(),
-        end: None,
         state: SessionState::Ended,
         exit_status: Some(0),
-        end_reason: None,
-        bytes_in: 0,
-        bytes_out: 0,
-        files: Vec::new(),
-        env: Vec::new(),
-        recording: None,
-        sealed_in: None,
+        ..SessionMeta::default()
     }
 }
 

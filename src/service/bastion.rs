@@ -13,7 +13,6 @@ use crate::domain::cert::{self, CertError, CertKind, KeyId, UserCert, Window};
 use crate::domain::login::{self, Login, Refusal};
 use crate::domain::policy::CertOptions;
 use crate::install::keys;
-use crate::store::Change;
 
 /// A login attempt that was refused, as far as the audit record goes.
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +105,7 @@ impl Service {
             client: l.client.clone(),
         };
         let entry = Entry::new(&l.user, &l.target.name, logged);
-        self.commit(Change::audit(vec![entry]), now).await?;
-        Ok(())
+        self.write_audit(entry, now).await
     }
 
     /// Counts a refused login, and audits it when it concerns someone this CA knows: a
@@ -138,8 +136,7 @@ impl Service {
             key_id: attempt.cert.map(|c| c.key_id().to_string()),
         };
         let entry = Entry::new(&actor, attempt.login_name, refused);
-        self.commit(Change::audit(vec![entry]), now).await?;
-        Ok(())
+        self.write_audit(entry, now).await
     }
 
     /// Why a connection that only managed to offer a plain key got nowhere, and whose key it
@@ -187,8 +184,7 @@ impl Service {
             reason: reason.to_string(),
         };
         let entry = Entry::new(user, dest, refused);
-        self.commit(Change::audit(vec![entry]), now).await?;
-        Ok(())
+        self.write_audit(entry, now).await
     }
 
     /// The bastion's certificate for its own hop to a login's target: for a fresh `key`,

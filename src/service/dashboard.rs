@@ -11,7 +11,6 @@ use crate::domain::audit::{DashboardLinked, DashboardLoggedIn, Entry};
 use crate::domain::grant::State;
 use crate::domain::policy::ROLE_ADMIN;
 use crate::domain::session::{SessionMeta, SessionState};
-use crate::store::Change;
 use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow};
 
 /// A browser session, as the live view names it.
@@ -98,8 +97,7 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let entry = Entry::new(user, user, DashboardLinked { expires });
-        self.commit(Change::audit(vec![entry]), now).await?;
-        Ok(())
+        self.write_audit(entry, now).await
     }
 
     /// Audits a browser session started from a link.
@@ -115,7 +113,6 @@ impl Service {
             session_expires,
         };
         let entry = Entry::new(user, user, logged);
-        self.commit(Change::audit(vec![entry]), now).await?;
-        Ok(())
+        self.write_audit(entry, now).await
     }
 }

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use russh::keys::ssh_key::PublicKey;
 
 use crate::checkpoint::Signed;
-use crate::domain::audit::AuditRecord;
+use crate::domain::audit::{AuditRecord, Entry};
 use crate::domain::cert::{self, CertError};
 use crate::domain::grant::{Grant, State};
 use crate::domain::policy::{self, Policies, Step};
@@ -150,6 +150,13 @@ impl Service {
     /// Commits one change and waits for the disk: for changes that need no grant lock.
     async fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         Ok(self.store.commit(change, now)?.await?)
+    }
+
+    /// Appends one audit record alone and waits for the disk: the one way the service's
+    /// parts record what happened outside a ledger change.
+    async fn write_audit(&self, entry: Entry, now: DateTime<Utc>) -> Result<()> {
+        self.commit(Change::audit(vec![entry]), now).await?;
+        Ok(())
     }
 
     /// Every write made so far, once it is on disk.

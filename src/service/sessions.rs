@@ -86,7 +86,7 @@ impl Service {
             count: out.len() as u64,
         };
         let entry = Entry::new(who, "sessions", listed);
-        self.commit(Change::audit(vec![entry]), now).await?;
+        self.write_audit(entry, now).await?;
         Ok(out)
     }
 
@@ -131,8 +131,7 @@ impl Service {
             target: meta.target.clone(),
         };
         let entry = Entry::new(who, &meta.id, read);
-        self.commit(Change::audit(vec![entry]), now).await?;
-        Ok(())
+        self.write_audit(entry, now).await
     }
 
     /// Searches recordings for a pattern, for admins and auditors; the search is audited.
@@ -175,7 +174,7 @@ impl Service {
             hits: hits.len() as u64,
         };
         let entry = Entry::new(who, "sessions", searched);
-        self.commit(Change::audit(vec![entry]), now).await?;
+        self.write_audit(entry, now).await?;
         Ok(hits)
     }
 

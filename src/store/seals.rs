@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use super::{decode, Result, Store, StoreError};
 use crate::domain::audit::{seal_in, AuditRecord, Kind};
 use crate::domain::session::{RecordingSeal, SessionMeta, SessionState};
+use crate::domain::Vocabulary;
 
 /// Recordings checked against their seals in the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,29 +249,10 @@ mod tests {
     fn meta(id: &str) -> SessionMeta {
         SessionMeta {
             id: id.into(),
-            user: "alice".into(),
-            grant: "g1".into(),
-            serial: 1,
-            key_id: "ramp:alice:prod-db:observe:g1".into(),
-            principal: "readonly".into(),
-            target: "db-1".into(),
-            client: "127.0.0.1:5000".into(),
-            kind: "shell".into(),
-            command: None,
-            term: None,
-            cols: 80,
-            rows: 24,
-            start: Utc::now(),
-            end: None,
             state: SessionState::Live,
             exit_status: None,
-            end_reason: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            files: Vec::new(),
-            env: Vec::new(),
-            recording: None,
-            sealed_in: None,
+            start: Utc::now(),
+            ..crate::recordings::fixtures::meta()
         }
     }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::audit;
+use crate::domain::audit::AuditRecord as Record;
 
 /// One audit record as `GET /v1/audit` sends it: every field the chain hashes, so a client
 /// checks the chain itself.
@@ -20,53 +20,32 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-impl From<audit::AuditRecord> for AuditRecord {
-    fn from(r: audit::AuditRecord) -> AuditRecord {
-        let audit::AuditRecord {
-            seq,
-            at,
-            actor,
-            action,
-            subject,
-            detail,
-            prev,
-            hash,
-        } = r;
-        AuditRecord {
-            seq,
-            at,
-            actor,
-            action,
-            subject,
-            detail,
-            prev,
-            hash,
+/// Moves every field of an audit record across; written once for both directions.
+macro_rules! record_fields {
+    ($from:expr, $to:ident) => {{
+        let r = $from;
+        $to {
+            seq: r.seq,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+            detail: r.detail,
+            prev: r.prev,
+            hash: r.hash,
         }
+    }};
+}
+
+impl From<Record> for AuditRecord {
+    fn from(r: Record) -> AuditRecord {
+        record_fields!(r, AuditRecord)
     }
 }
 
-impl From<AuditRecord> for audit::AuditRecord {
-    fn from(r: AuditRecord) -> audit::AuditRecord {
-        let AuditRecord {
-            seq,
-            at,
-            actor,
-            action,
-            subject,
-            detail,
-            prev,
-            hash,
-        } = r;
-        audit::AuditRecord {
-            seq,
-            at,
-            actor,
-            action,
-            subject,
-            detail,
-            prev,
-            hash,
-        }
+impl From<AuditRecord> for Record {
+    fn from(r: AuditRecord) -> Record {
+        record_fields!(r, Record)
     }
 }
 

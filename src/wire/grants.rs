@@ -93,10 +93,7 @@ pub struct Grant {
     pub ttl_secs: u64,
     pub requested_at: DateTime<Utc>,
     /// As recorded: never `expired` (see [`GrantView::state`]).
-    #[serde(
-        serialize_with = "label::ser_grant",
-        deserialize_with = "label::de_grant"
-    )]
+    #[serde(with = "label")]
     pub status: State,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
@@ -158,10 +155,7 @@ impl From<&grant::Grant> for Grant {
 pub struct GrantView {
     #[serde(flatten)]
     pub grant: Grant,
-    #[serde(
-        serialize_with = "label::ser_grant",
-        deserialize_with = "label::de_grant"
-    )]
+    #[serde(with = "label")]
     pub state: State,
     pub principals: Vec<String>,
     pub targets: Vec<String>,

@@ -93,29 +93,21 @@ pub fn path(route: &str, id: &str) -> String {
 }
 
 /// The wire's words for the domain's closed vocabularies (grant and session states): the
-/// domain's labels, read back strictly.
+/// domain's labels, read back strictly (`#[serde(with = "label")]`).
 pub(crate) mod label {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    use crate::domain::grant::State;
-    use crate::domain::session::SessionState;
+    use crate::domain::Vocabulary;
 
-    pub fn ser_grant<S: Serializer>(s: &State, to: S) -> Result<S::Ok, S::Error> {
-        to.serialize_str(s.label())
+    pub fn serialize<T: Vocabulary, S: Serializer>(word: &T, to: S) -> Result<S::Ok, S::Error> {
+        to.serialize_str(word.label())
     }
 
-    pub fn de_grant<'de, D: Deserializer<'de>>(from: D) -> Result<State, D::Error> {
+    pub fn deserialize<'de, T: Vocabulary, D: Deserializer<'de>>(from: D) -> Result<T, D::Error> {
         let text = String::deserialize(from)?;
-        State::from_label(&text).ok_or_else(|| D::Error::custom(format!("no grant state `{text}`")))
-    }
-
-    pub fn ser_session<S: Serializer>(s: &SessionState, to: S) -> Result<S::Ok, S::Error> {
-        to.serialize_str(s.label())
-    }
-
-    pub fn de_session<'de, D: Deserializer<'de>>(from: D) -> Result<SessionState, D::Error> {
-        let text = String::deserialize(from)?;
-        SessionState::from_label(&text)
-            .ok_or_else(|| D::Error::custom(format!("no session state `{text}`")))
+        T::from_label(&text).ok_or_else(|| {
+            let known: Vec<&str> = T::ALL.iter().map(|w| w.label()).collect();
+            D::Error::custom(format!("`{text}` is none of {}", known.join(", ")))
+        })
     }
 }

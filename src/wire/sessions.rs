@@ -24,10 +24,7 @@ pub struct Session {
     pub rows: u32,
     pub start: DateTime<Utc>,
     pub end: Option<DateTime<Utc>>,
-    #[serde(
-        serialize_with = "label::ser_session",
-        deserialize_with = "label::de_session"
-    )]
+    #[serde(with = "label")]
     pub state: SessionState,
     pub exit_status: Option<u32>,
     pub end_reason: Option<String>,

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::domain::Vocabulary;
+
 /// What happened, as receivers subscribe to it (`events:` in the service config) and as a
 /// body's `event` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -29,8 +31,19 @@ pub enum Topic {
     Checkpoint,
 }
 
-impl Topic {
-    pub fn label(self) -> &'static str {
+impl Vocabulary for Topic {
+    const ALL: &'static [Topic] = &[
+        Topic::Request,
+        Topic::Approve,
+        Topic::Deny,
+        Topic::Grant,
+        Topic::BreakGlass,
+        Topic::Revoke,
+        Topic::SessionCutOff,
+        Topic::Checkpoint,
+    ];
+
+    fn label(self) -> &'static str {
         match self {
             Topic::Request => "request",
             Topic::Approve => "approve",

@@ -8,7 +8,7 @@ use crate::service::ServiceError;
 #[tokio::test]
 async fn an_absurd_audit_age_is_bounded_after_the_role_check() {
     let f = fixture();
-    f.ask("alice", "observe", false, t0()).await.unwrap();
+    f.grant_of("observe", t0()).await;
     let err = f.service.audit("alice", Some(i64::MAX), t0()).unwrap_err();
     assert!(matches!(err, ServiceError::Denied(_)), "{err}");
     let all = f.service.audit("bob", Some(i64::MAX), t0()).unwrap();

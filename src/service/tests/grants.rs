@@ -46,7 +46,7 @@ async fn asking_again_for_a_held_step_mints_from_the_grant_held() {
 #[tokio::test]
 async fn asking_again_while_a_request_is_pending_returns_that_request() {
     let f = fixture();
-    f.ask("alice", "observe", false, t0()).await.unwrap();
+    f.grant_of("observe", t0()).await;
     let pending = f.ask("alice", "operate", true, at(1)).await.unwrap();
     assert_eq!(pending.grant.state, State::Pending);
     let again = f.ask("alice", "operate", true, at(2)).await.unwrap();
@@ -63,23 +63,10 @@ async fn asking_again_while_a_request_is_pending_returns_that_request() {
 #[tokio::test]
 async fn nobody_approves_their_own_request_and_one_approval_counts_once() {
     let f = fixture();
-    f.ask("alice", "observe", false, t0()).await.unwrap();
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
-    f.ask("alice", "break-glass", false, at(3)).await.unwrap();
-    let bg = f.service.grants("alice", false, at(3)).unwrap();
-    let bg = &bg
-        .iter()
-        .find(|g| g.grant.step == "break-glass")
-        .unwrap()
-        .grant
-        .id;
+    let bg = &f.grant_of("break-glass", at(3)).await;
     let err = f.service.approve("alice", bg, at(4)).await.unwrap_err();
     assert!(err.to_string().contains("your own request"), "{err}");
     f.service.approve("bob", bg, at(5)).await.unwrap();
@@ -94,13 +81,7 @@ async fn nobody_approves_their_own_request_and_one_approval_counts_once() {
 async fn an_approval_after_the_prerequisite_ended_denies_the_request() {
     let f = fixture();
     f.ask_for("observe", "1m", t0()).await;
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    let op = f.grant_of("operate", at(1)).await;
     let out = f.service.approve("bob", &op, at(120)).await.unwrap();
     assert_eq!(out.grant.state, State::Denied);
     assert!(out
@@ -114,13 +95,7 @@ async fn an_approval_after_the_prerequisite_ended_denies_the_request() {
 async fn a_higher_step_is_clamped_to_the_step_it_climbed_from() {
     let f = fixture();
     f.ask_for("observe", "10m", t0()).await;
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    let op = f.grant_of("operate", at(1)).await;
     let out = f.service.approve("bob", &op, at(2)).await.unwrap();
     assert_eq!(out.grant.grant.end, Some(at(600)), "ends with observe");
 }
@@ -130,14 +105,8 @@ async fn a_higher_step_is_clamped_to_the_step_it_climbed_from() {
 #[tokio::test]
 async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
     let f = std::sync::Arc::new(fixture());
-    f.ask("alice", "observe", false, t0()).await.unwrap();
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
     // Nothing happens: the wait runs out and answers the request as it stands.
     let started = std::time::Instant::now();
     let view = f
@@ -171,14 +140,8 @@ async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
 #[tokio::test]
 async fn a_grant_is_seen_by_its_owner_reviewers_and_its_approvers_only() {
     let f = fixture();
-    f.ask("alice", "observe", false, t0()).await.unwrap();
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
     for who in ["alice", "bob", "carol"] {
         f.service.grant(who, &op, at(1)).unwrap();
     }
@@ -305,7 +268,7 @@ async fn a_policy_reload_with_problems_keeps_the_old_set_in_force() {
     let err = f.service.reload_policies().unwrap_err();
     assert!(err.to_string().contains("broken.yaml"), "{err}");
     assert!(f.service.policies().contracts.contains_key("prod-db"));
-    f.ask("alice", "observe", false, t0()).await.unwrap();
+    f.grant_of("observe", t0()).await;
     // A good change takes effect at once: alice leaves people.yaml.
     std::fs::remove_file(policies.join("broken.yaml")).unwrap();
     let people = std::fs::read_to_string(policies.join("people.yaml")).unwrap();

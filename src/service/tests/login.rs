@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use russh::keys::ssh_key::{Algorithm, Certificate, PrivateKey};
 
 use super::*;
-use crate::domain::login::{Label, Refusal};
+use crate::domain::login::{Label, Login, Refusal};
 use crate::service::Attempt;
 
 const PEER: &str = "127.0.0.1:5000";
@@ -27,14 +27,18 @@ fn refusal(f: &Fixture, cert: &Certificate, login: &str, now: DateTime<Utc>) -> 
     f.service.check_login(cert, login, peer(), now).unwrap_err()
 }
 
+/// alice on db-1 as readonly with `cert`, at `now`.
+fn logged_in(f: &Fixture, cert: &Certificate, now: DateTime<Utc>) -> Login {
+    f.service
+        .check_login(cert, "readonly@db-1", peer(), now)
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_minted_certificate_logs_in_where_its_contract_covers_and_nowhere_else() {
     let f = fixture();
     let (cert, grant) = observer(&f).await;
-    let login = f
-        .service
-        .check_login(&cert, "readonly@db-1", peer(), at(60))
-        .unwrap();
+    let login = logged_in(&f, &cert, at(60));
     assert_eq!(
         (login.user.as_str(), login.principal.as_str()),
         ("alice", "readonly")
@@ -137,10 +141,7 @@ async fn a_revoked_serial_a_grant_ended_early_and_a_removed_person_are_refused()
 async fn a_live_login_is_rechecked_against_the_ledger_and_the_policies() {
     let f = fixture();
     let (cert, grant) = observer(&f).await;
-    let login = f
-        .service
-        .check_login(&cert, "readonly@db-1", peer(), at(5))
-        .unwrap();
+    let login = logged_in(&f, &cert, at(5));
     assert_eq!(f.service.recheck(&login, at(6)), None);
     let by_serial = RevokeBody {
         serial: Some(cert.serial()),
@@ -221,10 +222,7 @@ async fn refusals_are_counted_always_and_audited_for_people_the_ca_knows_only() 
 async fn logins_and_refused_forwards_are_audited() {
     let f = fixture();
     let (cert, grant) = observer(&f).await;
-    let login = f
-        .service
-        .check_login(&cert, "readonly@db-1", peer(), at(5))
-        .unwrap();
+    let login = logged_in(&f, &cert, at(5));
     f.service.logged_in(&login, at(5)).await.unwrap();
     let why = "the certificate does not permit port forwarding";
     f.service

@@ -7,24 +7,10 @@ use super::*;
 #[tokio::test]
 async fn a_pending_request_does_not_shield_a_dependent_from_revocation() {
     let f = fixture();
-    f.ask("alice", "observe", false, t0()).await.unwrap();
-    let op1 = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    f.grant_of("observe", t0()).await;
+    let op1 = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op1, at(2)).await.unwrap();
-    f.ask("alice", "break-glass", false, at(3)).await.unwrap();
-    let bg = f.service.grants("alice", false, at(3)).unwrap();
-    let bg = bg
-        .iter()
-        .find(|g| g.grant.step == "break-glass")
-        .unwrap()
-        .grant
-        .id
-        .clone();
+    let bg = f.grant_of("break-glass", at(3)).await;
     f.service.approve("bob", &bg, at(4)).await.unwrap();
     f.service.approve("carol", &bg, at(5)).await.unwrap();
     assert_eq!(f.state(&bg, at(5)), State::Active);
@@ -59,13 +45,7 @@ async fn a_pending_request_does_not_shield_a_dependent_from_revocation() {
 async fn a_dependent_is_reclamped_to_the_prerequisite_left_standing() {
     let f = fixture();
     let o1 = f.ask_for("observe", "30m", t0()).await.grant.grant.id;
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
     assert_eq!(f.state(&op, at(2)), State::Active);
     // A second, short observe grant (the ledger keeps it beside the first).
@@ -87,20 +67,8 @@ async fn a_dependent_is_reclamped_to_the_prerequisite_left_standing() {
 #[tokio::test]
 async fn revoking_a_prerequisite_takes_its_dependents_along() {
     let f = fixture();
-    let o = f
-        .ask("alice", "observe", false, t0())
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
-    let op = f
-        .ask("alice", "operate", false, at(1))
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    let o = f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
     let out = f
         .service
@@ -114,13 +82,7 @@ async fn revoking_a_prerequisite_takes_its_dependents_along() {
 #[tokio::test]
 async fn only_admins_revoke_what_is_not_theirs() {
     let f = fixture();
-    let o = f
-        .ask("alice", "observe", false, t0())
-        .await
-        .unwrap()
-        .grant
-        .grant
-        .id;
+    let o = f.grant_of("observe", t0()).await;
     let err = f
         .service
         .revoke("bob", &revoke_grant(&o), at(1))
