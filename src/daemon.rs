@@ -147,11 +147,16 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(path) = service.ensure_bastion_cert(Utc::now()).await? {
         tracing::info!(path = %path.display(), "signed the bastion host certificate");
     }
-    match service.chain_report() {
-        Ok(r) if r.first_bad.is_none() => tracing::info!(records = r.records, "audit chain intact"),
-        Ok(r) => {
+    // The whole chain is read: off the async threads.
+    let checking = service.clone();
+    match tokio::task::spawn_blocking(move || checking.chain_report()).await {
+        Ok(Ok(r)) if r.first_bad.is_none() => {
+            tracing::info!(records = r.records, "audit chain intact")
+        }
+        Ok(Ok(r)) => {
             tracing::error!(bad = ?r.first_bad, "AUDIT CHAIN BROKEN; run `ramp-ca audit verify`")
         }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the audit chain"),
         Err(e) => tracing::error!(error = %e, "cannot read the audit chain"),
     }
     let notifier = crate::notify::Notifier::start(service.clone(), &config.webhooks);

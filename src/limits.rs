@@ -124,7 +124,7 @@ impl Source {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct Tally {
     /// Connections waiting now, from everyone.
     waiting: usize,
     sources: HashMap<IpAddr, Source>,
@@ -139,7 +139,7 @@ struct State {
 #[derive(Debug)]
 pub struct Gate {
     limits: Limits,
-    state: Mutex<State>,
+    state: Mutex<Tally>,
 }
 
 /// A connection let in; it counts as waiting until it logs in or is dropped.
@@ -156,11 +156,11 @@ impl Gate {
     pub fn new(limits: Limits) -> Arc<Gate> {
         Arc::new(Gate {
             limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Tally::default()),
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, Tally> {
         // The bookkeeping stays consistent even if a holder panicked.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -218,7 +218,7 @@ impl Gate {
         })
     }
 
-    fn refuse(&self, state: &mut State, why: Cap, source: IpAddr, now: Instant) -> TurnedAway {
+    fn refuse(&self, state: &mut Tally, why: Cap, source: IpAddr, now: Instant) -> TurnedAway {
         let log = if state.logged.is_none_or(|t| now >= t + LOG_EVERY) {
             state.logged = Some(now);
             Some(std::mem::take(&mut state.unlogged))
@@ -296,7 +296,7 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 /// The table is swept of forgettable sources at most this often when it is full.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-impl State {
+impl Tally {
     fn sweep(&mut self, rate: Option<Rate>, now: Instant) {
         if self.swept.is_some_and(|t| now < t + SWEEP_EVERY) {
             return;

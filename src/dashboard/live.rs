@@ -31,7 +31,7 @@ pub(super) fn routes() -> Router<App> {
 }
 
 /// The live view as the browser session's user may see it, off the async threads.
-async fn view(app: &App, session: WebSession) -> Result<dashboard::State, ServiceError> {
+async fn view(app: &App, session: WebSession) -> Result<dashboard::LiveView, ServiceError> {
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
         let web = WebUser {

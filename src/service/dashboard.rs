@@ -29,7 +29,7 @@ impl Service {
         web: &WebUser<'_>,
         live: Vec<SessionMeta>,
         now: DateTime<Utc>,
-    ) -> Result<dashboard::State> {
+    ) -> Result<dashboard::LiveView> {
         let user = web.user;
         let p = self.policies();
         let reviewer = is_reviewer(&p, user);
@@ -69,7 +69,7 @@ impl Service {
                 session: s.into(),
             })
             .collect();
-        Ok(dashboard::State {
+        Ok(dashboard::LiveView {
             active,
             live,
             me: Me {

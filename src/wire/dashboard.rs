@@ -27,7 +27,7 @@ pub struct LoginQuery {
 /// Everything the live view shows, as its user may see it (`/ui/api/state`, and each
 /// `state` event of `/ui/api/stream`).
 #[derive(Debug, Clone, Serialize)]
-pub struct State {
+pub struct LiveView {
     pub active: Vec<ActiveRow>,
     pub live: Vec<LiveRow>,
     pub me: Me,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ramp_ca::auth::Signer;
 
-use crate::bastion::{rig, Rig};
+use crate::rig::{rig, Rig};
 use crate::support::{keygen, run_err, run_ok};
 use crate::{json, setup, ALICE, BOB, CAROL};
 

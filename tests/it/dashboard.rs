@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::bastion::{rig, Rig};
+use crate::rig::{rig, Rig};
 use crate::support::{free_port, run_ok};
 use crate::{json, ALICE, BOB, CAROL};
 

@@ -8,6 +8,7 @@ mod dashboard;
 mod init_policy;
 mod notify;
 mod revocation;
+mod rig;
 mod signing;
 mod sshd_harness;
 mod support;

@@ -415,7 +415,7 @@ fn a_session_the_bastion_cuts_off_is_announced_and_metrics_follow_sessions_bytes
     let hooks = TestDir::new();
     let receiver = Receiver::start(Answer::Ok);
     let config = config(&hooks, &[(&receiver.url, "json", Some("session-cut-off"))]);
-    let rig = crate::bastion::rig_with(&["--config", &config]);
+    let rig = crate::rig::rig_with(&["--config", &config]);
     let grant = rig.observe("INC-50", &[])["grant"]["id"]
         .as_str()
         .unwrap()

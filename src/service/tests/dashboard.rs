@@ -4,7 +4,7 @@
 use super::*;
 use crate::domain::session::SessionState;
 use crate::service::{AuditSearch, WebUser};
-use crate::wire::dashboard::State as View;
+use crate::wire::dashboard::LiveView as View;
 
 fn view(f: &Fixture, user: &str, now: DateTime<Utc>) -> View {
     let web = WebUser {
