@@ -90,10 +90,11 @@ impl Client {
         if status.is_success() {
             return Ok(body.to_vec());
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error")?.as_str().map(String::from))
-            .unwrap_or_else(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+        let message = serde_json::from_slice::<crate::wire::ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| {
+                format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())
+            });
         Err(ClientError::Refused {
             status: status.as_u16(),
             message,

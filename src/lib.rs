@@ -1,29 +1,29 @@
 //! ramp-ca: an SSH certificate authority and recording bastion for staged, short-lived,
 //! audited production access.
 //!
-//! Layers, dependencies pointing one way:
-//! - [`policy`]: YAML ramp contracts -> validated model; `decide(request, grants, now)`. Pure.
-//! - [`grant`]: requests and grants as plain data. Pure.
-//! - [`ca`]: grant + key + now -> OpenSSH certificate; verification. Pure.
-//! - [`krl`]: OpenSSH key revocation lists. Pure.
-//! - [`auth`]: SSHSIG-signed requests, both the signing and the checking half.
-//! - [`keys`]: key files (0600, never overwritten); [`init`], [`trust`]: set-up helpers.
-//! - [`recording`]: session metadata and timed events, and their encoding. Pure.
-//! - [`review`]: asciicast/JSON export, search and timed playback of recordings.
-//! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain,
-//!   session recordings, kept checkpoints.
-//! - [`checkpoint`]: the audit chain's head signed with the audit-signer key (SSHSIG), and
-//!   checking a chain against such checkpoints. Pure but its `writer` (the daemon's schedule).
-//! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
-//!   [`bastion`]: the russh server that checks certificates, hops to targets and records;
-//!   [`dashboard`]: the web pages on the API port (one-time login links, live state over
-//!   server-sent events, terminal screens rendered server-side); [`daemon`]: `serve`,
-//!   signals and shutdown; [`limits`]: the accept step both servers share,
-//!   with how many connections that have not shown who they are may wait, and how fast one
-//!   address may open them (the bookkeeping pure, the clock an argument).
-//! - [`notify`]: webhooks for what people act on, fed by the audit stream, off every
-//!   request's path; [`metrics`]: counters bumped where things happen, `/metrics` text.
-//! - [`client`], [`cli`]: the command line; [`shown`]: user text escaped for terminals and logs.
+//! The map, callers first; dependencies point down:
+//! - [`cli`] (clap definitions in `cli::args`, each command's code beside), [`client`]
+//!   (signed requests), [`auth`] (SSHSIG request signing and checking).
+//! - Adapters: [`api`] (HTTP), [`dashboard`] (the web pages), [`bastion`] (russh: thin
+//!   Handler, watchdog, hop, one task per channel), [`notify`] (webhooks from typed audit
+//!   actions), [`checkpoint`] (signed checkpoints of the chain and their schedule),
+//!   [`metrics`], [`limits`] (the pre-auth gate), [`daemon`] (`serve`).
+//! - [`wire`]: every route path and every HTTP and webhook body.
+//! - [`service`]: the application layer, the only door to the ledger: every role check and
+//!   every audit record.
+//! - [`recordings`]: one home for recordings (format, files, writer, export, search,
+//!   screen).
+//! - [`store`]: the ledger, the only sled user; one write API, `Store::commit`, whose future
+//!   resolves once the change is on disk.
+//! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
+//!   audit chain and its typed actions, logins and their refusals, recorded sessions.
+//! - [`install`]: the installation as files (keys, policies, `init`, trust text);
+//!   [`shown`]: user text escaped for terminals and logs.
+//!
+//! Invariants: only `service` uses `store`; only `store` touches sled and decides what lives in
+//! `data/`; `domain` does no IO and reads no clock; `wire` is the only serde boundary for HTTP
+//! and webhooks (stored records and wire bodies are separate types); nothing blocks a runtime
+//! thread waiting for the disk. The README's Architecture section has the whole list.
 pub mod api;
 pub mod auth;
 pub mod bastion;

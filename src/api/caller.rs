@@ -11,11 +11,11 @@ use axum::Json;
 use chrono::Utc;
 use russh::keys::ssh_key::PublicKey;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use super::server::{BODY_TIMEOUT, MAX_BODY};
 use crate::auth::{self, AuthError, Headers};
 use crate::service::{Service, ServiceError};
+use crate::wire::ErrorBody;
 
 type App = Arc<Service>;
 
@@ -25,7 +25,7 @@ pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody::new(self.1))).into_response()
     }
 }
 

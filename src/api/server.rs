@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::Router;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
@@ -47,7 +46,7 @@ const MAX_REFUSING: usize = 64;
 /// closing does not reset the connection before the client reads the answer.
 const REFUSE_LINGER: Duration = Duration::from_secs(2);
 
-/// requests in flight (bounded by [`DRAIN`]).
+/// requests in flight (bounded by `DRAIN`).
 pub async fn run(
     listener: tokio::net::TcpListener,
     routes: Router,
@@ -115,7 +114,7 @@ pub async fn run(
 
 /// Answers a connection the [`Gate`] refused with `status` and closes it, off the accept loop.
 fn answer_refused(socket: TcpStream, status: StatusCode, why: &str, refusing: &Arc<Semaphore>) {
-    let body = json!({ "error": why }).to_string();
+    let body = crate::wire::ErrorBody::new(why).text();
     let answer = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()

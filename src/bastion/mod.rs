@@ -2,9 +2,9 @@
 //! target with its own node-ca certificate, records every channel, and cuts connections off
 //! at expiry or revocation.
 //!
-//! The russh `Handler` ([`handler`]) is a thin adapter: authentication asks the service
+//! The russh `Handler` (`handler`) is a thin adapter: authentication asks the service
 //! (`Service::check_login`), each channel becomes a task in [`proxy`], each connection gets
-//! a [`watchdog`] that decides when it ends. [`run`] recovers what a crash left, sets the
+//! a `watchdog` that decides when it ends. [`run`] recovers what a crash left, sets the
 //! server up, accepts until the shutdown future fires, then drains.
 
 mod files;

@@ -1,7 +1,7 @@
 //! The command line: [`args`] says what each command takes; the modules here do the work.
 //! Local commands ([`Command::Init`], `serve`, `policy`, `trust`) read `--dir`; client
 //! commands talk to the daemon through [`crate::client`], over the paths and bodies of
-//! [`crate::wire`], and print text or `--json` ([`output`]).
+//! [`crate::wire`], and print text or `--json` (`output`).
 
 pub mod args;
 mod audit;

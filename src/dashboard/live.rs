@@ -77,7 +77,7 @@ async fn stream(State(app): State<App>, headers: HeaderMap) -> Result<Response, 
             }
             let data = match view(&app, session.clone()).await {
                 Ok(v) => serde_json::to_string(&v).unwrap_or_default(),
-                Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
+                Err(e) => crate::wire::ErrorBody::new(e.to_string()).text(),
             };
             let event = SseEvent::default().event("state").data(data);
             Some((

@@ -3,8 +3,8 @@
 //! [`Settings::link_ttl`]; opening it starts a browser session that carries that user and
 //! lasts [`Settings::session_ttl`]. This module keeps the browser sessions; everything else
 //! is asked of the service, with the same authorisation and audit as the command line:
-//! the live view ([`live`]: approve, deny, revoke, with the session's CSRF token), and
-//! recordings and the audit log ([`review`]).
+//! the live view (`live`: approve, deny, revoke, with the session's CSRF token), and
+//! recordings and the audit log (`review`).
 //!
 //! The page is one small HTML/JS/CSS bundle of our own (`assets/`), its paths filled in from
 //! [`crate::wire::ui`]. Live state comes as server-sent events, pushed on every audit record

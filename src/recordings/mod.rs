@@ -1,4 +1,4 @@
-//! Session recordings, one home: how events are encoded ([`format`]), the file each
+//! Session recordings, one home: how events are encoded ([`format`](mod@format)), the file each
 //! session's events go to and how it is sealed, checked and followed ([`files`]), the
 //! bastion's writer that records off the data path ([`writer`]), and what reviewers get out
 //! of them: exports and playback ([`export`]), search ([`search`]) and terminal screens for

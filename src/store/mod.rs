@@ -7,7 +7,7 @@
 //! its audit records in one transaction through [`Store::commit`], whose future resolves
 //! once the change is on disk. A session's events are a file of their own (see
 //! [`crate::recordings::files`]), kept in `data/recordings/`; a finished recording's seal is
-//! also in the audit record that ends its session, see [`seals`]. Signed checkpoints of the
+//! also in the audit record that ends its session, see `seals`. Signed checkpoints of the
 //! chain are files in `data/checkpoints/`, see [`checkpoints`].
 
 mod active;

@@ -87,6 +87,25 @@ pub mod ui {
     ];
 }
 
+/// Every refusal and failure the API and the pages answer: `{"error": "..."}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+        }
+    }
+
+    /// The body as JSON text.
+    pub fn text(&self) -> String {
+        serde_json::to_string(self).expect("an error body serialises")
+    }
+}
+
 /// A route with its `{id}` filled in.
 pub fn path(route: &str, id: &str) -> String {
     route.replace("{id}", id)

@@ -89,7 +89,7 @@ pub const READ_AHEAD: usize = 512;
 pub const CONNECTION_READ_AHEAD: usize = 8 * 1024 * 1024;
 
 /// Messages russh queues per channel before its connection loop waits (its default is 100):
-/// small, since [`read_ahead`] empties it at once while the budget lasts, and it is what each
+/// small, since `read_ahead` empties it at once while the budget lasts, and it is what each
 /// channel holds beyond the budget when the budget is spent.
 pub const RUSSH_CHANNEL_QUEUE: usize = 4;
 
