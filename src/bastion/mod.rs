@@ -302,12 +302,8 @@ fn unusable_key(
     now: chrono::DateTime<Utc>,
 ) -> (login::Refused, Option<String>) {
     let fp = crate::keys::fingerprint(key);
-    let newest = service.store.certs().ok().and_then(|certs| {
-        certs
-            .into_iter()
-            .filter(|c| c.fingerprint == fp && c.kind == "user")
-            .max_by_key(|c| c.serial)
-    });
+    // From memory: anyone may offer a plain key, so this must not read the ledger.
+    let newest = service.store.newest_cert_for(&fp);
     let owner = service
         .policies()
         .user_by_key(key)

@@ -275,6 +275,9 @@ pub struct Store {
     writer: Mutex<()>,
     /// Active grants by user and step, for decisions.
     active: Mutex<ActiveIndex>,
+    /// The newest user certificate of each key (by fingerprint), so a login that offered only
+    /// a plain key is explained without reading every certificate.
+    newest_certs: Mutex<std::collections::HashMap<String, CertRecord>>,
     syncs: sync::Syncer,
     /// Every committed audit record, in order, for live listeners (webhooks, dashboard).
     audit_feed: tokio::sync::broadcast::Sender<AuditRecord>,
@@ -354,10 +357,12 @@ impl Store {
             syncs: sync::Syncer::start(db),
             writer: Mutex::new(()),
             active: Mutex::new(ActiveIndex::default()),
+            newest_certs: Mutex::new(std::collections::HashMap::new()),
             audit_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
             grant_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
         };
         store.index_grants(&store.grants()?);
+        store.index_certs(&store.certs()?);
         store.index_old_nonces()?;
         Ok(store)
     }
@@ -489,6 +494,7 @@ impl Store {
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
         self.index_grants(&change.grants);
+        self.index_certs(&change.certs);
         if self.grant_feed.receiver_count() > 0 {
             for g in &change.grants {
                 let _ = self.grant_feed.send(g.id.clone());
@@ -587,6 +593,24 @@ impl Store {
             .get(key)?
             .map(|b| decode("certs", &key, &b))
             .transpose()
+    }
+
+    /// The newest user certificate minted for the key with this fingerprint, from memory.
+    pub fn newest_cert_for(&self, fingerprint: &str) -> Option<CertRecord> {
+        let newest = self.newest_certs.lock().unwrap_or_else(|e| e.into_inner());
+        newest.get(fingerprint).cloned()
+    }
+
+    fn index_certs(&self, certs: &[CertRecord]) {
+        let mut newest = self.newest_certs.lock().unwrap_or_else(|e| e.into_inner());
+        for c in certs.iter().filter(|c| c.kind == "user") {
+            let slot = newest
+                .entry(c.fingerprint.clone())
+                .or_insert_with(|| c.clone());
+            if c.serial > slot.serial {
+                *slot = c.clone();
+            }
+        }
     }
 
     /// Every certificate minted, by serial.
@@ -974,6 +998,53 @@ mod tests {
         assert_eq!(store.nonces.len(), 1);
         assert!(!store.remember_nonce("cc", later).unwrap(), "still refused");
         assert!(store.remember_nonce("00aa", later).unwrap(), "forgotten");
+    }
+
+    /// Regression: explaining a plain-key login read every certificate in the ledger, for
+    /// anyone who connected.
+    #[test]
+    fn the_newest_certificate_of_a_key_is_known_without_reading_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let cert = |serial: u64, fp: &str, kind: &str| CertRecord {
+            serial,
+            key_id: format!("k{serial}"),
+            kind: kind.into(),
+            user: "alice".into(),
+            grant: String::new(),
+            principals: vec!["readonly".into()],
+            valid_after: 0,
+            valid_before: serial,
+            fingerprint: fp.into(),
+            issued_at: Utc::now(),
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            for c in [
+                cert(3, "fp-a", "user"),
+                cert(2, "fp-a", "user"),
+                cert(4, "fp-a", "host"),
+            ] {
+                store
+                    .apply(
+                        Change {
+                            certs: vec![c],
+                            ..Change::default()
+                        },
+                        Utc::now(),
+                    )
+                    .unwrap();
+            }
+            assert_eq!(store.newest_cert_for("fp-a").map(|c| c.serial), Some(3));
+            assert!(store.newest_cert_for("fp-b").is_none());
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.newest_cert_for("fp-a").map(|c| c.serial),
+            Some(3),
+            "rebuilt at open"
+        );
     }
 
     #[test]

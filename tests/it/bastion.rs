@@ -1943,7 +1943,10 @@ fn a_grant_holder_is_held_to_ten_channels_a_connection_and_a_few_connections() {
         }
         let _ = holder.kill();
         let _ = holder.wait();
-        assert!(Instant::now() < deadline, "the second connection never got in");
+        assert!(
+            Instant::now() < deadline,
+            "the second connection never got in"
+        );
     };
     let third = run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
     assert!(!third.status.success(), "a third connection got in");
