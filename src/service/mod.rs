@@ -1220,9 +1220,12 @@ fn fallout(
     now: DateTime<Utc>,
 ) -> (Vec<Grant>, Vec<Grant>) {
     let mut gone: std::collections::HashSet<String> = ended.iter().map(|g| g.id.clone()).collect();
-    // Open grants as they will stand, ends possibly moved earlier.
+    // Open grants of the people concerned (a step climbs only from its own user's grants), as
+    // they will stand, ends possibly moved earlier.
+    let users: std::collections::HashSet<&str> = ended.iter().map(|g| g.user.as_str()).collect();
     let mut open: Vec<Grant> = grants
         .iter()
+        .filter(|g| users.contains(g.user.as_str()))
         .filter(|g| matches!(g.state(now), State::Active | State::Pending))
         .cloned()
         .collect();
