@@ -521,9 +521,14 @@ def krl_diff(a, b):
 def s5_restart_revocations(lab, c):
     ramp, _ = start_with_db1(lab, "s5")
     kept_key, revoked_key = ramp.key_copy("kept"), ramp.key_copy("revoked")
-    kept = ramp.sign(key=kept_key, reason="chaos")["grant"]["id"]
-    revoked = ramp.sign(key=revoked_key, reason="chaos")["grant"]["id"]
-    ramp.cli("revoke", "--grant", revoked, "--reason", "chaos", user="carol")
+    kept = ramp.sign(key=kept_key, reason="chaos")
+    revoked = ramp.sign(key=revoked_key, reason="chaos")
+    # A second `sign` for a step alice holds mints from the grant she has: two certificates of
+    # one grant, one of them revoked by its serial.
+    grant = kept["grant"]["id"]
+    if revoked["grant"]["id"] != grant:
+        raise RigError(f"the second sign filed another grant: {revoked['grant']['id']} != {grant}")
+    ramp.cli("revoke", "--serial", str(revoked["serial"]), "--reason", "chaos", user="carol")
     krl_file = os.path.join(lab.tmp, "s5.krl")
 
     def grants():
@@ -536,7 +541,7 @@ def s5_restart_revocations(lab, c):
             return f.read()
 
     grants_before, krl_first, krl_before = grants(), krl(), krl()
-    mine = {kept: "active", revoked: "revoked"}
+    mine = {grant: "active"}
     if {g: grants_before.get(g) for g in mine} != mine:
         raise RigError(f"grants before the restart are not as set up: {grants_before}")
     t0 = time.monotonic()

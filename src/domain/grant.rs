@@ -237,8 +237,14 @@ pub struct Fallout {
 /// grant's end back to the other's. Transitive.
 pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime<Utc>) -> Fallout {
     let mut gone: HashSet<String> = ended.iter().map(|g| g.id.clone()).collect();
-    // Open grants as they will stand, ends possibly moved earlier.
-    let mut open: Vec<Grant> = grants.iter().filter(|g| g.is_open(now)).cloned().collect();
+    // Open grants of the people concerned (a step climbs only from its own user's grants), as
+    // they will stand, ends possibly moved earlier.
+    let users: HashSet<&str> = ended.iter().map(|g| g.user.as_str()).collect();
+    let mut open: Vec<Grant> = grants
+        .iter()
+        .filter(|g| users.contains(g.user.as_str()) && g.is_open(now))
+        .cloned()
+        .collect();
     let mut closed = Vec::new();
     let mut moved: HashSet<String> = HashSet::new();
     loop {

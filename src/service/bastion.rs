@@ -9,7 +9,7 @@ use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg, PrivateKey, Public
 
 use super::{Result, Service};
 use crate::domain::audit::{Entry, ForwardRefused, LoggedIn, LoginRefused};
-use crate::domain::cert::{self, CertError, CertKind, KeyId, UserCert, Window};
+use crate::domain::cert::{self, CertError, KeyId, UserCert, Window};
 use crate::domain::login::{self, Login, Refusal};
 use crate::domain::policy::CertOptions;
 use crate::install::keys;
@@ -146,12 +146,8 @@ impl Service {
     /// tells the likely story.
     pub fn unusable_key(&self, key: &PublicKey, now: DateTime<Utc>) -> (Refusal, Option<String>) {
         let fp = cert::fingerprint(key);
-        let newest = self.store.certs().ok().and_then(|certs| {
-            certs
-                .into_iter()
-                .filter(|c| c.fingerprint == fp && c.is(CertKind::User))
-                .max_by_key(|c| c.serial)
-        });
+        // From memory: anyone may offer a plain key, so this must not read the ledger.
+        let newest = self.store.newest_cert_for(&fp);
         let owner = self
             .key_owner(key)
             .or_else(|| newest.as_ref().map(|c| c.user.clone()));

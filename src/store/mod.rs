@@ -17,6 +17,7 @@ mod seals;
 mod sessions;
 mod sync;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -26,7 +27,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Tree;
 
 use crate::domain::audit::{AuditRecord, Entry, Head};
-use crate::domain::cert::CertRecord;
+use crate::domain::cert::{CertKind, CertRecord};
 use crate::domain::grant::{Grant, Revocation};
 use crate::domain::session::SessionMeta;
 use crate::recordings::files::{RecordingError, Recordings};
@@ -128,6 +129,9 @@ pub struct Store {
     writer: Mutex<()>,
     /// Active grants by user and step, for decisions.
     active: Mutex<ActiveIndex>,
+    /// The newest user certificate of each key (by fingerprint), so a login that offered only
+    /// a plain key is explained without reading every certificate.
+    newest_certs: Mutex<HashMap<String, CertRecord>>,
     /// The group commit: one thread flushes sled for everyone waiting.
     syncs: sync::GroupCommit,
     /// Every committed audit record, in order, for live listeners (webhooks, dashboard).
@@ -210,10 +214,12 @@ impl Store {
             syncs: sync::GroupCommit::start(db),
             writer: Mutex::new(()),
             active: Mutex::new(ActiveIndex::default()),
+            newest_certs: Mutex::new(HashMap::new()),
             audit_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
             grant_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
         };
         store.index_grants(&store.grants()?);
+        store.index_certs(&store.certs()?);
         store.index_old_nonces()?;
         Ok(store)
     }
@@ -236,6 +242,18 @@ impl Store {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         for g in grants {
             active.put(g);
+        }
+    }
+
+    fn index_certs(&self, certs: &[CertRecord]) {
+        let mut newest = self.newest_certs.lock().unwrap_or_else(|e| e.into_inner());
+        for c in certs.iter().filter(|c| c.is(CertKind::User)) {
+            let slot = newest
+                .entry(c.fingerprint.clone())
+                .or_insert_with(|| c.clone());
+            if c.serial > slot.serial {
+                *slot = c.clone();
+            }
         }
     }
 
@@ -325,6 +343,7 @@ impl Store {
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
         self.index_grants(&change.grants);
+        self.index_certs(&change.certs);
         if self.grant_feed.receiver_count() > 0 {
             for g in &change.grants {
                 let _ = self.grant_feed.send(g.id.clone());
@@ -398,6 +417,12 @@ impl Store {
             .get(key)?
             .map(|b| decode("certs", &key, &b))
             .transpose()
+    }
+
+    /// The newest user certificate minted for the key with this fingerprint, from memory.
+    pub fn newest_cert_for(&self, fingerprint: &str) -> Option<CertRecord> {
+        let newest = self.newest_certs.lock().unwrap_or_else(|e| e.into_inner());
+        newest.get(fingerprint).cloned()
     }
 
     /// Every certificate minted, by serial.
@@ -515,6 +540,48 @@ mod tests {
         assert_eq!(store.nonces.len(), 1);
         assert!(!store.remember_nonce("cc", later).unwrap(), "still refused");
         assert!(store.remember_nonce("00aa", later).unwrap(), "forgotten");
+    }
+
+    /// Regression: explaining a plain-key login read every certificate in the ledger, for
+    /// anyone who connected.
+    #[test]
+    fn the_newest_certificate_of_a_key_is_known_without_reading_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let cert = |serial: u64, fp: &str, kind: &str| CertRecord {
+            serial,
+            key_id: format!("k{serial}"),
+            kind: kind.into(),
+            user: "alice".into(),
+            grant: String::new(),
+            principals: vec!["readonly".into()],
+            valid_after: 0,
+            valid_before: serial,
+            fingerprint: fp.into(),
+            issued_at: Utc::now(),
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            for c in [
+                cert(3, "fp-a", "user"),
+                cert(2, "fp-a", "user"),
+                cert(4, "fp-a", "host"),
+            ] {
+                let change = Change {
+                    certs: vec![c],
+                    ..Change::default()
+                };
+                commit_now(&store, change);
+            }
+            assert_eq!(store.newest_cert_for("fp-a").map(|c| c.serial), Some(3));
+            assert!(store.newest_cert_for("fp-b").is_none());
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.newest_cert_for("fp-a").map(|c| c.serial),
+            Some(3),
+            "rebuilt at open"
+        );
     }
 
     #[test]

@@ -1663,22 +1663,40 @@ fn a_grant_holder_is_held_to_ten_channels_a_connection_and_a_few_connections() {
     // The user's second connection is let in, the third refused with the reason.
     let second = run(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "second"]));
     assert_eq!(text(&second).0, "second\n", "{}", text(&second).1);
-    let holder = rig
-        .ssh(ALICE, "readonly@db-1", &["sleep", "60"])
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
-        if !out.status.success() {
-            break;
+    // A second connection that stays: started again until it is in (the connections before
+    // it are counted until the bastion has seen them close).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let mut holder = rig
+            .ssh(ALICE, "readonly@db-1", &["sleep", "60"])
+            .spawn()
+            .unwrap();
+        let seen = Instant::now() + Duration::from_secs(10);
+        let live = loop {
+            if rig
+                .sessions()
+                .iter()
+                .any(|s| s["state"] == "live" && s["command"] == "sleep 60")
+            {
+                break true;
+            }
+            if holder.try_wait().unwrap().is_some() || Instant::now() > seen {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if live {
+            break holder;
         }
+        let _ = holder.kill();
+        let _ = holder.wait();
         assert!(
             Instant::now() < deadline,
-            "a third connection kept getting in"
+            "the second connection never got in"
         );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    let third = run(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
+    assert!(!third.status.success(), "a third connection got in");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !rig
         .daemon
