@@ -38,7 +38,8 @@ pub use self::audit::AuditSearch;
 pub use self::bastion::Attempt;
 pub use self::dashboard::WebUser;
 pub use self::hosts::initialise;
-pub use self::sessions::interrupted_change;
+#[cfg(test)]
+pub(crate) use self::sessions::interrupted_change;
 
 /// Most hits a search returns.
 pub const GREP_LIMIT: usize = 1000;

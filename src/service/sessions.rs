@@ -32,7 +32,7 @@ impl From<Hit> for crate::wire::sessions::Hit {
 /// The change that ends what a dead daemon left live: each interrupted session with the
 /// `session-interrupted` record carrying its seal, and the metadata repaired; and the
 /// interrupted sessions.
-pub fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta>) {
+pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta>) {
     let mut change = Change {
         sessions: found.repaired,
         ..Change::default()
