@@ -190,6 +190,9 @@ pub enum Command {
     /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// The ledger's storage: create or upgrade a PostgreSQL schema.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -357,6 +360,17 @@ pub enum TrustCommand {
     AuditSigner,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create or upgrade the schema of a PostgreSQL ledger (versioned migrations, each
+    /// applied once however many nodes run this at a time).
+    Migrate {
+        /// postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...], as libpq takes it.
+        #[arg(long, env = "RAMP_STORE")]
+        store: String,
+    },
+}
+
 /// Why a command failed; the exit code follows from it.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -439,6 +453,13 @@ pub async fn run(cli: Cli) -> Result {
                 .map_err(CliError::Lib)
         }
         Command::Policy(cmd) => policy_command(&dir, cmd),
+        Command::Store(StoreCommand::Migrate { store }) => {
+            let done = crate::pgstore::migrate_url(&store)
+                .await
+                .map_err(crate::Error::from)?;
+            println!("{done}");
+            Ok(())
+        }
         Command::Trust(TrustCommand::Sshd) => {
             print!("{}", crate::trust::sshd(&dir)?);
             Ok(())

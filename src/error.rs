@@ -12,6 +12,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
+    PgStore(#[from] crate::pgstore::PgError),
+    #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),

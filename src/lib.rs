@@ -12,6 +12,9 @@
 //! - [`review`]: asciicast/JSON export, search and timed playback of recordings.
 //! - [`store`]: the only sled user: grants, serials, certificates, revocations, the audit chain,
 //!   session recordings, kept checkpoints.
+//! - [`pgstore`]: PostgreSQL, the ledger several nodes will share: connection (URL, TLS, a
+//!   bounded pool with statement timeouts) and versioned schema migrations. Not served from
+//!   yet; the only code that talks to PostgreSQL.
 //! - [`checkpoint`]: the audit chain's head signed with the audit-signer key (SSHSIG), and
 //!   checking a chain against such checkpoints. Pure but its `writer` (the daemon's schedule).
 //! - [`service`]: what the daemon does for a verified caller; [`api`]: its HTTP adapter;
@@ -41,6 +44,7 @@ pub mod krl;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod pgstore;
 pub mod policy;
 pub mod recording;
 pub mod review;
