@@ -28,8 +28,8 @@ pub enum PgError {
     /// No connection: refused, unreachable, TLS failed.
     #[error("cannot connect to PostgreSQL at {target}: {why}")]
     Connect { target: String, why: String },
-    #[error("PostgreSQL at {target} did not answer within {secs} s (connect_timeout in the store URL sets this bound)")]
-    ConnectTimeout { target: String, secs: u64 },
+    #[error("PostgreSQL at {target} did not answer within {within:?} (connect_timeout in the store URL sets this bound)")]
+    ConnectTimeout { target: String, within: Duration },
     #[error("PostgreSQL at {target} refused user `{user}`: {message}")]
     Auth {
         target: String,
@@ -40,11 +40,13 @@ pub enum PgError {
     /// database, too many connections, starting up).
     #[error("PostgreSQL at {target} refused the connection: {message}")]
     Refused { target: String, message: String },
-    #[error("PostgreSQL at {target}: every one of the {max} connections stayed busy for {secs} s")]
+    #[error(
+        "PostgreSQL at {target}: every one of the {max} connections stayed busy for {waited:?}"
+    )]
     PoolBusy {
         target: String,
         max: usize,
-        secs: u64,
+        waited: Duration,
     },
     #[error("PostgreSQL at {target}: {message}")]
     Query { target: String, message: String },
@@ -163,7 +165,7 @@ impl Pg {
         let bound = self.settings.wait_timeout + self.url.connect_timeout * hosts;
         let connect_timeout = || PgError::ConnectTimeout {
             target: self.url.target.clone(),
-            secs: self.url.connect_timeout.as_secs(),
+            within: self.url.connect_timeout,
         };
         match tokio::time::timeout(bound, self.pool.get()).await {
             Err(_) => Err(connect_timeout()),
@@ -172,7 +174,7 @@ impl Pg {
             Ok(Err(PoolError::Timeout(TimeoutType::Wait))) => Err(PgError::PoolBusy {
                 target: self.url.target.clone(),
                 max: self.settings.max_connections,
-                secs: self.settings.wait_timeout.as_secs(),
+                waited: self.settings.wait_timeout,
             }),
             Ok(Err(PoolError::Timeout(_))) => Err(connect_timeout()),
             Ok(Err(PoolError::PostCreateHook(HookError::Backend(e)))) => Err(self.query_error(&e)),
@@ -201,7 +203,7 @@ impl Pg {
         if timed_out(e) {
             return PgError::ConnectTimeout {
                 target,
-                secs: self.url.connect_timeout.as_secs(),
+                within: self.url.connect_timeout,
             };
         }
         PgError::Connect {

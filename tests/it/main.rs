@@ -8,7 +8,7 @@ mod daemon;
 mod dashboard;
 mod init_policy;
 mod notify;
-mod pg_migrate;
+mod pg_store;
 mod postgres;
 mod revocation;
 mod signing;

@@ -1,12 +1,13 @@
-//! `ramp-ca store migrate --store URL` against a private PostgreSQL cluster: the schema it
-//! creates, runs that change nothing, nodes migrating at once, and the servers and URLs it
-//! refuses.
+//! The PostgreSQL ledger's groundwork against a private cluster: `ramp-ca store migrate
+//! --store URL` (the schema it creates, runs that change nothing, nodes migrating at once, the
+//! servers and URLs it refuses, TLS per sslmode) and the pool's bounds.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ramp_ca::pgstore::migrations::MIGRATION_LOCK;
+use ramp_ca::pgstore::{Pg, PoolSettings};
 
 use crate::postgres::{PgCluster, Sql};
 use crate::support::{free_port, ramp, run_err, run_ok, TestDir};
@@ -224,7 +225,7 @@ fn urls_and_servers_that_cannot_work_are_refused_saying_why() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!(
-            "PostgreSQL at 127.0.0.1:{port}/ramp did not answer within 1 s"
+            "PostgreSQL at 127.0.0.1:{port}/ramp did not answer within 1s"
         )),
         "{err}"
     );
@@ -270,4 +271,56 @@ fn tls_is_used_and_checked_as_sslmode_says() {
         err.contains("UnknownIssuer (the server's certificate does not chain to sslrootcert"),
         "{err}"
     );
+}
+
+#[test]
+fn the_pool_is_bounded_and_every_connection_has_a_statement_timeout() {
+    let pg = PgCluster::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let settings = PoolSettings {
+            max_connections: 2,
+            query_timeout: Duration::from_millis(300),
+            wait_timeout: Duration::from_millis(300),
+        };
+        let pool = Pg::open(&pg.url(), settings).expect("open");
+        let a = pool.client().await.expect("first connection");
+        let timeout: String = a
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .expect("SHOW")
+            .get(0);
+        assert_eq!(timeout, "300ms");
+        let err = a
+            .query_one("SELECT pg_sleep(5)", &[])
+            .await
+            .expect_err("cancelled by the server");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{err:?}"
+        );
+        let b = pool.client().await.expect("second connection");
+        let Err(err) = pool.client().await else {
+            panic!("a third caller should wait, then give up");
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "PostgreSQL at 127.0.0.1:{}/ramp: every one of the 2 connections stayed busy for 300ms",
+                pg.port()
+            )
+        );
+        drop(b);
+        let c = pool.client().await.expect("a connection given back is reused");
+        let timeout: String = c
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .expect("SHOW")
+            .get(0);
+        assert_eq!(timeout, "300ms");
+    });
 }
