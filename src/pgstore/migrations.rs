@@ -16,8 +16,11 @@ use super::{Pg, PgError, Result};
 /// and SQL.
 #[derive(Debug)]
 pub struct Migration {
+    /// Its place in the order; `schema_migrations.version`.
     pub version: i32,
+    /// `NNNN_what`, as `store migrate` reports it.
     pub name: &'static str,
+    /// Run as one batch inside the migration's transaction.
     pub sql: &'static str,
 }
 
@@ -59,7 +62,9 @@ const MIGRATIONS_TABLE: &str = "CREATE TABLE schema_migrations (
 /// What a run did: the version the schema is at, and the migrations it applied to get there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migrated {
+    /// The schema version the database is at now.
     pub version: i32,
+    /// The migrations this run applied, in order (none when it was current).
     pub applied: Vec<&'static str>,
 }
 

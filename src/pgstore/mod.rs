@@ -101,9 +101,11 @@ const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pool of connections to one PostgreSQL database.
 pub struct Pg {
+    /// At most `settings.max_connections` connections, opened on demand.
     pool: Pool,
     /// What the URL says, for messages and bounds.
     url: StoreUrl,
+    /// The bounds the pool was built with, for waiting and messages.
     settings: PoolSettings,
 }
 

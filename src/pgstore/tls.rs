@@ -35,12 +35,14 @@ pub fn connector(url: &StoreUrl) -> Result<MakeRustlsConnect, PgError> {
             Arc::new(AnyName(webpki(roots(url)?, &provider)?))
         }
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PgError::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    // PostgreSQL 17 requires this ALPN for `sslnegotiation=direct`; older servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(MakeRustlsConnect::new(config))
 }
 

@@ -62,6 +62,7 @@ impl SslMode {
 pub struct StoreUrl {
     /// What tokio-postgres connects with (TLS parameters already applied).
     pub config: tokio_postgres::Config,
+    /// What TLS must be used and checked (the connector carries it out).
     pub ssl_mode: SslMode,
     /// `sslrootcert=FILE`: the PEM roots the server's certificate must chain to.
     pub root_cert: Option<PathBuf>,

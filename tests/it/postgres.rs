@@ -27,7 +27,9 @@ pub struct PgCluster {
     bin: PathBuf,
     /// Holds `data/` (the cluster, also the socket directory) and `postgres.log`.
     dir: tempfile::TempDir,
+    /// The loopback port it listens on (chosen free at start).
     port: u16,
+    /// [`USER`]'s password, random per cluster: TCP connections need it.
     password: String,
     /// Whether commands run as [`ACCOUNT`] (the tests run as root).
     as_account: bool,
