@@ -9,18 +9,22 @@ What it stands up, all under one temp dir that tear-down removes:
   - OpenSSH sshd targets: a host key certified by the installation's host-ca, trusting its
     node-ca for the bastion's hop, the `readonly` account allowed as principal `readonly`;
   - one ssh client config (batch mode, no agent, no known_hosts, no multiplexing); the
-    identity is chosen per command, so two certificates of one key can be told apart.
+    identity is chosen per command, so two certificates of one key can be told apart;
+  - PostgreSQL clusters of its own (`Rig.start_postgres`): initdb as the `postgres` account,
+    a free loopback port, fsync off, a password on TCP; stopped and removed at tear-down.
 
 Every wait has a time limit, every child is tracked, and `Rig.teardown` kills clients (each
 in its own process group), what the sshds forked, the serves (SIGTERM, so they flush), the
 sshds, then runs the registered clean-ups (e.g. unmounts) and removes the temp dir.
 
-Needs root (creates the account, runs sshd), python3 (stdlib only) and OpenSSH.
+Needs root (creates the account, runs sshd), python3 (stdlib only) and OpenSSH; PostgreSQL
+(Debian's `postgresql`, see scripts/install-deps) for `start_postgres`.
 """
 
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +36,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SSHD = "/usr/sbin/sshd"
+POSTGRES_ROOT = "/usr/lib/postgresql"
+# The account PostgreSQL runs as when the rig runs as root (initdb and pg_ctl refuse root);
+# the package creates it.
+POSTGRES_ACCOUNT = "postgres"
+# The superuser initdb creates, and the database the URLs name.
+POSTGRES_USER = "ramp"
 ACCOUNT = "readonly"
 MiB = 1024 * 1024
 # Log lines read `[TAG HH:MM:SS] ...`; the script using the rig names itself here.
@@ -288,6 +298,133 @@ class Sshd:
         self.host_key = host_key
 
 
+def postgres_bin():
+    """The newest /usr/lib/postgresql/<major>/bin with the server programs."""
+    found = []
+    for name in (os.listdir(POSTGRES_ROOT) if os.path.isdir(POSTGRES_ROOT) else []):
+        try:
+            version = tuple(int(p) for p in name.split("."))
+        except ValueError:
+            continue
+        bindir = os.path.join(POSTGRES_ROOT, name, "bin")
+        if all(os.access(os.path.join(bindir, p), os.X_OK)
+               for p in ("initdb", "pg_ctl", "postgres", "createdb")):
+            found.append((version, bindir))
+    if not found:
+        raise RigError(f"no PostgreSQL server under {POSTGRES_ROOT}/<major>/bin (initdb, "
+                       "pg_ctl, postgres): run scripts/install-deps")
+    return max(found)[1]
+
+
+class Postgres:
+    """A private PostgreSQL cluster under the rig's temp dir: `data/` (also the unix socket
+    directory) and `postgres.log`. Password (SCRAM) on 127.0.0.1, trust on the socket; fsync
+    off, as the data is thrown away. `start` picks a free port the first time and keeps it
+    across restarts, so the nodes' URLs stay valid."""
+
+    def __init__(self, rig, name):
+        self.name = name
+        self.dir = rig.mkdir(name)
+        self.data = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "postgres.log")
+        self.bin = postgres_bin()
+        self.password = secrets.token_hex(16)
+        self.port = None
+        self.as_account = os.geteuid() == 0
+        if self.as_account:
+            ids = run(["id", "-u", POSTGRES_ACCOUNT], timeout=10, check=False)
+            if ids.returncode != 0:
+                raise RigError(f"no `{POSTGRES_ACCOUNT}` account (the postgresql package "
+                               "creates it): run scripts/install-deps")
+            gid = int(run(["id", "-g", POSTGRES_ACCOUNT], timeout=10).stdout)
+            os.chown(self.dir, int(ids.stdout), gid)
+        self.initdb()
+
+    def cmd(self, program, *args):
+        """argv running one of the server programs, as the postgres account under root."""
+        argv = [os.path.join(self.bin, program), *args]
+        return ["runuser", "-u", POSTGRES_ACCOUNT, "--", *argv] if self.as_account else argv
+
+    def initdb(self):
+        pwfile = os.path.join(self.dir, "pwfile")
+        with open(pwfile, "w") as f:
+            f.write(self.password + "\n")
+        if self.as_account:
+            st = os.stat(self.dir)
+            os.chown(pwfile, st.st_uid, st.st_gid)
+        run(self.cmd("initdb", "-D", self.data, "-U", POSTGRES_USER, "-E", "UTF8",
+                     "--no-locale", "--no-sync", "--auth-local=trust",
+                     "--auth-host=scram-sha-256", f"--pwfile={pwfile}"), timeout=120)
+        os.unlink(pwfile)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write("\n# ramp-ca rig\n"
+                    "listen_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.data}'\n"
+                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "max_connections = 200\n")
+
+    def url(self, **params):
+        """`postgres://ramp:PASSWORD@127.0.0.1:PORT/ramp`, with `params` as its query."""
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return (f"postgres://{POSTGRES_USER}:{self.password}@127.0.0.1:{self.port}/"
+                f"{POSTGRES_USER}" + (f"?{query}" if query else ""))
+
+    def start(self, timeout=30):
+        """pg_ctl start, waiting (bounded) until it accepts connections; the first start picks
+        a free port (a lost race for it is retried) and creates the database."""
+        first = self.port is None
+        for _ in range(3 if first else 1):
+            if first:
+                self.port = free_port()
+            out = run(self.cmd("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t",
+                               str(timeout), "-o", f"-p {self.port}", "start"),
+                      timeout=timeout + 10, check=False)
+            if out.returncode == 0:
+                break
+            if not (first and "Address already in use" in read_tail(self.log, 2000)):
+                raise RigError(f"{self.name}: pg_ctl start failed: {tail(out.stderr)} "
+                               f"{read_tail(self.log)}")
+        else:
+            raise RigError(f"{self.name}: PostgreSQL did not start: {read_tail(self.log)}")
+        if first:
+            run([os.path.join(self.bin, "createdb"), "-h", self.data, "-p", str(self.port),
+                 "-U", POSTGRES_USER, POSTGRES_USER], timeout=30)
+        log(f"{self.name}: PostgreSQL on 127.0.0.1:{self.port}")
+
+    def alive(self):
+        return run(self.cmd("pg_ctl", "-D", self.data, "status"), timeout=10,
+                   check=False).returncode == 0
+
+    def stop(self, mode="fast", timeout=30):
+        """pg_ctl stop (`fast`: clients disconnected, a clean shutdown; `immediate`: no
+        checkpoint, recovery at the next start); a server that will not stop is killed."""
+        if not os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            return
+        out = run(self.cmd("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", str(timeout),
+                           "stop"), timeout=timeout + 10, check=False)
+        if out.returncode != 0:
+            self.kill9()
+
+    def kill9(self, timeout=10):
+        """SIGKILL to the postmaster and every server process (the database host crashing),
+        then waits until they are gone, so `start` (crash recovery) finds no old server."""
+        try:
+            with open(os.path.join(self.data, "postmaster.pid")) as f:
+                pid = int(f.readline())
+        except (OSError, ValueError):
+            return
+        procs = [pid, *descendants(pid)]
+        for p in procs:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if not wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in procs),
+                        timeout, 0.02):
+            raise RigError(f"{self.name}: PostgreSQL processes still there {timeout}s after "
+                           "SIGKILL")
+
+
 class Ramp:
     """One ramp-ca installation (`ramp-ca init --dir`) and the `serve` running on it."""
 
@@ -495,6 +632,14 @@ class Rig:
 
     def install(self, name, like=None):
         return Ramp(self, name, like)
+
+    def start_postgres(self, name="postgres"):
+        """A private PostgreSQL cluster, started; stopped at tear-down after the serves
+        (the clean-ups run once every process the rig started is gone)."""
+        pg = Postgres(self, name)
+        self.cleanups.append(lambda: pg.stop("immediate"))
+        pg.start()
+        return pg
 
     # ---- sshd -------------------------------------------------------------------------------
     def start_sshd(self, name, lines):

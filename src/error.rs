@@ -12,6 +12,8 @@ pub enum Error {
     #[error(transparent)]
     Cert(#[from] crate::domain::cert::CertError),
     #[error(transparent)]
+    PgStore(#[from] crate::pgstore::PgError),
+    #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
     #[error("{path}: {source}")]
     Io {

@@ -14,7 +14,9 @@
 //! - [`recordings`]: one home for recordings (format, files, writer, export, search,
 //!   screen).
 //! - [`store`]: the ledger, the only sled user; one write API, `Store::commit`, whose future
-//!   resolves once the change is on disk.
+//!   resolves once the change is on disk. [`pgstore`]: PostgreSQL, the ledger several nodes
+//!   will share: connection (URL, TLS, a bounded pool with statement timeouts) and versioned
+//!   schema migrations; not served from yet, and the only code that talks to PostgreSQL.
 //! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
 //!   audit chain and its typed actions, logins and their refusals, recorded sessions.
 //! - [`install`]: the installation as files (keys, policies, `init`, trust text);
@@ -38,6 +40,7 @@ pub mod install;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod pgstore;
 pub mod recordings;
 pub mod service;
 pub mod shown;

@@ -160,6 +160,9 @@ pub enum Command {
     /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// The ledger's storage: create or upgrade a PostgreSQL schema.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -294,6 +297,17 @@ pub enum AuditCommand {
         out: Option<PathBuf>,
         #[command(flatten)]
         client: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create or upgrade the schema of a PostgreSQL ledger (versioned migrations, each
+    /// applied once however many nodes run this at a time).
+    Migrate {
+        /// postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...], as libpq takes it.
+        #[arg(long, env = "RAMP_STORE")]
+        store: String,
     },
 }
 

@@ -19,7 +19,7 @@ use crate::client::{self, Client, ClientError};
 
 pub use self::args::{
     AuditCommand, Cli, ClientOpts, Command, ExportFormat, FilterArgs, PolicyCommand,
-    SessionsCommand, StepArgs, TrustCommand,
+    SessionsCommand, StepArgs, StoreCommand, TrustCommand,
 };
 
 /// Why a command failed; the exit code follows from it.
@@ -81,6 +81,13 @@ pub async fn run(cli: Cli) -> Result {
                 .map_err(CliError::Lib)
         }
         Command::Policy(cmd) => policy::run(&dir, cmd),
+        Command::Store(StoreCommand::Migrate { store }) => {
+            let done = crate::pgstore::migrate_url(&store)
+                .await
+                .map_err(crate::Error::from)?;
+            println!("{done}");
+            Ok(())
+        }
         Command::Trust(cmd) => {
             let text = match cmd {
                 TrustCommand::Sshd => crate::install::trust::sshd(&dir)?,

@@ -1,4 +1,5 @@
-//! End-to-end tests: the real `ramp-ca` binary, real sled on disk, real OpenSSH.
+//! End-to-end tests: the real `ramp-ca` binary, real sled on disk, real OpenSSH, a real
+//! PostgreSQL of their own.
 
 mod audit;
 mod bad_input;
@@ -7,6 +8,8 @@ mod daemon;
 mod dashboard;
 mod init_policy;
 mod notify;
+mod pg_store;
+mod postgres;
 mod revocation;
 mod rig;
 mod signing;

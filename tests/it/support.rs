@@ -74,6 +74,7 @@ pub fn ramp(dir: &TestDir) -> Command {
         .env("HOME", dir.path())
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("RAMP_SERVER")
+        .env_remove("RAMP_STORE")
         .env_remove("RUST_LOG");
     cmd
 }
