@@ -143,25 +143,22 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
     }
-    let service = Arc::new(Service::open(dir)?);
+    let service = Arc::new(Service::open(dir, &crate::store::Location::Embedded).await?);
     if let Some(path) = service.ensure_bastion_cert(Utc::now()).await? {
         tracing::info!(path = %path.display(), "signed the bastion host certificate");
     }
-    // The whole chain is read: off the async threads.
-    let checking = service.clone();
-    match tokio::task::spawn_blocking(move || checking.chain_report()).await {
-        Ok(Ok(r)) if r.first_bad.is_none() => {
+    match service.chain_report().await {
+        Ok(r) if r.first_bad.is_none() => {
             tracing::info!(records = r.records, "audit chain intact")
         }
-        Ok(Ok(r)) => {
+        Ok(r) => {
             tracing::error!(bad = ?r.first_bad, "AUDIT CHAIN BROKEN; run `ramp-ca audit verify`")
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the audit chain"),
         Err(e) => tracing::error!(error = %e, "cannot read the audit chain"),
     }
     let notifier = crate::notify::Notifier::start(service.clone(), &config.webhooks);
     let checkpoints =
-        crate::checkpoint::writer::Writer::start(service.clone(), config.checkpoint_every);
+        crate::checkpoint::writer::Writer::start(service.clone(), config.checkpoint_every).await;
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(Error::io(api_addr.to_string()))?;
@@ -202,10 +199,9 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         let mut tick = tokio::time::interval(NONCE_SWEEP);
         loop {
             tick.tick().await;
-            let service = sweeper.clone();
-            match tokio::task::spawn_blocking(move || service.forget_old_nonces(Utc::now())).await {
-                Ok(Ok(n)) if n > 0 => tracing::debug!(forgotten = n, "old request nonces"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot forget old request nonces"),
+            match sweeper.forget_old_nonces(Utc::now()).await {
+                Ok(n) if n > 0 => tracing::debug!(forgotten = n, "old request nonces"),
+                Err(e) => tracing::warn!(error = %e, "cannot forget old request nonces"),
                 _ => {}
             }
         }

@@ -124,8 +124,9 @@ impl FromRequest<App> for Caller {
             &body,
             now,
         )?;
-        // A compare-and-swap and an insert in sled: quicker inline than a hop to a thread.
-        let fresh = app.fresh_nonce(&signed.nonce, now)?;
+        // One compare-and-swap in sled (inline: quicker than a hop to a thread), one
+        // insert on PostgreSQL (shared: a request replayed to another node is refused).
+        let fresh = app.fresh_nonce(&signed.nonce, now).await?;
         if !fresh {
             return Err(AuthError::Replay.into());
         }

@@ -17,7 +17,7 @@ use chrono::Utc;
 
 use crate::domain::session::SessionFilter;
 use crate::recordings::format::encode_event;
-use crate::service::{Service, ServiceError};
+use crate::service::Service;
 use crate::wire::audit::{AuditQuery, AuditRecord, VerifyQuery};
 use crate::wire::grants::{
     GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation, RevokeBody,
@@ -33,18 +33,6 @@ pub use self::server::{
 };
 
 type App = Arc<Service>;
-
-/// Runs a service call off the async threads: reads that scan the ledger.
-async fn blocking<T: Send + 'static>(
-    app: &App,
-    f: impl FnOnce(&Service) -> Result<T, ServiceError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || f(&app))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)
-}
 
 /// The routes, for tests that want to drive them directly.
 pub fn router(app: App) -> Router {
@@ -74,7 +62,7 @@ pub fn router(app: App) -> Router {
 /// `GET /metrics`: Prometheus text, unauthenticated like `/healthz` (the API binds loopback
 /// by default; see the README before exposing it).
 async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
-    let text = blocking(&app, |s| s.metrics_text(Utc::now())).await?;
+    let text = app.metrics_text(Utc::now()).await?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -108,7 +96,7 @@ async fn grants(
     Query(q): Query<ListQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| s.grants(&caller.user, q.all, Utc::now())).await?;
+    let out = app.grants(&caller.user, q.all, Utc::now()).await?;
     Ok(Json(out).into_response())
 }
 
@@ -152,7 +140,7 @@ async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiE
 }
 
 async fn krl(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {
-    let bytes = blocking(&app, |s| s.krl()).await?;
+    let bytes = app.krl().await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -167,11 +155,10 @@ async fn audit(
     Query(q): Query<AuditQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| match q.upto {
-        Some(upto) => s.audit_upto(&caller.user, upto),
-        None => s.audit(&caller.user, q.since, Utc::now()),
-    })
-    .await?;
+    let out = match q.upto {
+        Some(upto) => app.audit_upto(&caller.user, upto).await?,
+        None => app.audit(&caller.user, q.since, Utc::now()).await?,
+    };
     let out: Vec<AuditRecord> = out.into_iter().map(AuditRecord::from).collect();
     Ok(Json(out).into_response())
 }
@@ -181,16 +168,13 @@ async fn verify_audit(
     Query(q): Query<VerifyQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| {
-        s.verify_audit(&caller.user, !q.skip_recordings)
-    })
-    .await?;
+    let out = app.verify_audit(&caller.user, !q.skip_recordings).await?;
     Ok(Json(out).into_response())
 }
 
 /// A checkpoint of the chain's head signed now: its text, and the key that signed it.
 async fn audit_checkpoint(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
-    let out = blocking(&app, move |s| s.audit_checkpoint(&caller.user, Utc::now())).await?;
+    let out = app.audit_checkpoint(&caller.user, Utc::now()).await?;
     Ok(Json(out).into_response())
 }
 

@@ -99,11 +99,7 @@ impl Drop for ConnHandler {
                 return;
             };
             runtime.spawn(async move {
-                let service = bastion.service.clone();
-                let found =
-                    tokio::task::spawn_blocking(move || service.unusable_key(&key, Utc::now()))
-                        .await;
-                let Ok((refusal, owner)) = found else { return };
+                let (refusal, owner) = bastion.service.unusable_key(&key, Utc::now()).await;
                 let attempt = Attempt {
                     login_name: &login_name,
                     peer,
@@ -305,7 +301,7 @@ impl server::Handler for ConnHandler {
             cert: Some(cert),
             owner,
         };
-        match service.check_login(cert, user, self.peer, Utc::now()) {
+        match service.check_login(cert, user, self.peer, Utc::now()).await {
             Ok(login) => {
                 if !self.count_user(&login.user) {
                     let busy = Refusal::Busy {

@@ -132,6 +132,7 @@ pub async fn connect(
         host_ca,
         revoked: service
             .revoked_serials()
+            .await
             .map_err(|e| format!("cannot read revocations: {e}"))?,
         refusal: refusal.clone(),
     };

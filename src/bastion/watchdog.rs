@@ -77,7 +77,7 @@ impl Watchdog {
             if !revocation && !ticks.is_multiple_of(RECHECK_TICKS) {
                 continue;
             }
-            if let Some(why) = service.recheck(&login, now) {
+            if let Some(why) = service.recheck(&login, now).await {
                 break format!("access to {} ended: {why}", login.target.name);
             }
         };

@@ -58,8 +58,8 @@ pub struct Writer {
 
 impl Writer {
     /// Recalls the last checkpoint kept, then signs one every `every` when the chain grew.
-    pub fn start(service: Arc<Service>, every: Duration) -> Writer {
-        service.recall_checkpoints();
+    pub async fn start(service: Arc<Service>, every: Duration) -> Writer {
+        service.recall_checkpoints().await;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(service.clone(), every, stopped));
         Writer {
@@ -74,8 +74,7 @@ impl Writer {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        let service = self.service;
-        let _ = tokio::task::spawn_blocking(move || service.checkpoint_if_grown(Utc::now())).await;
+        self.service.checkpoint_if_grown(Utc::now()).await;
     }
 }
 
@@ -87,7 +86,6 @@ async fn run(service: Arc<Service>, every: Duration, mut stop: watch::Receiver<b
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let s = service.clone();
-        let _ = tokio::task::spawn_blocking(move || s.checkpoint_if_grown(Utc::now())).await;
+        service.checkpoint_if_grown(Utc::now()).await;
     }
 }

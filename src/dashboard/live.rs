@@ -30,20 +30,16 @@ pub(super) fn routes() -> Router<App> {
         .route(ui::REVOKE, post(revoke))
 }
 
-/// The live view as the browser session's user may see it, off the async threads.
+/// The live view as the browser session's user may see it.
 async fn view(app: &App, session: WebSession) -> Result<dashboard::LiveView, ServiceError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || {
-        let web = WebUser {
-            user: &session.user,
-            csrf: &session.csrf,
-            expires: session.expires,
-        };
-        app.service
-            .live_view(&web, app.recorders.live(), Utc::now())
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?
+    let web = WebUser {
+        user: &session.user,
+        csrf: &session.csrf,
+        expires: session.expires,
+    };
+    app.service
+        .live_view(&web, app.recorders.live(), Utc::now())
+        .await
 }
 
 async fn state(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -223,30 +223,25 @@ async fn audit(
         since: q.since.unwrap_or(86_400),
         limit: q.limit.unwrap_or(500).min(5000),
     };
-    // Verifying walks the whole chain under the ledger's writer lock: at most every
-    // VERIFY_EVERY, however often the page asks.
+    // Verifying walks the whole chain (under the ledger's writer lock, on sled): at most
+    // every VERIFY_EVERY, however often the page asks.
     let cached = lock(&app.verified)
         .as_ref()
         .filter(|(at, _)| at.elapsed() < VERIFY_EVERY)
         .map(|(_, report)| report.clone());
-    let app2 = app.clone();
-    let page = tokio::task::spawn_blocking(move || -> Result<AuditPage, ApiError> {
-        let svc = &app2.service;
-        let records = svc.audit_search(&s.user, &search, Utc::now())?;
-        let verify = match cached {
-            Some(r) => r,
-            None => {
-                let r = svc.verify_chain(&s.user)?;
-                *lock(&app2.verified) = Some((std::time::Instant::now(), r.clone()));
-                r
-            }
-        };
-        Ok(AuditPage {
-            records: records.into_iter().map(AuditRecord::from).collect(),
-            verify,
-        })
-    })
-    .await
-    .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let svc = &app.service;
+    let records = svc.audit_search(&s.user, &search, Utc::now()).await?;
+    let verify = match cached {
+        Some(r) => r,
+        None => {
+            let r = svc.verify_chain(&s.user).await?;
+            *lock(&app.verified) = Some((std::time::Instant::now(), r.clone()));
+            r
+        }
+    };
+    let page = AuditPage {
+        records: records.into_iter().map(AuditRecord::from).collect(),
+        verify,
+    };
     Ok(Json(page).into_response())
 }

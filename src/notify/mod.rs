@@ -231,7 +231,7 @@ async fn follow(
                         continue;
                     }
                     for rec in batch {
-                        dispatch(notice(&service, &rec));
+                        dispatch(notice(&service, &rec).await);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -251,7 +251,7 @@ async fn follow(
         }
     }
     while let Ok(rec) = feed.try_recv() {
-        dispatch(notice(&service, &rec));
+        dispatch(notice(&service, &rec).await);
     }
     while let Ok(c) = checkpoints.try_recv() {
         dispatch(Some(checkpoint_notice(&c)));

@@ -77,12 +77,12 @@ impl Detail {
 
 /// The event an audit record is, if it is one people act on, with the grant or session it
 /// concerns looked up and added to `detail`.
-pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
-    let grant = || service.grant_record(&rec.subject).ok().flatten();
+pub async fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
+    let grant = || async { service.grant_record(&rec.subject).await.ok().flatten() };
     let mut detail = Detail(rec.detail.clone());
     let (topic, text) = match rec.typed()? {
         Action::Request(d) if d.needs_approvals > 0 => {
-            let g = grant()?;
+            let g = grant().await?;
             let n = g.approvals_needed;
             let text = format!(
                 ":unlock: {} requested {} for {}{} (needs {n} approval{} from {}; `ramp-ca approve {}`)",
@@ -98,7 +98,7 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             (Topic::Request, text)
         }
         Action::Approve(d) => {
-            let g = grant()?;
+            let g = grant().await?;
             let text = format!(
                 ":ballot_box_with_check: {} approved {}'s request for {} ({} of {})",
                 rec.actor,
@@ -111,7 +111,7 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             (Topic::Approve, text)
         }
         Action::Deny(d) => {
-            let g = grant()?;
+            let g = grant().await?;
             let reason = because(Some(&d.reason));
             let text = if rec.actor == SERVICE_ACTOR {
                 format!(
@@ -147,7 +147,7 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             (Topic::Deny, text)
         }
         Action::Grant(_) => {
-            let g = grant()?;
+            let g = grant().await?;
             let step = service.step_of(&g);
             let glass = step.as_ref().is_some_and(|s| s.break_glass);
             let principals = step.map(|s| s.principals).unwrap_or_default();
@@ -187,7 +187,7 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
                 plural(d.serials.len(), "certificate")
             );
             let text = match rec.subject.split_once(':') {
-                Some(("grant", id)) => match service.grant_record(id).ok().flatten() {
+                Some(("grant", id)) => match service.grant_record(id).await.ok().flatten() {
                     Some(g) => {
                         detail.grant(&g);
                         format!(
@@ -204,12 +204,12 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
                     rec.actor
                 ),
                 Some(("serial", s)) => {
-                    let owner = s
-                        .parse()
-                        .ok()
-                        .and_then(|n| service.cert_owner(n).ok().flatten())
-                        .map(|user| format!(" of {user}"))
-                        .unwrap_or_default();
+                    let owner = match s.parse() {
+                        Ok(n) => service.cert_owner(n).await.ok().flatten(),
+                        Err(_) => None,
+                    }
+                    .map(|user| format!(" of {user}"))
+                    .unwrap_or_default();
                     format!(
                         ":lock: {} revoked certificate serial {s}{owner}{reason} ({scope})",
                         rec.actor
@@ -221,11 +221,11 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
         }
         Action::SessionEnd(d) => (
             Topic::SessionCutOff,
-            cut_off(service, rec, &mut detail, d.reason?),
+            cut_off(service, rec, &mut detail, d.reason?).await,
         ),
         Action::SessionInterrupted(_) => (
             Topic::SessionCutOff,
-            cut_off(service, rec, &mut detail, INTERRUPTED_REASON.into()),
+            cut_off(service, rec, &mut detail, INTERRUPTED_REASON.into()).await,
         ),
         _ => return None,
     };
@@ -247,8 +247,8 @@ pub fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
 
 /// The line about a session the bastion cut off (`why`), with the session added to
 /// `detail`.
-fn cut_off(service: &Service, rec: &AuditRecord, detail: &mut Detail, why: String) -> String {
-    let s = service.session_record(&rec.subject).ok().flatten();
+async fn cut_off(service: &Service, rec: &AuditRecord, detail: &mut Detail, why: String) -> String {
+    let s = service.session_record(&rec.subject).await.ok().flatten();
     let place = s
         .as_ref()
         .map(|s| format!(" on {}@{} (since {})", s.principal, s.target, hhmm(s.start)))

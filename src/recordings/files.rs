@@ -34,6 +34,7 @@ pub enum RecordingError {
 type Result<T> = std::result::Result<T, RecordingError>;
 
 /// The directory of recording files.
+#[derive(Debug, Clone)]
 pub struct Recordings {
     dir: PathBuf,
 }
@@ -66,6 +67,11 @@ impl Recordings {
             return Err(RecordingError::BadId(id.to_string()));
         }
         Ok(self.dir.join(format!("{id}.rec")))
+    }
+
+    /// Whether session `id` has a recording file here.
+    pub fn has(&self, id: &str) -> bool {
+        self.path(id).is_ok_and(|p| p.exists())
     }
 
     /// Bytes free for recordings on the file system that holds them.

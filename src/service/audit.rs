@@ -60,7 +60,7 @@ pub struct AuditSearch {
 impl Service {
     /// Audit records since `since_secs` back from `now` (any value: absurd ones saturate),
     /// after the role check; admins and auditors.
-    pub fn audit(
+    pub async fn audit(
         &self,
         who: &str,
         since_secs: Option<i64>,
@@ -68,18 +68,18 @@ impl Service {
     ) -> Result<Vec<AuditRecord>> {
         self.require_reviewer(who, Reading::AuditLog)?;
         let since = since_secs.map_or(DateTime::<Utc>::MIN_UTC, |s| seconds_before(now, s));
-        Ok(self.store.audit_since(since)?)
+        Ok(self.store.audit_since(since).await?)
     }
 
     /// Audit records 1 to `upto`, for admins and auditors: what a client checks its
     /// checkpoints against.
-    pub fn audit_upto(&self, who: &str, upto: u64) -> Result<Vec<AuditRecord>> {
+    pub async fn audit_upto(&self, who: &str, upto: u64) -> Result<Vec<AuditRecord>> {
         self.require_reviewer(who, Reading::AuditLog)?;
-        Ok(self.store.audit_upto(upto)?)
+        Ok(self.store.audit_upto(upto).await?)
     }
 
     /// The dashboard's audit page: the records that match, newest first.
-    pub fn audit_search(
+    pub async fn audit_search(
         &self,
         who: &str,
         search: &AuditSearch,
@@ -94,7 +94,8 @@ impl Service {
         };
         let mut records: Vec<AuditRecord> = self
             .store
-            .audit_since(seconds_before(now, search.since))?
+            .audit_since(seconds_before(now, search.since))
+            .await?
             .into_iter()
             .filter(|r| {
                 want(&search.actor, &r.actor)
@@ -109,29 +110,29 @@ impl Service {
 
     /// Verifies the audit chain and every finished recording's seal against it (reading
     /// and hashing the files too when `read_files`), for admins and auditors.
-    pub fn verify_audit(&self, who: &str, read_files: bool) -> Result<AuditReport> {
+    pub async fn verify_audit(&self, who: &str, read_files: bool) -> Result<AuditReport> {
         self.require_reviewer(who, Reading::AuditLog)?;
-        let mut report = self.store.verify_audit()?;
-        report.recordings = Some(self.store.verify_recordings(read_files)?);
+        let mut report = self.store.verify_audit().await?;
+        report.recordings = Some(self.store.verify_recordings(read_files).await?);
         Ok(report.into())
     }
 
     /// The chain alone, verified, for the dashboard's audit page (after its role check).
-    pub fn verify_chain(&self, who: &str) -> Result<AuditReport> {
+    pub async fn verify_chain(&self, who: &str) -> Result<AuditReport> {
         self.require_reviewer(who, Reading::AuditPage)?;
-        Ok(self.store.verify_audit()?.into())
+        Ok(self.store.verify_audit().await?.into())
     }
 
     /// The chain's verdict as the daemon logs it at start.
-    pub fn chain_report(&self) -> Result<AuditReport> {
-        Ok(self.store.verify_audit()?.into())
+    pub async fn chain_report(&self) -> Result<AuditReport> {
+        Ok(self.store.verify_audit().await?.into())
     }
 
     /// A checkpoint of the audit chain's head signed now, for admins and auditors (see
     /// [`Service::sign_checkpoint`]).
-    pub fn audit_checkpoint(&self, who: &str, now: DateTime<Utc>) -> Result<CheckpointBody> {
+    pub async fn audit_checkpoint(&self, who: &str, now: DateTime<Utc>) -> Result<CheckpointBody> {
         self.require_reviewer(who, Reading::AuditLog)?;
-        let signed = self.sign_checkpoint(now)?;
+        let signed = self.sign_checkpoint(now).await?;
         let c = &signed.checkpoint;
         Ok(CheckpointBody {
             at: c.at,
@@ -162,10 +163,10 @@ impl Service {
     /// Signs the chain's head at `now`, once the chain is found to hold the last checkpoint
     /// kept and to run on from it (the whole chain when none is kept yet); keeps the
     /// checkpoint in `data/checkpoints/`, announcing it, when it is the first for its record.
-    pub fn sign_checkpoint(&self, now: DateTime<Utc>) -> Result<Signed> {
-        let kept = self.store.checkpoints();
+    pub async fn sign_checkpoint(&self, now: DateTime<Utc>) -> Result<Signed> {
+        let kept = self.store.checkpoints().clone();
         let from = kept.trusted().unwrap_or_else(Head::genesis);
-        let head = self.store.audit_extends(&from)?.map_err(|bad| {
+        let head = self.store.audit_extends(&from).await?.map_err(|bad| {
             ServiceError::Conflict(format!(
                 "the audit chain does not run on from its last checkpoint (record {}): {}; nothing is signed over it (run `ramp-ca audit verify --checkpoint` with the checkpoints you keep)",
                 from.seq, bad.reason
@@ -174,14 +175,18 @@ impl Service {
         let signed = Signed::sign(&self.keys.audit_signer, &head, now)
             .map_err(|e| ServiceError::Conflict(e.to_string()))?;
         if head.seq > 0 {
-            kept.keep(&signed)?;
+            // The file is synced: off the async threads.
+            let keeping = signed.clone();
+            tokio::task::spawn_blocking(move || kept.keep(&keeping))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("keeping a checkpoint: {e}")))??;
         }
         Ok(signed)
     }
 
     /// Trusts the newest checkpoint in `data/checkpoints/` that the audit-signer signed, and
     /// says loudly when the chain no longer runs on from it.
-    pub fn recall_checkpoints(&self) {
+    pub async fn recall_checkpoints(&self) {
         let kept = self.store.checkpoints();
         let key = self.keys.audit_signer.public_key();
         let stored = match kept.stored() {
@@ -210,7 +215,7 @@ impl Service {
         let Some(from) = kept.trusted() else {
             return;
         };
-        match self.store.audit_extends(&from) {
+        match self.store.audit_extends(&from).await {
             Ok(Ok(head)) => tracing::info!(
                 checkpoint = from.seq,
                 records = head.seq,
@@ -227,8 +232,8 @@ impl Service {
     }
 
     /// Signs and keeps a checkpoint when the chain grew since the last one; logs a failure.
-    pub fn checkpoint_if_grown(&self, now: DateTime<Utc>) {
-        match self.store.audit_head() {
+    pub async fn checkpoint_if_grown(&self, now: DateTime<Utc>) {
+        match self.store.audit_head().await {
             Ok(head)
                 if head.seq == 0 || self.store.checkpoints().trusted().as_ref() == Some(&head) =>
             {
@@ -240,7 +245,7 @@ impl Service {
                 return;
             }
         }
-        match self.sign_checkpoint(now) {
+        match self.sign_checkpoint(now).await {
             Ok(c) => tracing::info!(record = c.checkpoint.seq, "audit checkpoint signed"),
             Err(e) => tracing::error!("AUDIT CHECKPOINT NOT SIGNED: {e}"),
         }

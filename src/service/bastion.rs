@@ -49,7 +49,7 @@ impl Service {
     /// Every check of a certificate offered as `login_name` from `client`, in order (see
     /// [`crate::domain::login`]); the ledger says whether its serial is known and not
     /// revoked, and which grant it is of. The first failure is the refusal.
-    pub fn check_login(
+    pub async fn check_login(
         &self,
         cert: &Certificate,
         login_name: &str,
@@ -59,7 +59,7 @@ impl Service {
         let ledger = |e: crate::store::StoreError| Refusal::Ledger(e.to_string());
         let presented = login::presented(&self.user_ca(), cert, login_name, client.ip(), now)?;
         let key_id = presented.key_id.to_string();
-        match self.store.cert(presented.serial).map_err(ledger)? {
+        match self.store.cert(presented.serial).await.map_err(ledger)? {
             Some(r) if r.key_id == key_id => {}
             _ => {
                 return Err(Refusal::UnknownSerial {
@@ -68,27 +68,35 @@ impl Service {
                 })
             }
         }
-        if self.store.is_revoked(presented.serial).map_err(ledger)? {
+        if self
+            .store
+            .is_revoked(presented.serial)
+            .await
+            .map_err(ledger)?
+        {
             return Err(Refusal::Revoked(presented.serial));
         }
         let grant_id = &presented.key_id.grant;
         let grant = self
             .store
             .grant(grant_id)
+            .await
             .map_err(ledger)?
             .ok_or_else(|| Refusal::NoGrant(grant_id.clone()))?;
         login::granted(&self.policies(), cert, client.ip(), presented, grant, now)
     }
 
     /// Whether a live login still stands at `now`: its grant active, its serial not
-    /// revoked, its holder still entitled. `None` when it does; else why it ended.
-    pub fn recheck(&self, l: &Login, now: DateTime<Utc>) -> Option<String> {
-        let grant = self.store.grant(&l.grant.id).ok().flatten();
-        if grant.is_none_or(|g| login::still_valid(&g, now).is_err()) {
-            return Some("the grant was revoked".into());
+    /// revoked, its holder still entitled. `None` when it does; else why it ended. A ledger
+    /// that cannot be read ends nothing (the next re-check asks again).
+    pub async fn recheck(&self, l: &Login, now: DateTime<Utc>) -> Option<String> {
+        match self.store.grant(&l.grant.id).await {
+            Ok(Some(g)) if login::still_valid(&g, now).is_ok() => {}
+            Ok(_) => return Some("the grant was revoked".into()),
+            Err(e) => tracing::warn!(error = %e, "cannot re-check a live login's grant"),
         }
         // Revoking the grant revokes its serials too; a serial alone says so.
-        if self.store.is_revoked(l.serial).unwrap_or(false) {
+        if self.store.is_revoked(l.serial).await.unwrap_or(false) {
             return Some(format!("certificate serial {} was revoked", l.serial));
         }
         login::still_entitled(&self.policies(), &l.user, &l.grant.contract)
@@ -144,10 +152,14 @@ impl Service {
     /// layer refuses expired, not-yet-valid and badly signed certificates before
     /// [`Service::check_login`] sees them, so the ledger's newest certificate for the key
     /// tells the likely story.
-    pub fn unusable_key(&self, key: &PublicKey, now: DateTime<Utc>) -> (Refusal, Option<String>) {
+    pub async fn unusable_key(
+        &self,
+        key: &PublicKey,
+        now: DateTime<Utc>,
+    ) -> (Refusal, Option<String>) {
         let fp = cert::fingerprint(key);
-        // From memory: anyone may offer a plain key, so this must not read the ledger.
-        let newest = self.store.newest_cert_for(&fp);
+        // One keyed read at most (from memory on sled): anyone may offer a plain key.
+        let newest = self.store.newest_cert_for(&fp).await.ok().flatten();
         let owner = self
             .key_owner(key)
             .or_else(|| newest.as_ref().map(|c| c.user.clone()));
@@ -210,7 +222,7 @@ impl Service {
     }
 
     /// Every revoked serial: host certificates too (`ramp-ca revoke --serial`).
-    pub fn revoked_serials(&self) -> Result<Vec<u64>> {
-        Ok(self.store.revoked_serials()?)
+    pub async fn revoked_serials(&self) -> Result<Vec<u64>> {
+        Ok(self.store.revoked_serials().await?)
     }
 }

@@ -24,7 +24,7 @@ pub struct WebUser<'a> {
 impl Service {
     /// Everything the live view shows, as `web.user` may see it: grants and requests, with
     /// what they may do about each, and the sessions in `live` they may watch.
-    pub fn live_view(
+    pub async fn live_view(
         &self,
         web: &WebUser<'_>,
         live: Vec<SessionMeta>,
@@ -36,7 +36,7 @@ impl Service {
         let (mut active, mut pending) = (Vec::new(), Vec::new());
         // When each active grant ends, for the time left of its sessions.
         let mut grant_ends: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
-        let open = self.store.open_grants(now);
+        let open = self.store.open_grants(now).await?;
         for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
             match g.state_at(now) {
                 State::Active => {

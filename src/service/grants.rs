@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use russh::keys::ssh_key::PublicKey;
 
 use super::access::{may_approve, may_deny, may_see};
-use super::{new_id, Result, Service, ServiceError, Writes, MAX_GRANT_WAIT};
+use super::{new_id, Result, Service, ServiceError, MAX_GRANT_WAIT};
 use crate::domain::audit::{
     ApprovalRefused, Approved, Denied, Entry, Granted, Issued, RequestDenied, Requested,
 };
@@ -15,7 +15,7 @@ use crate::domain::cert::{self, CertError, CertKind, CertRecord, Minted};
 use crate::domain::grant::{Asked, Grant, State, SERVICE_ACTOR};
 use crate::domain::policy::{self, Decision, Policies};
 use crate::metrics::RequestOutcome;
-use crate::store::Change;
+use crate::store::{Change, GrantChanges, GrantNews};
 use crate::wire::grants::{GrantView, Outcome, RequestBody};
 
 /// A certificate just minted: its line and its serial.
@@ -43,15 +43,21 @@ impl Service {
         }
     }
 
-    fn grant_or_404(&self, id: &str) -> Result<Grant> {
-        self.store
-            .grant(id)?
+    async fn grant_or_404(&self, tx: &mut GrantChanges<'_>, id: &str) -> Result<Grant> {
+        tx.grant(id)
+            .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
     }
 
     /// Decides a request against the requester's grants active at `now`.
-    fn decide(&self, p: &Policies, req: &policy::Request<'_>, now: DateTime<Utc>) -> Decision {
-        let steps = self.store.held_steps(req.user, now);
+    async fn decide(
+        &self,
+        tx: &mut GrantChanges<'_>,
+        p: &Policies,
+        req: &policy::Request<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Decision> {
+        let steps = tx.held_steps(req.user, now).await?;
         let held: Vec<policy::Held<'_>> = steps
             .iter()
             .map(|h| policy::Held {
@@ -60,13 +66,14 @@ impl Service {
                 end: h.end,
             })
             .collect();
-        policy::decide(p, req, &held, now)
+        Ok(policy::decide(p, req, &held, now))
     }
 
     /// Mints a certificate for `key` from an active grant; returns it with its ledger record
     /// and the audit entry that goes with it.
-    fn mint(
+    async fn mint(
         &self,
+        tx: &mut GrantChanges<'_>,
         p: &Policies,
         grant: &Grant,
         key: &PublicKey,
@@ -82,7 +89,7 @@ impl Service {
                     grant.contract, grant.step
                 ))
             })?;
-        let serial = self.store.next_serial()?;
+        let serial = tx.next_serial().await?;
         let spec = cert::user_cert_for(grant, step, key, serial, now)?;
         let minted = cert::mint_user_cert(&self.keys.user_ca, &spec, &mut rand::rng())?;
         let text = minted.to_openssh().map_err(CertError::from)?;
@@ -112,21 +119,21 @@ impl Service {
     }
 
     /// Mints from an active grant and commits the certificate with its audit record.
-    fn issue(
+    async fn issue(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         p: &Policies,
         grant: &Grant,
         key: &PublicKey,
         now: DateTime<Utc>,
     ) -> Result<NewCert> {
-        let (minted, record, entry) = self.mint(p, grant, key, now)?;
+        let (minted, record, entry) = self.mint(tx, p, grant, key, now).await?;
         let change = Change {
             entries: vec![entry],
             certs: vec![record],
             ..Change::default()
         };
-        writes.commit(&self.store, change, now)?;
+        tx.commit(change, now).await?;
         self.metrics.certificate_issued(false);
         Ok(minted)
     }
@@ -135,9 +142,9 @@ impl Service {
     /// that grant instead of filing a duplicate for approvers: a certificate from the active
     /// grant when `certify`, else the grant or the pending request as it stands.
     #[allow(clippy::too_many_arguments)]
-    fn reuse(
+    async fn reuse(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         p: &Policies,
         grant: Grant,
         key: &PublicKey,
@@ -161,7 +168,7 @@ impl Service {
                 }
             ));
             if certify {
-                minted = Some(self.issue(writes, p, &grant, key, now)?);
+                minted = Some(self.issue(tx, p, &grant, key, now).await?);
             }
         } else {
             reasons.push(format!(
@@ -187,19 +194,19 @@ impl Service {
         body: &RequestBody,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
-        self.changing(|w| self.request_locked(w, user, key, body, now))
-            .await
+        let mut tx = self.grant_changes().await?;
+        let out = self.request_locked(&mut tx, user, key, body, now).await;
+        Service::settle(tx, out).await
     }
 
-    fn request_locked(
+    async fn request_locked(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         user: &str,
         key: &PublicKey,
         body: &RequestBody,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
-        let _changes = self.lock_grants();
         let p = self.policies();
         let ttl = match body.ttl.as_deref() {
             Some(t) => Some(policy::parse_duration(t).ok_or_else(|| {
@@ -216,7 +223,7 @@ impl Service {
             reason: body.reason.as_deref(),
             ttl,
         };
-        let decision = self.decide(&p, &req, now);
+        let decision = self.decide(tx, &p, &req, now).await?;
         let (step, ttl, from, count) = match &decision {
             Decision::Deny { reason, .. } => {
                 let denied = RequestDenied {
@@ -227,7 +234,7 @@ impl Service {
                     denied: reason.clone(),
                 };
                 let entry = Entry::new(user, &body.contract, denied);
-                writes.commit(&self.store, Change::audit(vec![entry]), now)?;
+                tx.commit(Change::audit(vec![entry]), now).await?;
                 self.metrics.request(RequestOutcome::Denied);
                 return Err(ServiceError::Denied(reason.clone()));
             }
@@ -240,9 +247,12 @@ impl Service {
                 ..
             } => (step.clone(), *ttl, from.clone(), *count),
         };
-        if let Some(held) = self.store.own_open_grant(user, &body.contract, &step, now) {
+        let held = tx.own_open_grant(user, &body.contract, &step, now).await?;
+        if let Some(held) = held {
             let reasons = decision.reasons().to_vec();
-            return self.reuse(writes, &p, held, key, body.certify, reasons, now);
+            return self
+                .reuse(tx, &p, held, key, body.certify, reasons, now)
+                .await;
         }
         let asked = Asked {
             id: new_id(),
@@ -272,13 +282,13 @@ impl Service {
         }
         let mut certificate = None;
         if body.certify && grant.is_active(now) {
-            let (minted, record, entry) = self.mint(&p, &grant, key, now)?;
+            let (minted, record, entry) = self.mint(tx, &p, &grant, key, now).await?;
             change.entries.push(entry);
             change.certs.push(record);
             certificate = Some(minted);
         }
         change.grants.push(grant.clone());
-        writes.commit(&self.store, change, now)?;
+        tx.commit(change, now).await?;
         self.metrics.request(if count == 0 {
             RequestOutcome::Granted
         } else {
@@ -304,21 +314,21 @@ impl Service {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
-        self.changing(|w| self.certificate_locked(w, user, key, id, now))
-            .await
+        let mut tx = self.grant_changes().await?;
+        let out = self.certificate_locked(&mut tx, user, key, id, now).await;
+        Service::settle(tx, out).await
     }
 
-    fn certificate_locked(
+    async fn certificate_locked(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         user: &str,
         key: &PublicKey,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
-        let _changes = self.lock_grants();
         let p = self.policies();
-        let grant = self.grant_or_404(id)?;
+        let grant = self.grant_or_404(tx, id).await?;
         if grant.user != user {
             return Err(ServiceError::Denied(format!(
                 "grant `{id}` belongs to `{}`, not you",
@@ -336,7 +346,7 @@ impl Service {
             }
             other => return Err(ServiceError::Conflict(format!("grant `{id}` is {other}"))),
         }
-        let minted = self.issue(writes, &p, &grant, key, now)?;
+        let minted = self.issue(tx, &p, &grant, key, now).await?;
         Ok(Outcome {
             grant: self.view(&p, &grant, now),
             certificate: Some(minted.text),
@@ -347,8 +357,13 @@ impl Service {
     }
 
     /// A pending request, or why it is not one.
-    fn pending_or_409(&self, id: &str, now: DateTime<Utc>) -> Result<Grant> {
-        let grant = self.grant_or_404(id)?;
+    async fn pending_or_409(
+        &self,
+        tx: &mut GrantChanges<'_>,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Grant> {
+        let grant = self.grant_or_404(tx, id).await?;
         match grant.state_at(now) {
             State::Pending => Ok(grant),
             other => Err(ServiceError::Conflict(format!(
@@ -359,20 +374,20 @@ impl Service {
 
     /// An approval; the last one needed activates the grant.
     pub async fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
-        self.changing(|w| self.approve_locked(w, approver, id, now))
-            .await
+        let mut tx = self.grant_changes().await?;
+        let out = self.approve_locked(&mut tx, approver, id, now).await;
+        Service::settle(tx, out).await
     }
 
-    fn approve_locked(
+    async fn approve_locked(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         approver: &str,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
-        let _changes = self.lock_grants();
         let p = self.policies();
-        let mut grant = self.pending_or_409(id, now)?;
+        let mut grant = self.pending_or_409(tx, id, now).await?;
         if let Some(why) = policy::approval_refusal(
             &p,
             &grant.contract,
@@ -385,7 +400,7 @@ impl Service {
                 reason: why.clone(),
             };
             let entry = Entry::new(approver, id, refused);
-            writes.commit(&self.store, Change::audit(vec![entry]), now)?;
+            tx.commit(Change::audit(vec![entry]), now).await?;
             return Err(ServiceError::Denied(why));
         }
         let complete = grant.approve(approver, now);
@@ -404,7 +419,7 @@ impl Service {
                 reason: grant.reason.as_deref(),
                 ttl: Some(Duration::from_secs(grant.ttl_secs)),
             };
-            match self.decide(&p, &req, now) {
+            match self.decide(tx, &p, &req, now).await? {
                 Decision::Deny { reason, .. } => {
                     let why = format!("could not activate after approval: {reason}");
                     grant.close(State::Denied, SERVICE_ACTOR, now, &why);
@@ -433,7 +448,7 @@ impl Service {
             entries,
             ..Change::default()
         };
-        writes.commit(&self.store, change, now)?;
+        tx.commit(change, now).await?;
         self.metrics.approval();
         Ok(Outcome {
             grant: self.view(&p, &grant, now),
@@ -452,21 +467,21 @@ impl Service {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<GrantView> {
-        self.changing(|w| self.deny_locked(w, who, id, reason, now))
-            .await
+        let mut tx = self.grant_changes().await?;
+        let out = self.deny_locked(&mut tx, who, id, reason, now).await;
+        Service::settle(tx, out).await
     }
 
-    fn deny_locked(
+    async fn deny_locked(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         who: &str,
         id: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<GrantView> {
-        let _changes = self.lock_grants();
         let p = self.policies();
-        let mut grant = self.pending_or_409(id, now)?;
+        let mut grant = self.pending_or_409(tx, id, now).await?;
         if reason.trim().is_empty() {
             return Err(ServiceError::BadRequest(
                 "a denial needs a reason (--reason)".into(),
@@ -487,20 +502,25 @@ impl Service {
             entries: vec![Entry::new(who, id, denied)],
             ..Change::default()
         };
-        writes.commit(&self.store, change, now)?;
+        tx.commit(change, now).await?;
         Ok(self.view(&p, &grant, now))
     }
 
     /// Grants the caller may see: their own; everything for admins and auditors; pending
     /// requests they could approve for approvers. Ended grants only with `all`.
-    pub fn grants(&self, user: &str, all: bool, now: DateTime<Utc>) -> Result<Vec<GrantView>> {
-        let p = self.policies();
-        // Open grants are kept in memory; only `all` reads the whole ledger.
+    pub async fn grants(
+        &self,
+        user: &str,
+        all: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<GrantView>> {
+        // Open grants come without a scan of the ledger; only `all` reads it whole.
         let grants = if all {
-            self.store.grants()?
+            self.store.grants().await?
         } else {
-            self.store.open_grants(now)
+            self.store.open_grants(now).await?
         };
+        let p = self.policies();
         Ok(grants
             .iter()
             .filter(|g| may_see(&p, user, g))
@@ -510,9 +530,10 @@ impl Service {
     }
 
     /// One grant, if the caller may see it: one keyed read.
-    pub fn grant(&self, user: &str, id: &str, now: DateTime<Utc>) -> Result<GrantView> {
+    pub async fn grant(&self, user: &str, id: &str, now: DateTime<Utc>) -> Result<GrantView> {
+        let found = self.store.grant(id).await?;
         let p = self.policies();
-        match self.store.grant(id)? {
+        match found {
             Some(g) if may_see(&p, user, &g) => Ok(self.view(&p, &g, now)),
             _ => Err(ServiceError::NotFound(format!(
                 "no grant or request with id `{id}` that you may see"
@@ -528,7 +549,7 @@ impl Service {
         // Subscribed before the first read, so no write between the two goes unseen.
         let mut writes = self.store.subscribe_grants();
         loop {
-            let view = self.grant(user, id, Utc::now())?;
+            let view = self.grant(user, id, Utc::now()).await?;
             if view.state != State::Pending {
                 return Ok(view);
             }
@@ -537,7 +558,7 @@ impl Service {
                     Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
                         return Ok(view)
                     }
-                    Ok(Ok(written)) if written != id => continue,
+                    Ok(Ok(GrantNews::Written(written))) if written != id => continue,
                     // This grant was written, or writes were missed: read it again.
                     Ok(_) => break,
                 }

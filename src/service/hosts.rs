@@ -14,7 +14,7 @@ use crate::domain::grant::SERVICE_ACTOR;
 use crate::domain::policy;
 use crate::install::init::{self, Initialised};
 use crate::install::keys::{self, Keys};
-use crate::store::{Change, Store};
+use crate::store::{Change, Ledger, Location};
 use crate::wire::grants::SignHostBody;
 
 /// A host certificate to mint.
@@ -31,12 +31,12 @@ struct HostCert<'a> {
 /// returns its line once that is on disk. `sign-host` and the bastion's own certificate
 /// both come through here.
 async fn issue_host_cert(
-    store: &Store,
+    store: &Ledger,
     host_ca: &PrivateKey,
     asked: HostCert<'_>,
     now: DateTime<Utc>,
 ) -> Result<String> {
-    let serial = store.next_serial()?;
+    let serial = store.next_serial().await?;
     let window = Window::host(now, asked.ttl);
     let key_id = cert::host_key_id(asked.name);
     let minted = cert::mint_host_cert(
@@ -72,20 +72,39 @@ async fn issue_host_cert(
         certs: vec![record],
         ..Change::default()
     };
-    store.commit(change, now)?.await?;
+    store.commit(change, now).await?;
     Ok(minted.to_openssh().map_err(CertError::from)?)
 }
 
 /// Signs the bastion's host key with host-ca unless a certificate valid for another 30 days
-/// is there; returns where it wrote one.
+/// is there and this ledger recorded it; returns where it wrote one. A certificate the
+/// ledger never recorded (signed by `init` into the embedded ledger before the node served
+/// from PostgreSQL, or kept from a ledger since replaced) would share its serial with one
+/// this ledger hands out, so a KRL entry for either would revoke both.
 async fn ensure_bastion_cert(
     dir: &Path,
     keys: &Keys,
-    store: &Store,
+    store: &Ledger,
     now: DateTime<Utc>,
 ) -> std::result::Result<Option<PathBuf>, crate::Error> {
-    let Some(path) = init::bastion_cert_due(dir, keys, now) else {
-        return Ok(None);
+    let path = match init::bastion_cert_due(dir, keys, now) {
+        Some(path) => path,
+        None => {
+            let path = keys::cert_path(&dir.join("keys").join(keys::BASTION_HOST));
+            let cert = keys::read_certificate(&path)?;
+            let recorded = store
+                .cert(cert.serial())
+                .await
+                .map_err(ServiceError::from)?
+                .is_some_and(|r| {
+                    r.key_id == cert.key_id()
+                        && r.fingerprint == cert::fingerprint(keys.bastion_host.public_key())
+                });
+            if recorded {
+                return Ok(None);
+            }
+            path
+        }
     };
     let asked = HostCert {
         key: keys.bastion_host.public_key(),
@@ -107,7 +126,9 @@ pub async fn initialise(
 ) -> std::result::Result<(Initialised, Option<PathBuf>), crate::Error> {
     let done = init::init(dir)?;
     let keys = Keys::load(&dir.join("keys"))?;
-    let store = Store::open(&dir.join("data")).map_err(ServiceError::from)?;
+    let store = Ledger::open(&dir.join("data"), &Location::Embedded)
+        .await
+        .map_err(ServiceError::from)?;
     let cert = ensure_bastion_cert(dir, &keys, &store, now).await?;
     store.on_disk().await.map_err(ServiceError::from)?;
     Ok((done, cert))

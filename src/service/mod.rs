@@ -31,7 +31,7 @@ use crate::domain::policy::{self, Policies, Step};
 use crate::domain::session::{seconds_before, SessionMeta};
 use crate::install::keys::Keys;
 use crate::metrics::{LedgerGauges, Metrics};
-use crate::store::{Change, OnDisk, Store, StoreError};
+use crate::store::{Change, GrantChanges, Ledger, Location, StoreError};
 use crate::wire::grants::Whoami;
 
 pub use self::audit::AuditSearch;
@@ -86,71 +86,50 @@ pub struct Service {
     policies: RwLock<Arc<Policies>>,
     /// The CA keys, the bastion's host key and the audit-signer.
     keys: Keys,
-    /// The ledger.
-    store: Store,
-    /// Bumped on every revocation, so the bastion cuts sessions off at once.
-    revoked: tokio::sync::watch::Sender<u64>,
-    /// Held across read, check and commit of any grant change, so two changes to one grant
-    /// (an approval racing a revocation) cannot overwrite each other.
-    grant_changes: std::sync::Mutex<()>,
+    /// The ledger, sled or PostgreSQL.
+    store: Ledger,
     /// Counters for `/metrics`, bumped here, in the bastion, the recorder and the notifier.
     metrics: Arc<Metrics>,
 }
 
-/// The commits one call made under the grant lock, waited for once the lock is released:
-/// concurrent changes share disk flushes instead of queueing behind each other's.
-#[derive(Default)]
-struct Writes(Vec<OnDisk<Vec<AuditRecord>>>);
-
-impl Writes {
-    /// Commits `change` at once; its wait for the disk comes in [`Writes::on_disk`].
-    fn commit(&mut self, store: &Store, change: Change, now: DateTime<Utc>) -> Result<()> {
-        self.0.push(store.commit(change, now)?);
-        Ok(())
-    }
-
-    async fn on_disk(self) -> Result<()> {
-        for w in self.0 {
-            w.await?;
-        }
-        Ok(())
-    }
-}
-
 impl Service {
-    /// Opens an installation whose keys and policies exist (see [`initialise`]).
-    pub fn open(dir: &Path) -> std::result::Result<Service, crate::Error> {
+    /// Opens an installation whose keys and policies exist (see [`initialise`]), with its
+    /// ledger at `location` (sled under `data/`, or PostgreSQL).
+    pub async fn open(
+        dir: &Path,
+        location: &Location,
+    ) -> std::result::Result<Service, crate::Error> {
         let policies = crate::install::load_policies(&dir.join("policies"))?;
         let keys = Keys::load(&dir.join("keys"))?;
-        let store = Store::open(&dir.join("data")).map_err(ServiceError::from)?;
+        let store = Ledger::open(&dir.join("data"), location)
+            .await
+            .map_err(ServiceError::from)?;
         Ok(Service {
             dir: dir.to_path_buf(),
             policies: RwLock::new(Arc::new(policies)),
             keys,
             store,
-            revoked: tokio::sync::watch::channel(0).0,
-            grant_changes: std::sync::Mutex::new(()),
             metrics: Arc::new(Metrics::default()),
         })
     }
 
-    fn lock_grants(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.grant_changes.lock().unwrap_or_else(|e| e.into_inner())
+    /// Starts a grant change: its reads, its decision and its commit are serialised with
+    /// every other grant change, on this node and on every node sharing the ledger.
+    async fn grant_changes(&self) -> Result<GrantChanges<'_>> {
+        Ok(self.store.grant_changes().await?)
     }
 
-    /// Runs a change made under the grant lock, then, with the lock released, waits until
-    /// what it committed is on disk. Nobody sees an answer before its change, and every
-    /// change it read, are durable (flushes cover every write made before them).
-    async fn changing<T>(&self, change: impl FnOnce(&mut Writes) -> Result<T>) -> Result<T> {
-        let mut writes = Writes::default();
-        let out = change(&mut writes);
-        writes.on_disk().await?;
+    /// Ends a grant change with its outcome: releases the lock and waits until what it
+    /// committed is durable (a refusal may have committed its audit record). Nobody sees an
+    /// answer before its change, and every change it read, are durable.
+    async fn settle<T>(changes: GrantChanges<'_>, out: Result<T>) -> Result<T> {
+        changes.finish().await?;
         out
     }
 
-    /// Commits one change and waits for the disk: for changes that need no grant lock.
+    /// Commits one change and waits until it is durable: for changes that need no grant lock.
     async fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        Ok(self.store.commit(change, now)?.await?)
+        Ok(self.store.commit(change, now).await?)
     }
 
     /// Appends one audit record alone and waits for the disk: the one way the service's
@@ -167,22 +146,23 @@ impl Service {
 
     /// Forgets request nonces whose timestamps would be refused anyway (see [`crate::auth`]);
     /// the daemon calls it on a timer, never on a request's path.
-    pub fn forget_old_nonces(&self, now: DateTime<Utc>) -> Result<usize> {
+    pub async fn forget_old_nonces(&self, now: DateTime<Utc>) -> Result<usize> {
         let cutoff = seconds_before(now, 2 * crate::auth::MAX_SKEW_SECS);
-        Ok(self.store.forget_nonces(cutoff)?)
+        Ok(self.store.forget_nonces(cutoff).await?)
     }
 
-    /// Records a signed request's nonce; false when it was seen before (a replay).
-    pub fn fresh_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
-        Ok(self.store.remember_nonce(nonce, now)?)
+    /// Records a signed request's nonce; false when it was seen before (a replay), on this
+    /// node or, with a shared ledger, on any.
+    pub async fn fresh_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
+        Ok(self.store.remember_nonce(nonce, now).await?)
     }
 
-    /// Changes whenever something is revoked.
+    /// Changes whenever something is revoked, on any node.
     pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.revoked.subscribe()
+        self.store.revocations_feed()
     }
 
-    /// Every audit record committed from now on (see [`Store::subscribe_audit`]).
+    /// Every audit record this node commits from now on (see [`Ledger::subscribe_audit`]).
     pub fn subscribe_audit(&self) -> tokio::sync::broadcast::Receiver<AuditRecord> {
         self.store.subscribe_audit()
     }
@@ -198,13 +178,13 @@ impl Service {
     }
 
     /// `/metrics`: the counters, and the ledger's gauges read now (grants active and
-    /// requests pending, from memory; the audit chain's length).
-    pub fn metrics_text(&self, now: DateTime<Utc>) -> Result<String> {
+    /// requests pending, never a scan of the ledger; the audit chain's length).
+    pub async fn metrics_text(&self, now: DateTime<Utc>) -> Result<String> {
         let mut gauges = LedgerGauges {
-            audit_records: self.store.audit_len()?,
+            audit_records: self.store.audit_len().await?,
             ..LedgerGauges::default()
         };
-        for grant in self.store.open_grants(now) {
+        for grant in self.store.open_grants(now).await? {
             match grant.state_at(now) {
                 State::Active => gauges.active_grants += 1,
                 State::Pending => gauges.pending_requests += 1,
@@ -259,18 +239,18 @@ impl Service {
     }
 
     /// A grant by id, for the service's own parts (webhooks); no caller, no check.
-    pub fn grant_record(&self, id: &str) -> Result<Option<Grant>> {
-        Ok(self.store.grant(id)?)
+    pub async fn grant_record(&self, id: &str) -> Result<Option<Grant>> {
+        Ok(self.store.grant(id).await?)
     }
 
     /// A session by id, for the service's own parts (webhooks); no caller, no check.
-    pub fn session_record(&self, id: &str) -> Result<Option<SessionMeta>> {
-        Ok(self.store.session(id)?)
+    pub async fn session_record(&self, id: &str) -> Result<Option<SessionMeta>> {
+        Ok(self.store.session(id).await?)
     }
 
     /// Who a certificate was minted for, for the service's own parts (webhooks).
-    pub fn cert_owner(&self, serial: u64) -> Result<Option<String>> {
-        Ok(self.store.cert(serial)?.map(|c| c.user))
+    pub async fn cert_owner(&self, serial: u64) -> Result<Option<String>> {
+        Ok(self.store.cert(serial).await?.map(|c| c.user))
     }
 
     /// The step a grant is of, as the policies in force say.

@@ -4,10 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use super::access::may_revoke;
-use super::{Result, Service, ServiceError, Writes};
+use super::{Result, Service, ServiceError};
 use crate::domain::audit::{Entry, Revoked, Shortened};
 use crate::domain::grant::{dependents, Grant, Revocation, RevokeTarget, State};
-use crate::store::Change;
+use crate::store::{Change, GrantChanges};
 use crate::wire::grants::RevokeBody;
 
 impl Service {
@@ -18,18 +18,18 @@ impl Service {
         body: &RevokeBody,
         now: DateTime<Utc>,
     ) -> Result<Revocation> {
-        self.changing(|w| self.revoke_locked(w, who, body, now))
-            .await
+        let mut tx = self.grant_changes().await?;
+        let out = self.revoke_locked(&mut tx, who, body, now).await;
+        Service::settle(tx, out).await
     }
 
-    fn revoke_locked(
+    async fn revoke_locked(
         &self,
-        writes: &mut Writes,
+        tx: &mut GrantChanges<'_>,
         who: &str,
         body: &RevokeBody,
         now: DateTime<Utc>,
     ) -> Result<Revocation> {
-        let _changes = self.lock_grants();
         let p = self.policies();
         let target = match (body.serial, &body.grant, &body.user) {
             (Some(s), None, None) => RevokeTarget::Serial(s),
@@ -41,11 +41,9 @@ impl Service {
                 ))
             }
         };
-        let certs = self.store.certs()?;
-        let grants = self.store.grants()?;
-        let (mut serials, mut hit): (Vec<u64>, Vec<Grant>) = match &target {
+        let (mut serials, hit): (Vec<u64>, Vec<Grant>) = match &target {
             RevokeTarget::Serial(s) => {
-                let c = certs.iter().find(|c| c.serial == *s).ok_or_else(|| {
+                let c = tx.cert(*s).await?.ok_or_else(|| {
                     ServiceError::NotFound(format!("no certificate with serial {s} in the ledger"))
                 })?;
                 if !may_revoke(&p, who, &c.user) {
@@ -57,9 +55,9 @@ impl Service {
                 (vec![*s], Vec::new())
             }
             RevokeTarget::Grant(id) => {
-                let g = grants
-                    .iter()
-                    .find(|g| &g.id == id)
+                let g = tx
+                    .grant(id)
+                    .await?
                     .ok_or_else(|| ServiceError::NotFound(format!("no grant with id `{id}`")))?;
                 if !may_revoke(&p, who, &g.user) {
                     return Err(ServiceError::Denied(format!(
@@ -67,7 +65,7 @@ impl Service {
                         g.user
                     )));
                 }
-                (Vec::new(), vec![g.clone()])
+                (Vec::new(), vec![g])
             }
             RevokeTarget::User(u) => {
                 if !may_revoke(&p, who, u) {
@@ -75,23 +73,24 @@ impl Service {
                         "only ramp-admin may revoke another user".into(),
                     ));
                 }
-                if !p.users.contains_key(u) && !grants.iter().any(|g| &g.user == u) {
+                if !p.users.contains_key(u) && !tx.has_grants(u).await? {
                     return Err(ServiceError::NotFound(format!(
                         "no user `{u}` in people.yaml or the ledger"
                     )));
                 }
-                (
-                    Vec::new(),
-                    grants.iter().filter(|g| &g.user == u).cloned().collect(),
-                )
+                // What is open is all a revocation changes.
+                (Vec::new(), tx.open_grants_of(&[u.as_str()], now).await?)
             }
         };
-        let fallout = dependents(&p, &grants, &hit, now);
+        // A step climbs only from its own user's grants: theirs are all the fallout needs.
+        let users: Vec<&str> = hit.iter().map(|g| g.user.as_str()).collect();
+        let theirs = tx.open_grants_of(&users, now).await?;
+        let fallout = dependents(&p, &theirs, &hit, now);
+        let mut hit = hit;
         hit.extend(fallout.closed);
         // A revoked grant takes every certificate minted from it along.
-        for g in &hit {
-            serials.extend(certs.iter().filter(|c| c.grant == g.id).map(|c| c.serial));
-        }
+        let ids: Vec<String> = hit.iter().map(|g| g.id.clone()).collect();
+        serials.extend(tx.certs_of_grants(&ids).await?.iter().map(|c| c.serial));
         serials.sort_unstable();
         serials.dedup();
         let reason = body.reason.clone().unwrap_or_else(|| "revoked".into());
@@ -128,17 +127,16 @@ impl Service {
             entries: vec![Entry::new(who, &target.subject(), revoked)],
             ..Change::default()
         };
-        writes.commit(&self.store, change, now)?;
-        self.revoked.send_modify(|n| *n += 1);
+        tx.commit(change, now).await?;
         self.metrics.revocation();
         Ok(revocation)
     }
 
     /// An OpenSSH KRL of every revoked certificate (see
     /// [`crate::domain::krl::of_revocations`]).
-    pub fn krl(&self) -> Result<Vec<u8>> {
-        let serials = self.store.revoked_serials()?;
-        let revocations = self.store.revocations()?;
+    pub async fn krl(&self) -> Result<Vec<u8>> {
+        let serials = self.store.revoked_serials().await?;
+        let revocations = self.store.revocations().await?;
         let cas = [
             self.keys.user_ca.public_key(),
             self.keys.node_ca.public_key(),

@@ -3,7 +3,6 @@
 //! crash left behind).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -51,36 +50,16 @@ pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta
 }
 
 impl Service {
-    /// Runs a read that scans the ledger or recordings on a thread of its own, off the
-    /// async threads.
-    async fn off_thread<T: Send + 'static>(
-        self: &Arc<Self>,
-        read: impl FnOnce(&Service) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || read(&me))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("the read failed: {e}")))?
-    }
-
     /// Recorded sessions matching `filter`, for admins and auditors; the listing is audited.
     pub async fn sessions(
-        self: &Arc<Self>,
+        &self,
         who: &str,
         filter: SessionFilter,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionMeta>> {
         self.require_reviewer(who, Reading::Recordings)?;
-        let wanted = filter.clone();
-        let out: Vec<SessionMeta> = self
-            .off_thread(move |s| {
-                Ok(s.store
-                    .sessions()?
-                    .into_iter()
-                    .filter(|m| wanted.matches(m, now))
-                    .collect())
-            })
-            .await?;
+        let mut out = self.store.sessions().await?;
+        out.retain(|m| filter.matches(m, now));
         let listed = SessionsListed {
             filter,
             count: out.len() as u64,
@@ -93,28 +72,23 @@ impl Service {
     /// One session's metadata and events, for admins and auditors; every read is audited
     /// with its purpose (show, play, export, dashboard-play...).
     pub async fn session(
-        self: &Arc<Self>,
+        &self,
         who: &str,
         id: &str,
         purpose: &str,
         now: DateTime<Utc>,
     ) -> Result<(SessionMeta, Vec<Event>)> {
         self.require_reviewer(who, Reading::Recordings)?;
-        let wanted = id.to_string();
-        let (meta, events) = self
-            .off_thread(move |s| {
-                let meta = s.recorded(&wanted)?;
-                let events = s.store.session_events(&meta)?;
-                Ok((meta, events))
-            })
-            .await?;
+        let meta = self.recorded(id).await?;
+        let events = self.store.session_events(&meta).await?;
         self.audit_read(who, &meta, purpose, now).await?;
         Ok((meta, events))
     }
 
-    fn recorded(&self, id: &str) -> Result<SessionMeta> {
+    async fn recorded(&self, id: &str) -> Result<SessionMeta> {
         self.store
-            .session(id)?
+            .session(id)
+            .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no recorded session with id `{id}`")))
     }
 
@@ -136,7 +110,7 @@ impl Service {
 
     /// Searches recordings for a pattern, for admins and auditors; the search is audited.
     pub async fn grep(
-        self: &Arc<Self>,
+        &self,
         who: &str,
         pattern: &str,
         filter: SessionFilter,
@@ -148,26 +122,27 @@ impl Service {
                 "the search pattern is empty".into(),
             ));
         }
-        let (wanted, needle) = (filter.clone(), pattern.to_string());
-        let hits = self
-            .off_thread(move |s| {
-                let mut hits = Vec::new();
-                for meta in s
-                    .store
-                    .sessions()?
-                    .iter()
-                    .filter(|m| wanted.matches(m, now))
-                {
-                    let events = s.store.session_events(meta)?;
-                    let left = GREP_LIMIT - hits.len().min(GREP_LIMIT);
-                    hits.extend(search::grep(meta, &events, &needle, left));
-                    if hits.len() >= GREP_LIMIT {
-                        break;
-                    }
-                }
-                Ok(hits)
-            })
-            .await?;
+        let mut hits = Vec::new();
+        for meta in self
+            .store
+            .sessions()
+            .await?
+            .iter()
+            .filter(|m| filter.matches(m, now))
+        {
+            let events = self.store.session_events(meta).await?;
+            let left = GREP_LIMIT - hits.len().min(GREP_LIMIT);
+            let (meta, needle) = (meta.clone(), pattern.to_string());
+            // Matching reads every event: off the async threads.
+            let found =
+                tokio::task::spawn_blocking(move || search::grep(&meta, &events, &needle, left))
+                    .await
+                    .map_err(|e| ServiceError::Internal(format!("the search failed: {e}")))?;
+            hits.extend(found);
+            if hits.len() >= GREP_LIMIT {
+                break;
+            }
+        }
         let searched = SessionsSearched {
             pattern: pattern.to_string(),
             filter,
@@ -187,7 +162,7 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<(SessionMeta, Tail)> {
         self.require_reviewer(who, Reading::Follow)?;
-        let meta = self.recorded(id)?;
+        let meta = self.recorded(id).await?;
         let tail = self.store.tail_recording(&meta.id)?;
         self.audit_read(who, &meta, "dashboard-follow", now).await?;
         Ok((meta, tail))
@@ -251,11 +226,8 @@ impl Service {
 
     /// Seals and audits the sessions a daemon that died left live (`session-interrupted`,
     /// in one commit); returns them.
-    pub async fn recover_interrupted(
-        self: &Arc<Self>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<SessionMeta>> {
-        let found = self.off_thread(|s| Ok(s.store.interrupted()?)).await?;
+    pub async fn recover_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
+        let found = self.store.interrupted().await?;
         let (change, sealed) = interrupted_change(found);
         self.commit(change, now).await?;
         Ok(sealed)

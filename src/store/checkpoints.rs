@@ -133,7 +133,7 @@ mod tests {
 
     use crate::checkpoint::{check_chain, Signed, Sourced};
     use crate::domain::audit::{chain_hash, Approved, Entry, Head};
-    use crate::store::{commit_now, Change, Store};
+    use crate::store::{Change, Ledger, Location};
 
     fn key() -> PrivateKey {
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
@@ -144,34 +144,39 @@ mod tests {
     }
 
     /// A store with `n` records (`approve` by alice of `g1`, `g2`, ...).
-    fn store_with(n: u64) -> (tempfile::TempDir, Store) {
+    async fn store_with(n: u64) -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("data")).unwrap();
+        let data = dir.path().join("data");
+        let store = Ledger::open(&data, &Location::Embedded).await.unwrap();
         for i in 1..=n {
-            approve(&store, "alice", &format!("g{i}"), i);
+            approve(&store, "alice", &format!("g{i}"), i).await;
         }
         (dir, store)
     }
 
     /// Audits an approval of `grant` by `who`.
-    fn approve(store: &Store, who: &str, grant: &str, approvals: u64) {
+    async fn approve(store: &Ledger, who: &str, grant: &str, approvals: u64) {
         let approved = Approved {
             approvals,
             needed: 2,
         };
-        commit_now(store, Change::audit(vec![Entry::new(who, grant, approved)]));
+        store
+            .commit(Change::audit(vec![Entry::new(who, grant, approved)]), now())
+            .await
+            .unwrap();
     }
 
     /// What someone who can write the ledger does: change record `seq`, re-hash it and
     /// every record after it, and move the head along.
-    fn rewrite(store: &Store, seq: u64) {
-        let audit = store.raw_audit_tree();
+    async fn rewrite(store: &Ledger, seq: u64) {
+        let audit = store.sled().raw_audit_tree();
         let mut prev = match seq {
             1 => "0".repeat(64),
-            _ => store.audit_record(seq - 1).unwrap().unwrap().hash,
+            _ => store.audit_record(seq - 1).await.unwrap().unwrap().hash,
         };
         for mut r in store
             .audit_upto(u64::MAX)
+            .await
             .unwrap()
             .into_iter()
             .skip(seq as usize - 1)
@@ -187,10 +192,11 @@ mod tests {
                 .unwrap();
         }
         let head = Head {
-            seq: store.audit_len().unwrap(),
+            seq: store.audit_len().await.unwrap(),
             hash: prev,
         };
         store
+            .sled()
             .raw_meta_tree()
             .insert("audit_head", serde_json::to_vec(&head).unwrap())
             .unwrap();
@@ -203,30 +209,34 @@ mod tests {
         }
     }
 
-    fn checkpoint_of(store: &Store, key: &PrivateKey, name: &str) -> Sourced {
-        let head = store.audit_head().unwrap();
+    async fn checkpoint_of(store: &Ledger, key: &PrivateKey, name: &str) -> Sourced {
+        let head = store.audit_head().await.unwrap();
         sourced(name, Signed::sign(key, &head, now()).unwrap())
     }
 
-    #[test]
-    fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_an_earlier_checkpoint() {
+    #[tokio::test]
+    async fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_an_earlier_checkpoint() {
         let k = key();
-        let (_dir, store) = store_with(4);
-        let early = checkpoint_of(&store, &k, "early");
-        approve(&store, "bob", "g1", 1);
-        approve(&store, "bob", "g2", 1);
-        let late = checkpoint_of(&store, &k, "late");
-        let all = || store.audit_upto(u64::MAX).unwrap();
-        assert_eq!(check_chain(all(), &[early.clone(), late.clone()]), Ok(6));
+        let (_dir, store) = store_with(4).await;
+        let early = checkpoint_of(&store, &k, "early").await;
+        approve(&store, "bob", "g1", 1).await;
+        approve(&store, "bob", "g2", 1).await;
+        let late = checkpoint_of(&store, &k, "late").await;
+        let all = || async { store.audit_upto(u64::MAX).await.unwrap() };
+        assert_eq!(
+            check_chain(all().await, &[early.clone(), late.clone()]),
+            Ok(6)
+        );
         assert_eq!(
             store
                 .audit_extends(&early.signed.checkpoint.head())
+                .await
                 .unwrap(),
-            Ok(store.audit_head().unwrap())
+            Ok(store.audit_head().await.unwrap())
         );
 
-        rewrite(&store, 5);
-        let plain = store.verify_audit().unwrap();
+        rewrite(&store, 5).await;
+        let plain = store.verify_audit().await.unwrap();
         assert_eq!(
             plain.first_bad, None,
             "a re-hashed chain is intact as far as hashes go"
@@ -234,7 +244,7 @@ mod tests {
         assert_eq!(plain.records, 6);
         // The earlier checkpoint still holds (record 5 came after it); the later one names
         // record 6 and bounds the rewrite by the earlier one.
-        let bad = check_chain(all(), &[early.clone(), late.clone()]).unwrap_err();
+        let bad = check_chain(all().await, &[early.clone(), late.clone()]).unwrap_err();
         assert_eq!(bad.seq, 6, "{bad:?}");
         assert!(
             bad.reason
@@ -247,14 +257,15 @@ mod tests {
         // The ledger itself no longer extends what it checkpointed.
         let bad = store
             .audit_extends(&late.signed.checkpoint.head())
+            .await
             .unwrap()
             .unwrap_err();
         assert_eq!(bad.seq, 6, "{bad:?}");
         assert!(bad.reason.contains("rewritten"), "{bad:?}");
 
-        rewrite(&store, 2);
-        assert_eq!(store.verify_audit().unwrap().first_bad, None);
-        let bad = check_chain(all(), std::slice::from_ref(&early)).unwrap_err();
+        rewrite(&store, 2).await;
+        assert_eq!(store.verify_audit().await.unwrap().first_bad, None);
+        let bad = check_chain(all().await, std::slice::from_ref(&early)).unwrap_err();
         assert_eq!(bad.seq, 4, "{bad:?}");
         assert!(
             bad.reason
@@ -263,17 +274,18 @@ mod tests {
         );
         let bad = store
             .audit_extends(&early.signed.checkpoint.head())
+            .await
             .unwrap()
             .unwrap_err();
         assert_eq!(bad.seq, 4, "{bad:?}");
     }
 
-    #[test]
-    fn a_chain_shorter_than_its_checkpoint_is_named() {
+    #[tokio::test]
+    async fn a_chain_shorter_than_its_checkpoint_is_named() {
         let k = key();
-        let (_dir, store) = store_with(5);
-        let cp = checkpoint_of(&store, &k, "cp");
-        let cut: Vec<_> = store.audit_upto(3).unwrap();
+        let (_dir, store) = store_with(5).await;
+        let cp = checkpoint_of(&store, &k, "cp").await;
+        let cut: Vec<_> = store.audit_upto(3).await.unwrap();
         let bad = check_chain(cut, std::slice::from_ref(&cp)).unwrap_err();
         assert_eq!(bad.seq, 4);
         assert!(
@@ -285,10 +297,19 @@ mod tests {
             "{bad:?}"
         );
         // Cut in the ledger itself, head and all.
-        store.raw_audit_tree().remove(5u64.to_be_bytes()).unwrap();
-        store.raw_audit_tree().remove(4u64.to_be_bytes()).unwrap();
-        let head = store.audit_record(3).unwrap().unwrap();
         store
+            .sled()
+            .raw_audit_tree()
+            .remove(5u64.to_be_bytes())
+            .unwrap();
+        store
+            .sled()
+            .raw_audit_tree()
+            .remove(4u64.to_be_bytes())
+            .unwrap();
+        let head = store.audit_record(3).await.unwrap().unwrap();
+        store
+            .sled()
             .raw_meta_tree()
             .insert(
                 "audit_head",
@@ -299,9 +320,10 @@ mod tests {
                 .unwrap(),
             )
             .unwrap();
-        assert_eq!(store.verify_audit().unwrap().first_bad, None);
+        assert_eq!(store.verify_audit().await.unwrap().first_bad, None);
         let bad = store
             .audit_extends(&cp.signed.checkpoint.head())
+            .await
             .unwrap()
             .unwrap_err();
         assert!(
@@ -310,23 +332,26 @@ mod tests {
             "{bad:?}"
         );
         // A gap in what is sent is named too.
-        let mut gappy = store_with(4).1.audit_upto(4).unwrap();
+        let mut gappy = store_with(4).await.1.audit_upto(4).await.unwrap();
         gappy.remove(1);
-        let cp4 = checkpoint_of(&store_with(4).1, &k, "cp4");
+        let cp4 = checkpoint_of(&store_with(4).await.1, &k, "cp4").await;
         let bad = check_chain(gappy, &[cp4]).unwrap_err();
         assert!(bad.reason.contains("record 2 is missing"), "{bad:?}");
     }
 
-    #[test]
-    fn a_checkpoint_with_a_bad_signature_or_another_signer_is_refused() {
+    #[tokio::test]
+    async fn a_checkpoint_with_a_bad_signature_or_another_signer_is_refused() {
         let (k, mallory) = (key(), key());
-        let (_dir, store) = store_with(2);
-        let cp = checkpoint_of(&store, &k, "cp");
+        let (_dir, store) = store_with(2).await;
+        let cp = checkpoint_of(&store, &k, "cp").await;
         cp.signed.verify(k.public_key()).unwrap();
         // Signed by someone else: refused even though the chain matches it.
-        let theirs = checkpoint_of(&store, &mallory, "theirs");
+        let theirs = checkpoint_of(&store, &mallory, "theirs").await;
         assert_eq!(
-            check_chain(store.audit_upto(2).unwrap(), std::slice::from_ref(&theirs)),
+            check_chain(
+                store.audit_upto(2).await.unwrap(),
+                std::slice::from_ref(&theirs)
+            ),
             Ok(2)
         );
         let err = theirs
@@ -342,14 +367,14 @@ mod tests {
         assert!(err.contains("does not verify"), "{err}");
     }
 
-    #[test]
-    fn checkpoints_are_kept_once_announced_and_trusted() {
+    #[tokio::test]
+    async fn checkpoints_are_kept_once_announced_and_trusted() {
         let k = key();
-        let (_dir, store) = store_with(3);
+        let (_dir, store) = store_with(3).await;
         let mut feed = store.checkpoints().subscribe();
-        let cp = checkpoint_of(&store, &k, "cp").signed;
+        let cp = checkpoint_of(&store, &k, "cp").await.signed;
         assert!(store.checkpoints().keep(&cp).unwrap());
-        let again = checkpoint_of(&store, &k, "again").signed;
+        let again = checkpoint_of(&store, &k, "again").await.signed;
         assert!(
             !store.checkpoints().keep(&again).unwrap(),
             "one file a record"

@@ -1,45 +1,45 @@
-//! The ledger: the only module that touches sled, and only the service uses it.
+//! The ledger: grants, certificates, revocations, the audit chain, request nonces and the
+//! metadata of recorded sessions, behind one interface, [`Ledger`], over two engines: sled
+//! under `DIR/data` (embedded, the default, for one node: [`embedded`]) and PostgreSQL
+//! (shared by several nodes: [`crate::pgstore`]). Only the service uses it; every rule stays
+//! there, so both engines keep the same records and answer the same questions.
 //!
-//! Trees: `grants` (id -> Grant), `certs` (serial -> CertRecord), `revoked` (serial -> why),
-//! `revocations` (seq -> Revocation), `audit` (seq -> AuditRecord, hash-chained), `nonces`
-//! (request nonce -> time, against replay), `meta` (serial counter, audit head), `sessions`
-//! (id -> SessionMeta). Records are the domain types' serde form. Every change commits with
-//! its audit records in one transaction through [`Store::commit`], whose future resolves
-//! once the change is on disk. A session's events are a file of their own (see
-//! [`crate::recordings::files`]), kept in `data/recordings/`; a finished recording's seal is
-//! also in the audit record that ends its session, see `seals`. Signed checkpoints of the
-//! chain are files in `data/checkpoints/`, see [`checkpoints`].
+//! Every change commits with its audit records in one transaction ([`Ledger::commit`], or
+//! [`GrantChanges::commit`] for a change that read what it decides on), and nobody sees an
+//! answer before it is durable: sled's group commit, PostgreSQL's commit. Recordings are
+//! files under `DIR/data/recordings` with either engine (see [`crate::recordings::files`]);
+//! a finished recording's seal is also in the audit record that ends its session (see
+//! `seals`). Signed checkpoints of the chain are files in `DIR/data/checkpoints`, see
+//! [`checkpoints`]. Committed changes are announced through [`Feeds`].
 
-mod active;
-mod audit;
+mod chain;
+mod changes;
 pub mod checkpoints;
-mod nonces;
+mod embedded;
+mod feeds;
 mod seals;
 mod sessions;
-mod sync;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use sled::Tree;
 
 use crate::domain::audit::{AuditRecord, Entry, Head};
-use crate::domain::cert::{CertKind, CertRecord};
+use crate::domain::cert::CertRecord;
 use crate::domain::grant::{Grant, Revocation};
 use crate::domain::session::SessionMeta;
-use crate::recordings::files::{RecordingError, Recordings};
+use crate::recordings::files::{RecordingError, RecordingFile, Recordings, Tail};
 
-use self::active::ActiveIndex;
-pub use self::active::HeldStep;
-pub use self::audit::AuditReport;
+pub use self::chain::{AuditReport, Walk};
+pub use self::changes::GrantChanges;
 pub use self::checkpoints::Checkpoints;
+pub use self::embedded::OnDisk;
+#[doc(hidden)]
+pub use self::embedded::SledLedger;
+pub use self::feeds::{Feeds, GrantNews};
 pub use self::seals::{BadRecording, SealReport};
 pub use self::sessions::Interrupted;
-pub use self::sync::OnDisk;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -72,17 +72,12 @@ pub enum StoreError {
     /// A finished recording the audit chain has no end record for.
     #[error("recording {path} has no seal in the audit chain ({why})")]
     Unsealed { path: String, why: String },
+    /// A read that ran on a thread of its own did not finish.
+    #[error("a ledger read did not finish: {0}")]
+    Task(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// sled's page cache; the ledger's data is small (recordings are files).
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-const META_SERIAL: &[u8] = b"serial";
-const META_HEAD: &[u8] = b"audit_head";
-/// Records a subscriber may fall behind by before it misses some.
-const AUDIT_FEED_CAPACITY: usize = 4096;
 
 /// A set of changes committed together with their audit entries.
 #[derive(Debug, Default)]
@@ -107,423 +102,358 @@ impl Change {
             ..Change::default()
         }
     }
-}
 
-/// The ledger.
-pub struct Store {
-    grants: Tree,
-    certs: Tree,
-    revoked: Tree,
-    revocations: Tree,
-    audit: Tree,
-    nonces: Tree,
-    /// `time ++ nonce` for every nonce, so old ones are found without walking them all.
-    nonce_times: Tree,
-    meta: Tree,
-    /// Session id -> SessionMeta.
-    sessions: Tree,
-    /// One file of events per session.
-    recordings: Recordings,
-    /// Signed checkpoints of the audit chain, one file each.
-    checkpoints: Checkpoints,
-    /// Serialises commits so audit sequence numbers are handed out in order.
-    writer: Mutex<()>,
-    /// Active grants by user and step, for decisions.
-    active: Mutex<ActiveIndex>,
-    /// The newest user certificate of each key (by fingerprint), so a login that offered only
-    /// a plain key is explained without reading every certificate.
-    newest_certs: Mutex<HashMap<String, CertRecord>>,
-    /// The group commit: one thread flushes sled for everyone waiting.
-    syncs: sync::GroupCommit,
-    /// Every committed audit record, in order, for live listeners (webhooks, dashboard).
-    audit_feed: tokio::sync::broadcast::Sender<AuditRecord>,
-    /// The id of every grant written, for requests waiting on one (`sign --wait`).
-    grant_feed: tokio::sync::broadcast::Sender<String>,
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("ledger records always serialise")
-}
-
-fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// Every record of a tree, in key order.
-fn all<T: DeserializeOwned>(name: &'static str, tree: &Tree) -> Result<Vec<T>> {
-    tree.iter()
-        .map(|kv| {
-            let (k, v) = kv?;
-            decode(name, &k, &v)
-        })
-        .collect()
-}
-
-/// A big-endian `u64` key.
-fn key_u64(k: &[u8]) -> u64 {
-    u64::from_be_bytes(k.try_into().unwrap_or([0; 8]))
-}
-
-impl Store {
-    /// Opens (or creates) the store in `path`.
-    pub fn open(path: &Path) -> Result<Store> {
-        // Owner-only, like keys/: the ledger holds reasons, commands and who went where.
-        let private = |source: std::io::Error| StoreError::Open {
-            path: path.display().to_string(),
-            source: sled::Error::Io(source),
-        };
-        std::fs::create_dir_all(path).map_err(private)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-                .map_err(private)?;
-        }
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(500))
-            // sled caches up to 1 GiB by default; recordings would otherwise sit in memory.
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let tree = |name: &str| db.open_tree(name);
-        let store = Store {
-            grants: tree("grants")?,
-            certs: tree("certs")?,
-            revoked: tree("revoked")?,
-            revocations: tree("revocations")?,
-            audit: tree("audit")?,
-            nonces: tree("nonces")?,
-            nonce_times: tree("nonce_times")?,
-            meta: tree("meta")?,
-            sessions: tree("sessions")?,
-            recordings: Recordings::open(&path.join("recordings"))?,
-            checkpoints: Checkpoints::open(&path.join("checkpoints"))?,
-            syncs: sync::GroupCommit::start(db),
-            writer: Mutex::new(()),
-            active: Mutex::new(ActiveIndex::default()),
-            newest_certs: Mutex::new(HashMap::new()),
-            audit_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
-            grant_feed: tokio::sync::broadcast::channel(AUDIT_FEED_CAPACITY).0,
-        };
-        store.index_grants(&store.grants()?);
-        store.index_certs(&store.certs()?);
-        store.index_old_nonces()?;
-        Ok(store)
-    }
-
-    fn index_grants(&self, grants: &[Grant]) {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        for g in grants {
-            active.put(g);
-        }
-    }
-
-    fn index_certs(&self, certs: &[CertRecord]) {
-        let mut newest = self.newest_certs.lock().unwrap_or_else(|e| e.into_inner());
-        for c in certs.iter().filter(|c| c.is(CertKind::User)) {
-            let slot = newest
-                .entry(c.fingerprint.clone())
-                .or_insert_with(|| c.clone());
-            if c.serial > slot.serial {
-                *slot = c.clone();
-            }
-        }
-    }
-
-    /// Every write made so far, once it is on disk (sharing the flush with whoever else is
-    /// waiting). Writes nothing itself.
-    pub fn on_disk(&self) -> OnDisk<()> {
-        self.syncs.after(())
-    }
-
-    /// Hands out the next certificate serial; a serial is never reused, even after a crash.
-    /// The counter is written before the certificate's record, and sled recovers writes in
-    /// order, so once the record is on disk (which is before anyone gets the certificate)
-    /// the counter is too; a crash before that may reuse a serial nobody ever received.
-    pub fn next_serial(&self) -> Result<u64> {
-        let v = self.meta.update_and_fetch(META_SERIAL, |old| {
-            let n = old.map_or(0, key_u64);
-            Some((n + 1).to_be_bytes().to_vec())
-        })?;
-        Ok(v.as_deref().map_or(0, key_u64))
-    }
-
-    /// Commits a change and its audit entries atomically, at once, and returns what waits
-    /// for the disk: its audit records, once the change (and every write before it) is on
-    /// disk. The only way to change the ledger. The wait is the caller's, so a caller holding
-    /// a lock while it changes the ledger waits after releasing it, and commits waiting on
-    /// one disk flush do not wait on each other too.
-    pub fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<OnDisk<Vec<AuditRecord>>> {
-        Ok(self.syncs.after(self.apply(&change, now)?))
-    }
-
-    fn apply(&self, change: &Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let trees = (
-            &self.grants,
-            &self.certs,
-            &self.revoked,
-            &self.revocations,
-            &self.audit,
-            &self.meta,
-            &self.sessions,
-        );
-        let records = trees
-            .transaction(|trees| {
-                let (grants, certs, revoked, revocations, audit, meta, sessions) = trees;
-                for g in &change.grants {
-                    grants.insert(g.id.as_bytes(), encode(g))?;
-                }
-                for c in &change.certs {
-                    certs.insert(&c.serial.to_be_bytes(), encode(c))?;
-                }
-                if let Some(r) = &change.revocation {
-                    let id = revocations.generate_id()?;
-                    revocations.insert(&id.to_be_bytes(), encode(r))?;
-                    for s in &r.serials {
-                        revoked.insert(&s.to_be_bytes(), encode(&r.target))?;
-                    }
-                }
-                let mut out = Vec::new();
-                let mut head: Head = match meta.get(META_HEAD)? {
-                    Some(b) => serde_json::from_slice(&b).map_err(|e| {
-                        ConflictableTransactionError::Abort(format!("corrupt audit head: {e}"))
-                    })?,
-                    None => Head::genesis(),
-                };
-                for e in &change.entries {
-                    let r = e.chain(&head, now);
-                    audit.insert(&r.seq.to_be_bytes(), encode(&r))?;
-                    head = Head {
-                        seq: r.seq,
-                        hash: r.hash.clone(),
-                    };
-                    out.push(r);
-                }
-                meta.insert(META_HEAD, encode(&head))?;
-                for s in &change.sessions {
-                    sessions.insert(s.id.as_bytes(), encode(s))?;
-                }
-                for (s, ended_by) in &change.ended {
-                    let mut s = s.clone();
-                    s.sealed_in = out.get(*ended_by).map(|r: &AuditRecord| r.seq);
-                    sessions.insert(s.id.as_bytes(), encode(&s))?;
-                }
-                Ok(out)
-            })
-            .map_err(|e: TransactionError<String>| match e {
-                TransactionError::Abort(msg) => StoreError::Conflict(msg),
-                TransactionError::Storage(e) => StoreError::Sled(e),
-            })?;
-        self.index_grants(&change.grants);
-        self.index_certs(&change.certs);
-        if self.grant_feed.receiver_count() > 0 {
-            for g in &change.grants {
-                let _ = self.grant_feed.send(g.id.clone());
-            }
-        }
-        // Still under the writer lock, so subscribers see records in sequence order.
-        if self.audit_feed.receiver_count() > 0 {
-            for r in &records {
-                let _ = self.audit_feed.send(r.clone());
-            }
-        }
-        Ok(records)
-    }
-
-    /// Every audit record committed from now on, in sequence order, sent once its
-    /// transaction commits (before the disk flush that follows). A subscriber that falls
-    /// more than a few thousand records behind misses some (`RecvError::Lagged`).
-    pub fn subscribe_audit(&self) -> tokio::sync::broadcast::Receiver<AuditRecord> {
-        self.audit_feed.subscribe()
-    }
-
-    /// The id of every grant written from now on, once its transaction commits. A subscriber
-    /// that falls far behind gets `RecvError::Lagged` and should read again what it watches.
-    pub fn subscribe_grants(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.grant_feed.subscribe()
-    }
-
-    pub fn grant(&self, id: &str) -> Result<Option<Grant>> {
-        self.grants
-            .get(id.as_bytes())?
-            .map(|b| decode("grants", id.as_bytes(), &b))
-            .transpose()
-    }
-
-    /// Every grant, oldest request first.
-    pub fn grants(&self) -> Result<Vec<Grant>> {
-        let mut out: Vec<Grant> = all("grants", &self.grants)?;
-        out.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    /// Grants pending or active at `now`, oldest request first, without reading the ledger.
-    pub fn open_grants(&self, now: DateTime<Utc>) -> Vec<Grant> {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active.open(now)
-    }
-
-    /// The steps a user holds at `now` (an active grant of them), each with the latest end
-    /// among its grants: all a decision needs, however many grants the user holds.
-    pub fn held_steps(&self, user: &str, now: DateTime<Utc>) -> Vec<HeldStep> {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active.held(user, now)
-    }
-
-    /// The user's own open grant of a step at `now`: the active one that ends last, else the
-    /// oldest pending request; from memory.
-    pub fn own_open_grant(
-        &self,
-        user: &str,
-        contract: &str,
-        step: &str,
-        now: DateTime<Utc>,
-    ) -> Option<Grant> {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        active.own(user, contract, step, now)
-    }
-
-    pub fn cert(&self, serial: u64) -> Result<Option<CertRecord>> {
-        let key = serial.to_be_bytes();
-        self.certs
-            .get(key)?
-            .map(|b| decode("certs", &key, &b))
-            .transpose()
-    }
-
-    /// The newest user certificate minted for the key with this fingerprint, from memory.
-    pub fn newest_cert_for(&self, fingerprint: &str) -> Option<CertRecord> {
-        let newest = self.newest_certs.lock().unwrap_or_else(|e| e.into_inner());
-        newest.get(fingerprint).cloned()
-    }
-
-    /// Every certificate minted, by serial.
-    pub fn certs(&self) -> Result<Vec<CertRecord>> {
-        all("certs", &self.certs)
-    }
-
-    /// Whether a serial was revoked.
-    pub fn is_revoked(&self, serial: u64) -> Result<bool> {
-        Ok(self.revoked.contains_key(serial.to_be_bytes())?)
-    }
-
-    /// Every revoked serial, ascending.
-    pub fn revoked_serials(&self) -> Result<Vec<u64>> {
-        self.revoked
+    /// The change's audit records, chained on from `head` at `now`; moves `head` to the last.
+    pub fn chain(&self, head: &mut Head, now: DateTime<Utc>) -> Vec<AuditRecord> {
+        self.entries
             .iter()
-            .keys()
-            .map(|k| Ok(key_u64(&k?)))
+            .map(|e| {
+                let r = e.chain(head, now);
+                *head = Head {
+                    seq: r.seq,
+                    hash: r.hash.clone(),
+                };
+                r
+            })
             .collect()
     }
 
+    /// The sessions to write, once `records` are the change's audit records: those written
+    /// as they stand, then those that end, naming the record that ends them.
+    pub fn sessions_written(&self, records: &[AuditRecord]) -> Vec<SessionMeta> {
+        let ended = self.ended.iter().map(|(s, ended_by)| {
+            let mut s = s.clone();
+            s.sealed_in = records.get(*ended_by).map(|r| r.seq);
+            s
+        });
+        self.sessions.iter().cloned().chain(ended).collect()
+    }
+
+    /// The ids of the grants it writes.
+    pub fn grant_ids(&self) -> Vec<String> {
+        self.grants.iter().map(|g| g.id.clone()).collect()
+    }
+}
+
+/// A step a user holds, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldStep {
+    pub contract: String,
+    pub step: String,
+    pub end: DateTime<Utc>,
+}
+
+/// Grants in the order listings show them: oldest request first.
+pub(crate) fn by_request(grants: &mut [Grant]) {
+    grants.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
+}
+
+/// Sessions in the order listings show them: oldest first.
+pub(crate) fn by_start(sessions: &mut [SessionMeta]) {
+    sessions.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id)));
+}
+
+/// Where the ledger is kept (`serve --store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// sled in `DIR/data`.
+    Embedded,
+}
+
+impl Location {
+    /// What `--store` (or `store:`, or `RAMP_STORE`) says: nothing (or `sled`) for the
+    /// embedded ledger.
+    pub fn parse(store: Option<&str>) -> std::result::Result<Location, String> {
+        match store.map(str::trim) {
+            None | Some("") | Some("sled") => Ok(Location::Embedded),
+            Some(other) => Err(format!(
+                "store `{other}`: give sled (the default) or a postgres:// URL"
+            )),
+        }
+    }
+}
+
+/// The engine that keeps the ledger.
+enum Engine {
+    /// sled, for one node; scans run on blocking threads, so it is shared with them.
+    Sled(Arc<SledLedger>),
+}
+
+/// The ledger, whichever engine keeps it, with the recording and checkpoint files beside it.
+pub struct Ledger {
+    /// Where the records are.
+    engine: Engine,
+    /// One file of events per session, in `DIR/data/recordings`.
+    recordings: Recordings,
+    /// Signed checkpoints of the audit chain, one file each, in `DIR/data/checkpoints`.
+    checkpoints: Arc<Checkpoints>,
+    /// What committed changes are announced on.
+    feeds: Arc<Feeds>,
+}
+
+/// Runs a sled read that walks a tree on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<SledLedger>,
+    read: impl FnOnce(&SledLedger) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Runs file work (reading, hashing, syncing) on a blocking thread.
+async fn on_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `location`, with its files under `data` (created
+    /// owner-only: the ledger and recordings hold reasons, commands and who went where).
+    pub async fn open(data: &Path, location: &Location) -> Result<Ledger> {
+        let private = |source: std::io::Error| StoreError::Open {
+            path: data.display().to_string(),
+            source: sled::Error::Io(source),
+        };
+        std::fs::create_dir_all(data).map_err(private)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+                .map_err(private)?;
+        }
+        let feeds = Arc::new(Feeds::default());
+        let engine = match location {
+            Location::Embedded => {
+                let (at, feeds) = (data.to_path_buf(), feeds.clone());
+                Engine::Sled(Arc::new(
+                    on_thread(move || SledLedger::open(&at, feeds)).await?,
+                ))
+            }
+        };
+        Ok(Ledger {
+            engine,
+            recordings: Recordings::open(&data.join("recordings"))?,
+            checkpoints: Arc::new(Checkpoints::open(&data.join("checkpoints"))?),
+            feeds,
+        })
+    }
+
+    /// The sled engine, for tests that tamper with it.
+    #[cfg(test)]
+    pub(crate) fn sled(&self) -> &SledLedger {
+        match &self.engine {
+            Engine::Sled(s) => s,
+        }
+    }
+
+    /// Whether other nodes may share this ledger (so nothing kept in memory is the truth,
+    /// and files under `DIR/data` are only this node's).
+    pub fn is_shared(&self) -> bool {
+        match &self.engine {
+            Engine::Sled(_) => false,
+        }
+    }
+
+    /// Commits a change and its audit entries atomically, and returns its audit records
+    /// once it is durable. For changes that decide on nothing they read (audit records,
+    /// session metadata, host certificates); grant changes go through
+    /// [`Ledger::grant_changes`].
+    pub async fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => s.commit(&change, now)?.await,
+        }
+    }
+
+    /// Starts a grant change: what it reads, decides and commits is serialised with every
+    /// other grant change (see [`GrantChanges`]).
+    pub async fn grant_changes(&self) -> Result<GrantChanges<'_>> {
+        GrantChanges::start(self).await
+    }
+
+    /// Every write made so far, once it is durable.
+    pub async fn on_disk(&self) -> Result<()> {
+        match &self.engine {
+            Engine::Sled(s) => s.on_disk().await,
+        }
+    }
+
+    /// The next certificate serial, never handed out before.
+    pub async fn next_serial(&self) -> Result<u64> {
+        match &self.engine {
+            Engine::Sled(s) => s.next_serial(),
+        }
+    }
+
+    pub async fn grant(&self, id: &str) -> Result<Option<Grant>> {
+        match &self.engine {
+            Engine::Sled(s) => s.grant(id),
+        }
+    }
+
+    /// Every grant, oldest request first.
+    pub async fn grants(&self) -> Result<Vec<Grant>> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, |s| s.grants()).await,
+        }
+    }
+
+    /// Grants pending or active at `now`, oldest request first; never a scan of the ledger.
+    pub async fn open_grants(&self, now: DateTime<Utc>) -> Result<Vec<Grant>> {
+        match &self.engine {
+            Engine::Sled(s) => Ok(s.open_grants(now)),
+        }
+    }
+
+    pub async fn cert(&self, serial: u64) -> Result<Option<CertRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => s.cert(serial),
+        }
+    }
+
+    /// The newest user certificate minted for the key with this fingerprint; never a scan
+    /// (anyone may offer a plain key).
+    pub async fn newest_cert_for(&self, fingerprint: &str) -> Result<Option<CertRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => Ok(s.newest_cert_for(fingerprint)),
+        }
+    }
+
+    /// Whether a serial was revoked.
+    pub async fn is_revoked(&self, serial: u64) -> Result<bool> {
+        match &self.engine {
+            Engine::Sled(s) => s.is_revoked(serial),
+        }
+    }
+
+    /// Every revoked serial, ascending.
+    pub async fn revoked_serials(&self) -> Result<Vec<u64>> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, |s| s.revoked_serials()).await,
+        }
+    }
+
     /// Every revocation, in order.
-    pub fn revocations(&self) -> Result<Vec<Revocation>> {
-        all("revocations", &self.revocations)
+    pub async fn revocations(&self) -> Result<Vec<Revocation>> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, |s| s.revocations()).await,
+        }
+    }
+
+    /// Audit records with `at >= since`, oldest first.
+    pub async fn audit_since(&self, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, move |s| s.audit_since(since)).await,
+        }
+    }
+
+    /// The head of the chain: its newest record's sequence number and hash.
+    pub async fn audit_head(&self) -> Result<Head> {
+        match &self.engine {
+            Engine::Sled(s) => s.audit_head(),
+        }
+    }
+
+    /// How many records the audit chain holds (its head's sequence number).
+    pub async fn audit_len(&self) -> Result<u64> {
+        Ok(self.audit_head().await?.seq)
+    }
+
+    /// One audit record.
+    pub async fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => s.audit_record(seq),
+        }
+    }
+
+    /// Audit records 1 to `upto`, oldest first.
+    pub async fn audit_upto(&self, upto: u64) -> Result<Vec<AuditRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, move |s| s.audit_upto(upto)).await,
+        }
+    }
+
+    /// Feeds `walk` the stored records from its next one up to `upto`, until one breaks it.
+    async fn walk_chain(&self, walk: Walk, upto: u64) -> Result<Walk> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, move |s| s.walk_chain(walk, upto)).await,
+        }
+    }
+
+    /// Walks the whole chain, as it stands at one moment, and reports the first record that
+    /// is missing, edited or out of place, or a head that does not match the last record.
+    pub async fn verify_audit(&self) -> Result<AuditReport> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, |s| s.verify_audit()).await,
+        }
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
+        match &self.engine {
+            Engine::Sled(s) => s.session(id),
+        }
+    }
+
+    /// Every session, oldest first.
+    pub async fn sessions(&self) -> Result<Vec<SessionMeta>> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, |s| s.sessions()).await,
+        }
+    }
+
+    /// Records a signed request's nonce; false when it was seen before (a replay).
+    pub async fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
+        match &self.engine {
+            Engine::Sled(s) => s.remember_nonce(nonce, now),
+        }
+    }
+
+    /// Forgets nonces recorded before `cutoff`; returns how many went.
+    pub async fn forget_nonces(&self, cutoff: DateTime<Utc>) -> Result<usize> {
+        match &self.engine {
+            Engine::Sled(s) => blocking(s, move |s| s.forget_nonces(cutoff)).await,
+        }
+    }
+
+    /// Every audit record this node commits from now on, in sequence order, sent once its
+    /// transaction commits. A subscriber that falls more than a few thousand records behind
+    /// misses some (`RecvError::Lagged`).
+    pub fn subscribe_audit(&self) -> tokio::sync::broadcast::Receiver<AuditRecord> {
+        self.feeds.subscribe_audit()
+    }
+
+    /// Every grant written from now on, by any node, once its transaction commits. A
+    /// subscriber that falls far behind gets `RecvError::Lagged` and should read again what
+    /// it watches, as on [`GrantNews::Missed`].
+    pub fn subscribe_grants(&self) -> tokio::sync::broadcast::Receiver<GrantNews> {
+        self.feeds.subscribe_grants()
+    }
+
+    /// Changes whenever something is revoked, by any node.
+    pub fn revocations_feed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feeds.revocations()
     }
 
     /// The signed checkpoints of the audit chain kept on disk.
-    pub fn checkpoints(&self) -> &Checkpoints {
+    pub fn checkpoints(&self) -> &Arc<Checkpoints> {
         &self.checkpoints
     }
 
-    /// Low-level access for tests and repair tools: the raw `meta` tree (the serial counter
-    /// and the audit chain's head).
-    #[doc(hidden)]
-    pub fn raw_meta_tree(&self) -> &Tree {
-        &self.meta
+    /// Starts the recording file of session `id`; an existing one is never overwritten.
+    pub fn create_recording(&self, id: &str) -> Result<RecordingFile> {
+        Ok(self.recordings.create(id)?)
     }
 
-    /// Low-level access for tests and repair tools: the raw audit tree.
-    #[doc(hidden)]
-    pub fn raw_audit_tree(&self) -> &Tree {
-        &self.audit
-    }
-}
-
-/// Commits `change` and waits for the disk from synchronous test code.
-#[cfg(test)]
-pub(crate) fn commit_now(store: &Store, change: Change) -> Vec<AuditRecord> {
-    let on_disk = store.commit(change, Utc::now()).unwrap();
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(on_disk)
-        .unwrap()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::audit::Denied;
-
-    /// Regression: explaining a plain-key login read every certificate in the ledger, for
-    /// anyone who connected.
-    #[test]
-    fn the_newest_certificate_of_a_key_is_known_without_reading_the_ledger() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        let cert = |serial: u64, fp: &str, kind: &str| CertRecord {
-            serial,
-            key_id: format!("k{serial}"),
-            kind: kind.into(),
-            user: "alice".into(),
-            grant: String::new(),
-            principals: vec!["readonly".into()],
-            valid_after: 0,
-            valid_before: serial,
-            fingerprint: fp.into(),
-            issued_at: Utc::now(),
-        };
-        {
-            let store = Store::open(&path).unwrap();
-            for c in [
-                cert(3, "fp-a", "user"),
-                cert(2, "fp-a", "user"),
-                cert(4, "fp-a", "host"),
-            ] {
-                let change = Change {
-                    certs: vec![c],
-                    ..Change::default()
-                };
-                commit_now(&store, change);
-            }
-            assert_eq!(store.newest_cert_for("fp-a").map(|c| c.serial), Some(3));
-            assert!(store.newest_cert_for("fp-b").is_none());
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(
-            store.newest_cert_for("fp-a").map(|c| c.serial),
-            Some(3),
-            "rebuilt at open"
-        );
+    /// Follows the recording of session `id` as it is written.
+    pub fn tail_recording(&self, id: &str) -> Result<Tail> {
+        Ok(self.recordings.tail(id)?)
     }
 
-    #[test]
-    fn subscribers_see_committed_records_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("data")).unwrap();
-        let mut feed = store.subscribe_audit();
-        let ev = |why: &str| Entry::new("alice", "x", Denied { reason: why.into() });
-        commit_now(&store, Change::audit(vec![ev("one"), ev("two")]));
-        commit_now(&store, Change::audit(vec![ev("three")]));
-        let seen: Vec<(u64, String)> = std::iter::from_fn(|| feed.try_recv().ok())
-            .map(|r| (r.seq, r.detail["reason"].as_str().unwrap().to_string()))
-            .collect();
-        assert_eq!(
-            seen,
-            vec![
-                (1, "one".to_string()),
-                (2, "two".to_string()),
-                (3, "three".to_string())
-            ]
-        );
+    /// Bytes free on the disk that holds the recordings, and where they are.
+    pub fn recording_space(&self) -> Result<(u64, &Path)> {
+        Ok((self.recordings.free_bytes()?, self.recordings.dir()))
     }
 }

@@ -7,10 +7,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{decode, Result, Store, StoreError};
+use super::{on_thread, Engine, Ledger, Result, StoreError};
 use crate::domain::audit::{seal_in, AuditRecord, Kind};
 use crate::domain::session::{RecordingSeal, SessionMeta, SessionState};
 use crate::domain::Vocabulary;
+use crate::recordings::files::Recordings;
+use crate::recordings::format::{decode_events, Event};
 
 /// Recordings checked against their seals in the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +33,8 @@ pub struct BadRecording {
     pub reason: String,
 }
 
-fn is_end(r: &AuditRecord) -> bool {
+/// Whether a record ends a session (`session-end`, `session-interrupted`).
+pub(crate) fn is_end(r: &AuditRecord) -> bool {
     r.kind().is_some_and(Kind::ends_session)
 }
 
@@ -40,7 +43,7 @@ fn short(hash: &str) -> &str {
 }
 
 /// A session the ledger says is live although the chain ended it, put back as the chain
-/// says (see [`Store::mark_interrupted`]).
+/// says (see [`Ledger::interrupted`]).
 pub(super) fn restore_from(mut s: SessionMeta, end: &AuditRecord) -> SessionMeta {
     s.state = if end.kind() == Some(Kind::SessionEnd) {
         SessionState::Ended
@@ -57,183 +60,266 @@ pub(super) fn restore_from(mut s: SessionMeta, end: &AuditRecord) -> SessionMeta
     s
 }
 
-impl Store {
-    /// Every session-ending record in the chain, by session id, oldest first: one pass
-    /// over the chain, for checks that cover every session.
-    pub(super) fn session_ends(&self) -> Result<HashMap<String, Vec<AuditRecord>>> {
-        let mut out: HashMap<String, Vec<AuditRecord>> = HashMap::new();
-        for kv in self.audit.iter() {
-            let (k, v) = kv?;
-            let r: AuditRecord = decode("audit", &k, &v)?;
-            if is_end(&r) {
-                out.entry(r.subject.clone()).or_default().push(r);
-            }
-        }
-        Ok(out)
+/// The chain's session-ending records, read once for checks that cover every session.
+pub(super) struct Ends {
+    /// By session id, oldest first.
+    by_session: HashMap<String, Vec<AuditRecord>>,
+    /// Where each record is in `by_session`, by sequence number.
+    by_seq: HashMap<u64, (String, usize)>,
+}
+
+impl Ends {
+    pub(super) fn new(by_session: HashMap<String, Vec<AuditRecord>>) -> Ends {
+        let by_seq = by_session
+            .iter()
+            .flat_map(|(id, ends)| {
+                ends.iter()
+                    .enumerate()
+                    .map(move |(i, r)| (r.seq, (id.clone(), i)))
+            })
+            .collect();
+        Ends { by_session, by_seq }
     }
 
-    /// The seal a finished session's recording must match: the metadata's, once it is
-    /// found to be the one in the audit record that ended the session. `ends` is the
-    /// chain's end records when the caller has them; without them (a session whose
-    /// metadata names no record, from an older version) the chain is searched.
-    fn checked_seal(
+    /// The records that end session `id`, oldest first.
+    pub(super) fn of(&self, id: &str) -> &[AuditRecord] {
+        self.by_session
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    fn seq(&self, seq: u64) -> Option<&AuditRecord> {
+        let (id, i) = self.by_seq.get(&seq)?;
+        self.by_session.get(id)?.get(*i)
+    }
+}
+
+/// The path of a session's recording, for messages.
+fn shown_path(recordings: &Recordings, id: &str) -> String {
+    recordings
+        .path(id)
+        .map_or_else(|_| id.to_string(), |p| p.display().to_string())
+}
+
+/// The seal a finished session's recording must match, given the record that ended it:
+/// the metadata's, once it is found to be the one in that record.
+fn seal_against(
+    recordings: &Recordings,
+    meta: &SessionMeta,
+    end: &AuditRecord,
+) -> Result<Option<RecordingSeal>> {
+    let Some(audited) = seal_in(end) else {
+        // An end record from before seals were audited: the metadata's seal is all there is.
+        return Ok(meta.recording.clone());
+    };
+    let mismatch = |why: String| StoreError::SealMismatch {
+        path: shown_path(recordings, &meta.id),
+        seq: end.seq,
+        why,
+    };
+    match &meta.recording {
+        Some(s) if *s == audited => Ok(Some(audited)),
+        Some(s) => Err(mismatch(format!(
+            "the ledger's seal is {} bytes with BLAKE3 {}..., the audit record's {} bytes with BLAKE3 {}...",
+            s.bytes,
+            short(&s.blake3),
+            audited.bytes,
+            short(&audited.blake3)
+        ))),
+        None => Err(mismatch("the ledger has no seal for it".into())),
+    }
+}
+
+/// What [`Ledger::verify_recordings`] found for one session, in the order of the sessions.
+enum Finding {
+    Bad(String, String),
+    /// A finished session whose seal checks out: its file is checked against it.
+    Sealed(String, Option<RecordingSeal>),
+}
+
+impl Ledger {
+    /// The first record the chain has that ends session `id`.
+    async fn first_session_end(&self, id: &str) -> Result<Option<AuditRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => {
+                let id = id.to_string();
+                super::blocking(s, move |s| {
+                    Ok(s.session_ends()?
+                        .remove(&id)
+                        .and_then(|e| e.into_iter().next()))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Every session-ending record in the chain, by session id, oldest first.
+    pub(super) async fn session_ends(&self) -> Result<Ends> {
+        let by_session = match &self.engine {
+            Engine::Sled(s) => super::blocking(s, |s| s.session_ends()).await?,
+        };
+        Ok(Ends::new(by_session))
+    }
+
+    /// The record that ended a finished session: the one its metadata names, else (from an
+    /// older version, it names none) the first the chain has for it. `ends` is the chain's
+    /// end records when the caller has them.
+    async fn end_record(&self, meta: &SessionMeta, ends: Option<&Ends>) -> Result<AuditRecord> {
+        let path = || shown_path(&self.recordings, &meta.id);
+        match meta.sealed_in {
+            Some(seq) => {
+                let found = match ends.and_then(|e| e.seq(seq)) {
+                    Some(r) => Some(r.clone()),
+                    None => self.audit_record(seq).await?,
+                };
+                let mismatch = |why: String| StoreError::SealMismatch {
+                    path: path(),
+                    seq,
+                    why,
+                };
+                match found {
+                    Some(r) if is_end(&r) && r.subject == meta.id => Ok(r),
+                    Some(r) => Err(mismatch(format!(
+                        "that record is `{}` of `{}`, not the end of this session",
+                        r.action, r.subject
+                    ))),
+                    None => Err(mismatch("there is no such record".into())),
+                }
+            }
+            None => {
+                let found = match ends {
+                    Some(all) => all.of(&meta.id).first().cloned(),
+                    None => self.first_session_end(&meta.id).await?,
+                };
+                found.ok_or_else(|| StoreError::Unsealed {
+                    path: path(),
+                    why: format!(
+                        "the session is {} but no {} record names it",
+                        meta.state,
+                        Kind::SessionEnd.label()
+                    ),
+                })
+            }
+        }
+    }
+
+    /// The seal a session's recording must match: for a finished session, the metadata's,
+    /// once it is found to be the one in the audit record that ended the session.
+    async fn checked_seal(
         &self,
         meta: &SessionMeta,
-        ends: Option<&HashMap<String, Vec<AuditRecord>>>,
+        ends: Option<&Ends>,
     ) -> Result<Option<RecordingSeal>> {
         if meta.unsealed_live() {
             // Still being written: there is nothing to check it against yet.
             return Ok(meta.recording.clone());
         }
-        let path = || {
-            self.recordings
-                .path(&meta.id)
-                .map_or_else(|_| meta.id.clone(), |p| p.display().to_string())
-        };
-        let mismatch = |seq: u64, why: String| StoreError::SealMismatch {
-            path: path(),
-            seq,
-            why,
-        };
-        let end = match meta.sealed_in {
-            Some(seq) => match self.audit_record(seq)? {
-                Some(r) if is_end(&r) && r.subject == meta.id => r,
-                Some(r) => {
-                    return Err(mismatch(
-                        seq,
-                        format!(
-                            "that record is `{}` of `{}`, not the end of this session",
-                            r.action, r.subject
-                        ),
-                    ))
-                }
-                None => return Err(mismatch(seq, "there is no such record".into())),
-            },
-            None => {
-                let found = match ends {
-                    Some(all) => all.get(&meta.id).and_then(|e| e.first()).cloned(),
-                    None => self
-                        .session_ends()?
-                        .remove(&meta.id)
-                        .and_then(|e| e.into_iter().next()),
-                };
-                match found {
-                    Some(r) => r,
-                    None => {
-                        return Err(StoreError::Unsealed {
-                            path: path(),
-                            why: format!(
-                                "the session is {} but no {} record names it",
-                                meta.state,
-                                Kind::SessionEnd.label()
-                            ),
-                        })
-                    }
-                }
-            }
-        };
-        let Some(audited) = seal_in(&end) else {
-            // An end record from before seals were audited: the metadata's seal is all there is.
-            return Ok(meta.recording.clone());
-        };
-        match &meta.recording {
-            Some(s) if *s == audited => Ok(Some(audited)),
-            Some(s) => Err(mismatch(
-                end.seq,
-                format!(
-                    "the ledger's seal is {} bytes with BLAKE3 {}..., the audit record's {} bytes with BLAKE3 {}...",
-                    s.bytes,
-                    short(&s.blake3),
-                    audited.bytes,
-                    short(&audited.blake3)
-                ),
-            )),
-            None => Err(mismatch(end.seq, "the ledger has no seal for it".into())),
-        }
+        let end = self.end_record(meta, ends).await?;
+        seal_against(&self.recordings, meta, &end)
     }
 
-    /// The seal a session's recording must match (see [`Store::session_events`]).
-    pub fn audited_seal(&self, meta: &SessionMeta) -> Result<Option<RecordingSeal>> {
-        self.checked_seal(meta, None)
+    /// The seal a session's recording must match (see [`Ledger::session_events`]).
+    pub async fn audited_seal(&self, meta: &SessionMeta) -> Result<Option<RecordingSeal>> {
+        self.checked_seal(meta, None).await
+    }
+
+    /// A session's events in order, checked against its seal: the one in its metadata,
+    /// which must be the one in the audit record that ended the session.
+    pub async fn session_events(&self, meta: &SessionMeta) -> Result<Vec<Event>> {
+        let seal = self.audited_seal(meta).await?;
+        let (recordings, id) = (self.recordings.clone(), meta.id.clone());
+        let bytes = on_thread(move || Ok(recordings.read(&id, seal.as_ref())?)).await?;
+        decode_events(&bytes).map_err(|e| StoreError::Corrupt {
+            tree: "recordings",
+            key: meta.id.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Checks every finished session's seal against the audit chain and, with
     /// `read_files`, every recording file against its seal. Also names sessions the chain
     /// ended twice, ended while the ledger says they are live, or ended though the ledger
-    /// does not know them. Reads the chain once; holds up no commit.
-    pub fn verify_recordings(&self, read_files: bool) -> Result<SealReport> {
-        // The chain first: a session that ends after this pass is still found ended below.
-        let ends = self.session_ends()?;
-        let sessions = self.sessions()?;
-        let mut report = SealReport {
-            sessions: 0,
-            files: read_files,
-            bad: Vec::new(),
-        };
-        let mut bad = |session: &str, reason: String| {
-            report.bad.push(BadRecording {
-                session: session.to_string(),
-                reason,
-            })
-        };
+    /// does not know them. Reads the chain's end records once; holds up no commit.
+    pub async fn verify_recordings(&self, read_files: bool) -> Result<SealReport> {
+        // The chain first: a session that ends after this read is still found ended below.
+        let ends = self.session_ends().await?;
+        let sessions = self.sessions().await?;
+        let mut found = Vec::new();
+        let bad = |session: &str, reason: String| Finding::Bad(session.to_string(), reason);
         let known: HashSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
         let mut strays: Vec<&AuditRecord> = ends
+            .by_session
             .iter()
             .filter(|(id, _)| !known.contains(id.as_str()))
             .flat_map(|(_, e)| e)
             .collect();
         strays.sort_by_key(|r| r.seq);
         for r in strays {
-            bad(
+            found.push(bad(
                 &r.subject,
                 format!(
                     "audit record {} ends session {}, which is not in the ledger",
                     r.seq, r.subject
                 ),
-            );
+            ));
         }
         let mut checked = 0;
         for s in &sessions {
-            let recorded = ends.get(&s.id).map(Vec::as_slice).unwrap_or_default();
+            let recorded = ends.of(&s.id);
             if recorded.len() > 1 {
                 let seqs: Vec<String> = recorded.iter().map(|r| r.seq.to_string()).collect();
-                bad(
+                found.push(bad(
                     &s.id,
                     format!(
                         "session {} ended more than once in the audit chain (records {})",
                         s.id,
                         seqs.join(", ")
                     ),
-                );
+                ));
             }
             if s.unsealed_live() {
                 if let Some(r) = recorded.first() {
-                    bad(
+                    found.push(bad(
                         &s.id,
                         format!(
                             "session {} is live in the ledger but audit record {} ended it",
                             s.id, r.seq
                         ),
-                    );
+                    ));
                 }
                 continue;
             }
             checked += 1;
-            let seal = match self.checked_seal(s, Some(&ends)) {
-                Ok(seal) => seal,
-                Err(e) => {
-                    bad(&s.id, e.to_string());
-                    continue;
-                }
-            };
-            if read_files {
-                if let Err(e) = self.recordings.check(&s.id, seal.as_ref()) {
-                    bad(&s.id, e.to_string());
-                }
-            }
+            found.push(match self.checked_seal(s, Some(&ends)).await {
+                Ok(seal) => Finding::Sealed(s.id.clone(), seal),
+                Err(e) => bad(&s.id, e.to_string()),
+            });
         }
-        report.sessions = checked;
-        Ok(report)
+        let recordings = self.recordings.clone();
+        let bad = on_thread(move || {
+            let mut out = Vec::new();
+            for f in found {
+                let (session, reason) = match f {
+                    Finding::Bad(session, reason) => (session, reason),
+                    Finding::Sealed(session, seal) if read_files => {
+                        match recordings.check(&session, seal.as_ref()) {
+                            Ok(()) => continue,
+                            Err(e) => (session, e.to_string()),
+                        }
+                    }
+                    Finding::Sealed(..) => continue,
+                };
+                out.push(BadRecording { session, reason });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(SealReport {
+            sessions: checked,
+            files: read_files,
+            bad,
+        })
     }
 }
 
@@ -244,7 +330,7 @@ mod tests {
     use super::*;
     use crate::domain::audit::{Action, Entry, Requested, SessionEnded, SessionInterrupted};
     use crate::recordings::format::{encode_event, EventKind};
-    use crate::store::{commit_now, Change};
+    use crate::store::{Change, Location};
 
     fn meta(id: &str) -> SessionMeta {
         SessionMeta {
@@ -257,21 +343,27 @@ mod tests {
     }
 
     /// Writes session metadata as it stands.
-    fn put(store: &Store, m: &SessionMeta) {
-        commit_now(
-            store,
-            Change {
-                sessions: vec![m.clone()],
-                ..Change::default()
-            },
-        );
+    async fn put(store: &Ledger, m: &SessionMeta) {
+        store
+            .commit(
+                Change {
+                    sessions: vec![m.clone()],
+                    ..Change::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
     }
 
-    fn audit(store: &Store, subject: &str, action: impl Into<Action>) {
-        commit_now(
-            store,
-            Change::audit(vec![Entry::new("alice", subject, action)]),
-        );
+    async fn audit(store: &Ledger, subject: &str, action: impl Into<Action>) {
+        store
+            .commit(
+                Change::audit(vec![Entry::new("alice", subject, action)]),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
     }
 
     fn ended(recording: Option<RecordingSeal>) -> SessionEnded {
@@ -286,37 +378,41 @@ mod tests {
     }
 
     /// What the service does at start: seals what a dead daemon left live, in the chain.
-    fn mark_interrupted(store: &Store) -> Vec<SessionMeta> {
-        let (change, sealed) = crate::service::interrupted_change(store.interrupted().unwrap());
-        commit_now(store, change);
+    async fn mark_interrupted(store: &Ledger) -> Vec<SessionMeta> {
+        let (change, sealed) =
+            crate::service::interrupted_change(store.interrupted().await.unwrap());
+        store.commit(change, Utc::now()).await.unwrap();
         sealed
     }
 
     /// Records session `id` with `output`, ends it as the recorder does, and returns it.
-    fn recorded(store: &Store, id: &str, output: &[u8]) -> SessionMeta {
+    async fn recorded(store: &Ledger, id: &str, output: &[u8]) -> SessionMeta {
         let mut m = meta(id);
         let mut file = store.recordings.create(id).unwrap();
-        put(store, &m);
+        put(store, &m).await;
         let mut events = Vec::new();
         encode_event(&mut events, 0, EventKind::Output, output);
         file.append(&events).unwrap();
         m.recording = Some(file.seal().0);
         m.state = SessionState::Ended;
         let end = Entry::new("alice", id, ended(m.recording.clone()));
-        commit_now(
-            store,
-            Change {
-                entries: vec![end],
-                ended: vec![(m, 0)],
-                ..Change::default()
-            },
-        );
-        store.session(id).unwrap().unwrap()
+        store
+            .commit(
+                Change {
+                    entries: vec![end],
+                    ended: vec![(m, 0)],
+                    ..Change::default()
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        store.session(id).await.unwrap().unwrap()
     }
 
     /// Rewrites a recording's events and its metadata's seal together, as someone who can
     /// write `data/` would.
-    fn forge(store: &Store, m: &SessionMeta, output: &[u8]) {
+    async fn forge(store: &Ledger, m: &SessionMeta, output: &[u8]) {
         let mut events = Vec::new();
         encode_event(&mut events, 0, EventKind::Output, output);
         let path = store.recordings.path(&m.id).unwrap();
@@ -326,23 +422,24 @@ mod tests {
             bytes: events.len() as u64,
             blake3: blake3::hash(&events).to_hex().to_string(),
         });
-        put(store, &m);
+        put(store, &m).await;
     }
 
-    fn open() -> (tempfile::TempDir, Store) {
+    async fn open() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("data")).unwrap();
+        let data = dir.path().join("data");
+        let store = Ledger::open(&data, &Location::Embedded).await.unwrap();
         (dir, store)
     }
 
-    fn read_err(store: &Store, id: &str) -> String {
-        let m = store.session(id).unwrap().unwrap();
-        store.session_events(&m).unwrap_err().to_string()
+    async fn read_err(store: &Ledger, id: &str) -> String {
+        let m = store.session(id).await.unwrap().unwrap();
+        store.session_events(&m).await.unwrap_err().to_string()
     }
 
-    #[test]
-    fn a_recording_edited_with_its_seal_is_named_with_its_audit_record() {
-        let (_dir, store) = open();
+    #[tokio::test]
+    async fn a_recording_edited_with_its_seal_is_named_with_its_audit_record() {
+        let (_dir, store) = open().await;
         let request = Requested {
             contract: "prod-db".into(),
             step: "observe".into(),
@@ -350,21 +447,21 @@ mod tests {
             reason: None,
             needs_approvals: 0,
         };
-        audit(&store, "g1", request);
-        let m = recorded(&store, "s1", b"DROP TABLE users;\r\n");
+        audit(&store, "g1", request).await;
+        let m = recorded(&store, "s1", b"DROP TABLE users;\r\n").await;
         assert_eq!(m.sealed_in, Some(2), "the end record's sequence number");
-        assert_eq!(store.session_events(&m).unwrap().len(), 1);
-        assert_eq!(store.verify_recordings(true).unwrap().bad, vec![]);
+        assert_eq!(store.session_events(&m).await.unwrap().len(), 1);
+        assert_eq!(store.verify_recordings(true).await.unwrap().bad, vec![]);
 
-        forge(&store, &m, b"SELECT 1;\r\n");
-        let err = read_err(&store, "s1");
+        forge(&store, &m, b"SELECT 1;\r\n").await;
+        let err = read_err(&store, "s1").await;
         assert!(
             err.contains("recording ")
                 && err.contains("s1.rec does not match its seal in audit record 2")
                 && err.contains("the ledger's seal is 24 bytes"),
             "{err}"
         );
-        let report = store.verify_recordings(false).unwrap();
+        let report = store.verify_recordings(false).await.unwrap();
         assert_eq!(report.sessions, 1);
         assert_eq!(report.bad.len(), 1, "found without reading the file");
         assert!(
@@ -373,52 +470,52 @@ mod tests {
         );
 
         // Pointing the metadata at another record does not help.
-        let mut moved = store.session("s1").unwrap().unwrap();
+        let mut moved = store.session("s1").await.unwrap().unwrap();
         moved.sealed_in = Some(1);
-        put(&store, &moved);
-        let err = read_err(&store, "s1");
+        put(&store, &moved).await;
+        let err = read_err(&store, "s1").await;
         assert!(
             err.contains("that record is `request` of `g1`, not the end of this session"),
             "{err}"
         );
         // Nor removing the pointer: the chain is searched for the session's end.
         moved.sealed_in = None;
-        put(&store, &moved);
-        let err = read_err(&store, "s1");
+        put(&store, &moved).await;
+        let err = read_err(&store, "s1").await;
         assert!(err.contains("in audit record 2"), "{err}");
         // Nor removing the seal.
         moved.recording = None;
-        put(&store, &moved);
-        let err = read_err(&store, "s1");
+        put(&store, &moved).await;
+        let err = read_err(&store, "s1").await;
         assert!(err.contains("the ledger has no seal for it"), "{err}");
     }
 
-    #[test]
-    fn a_recording_edited_alone_is_named_against_its_seal() {
-        let (_dir, store) = open();
-        let m = recorded(&store, "s2", b"hello\r\n");
+    #[tokio::test]
+    async fn a_recording_edited_alone_is_named_against_its_seal() {
+        let (_dir, store) = open().await;
+        let m = recorded(&store, "s2", b"hello\r\n").await;
         let path = store.recordings.path("s2").unwrap();
         let mut raw = std::fs::read(&path).unwrap();
         *raw.last_mut().unwrap() ^= 1;
         std::fs::write(&path, raw).unwrap();
-        let err = store.session_events(&m).unwrap_err().to_string();
+        let err = store.session_events(&m).await.unwrap_err().to_string();
         assert!(err.contains("changed or damaged"), "{err}");
-        let checked = store.verify_recordings(true).unwrap();
+        let checked = store.verify_recordings(true).await.unwrap();
         assert!(
             checked.bad[0].reason.contains("BLAKE3 hash differs"),
             "{checked:?}"
         );
         assert_eq!(
-            store.verify_recordings(false).unwrap().bad,
+            store.verify_recordings(false).await.unwrap().bad,
             vec![],
             "files not read"
         );
     }
 
-    #[test]
-    fn verify_names_sessions_the_chain_and_the_ledger_disagree_about() {
-        let (_dir, store) = open();
-        let m = recorded(&store, "s3", b"x");
+    #[tokio::test]
+    async fn verify_names_sessions_the_chain_and_the_ledger_disagree_about() {
+        let (_dir, store) = open().await;
+        let m = recorded(&store, "s3", b"x").await;
         // Ended twice, and a live session the chain already ended.
         let again = SessionInterrupted {
             target: "db-1".into(),
@@ -426,12 +523,13 @@ mod tests {
             bytes_out: 0,
             recording: m.recording.clone(),
         };
-        audit(&store, "s3", again);
-        audit(&store, "gone", ended(None));
-        put(&store, &meta("s4"));
-        audit(&store, "s4", ended(None));
+        audit(&store, "s3", again).await;
+        audit(&store, "gone", ended(None)).await;
+        put(&store, &meta("s4")).await;
+        audit(&store, "s4", ended(None)).await;
         let reasons: Vec<String> = store
             .verify_recordings(true)
+            .await
             .unwrap()
             .bad
             .into_iter()
@@ -451,43 +549,46 @@ mod tests {
             "{all}"
         );
         // At the next start the live one is put back as the chain says, not sealed again.
-        let restored = mark_interrupted(&store);
+        let restored = mark_interrupted(&store).await;
         assert!(restored.is_empty(), "nothing new was interrupted");
-        let s4 = store.session("s4").unwrap().unwrap();
+        let s4 = store.session("s4").await.unwrap().unwrap();
         assert_eq!((s4.state, s4.sealed_in), (SessionState::Ended, Some(4)));
-        assert_eq!(store.audit_len().unwrap(), 4, "no new record");
+        assert_eq!(store.audit_len().await.unwrap(), 4, "no new record");
     }
 
-    #[test]
-    fn a_session_from_an_older_version_is_linked_to_its_end_record_at_start() {
-        let (_dir, store) = open();
-        let mut m = recorded(&store, "s6", b"old");
+    #[tokio::test]
+    async fn a_session_from_an_older_version_is_linked_to_its_end_record_at_start() {
+        let (_dir, store) = open().await;
+        let mut m = recorded(&store, "s6", b"old").await;
         m.sealed_in = None;
-        put(&store, &m);
+        put(&store, &m).await;
         assert_eq!(
-            store.session_events(&m).unwrap().len(),
+            store.session_events(&m).await.unwrap().len(),
             1,
             "found by searching"
         );
-        forge(&store, &m, b"new");
-        assert!(read_err(&store, "s6").contains("audit record 1"));
-        assert!(mark_interrupted(&store).is_empty());
-        assert_eq!(store.session("s6").unwrap().unwrap().sealed_in, Some(1));
-        assert!(read_err(&store, "s6").contains("audit record 1"));
+        forge(&store, &m, b"new").await;
+        assert!(read_err(&store, "s6").await.contains("audit record 1"));
+        assert!(mark_interrupted(&store).await.is_empty());
+        assert_eq!(
+            store.session("s6").await.unwrap().unwrap().sealed_in,
+            Some(1)
+        );
+        assert!(read_err(&store, "s6").await.contains("audit record 1"));
     }
 
-    #[test]
-    fn an_interrupted_session_is_sealed_in_its_audit_record() {
-        let (_dir, store) = open();
+    #[tokio::test]
+    async fn an_interrupted_session_is_sealed_in_its_audit_record() {
+        let (_dir, store) = open().await;
         let m = meta("s5");
         let mut file = store.recordings.create("s5").unwrap();
-        put(&store, &m);
+        put(&store, &m).await;
         let mut events = Vec::new();
         encode_event(&mut events, 0, EventKind::Output, b"before the crash");
         file.append(&events).unwrap();
         drop(file);
         let mut feed = store.subscribe_audit();
-        let out = mark_interrupted(&store);
+        let out = mark_interrupted(&store).await;
         assert_eq!(out.len(), 1);
         let rec = feed.try_recv().unwrap();
         assert_eq!(
@@ -495,9 +596,9 @@ mod tests {
             (Some(Kind::SessionInterrupted), "s5")
         );
         assert_eq!(seal_in(&rec), out[0].recording);
-        let s5 = store.session("s5").unwrap().unwrap();
+        let s5 = store.session("s5").await.unwrap().unwrap();
         assert_eq!(s5.sealed_in, Some(rec.seq));
-        assert_eq!(store.session_events(&s5).unwrap().len(), 1);
-        assert_eq!(store.verify_recordings(true).unwrap().bad, vec![]);
+        assert_eq!(store.session_events(&s5).await.unwrap().len(), 1);
+        assert_eq!(store.verify_recordings(true).await.unwrap().bad, vec![]);
     }
 }

@@ -1,15 +1,12 @@
-//! Recorded sessions in the ledger: their metadata, their recording files, and what a daemon
-//! that died left behind.
+//! What a daemon that died left behind in the ledger: sessions it left live, found at the
+//! next start.
 
-use std::path::Path;
-
-use super::{all, decode, seals, Result, Store, StoreError};
+use super::seals::{self, Ends};
+use super::{on_thread, Ledger, Result};
 use crate::domain::session::{SessionMeta, SessionState, INTERRUPTED_REASON};
-use crate::recordings::files::{RecordingFile, Tail};
-use crate::recordings::format::{decode_events, Event};
 
 /// What a daemon that died left behind, found at the next start (see
-/// [`Store::interrupted`]).
+/// [`Ledger::interrupted`]).
 #[derive(Debug, Default)]
 pub struct Interrupted {
     /// Sessions it left live, now interrupted with their recordings sealed as they are on
@@ -20,86 +17,67 @@ pub struct Interrupted {
     pub repaired: Vec<SessionMeta>,
 }
 
-impl Store {
-    pub fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
-        self.sessions
-            .get(id.as_bytes())?
-            .map(|b| decode("sessions", id.as_bytes(), &b))
-            .transpose()
-    }
+/// Sessions left live, and finished sessions that name no end record (from older versions).
+fn to_look_at(sessions: Vec<SessionMeta>) -> (Vec<SessionMeta>, Vec<SessionMeta>) {
+    sessions
+        .into_iter()
+        .filter(|s| s.state == SessionState::Live || s.sealed_in.is_none())
+        .partition(|s| s.state == SessionState::Live)
+}
 
-    /// Every session, oldest first.
-    pub fn sessions(&self) -> Result<Vec<SessionMeta>> {
-        let mut out: Vec<SessionMeta> = all("sessions", &self.sessions)?;
-        out.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    /// A session's events in order, checked against its seal: the one in its metadata,
-    /// which must be the one in the audit record that ended the session.
-    pub fn session_events(&self, meta: &SessionMeta) -> Result<Vec<Event>> {
-        let seal = self.audited_seal(meta)?;
-        let bytes = self.recordings.read(&meta.id, seal.as_ref())?;
-        decode_events(&bytes).map_err(|e| StoreError::Corrupt {
-            tree: "recordings",
-            key: meta.id.clone(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Starts the recording file of session `id`; an existing one is never overwritten.
-    pub fn create_recording(&self, id: &str) -> Result<RecordingFile> {
-        Ok(self.recordings.create(id)?)
-    }
-
-    /// Follows the recording of session `id` as it is written.
-    pub fn tail_recording(&self, id: &str) -> Result<Tail> {
-        Ok(self.recordings.tail(id)?)
-    }
-
-    /// Bytes free on the disk that holds the recordings, and where they are.
-    pub fn recording_space(&self) -> Result<(u64, &Path)> {
-        Ok((self.recordings.free_bytes()?, self.recordings.dir()))
-    }
-
+impl Ledger {
     /// Seals the recordings of sessions left `live` by a daemon that died, as they are on
     /// disk (a half-written last event is cut off), and marks them interrupted. A session the
     /// chain already ended is not sealed again (its metadata was set back to `live`): its
     /// seal is taken back from the chain, so a changed recording is still found. Finished
     /// sessions that name no end record (from older versions) are linked to theirs, so
-    /// reads need not search the chain. One pass over the chain, only when needed.
-    pub fn interrupted(&self) -> Result<Interrupted> {
-        let (live, unlinked): (Vec<SessionMeta>, Vec<SessionMeta>) = self
-            .sessions()?
-            .into_iter()
-            .filter(|s| s.state == SessionState::Live || s.sealed_in.is_none())
-            .partition(|s| s.state == SessionState::Live);
+    /// reads need not search the chain. With a shared ledger, a live session whose recording
+    /// is not in this node's directory is another node's and is left alone. The chain's end
+    /// records are read only when there is something to look at.
+    pub async fn interrupted(&self) -> Result<Interrupted> {
+        let (live, unlinked) = to_look_at(self.sessions().await?);
         let mut out = Interrupted::default();
         if live.is_empty() && unlinked.is_empty() {
             return Ok(out);
         }
-        let ended = self.session_ends()?;
+        // The chain, then the sessions again: a session another node ends meanwhile is then
+        // seen ended in both (an end and its metadata commit together).
+        let ends: Ends = self.session_ends().await?;
+        let (live, unlinked) = to_look_at(self.sessions().await?);
         for mut s in unlinked {
-            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
+            if let Some(end) = ends.of(&s.id).first() {
                 s.sealed_in = Some(end.seq);
                 out.repaired.push(s);
             }
         }
-        for mut s in live {
-            if let Some(end) = ended.get(&s.id).and_then(|e| e.first()) {
+        let mut to_seal = Vec::new();
+        for s in live {
+            if let Some(end) = ends.of(&s.id).first() {
                 tracing::error!(session = %s.id, record = end.seq, "the ledger says this session is live but the audit chain ended it; its metadata was altered");
                 out.repaired.push(seals::restore_from(s, end));
-                continue;
+            } else if self.is_shared() && !self.recordings.has(&s.id) {
+                tracing::debug!(session = %s.id, "live on another node (its recording is not here)");
+            } else {
+                to_seal.push(s);
             }
-            let sealed = self.recordings.seal_interrupted(&s.id)?;
-            s.state = SessionState::Interrupted;
-            s.end_reason = Some(INTERRUPTED_REASON.into());
-            // The metadata may lag the file by one flush; the file is the truth.
-            s.bytes_in = sealed.bytes_in;
-            s.bytes_out = sealed.bytes_out;
-            s.recording = Some(sealed.seal);
-            out.sealed.push(s);
         }
+        let recordings = self.recordings.clone();
+        out.sealed = on_thread(move || {
+            to_seal
+                .into_iter()
+                .map(|mut s| {
+                    let sealed = recordings.seal_interrupted(&s.id)?;
+                    s.state = SessionState::Interrupted;
+                    s.end_reason = Some(INTERRUPTED_REASON.into());
+                    // The metadata may lag the file by one flush; the file is the truth.
+                    s.bytes_in = sealed.bytes_in;
+                    s.bytes_out = sealed.bytes_out;
+                    s.recording = Some(sealed.seal);
+                    Ok(s)
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?;
         Ok(out)
     }
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use ramp_ca::store::Store;
+use ramp_ca::store::SledLedger as Store;
 
 use crate::support::{ramp, run_err, run_ok, TestDir};
 use crate::{setup, Daemon, ALICE, BOB};
@@ -28,7 +28,7 @@ fn verify_after(tamper: impl FnOnce(&sled::Tree)) -> String {
     }
     assert!(daemon.stop().success());
 
-    let store = Store::open(&dir.join("data")).unwrap();
+    let store = Store::open(&dir.join("data"), Default::default()).unwrap();
     tamper(store.raw_audit_tree());
     crate::support::on_disk(&store);
     drop(store);
@@ -106,7 +106,7 @@ fn rewrite_and_rehash(store: &Store, seq: u64) {
             .insert(key(r.seq), serde_json::to_vec(&r).unwrap())
             .unwrap();
     }
-    let head = serde_json::json!({"seq": store.audit_len().unwrap(), "hash": prev});
+    let head = serde_json::json!({"seq": store.audit_head().unwrap().seq, "hash": prev});
     store
         .raw_meta_tree()
         .insert("audit_head", serde_json::to_vec(&head).unwrap())
@@ -255,7 +255,7 @@ fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_a_checkpoint_kept_
     ));
     assert!(daemon.stop().success());
 
-    let store = Store::open(&dir.join("data")).unwrap();
+    let store = Store::open(&dir.join("data"), Default::default()).unwrap();
     rewrite_and_rehash(&store, 2);
     crate::support::on_disk(&store);
     drop(store);

@@ -758,7 +758,7 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
     let rig = rig.restart(
         |d| {
             d.stop();
-            let store = ramp_ca::store::Store::open(&data).unwrap();
+            let store = ramp_ca::store::SledLedger::open(&data, Default::default()).unwrap();
             let file = data.join("recordings").join(format!("{id}.rec"));
             let mut raw = std::fs::read(&file).unwrap();
             let at = raw
@@ -777,7 +777,7 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
                 sessions: vec![meta],
                 ..Default::default()
             };
-            let written = store.commit(rewrite, chrono::Utc::now()).unwrap();
+            let written = store.commit(&rewrite, chrono::Utc::now()).unwrap();
             crate::support::block_on(written).unwrap();
         },
         &[],

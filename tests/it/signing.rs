@@ -252,7 +252,7 @@ fn kill_9_while_signing_leaves_unique_serials_and_an_intact_audit_chain() {
     assert_eq!(distinct, serials, "two clients hold the same serial");
 
     // Everyone who got a certificate got it after its record was on disk.
-    let store = ramp_ca::store::Store::open(&dir.join("data")).unwrap();
+    let store = ramp_ca::store::SledLedger::open(&dir.join("data"), Default::default()).unwrap();
     for cert in &held {
         let record = store.cert(cert.serial()).unwrap();
         assert_eq!(

@@ -127,7 +127,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// What a tampering test wrote straight into the ledger, once it is on disk.
-pub fn on_disk(store: &ramp_ca::store::Store) {
+pub fn on_disk(store: &ramp_ca::store::SledLedger) {
     block_on(store.on_disk()).expect("the ledger is on disk");
 }
 

@@ -7,49 +7,58 @@ use crate::service::ServiceError;
 /// the role check.
 #[tokio::test]
 async fn an_absurd_audit_age_is_bounded_after_the_role_check() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
-    let err = f.service.audit("alice", Some(i64::MAX), t0()).unwrap_err();
+    let err = f
+        .service
+        .audit("alice", Some(i64::MAX), t0())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ServiceError::Denied(_)), "{err}");
-    let all = f.service.audit("bob", Some(i64::MAX), t0()).unwrap();
+    let all = f.service.audit("bob", Some(i64::MAX), t0()).await.unwrap();
     assert!(!all.is_empty());
-    assert!(f.service.audit("bob", Some(i64::MIN), t0()).is_ok());
+    assert!(f.service.audit("bob", Some(i64::MIN), t0()).await.is_ok());
 }
 
 #[tokio::test]
 async fn old_nonces_are_forgotten_by_the_sweep_only() {
-    let f = fixture();
-    assert!(f.service.fresh_nonce("00ab", t0()).unwrap());
+    let f = fixture().await;
+    assert!(f.service.fresh_nonce("00ab", t0()).await.unwrap());
     assert_eq!(
-        f.service.forget_old_nonces(at(60)).unwrap(),
+        f.service.forget_old_nonces(at(60)).await.unwrap(),
         0,
         "still in the window"
     );
-    assert!(!f.service.fresh_nonce("00ab", at(60)).unwrap());
-    assert_eq!(f.service.forget_old_nonces(at(3600)).unwrap(), 1);
+    assert!(!f.service.fresh_nonce("00ab", at(60)).await.unwrap());
+    assert_eq!(f.service.forget_old_nonces(at(3600)).await.unwrap(), 1);
 }
 
 #[tokio::test]
 async fn checkpoints_are_signed_for_reviewers_and_never_over_a_rewritten_chain() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
-    let err = f.service.audit_checkpoint("alice", at(1)).unwrap_err();
+    let err = f
+        .service
+        .audit_checkpoint("alice", at(1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ServiceError::Denied(_)), "{err}");
-    let body = f.service.audit_checkpoint("bob", at(1)).unwrap();
+    let body = f.service.audit_checkpoint("bob", at(1)).await.unwrap();
     let signed = crate::checkpoint::Signed::parse_all(&body.checkpoint).unwrap();
     signed[0]
         .verify(f.service.keys.audit_signer.public_key())
         .unwrap();
-    assert_eq!(body.seq, f.service.store.audit_len().unwrap());
+    assert_eq!(body.seq, f.service.store.audit_len().await.unwrap());
     assert_eq!(body.signer_key, f.service.audit_signer().signer_key);
     // Someone who can write the ledger rewrites the newest record, re-hashes it and moves
     // the chain's head along: the chain's own hashes say nothing is wrong.
     let store = &f.service.store;
-    let mut r = store.audit_record(body.seq).unwrap().unwrap();
+    let mut r = store.audit_record(body.seq).await.unwrap().unwrap();
     r.actor = "mallory".into();
     r.hash = crate::domain::audit::chain_hash(&r);
     let record = serde_json::to_vec(&r).unwrap();
     store
+        .sled()
         .raw_audit_tree()
         .insert(r.seq.to_be_bytes(), record)
         .unwrap();
@@ -58,27 +67,31 @@ async fn checkpoints_are_signed_for_reviewers_and_never_over_a_rewritten_chain()
         hash: r.hash.clone(),
     };
     let head = serde_json::to_vec(&head).unwrap();
-    store.raw_meta_tree().insert("audit_head", head).unwrap();
-    let report = f.service.verify_audit("carol", true).unwrap();
+    store
+        .sled()
+        .raw_meta_tree()
+        .insert("audit_head", head)
+        .unwrap();
+    let report = f.service.verify_audit("carol", true).await.unwrap();
     assert_eq!(
         report.first_bad, None,
         "re-hashed, the chain holds together"
     );
-    let err = f.service.sign_checkpoint(at(2)).unwrap_err();
+    let err = f.service.sign_checkpoint(at(2)).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("does not run on from its last checkpoint"),
         "{err}"
     );
-    assert!(f.service.verify_audit("alice", true).is_err());
+    assert!(f.service.verify_audit("alice", true).await.is_err());
 }
 
 #[tokio::test]
 async fn metrics_count_what_is_open_and_what_happened() {
-    let f = fixture();
+    let f = fixture().await;
     f.ask("alice", "observe", true, t0()).await.unwrap();
     f.grant_of("operate", at(1)).await;
-    let text = f.service.metrics_text(at(2)).unwrap();
+    let text = f.service.metrics_text(at(2)).await.unwrap();
     for line in [
         "ramp_active_grants 1",
         "ramp_pending_requests 1",
@@ -88,11 +101,11 @@ async fn metrics_count_what_is_open_and_what_happened() {
     ] {
         assert!(text.contains(line), "{line}\n{text}");
     }
-    let records = f.service.store.audit_len().unwrap();
+    let records = f.service.store.audit_len().await.unwrap();
     assert!(
         text.contains(&format!("ramp_audit_records {records}")),
         "{text}"
     );
-    let later = f.service.metrics_text(at(3600)).unwrap();
+    let later = f.service.metrics_text(at(3600)).await.unwrap();
     assert!(later.contains("ramp_active_grants 0"), "expired since");
 }

@@ -9,7 +9,7 @@ use crate::service::ServiceError;
 
 #[tokio::test]
 async fn a_step_without_approvals_is_granted_and_certified_at_once() {
-    let f = fixture();
+    let f = fixture().await;
     let out = f.ask("alice", "observe", true, t0()).await.unwrap();
     assert_eq!(out.grant.state, State::Active);
     assert_eq!(out.grant.grant.end, Some(at(30 * 60)), "the step's max_ttl");
@@ -19,7 +19,7 @@ async fn a_step_without_approvals_is_granted_and_certified_at_once() {
 
 #[tokio::test]
 async fn a_higher_step_needs_its_prerequisite_held() {
-    let f = fixture();
+    let f = fixture().await;
     let err = f.ask("alice", "operate", false, t0()).await.unwrap_err();
     assert!(err.to_string().contains("request `observe` first"), "{err}");
 }
@@ -27,7 +27,7 @@ async fn a_higher_step_needs_its_prerequisite_held() {
 /// Regression (issue 9): `sign` for a step already held filed a duplicate request.
 #[tokio::test]
 async fn asking_again_for_a_held_step_mints_from_the_grant_held() {
-    let f = fixture();
+    let f = fixture().await;
     let first = f.ask("alice", "observe", true, t0()).await.unwrap();
     let again = f.ask("alice", "observe", true, at(60)).await.unwrap();
     assert_eq!(again.grant.grant.id, first.grant.grant.id);
@@ -38,21 +38,21 @@ async fn asking_again_for_a_held_step_mints_from_the_grant_held() {
         .last()
         .unwrap()
         .contains("you already hold grant"));
-    let all = f.service.grants("alice", true, at(60)).unwrap();
+    let all = f.service.grants("alice", true, at(60)).await.unwrap();
     assert_eq!(all.len(), 1, "no second grant");
 }
 
 /// Regression (issue 9): a second request while one is pending was filed again.
 #[tokio::test]
 async fn asking_again_while_a_request_is_pending_returns_that_request() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
     let pending = f.ask("alice", "operate", true, at(1)).await.unwrap();
     assert_eq!(pending.grant.state, State::Pending);
     let again = f.ask("alice", "operate", true, at(2)).await.unwrap();
     assert_eq!(again.grant.grant.id, pending.grant.grant.id);
     assert!(again.existing && again.certificate.is_none());
-    let seen = f.service.grants("bob", false, at(2)).unwrap();
+    let seen = f.service.grants("bob", false, at(2)).await.unwrap();
     assert_eq!(
         seen.iter().filter(|g| g.grant.step == "operate").count(),
         1,
@@ -62,7 +62,7 @@ async fn asking_again_while_a_request_is_pending_returns_that_request() {
 
 #[tokio::test]
 async fn nobody_approves_their_own_request_and_one_approval_counts_once() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
@@ -72,14 +72,14 @@ async fn nobody_approves_their_own_request_and_one_approval_counts_once() {
     f.service.approve("bob", bg, at(5)).await.unwrap();
     let err = f.service.approve("bob", bg, at(6)).await.unwrap_err();
     assert!(err.to_string().contains("count once"), "{err}");
-    assert_eq!(f.state(bg, at(6)), State::Pending);
+    assert_eq!(f.state(bg, at(6)).await, State::Pending);
     f.service.approve("carol", bg, at(7)).await.unwrap();
-    assert_eq!(f.state(bg, at(7)), State::Active);
+    assert_eq!(f.state(bg, at(7)).await, State::Active);
 }
 
 #[tokio::test]
 async fn an_approval_after_the_prerequisite_ended_denies_the_request() {
-    let f = fixture();
+    let f = fixture().await;
     f.ask_for("observe", "1m", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     let out = f.service.approve("bob", &op, at(120)).await.unwrap();
@@ -93,7 +93,7 @@ async fn an_approval_after_the_prerequisite_ended_denies_the_request() {
 
 #[tokio::test]
 async fn a_higher_step_is_clamped_to_the_step_it_climbed_from() {
-    let f = fixture();
+    let f = fixture().await;
     f.ask_for("observe", "10m", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     let out = f.service.approve("bob", &op, at(2)).await.unwrap();
@@ -104,7 +104,7 @@ async fn a_higher_step_is_clamped_to_the_step_it_climbed_from() {
 /// subscription that answers when the grant is decided.
 #[tokio::test]
 async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
-    let f = std::sync::Arc::new(fixture());
+    let f = std::sync::Arc::new(fixture().await);
     f.grant_of("observe", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     // Nothing happens: the wait runs out and answers the request as it stands.
@@ -139,19 +139,19 @@ async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
 
 #[tokio::test]
 async fn a_grant_is_seen_by_its_owner_reviewers_and_its_approvers_only() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     for who in ["alice", "bob", "carol"] {
-        f.service.grant(who, &op, at(1)).unwrap();
+        f.service.grant(who, &op, at(1)).await.unwrap();
     }
-    let err = f.service.grant("mallory", &op, at(1)).unwrap_err();
+    let err = f.service.grant("mallory", &op, at(1)).await.unwrap_err();
     assert!(matches!(err, ServiceError::NotFound(_)), "{err}");
 }
 
 #[tokio::test]
 async fn a_request_is_denied_by_an_approver_withdrawn_by_its_requester_and_nobody_else() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     let err = f.service.deny("carol", &op, " ", at(2)).await.unwrap_err();
@@ -188,7 +188,7 @@ async fn a_request_is_denied_by_an_approver_withdrawn_by_its_requester_and_nobod
         .await
         .unwrap();
     assert_eq!(withdrawn.state, State::Denied);
-    let denials = f.audited("deny");
+    let denials = f.audited("deny").await;
     let who: Vec<&str> = denials.iter().map(|r| r.actor.as_str()).collect();
     assert_eq!(who, ["bob", "alice"]);
     assert_eq!(denials[1].detail["reason"], "fixed it");
@@ -196,7 +196,7 @@ async fn a_request_is_denied_by_an_approver_withdrawn_by_its_requester_and_nobod
 
 #[tokio::test]
 async fn a_certificate_comes_from_the_callers_own_active_grant_only() {
-    let f = fixture();
+    let f = fixture().await;
     let o = f.grant_of("observe", t0()).await;
     let out = f
         .service
@@ -212,7 +212,7 @@ async fn a_certificate_comes_from_the_callers_own_active_grant_only() {
         at(30 * 60).timestamp() as u64,
         "never past the grant"
     );
-    let issued = f.audited("issue");
+    let issued = f.audited("issue").await;
     assert_eq!(issued.len(), 1);
     assert_eq!(issued[0].subject, cert.serial().to_string());
     let err = f
@@ -241,10 +241,10 @@ async fn a_certificate_comes_from_the_callers_own_active_grant_only() {
 
 #[tokio::test]
 async fn refusals_by_the_policy_and_of_an_approval_are_audited() {
-    let f = fixture();
+    let f = fixture().await;
     let err = f.ask("bob", "observe", false, t0()).await.unwrap_err();
     assert!(matches!(err, ServiceError::Denied(_)), "{err}");
-    let refused = f.audited("request-denied");
+    let refused = f.audited("request-denied").await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].actor, "bob");
     assert_eq!(refused[0].detail["step"], "observe");
@@ -252,17 +252,17 @@ async fn refusals_by_the_policy_and_of_an_approval_are_audited() {
     let op = f.grant_of("operate", at(2)).await;
     let err = f.service.approve("alice", &op, at(3)).await.unwrap_err();
     assert!(err.to_string().contains("your own request"), "{err}");
-    let refused = f.audited("approve-refused");
+    let refused = f.audited("approve-refused").await;
     assert_eq!(
         (refused[0].actor.as_str(), refused[0].subject.as_str()),
         ("alice", op.as_str())
     );
-    assert_eq!(f.state(&op, at(3)), State::Pending, "nothing changed");
+    assert_eq!(f.state(&op, at(3)).await, State::Pending, "nothing changed");
 }
 
 #[tokio::test]
 async fn a_policy_reload_with_problems_keeps_the_old_set_in_force() {
-    let f = fixture();
+    let f = fixture().await;
     let policies = f.dir.path().join("policies");
     std::fs::write(policies.join("broken.yaml"), "contract: [unclosed\n").unwrap();
     let err = f.service.reload_policies().unwrap_err();

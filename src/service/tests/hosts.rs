@@ -12,7 +12,7 @@ fn host_key() -> String {
 
 #[tokio::test]
 async fn only_admins_sign_host_certificates_and_each_is_audited() {
-    let f = fixture();
+    let f = fixture().await;
     let body = SignHostBody {
         name: "db-1".into(),
         public_key: host_key(),
@@ -33,7 +33,7 @@ async fn only_admins_sign_host_certificates_and_each_is_audited() {
         "its address too"
     );
     assert_eq!(cert.valid_before(), at(86400).timestamp() as u64);
-    let signed = f.audited("sign-host");
+    let signed = f.audited("sign-host").await;
     assert_eq!(signed.len(), 1);
     assert_eq!(
         (signed[0].actor.as_str(), signed[0].subject.as_str()),

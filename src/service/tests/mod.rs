@@ -26,10 +26,11 @@ struct Fixture {
     service: Arc<Service>,
 }
 
-fn fixture() -> Fixture {
+async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     crate::install::init::init(dir.path()).unwrap();
-    let service = Arc::new(Service::open(dir.path()).unwrap());
+    let service = Service::open(dir.path(), &crate::store::Location::Embedded);
+    let service = Arc::new(service.await.unwrap());
     Fixture { dir, service }
 }
 
@@ -80,13 +81,13 @@ impl Fixture {
         out.grant.grant.id
     }
 
-    fn state(&self, id: &str, now: DateTime<Utc>) -> State {
-        self.service.grant("carol", id, now).unwrap().state
+    async fn state(&self, id: &str, now: DateTime<Utc>) -> State {
+        self.service.grant("carol", id, now).await.unwrap().state
     }
 
     /// A grant as the ledger holds it.
-    fn stored(&self, id: &str) -> Grant {
-        self.service.store.grant(id).unwrap().unwrap()
+    async fn stored(&self, id: &str) -> Grant {
+        self.service.store.grant(id).await.unwrap().unwrap()
     }
 
     /// Writes grants into the ledger as they are, as an older version could have left them.
@@ -99,8 +100,12 @@ impl Fixture {
     }
 
     /// The audit records with `action`, oldest first.
-    fn audited(&self, action: &str) -> Vec<crate::domain::audit::AuditRecord> {
-        let all = self.service.store.audit_since(DateTime::<Utc>::MIN_UTC);
+    async fn audited(&self, action: &str) -> Vec<crate::domain::audit::AuditRecord> {
+        let all = self
+            .service
+            .store
+            .audit_since(DateTime::<Utc>::MIN_UTC)
+            .await;
         all.unwrap()
             .into_iter()
             .filter(|r| r.action == action)

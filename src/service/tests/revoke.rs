@@ -6,16 +6,16 @@ use super::*;
 /// the approved operate grant left break-glass standing.
 #[tokio::test]
 async fn a_pending_request_does_not_shield_a_dependent_from_revocation() {
-    let f = fixture();
+    let f = fixture().await;
     f.grant_of("observe", t0()).await;
     let op1 = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op1, at(2)).await.unwrap();
     let bg = f.grant_of("break-glass", at(3)).await;
     f.service.approve("bob", &bg, at(4)).await.unwrap();
     f.service.approve("carol", &bg, at(5)).await.unwrap();
-    assert_eq!(f.state(&bg, at(5)), State::Active);
+    assert_eq!(f.state(&bg, at(5)).await, State::Active);
     // A second operate request, pending (the ledger allows one from before this rule).
-    let mut op2 = f.stored(&op1);
+    let mut op2 = f.stored(&op1).await;
     op2.id = "op2pending00".into();
     op2.state = State::Pending;
     op2.approvals.clear();
@@ -31,9 +31,9 @@ async fn a_pending_request_does_not_shield_a_dependent_from_revocation() {
         out.grants.contains(&bg),
         "break-glass goes with operate: {out:?}"
     );
-    assert_eq!(f.state(&bg, at(7)), State::Revoked);
+    assert_eq!(f.state(&bg, at(7)).await, State::Revoked);
     assert_eq!(
-        f.state("op2pending00", at(7)),
+        f.state("op2pending00", at(7)).await,
         State::Pending,
         "the request stays"
     );
@@ -43,13 +43,13 @@ async fn a_pending_request_does_not_shield_a_dependent_from_revocation() {
 /// that grant's old end.
 #[tokio::test]
 async fn a_dependent_is_reclamped_to_the_prerequisite_left_standing() {
-    let f = fixture();
+    let f = fixture().await;
     let o1 = f.ask_for("observe", "30m", t0()).await.grant.grant.id;
     let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
-    assert_eq!(f.state(&op, at(2)), State::Active);
+    assert_eq!(f.state(&op, at(2)).await, State::Active);
     // A second, short observe grant (the ledger keeps it beside the first).
-    let mut o2 = f.stored(&o1);
+    let mut o2 = f.stored(&o1).await;
     o2.id = "o2shortgrant".into();
     o2.end = Some(at(10));
     f.plant(vec![o2], at(3)).await;
@@ -59,14 +59,14 @@ async fn a_dependent_is_reclamped_to_the_prerequisite_left_standing() {
         .await
         .unwrap();
     assert!(!out.grants.contains(&op), "o2 still holds observe");
-    let g = f.service.grant("carol", &op, at(4)).unwrap();
+    let g = f.service.grant("carol", &op, at(4)).await.unwrap();
     assert_eq!(g.grant.end, Some(at(10)), "operate ends with o2");
-    assert_eq!(f.state(&op, at(11)), State::Expired);
+    assert_eq!(f.state(&op, at(11)).await, State::Expired);
 }
 
 #[tokio::test]
 async fn revoking_a_prerequisite_takes_its_dependents_along() {
-    let f = fixture();
+    let f = fixture().await;
     let o = f.grant_of("observe", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
@@ -76,12 +76,12 @@ async fn revoking_a_prerequisite_takes_its_dependents_along() {
         .await
         .unwrap();
     assert_eq!(out.grants.len(), 2, "{out:?}");
-    assert_eq!(f.state(&op, at(3)), State::Revoked);
+    assert_eq!(f.state(&op, at(3)).await, State::Revoked);
 }
 
 #[tokio::test]
 async fn only_admins_revoke_what_is_not_theirs() {
-    let f = fixture();
+    let f = fixture().await;
     let o = f.grant_of("observe", t0()).await;
     let err = f
         .service
@@ -97,8 +97,8 @@ async fn only_admins_revoke_what_is_not_theirs() {
 
 #[tokio::test]
 async fn the_krl_lists_every_revoked_serial_and_changes_only_with_a_revocation() {
-    let f = fixture();
-    let empty = f.service.krl().unwrap();
+    let f = fixture().await;
+    let empty = f.service.krl().await.unwrap();
     let first = f.ask("alice", "observe", true, t0()).await.unwrap();
     let web = RequestBody {
         contract: "prod-web".into(),
@@ -110,7 +110,7 @@ async fn the_krl_lists_every_revoked_serial_and_changes_only_with_a_revocation()
         .request("alice", &f.key("alice"), &web, at(1))
         .await
         .unwrap();
-    assert_eq!(f.service.krl().unwrap(), empty, "nothing revoked yet");
+    assert_eq!(f.service.krl().await.unwrap(), empty, "nothing revoked yet");
     let serial = first.serial.unwrap();
     let by_serial = RevokeBody {
         serial: Some(serial),
@@ -118,10 +118,10 @@ async fn the_krl_lists_every_revoked_serial_and_changes_only_with_a_revocation()
     };
     let revoked = f.service.revoke("carol", &by_serial, at(2)).await.unwrap();
     assert_eq!(revoked.serials, [serial]);
-    let krl = f.service.krl().unwrap();
+    let krl = f.service.krl().await.unwrap();
     assert_eq!(
         krl,
-        f.service.krl().unwrap(),
+        f.service.krl().await.unwrap(),
         "the same bytes until the next"
     );
     assert_eq!(&krl[12..20], &1u64.to_be_bytes(), "version: one revocation");
@@ -131,7 +131,7 @@ async fn the_krl_lists_every_revoked_serial_and_changes_only_with_a_revocation()
         keys.node_ca.public_key(),
         keys.host_ca.public_key(),
     ];
-    let revocations = f.service.store.revocations().unwrap();
+    let revocations = f.service.store.revocations().await.unwrap();
     let expected = crate::domain::krl::of_revocations(&cas, &[serial], &revocations);
     assert_eq!(krl, expected);
     let rest = f
@@ -140,11 +140,16 @@ async fn the_krl_lists_every_revoked_serial_and_changes_only_with_a_revocation()
         .await
         .unwrap();
     assert_eq!(rest.serials, [other.serial.unwrap()]);
-    let krl2 = f.service.krl().unwrap();
+    let krl2 = f.service.krl().await.unwrap();
     assert_ne!(krl2, krl);
     assert_eq!(&krl2[12..20], &2u64.to_be_bytes());
-    assert!(f.service.store.is_revoked(other.serial.unwrap()).unwrap());
-    let audited = f.audited("revoke");
+    assert!(f
+        .service
+        .store
+        .is_revoked(other.serial.unwrap())
+        .await
+        .unwrap());
+    let audited = f.audited("revoke").await;
     let subjects: Vec<String> = audited.iter().map(|r| r.subject.clone()).collect();
     assert_eq!(
         subjects,

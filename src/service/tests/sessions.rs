@@ -26,20 +26,20 @@ async fn recorded(f: &Fixture, id: &str, output: &[u8]) -> SessionMeta {
     rec.finish(Some(0), None);
     recorders.flush_all().await;
     assert!(!recorders.is_live(id));
-    f.service.session_record(id).unwrap().unwrap()
+    f.service.session_record(id).await.unwrap().unwrap()
 }
 
 #[tokio::test]
 async fn a_recording_starts_audited_and_ends_sealed_in_its_audit_record() {
-    let f = fixture();
+    let f = fixture().await;
     let m = recorded(&f, "rec1", b"hello\r\n").await;
-    let started = f.audited("session-start");
+    let started = f.audited("session-start").await;
     assert_eq!(
         (started[0].actor.as_str(), started[0].subject.as_str()),
         ("alice", "rec1")
     );
     assert_eq!(started[0].detail["target"], "db1");
-    let ended = f.audited("session-end");
+    let ended = f.audited("session-end").await;
     assert_eq!(ended.len(), 1);
     assert_eq!(m.state, SessionState::Ended);
     assert_eq!(
@@ -54,7 +54,7 @@ async fn a_recording_starts_audited_and_ends_sealed_in_its_audit_record() {
 
 #[tokio::test]
 async fn what_a_dead_daemon_left_live_is_sealed_interrupted_at_the_next_start() {
-    let f = fixture();
+    let f = fixture().await;
     let recorders = Recorders::new(f.service.clone(), 0);
     let rec = recorders.start(live("crashed", t0())).await.unwrap();
     rec.output(b"half");
@@ -63,9 +63,9 @@ async fn what_a_dead_daemon_left_live_is_sealed_interrupted_at_the_next_start() 
     let found = f.service.recover_interrupted(at(60)).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].state, SessionState::Interrupted);
-    let record = &f.audited("session-interrupted")[0];
+    let record = &f.audited("session-interrupted").await[0];
     assert_eq!(record.subject, "crashed");
-    let m = f.service.session_record("crashed").unwrap().unwrap();
+    let m = f.service.session_record("crashed").await.unwrap().unwrap();
     assert_eq!(m.sealed_in, Some(record.seq));
     assert_eq!(m.bytes_out, 4, "counted from the file");
     assert!(f
@@ -78,7 +78,7 @@ async fn what_a_dead_daemon_left_live_is_sealed_interrupted_at_the_next_start() 
 
 #[tokio::test]
 async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
-    let f = fixture();
+    let f = fixture().await;
     recorded(&f, "rec1", b"SELECT secret FROM t;\r\n").await;
     recorded(&f, "rec2", b"ls\r\n").await;
     let svc: &Arc<Service> = &f.service;
@@ -92,7 +92,7 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
     assert!(svc.session("alice", "rec1", "show", at(5)).await.is_err());
     assert!(svc.grep("alice", "x", all.clone(), at(5)).await.is_err());
     assert!(
-        f.audited("sessions-list").is_empty(),
+        f.audited("sessions-list").await.is_empty(),
         "refusals read nothing"
     );
 
@@ -105,7 +105,7 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
         ..SessionFilter::default()
     };
     assert!(svc.sessions("carol", mine, at(5)).await.unwrap().is_empty());
-    let listed = f.audited("sessions-list");
+    let listed = f.audited("sessions-list").await;
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].detail["count"], 2);
     assert_eq!(listed[1].detail["filter"]["target"], "db2");
@@ -115,7 +115,7 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
         .await
         .unwrap();
     assert_eq!((meta.id.as_str(), events.len()), ("rec1", 1));
-    let read = &f.audited("session-read")[0];
+    let read = &f.audited("session-read").await[0];
     assert_eq!(read.detail["purpose"], "dashboard-play");
     let err = svc.session("bob", "nope", "show", at(6)).await.unwrap_err();
     assert!(
@@ -129,7 +129,7 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
     assert_eq!(hits[0].session, "rec1");
     let err = svc.grep("bob", "", all, at(7)).await.unwrap_err();
     assert!(err.to_string().contains("pattern is empty"), "{err}");
-    let searched = f.audited("sessions-grep");
+    let searched = f.audited("sessions-grep").await;
     assert_eq!(searched.len(), 1);
     assert_eq!(
         (

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Result, Store};
+use super::{Result, SledLedger};
 
 /// The `nonce_times` key: the big-endian unix time, then the nonce.
 fn nonce_time_key(at: &[u8; 8], nonce: &[u8]) -> Vec<u8> {
@@ -12,7 +12,7 @@ fn nonce_time_key(at: &[u8; 8], nonce: &[u8]) -> Vec<u8> {
     key
 }
 
-impl Store {
+impl SledLedger {
     /// Ledgers written before `nonce_times` existed: index their nonces once, so they are
     /// forgotten like the rest.
     pub(super) fn index_old_nonces(&self) -> Result<()> {
@@ -28,7 +28,7 @@ impl Store {
     }
 
     /// Records a request nonce; false when it was seen before (a replay). Nothing else
-    /// happens on this path: forgetting old nonces is [`Store::forget_nonces`]' job, on a
+    /// happens on this path: forgetting old nonces is [`SledLedger::forget_nonces`]' job, on a
     /// timer, so no client's input decides when a sweep runs.
     pub fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
         let at = now.timestamp().to_be_bytes();
@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn nonces_are_refused_twice_and_forgotten_by_age_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("data")).unwrap();
+        let store = SledLedger::open(dir.path(), Default::default()).unwrap();
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let later = t0 + chrono::Duration::seconds(600);
         assert!(store.remember_nonce("00aa", t0).unwrap());

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::{Result, StoreError};
+use crate::store::{Result, StoreError};
 
 #[derive(Debug, Clone, Default)]
 struct Synced {

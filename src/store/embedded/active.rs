@@ -8,14 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 
 use crate::domain::grant::{Grant, State};
-
-/// A step a user holds, until when.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeldStep {
-    pub contract: String,
-    pub step: String,
-    pub end: DateTime<Utc>,
-}
+use crate::store::HeldStep;
 
 type StepKey = (String, String);
 /// The active grants of one step, ordered by end: `(end, grant id)`.

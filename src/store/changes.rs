@@ -1,0 +1,134 @@
+//! A grant change: a request, an approval, a denial, a revocation or a certificate, which
+//! reads the grants it decides on, decides, and commits. Two such changes must not
+//! interleave (an approval racing a revocation would overwrite it; two approvals on two
+//! nodes would both count as the last), so each holds the ledger's grant lock from its first
+//! read to its commit: a lock in memory on sled (one node), a transaction-scoped advisory
+//! lock on PostgreSQL, which every node takes.
+
+use chrono::{DateTime, Utc};
+
+use super::embedded::{OnDisk, SledLedger};
+use super::{Change, Engine, HeldStep, Ledger, Result};
+use crate::domain::audit::AuditRecord;
+use crate::domain::cert::CertRecord;
+use crate::domain::grant::Grant;
+
+/// A grant change under way: its reads see every grant change committed before it, and
+/// what it commits becomes durable at [`GrantChanges::finish`].
+pub struct GrantChanges<'a> {
+    inner: Inner<'a>,
+}
+
+enum Inner<'a> {
+    Sled {
+        store: &'a SledLedger,
+        /// The grant lock, held until the change is committed.
+        held: tokio::sync::MutexGuard<'a, ()>,
+        /// What was committed, to wait for once the lock is released.
+        writes: Vec<OnDisk<Vec<AuditRecord>>>,
+    },
+}
+
+impl<'a> GrantChanges<'a> {
+    /// Takes the grant lock.
+    pub(super) async fn start(ledger: &'a Ledger) -> Result<GrantChanges<'a>> {
+        let inner = match &ledger.engine {
+            Engine::Sled(s) => Inner::Sled {
+                store: s,
+                held: s.lock_grants().await,
+                writes: Vec::new(),
+            },
+        };
+        Ok(GrantChanges { inner })
+    }
+
+    pub async fn grant(&mut self, id: &str) -> Result<Option<Grant>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => store.grant(id),
+        }
+    }
+
+    /// The steps `user` holds at `now`, each with its latest end.
+    pub async fn held_steps(&mut self, user: &str, now: DateTime<Utc>) -> Result<Vec<HeldStep>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => Ok(store.held_steps(user, now)),
+        }
+    }
+
+    /// The user's own open grant of a step at `now`: the active one that ends last, else the
+    /// oldest pending request.
+    pub async fn own_open_grant(
+        &mut self,
+        user: &str,
+        contract: &str,
+        step: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Grant>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => Ok(store.own_open_grant(user, contract, step, now)),
+        }
+    }
+
+    /// The grants of these users pending or active at `now`, oldest request first.
+    pub async fn open_grants_of(
+        &mut self,
+        users: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => Ok(store.open_grants_of(users, now)),
+        }
+    }
+
+    /// Whether the ledger holds any grant of `user`, open or not.
+    pub async fn has_grants(&mut self, user: &str) -> Result<bool> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => store.has_grants(user),
+        }
+    }
+
+    pub async fn cert(&mut self, serial: u64) -> Result<Option<CertRecord>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => store.cert(serial),
+        }
+    }
+
+    /// The certificates minted from these grants, by serial.
+    pub async fn certs_of_grants(&mut self, grants: &[String]) -> Result<Vec<CertRecord>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => store.certs_of_grants(grants),
+        }
+    }
+
+    /// The next certificate serial, never handed out before.
+    pub async fn next_serial(&mut self) -> Result<u64> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => store.next_serial(),
+        }
+    }
+
+    /// Commits `change` as part of this grant change: later reads of this change see it.
+    pub async fn commit(&mut self, change: Change, now: DateTime<Utc>) -> Result<()> {
+        match &mut self.inner {
+            Inner::Sled { store, writes, .. } => writes.push(store.commit(&change, now)?),
+        }
+        Ok(())
+    }
+
+    /// Ends the change: releases the lock and waits until what it committed (and every
+    /// change it read) is durable. Called whether the decision was a success or a refusal:
+    /// a refusal may have committed its audit record.
+    pub async fn finish(self) -> Result<()> {
+        match self.inner {
+            Inner::Sled { held, writes, .. } => {
+                // Waiting for the disk after releasing the lock lets concurrent changes share
+                // the flush instead of queueing behind each other's.
+                drop(held);
+                for w in writes {
+                    w.await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
