@@ -46,6 +46,58 @@ pub struct Config {
     /// Signed checkpoints of the audit chain: how often.
     #[serde(default)]
     pub audit: crate::checkpoint::writer::Settings,
+    /// Where the ledger is: `sled` (the default, under DIR/data) or a `postgres://` URL.
+    pub store: Option<String>,
+    /// PostgreSQL's connection pool on this node.
+    #[serde(default)]
+    pub store_pool: StorePool,
+}
+
+/// The `store_pool:` section: how many connections this node opens to PostgreSQL at most,
+/// and how long a statement may run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorePool {
+    /// Connections at most (a grant change holds one until it commits); callers beyond that
+    /// wait up to the query timeout for one.
+    pub max_connections: usize,
+    /// The server-side `statement_timeout` of every statement, like `5s`.
+    pub query_timeout: String,
+}
+
+impl Default for StorePool {
+    fn default() -> StorePool {
+        let d = crate::pgstore::PoolSettings::default();
+        StorePool {
+            max_connections: d.max_connections,
+            query_timeout: format!("{}s", d.query_timeout.as_secs()),
+        }
+    }
+}
+
+impl StorePool {
+    /// The pool's bounds, or what is wrong with them.
+    pub fn settings(&self) -> Result<crate::pgstore::PoolSettings, String> {
+        if !(2..=1000).contains(&self.max_connections) {
+            return Err(format!(
+                "store_pool.max_connections: {} is not between 2 and 1000",
+                self.max_connections
+            ));
+        }
+        let timeout = crate::domain::policy::parse_duration(&self.query_timeout)
+            .filter(|d| *d >= std::time::Duration::from_secs(1))
+            .ok_or_else(|| {
+                format!(
+                    "store_pool.query_timeout: `{}` is not a duration like 5s, 1m (at least 1s)",
+                    self.query_timeout
+                )
+            })?;
+        Ok(crate::pgstore::PoolSettings {
+            max_connections: self.max_connections,
+            query_timeout: timeout,
+            wait_timeout: timeout,
+        })
+    }
 }
 
 impl Config {
@@ -61,6 +113,7 @@ impl Config {
         let config: Config = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         config.dashboard.check().map_err(&invalid)?;
         config.audit.check().map_err(&invalid)?;
+        config.store_pool.settings().map_err(&invalid)?;
         Ok(config)
     }
 }
@@ -72,10 +125,14 @@ pub struct Flags {
     pub ssh: Option<String>,
     pub min_free_mib: Option<u64>,
     pub config: Option<std::path::PathBuf>,
+    /// `--store`, or `RAMP_STORE` when the flag is not given (clap reads the variable as the
+    /// flag's value, so it ranks with the flag).
+    pub store: Option<String>,
 }
 
 /// The settings `serve` runs with. They are merged in [`Settings::merge`] and nowhere else:
-/// a flag beats the config file, which beats the default, for every option.
+/// a flag (or its environment variable) beats the config file, which beats the default, for
+/// every option.
 #[derive(Debug)]
 pub struct Settings {
     pub api: SocketAddr,
@@ -87,6 +144,8 @@ pub struct Settings {
     pub bastion: crate::bastion::Settings,
     /// How often the audit chain's head is signed when it grew (config only).
     pub checkpoint_every: std::time::Duration,
+    /// Where the ledger is.
+    pub store: crate::store::Location,
 }
 
 impl Settings {
@@ -119,6 +178,18 @@ impl Settings {
             checkpoint_every: file.audit.every().map_err(|e| {
                 Error::io("audit")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
             })?,
+            store: crate::store::Location::parse(
+                flags.store.as_deref().or(file.store.as_deref()),
+                file.store_pool.settings().map_err(|e| {
+                    Error::io("store_pool")(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        e,
+                    ))
+                })?,
+            )
+            .map_err(|e| {
+                Error::io("--store")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?,
         })
     }
 }
@@ -143,7 +214,8 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
     }
-    let service = Arc::new(Service::open(dir, &crate::store::Location::Embedded).await?);
+    tracing::info!(ledger = %config.store.shown(), "opening the ledger");
+    let service = Arc::new(Service::open(dir, &config.store).await?);
     if let Some(path) = service.ensure_bastion_cert(Utc::now()).await? {
         tracing::info!(path = %path.display(), "signed the bastion host certificate");
     }
@@ -275,6 +347,15 @@ mod tests {
         assert!(c.dashboard.public_url.is_some());
         assert_eq!(c.bastion.max_connections_per_user, 32);
         assert_eq!(c.audit.checkpoint_every, "5m");
+        assert!(c
+            .store
+            .as_deref()
+            .is_some_and(|s| s.starts_with("postgres://")));
+        let pool = c.store_pool.settings().unwrap();
+        assert_eq!(
+            (pool.max_connections, pool.query_timeout),
+            (16, std::time::Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -287,6 +368,37 @@ mod tests {
         std::fs::write(&path, "audit:\n  every: 5m\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `every`"), "{err}");
+    }
+
+    /// `--store` (or RAMP_STORE, which clap reads as the flag) > `store:` > sled.
+    #[test]
+    fn the_store_flag_beats_the_file_which_beats_sled() {
+        let file = |store: Option<&str>| Config {
+            store: store.map(String::from),
+            ..Config::default()
+        };
+        let flag = |store: &str| Flags {
+            store: Some(store.into()),
+            ..Flags::default()
+        };
+        let shown = |flags: Flags, file: Config| {
+            Settings::merge(&flags, file)
+                .map(|s| s.store.shown())
+                .map_err(|e| e.to_string())
+        };
+        let in_file = || file(Some("postgres://b@file.example:5432/db"));
+        assert_eq!(
+            shown(flag("postgres://a@flag.example:5433/db"), in_file()),
+            Ok("postgres flag.example:5433/db".into())
+        );
+        assert_eq!(
+            shown(Flags::default(), in_file()),
+            Ok("postgres file.example:5432/db".into())
+        );
+        assert_eq!(shown(flag("sled"), in_file()), Ok("sled".into()));
+        assert_eq!(shown(Flags::default(), file(None)), Ok("sled".into()));
+        let bad = shown(flag("mysql://ramp@db/ramp"), file(None)).unwrap_err();
+        assert!(bad.contains("--store") && bad.contains("mysql"), "{bad}");
     }
 
     /// Regression: `serve --config F --api A` used the file's `api:` over the flag.
@@ -311,6 +423,7 @@ mod tests {
             ssh: Some("127.0.0.1:8002".into()),
             min_free_mib: Some(3),
             config: None,
+            store: None,
         };
         check(
             all_flags,

@@ -64,6 +64,11 @@ pub enum Command {
         /// Service config file (YAML); every flag given beats the file's value.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the ledger is: sled under DIR/data [default], or
+        /// postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...] shared by several nodes
+        /// [beats the config file's `store:`].
+        #[arg(long, env = "RAMP_STORE", value_name = "URL")]
+        store: Option<String>,
     },
     /// Check or explain policies.
     #[command(subcommand)]

@@ -69,12 +69,14 @@ pub async fn run(cli: Cli) -> Result {
             ssh,
             min_free_mib,
             config,
+            store,
         } => {
             let flags = crate::daemon::Flags {
                 api,
                 ssh,
                 min_free_mib,
                 config,
+                store,
             };
             crate::daemon::serve(&dir, &flags)
                 .await

@@ -33,11 +33,18 @@ impl Migration {
 
 /// Every migration this binary knows, in order. Append only: a released migration is never
 /// edited (its checksum is in every database it ran on); changes are new migrations.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_ledger",
-    sql: include_str!("schema/0001_ledger.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_ledger",
+        sql: include_str!("schema/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_open_grants",
+        sql: include_str!("schema/0002_open_grants.sql"),
+    },
+];
 
 /// The schema version this binary knows.
 pub fn latest() -> i32 {
@@ -269,10 +276,12 @@ mod tests {
     #[test]
     fn what_was_applied_decides_what_runs_next() {
         check(&[], Ok(Some("0001_ledger")));
-        check(&[(1, "0001_ledger", "ours")], Ok(None));
+        check(&[(1, "0001_ledger", "ours")], Ok(Some("0002_open_grants")));
+        let current = [(1, "0001_ledger", "ours"), (2, "0002_open_grants", "ours")];
+        check(&current, Ok(None));
         check(
-            &[(1, "0001_ledger", "ours"), (2, "0002_future", "ab")],
-            Err("has schema version 2, newer than this ramp-ca knows (version 1)"),
+            &[current[0], current[1], (3, "0003_future", "ab")],
+            Err("has schema version 3, newer than this ramp-ca knows (version 2)"),
         );
         check(
             &[(1, "0001_ledger", "0123456789abcdef")],

@@ -5,6 +5,8 @@
 //! embedded sled ledger ([`crate::store`]). This module is the only code that talks to
 //! PostgreSQL.
 
+mod ledger;
+mod listen;
 pub mod migrations;
 mod tls;
 pub mod url;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError};
 use deadpool_postgres::{RecyclingMethod, Runtime, TimeoutType};
 
+pub use self::ledger::{PgLedger, PgTx};
 pub use self::migrations::{migrate, Migrated};
 pub use self::url::StoreUrl;
 
@@ -107,6 +110,8 @@ pub struct Pg {
     url: StoreUrl,
     /// The bounds the pool was built with, for waiting and messages.
     settings: PoolSettings,
+    /// TLS as the URL says, for connections outside the pool (the listener's).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl Pg {
@@ -114,9 +119,10 @@ impl Pg {
     /// down is reported by the first [`Pg::client`].
     pub fn open(url: &str, settings: PoolSettings) -> Result<Pg> {
         let url = StoreUrl::parse(url)?;
+        let tls = tls::connector(&url)?;
         let manager = Manager::from_config(
             url.config.clone(),
-            tls::connector(&url)?,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -152,6 +158,7 @@ impl Pg {
             pool,
             url,
             settings,
+            tls,
         })
     }
 

@@ -12,6 +12,7 @@ use super::{Change, Engine, HeldStep, Ledger, Result};
 use crate::domain::audit::AuditRecord;
 use crate::domain::cert::CertRecord;
 use crate::domain::grant::Grant;
+use crate::pgstore::PgTx;
 
 /// A grant change under way: its reads see every grant change committed before it, and
 /// what it commits becomes durable at [`GrantChanges::finish`].
@@ -27,6 +28,8 @@ enum Inner<'a> {
         /// What was committed, to wait for once the lock is released.
         writes: Vec<OnDisk<Vec<AuditRecord>>>,
     },
+    /// A transaction holding the advisory grant lock.
+    Postgres(Box<PgTx<'a>>),
 }
 
 impl<'a> GrantChanges<'a> {
@@ -38,6 +41,7 @@ impl<'a> GrantChanges<'a> {
                 held: s.lock_grants().await,
                 writes: Vec::new(),
             },
+            Engine::Postgres(p) => Inner::Postgres(Box::new(p.grant_changes().await?)),
         };
         Ok(GrantChanges { inner })
     }
@@ -45,6 +49,7 @@ impl<'a> GrantChanges<'a> {
     pub async fn grant(&mut self, id: &str) -> Result<Option<Grant>> {
         match &mut self.inner {
             Inner::Sled { store, .. } => store.grant(id),
+            Inner::Postgres(tx) => tx.grant(id).await,
         }
     }
 
@@ -52,6 +57,7 @@ impl<'a> GrantChanges<'a> {
     pub async fn held_steps(&mut self, user: &str, now: DateTime<Utc>) -> Result<Vec<HeldStep>> {
         match &mut self.inner {
             Inner::Sled { store, .. } => Ok(store.held_steps(user, now)),
+            Inner::Postgres(tx) => tx.held_steps(user, now).await,
         }
     }
 
@@ -66,6 +72,7 @@ impl<'a> GrantChanges<'a> {
     ) -> Result<Option<Grant>> {
         match &mut self.inner {
             Inner::Sled { store, .. } => Ok(store.own_open_grant(user, contract, step, now)),
+            Inner::Postgres(tx) => tx.own_open_grant(user, contract, step, now).await,
         }
     }
 
@@ -77,6 +84,7 @@ impl<'a> GrantChanges<'a> {
     ) -> Result<Vec<Grant>> {
         match &mut self.inner {
             Inner::Sled { store, .. } => Ok(store.open_grants_of(users, now)),
+            Inner::Postgres(tx) => tx.open_grants_of(users, now).await,
         }
     }
 
@@ -84,12 +92,14 @@ impl<'a> GrantChanges<'a> {
     pub async fn has_grants(&mut self, user: &str) -> Result<bool> {
         match &mut self.inner {
             Inner::Sled { store, .. } => store.has_grants(user),
+            Inner::Postgres(tx) => tx.has_grants(user).await,
         }
     }
 
     pub async fn cert(&mut self, serial: u64) -> Result<Option<CertRecord>> {
         match &mut self.inner {
             Inner::Sled { store, .. } => store.cert(serial),
+            Inner::Postgres(tx) => tx.cert(serial).await,
         }
     }
 
@@ -97,6 +107,7 @@ impl<'a> GrantChanges<'a> {
     pub async fn certs_of_grants(&mut self, grants: &[String]) -> Result<Vec<CertRecord>> {
         match &mut self.inner {
             Inner::Sled { store, .. } => store.certs_of_grants(grants),
+            Inner::Postgres(tx) => tx.certs_of_grants(grants).await,
         }
     }
 
@@ -104,6 +115,7 @@ impl<'a> GrantChanges<'a> {
     pub async fn next_serial(&mut self) -> Result<u64> {
         match &mut self.inner {
             Inner::Sled { store, .. } => store.next_serial(),
+            Inner::Postgres(tx) => tx.next_serial().await,
         }
     }
 
@@ -111,6 +123,7 @@ impl<'a> GrantChanges<'a> {
     pub async fn commit(&mut self, change: Change, now: DateTime<Utc>) -> Result<()> {
         match &mut self.inner {
             Inner::Sled { store, writes, .. } => writes.push(store.commit(&change, now)?),
+            Inner::Postgres(tx) => tx.apply(&change, now).await?,
         }
         Ok(())
     }
@@ -129,6 +142,8 @@ impl<'a> GrantChanges<'a> {
                 }
                 Ok(())
             }
+            // The commit releases the lock and is the durability point.
+            Inner::Postgres(tx) => tx.finish().await.map(|_| ()),
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::domain::audit::{AuditRecord, Entry, Head};
 use crate::domain::cert::CertRecord;
 use crate::domain::grant::{Grant, Revocation};
 use crate::domain::session::SessionMeta;
+use crate::pgstore::{PgLedger, PoolSettings};
 use crate::recordings::files::{RecordingError, RecordingFile, Recordings, Tail};
 
 pub use self::chain::{AuditReport, Walk};
@@ -75,6 +76,8 @@ pub enum StoreError {
     /// A read that ran on a thread of its own did not finish.
     #[error("a ledger read did not finish: {0}")]
     Task(String),
+    #[error(transparent)]
+    Postgres(crate::pgstore::PgError),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -154,21 +157,37 @@ pub(crate) fn by_start(sessions: &mut [SessionMeta]) {
 }
 
 /// Where the ledger is kept (`serve --store`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Location {
     /// sled in `DIR/data`.
     Embedded,
+    /// A PostgreSQL database (a libpq URL), with the pool's bounds.
+    Postgres { url: String, pool: PoolSettings },
 }
 
 impl Location {
     /// What `--store` (or `store:`, or `RAMP_STORE`) says: nothing (or `sled`) for the
-    /// embedded ledger.
-    pub fn parse(store: Option<&str>) -> std::result::Result<Location, String> {
+    /// embedded ledger, a `postgres://` (or `postgresql://`) URL for PostgreSQL, checked
+    /// here so a bad one stops `serve` before anything starts.
+    pub fn parse(store: Option<&str>, pool: PoolSettings) -> std::result::Result<Location, String> {
         match store.map(str::trim) {
             None | Some("") | Some("sled") => Ok(Location::Embedded),
-            Some(other) => Err(format!(
-                "store `{other}`: give sled (the default) or a postgres:// URL"
-            )),
+            Some(url) => {
+                crate::pgstore::StoreUrl::parse(url).map_err(|e| e.to_string())?;
+                Ok(Location::Postgres {
+                    url: url.to_string(),
+                    pool,
+                })
+            }
+        }
+    }
+
+    /// What to log: the engine, and for PostgreSQL `HOST:PORT/DB` (never a password).
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Embedded => "sled".into(),
+            Location::Postgres { url, .. } => crate::pgstore::StoreUrl::parse(url)
+                .map_or_else(|_| "postgres".into(), |u| format!("postgres {}", u.target)),
         }
     }
 }
@@ -177,6 +196,8 @@ impl Location {
 enum Engine {
     /// sled, for one node; scans run on blocking threads, so it is shared with them.
     Sled(Arc<SledLedger>),
+    /// PostgreSQL, shared by every node that serves from the same database.
+    Postgres(Box<PgLedger>),
 }
 
 /// The ledger, whichever engine keeps it, with the recording and checkpoint files beside it.
@@ -233,6 +254,9 @@ impl Ledger {
                     on_thread(move || SledLedger::open(&at, feeds)).await?,
                 ))
             }
+            Location::Postgres { url, pool } => Engine::Postgres(Box::new(
+                PgLedger::open(url, pool.clone(), feeds.clone()).await?,
+            )),
         };
         Ok(Ledger {
             engine,
@@ -247,6 +271,7 @@ impl Ledger {
     pub(crate) fn sled(&self) -> &SledLedger {
         match &self.engine {
             Engine::Sled(s) => s,
+            Engine::Postgres(_) => panic!("the ledger is in PostgreSQL"),
         }
     }
 
@@ -255,6 +280,7 @@ impl Ledger {
     pub fn is_shared(&self) -> bool {
         match &self.engine {
             Engine::Sled(_) => false,
+            Engine::Postgres(_) => true,
         }
     }
 
@@ -265,6 +291,7 @@ impl Ledger {
     pub async fn commit(&self, change: Change, now: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         match &self.engine {
             Engine::Sled(s) => s.commit(&change, now)?.await,
+            Engine::Postgres(p) => p.commit(&change, now).await,
         }
     }
 
@@ -278,6 +305,8 @@ impl Ledger {
     pub async fn on_disk(&self) -> Result<()> {
         match &self.engine {
             Engine::Sled(s) => s.on_disk().await,
+            // Every commit was durable when it returned.
+            Engine::Postgres(_) => Ok(()),
         }
     }
 
@@ -285,12 +314,14 @@ impl Ledger {
     pub async fn next_serial(&self) -> Result<u64> {
         match &self.engine {
             Engine::Sled(s) => s.next_serial(),
+            Engine::Postgres(p) => p.next_serial().await,
         }
     }
 
     pub async fn grant(&self, id: &str) -> Result<Option<Grant>> {
         match &self.engine {
             Engine::Sled(s) => s.grant(id),
+            Engine::Postgres(p) => p.grant(id).await,
         }
     }
 
@@ -298,6 +329,7 @@ impl Ledger {
     pub async fn grants(&self) -> Result<Vec<Grant>> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, |s| s.grants()).await,
+            Engine::Postgres(p) => p.grants().await,
         }
     }
 
@@ -305,12 +337,14 @@ impl Ledger {
     pub async fn open_grants(&self, now: DateTime<Utc>) -> Result<Vec<Grant>> {
         match &self.engine {
             Engine::Sled(s) => Ok(s.open_grants(now)),
+            Engine::Postgres(p) => p.open_grants(now).await,
         }
     }
 
     pub async fn cert(&self, serial: u64) -> Result<Option<CertRecord>> {
         match &self.engine {
             Engine::Sled(s) => s.cert(serial),
+            Engine::Postgres(p) => p.cert(serial).await,
         }
     }
 
@@ -319,6 +353,7 @@ impl Ledger {
     pub async fn newest_cert_for(&self, fingerprint: &str) -> Result<Option<CertRecord>> {
         match &self.engine {
             Engine::Sled(s) => Ok(s.newest_cert_for(fingerprint)),
+            Engine::Postgres(p) => p.newest_cert_for(fingerprint).await,
         }
     }
 
@@ -326,6 +361,7 @@ impl Ledger {
     pub async fn is_revoked(&self, serial: u64) -> Result<bool> {
         match &self.engine {
             Engine::Sled(s) => s.is_revoked(serial),
+            Engine::Postgres(p) => p.is_revoked(serial).await,
         }
     }
 
@@ -333,6 +369,7 @@ impl Ledger {
     pub async fn revoked_serials(&self) -> Result<Vec<u64>> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, |s| s.revoked_serials()).await,
+            Engine::Postgres(p) => p.revoked_serials().await,
         }
     }
 
@@ -340,6 +377,7 @@ impl Ledger {
     pub async fn revocations(&self) -> Result<Vec<Revocation>> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, |s| s.revocations()).await,
+            Engine::Postgres(p) => p.revocations().await,
         }
     }
 
@@ -347,6 +385,7 @@ impl Ledger {
     pub async fn audit_since(&self, since: DateTime<Utc>) -> Result<Vec<AuditRecord>> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, move |s| s.audit_since(since)).await,
+            Engine::Postgres(p) => p.audit_since(since).await,
         }
     }
 
@@ -354,6 +393,7 @@ impl Ledger {
     pub async fn audit_head(&self) -> Result<Head> {
         match &self.engine {
             Engine::Sled(s) => s.audit_head(),
+            Engine::Postgres(p) => p.audit_head().await,
         }
     }
 
@@ -366,6 +406,7 @@ impl Ledger {
     pub async fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>> {
         match &self.engine {
             Engine::Sled(s) => s.audit_record(seq),
+            Engine::Postgres(p) => p.audit_record(seq).await,
         }
     }
 
@@ -373,6 +414,7 @@ impl Ledger {
     pub async fn audit_upto(&self, upto: u64) -> Result<Vec<AuditRecord>> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, move |s| s.audit_upto(upto)).await,
+            Engine::Postgres(p) => p.audit_upto(upto).await,
         }
     }
 
@@ -380,6 +422,7 @@ impl Ledger {
     async fn walk_chain(&self, walk: Walk, upto: u64) -> Result<Walk> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, move |s| s.walk_chain(walk, upto)).await,
+            Engine::Postgres(p) => p.walk_chain(walk, upto).await,
         }
     }
 
@@ -388,12 +431,14 @@ impl Ledger {
     pub async fn verify_audit(&self) -> Result<AuditReport> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, |s| s.verify_audit()).await,
+            Engine::Postgres(p) => p.verify_audit().await,
         }
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
         match &self.engine {
             Engine::Sled(s) => s.session(id),
+            Engine::Postgres(p) => p.session(id).await,
         }
     }
 
@@ -401,6 +446,7 @@ impl Ledger {
     pub async fn sessions(&self) -> Result<Vec<SessionMeta>> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, |s| s.sessions()).await,
+            Engine::Postgres(p) => p.sessions().await,
         }
     }
 
@@ -408,6 +454,7 @@ impl Ledger {
     pub async fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
         match &self.engine {
             Engine::Sled(s) => s.remember_nonce(nonce, now),
+            Engine::Postgres(p) => p.remember_nonce(nonce, now).await,
         }
     }
 
@@ -415,6 +462,7 @@ impl Ledger {
     pub async fn forget_nonces(&self, cutoff: DateTime<Utc>) -> Result<usize> {
         match &self.engine {
             Engine::Sled(s) => blocking(s, move |s| s.forget_nonces(cutoff)).await,
+            Engine::Postgres(p) => p.forget_nonces(cutoff).await,
         }
     }
 

@@ -151,6 +151,7 @@ impl Ledger {
                 })
                 .await
             }
+            Engine::Postgres(p) => p.first_session_end(id).await,
         }
     }
 
@@ -158,6 +159,7 @@ impl Ledger {
     pub(super) async fn session_ends(&self) -> Result<Ends> {
         let by_session = match &self.engine {
             Engine::Sled(s) => super::blocking(s, |s| s.session_ends()).await?,
+            Engine::Postgres(p) => p.session_ends().await?,
         };
         Ok(Ends::new(by_session))
     }

@@ -12,8 +12,8 @@ use ramp_ca::pgstore::{Pg, PoolSettings};
 use crate::postgres::{PgCluster, Sql};
 use crate::support::{free_port, ramp, run_err, run_ok, TestDir};
 
-const APPLIED: &str = "schema at version 1 (applied 0001_ledger)\n";
-const ALREADY: &str = "schema already at version 1\n";
+const APPLIED: &str = "schema at version 2 (applied 0001_ledger, 0002_open_grants)\n";
+const ALREADY: &str = "schema already at version 2\n";
 
 fn migrate(dir: &TestDir, url: &str) -> Command {
     let mut cmd = ramp(dir);
@@ -50,14 +50,18 @@ fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
     let versions = "SELECT version::text, name, length(sha256)::text, applied_by
                     FROM schema_migrations ORDER BY version";
     let applied = sql.rows(versions);
+    let by = Some(format!("ramp-ca {}", env!("CARGO_PKG_VERSION")));
+    let row = |version: &str, name: &str| {
+        [
+            Some(version.to_string()),
+            Some(name.to_string()),
+            Some("64".to_string()),
+            by.clone(),
+        ]
+    };
     assert_eq!(
         applied,
-        [[
-            Some("1".to_string()),
-            Some("0001_ledger".to_string()),
-            Some("64".to_string()),
-            Some(format!("ramp-ca {}", env!("CARGO_PKG_VERSION")))
-        ]]
+        [row("1", "0001_ledger"), row("2", "0002_open_grants")]
     );
     // The chain starts at genesis; serials start at 1.
     assert_eq!(
@@ -82,8 +86,8 @@ fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
 }
 
 /// Regression guard for the advisory lock: both migrations are held at the lock until both
-/// wait there, then race; one applies 0001, the other finds it applied. Without the lock
-/// they would both create the tables and one would fail.
+/// wait there, then race; each migration is applied by one of them, the other finds it
+/// applied. Without the lock they would both create the tables and one would fail.
 #[test]
 fn two_migrations_at_once_apply_it_once() {
     let pg = PgCluster::start();
@@ -113,7 +117,7 @@ fn two_migrations_at_once_apply_it_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     holder.batch("COMMIT");
-    let mut outputs: Vec<String> = children
+    let outputs: Vec<String> = children
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("wait for ramp-ca");
@@ -126,11 +130,21 @@ fn two_migrations_at_once_apply_it_once() {
             String::from_utf8(out.stdout).expect("utf-8")
         })
         .collect();
-    outputs.sort();
-    assert_eq!(outputs, [ALREADY, APPLIED]);
+    let mut applied: Vec<&str> = Vec::new();
+    for out in &outputs {
+        if out != ALREADY {
+            let names = out
+                .strip_prefix("schema at version 2 (applied ")
+                .and_then(|rest| rest.strip_suffix(")\n"))
+                .unwrap_or_else(|| panic!("unexpected output: {out}"));
+            applied.extend(names.split(", "));
+        }
+    }
+    applied.sort();
+    assert_eq!(applied, ["0001_ledger", "0002_open_grants"], "{outputs:?}");
     assert_eq!(
         holder.column("SELECT count(*)::text FROM schema_migrations"),
-        ["1"]
+        ["2"]
     );
 }
 
@@ -142,21 +156,36 @@ fn a_database_newer_than_the_binary_is_refused_naming_both_versions() {
     let sql = Sql::connect(&pg.url());
     sql.batch(
         "INSERT INTO schema_migrations (version, name, sha256, applied_by)
-         VALUES (2, '0002_future', 'ab', 'ramp-ca 9.9.9')",
+         VALUES (3, '0003_future', 'ab', 'ramp-ca 9.9.9')",
     );
     let (code, err) = run_err(&mut migrate(&dir, &pg.url()));
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.lines().count(), 1, "one line, no notices: {err}");
     assert!(
         err.contains(&format!(
-            "the database at 127.0.0.1:{}/ramp has schema version 2, newer than this ramp-ca knows (version 1)",
+            "the database at 127.0.0.1:{}/ramp has schema version 3, newer than this ramp-ca knows (version 2)",
             pg.port()
         )),
         "{err}"
     );
     assert_eq!(
         sql.column("SELECT count(*)::text FROM schema_migrations"),
-        ["2"]
+        ["3"]
+    );
+    // `serve` migrates at start, so it refuses the same way, before it listens.
+    let (code, err) = run_err(ramp(&dir).args([
+        "serve",
+        "--api",
+        "127.0.0.1:0",
+        "--ssh",
+        "127.0.0.1:0",
+        "--store",
+        &pg.url(),
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("has schema version 3, newer than this ramp-ca knows (version 2)"),
+        "{err}"
     );
 }
 
