@@ -266,13 +266,18 @@ impl Ledger {
         })
     }
 
-    /// The sled engine, for tests that tamper with it.
+    /// The sled engine, for tests and repair tools that tamper with it.
+    #[doc(hidden)]
+    pub fn raw_sled(&self) -> Option<&SledLedger> {
+        match &self.engine {
+            Engine::Sled(s) => Some(s),
+            Engine::Postgres(_) => None,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn sled(&self) -> &SledLedger {
-        match &self.engine {
-            Engine::Sled(s) => s,
-            Engine::Postgres(_) => panic!("the ledger is in PostgreSQL"),
-        }
+        self.raw_sled().expect("the ledger is in sled")
     }
 
     /// Whether other nodes may share this ledger (so nothing kept in memory is the truth,

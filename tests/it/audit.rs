@@ -4,14 +4,13 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use ramp_ca::store::SledLedger as Store;
-
+use crate::stores::TestLedger;
 use crate::support::{ramp, run_err, run_ok, TestDir};
 use crate::{setup, Daemon, ALICE, BOB};
 
 /// Runs a few audited actions, stops the daemon, lets `tamper` edit the stored chain
-/// through the library, restarts, and returns `audit verify`'s complaint.
-fn verify_after(tamper: impl FnOnce(&sled::Tree)) -> String {
+/// (sled's tree, or PostgreSQL's table), restarts, and returns `audit verify`'s complaint.
+fn verify_after(tamper: impl FnOnce(&TestLedger)) -> String {
     let (dir, daemon) = setup();
     run_ok(&mut daemon.cmd(&dir, ALICE, &crate::observe("INC-9", &[])));
     run_ok(&mut daemon.cmd(&dir, ALICE, &crate::ask("operate", "INC-9")));
@@ -28,10 +27,7 @@ fn verify_after(tamper: impl FnOnce(&sled::Tree)) -> String {
     }
     assert!(daemon.stop().success());
 
-    let store = Store::open(&dir.join("data"), Default::default()).unwrap();
-    tamper(store.raw_audit_tree());
-    crate::support::on_disk(&store);
-    drop(store);
+    tamper(&TestLedger::open(&dir));
 
     let daemon = Daemon::start(&dir);
     assert!(
@@ -44,19 +40,12 @@ fn verify_after(tamper: impl FnOnce(&sled::Tree)) -> String {
     err
 }
 
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
 #[test]
 fn an_edited_record_is_named() {
-    let err = verify_after(|audit| {
-        let raw = audit.get(key(3)).unwrap().unwrap();
-        let mut record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let err = verify_after(|ledger| {
+        let mut record = ledger.raw_audit(3);
         record["actor"] = "mallory".into();
-        audit
-            .insert(key(3), serde_json::to_vec(&record).unwrap())
-            .unwrap();
+        ledger.put_audit(&[record]);
     });
     assert!(
         err.contains("audit chain broken at record 3: record 3 was altered"),
@@ -66,9 +55,7 @@ fn an_edited_record_is_named() {
 
 #[test]
 fn a_removed_record_is_named() {
-    let err = verify_after(|audit| {
-        audit.remove(key(2)).unwrap();
-    });
+    let err = verify_after(|ledger| ledger.remove_audit(2));
     assert!(
         err.contains("audit chain broken at record 2: record 2 is missing"),
         "{err}"
@@ -77,40 +64,8 @@ fn a_removed_record_is_named() {
 
 #[test]
 fn removing_the_newest_records_is_noticed() {
-    let err = verify_after(|audit| {
-        let (last, _) = audit.last().unwrap().unwrap();
-        audit.remove(last).unwrap();
-    });
+    let err = verify_after(|ledger| ledger.remove_audit(ledger.last_audit_seq()));
     assert!(err.contains("the newest were removed"), "{err}");
-}
-
-/// What someone who can write the ledger (but not `keys/`) does: changes record `seq`,
-/// re-hashes it and every record after it, and moves the chain's head along, so the chain's
-/// own hashes say nothing is wrong.
-fn rewrite_and_rehash(store: &Store, seq: u64) {
-    let audit = store.raw_audit_tree();
-    let mut prev = store.audit_record(seq - 1).unwrap().unwrap().hash;
-    for mut r in store
-        .audit_upto(u64::MAX)
-        .unwrap()
-        .into_iter()
-        .skip(seq as usize - 1)
-    {
-        if r.seq == seq {
-            r.actor = "mallory".into();
-        }
-        r.prev = prev;
-        r.hash = ramp_ca::domain::audit::chain_hash(&r);
-        prev = r.hash.clone();
-        audit
-            .insert(key(r.seq), serde_json::to_vec(&r).unwrap())
-            .unwrap();
-    }
-    let head = serde_json::json!({"seq": store.audit_head().unwrap().seq, "hash": prev});
-    store
-        .raw_meta_tree()
-        .insert("audit_head", serde_json::to_vec(&head).unwrap())
-        .unwrap();
 }
 
 /// `ssh-keygen -Y verify` on a checkpoint file: the five signed lines on stdin, the
@@ -255,10 +210,9 @@ fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_a_checkpoint_kept_
     ));
     assert!(daemon.stop().success());
 
-    let store = Store::open(&dir.join("data"), Default::default()).unwrap();
-    rewrite_and_rehash(&store, 2);
-    crate::support::on_disk(&store);
-    drop(store);
+    // Someone who can write the ledger (not `keys/`) rewrites record 2 and re-hashes the
+    // chain after it, head and all.
+    TestLedger::open(&dir).rewrite_and_rehash(2);
 
     let daemon = Daemon::start(&dir);
     let log = daemon.log();

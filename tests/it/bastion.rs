@@ -661,7 +661,7 @@ fn after_kill_9_the_session_is_listed_interrupted_with_what_was_flushed() {
     rig.wait_sessions("twenty lines recorded", |l| {
         l[0]["bytes_out"].as_u64() >= Some(200)
     });
-    let rig = rig.restart(Daemon::kill9, &[]);
+    let rig = rig.restart(|d, _| d.kill9(), &[]);
     let _ = child.kill();
     let _ = child.wait();
     let list = rig.sessions();
@@ -718,7 +718,7 @@ fn a_changed_recording_is_found_and_a_full_recording_disk_refuses_sessions() {
 
     // A disk with less free space than `--min-free-mib` takes no new sessions.
     let rig = rig.restart(
-        |d| {
+        |d, _| {
             d.stop();
         },
         &["--min-free-mib", "999999999"],
@@ -754,11 +754,11 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
     );
 
     // With the daemon stopped, someone rewrites the output and the seal to match it.
-    let data = rig.dir.join("data");
     let rig = rig.restart(
-        |d| {
+        |d, dir| {
             d.stop();
-            let store = ramp_ca::store::SledLedger::open(&data, Default::default()).unwrap();
+            let data = dir.join("data");
+            let store = crate::stores::TestLedger::open(dir);
             let file = data.join("recordings").join(format!("{id}.rec"));
             let mut raw = std::fs::read(&file).unwrap();
             let at = raw
@@ -767,7 +767,7 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
                 .expect("the output is in the file");
             raw[at..at + 13].copy_from_slice(b"benign-output");
             std::fs::write(&file, &raw).unwrap();
-            let mut meta = store.session(&id).unwrap().unwrap();
+            let mut meta = store.session(&id).unwrap();
             let events = &raw[ramp_ca::recordings::files::HEADER.len()..];
             meta.recording = Some(ramp_ca::domain::session::RecordingSeal {
                 bytes: events.len() as u64,
@@ -777,8 +777,7 @@ fn a_recording_edited_together_with_its_seal_is_named_by_its_audit_record() {
                 sessions: vec![meta],
                 ..Default::default()
             };
-            let written = store.commit(&rewrite, chrono::Utc::now()).unwrap();
-            crate::support::block_on(written).unwrap();
+            store.commit(rewrite);
         },
         &[],
     );
@@ -906,7 +905,7 @@ fn a_clean_stop_ends_live_sessions_with_a_message_and_keeps_their_recordings() {
         l[0]["bytes_out"].as_u64() > Some(0)
     });
     let rig = rig.restart(
-        |d| assert!(d.stop().success(), "clean exit on SIGTERM"),
+        |d, _| assert!(d.stop().success(), "clean exit on SIGTERM"),
         &[],
     );
     let out = child.wait_with_output().unwrap();
@@ -1092,7 +1091,7 @@ fn a_target_trusting_node_ca_only_refuses_the_hop_of_a_serial_in_the_node_ca_par
     let twin = TestDir::new();
     let (dir, krl_out) = (rig.dir.path().to_path_buf(), krl.clone());
     let rig = rig.restart(
-        |d| {
+        |d, original| {
             assert!(d.stop().success());
             run_ok(
                 Command::new("cp")
@@ -1100,6 +1099,7 @@ fn a_target_trusting_node_ca_only_refuses_the_hop_of_a_serial_in_the_node_ca_par
                     .arg(dir.join("."))
                     .arg(twin.path()),
             );
+            twin.copy_ledger_of(original);
             let other = Daemon::start(&twin);
             run_ok(&mut other.cmd(&twin, CAROL, &["revoke", "--serial", &serial.to_string()]));
             run_ok(&mut other.cmd(&twin, CAROL, &["krl", "--out", krl_out.to_str().unwrap()]));

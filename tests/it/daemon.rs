@@ -3,9 +3,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use crate::stores::TestDb;
 use crate::support::{ramp, TestDir};
 
 /// A running daemon and the address of its API.
@@ -17,6 +18,8 @@ pub struct Daemon {
     pub ssh_port: u16,
     /// Where the daemon's stderr (its log) goes.
     pub log: PathBuf,
+    /// The database its ledger is in, kept until the daemon is stopped.
+    _store: Option<Arc<TestDb>>,
 }
 
 impl Daemon {
@@ -25,11 +28,17 @@ impl Daemon {
         Daemon::start_with(dir, &[])
     }
 
-    /// [`Daemon::start`] with more `serve` flags.
+    /// [`Daemon::start`] with more `serve` flags; its ledger is the one the run (or the
+    /// directory) says: sled under `data/`, or the directory's PostgreSQL database.
     pub fn start_with(dir: &TestDir, flags: &[&str]) -> Daemon {
         let log = dir.join("serve.log");
-        let mut child = ramp(dir)
-            .args(["serve", "--api", "127.0.0.1:0", "--ssh", "127.0.0.1:0"])
+        let store = dir.store_db();
+        let mut cmd = ramp(dir);
+        cmd.args(["serve", "--api", "127.0.0.1:0", "--ssh", "127.0.0.1:0"]);
+        if let Some(db) = store.as_ref().filter(|_| !flags.contains(&"--store")) {
+            cmd.args(["--store", &db.url]);
+        }
+        let mut child = cmd
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -65,6 +74,7 @@ impl Daemon {
             url,
             ssh_port,
             log,
+            _store: store,
         }
     }
 

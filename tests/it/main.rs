@@ -1,5 +1,5 @@
-//! End-to-end tests: the real `ramp-ca` binary, real sled on disk, real OpenSSH, a real
-//! PostgreSQL of their own.
+//! End-to-end tests: the real `ramp-ca` binary, its ledger in sled on disk or (with
+//! `RAMP_TEST_STORE=postgres`) in a real PostgreSQL of their own, real OpenSSH.
 
 mod audit;
 mod bad_input;
@@ -14,6 +14,7 @@ mod revocation;
 mod rig;
 mod signing;
 mod sshd_harness;
+mod stores;
 mod support;
 
 use daemon::Daemon;

@@ -35,21 +35,29 @@ pub struct PgCluster {
     as_account: bool,
     /// TCP connections must use TLS, with a certificate for `localhost` from [`PgCluster::ca`].
     tls: bool,
+    /// The server's `max_connections`.
+    max_connections: u32,
 }
 
 impl PgCluster {
     /// initdb and start; a database named [`USER`] exists, owned by [`USER`].
     pub fn start() -> PgCluster {
-        PgCluster::start_with(false)
+        PgCluster::start_with(false, 40)
+    }
+
+    /// [`PgCluster::start`] with room for many daemons at once (each test's own database
+    /// on one cluster, see `stores`).
+    pub fn start_shared() -> PgCluster {
+        PgCluster::start_with(false, 400)
     }
 
     /// [`PgCluster::start`], but TCP connections must use TLS (`hostssl`); the server's
     /// certificate is for the name `localhost` only, issued by the CA in [`PgCluster::ca`].
     pub fn start_tls() -> PgCluster {
-        PgCluster::start_with(true)
+        PgCluster::start_with(true, 40)
     }
 
-    fn start_with(tls: bool) -> PgCluster {
+    fn start_with(tls: bool, max_connections: u32) -> PgCluster {
         let bin = server_bin();
         let dir = tempfile::Builder::new()
             .prefix("ramp-ca-pg-")
@@ -63,6 +71,7 @@ impl PgCluster {
             password: random_hex(),
             as_account,
             tls,
+            max_connections,
         };
         cluster.initdb();
         cluster.start_server();
@@ -98,6 +107,42 @@ impl PgCluster {
     /// The PEM certificate of the CA that issued the server's certificate (with `start_tls`).
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The URL of database `db` on this server.
+    pub fn url_of(&self, db: &str) -> String {
+        format!(
+            "postgres://{USER}:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
+    }
+
+    /// Stops the server and removes its directory once process `pid` is gone, for a cluster
+    /// that lives as long as the test process (a static is never dropped): a shell in the
+    /// background polls for the process, then stops the server in immediate mode.
+    pub fn stop_after_exit_of(&self, pid: u32) {
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let pg_ctl = format!(
+            "{} -D {} -m immediate -w -t 10 stop",
+            quote(&self.bin.join("pg_ctl")),
+            quote(&self.data())
+        );
+        let stop = if self.as_account {
+            format!("runuser -u {ACCOUNT} -- {pg_ctl}")
+        } else {
+            pg_ctl
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf {}",
+            quote(self.dir.path())
+        );
+        // In the background of a shell that exits at once: nobody needs to wait for it.
+        let status = Command::new("sh")
+            .args(["-c", &format!("({script}) </dev/null >/dev/null 2>&1 &")])
+            .stdin(Stdio::null())
+            .status()
+            .expect("spawn the cluster's reaper");
+        assert!(status.success(), "the cluster's reaper: {status}");
     }
 
     /// The password of [`USER`].
@@ -173,8 +218,9 @@ impl PgCluster {
         let settings = format!(
             "\n# ramp-ca tests\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             shared_buffers = 16MB\nmax_connections = 40\n",
-            self.data().display()
+             shared_buffers = 16MB\nmax_connections = {}\n",
+            self.data().display(),
+            self.max_connections
         );
         append(&self.data().join("postgresql.conf"), &settings);
         if self.tls {

@@ -84,13 +84,13 @@ pub(crate) fn rig_with(flags: &[&str]) -> Rig {
 impl Rig {
     /// Stops the daemon with `stop` and starts it again on the same directory with `flags`;
     /// the target keeps running.
-    pub(crate) fn restart(self, stop: impl FnOnce(Daemon), flags: &[&str]) -> Rig {
+    pub(crate) fn restart(self, stop: impl FnOnce(Daemon, &TestDir), flags: &[&str]) -> Rig {
         let Rig {
             dir,
             daemon,
             target,
         } = self;
-        stop(daemon);
+        stop(daemon, &dir);
         let daemon = Daemon::start_with(&dir, flags);
         Rig {
             dir,

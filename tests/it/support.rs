@@ -10,8 +10,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::stores::{postgres_run, TestDb};
 
 /// How long `Sshd::start` waits for the listener before giving up.
 const SSHD_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,9 +23,12 @@ const SSHD_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Attempts at starting sshd; `free_port` can race with other tests.
 const SSHD_START_ATTEMPTS: usize = 3;
 
-/// A temporary directory, deleted on drop.
+/// A temporary directory, deleted on drop: an installation, with its ledger (see
+/// [`crate::stores`]).
 pub struct TestDir {
     dir: tempfile::TempDir,
+    /// The PostgreSQL database its daemons keep their ledger in, once one is chosen.
+    store: OnceLock<Arc<TestDb>>,
 }
 
 impl TestDir {
@@ -31,7 +37,45 @@ impl TestDir {
             .prefix("ramp-ca-test-")
             .tempdir()
             .expect("create temp dir");
-        TestDir { dir }
+        TestDir {
+            dir,
+            store: OnceLock::new(),
+        }
+    }
+
+    /// The database this installation's ledger is in: on PostgreSQL runs (or once
+    /// [`TestDir::use_postgres`] chose one) its own, made on first use; `None` for sled.
+    pub fn store_db(&self) -> Option<Arc<TestDb>> {
+        if let Some(db) = self.store.get() {
+            return Some(db.clone());
+        }
+        postgres_run().then(|| self.store.get_or_init(TestDb::create).clone())
+    }
+
+    /// Keeps this installation's ledger in PostgreSQL whatever the run says (tests of
+    /// several nodes); returns the URL.
+    pub fn use_postgres(&self) -> String {
+        self.store.get_or_init(TestDb::create).url.clone()
+    }
+
+    /// A ledger of its own that starts as a copy of `from`'s (whose daemon is stopped), as
+    /// copying `data/` copies a sled ledger: nothing for sled, since `data/` is copied.
+    pub fn copy_ledger_of(&self, from: &TestDir) {
+        if let Some(db) = from.store.get() {
+            let _ = self.store.set(TestDb::copy_of(db));
+        }
+    }
+
+    /// Another node of this installation: the same keys, policies and demo identities, the
+    /// same ledger (its database), a `data/` of its own.
+    pub fn another_node(&self) -> TestDir {
+        let node = TestDir::new();
+        let db = self.store.get_or_init(TestDb::create).clone();
+        let _ = node.store.set(db);
+        for sub in ["keys", "policies", "demo"] {
+            copy_tree(&self.join(sub), &node.join(sub));
+        }
+        node
     }
 
     pub fn path(&self) -> &Path {
@@ -117,6 +161,20 @@ pub fn run_err(cmd: &mut Command) -> (i32, String) {
     (code, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Copies a directory tree, keeping file modes (keys stay 0600).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let path = entry.expect("a directory entry").path();
+        let target = to.join(path.file_name().expect("a name"));
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap_or_else(|e| panic!("copy {}: {e}", path.display()));
+        }
+    }
+}
+
 /// Runs a future to its end from synchronous test code (the library's ledger writes and
 /// waits for the disk are async).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -124,11 +182,6 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("a runtime")
         .block_on(f)
-}
-
-/// What a tampering test wrote straight into the ledger, once it is on disk.
-pub fn on_disk(store: &ramp_ca::store::SledLedger) {
-    block_on(store.on_disk()).expect("the ledger is on disk");
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
