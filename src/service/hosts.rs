@@ -98,6 +98,7 @@ async fn ensure_bastion_cert(
                 .map_err(ServiceError::from)?
                 .is_some_and(|r| {
                     r.key_id == cert.key_id()
+                        && r.valid_before == cert.valid_before()
                         && r.fingerprint == cert::fingerprint(keys.bastion_host.public_key())
                 });
             if recorded {

@@ -13,7 +13,7 @@ use crate::support::{keygen, run_err, run_ok};
 use crate::{json, setup, ALICE, BOB, CAROL};
 
 /// Sends a request signed by `signer` (or with the given raw headers) and returns (status, body).
-async fn send(
+pub(crate) async fn send(
     url: &str,
     method: &str,
     path: &str,
@@ -29,7 +29,8 @@ async fn send(
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-async fn signed(
+/// The headers that sign `method path` with `body` at `at`.
+pub(crate) async fn signed(
     signer: &Signer,
     method: &str,
     path: &str,
@@ -43,9 +44,15 @@ async fn signed(
         .to_vec()
 }
 
-fn alice(dir: &crate::support::TestDir) -> Signer {
+/// alice's demo key as a request signer.
+pub(crate) fn alice(dir: &crate::support::TestDir) -> Signer {
+    signer(dir, ALICE)
+}
+
+/// The key at `key` (relative to `dir`) as a request signer.
+pub(crate) fn signer(dir: &crate::support::TestDir, key: &str) -> Signer {
     Signer::Key(Box::new(
-        ramp_ca::install::keys::read_private(&dir.join(ALICE)).unwrap(),
+        ramp_ca::install::keys::read_private(&dir.join(key)).unwrap(),
     ))
 }
 

@@ -514,7 +514,7 @@ fn sleeper(rig: &Rig) -> std::process::Child {
 }
 
 /// [`sleeper`] logged in as `login`.
-fn sleeper_as(rig: &Rig, login: &str) -> std::process::Child {
+pub(crate) fn sleeper_as(rig: &Rig, login: &str) -> std::process::Child {
     let before = rig.sessions().len();
     let child = rig
         .ssh(ALICE, login, &["-tt", "echo", "started;", "sleep", "60"])

@@ -7,6 +7,7 @@ mod bastion;
 mod daemon;
 mod dashboard;
 mod init_policy;
+mod nodes;
 mod notify;
 mod pg_store;
 mod postgres;

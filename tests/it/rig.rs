@@ -41,10 +41,21 @@ pub(crate) fn rig() -> Rig {
 
 /// [`rig`] with more `serve` flags (like `--config F`).
 pub(crate) fn rig_with(flags: &[&str]) -> Rig {
+    rig_in(TestDir::new(), flags)
+}
+
+/// [`rig`] with its ledger in PostgreSQL whatever the run says, for nodes that share it
+/// (see [`TestDir::another_node`]).
+pub(crate) fn rig_on_postgres() -> Rig {
+    let dir = TestDir::new();
+    dir.use_postgres();
+    rig_in(dir, &[])
+}
+
+fn rig_in(dir: TestDir, flags: &[&str]) -> Rig {
     for account in ["readonly", "dbadmin"] {
         ensure_account(account);
     }
-    let dir = TestDir::new();
     run_ok(crate::ramp(&dir).arg("init"));
     let host_key = keygen(dir.path(), "target_host_key");
     run_ok(
