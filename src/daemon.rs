@@ -72,6 +72,8 @@ pub struct Flags {
     pub ssh: Option<String>,
     pub min_free_mib: Option<u64>,
     pub config: Option<std::path::PathBuf>,
+    /// A new installation gets demo identities (`--demo`).
+    pub demo: bool,
 }
 
 /// The settings `serve` runs with. They are merged in [`Settings::merge`] and nowhere else:
@@ -136,9 +138,15 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
 pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let config = Settings::load(flags)?;
     let (api_addr, ssh_addr, min_free) = (config.api, config.ssh, config.min_free);
-    let done = crate::install::init::init(dir)?;
+    let done = crate::install::init::init(dir, flags.demo)?;
     for path in &done.created {
         tracing::info!(path = %path.display(), "created");
+    }
+    for who in &done.people {
+        tracing::info!(%who, "registered in policies/people.yaml");
+    }
+    if done.kept_policies.is_none() && done.people.is_empty() {
+        tracing::warn!("nobody is registered yet: add people to policies/people.yaml (their public key and roles), then reload with SIGHUP; `serve --demo` in an empty directory makes demo identities to try it");
     }
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
@@ -182,6 +190,12 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?,
     );
     tracing::info!(api = %bound, bastion = %ssh_bound, "listening");
+    if ssh_bound.ip().is_unspecified() && bound.ip().is_loopback() {
+        // The defaults differ on purpose; say so, since it surprises people.
+        tracing::info!(
+            "the bastion listens on every address (engineers' ssh reaches it there); the API only on loopback, since anyone who reaches it may ask for certificates: expose it deliberately (--api, behind TLS)"
+        );
+    }
     // Tests and scripts read these two lines to find the ports.
     println!("ramp-ca: API on http://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
@@ -315,6 +329,7 @@ mod tests {
             ssh: Some("127.0.0.1:8002".into()),
             min_free_mib: Some(3),
             config: None,
+            demo: false,
         };
         check(
             all_flags,

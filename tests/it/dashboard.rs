@@ -177,6 +177,9 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         wait_text(&c, "#login", "login notice", |t| t.contains("ramp-ca dashboard")).await;
         let anon = reqwest::get(format!("{base}/ui/api/state")).await.unwrap();
         assert_eq!(anon.status(), 401);
+        // Logged out, the page offers no navigation (issue 12).
+        let nav = c.find(Locator::Css("nav")).await.unwrap();
+        assert!(!nav.is_displayed().await.unwrap(), "navigation shown to nobody");
 
         // bob (sre-lead, auditor) logs in through a one-time link.
         let bob_link = link(&rig, BOB);
@@ -185,6 +188,14 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         // The link is spent.
         let again = reqwest::get(&bob_link).await.unwrap();
         assert_eq!(again.status(), 401);
+        // Opened again by bob, logged in already, it goes to the dashboard; so does the
+        // server's root (issue 12).
+        c.goto(&bob_link).await.unwrap();
+        wait_text(&c, "#me", "bob still logged in", |t| t.contains("bob")).await;
+        c.goto(&format!("{base}/")).await.unwrap();
+        wait_text(&c, "#me", "the root leads to the dashboard", |t| t.contains("bob")).await;
+        assert!(c.current_url().await.unwrap().as_str().ends_with("/ui/"));
+        assert!(c.find(Locator::Css("nav")).await.unwrap().is_displayed().await.unwrap());
 
         // alice takes the first step: her grant appears without a reload, and its
         // countdown moves.

@@ -64,6 +64,7 @@ async function api(path, opts = {}) {
 }
 
 function showLogin(why) {
+  document.body.classList.add("logged-out");
   $("#login").classList.remove("hidden");
   $("#login-why").textContent = why;
   document.querySelectorAll(".view").forEach((v) => v.classList.add("hidden"));
@@ -108,6 +109,7 @@ function render(s) {
   state = s;
   skew = new Date(s.now).getTime() - Date.now();
   $("#login").classList.add("hidden");
+  document.body.classList.remove("logged-out");
   $("#me").innerHTML = `${esc(s.me.user)} <span class="muted">(${esc(s.me.roles.join(", ") || "no roles")})</span>`;
   document.querySelectorAll(".reviewer").forEach((el) => el.classList.toggle("hidden", !s.me.reviewer));
   // The badge counts what waits for this viewer: requests they may still approve.
