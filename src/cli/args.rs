@@ -270,13 +270,39 @@ pub enum PolicyCommand {
     },
 }
 
+/// How a listing is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns with a header.
+    Table,
+    /// CSV with a header row, for spreadsheets.
+    Csv,
+    /// JSON, every field.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// List audit records, newest last.
+    /// List audit records, newest first (as the dashboard's Audit page).
     List {
         /// Only records this recent, like 1h.
         #[arg(long)]
         since: Option<String>,
+        /// Only records whose actor contains this text.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only records whose action contains this text (like `revoke`, `session-`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only records whose subject contains this text (a grant id, a session id).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest_first: bool,
+        /// Output format (`--json` is the same as `--format json`).
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
         #[command(flatten)]
         client: ClientOpts,
     },

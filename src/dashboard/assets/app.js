@@ -317,12 +317,47 @@ async function audit(e) {
       chain.className = "badge ok";
       chain.textContent = `chain intact: ${out.verify.records} records`;
     }
-    $("#audit tbody").innerHTML = out.records.map((r) => `<tr><td data-label="#" class="id">${r.seq}</td><td data-label="at">${esc(new Date(r.at).toLocaleString())}</td>
-      <td data-label="actor"><b>${esc(r.actor)}</b></td><td data-label="action" class="mono">${esc(r.action)}</td><td data-label="subject" class="mono">${esc(r.subject)}</td>
-      <td data-label="detail" class="detail mono" title="${esc(JSON.stringify(r.detail))}">${esc(JSON.stringify(r.detail))}</td></tr>`).join("");
+    $("#audit tbody").innerHTML = out.records.map((r) => `<tr><td data-label="#" class="id">${r.seq}</td>
+      <td data-label="at">${when(r.at)}</td>
+      <td data-label="actor"><b>${esc(r.actor)}</b></td><td data-label="action" class="mono">${esc(r.action)}</td>
+      <td data-label="subject" class="mono">${subjectLink(r)}</td>
+      <td data-label="detail" class="detail mono"><details><summary>${esc(JSON.stringify(r.detail))}</summary><pre>${esc(JSON.stringify(r.detail, null, 2))}</pre></details></td></tr>`).join("");
   } catch (err) { toast(err.message); }
 }
 $("#audit-filter").addEventListener("submit", audit);
+
+// One time format on the page: UTC ISO, the viewer's local time beside it.
+function when(t) {
+  const d = new Date(t);
+  const utc = d.toISOString().replace(/\.\d+Z$/, "Z");
+  return `<span class="mono">${esc(utc)}</span> <span class="muted">${esc(d.toLocaleTimeString())}</span>`;
+}
+
+// A record's subject, as a link where the page can show it: a session opens its playback,
+// a grant (or a revocation naming one) narrows the log to it.
+function subjectLink(r) {
+  const subject = String(r.subject);
+  if (/^session-/.test(r.action) && /^[0-9a-f]{12}$/.test(subject)) {
+    return `<a href="#audit" data-act="play-subject" data-session="${esc(subject)}">${esc(subject)}</a>`;
+  }
+  const grant = subject.replace(/^grant:/, "");
+  if (/^[0-9a-f]{12}$/.test(grant)) {
+    return `<a href="#audit" data-act="audit-subject" data-subject="${esc(grant)}">${esc(subject)}</a>`;
+  }
+  return esc(subject);
+}
+
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-act]");
+  if (!a) return;
+  e.preventDefault();
+  if (a.dataset.act === "play-subject") play(a.dataset.session);
+  if (a.dataset.act === "audit-subject") {
+    $("#audit-filter input[name=subject]").value = a.dataset.subject;
+    $("#audit-filter select[name=since]").value = "315360000";
+    audit();
+  }
+});
 
 // --- terminal player ------------------------------------------------------------------
 
