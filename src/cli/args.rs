@@ -64,6 +64,13 @@ pub enum Command {
         /// Service config file (YAML); every flag given beats the file's value.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve the API and dashboard over HTTPS with this PEM certificate chain (the
+        /// server's certificate first); needs --tls-key [config: `tls: {cert, key}`].
+        #[arg(long, value_name = "F")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; unencrypted).
+        #[arg(long, value_name = "F")]
+        tls_key: Option<PathBuf>,
     },
     /// Check or explain policies.
     #[command(subcommand)]

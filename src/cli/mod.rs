@@ -40,7 +40,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Lib(crate::Error::Usage(_)) => 2,
             _ => 1,
         }
     }
@@ -69,12 +69,16 @@ pub async fn run(cli: Cli) -> Result {
             ssh,
             min_free_mib,
             config,
+            tls_cert,
+            tls_key,
         } => {
             let flags = crate::daemon::Flags {
                 api,
                 ssh,
                 min_free_mib,
                 config,
+                tls_cert,
+                tls_key,
             };
             crate::daemon::serve(&dir, &flags)
                 .await
