@@ -22,6 +22,10 @@ pub struct ClientOpts {
     /// Daemon URL.
     #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7400")]
     pub server: String,
+    /// PEM file of the CA certificate(s) an https --server's certificate must chain to
+    /// (instead of the system's).
+    #[arg(long, env = "RAMP_CA_CERT", value_name = "F")]
+    pub ca_cert: Option<PathBuf>,
     /// Identity key that signs the request (default ~/.ssh/id_ed25519, or ssh-agent).
     #[arg(long)]
     pub key: Option<PathBuf>,

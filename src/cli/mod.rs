@@ -192,7 +192,7 @@ fn since(text: &str) -> Result<std::time::Duration> {
 async fn connect(opts: &ClientOpts) -> Result<Client> {
     let path = key_path(opts);
     let signer = client::signer_for(&path).await?;
-    Ok(Client::new(&opts.server, signer))
+    Ok(Client::new(&opts.server, opts.ca_cert.as_deref(), signer)?)
 }
 
 /// The identity key: `--key`, else `~/.ssh/id_ed25519`.
