@@ -173,22 +173,19 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// The rustls error somewhere in `e`'s causes. tokio-rustls hands it over inside an
-/// `io::Error`, whose `source()` skips it, so each `io::Error` is looked into too.
+/// The rustls error somewhere in `e`'s causes. An `io::Error`'s `source()` skips the error it
+/// wraps (tokio-rustls hands rustls's over wrapped, maybe more than once), so the walk steps
+/// into what each `io::Error` holds instead.
 fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(found) = err.downcast_ref::<rustls::Error>() {
             return Some(found);
         }
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if inner.is_some() {
-            return inner;
-        }
-        cur = err.source();
+        cur = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
@@ -197,10 +194,10 @@ fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
 fn explain_tls(e: &rustls::Error, ca_cert: Option<&Path>) -> String {
     use rustls::CertificateError as C;
     let trusted = match ca_cert {
-        Some(path) => format!("the CA certificates in {}", path.display()),
-        None => "the system's CA certificates".to_string(),
+        Some(path) => format!("a CA certificate in {}", path.display()),
+        None => "a CA the system trusts".to_string(),
     };
-    let advice = "; pass --ca-cert F with the CA certificate that signed the server's";
+    let advice = "; pass --ca-cert F with the CA certificate that signed it";
     match e {
         rustls::Error::InvalidCertificate(C::UnknownIssuer) => format!(
             "the server's certificate is not trusted: it is not signed by {trusted}{advice}"
