@@ -182,7 +182,10 @@ fn tls_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
         if let Some(found) = err.downcast_ref::<rustls::Error>() {
             return Some(found);
         }
-        cur = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => err.source(),
         };

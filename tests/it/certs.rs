@@ -139,3 +139,20 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// base64 of the SHA-256 of a certificate's public key (its DER SubjectPublicKeyInfo): the pin
+/// Chromium's `--ignore-certificate-errors-spki-list` takes.
+pub fn spki_sha256(cert: &Path) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let dir = cert.parent().expect("the certificate's directory");
+    let cert = cert.to_str().expect("a UTF-8 path");
+    let public = openssl(dir, &["x509", "-in", cert, "-noout", "-pubkey"]);
+    let public_pem = dir.join("spki.pem");
+    std::fs::write(&public_pem, public).expect("write the public key");
+    let der = openssl(
+        dir,
+        &["pkey", "-pubin", "-in", "spki.pem", "-outform", "der"],
+    );
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(der))
+}

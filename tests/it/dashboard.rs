@@ -47,12 +47,21 @@ impl Drop for Driver {
     }
 }
 
-async fn browser(driver: &Driver) -> Client {
+/// Headless Chromium; `extra` flags are added to the usual ones.
+async fn browser(driver: &Driver, extra: &[String]) -> Client {
+    let mut args = vec![
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,900",
+        "--force-device-scale-factor=1",
+    ];
+    args.extend(extra.iter().map(String::as_str));
     let caps = json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1440,900", "--force-device-scale-factor=1"],
+            "args": args,
         }
     });
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -164,7 +173,7 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = browser(&driver).await;
+        let c = browser(&driver, &[]).await;
         let base = rig.daemon.url.clone();
 
         // No anonymous access: the page asks for a link, the data routes say 401.
@@ -342,6 +351,56 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         wait_text(&c, "#login", "logged out", |t| t.contains("ramp-ca dashboard")).await;
         c.refresh().await.unwrap();
         wait_text(&c, "#login", "still logged out", |t| t.contains("ramp-ca dashboard")).await;
+        c.close().await.unwrap();
+    });
+}
+
+/// Over HTTPS (`serve --tls-cert`) the login link works in a real browser, and its session
+/// cookie is Secure. Chromium is told to accept the server's key by its SPKI hash, the
+/// narrowest exception it has (the command line's trust path is tested in tests/it/tls.rs).
+#[test]
+fn the_dashboard_logs_in_over_https_with_a_secure_cookie() {
+    let tls = crate::tls::Tls::new();
+    let daemon = tls.serve();
+    let server = tls.localhost(&daemon);
+    let ca = tls.ca.pem();
+    let out = json(&run_ok(&mut daemon.cmd(
+        &tls.dir,
+        ALICE,
+        &[
+            "dashboard",
+            "--json",
+            "--server",
+            &server,
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+    )));
+    let link = out["url"].as_str().unwrap().to_string();
+    assert!(
+        link.starts_with(&format!("{server}/ui/login?token=")),
+        "{link}"
+    );
+    let pin = crate::certs::spki_sha256(&tls.cert);
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(
+            &driver,
+            &[format!("--ignore-certificate-errors-spki-list={pin}")],
+        )
+        .await;
+        c.goto(&link).await.unwrap();
+        wait_text(&c, "#me", "alice logged in", |t| t.contains("alice")).await;
+        let url = c.current_url().await.unwrap();
+        assert_eq!(url.as_str(), format!("{server}/ui/"));
+        let cookie = c.get_named_cookie("ramp_session").await.unwrap();
+        assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
+        assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+        screenshot(&c, "8-https").await;
         c.close().await.unwrap();
     });
 }

@@ -13,15 +13,16 @@ use crate::support::{ramp, run_err, run_ok, TestDir};
 use crate::{json, observe, ALICE};
 
 /// An initialised installation, a CA in `DIR/tls` and a certificate for `localhost` from it.
-struct Tls {
-    dir: TestDir,
-    ca: TestCa,
-    cert: PathBuf,
-    key: PathBuf,
+pub struct Tls {
+    pub dir: TestDir,
+    pub ca: TestCa,
+    /// The server's certificate (PEM) and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Tls {
-    fn new() -> Tls {
+    pub fn new() -> Tls {
         let dir = TestDir::new();
         run_ok(ramp(&dir).arg("init"));
         let tls_dir = dir.join("tls");
@@ -32,8 +33,13 @@ impl Tls {
     }
 
     /// `serve --tls-cert --tls-key` with this certificate.
-    fn serve(&self) -> Daemon {
+    pub fn serve(&self) -> Daemon {
         Daemon::start_with(&self.dir, &tls_flags(&self.cert, &self.key))
+    }
+
+    /// `https://localhost:PORT`, the daemon by the name its certificate holds.
+    pub fn localhost(&self, daemon: &Daemon) -> String {
+        format!("https://localhost:{}", port(daemon))
     }
 }
 
@@ -88,7 +94,7 @@ fn the_api_serves_https_and_the_command_line_trusts_only_what_it_is_told_to() {
     let port = port(&daemon);
     let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let silent_since = Instant::now();
-    let server = format!("https://localhost:{port}");
+    let server = tls.localhost(&daemon);
     let ca = tls.ca.pem();
     let ca = ca.to_str().unwrap();
 
