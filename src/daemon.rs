@@ -76,6 +76,8 @@ pub struct Flags {
     pub config: Option<std::path::PathBuf>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// A new installation gets demo identities (`--demo`).
+    pub demo: bool,
 }
 
 /// The settings `serve` runs with. They are merged in [`Settings::merge`] and nowhere else:
@@ -173,9 +175,15 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         }
         None => None,
     };
-    let done = crate::install::init::init(dir)?;
+    let done = crate::install::init::init(dir, flags.demo)?;
     for path in &done.created {
         tracing::info!(path = %path.display(), "created");
+    }
+    for who in &done.people {
+        tracing::info!(%who, "registered in policies/people.yaml");
+    }
+    if done.kept_policies.is_none() && done.people.is_empty() {
+        tracing::warn!("nobody is registered yet: add people to policies/people.yaml (their public key and roles), then reload with SIGHUP; `serve --demo` in an empty directory makes demo identities to try it");
     }
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
@@ -220,6 +228,12 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(api = %format!("{scheme}://{bound}"), bastion = %ssh_bound, "listening");
+    if ssh_bound.ip().is_unspecified() && bound.ip().is_loopback() {
+        // The defaults differ on purpose; say so, since it surprises people.
+        tracing::info!(
+            "the bastion listens on every address (engineers' ssh reaches it there); the API only on loopback, since anyone who reaches it may ask for certificates: expose it deliberately (--api, with --tls-cert and --tls-key)"
+        );
+    }
     if tls.is_none() && !bound.ip().is_loopback() {
         tracing::warn!(api = %bound, "the API is plain HTTP off loopback: dashboard cookies and answers cross the network in the clear; give --tls-cert and --tls-key");
     }

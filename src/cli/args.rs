@@ -51,8 +51,13 @@ pub struct StepArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create keys/, example policies and demo identities (never overwrites a key).
-    Init,
+    /// Create keys/ and, in a new installation, example policies (never overwrites a key).
+    Init {
+        /// Also make three demo identities (alice, bob, carol: keys under demo/, registered
+        /// in policies/people.yaml), for trying it out; never in production.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Run the CA API (and bastion) until SIGINT/SIGTERM; initialises what is missing first.
     Serve {
         /// API listen address [default: 127.0.0.1:7400; beats the config file's `api:`].
@@ -75,6 +80,9 @@ pub enum Command {
         /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; unencrypted).
         #[arg(long, value_name = "F")]
         tls_key: Option<PathBuf>,
+        /// A new installation gets demo identities (as `init --demo`).
+        #[arg(long)]
+        demo: bool,
     },
     /// Check or explain policies.
     #[command(subcommand)]

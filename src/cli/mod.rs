@@ -63,7 +63,7 @@ pub async fn run(cli: Cli) -> Result {
             clap_complete::generate(shell, &mut cmd, "ramp-ca", &mut std::io::stdout());
             Ok(())
         }
-        Command::Init => init(&dir).await,
+        Command::Init { demo } => init(&dir, demo).await,
         Command::Serve {
             api,
             ssh,
@@ -71,6 +71,7 @@ pub async fn run(cli: Cli) -> Result {
             config,
             tls_cert,
             tls_key,
+            demo,
         } => {
             let flags = crate::daemon::Flags {
                 api,
@@ -79,6 +80,7 @@ pub async fn run(cli: Cli) -> Result {
                 config,
                 tls_cert,
                 tls_key,
+                demo,
             };
             crate::daemon::serve(&dir, &flags)
                 .await
@@ -148,10 +150,19 @@ pub async fn run(cli: Cli) -> Result {
 }
 
 /// `init`: what is missing under `dir`, and what was done.
-async fn init(dir: &Path) -> Result {
-    let (done, cert) = crate::service::initialise(dir, Utc::now()).await?;
+async fn init(dir: &Path, demo: bool) -> Result {
+    let (done, cert) = crate::service::initialise(dir, demo, Utc::now()).await?;
     for path in done.created.iter().chain(cert.iter()) {
         println!("created {}", path.display());
+    }
+    for who in &done.people {
+        println!("registered {who} in policies/people.yaml");
+    }
+    if done.kept_policies.is_none() && done.people.is_empty() {
+        println!(
+            "nobody is registered yet: add each person to {} (their public key and roles), check with `ramp-ca policy check`, then start `ramp-ca serve` (or reload it with SIGHUP); `ramp-ca init --demo` in an empty directory makes demo identities to try it",
+            dir.join("policies/people.yaml").display()
+        );
     }
     match &done.kept_policies {
         Some(policies) => println!(

@@ -115,13 +115,22 @@ pub(super) fn describe_grant(g: &GrantView) -> String {
     s
 }
 
+/// Grants and requests, with what each grants (principals, targets, options), so an
+/// approver sees what approving a pending request gives; `!` marks a break-glass step.
 pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
     if grants.is_empty() {
         return "no grants\n".into();
     }
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(",")
+        }
+    };
     let mut out = format!(
-        "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
-        "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS"
+        "{:<13} {:<10} {:<26} {:<9} {:<10} {:<18} {:<18} {}\n",
+        "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS", "TARGETS", "OPTIONS"
     );
     for g in grants {
         let left = match (g.state, g.grant.end) {
@@ -130,15 +139,26 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
             )),
             _ => "-".into(),
         };
+        let step = format!(
+            "{}/{}{}",
+            g.grant.contract,
+            g.grant.step,
+            if g.break_glass { "!" } else { "" }
+        );
         out.push_str(&format!(
-            "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
-            g.grant.id,
-            g.grant.user,
-            format!("{}/{}", g.grant.contract, g.grant.step),
+            "{:<13} {:<10} {:<26} {:<9} {:<10} {:<18} {:<18} {}\n",
+            Shown(&g.grant.id),
+            Shown(&g.grant.user),
+            Shown(&step),
             g.state.to_string(),
             left,
-            g.principals.join(",")
+            Shown(&list(&g.principals)),
+            Shown(&list(&g.targets)),
+            Shown(&list(&g.options))
         ));
+    }
+    if grants.iter().any(|g| g.break_glass) {
+        out.push_str("! break-glass step\n");
     }
     out
 }

@@ -204,6 +204,7 @@ impl Dashboard {
 /// The dashboard's routes: `/ui/...` and the signed `POST /v1/dashboard/link`.
 pub fn router(app: App) -> Router {
     Router::new()
+        .route(ui::HOME, get(|| async { Redirect::to(ui::PAGE) }))
         .route(ui::ROOT, get(|| async { Redirect::to(ui::PAGE) }))
         .route(ui::PAGE, get(page))
         .route(ui::SCRIPT, get(script))
@@ -300,10 +301,18 @@ fn error_page(status: StatusCode, text: &str) -> Response {
 }
 
 /// `GET /ui/login?token=T`: spends the link, starts the browser session.
-async fn login(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response {
+async fn login(
+    State(app): State<App>,
+    Query(q): Query<LoginQuery>,
+    headers: HeaderMap,
+) -> Response {
     let now = Utc::now();
     let found = lock(&app.links).remove(&q.token);
     let Some((user, expires)) = found.filter(|(_, e)| *e > now) else {
+        // A link opened again (a reload, the browser's history) by someone logged in already.
+        if app.web_user(&headers).is_ok() {
+            return Redirect::to(ui::PAGE).into_response();
+        }
         return error_page(
             StatusCode::UNAUTHORIZED,
             "This login link is unknown, already used or expired.",

@@ -103,9 +103,10 @@ async fn ensure_bastion_cert(
 /// bastion's host certificate; returns what it created. Needs no valid policies.
 pub async fn initialise(
     dir: &Path,
+    demo: bool,
     now: DateTime<Utc>,
 ) -> std::result::Result<(Initialised, Option<PathBuf>), crate::Error> {
-    let done = init::init(dir)?;
+    let done = init::init(dir, demo)?;
     let keys = Keys::load(&dir.join("keys"))?;
     let store = Store::open(&dir.join("data")).map_err(ServiceError::from)?;
     let cert = ensure_bastion_cert(dir, &keys, &store, now).await?;

@@ -161,7 +161,7 @@ fn ssh_keygen_verifies(dir: &TestDir, checkpoint: &str) -> bool {
 #[test]
 fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_a_checkpoint_kept_before() {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     // An installation from before checkpoints: serve makes the key.
     for f in ["keys/audit-signer", "keys/audit-signer.pub"] {
         std::fs::remove_file(dir.join(f)).unwrap();

@@ -31,7 +31,7 @@ pub const CAROL: &str = "demo/carol/id_ed25519"; // sre-lead, ramp-admin
 /// An initialised installation with its daemon running.
 pub fn setup() -> (TestDir, Daemon) {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     let daemon = Daemon::start(&dir);
     (dir, daemon)
 }

@@ -45,7 +45,7 @@ pub(crate) fn rig_with(flags: &[&str]) -> Rig {
         ensure_account(account);
     }
     let dir = TestDir::new();
-    run_ok(crate::ramp(&dir).arg("init"));
+    run_ok(crate::ramp(&dir).args(["init", "--demo"]));
     let host_key = keygen(dir.path(), "target_host_key");
     run_ok(
         Command::new("ssh-keygen")

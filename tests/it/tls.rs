@@ -24,7 +24,7 @@ pub struct Tls {
 impl Tls {
     pub fn new() -> Tls {
         let dir = TestDir::new();
-        run_ok(ramp(&dir).arg("init"));
+        run_ok(ramp(&dir).args(["init", "--demo"]));
         let tls_dir = dir.join("tls");
         std::fs::create_dir(&tls_dir).unwrap();
         let ca = TestCa::new(&tls_dir, "ramp-ca test CA");
@@ -191,9 +191,7 @@ fn the_api_serves_https_and_the_command_line_trusts_only_what_it_is_told_to() {
         "{answer}"
     );
     // And an https client at a plain HTTP daemon hears that it does not speak TLS.
-    let plain_dir = TestDir::new();
-    run_ok(ramp(&plain_dir).arg("init"));
-    let plain_daemon = Daemon::start(&plain_dir);
+    let (plain_dir, plain_daemon) = crate::setup();
     assert!(
         plain_daemon.url.starts_with("http://"),
         "{}",

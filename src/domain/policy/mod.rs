@@ -147,6 +147,35 @@ steps:
     }
 
     #[test]
+    fn options_are_described_for_approvers() {
+        let check = |o: CertOptions, want: &[&str]| assert_eq!(o.describe(), want, "{o:?}");
+        check(CertOptions::default(), &["pty"]);
+        check(
+            CertOptions {
+                pty: false,
+                ..CertOptions::default()
+            },
+            &[],
+        );
+        check(
+            CertOptions {
+                port_forwarding: true,
+                x11_forwarding: true,
+                source_address: vec!["10.0.0.0/8".parse().unwrap()],
+                force_command: Some("journalctl -f".into()),
+                ..CertOptions::default()
+            },
+            &[
+                "pty",
+                "port forwarding",
+                "X11 forwarding",
+                "source-address 10.0.0.0/8",
+                "force-command `journalctl -f`",
+            ],
+        );
+    }
+
+    #[test]
     fn break_glass_steps() {
         let glass =
             "  - name: break-glass\n    after: operate\n    principals: [root]\n    max_ttl: 30m\n";

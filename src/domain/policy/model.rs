@@ -122,6 +122,33 @@ impl Default for CertOptions {
     }
 }
 
+impl CertOptions {
+    /// What the options allow beyond a plain login, in words an approver reads before
+    /// approving (`pty`, `port forwarding`, `source-address 10.0.0.0/8`, ...).
+    pub fn describe(&self) -> Vec<String> {
+        let flags = [
+            (self.pty, "pty"),
+            (self.port_forwarding, "port forwarding"),
+            (self.agent_forwarding, "agent forwarding"),
+            (self.x11_forwarding, "X11 forwarding"),
+            (self.user_rc, "user rc"),
+        ];
+        let mut out: Vec<String> = flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_string())
+            .collect();
+        if !self.source_address.is_empty() {
+            let nets: Vec<String> = self.source_address.iter().map(|n| n.to_string()).collect();
+            out.push(format!("source-address {}", nets.join(",")));
+        }
+        if let Some(cmd) = &self.force_command {
+            out.push(format!("force-command `{cmd}`"));
+        }
+        out
+    }
+}
+
 impl Policies {
     /// The user who registered this key, if any.
     pub fn user_by_key(&self, key: &PublicKey) -> Option<&User> {

@@ -28,7 +28,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    crate::install::init::init(dir.path()).unwrap();
+    crate::install::init::init(dir.path(), true).unwrap();
     let service = Arc::new(Service::open(dir.path()).unwrap());
     Fixture { dir, service }
 }
