@@ -46,6 +46,8 @@ pub struct Config {
     /// Signed checkpoints of the audit chain: how often.
     #[serde(default)]
     pub audit: crate::checkpoint::writer::Settings,
+    /// The API and dashboard over HTTPS: certificate chain and key files (both).
+    pub tls: Option<crate::tls::Settings>,
 }
 
 impl Config {
@@ -72,6 +74,8 @@ pub struct Flags {
     pub ssh: Option<String>,
     pub min_free_mib: Option<u64>,
     pub config: Option<std::path::PathBuf>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
     /// A new installation gets demo identities (`--demo`).
     pub demo: bool,
 }
@@ -89,6 +93,8 @@ pub struct Settings {
     pub bastion: crate::bastion::Settings,
     /// How often the audit chain's head is signed when it grew (config only).
     pub checkpoint_every: std::time::Duration,
+    /// The API's certificate and key when it serves HTTPS; `None` for plain HTTP.
+    pub tls: Option<crate::tls::Settings>,
 }
 
 impl Settings {
@@ -121,7 +127,30 @@ impl Settings {
             checkpoint_every: file.audit.every().map_err(|e| {
                 Error::io("audit")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
             })?,
+            tls: merge_tls(flags, file.tls)?,
         })
+    }
+}
+
+/// The certificate and the key, each flag over the file's; both or neither.
+fn merge_tls(
+    flags: &Flags,
+    file: Option<crate::tls::Settings>,
+) -> Result<Option<crate::tls::Settings>, Error> {
+    let (file_cert, file_key) = file.map(|t| (t.cert, t.key)).unzip();
+    let cert = flags.tls_cert.clone().or(file_cert);
+    let key = flags.tls_key.clone().or(file_key);
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::Settings { cert, key })),
+        (None, None) => Ok(None),
+        (Some(cert), None) => Err(Error::Usage(format!(
+            "--tls-cert {} needs --tls-key F, the certificate's private key (or `tls:` in the config file)",
+            cert.display()
+        ))),
+        (None, Some(key)) => Err(Error::Usage(format!(
+            "--tls-key {} needs --tls-cert F, the certificate chain it belongs to (or `tls:` in the config file)",
+            key.display()
+        ))),
     }
 }
 
@@ -138,6 +167,14 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
 pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let config = Settings::load(flags)?;
     let (api_addr, ssh_addr, min_free) = (config.api, config.ssh, config.min_free);
+    // Before anything is created or bound: a bad certificate or key stops `serve` at once.
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = crate::tls::ServerCert::load(files)?;
+            Some((cert.server_config()?, cert))
+        }
+        None => None,
+    };
     let done = crate::install::init::init(dir, flags.demo)?;
     for path in &done.created {
         tracing::info!(path = %path.display(), "created");
@@ -189,24 +226,39 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?,
         signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?,
     );
-    tracing::info!(api = %bound, bastion = %ssh_bound, "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(api = %format!("{scheme}://{bound}"), bastion = %ssh_bound, "listening");
     if ssh_bound.ip().is_unspecified() && bound.ip().is_loopback() {
         // The defaults differ on purpose; say so, since it surprises people.
         tracing::info!(
-            "the bastion listens on every address (engineers' ssh reaches it there); the API only on loopback, since anyone who reaches it may ask for certificates: expose it deliberately (--api, behind TLS)"
+            "the bastion listens on every address (engineers' ssh reaches it there); the API only on loopback, since anyone who reaches it may ask for certificates: expose it deliberately (--api, with --tls-cert and --tls-key)"
         );
     }
+    if tls.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(api = %bound, "the API is plain HTTP off loopback: dashboard cookies and answers cross the network in the clear; give --tls-cert and --tls-key");
+    }
     // Tests and scripts read these two lines to find the ports.
-    println!("ramp-ca: API on http://{bound}");
+    println!("ramp-ca: API on {scheme}://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
 
     let reloader = service.clone();
+    let server_cert = tls.as_ref().map(|(_, cert)| cert.clone());
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match reloader.reload_policies() {
                 Ok(()) => tracing::info!("policies reloaded"),
                 Err(e) => {
                     tracing::error!("policies NOT reloaded, the old ones stay in force:\n{e}")
+                }
+            }
+            if let Some(cert) = &server_cert {
+                match cert.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %cert.files().cert.display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => tracing::error!(
+                        "TLS certificate NOT reloaded, the old one stays in use: {e}"
+                    ),
                 }
             }
         }
@@ -233,11 +285,13 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let recorders = crate::recordings::writer::Recorders::new(service.clone(), min_free);
-    let dashboard =
-        crate::dashboard::Dashboard::new(service.clone(), recorders.clone(), &config.dashboard)
-            .map_err(|e| {
-                Error::io("dashboard")(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            })?;
+    let dashboard = crate::dashboard::Dashboard::new(
+        service.clone(),
+        recorders.clone(),
+        &config.dashboard,
+        tls.is_some(),
+    )
+    .map_err(|e| Error::io("dashboard")(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     let bastion = tokio::spawn(crate::bastion::run(
         ssh_listener,
         service.clone(),
@@ -246,7 +300,8 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         stopped(stop_rx.clone()),
     ));
     let routes = crate::api::router(service.clone()).merge(crate::dashboard::router(dashboard));
-    crate::api::run(listener, routes, stopped(stop_rx))
+    let tls_config = tls.map(|(config, _)| config);
+    crate::api::run(listener, routes, tls_config, stopped(stop_rx))
         .await
         .map_err(Error::io(bound.to_string()))?;
     match bastion.await {
@@ -293,6 +348,13 @@ mod tests {
         assert!(c.dashboard.public_url.is_some());
         assert_eq!(c.bastion.max_connections_per_user, 32);
         assert_eq!(c.audit.checkpoint_every, "5m");
+        assert_eq!(
+            c.tls,
+            Some(crate::tls::Settings {
+                cert: "/etc/ramp-ca/tls/fullchain.pem".into(),
+                key: "/etc/ramp-ca/tls/privkey.pem".into(),
+            })
+        );
     }
 
     #[test]
@@ -328,8 +390,7 @@ mod tests {
             api: Some("127.0.0.1:8001".into()),
             ssh: Some("127.0.0.1:8002".into()),
             min_free_mib: Some(3),
-            config: None,
-            demo: false,
+            ..Flags::default()
         };
         check(
             all_flags,
@@ -368,6 +429,85 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("--api") && bad.contains("`nowhere`"), "{bad}");
+    }
+
+    /// `tls:` in the file, `--tls-cert`/`--tls-key` over it one by one; a certificate
+    /// without its key (or the reverse) is a usage error naming what is missing.
+    #[test]
+    fn tls_files_merge_flag_over_file_and_come_in_pairs() {
+        let files = |cert: &str, key: &str| crate::tls::Settings {
+            cert: cert.into(),
+            key: key.into(),
+        };
+        let flags = |cert: Option<&str>, key: Option<&str>| Flags {
+            tls_cert: cert.map(Into::into),
+            tls_key: key.map(Into::into),
+            ..Flags::default()
+        };
+        let file = |tls: Option<crate::tls::Settings>| Config {
+            tls,
+            ..Config::default()
+        };
+        let check = |flags: Flags, file: Config, want: Result<Option<(&str, &str)>, &str>| {
+            let got = Settings::merge(&flags, file).map(|s| s.tls);
+            match (got, want) {
+                (Ok(got), Ok(want)) => {
+                    assert_eq!(got, want.map(|(c, k)| files(c, k)), "{flags:?}")
+                }
+                (Err(e), Err(want)) => {
+                    assert!(matches!(e, Error::Usage(_)), "{e:?}");
+                    assert!(e.to_string().contains(want), "{e}\nwants: {want}");
+                }
+                (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+            }
+        };
+        let in_file = || file(Some(files("/etc/f.pem", "/etc/f.key")));
+        check(flags(None, None), file(None), Ok(None));
+        check(
+            flags(None, None),
+            in_file(),
+            Ok(Some(("/etc/f.pem", "/etc/f.key"))),
+        );
+        check(
+            flags(Some("c.pem"), Some("c.key")),
+            in_file(),
+            Ok(Some(("c.pem", "c.key"))),
+        );
+        check(
+            flags(Some("c.pem"), None),
+            in_file(),
+            Ok(Some(("c.pem", "/etc/f.key"))),
+        );
+        check(
+            flags(None, Some("c.key")),
+            in_file(),
+            Ok(Some(("/etc/f.pem", "c.key"))),
+        );
+        check(
+            flags(Some("c.pem"), None),
+            file(None),
+            Err("--tls-cert c.pem needs --tls-key F"),
+        );
+        check(
+            flags(None, Some("c.key")),
+            file(None),
+            Err("--tls-key c.key needs --tls-cert F"),
+        );
+
+        // In the file, `tls:` names both files and nothing else.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        for (text, want) in [
+            ("tls:\n  cert: a.pem\n", "tls: missing field `key`"),
+            (
+                "tls:\n  cert: a.pem\n  key: a.key\n  ca: b.pem\n",
+                "tls: unknown field `ca`",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}\nwants: {want}");
+        }
     }
 
     #[test]

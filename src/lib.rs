@@ -20,7 +20,8 @@
 //! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
 //!   audit chain and its typed actions, logins and their refusals, recorded sessions.
 //! - [`install`]: the installation as files (keys, policies, `init`, trust text);
-//!   [`shown`]: user text escaped for terminals and logs.
+//!   [`shown`]: user text escaped for terminals and logs; [`tls`]: rustls from PEM files
+//!   (the API's certificate, the CAs a client trusts).
 //!
 //! Invariants: only `service` uses `store`; only `store` touches sled and decides what lives in
 //! `data/`; `domain` does no IO and reads no clock; `wire` is the only serde boundary for HTTP
@@ -45,6 +46,7 @@ pub mod recordings;
 pub mod service;
 pub mod shown;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 pub use error::Error;

@@ -22,6 +22,10 @@ pub struct ClientOpts {
     /// Daemon URL.
     #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7400")]
     pub server: String,
+    /// PEM file of the CA certificate(s) an https --server's certificate must chain to
+    /// (instead of the system's).
+    #[arg(long, env = "RAMP_CA_CERT", value_name = "F")]
+    pub ca_cert: Option<PathBuf>,
     /// Identity key that signs the request (default ~/.ssh/id_ed25519, or ssh-agent).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -69,6 +73,13 @@ pub enum Command {
         /// Service config file (YAML); every flag given beats the file's value.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve the API and dashboard over HTTPS with this PEM certificate chain (the
+        /// server's certificate first); needs --tls-key [config: `tls: {cert, key}`].
+        #[arg(long, value_name = "F")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; unencrypted).
+        #[arg(long, value_name = "F")]
+        tls_key: Option<PathBuf>,
         /// A new installation gets demo identities (as `init --demo`).
         #[arg(long)]
         demo: bool,

@@ -40,7 +40,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Lib(crate::Error::Usage(_)) => 2,
             _ => 1,
         }
     }
@@ -69,6 +69,8 @@ pub async fn run(cli: Cli) -> Result {
             ssh,
             min_free_mib,
             config,
+            tls_cert,
+            tls_key,
             demo,
         } => {
             let flags = crate::daemon::Flags {
@@ -76,6 +78,8 @@ pub async fn run(cli: Cli) -> Result {
                 ssh,
                 min_free_mib,
                 config,
+                tls_cert,
+                tls_key,
                 demo,
             };
             crate::daemon::serve(&dir, &flags)
@@ -199,7 +203,7 @@ fn since(text: &str) -> Result<std::time::Duration> {
 async fn connect(opts: &ClientOpts) -> Result<Client> {
     let path = key_path(opts);
     let signer = client::signer_for(&path).await?;
-    Ok(Client::new(&opts.server, signer))
+    Ok(Client::new(&opts.server, opts.ca_cert.as_deref(), signer)?)
 }
 
 /// The identity key: `--key`, else `~/.ssh/id_ed25519`.

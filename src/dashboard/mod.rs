@@ -99,6 +99,9 @@ pub struct Dashboard {
     recorders: Arc<Recorders>,
     ttls: Ttls,
     public_url: Option<String>,
+    /// Whether the session cookie is `Secure`: the API serves HTTPS, or `public_url` is
+    /// https (a TLS proxy in front).
+    secure_cookie: bool,
     /// One-time login tokens -> (user, expiry).
     links: Mutex<HashMap<String, (String, DateTime<Utc>)>>,
     sessions: Mutex<HashMap<String, WebSession>>,
@@ -121,12 +124,18 @@ impl Dashboard {
         service: Arc<Service>,
         recorders: Arc<Recorders>,
         settings: &Settings,
+        https: bool,
     ) -> Result<Arc<Dashboard>, String> {
+        let public_https = settings
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
         Ok(Arc::new(Dashboard {
             service,
             recorders,
             ttls: settings.ttls()?,
             public_url: settings.public_url.clone(),
+            secure_cookie: https || public_https,
             links: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             verified: Mutex::new(None),
@@ -324,16 +333,8 @@ async fn login(
         lock(&app.sessions).remove(&id);
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::from(e).1);
     }
-    // Behind https (public_url says so) the cookie never travels in the clear.
-    let secure = if app
-        .public_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"))
-    {
-        "; Secure"
-    } else {
-        ""
-    };
+    // Over https (served here, or a proxy's public_url) the cookie never travels in the clear.
+    let secure = if app.secure_cookie { "; Secure" } else { "" };
     let cookie = format!(
         "{COOKIE}={id}; Path={}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         ui::ROOT,

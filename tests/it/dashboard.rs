@@ -53,11 +53,24 @@ async fn browser(driver: &Driver) -> Client {
 
 /// A browser whose window is `width` x `height` CSS pixels (400 wide: a phone).
 async fn browser_sized(driver: &Driver, width: u32, height: u32) -> Client {
+    browser_with(driver, width, height, &[]).await
+}
+
+/// [`browser_sized`] with `extra` Chromium flags after the usual ones.
+async fn browser_with(driver: &Driver, width: u32, height: u32, extra: &[String]) -> Client {
+    let mut args = vec![
+        "--headless=new".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        format!("--window-size={width},{height}"),
+        "--force-device-scale-factor=1".into(),
+    ];
+    args.extend_from_slice(extra);
     let caps = json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     format!("--window-size={width},{height}"), "--force-device-scale-factor=1"],
+            "args": args,
         }
     });
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -518,5 +531,52 @@ fn an_approver_on_a_phone_sees_what_a_request_grants_and_confirms_break_glass() 
             "the audit page is wider than the phone by {page} px"
         );
         screenshot(&c, "phone-4-audit").await;
+    });
+}
+
+/// Over HTTPS (`serve --tls-cert`) the login link works in a real browser, and its session
+/// cookie is Secure. Chromium is told to accept the server's key by its SPKI hash, the
+/// narrowest exception it has (the command line's trust path is tested in tests/it/tls.rs).
+#[test]
+fn the_dashboard_logs_in_over_https_with_a_secure_cookie() {
+    let tls = crate::tls::Tls::new();
+    let daemon = tls.serve();
+    let server = tls.localhost(&daemon);
+    let ca = tls.ca.pem();
+    let out = json(&run_ok(&mut daemon.cmd(
+        &tls.dir,
+        ALICE,
+        &[
+            "dashboard",
+            "--json",
+            "--server",
+            &server,
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+    )));
+    let link = out["url"].as_str().unwrap().to_string();
+    assert!(
+        link.starts_with(&format!("{server}/ui/login?token=")),
+        "{link}"
+    );
+    let pin = crate::certs::spki_sha256(&tls.cert);
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let spki = [format!("--ignore-certificate-errors-spki-list={pin}")];
+        let c = browser_with(&driver, 1440, 900, &spki).await;
+        c.goto(&link).await.unwrap();
+        wait_text(&c, "#me", "alice logged in", |t| t.contains("alice")).await;
+        let url = c.current_url().await.unwrap();
+        assert_eq!(url.as_str(), format!("{server}/ui/"));
+        let cookie = c.get_named_cookie("ramp_session").await.unwrap();
+        assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
+        assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+        screenshot(&c, "8-https").await;
+        c.close().await.unwrap();
     });
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod bad_input;
 mod bastion;
+mod certs;
 mod daemon;
 mod dashboard;
 mod init_policy;
@@ -15,6 +16,7 @@ mod rig;
 mod signing;
 mod sshd_harness;
 mod support;
+mod tls;
 
 use daemon::Daemon;
 use std::path::PathBuf;
