@@ -53,7 +53,7 @@ impl Client {
         ca_cert: Option<&Path>,
         signer: Signer,
     ) -> Result<Client, ClientError> {
-        let server = server.trim_end_matches('/').to_string();
+        let server = server_url(server, ca_cert.is_some());
         let builder = reqwest::Client::builder();
         let builder = if server.starts_with("https://") || ca_cert.is_some() {
             let roots = tls::roots(ca_cert).map_err(|e| {
@@ -235,9 +235,28 @@ pub fn default_key_path() -> PathBuf {
     Path::new(&home).join(".ssh").join("id_ed25519")
 }
 
+/// `--server` as a URL: `127.0.0.1:7400` (no scheme) is taken as `http://127.0.0.1:7400`, or
+/// `https://` when a CA to verify it with was given; no trailing slash.
+pub fn server_url(server: &str, tls: bool) -> String {
+    let server = server.trim().trim_end_matches('/');
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("{}://{server}", if tls { "https" } else { "http" })
+    }
+}
+
 /// The signer for `--key PATH`: the private key file when it is readable and unencrypted,
 /// else the ssh-agent key matching `PATH.pub`, else the agent's first key.
 pub async fn signer_for(path: &Path) -> Result<Signer, ClientError> {
+    if path.extension().is_some_and(|e| e == "pub") {
+        let private = path.with_extension("");
+        return Err(ClientError::Identity(format!(
+            "{} is the public half of a key; pass the private key file (--key {}), or leave --key out to use ssh-agent",
+            path.display(),
+            private.display()
+        )));
+    }
     let file_err = match keys::read_private(path) {
         Ok(k) => return Ok(Signer::Key(Box::new(k))),
         Err(e) => e,
@@ -264,4 +283,26 @@ pub async fn signer_for(path: &Path) -> Result<Signer, ClientError> {
             None => format!("{file_err}; and ssh-agent holds no keys"),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_url;
+
+    #[test]
+    fn a_server_without_a_scheme_gets_one() {
+        assert_eq!(server_url("127.0.0.1:7400", false), "http://127.0.0.1:7400");
+        assert_eq!(
+            server_url("ramp.example:7400/", true),
+            "https://ramp.example:7400"
+        );
+        assert_eq!(
+            server_url("https://ramp.example/", false),
+            "https://ramp.example"
+        );
+        assert_eq!(
+            server_url(" http://127.0.0.1:7400 ", true),
+            "http://127.0.0.1:7400"
+        );
+    }
 }

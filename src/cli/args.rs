@@ -37,7 +37,8 @@ pub struct ClientOpts {
 /// What `sign` and `request` ask for.
 #[derive(Debug, Clone, Args)]
 pub struct StepArgs {
-    #[arg(long)]
+    /// The contract to ask a step of (required, unless `sign --grant ID`).
+    #[arg(long, value_name = "C")]
     pub contract: Option<String>,
     /// Default: the contract's first step.
     #[arg(long)]
@@ -45,6 +46,7 @@ pub struct StepArgs {
     /// Like 30m; at most the step's max_ttl (default: the step's max_ttl).
     #[arg(long)]
     pub ttl: Option<String>,
+    /// Why you need it, like `INC-42 replica lag` (required by contracts that say so).
     #[arg(long)]
     pub reason: Option<String>,
 }
@@ -112,13 +114,16 @@ pub enum Command {
     },
     /// Approve a pending request.
     Approve {
+        /// The pending request's id (from `grants`).
         id: String,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// Deny a pending request (or withdraw your own).
     Deny {
+        /// The pending request's id (from `grants`).
         id: String,
+        /// Why it is denied (told to the requester and audited).
         #[arg(long)]
         reason: String,
         #[command(flatten)]
@@ -139,12 +144,16 @@ pub enum Command {
     },
     /// Revoke a certificate, a grant (and its certificates) or everything a user holds.
     Revoke {
+        /// One certificate, by its serial.
         #[arg(long, group = "what")]
         serial: Option<u64>,
+        /// A grant, with every certificate minted from it and the grants that climbed from it.
         #[arg(long, group = "what")]
         grant: Option<String>,
+        /// Everything the user holds or asked for now.
         #[arg(long, group = "what")]
         user: Option<String>,
+        /// Why (audited, and told to the user whose sessions it ends).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -160,8 +169,10 @@ pub enum Command {
     },
     /// Sign a target's host key with host-ca; writes `<name>-cert.pub` beside the key.
     SignHost {
+        /// The host's name in hosts.yaml (and the certificate's first principal).
         #[arg(long)]
         name: String,
+        /// The host's public key file, like /etc/ssh/ssh_host_ed25519_key.pub.
         #[arg(long)]
         pubkey: PathBuf,
         /// Validity (default 365d).
@@ -184,6 +195,7 @@ pub enum Command {
     Store(StoreCommand),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -192,8 +204,10 @@ pub enum Command {
 /// Which sessions a listing or search covers.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
+    /// Only this user's sessions.
     #[arg(long)]
     pub user: Option<String>,
+    /// Only sessions to this target.
     #[arg(long)]
     pub target: Option<String>,
     /// Only sessions started this recently, like 1h.
@@ -221,12 +235,14 @@ pub enum SessionsCommand {
     },
     /// Show one session's metadata.
     Show {
+        /// The session's id (from `sessions list`).
         id: String,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// Replay a session's output with its real timing.
     Play {
+        /// The session's id (from `sessions list`).
         id: String,
         /// Playback speed factor.
         #[arg(long, default_value_t = 1.0)]
@@ -239,9 +255,12 @@ pub enum SessionsCommand {
     },
     /// Export a session (to stdout, or --out F).
     Export {
+        /// The session's id (from `sessions list`).
         id: String,
+        /// What to export.
         #[arg(long, value_enum, default_value = "asciicast")]
         format: ExportFormat,
+        /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
@@ -249,6 +268,7 @@ pub enum SessionsCommand {
     },
     /// Search recordings' input and output for a text.
     Grep {
+        /// The text to find in what was typed and printed (ANSI stripped).
         pattern: String,
         #[command(flatten)]
         filter: FilterArgs,
@@ -260,22 +280,31 @@ pub enum SessionsCommand {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy directory (default DIR/policies); exit 1 listing every problem.
-    Check { path: Option<PathBuf> },
+    Check {
+        /// The policy directory [default: DIR/policies].
+        path: Option<PathBuf>,
+    },
     /// Show the decision for a request and the reasons.
     Explain {
+        /// Who asks (a user in people.yaml).
         #[arg(long)]
         user: String,
+        /// The contract asked.
         #[arg(long)]
         contract: String,
+        /// The step asked [default: the contract's first].
         #[arg(long)]
         step: Option<String>,
+        /// The ttl asked, like 30m [default: the step's max_ttl].
         #[arg(long)]
         ttl: Option<String>,
+        /// The reason given (without it, a reason is assumed and said so).
         #[arg(long)]
         reason: Option<String>,
         /// Assume the user holds an active grant of these steps (repeatable).
         #[arg(long)]
         holding: Vec<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -364,4 +393,47 @@ pub enum TrustCommand {
     KnownHosts,
     /// The public key that signs audit checkpoints, for auditors to pin.
     AuditSigner,
+}
+
+impl Command {
+    /// The client options of a command that talks to the daemon.
+    pub fn client(&self) -> Option<&ClientOpts> {
+        match self {
+            Command::Sign { client, .. }
+            | Command::Request { client, .. }
+            | Command::Approve { client, .. }
+            | Command::Deny { client, .. }
+            | Command::Dashboard { client, .. }
+            | Command::Grants { client, .. }
+            | Command::Revoke { client, .. }
+            | Command::Krl { client, .. }
+            | Command::SignHost { client, .. } => Some(client),
+            Command::Audit(
+                AuditCommand::List { client, .. }
+                | AuditCommand::Verify { client, .. }
+                | AuditCommand::Checkpoint { client, .. },
+            ) => Some(client),
+            Command::Sessions(
+                SessionsCommand::List { client, .. }
+                | SessionsCommand::Show { client, .. }
+                | SessionsCommand::Play { client, .. }
+                | SessionsCommand::Export { client, .. }
+                | SessionsCommand::Grep { client, .. },
+            ) => Some(client),
+            Command::Init { .. }
+            | Command::Serve { .. }
+            | Command::Policy(_)
+            | Command::Trust(_)
+            | Command::Store(_)
+            | Command::Completions { .. } => None,
+        }
+    }
+
+    /// Whether the command's output is JSON (`--json`), so its errors are too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Policy(PolicyCommand::Explain { json, .. }) => *json,
+            other => other.client().is_some_and(|c| c.json),
+        }
+    }
 }

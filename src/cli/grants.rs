@@ -83,11 +83,14 @@ pub(super) async fn dashboard(opts: &ClientOpts) -> Result {
         .call(Method::POST, routes::DASHBOARD_LINK, Some(&no_body()))
         .await?;
     if out.url.is_none() {
-        out.url = Some(format!("{}{}", opts.server.trim_end_matches('/'), out.path));
+        out.url = Some(format!(
+            "{}{}",
+            crate::client::server_url(&opts.server, opts.ca_cert.is_some()),
+            out.path
+        ));
     }
     let url = out.url.clone().unwrap_or_default();
-    let expires = serde_json::to_value(out.expires).unwrap_or_default();
-    let expires = expires.as_str().unwrap_or_default().to_string();
+    let expires = super::output::rfc3339(out.expires);
     emit(opts, &out, || {
         format!("{url}\n(open it once, before {expires}; it logs you in as the key's owner)\n")
     })
