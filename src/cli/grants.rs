@@ -49,7 +49,36 @@ pub(super) async fn request(opts: &ClientOpts, ask: StepArgs) -> Result {
     let out: Outcome = client
         .call(Method::POST, routes::REQUESTS, Some(&body))
         .await?;
-    emit(opts, &out, || describe_grant(&out.grant))
+    // Say what comes next: a certificate to pick up, now or once approved.
+    let next = match out.grant.state {
+        State::Pending => format!(
+            "once approved, pick the certificate up with: {}\n",
+            pick_up_command(opts, &out.grant.grant.id)
+        ),
+        State::Active => format!(
+            "get its certificate with: {}\n",
+            pick_up_command(opts, &out.grant.grant.id)
+        ),
+        _ => String::new(),
+    };
+    emit(opts, &out, || {
+        format!(
+            "{}{}{next}",
+            describe_grant(&out.grant),
+            reasons_text(&out.reasons)
+        )
+    })
+}
+
+/// The command that writes a grant's certificate beside the key this command signed with.
+fn pick_up_command(opts: &ClientOpts, id: &str) -> String {
+    format!(
+        "ramp-ca sign --grant {id}{}",
+        opts.key
+            .as_ref()
+            .map(|k| format!(" --key {}", k.display()))
+            .unwrap_or_default()
+    )
 }
 
 pub(super) async fn approve(opts: &ClientOpts, id: &str) -> Result {
@@ -201,13 +230,7 @@ pub(super) async fn sign(
     };
     if out.certificate.is_none() && out.grant.state == State::Pending {
         let id = out.grant.grant.id.clone();
-        let pick_up = format!(
-            "ramp-ca sign --grant {id}{}",
-            opts.key
-                .as_ref()
-                .map(|k| format!(" --key {}", k.display()))
-                .unwrap_or_default()
-        );
+        let pick_up = pick_up_command(opts, &id);
         if !wait {
             return emit(opts, &out, || {
                 format!(
