@@ -334,6 +334,17 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .await
             .unwrap();
         assert!(html.contains("class=\"b\""), "bold is rendered: {html}");
+        // The cursor is drawn where the terminal left it: the start of the line after the
+        // last output (issue 12).
+        let cursor = c
+            .find(Locator::Css("#screen .cursor"))
+            .await
+            .unwrap_or_else(|e| panic!("no cursor drawn: {e}\n{html}"))
+            .attr("style")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert!(cursor.contains("0ch"), "cursor at column 0: {cursor}");
         screenshot(&c, "6-player").await;
         // Seek half-way, into the second between the two outputs: the first screen shows, the
         // second not yet.

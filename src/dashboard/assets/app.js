@@ -361,7 +361,7 @@ document.addEventListener("click", (e) => {
 
 // --- terminal player ------------------------------------------------------------------
 
-const player = { frames: [], rows: [], at: 0, duration: 0, playing: false, last: 0, applied: 0, live: null };
+const player = { frames: [], rows: [], cursor: null, at: 0, duration: 0, playing: false, last: 0, applied: 0, live: null };
 
 function openPlayer(title, download) {
   $("#player").classList.remove("hidden");
@@ -381,10 +381,18 @@ $("#player-close").addEventListener("click", closePlayer);
 function apply(frame) {
   if (frame.size) player.rows = new Array(frame.size[1]).fill("");
   for (const [r, html] of frame.rows) player.rows[r] = html;
+  player.cursor = frame.cursor ?? null;
+}
+
+// The screen's rows, and the cursor (a block over its cell) where the terminal shows one.
+function screenHtml() {
+  const c = player.cursor;
+  const cursor = c ? `<span class="cursor" style="top: calc(8px + ${c[0] * 1.25}em); left: calc(8px + ${c[1]}ch)"></span>` : "";
+  return player.rows.join("\n") + cursor;
 }
 
 function paint() {
-  $("#screen").innerHTML = player.rows.join("\n");
+  $("#screen").innerHTML = screenHtml();
   $("#seek").value = player.at;
   $("#clock").textContent = `${clock(player.at)} / ${clock(player.duration)}`;
 }
@@ -392,6 +400,7 @@ function paint() {
 function seek(t) {
   player.at = Math.max(0, Math.min(t, player.duration));
   player.rows = [];
+  player.cursor = null;
   player.applied = 0;
   while (player.applied < player.frames.length && player.frames[player.applied].t <= player.at) apply(player.frames[player.applied++]);
   paint();
@@ -447,7 +456,7 @@ function follow(id) {
   player.live = new EventSource(route("follow", id));
   player.live.addEventListener("frame", (e) => {
     apply(JSON.parse(e.data));
-    $("#screen").innerHTML = player.rows.join("\n");
+    $("#screen").innerHTML = screenHtml();
   });
   player.live.addEventListener("end", () => {
     $("#player-note").textContent = "The session has ended.";
