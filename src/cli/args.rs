@@ -102,6 +102,21 @@ pub enum Command {
         /// Give up waiting after this long.
         #[arg(long, default_value = "15m")]
         timeout: String,
+        /// Do not add the certificate to the running ssh-agent.
+        #[arg(long)]
+        no_agent: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print an ssh_config block so plain `ssh TARGET` goes through the bastion, for the
+    /// targets of the grants you hold, and the known_hosts line that trusts the bastion.
+    SshConfig {
+        /// The bastion as engineers reach it [default: --server's host, port 2222].
+        #[arg(long, value_name = "HOST[:PORT]")]
+        bastion: Option<String>,
+        /// Write the block to this file (for `Include` in ~/.ssh/config) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -407,7 +422,8 @@ impl Command {
             | Command::Grants { client, .. }
             | Command::Revoke { client, .. }
             | Command::Krl { client, .. }
-            | Command::SignHost { client, .. } => Some(client),
+            | Command::SignHost { client, .. }
+            | Command::SshConfig { client, .. } => Some(client),
             Command::Audit(
                 AuditCommand::List { client, .. }
                 | AuditCommand::Verify { client, .. }

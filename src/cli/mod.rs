@@ -108,12 +108,18 @@ pub async fn run(cli: Cli) -> Result {
             grant,
             wait,
             timeout,
+            no_agent,
             client,
         } => {
             let timeout = crate::domain::policy::parse_duration(&timeout)
                 .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
-            grants::sign(&client, ask, grant, wait, timeout).await
+            grants::sign(&client, ask, grant, wait, timeout, !no_agent).await
         }
+        Command::SshConfig {
+            bastion,
+            out,
+            client,
+        } => grants::ssh_config(&client, bastion.as_deref(), out.as_deref()).await,
         Command::Request { ask, client } => grants::request(&client, ask).await,
         Command::Approve { id, client } => grants::approve(&client, &id).await,
         Command::Deny { id, reason, client } => grants::deny(&client, &id, reason).await,
