@@ -265,6 +265,9 @@ pub enum SessionsCommand {
         /// Longest pause kept between two events.
         #[arg(long, default_value = "2s")]
         idle_cap: String,
+        /// Start this far into the session, like 1m30s (what came before is shown at once).
+        #[arg(long, value_name = "OFFSET")]
+        from: Option<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
