@@ -228,3 +228,59 @@ fn policy_explain_gives_the_decision_and_the_reasons() {
         "{out}"
     );
 }
+
+/// Issue 14: a contract's `reason` may name a form (`{required, pattern, example}`); a reason
+/// of another form is refused with the pattern and the example, by the daemon and by
+/// `policy explain`, and a bad pattern is named where it is.
+#[test]
+fn a_reason_of_the_wrong_form_is_refused_with_the_pattern_and_an_example() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).args(["init", "--demo"]));
+    let contract = dir.read("policies/prod-db.yaml").replace(
+        "reason: required",
+        "reason: {required: true, pattern: '^INC-[0-9]+', example: INC-1234}",
+    );
+    dir.write("policies/prod-db.yaml", &contract);
+    let explain = |reason: &str| {
+        ramp(&dir)
+            .args([
+                "policy",
+                "explain",
+                "--user",
+                "alice",
+                "--contract",
+                "prod-db",
+            ])
+            .args(["--step", "observe", "--reason", reason])
+            .output()
+            .unwrap()
+    };
+    let refused = explain("see slack");
+    assert_eq!(refused.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        text.contains("form `^INC-[0-9]+`; for example: INC-1234"),
+        "{text}"
+    );
+    assert!(explain("INC-77 disk").status.success());
+
+    let daemon = crate::Daemon::start(&dir);
+    let (code, err) =
+        run_err(&mut daemon.cmd(&dir, crate::ALICE, &crate::observe("see slack", &[])));
+    assert_eq!(code, 1);
+    assert!(err.contains("for example: INC-1234"), "{err}");
+    run_ok(&mut daemon.cmd(&dir, crate::ALICE, &crate::observe("INC-77", &[])));
+    drop(daemon);
+
+    dir.write(
+        "policies/prod-db.yaml",
+        contract.replace("'^INC-[0-9]+'", "'^INC-[0-9'"),
+    );
+    let (code, err) = run_err(ramp(&dir).args(["policy", "check"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("prod-db.yaml:")
+            && err.contains("reason.pattern `^INC-[0-9` is not a regular expression"),
+        "{err}"
+    );
+}
