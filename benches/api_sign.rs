@@ -93,7 +93,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let client = Arc::new(Client::new(&args.server, signer));
+    let client = match Client::new(&args.server, None, signer) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("api_sign: {e}");
+            std::process::exit(2);
+        }
+    };
     let body = Arc::new(RequestBody {
         contract: args.contract.clone(),
         step: args.step.clone(),

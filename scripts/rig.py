@@ -443,7 +443,7 @@ class Ramp:
             for sub in ("keys", "policies", "demo"):
                 shutil.copytree(os.path.join(like.dir, sub), os.path.join(self.dir, sub))
         else:
-            run([rig.binary, "init", "--dir", self.dir], timeout=60, env=rig.env)
+            run([rig.binary, "init", "--demo", "--dir", self.dir], timeout=60, env=rig.env)
 
     # ---- policies ----------------------------------------------------------------------------
     def key(self, user):

@@ -46,6 +46,8 @@ pub struct Config {
     /// Signed checkpoints of the audit chain: how often.
     #[serde(default)]
     pub audit: crate::checkpoint::writer::Settings,
+    /// The API and dashboard over HTTPS: certificate chain and key files (both).
+    pub tls: Option<crate::tls::Settings>,
     /// Where the ledger is: `sled` (the default, under DIR/data) or a `postgres://` URL.
     pub store: Option<String>,
     /// PostgreSQL's connection pool on this node.
@@ -128,6 +130,10 @@ pub struct Flags {
     /// `--store`, or `RAMP_STORE` when the flag is not given (clap reads the variable as the
     /// flag's value, so it ranks with the flag).
     pub store: Option<String>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    /// A new installation gets demo identities (`--demo`).
+    pub demo: bool,
 }
 
 /// The settings `serve` runs with. They are merged in [`Settings::merge`] and nowhere else:
@@ -146,6 +152,8 @@ pub struct Settings {
     pub checkpoint_every: std::time::Duration,
     /// Where the ledger is.
     pub store: crate::store::Location,
+    /// The API's certificate and key when it serves HTTPS; `None` for plain HTTP.
+    pub tls: Option<crate::tls::Settings>,
 }
 
 impl Settings {
@@ -190,7 +198,30 @@ impl Settings {
             .map_err(|e| {
                 Error::io("--store")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
             })?,
+            tls: merge_tls(flags, file.tls)?,
         })
+    }
+}
+
+/// The certificate and the key, each flag over the file's; both or neither.
+fn merge_tls(
+    flags: &Flags,
+    file: Option<crate::tls::Settings>,
+) -> Result<Option<crate::tls::Settings>, Error> {
+    let (file_cert, file_key) = file.map(|t| (t.cert, t.key)).unzip();
+    let cert = flags.tls_cert.clone().or(file_cert);
+    let key = flags.tls_key.clone().or(file_key);
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::Settings { cert, key })),
+        (None, None) => Ok(None),
+        (Some(cert), None) => Err(Error::Usage(format!(
+            "--tls-cert {} needs --tls-key F, the certificate's private key (or `tls:` in the config file)",
+            cert.display()
+        ))),
+        (None, Some(key)) => Err(Error::Usage(format!(
+            "--tls-key {} needs --tls-cert F, the certificate chain it belongs to (or `tls:` in the config file)",
+            key.display()
+        ))),
     }
 }
 
@@ -207,9 +238,23 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, Error> {
 pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let config = Settings::load(flags)?;
     let (api_addr, ssh_addr, min_free) = (config.api, config.ssh, config.min_free);
-    let done = crate::install::init::init(dir)?;
+    // Before anything is created or bound: a bad certificate or key stops `serve` at once.
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = crate::tls::ServerCert::load(files)?;
+            Some((cert.server_config()?, cert))
+        }
+        None => None,
+    };
+    let done = crate::install::init::init(dir, flags.demo)?;
     for path in &done.created {
         tracing::info!(path = %path.display(), "created");
+    }
+    for who in &done.people {
+        tracing::info!(%who, "registered in policies/people.yaml");
+    }
+    if done.kept_policies.is_none() && done.people.is_empty() {
+        tracing::warn!("nobody is registered yet: add people to policies/people.yaml (their public key and roles), then reload with SIGHUP; `serve --demo` in an empty directory makes demo identities to try it");
     }
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
@@ -250,18 +295,39 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?,
         signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?,
     );
-    tracing::info!(api = %bound, bastion = %ssh_bound, "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(api = %format!("{scheme}://{bound}"), bastion = %ssh_bound, "listening");
+    if ssh_bound.ip().is_unspecified() && bound.ip().is_loopback() {
+        // The defaults differ on purpose; say so, since it surprises people.
+        tracing::info!(
+            "the bastion listens on every address (engineers' ssh reaches it there); the API only on loopback, since anyone who reaches it may ask for certificates: expose it deliberately (--api, with --tls-cert and --tls-key)"
+        );
+    }
+    if tls.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(api = %bound, "the API is plain HTTP off loopback: dashboard cookies and answers cross the network in the clear; give --tls-cert and --tls-key");
+    }
     // Tests and scripts read these two lines to find the ports.
-    println!("ramp-ca: API on http://{bound}");
+    println!("ramp-ca: API on {scheme}://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
 
     let reloader = service.clone();
+    let server_cert = tls.as_ref().map(|(_, cert)| cert.clone());
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match reloader.reload_policies() {
                 Ok(()) => tracing::info!("policies reloaded"),
                 Err(e) => {
                     tracing::error!("policies NOT reloaded, the old ones stay in force:\n{e}")
+                }
+            }
+            if let Some(cert) = &server_cert {
+                match cert.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %cert.files().cert.display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => tracing::error!(
+                        "TLS certificate NOT reloaded, the old one stays in use: {e}"
+                    ),
                 }
             }
         }
@@ -287,11 +353,13 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let recorders = crate::recordings::writer::Recorders::new(service.clone(), min_free);
-    let dashboard =
-        crate::dashboard::Dashboard::new(service.clone(), recorders.clone(), &config.dashboard)
-            .map_err(|e| {
-                Error::io("dashboard")(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            })?;
+    let dashboard = crate::dashboard::Dashboard::new(
+        service.clone(),
+        recorders.clone(),
+        &config.dashboard,
+        tls.is_some(),
+    )
+    .map_err(|e| Error::io("dashboard")(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     let bastion = tokio::spawn(crate::bastion::run(
         ssh_listener,
         service.clone(),
@@ -300,7 +368,8 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         stopped(stop_rx.clone()),
     ));
     let routes = crate::api::router(service.clone()).merge(crate::dashboard::router(dashboard));
-    crate::api::run(listener, routes, stopped(stop_rx))
+    let tls_config = tls.map(|(config, _)| config);
+    crate::api::run(listener, routes, tls_config, stopped(stop_rx))
         .await
         .map_err(Error::io(bound.to_string()))?;
     match bastion.await {
@@ -355,6 +424,13 @@ mod tests {
         assert_eq!(
             (pool.max_connections, pool.query_timeout),
             (16, std::time::Duration::from_secs(5))
+        );
+        assert_eq!(
+            c.tls,
+            Some(crate::tls::Settings {
+                cert: "/etc/ramp-ca/tls/fullchain.pem".into(),
+                key: "/etc/ramp-ca/tls/privkey.pem".into(),
+            })
         );
     }
 
@@ -422,8 +498,7 @@ mod tests {
             api: Some("127.0.0.1:8001".into()),
             ssh: Some("127.0.0.1:8002".into()),
             min_free_mib: Some(3),
-            config: None,
-            store: None,
+            ..Flags::default()
         };
         check(
             all_flags,
@@ -462,6 +537,85 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("--api") && bad.contains("`nowhere`"), "{bad}");
+    }
+
+    /// `tls:` in the file, `--tls-cert`/`--tls-key` over it one by one; a certificate
+    /// without its key (or the reverse) is a usage error naming what is missing.
+    #[test]
+    fn tls_files_merge_flag_over_file_and_come_in_pairs() {
+        let files = |cert: &str, key: &str| crate::tls::Settings {
+            cert: cert.into(),
+            key: key.into(),
+        };
+        let flags = |cert: Option<&str>, key: Option<&str>| Flags {
+            tls_cert: cert.map(Into::into),
+            tls_key: key.map(Into::into),
+            ..Flags::default()
+        };
+        let file = |tls: Option<crate::tls::Settings>| Config {
+            tls,
+            ..Config::default()
+        };
+        let check = |flags: Flags, file: Config, want: Result<Option<(&str, &str)>, &str>| {
+            let got = Settings::merge(&flags, file).map(|s| s.tls);
+            match (got, want) {
+                (Ok(got), Ok(want)) => {
+                    assert_eq!(got, want.map(|(c, k)| files(c, k)), "{flags:?}")
+                }
+                (Err(e), Err(want)) => {
+                    assert!(matches!(e, Error::Usage(_)), "{e:?}");
+                    assert!(e.to_string().contains(want), "{e}\nwants: {want}");
+                }
+                (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+            }
+        };
+        let in_file = || file(Some(files("/etc/f.pem", "/etc/f.key")));
+        check(flags(None, None), file(None), Ok(None));
+        check(
+            flags(None, None),
+            in_file(),
+            Ok(Some(("/etc/f.pem", "/etc/f.key"))),
+        );
+        check(
+            flags(Some("c.pem"), Some("c.key")),
+            in_file(),
+            Ok(Some(("c.pem", "c.key"))),
+        );
+        check(
+            flags(Some("c.pem"), None),
+            in_file(),
+            Ok(Some(("c.pem", "/etc/f.key"))),
+        );
+        check(
+            flags(None, Some("c.key")),
+            in_file(),
+            Ok(Some(("/etc/f.pem", "c.key"))),
+        );
+        check(
+            flags(Some("c.pem"), None),
+            file(None),
+            Err("--tls-cert c.pem needs --tls-key F"),
+        );
+        check(
+            flags(None, Some("c.key")),
+            file(None),
+            Err("--tls-key c.key needs --tls-cert F"),
+        );
+
+        // In the file, `tls:` names both files and nothing else.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        for (text, want) in [
+            ("tls:\n  cert: a.pem\n", "tls: missing field `key`"),
+            (
+                "tls:\n  cert: a.pem\n  key: a.key\n  ca: b.pem\n",
+                "tls: unknown field `ca`",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}\nwants: {want}");
+        }
     }
 
     #[test]

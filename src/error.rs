@@ -15,6 +15,11 @@ pub enum Error {
     PgStore(#[from] crate::pgstore::PgError),
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Options that do not go together (exit 2, like a flag clap refuses).
+    #[error("{0}")]
+    Usage(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -3,7 +3,8 @@
 //!
 //! The map, callers first; dependencies point down:
 //! - [`cli`] (clap definitions in `cli::args`, each command's code beside), [`client`]
-//!   (signed requests), [`auth`] (SSHSIG request signing and checking).
+//!   (signed requests), [`auth`] (SSHSIG request signing and checking), [`agent`] (adding a
+//!   certificate to ssh-agent with a lifetime).
 //! - Adapters: [`api`] (HTTP), [`dashboard`] (the web pages), [`bastion`] (russh: thin
 //!   Handler, watchdog, hop, one task per channel), [`notify`] (webhooks from typed audit
 //!   actions), [`checkpoint`] (signed checkpoints of the chain and their schedule),
@@ -20,12 +21,14 @@
 //! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
 //!   audit chain and its typed actions, logins and their refusals, recorded sessions.
 //! - [`install`]: the installation as files (keys, policies, `init`, trust text);
-//!   [`shown`]: user text escaped for terminals and logs.
+//!   [`shown`]: user text escaped for terminals and logs; [`tls`]: rustls from PEM files
+//!   (the API's certificate, the CAs a client trusts).
 //!
 //! Invariants: only `service` uses `store`; only `store` touches sled and decides what lives in
 //! `data/`; `domain` does no IO and reads no clock; `wire` is the only serde boundary for HTTP
 //! and webhooks (stored records and wire bodies are separate types); nothing blocks a runtime
 //! thread waiting for the disk. The README's Architecture section has the whole list.
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod bastion;
@@ -45,6 +48,7 @@ pub mod recordings;
 pub mod service;
 pub mod shown;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 pub use error::Error;

@@ -28,7 +28,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let json = cli.command.json();
     if let Err(e) = runtime.block_on(ramp_ca::cli::run(cli)) {
+        if json {
+            // With --json the error is JSON on stdout too, for the script reading it.
+            let body = serde_json::json!({"error": e.to_string(), "exit": e.exit_code()});
+            println!("{body}");
+        }
         // The daemon's refusals quote what was asked; its lines stay lines, nothing else acts.
         let text = e.to_string();
         let lines: Vec<_> = text.lines().map(ramp_ca::shown::shown).collect();

@@ -22,6 +22,10 @@ pub struct ClientOpts {
     /// Daemon URL.
     #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7400")]
     pub server: String,
+    /// PEM file of the CA certificate(s) an https --server's certificate must chain to
+    /// (instead of the system's).
+    #[arg(long, env = "RAMP_CA_CERT", value_name = "F")]
+    pub ca_cert: Option<PathBuf>,
     /// Identity key that signs the request (default ~/.ssh/id_ed25519, or ssh-agent).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -33,7 +37,8 @@ pub struct ClientOpts {
 /// What `sign` and `request` ask for.
 #[derive(Debug, Clone, Args)]
 pub struct StepArgs {
-    #[arg(long)]
+    /// The contract to ask a step of (required, unless `sign --grant ID`).
+    #[arg(long, value_name = "C")]
     pub contract: Option<String>,
     /// Default: the contract's first step.
     #[arg(long)]
@@ -41,14 +46,20 @@ pub struct StepArgs {
     /// Like 30m; at most the step's max_ttl (default: the step's max_ttl).
     #[arg(long)]
     pub ttl: Option<String>,
+    /// Why you need it, like `INC-42 replica lag` (required by contracts that say so).
     #[arg(long)]
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create keys/, example policies and demo identities (never overwrites a key).
-    Init,
+    /// Create keys/ and, in a new installation, example policies (never overwrites a key).
+    Init {
+        /// Also make three demo identities (alice, bob, carol: keys under demo/, registered
+        /// in policies/people.yaml), for trying it out; never in production.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Run the CA API (and bastion) until SIGINT/SIGTERM; initialises what is missing first.
     Serve {
         /// API listen address [default: 127.0.0.1:7400; beats the config file's `api:`].
@@ -69,6 +80,16 @@ pub enum Command {
         /// [beats the config file's `store:`].
         #[arg(long, env = "RAMP_STORE", value_name = "URL")]
         store: Option<String>,
+        /// Serve the API and dashboard over HTTPS with this PEM certificate chain (the
+        /// server's certificate first); needs --tls-key [config: `tls: {cert, key}`].
+        #[arg(long, value_name = "F")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; unencrypted).
+        #[arg(long, value_name = "F")]
+        tls_key: Option<PathBuf>,
+        /// A new installation gets demo identities (as `init --demo`).
+        #[arg(long)]
+        demo: bool,
     },
     /// Check or explain policies.
     #[command(subcommand)]
@@ -86,6 +107,21 @@ pub enum Command {
         /// Give up waiting after this long.
         #[arg(long, default_value = "15m")]
         timeout: String,
+        /// Do not add the certificate to the running ssh-agent.
+        #[arg(long)]
+        no_agent: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print an ssh_config block so plain `ssh TARGET` goes through the bastion, for the
+    /// targets of the grants you hold, and the known_hosts line that trusts the bastion.
+    SshConfig {
+        /// The bastion as engineers reach it [default: --server's host, port 2222].
+        #[arg(long, value_name = "HOST[:PORT]")]
+        bastion: Option<String>,
+        /// Write the block to this file (for `Include` in ~/.ssh/config) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -98,13 +134,16 @@ pub enum Command {
     },
     /// Approve a pending request.
     Approve {
+        /// The pending request's id (from `grants`).
         id: String,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// Deny a pending request (or withdraw your own).
     Deny {
+        /// The pending request's id (from `grants`).
         id: String,
+        /// Why it is denied (told to the requester and audited).
         #[arg(long)]
         reason: String,
         #[command(flatten)]
@@ -125,12 +164,16 @@ pub enum Command {
     },
     /// Revoke a certificate, a grant (and its certificates) or everything a user holds.
     Revoke {
+        /// One certificate, by its serial.
         #[arg(long, group = "what")]
         serial: Option<u64>,
+        /// A grant, with every certificate minted from it and the grants that climbed from it.
         #[arg(long, group = "what")]
         grant: Option<String>,
+        /// Everything the user holds or asked for now.
         #[arg(long, group = "what")]
         user: Option<String>,
+        /// Why (audited, and told to the user whose sessions it ends).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -146,8 +189,10 @@ pub enum Command {
     },
     /// Sign a target's host key with host-ca; writes `<name>-cert.pub` beside the key.
     SignHost {
+        /// The host's name in hosts.yaml (and the certificate's first principal).
         #[arg(long)]
         name: String,
+        /// The host's public key file, like /etc/ssh/ssh_host_ed25519_key.pub.
         #[arg(long)]
         pubkey: PathBuf,
         /// Validity (default 365d).
@@ -170,6 +215,7 @@ pub enum Command {
     Store(StoreCommand),
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -178,8 +224,10 @@ pub enum Command {
 /// Which sessions a listing or search covers.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
+    /// Only this user's sessions.
     #[arg(long)]
     pub user: Option<String>,
+    /// Only sessions to this target.
     #[arg(long)]
     pub target: Option<String>,
     /// Only sessions started this recently, like 1h.
@@ -207,12 +255,14 @@ pub enum SessionsCommand {
     },
     /// Show one session's metadata.
     Show {
+        /// The session's id (from `sessions list`).
         id: String,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// Replay a session's output with its real timing.
     Play {
+        /// The session's id (from `sessions list`).
         id: String,
         /// Playback speed factor.
         #[arg(long, default_value_t = 1.0)]
@@ -220,14 +270,20 @@ pub enum SessionsCommand {
         /// Longest pause kept between two events.
         #[arg(long, default_value = "2s")]
         idle_cap: String,
+        /// Start this far into the session, like 1m30s (what came before is shown at once).
+        #[arg(long, value_name = "OFFSET")]
+        from: Option<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// Export a session (to stdout, or --out F).
     Export {
+        /// The session's id (from `sessions list`).
         id: String,
+        /// What to export.
         #[arg(long, value_enum, default_value = "asciicast")]
         format: ExportFormat,
+        /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
@@ -235,6 +291,7 @@ pub enum SessionsCommand {
     },
     /// Search recordings' input and output for a text.
     Grep {
+        /// The text to find in what was typed and printed (ANSI stripped).
         pattern: String,
         #[command(flatten)]
         filter: FilterArgs,
@@ -246,34 +303,69 @@ pub enum SessionsCommand {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy directory (default DIR/policies); exit 1 listing every problem.
-    Check { path: Option<PathBuf> },
+    Check {
+        /// The policy directory [default: DIR/policies].
+        path: Option<PathBuf>,
+    },
     /// Show the decision for a request and the reasons.
     Explain {
+        /// Who asks (a user in people.yaml).
         #[arg(long)]
         user: String,
+        /// The contract asked.
         #[arg(long)]
         contract: String,
+        /// The step asked [default: the contract's first].
         #[arg(long)]
         step: Option<String>,
+        /// The ttl asked, like 30m [default: the step's max_ttl].
         #[arg(long)]
         ttl: Option<String>,
+        /// The reason given (without it, a reason is assumed and said so).
         #[arg(long)]
         reason: Option<String>,
         /// Assume the user holds an active grant of these steps (repeatable).
         #[arg(long)]
         holding: Vec<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// How a listing is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns with a header.
+    Table,
+    /// CSV with a header row, for spreadsheets.
+    Csv,
+    /// JSON, every field.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// List audit records, newest last.
+    /// List audit records, newest first (as the dashboard's Audit page).
     List {
         /// Only records this recent, like 1h.
         #[arg(long)]
         since: Option<String>,
+        /// Only records whose actor contains this text.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only records whose action contains this text (like `revoke`, `session-`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only records whose subject contains this text (a grant id, a session id).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Oldest first instead.
+        #[arg(long)]
+        oldest_first: bool,
+        /// Output format (`--json` is the same as `--format json`).
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -324,4 +416,48 @@ pub enum TrustCommand {
     KnownHosts,
     /// The public key that signs audit checkpoints, for auditors to pin.
     AuditSigner,
+}
+
+impl Command {
+    /// The client options of a command that talks to the daemon.
+    pub fn client(&self) -> Option<&ClientOpts> {
+        match self {
+            Command::Sign { client, .. }
+            | Command::Request { client, .. }
+            | Command::Approve { client, .. }
+            | Command::Deny { client, .. }
+            | Command::Dashboard { client, .. }
+            | Command::Grants { client, .. }
+            | Command::Revoke { client, .. }
+            | Command::Krl { client, .. }
+            | Command::SignHost { client, .. }
+            | Command::SshConfig { client, .. } => Some(client),
+            Command::Audit(
+                AuditCommand::List { client, .. }
+                | AuditCommand::Verify { client, .. }
+                | AuditCommand::Checkpoint { client, .. },
+            ) => Some(client),
+            Command::Sessions(
+                SessionsCommand::List { client, .. }
+                | SessionsCommand::Show { client, .. }
+                | SessionsCommand::Play { client, .. }
+                | SessionsCommand::Export { client, .. }
+                | SessionsCommand::Grep { client, .. },
+            ) => Some(client),
+            Command::Init { .. }
+            | Command::Serve { .. }
+            | Command::Policy(_)
+            | Command::Trust(_)
+            | Command::Store(_)
+            | Command::Completions { .. } => None,
+        }
+    }
+
+    /// Whether the command's output is JSON (`--json`), so its errors are too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Policy(PolicyCommand::Explain { json, .. }) => *json,
+            other => other.client().is_some_and(|c| c.json),
+        }
+    }
 }

@@ -9,7 +9,8 @@ use reqwest::Method;
 use serde::Serialize;
 use serde_json::json;
 
-use super::output::{audit_table, rfc3339};
+use super::args::ListFormat;
+use super::output::{audit_csv, audit_table, rfc3339};
 use super::{connect, emit, since, write_atomic, AuditCommand, CliError, ClientOpts, Result};
 use crate::checkpoint::{check_chain, Signed, Sourced};
 use crate::client::Client;
@@ -23,6 +24,11 @@ pub(super) async fn run(cmd: AuditCommand) -> Result {
     match cmd {
         AuditCommand::List {
             since: ago,
+            actor,
+            action,
+            subject,
+            oldest_first,
+            format,
             client: opts,
         } => {
             let url = match ago {
@@ -30,8 +36,24 @@ pub(super) async fn run(cmd: AuditCommand) -> Result {
                 None => routes::AUDIT.into(),
             };
             let client = connect(&opts).await?;
-            let out: Vec<AuditRecord> = client.call(Method::GET, &url, None::<&()>).await?;
-            emit(&opts, &out, || audit_table(&out))
+            let mut out: Vec<AuditRecord> = client.call(Method::GET, &url, None::<&()>).await?;
+            let has = |want: &Option<String>, value: &str| {
+                want.as_deref().is_none_or(|w| value.contains(w))
+            };
+            out.retain(|r| {
+                has(&actor, &r.actor) && has(&action, &r.action) && has(&subject, &r.subject)
+            });
+            if !oldest_first {
+                out.reverse();
+            }
+            match format {
+                ListFormat::Csv if !opts.json => {
+                    print!("{}", audit_csv(&out));
+                    Ok(())
+                }
+                ListFormat::Json => emit(&ClientOpts { json: true, ..opts }, &out, String::new),
+                _ => emit(&opts, &out, || audit_table(&out)),
+            }
         }
         AuditCommand::Verify {
             checkpoint,

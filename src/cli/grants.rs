@@ -49,7 +49,36 @@ pub(super) async fn request(opts: &ClientOpts, ask: StepArgs) -> Result {
     let out: Outcome = client
         .call(Method::POST, routes::REQUESTS, Some(&body))
         .await?;
-    emit(opts, &out, || describe_grant(&out.grant))
+    // Say what comes next: a certificate to pick up, now or once approved.
+    let next = match out.grant.state {
+        State::Pending => format!(
+            "once approved, pick the certificate up with: {}\n",
+            pick_up_command(opts, &out.grant.grant.id)
+        ),
+        State::Active => format!(
+            "get its certificate with: {}\n",
+            pick_up_command(opts, &out.grant.grant.id)
+        ),
+        _ => String::new(),
+    };
+    emit(opts, &out, || {
+        format!(
+            "{}{}{next}",
+            describe_grant(&out.grant),
+            reasons_text(&out.reasons)
+        )
+    })
+}
+
+/// The command that writes a grant's certificate beside the key this command signed with.
+fn pick_up_command(opts: &ClientOpts, id: &str) -> String {
+    format!(
+        "ramp-ca sign --grant {id}{}",
+        opts.key
+            .as_ref()
+            .map(|k| format!(" --key {}", k.display()))
+            .unwrap_or_default()
+    )
 }
 
 pub(super) async fn approve(opts: &ClientOpts, id: &str) -> Result {
@@ -83,11 +112,14 @@ pub(super) async fn dashboard(opts: &ClientOpts) -> Result {
         .call(Method::POST, routes::DASHBOARD_LINK, Some(&no_body()))
         .await?;
     if out.url.is_none() {
-        out.url = Some(format!("{}{}", opts.server.trim_end_matches('/'), out.path));
+        out.url = Some(format!(
+            "{}{}",
+            crate::client::server_url(&opts.server, opts.ca_cert.is_some()),
+            out.path
+        ));
     }
     let url = out.url.clone().unwrap_or_default();
-    let expires = serde_json::to_value(out.expires).unwrap_or_default();
-    let expires = expires.as_str().unwrap_or_default().to_string();
+    let expires = super::output::rfc3339(out.expires);
     emit(opts, &out, || {
         format!("{url}\n(open it once, before {expires}; it logs you in as the key's owner)\n")
     })
@@ -181,6 +213,7 @@ pub(super) async fn sign(
     grant: Option<String>,
     wait: bool,
     timeout: Duration,
+    to_agent: bool,
 ) -> Result {
     let key_path = key_path(opts);
     let body = match &grant {
@@ -198,13 +231,7 @@ pub(super) async fn sign(
     };
     if out.certificate.is_none() && out.grant.state == State::Pending {
         let id = out.grant.grant.id.clone();
-        let pick_up = format!(
-            "ramp-ca sign --grant {id}{}",
-            opts.key
-                .as_ref()
-                .map(|k| format!(" --key {}", k.display()))
-                .unwrap_or_default()
-        );
+        let pick_up = pick_up_command(opts, &id);
         if !wait {
             return emit(opts, &out, || {
                 format!(
@@ -229,15 +256,26 @@ pub(super) async fn sign(
             out.grant.grant.id, out.grant.state
         )));
     };
+    // KEY-cert.pub is what `ssh -i KEY` offers (the newest); each grant keeps a file of its
+    // own too, so taking another step never loses a certificate that still works.
     let path = keys::cert_path(&key_path);
     write_atomic(&path, format!("{cert}\n").as_bytes())?;
+    let g = &out.grant.grant;
+    let own = grant_cert_path(&key_path, &g.contract, &g.step);
+    write_atomic(&own, format!("{cert}\n").as_bytes())?;
     let parsed = keys::read_certificate(&path)?;
+    let agent = if to_agent {
+        Some(add_to_agent(&key_path, &parsed, &out.grant).await)
+    } else {
+        None
+    };
     emit(
         opts,
-        &json!({"grant": out.grant, "serial": out.serial, "certificate": cert, "path": path}),
+        &json!({"grant": out.grant, "serial": out.serial, "certificate": cert, "path": path,
+                "grant_path": own, "agent": agent.as_ref().map(|a| a.as_ref().map_err(|e| e.to_string()))}),
         || {
-            format!(
-                "{}{}certificate serial {} for {} valid until {}\nwrote {}\n",
+            let mut text = format!(
+                "{}{}certificate serial {} for {} valid until {}\nwrote {} (and {})\n",
                 describe_grant(&out.grant),
                 if out.existing {
                     reasons_text(&out.reasons)
@@ -247,10 +285,136 @@ pub(super) async fn sign(
                 parsed.serial(),
                 parsed.valid_principals().join(","),
                 unix_time(parsed.valid_before()),
-                path.display()
-            )
+                path.display(),
+                own.display()
+            );
+            match &agent {
+                Some(Ok(until)) => text.push_str(&format!(
+                    "added to ssh-agent until {until} (it leaves the agent when the grant ends)\n"
+                )),
+                Some(Err(why)) => text.push_str(&format!("not added to ssh-agent: {why}\n")),
+                None => {}
+            }
+            let server = crate::client::server_url(&opts.server, opts.ca_cert.is_some());
+            let (host, port) =
+                bastion_address(None, &server).unwrap_or_else(|_| ("BASTION".into(), 2222));
+            for target in &out.grant.targets {
+                text.push_str(&format!(
+                    "connect: ssh -p {port} {}@{target}@{host}   (or, after `ramp-ca ssh-config`: ssh {target})\n",
+                    out.grant.principals.first().map_or("", String::as_str)
+                ));
+            }
+            text
         },
     )
+}
+
+/// `KEY-CONTRACT-STEP-cert.pub`: a grant's own certificate file beside the key.
+fn grant_cert_path(key: &Path, contract: &str, step: &str) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(format!("-{contract}-{step}-cert.pub"));
+    PathBuf::from(s)
+}
+
+/// Adds the certificate to ssh-agent for the grant's remaining life; returns until when.
+async fn add_to_agent(
+    key_path: &Path,
+    cert: &russh::keys::ssh_key::Certificate,
+    grant: &GrantView,
+) -> std::result::Result<String, crate::agent::AgentError> {
+    let key = keys::read_private(key_path).map_err(|e| crate::agent::AgentError::Agent {
+        socket: String::new(),
+        why: format!("the private key is not readable here ({e}); it may be in the agent already"),
+    })?;
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let lifetime = cert.valid_before().saturating_sub(now).min(u32::MAX as u64) as u32;
+    let comment = format!(
+        "ramp-ca {}/{} grant {}",
+        grant.grant.contract, grant.grant.step, grant.grant.id
+    );
+    crate::agent::add_certificate(&key, cert, &comment, lifetime).await?;
+    Ok(unix_time(cert.valid_before()))
+}
+
+/// `ssh-config`: Host blocks for the targets of the caller's grants, through the bastion.
+pub(super) async fn ssh_config(
+    opts: &ClientOpts,
+    bastion: Option<&str>,
+    out: Option<&Path>,
+) -> Result {
+    let client = connect(opts).await?;
+    let grants: Vec<GrantView> = client
+        .call(Method::GET, routes::GRANTS, None::<&()>)
+        .await?;
+    let me: crate::wire::grants::Whoami = client
+        .call(Method::GET, routes::WHOAMI, None::<&()>)
+        .await?;
+    let server = crate::client::server_url(&opts.server, opts.ca_cert.is_some());
+    let (host, port) = bastion_address(bastion, &server)?;
+    let mut targets: Vec<String> = grants
+        .iter()
+        .filter(|g| g.grant.user == me.user && g.state == State::Active)
+        .flat_map(|g| g.targets.iter().cloned())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let text = ssh_config_text(&host, port, &targets);
+    match out {
+        Some(path) => {
+            write_atomic(path, text.as_bytes())?;
+            println!(
+                "wrote {} ({} targets); add `Include {}` at the top of ~/.ssh/config",
+                path.display(),
+                targets.len(),
+                path.display()
+            );
+            Ok(())
+        }
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// `--bastion HOST[:PORT]`, or the API server's host and port 2222.
+fn bastion_address(bastion: Option<&str>, server: &str) -> Result<(String, u16)> {
+    let given = match bastion {
+        Some(b) => b.to_string(),
+        None => {
+            let url = reqwest::Url::parse(server)
+                .map_err(|e| CliError::Usage(format!("--server {server}: {e}")))?;
+            url.host_str().unwrap_or("127.0.0.1").to_string()
+        }
+    };
+    match given.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+            let port = port
+                .parse()
+                .map_err(|_| CliError::Usage(format!("--bastion {given}: bad port `{port}`")))?;
+            Ok((host.trim_matches(['[', ']']).to_string(), port))
+        }
+        _ => Ok((given.trim_matches(['[', ']']).to_string(), 2222)),
+    }
+}
+
+/// One Host block a target: `ssh TARGET` logs in to the bastion as `TARGET` (its first
+/// principal there), checking the bastion's host certificate under its `ramp-bastion` name.
+fn ssh_config_text(host: &str, port: u16, targets: &[String]) -> String {
+    let mut out = String::from(
+        "# ramp-ca: reach these targets through the bastion (`ramp-ca ssh-config`).\n\
+         # Another principal: ssh -l PRINCIPAL@TARGET TARGET. The bastion's host certificate is\n\
+         # checked against the host CA (`ramp-ca trust known-hosts` prints the line to add).\n",
+    );
+    for t in targets {
+        out.push_str(&format!(
+            "Host {t}\n    HostName {host}\n    Port {port}\n    User {t}\n    HostKeyAlias ramp-bastion\n"
+        ));
+    }
+    if targets.is_empty() {
+        out.push_str("# (no active grant yet: `ramp-ca sign` first)\n");
+    }
+    out
 }
 
 /// A certificate for the signing key from grant `id`.

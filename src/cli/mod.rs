@@ -40,7 +40,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Lib(crate::Error::Usage(_)) => 2,
             _ => 1,
         }
     }
@@ -63,13 +63,16 @@ pub async fn run(cli: Cli) -> Result {
             clap_complete::generate(shell, &mut cmd, "ramp-ca", &mut std::io::stdout());
             Ok(())
         }
-        Command::Init => init(&dir).await,
+        Command::Init { demo } => init(&dir, demo).await,
         Command::Serve {
             api,
             ssh,
             min_free_mib,
             config,
             store,
+            tls_cert,
+            tls_key,
+            demo,
         } => {
             let flags = crate::daemon::Flags {
                 api,
@@ -77,6 +80,9 @@ pub async fn run(cli: Cli) -> Result {
                 min_free_mib,
                 config,
                 store,
+                tls_cert,
+                tls_key,
+                demo,
             };
             crate::daemon::serve(&dir, &flags)
                 .await
@@ -104,12 +110,18 @@ pub async fn run(cli: Cli) -> Result {
             grant,
             wait,
             timeout,
+            no_agent,
             client,
         } => {
             let timeout = crate::domain::policy::parse_duration(&timeout)
                 .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
-            grants::sign(&client, ask, grant, wait, timeout).await
+            grants::sign(&client, ask, grant, wait, timeout, !no_agent).await
         }
+        Command::SshConfig {
+            bastion,
+            out,
+            client,
+        } => grants::ssh_config(&client, bastion.as_deref(), out.as_deref()).await,
         Command::Request { ask, client } => grants::request(&client, ask).await,
         Command::Approve { id, client } => grants::approve(&client, &id).await,
         Command::Deny { id, reason, client } => grants::deny(&client, &id, reason).await,
@@ -146,10 +158,19 @@ pub async fn run(cli: Cli) -> Result {
 }
 
 /// `init`: what is missing under `dir`, and what was done.
-async fn init(dir: &Path) -> Result {
-    let (done, cert) = crate::service::initialise(dir, Utc::now()).await?;
+async fn init(dir: &Path, demo: bool) -> Result {
+    let (done, cert) = crate::service::initialise(dir, demo, Utc::now()).await?;
     for path in done.created.iter().chain(cert.iter()) {
         println!("created {}", path.display());
+    }
+    for who in &done.people {
+        println!("registered {who} in policies/people.yaml");
+    }
+    if done.kept_policies.is_none() && done.people.is_empty() {
+        println!(
+            "nobody is registered yet: add each person to {} (their public key and roles), check with `ramp-ca policy check`, then start `ramp-ca serve` (or reload it with SIGHUP); `ramp-ca init --demo` in an empty directory makes demo identities to try it",
+            dir.join("policies/people.yaml").display()
+        );
     }
     match &done.kept_policies {
         Some(policies) => println!(
@@ -190,7 +211,7 @@ fn since(text: &str) -> Result<std::time::Duration> {
 async fn connect(opts: &ClientOpts) -> Result<Client> {
     let path = key_path(opts);
     let signer = client::signer_for(&path).await?;
-    Ok(Client::new(&opts.server, signer))
+    Ok(Client::new(&opts.server, opts.ca_cert.as_deref(), signer)?)
 }
 
 /// The identity key: `--key`, else `~/.ssh/id_ed25519`.

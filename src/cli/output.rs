@@ -115,13 +115,22 @@ pub(super) fn describe_grant(g: &GrantView) -> String {
     s
 }
 
+/// Grants and requests, with what each grants (principals, targets, options), so an
+/// approver sees what approving a pending request gives; `!` marks a break-glass step.
 pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
     if grants.is_empty() {
         return "no grants\n".into();
     }
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(",")
+        }
+    };
     let mut out = format!(
-        "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
-        "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS"
+        "{:<13} {:<10} {:<26} {:<9} {:<10} {:<18} {:<18} {}\n",
+        "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS", "TARGETS", "OPTIONS"
     );
     for g in grants {
         let left = match (g.state, g.grant.end) {
@@ -130,34 +139,95 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
             )),
             _ => "-".into(),
         };
+        let step = format!(
+            "{}/{}{}",
+            g.grant.contract,
+            g.grant.step,
+            if g.break_glass { "!" } else { "" }
+        );
         out.push_str(&format!(
-            "{:<13} {:<10} {:<24} {:<9} {:<10} {}\n",
-            g.grant.id,
-            g.grant.user,
-            format!("{}/{}", g.grant.contract, g.grant.step),
+            "{:<13} {:<10} {:<26} {:<9} {:<10} {:<18} {:<18} {}\n",
+            Shown(&g.grant.id),
+            Shown(&g.grant.user),
+            Shown(&step),
             g.state.to_string(),
             left,
-            g.principals.join(",")
+            Shown(&list(&g.principals)),
+            Shown(&list(&g.targets)),
+            Shown(&list(&g.options))
         ));
+    }
+    if grants.iter().any(|g| g.break_glass) {
+        out.push_str("! break-glass step\n");
     }
     out
 }
 
+/// The audit log as a table: a header, columns as wide as their widest value (bounded), one
+/// time format (UTC, seconds), every field escaped.
 pub(super) fn audit_table(records: &[AuditRecord]) -> String {
-    let mut out = String::new();
-    for r in records {
-        out.push_str(&format!(
-            "{:>6} {} {:<10} {:<16} {:<14} {}\n",
-            r.seq,
-            r.at.format("%Y-%m-%dT%H:%M:%SZ"),
-            Shown(&r.actor),
-            Shown(&r.action),
-            Shown(&r.subject),
-            Shown(&r.detail.to_string())
-        ));
+    if records.is_empty() {
+        return "no audit records\n".into();
     }
-    if out.is_empty() {
-        out.push_str("no audit records\n");
+    let rows: Vec<[String; 6]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.seq.to_string(),
+                r.at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                Shown(&r.actor).to_string(),
+                Shown(&r.action).to_string(),
+                Shown(&r.subject).to_string(),
+                Shown(&r.detail.to_string()).to_string(),
+            ]
+        })
+        .collect();
+    let header = ["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT", "DETAIL"];
+    // Width of each column but the last, at most 24 (longer values just push the line).
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+            .min(24)
+    };
+    let widths: Vec<usize> = (0..5).map(width).collect();
+    let line = |cells: [&str; 6]| {
+        let mut out = format!("{:>w$}", cells[0], w = widths[0]);
+        for (i, cell) in cells.iter().enumerate().skip(1).take(4) {
+            out.push_str(&format!("  {:<w$}", cell, w = widths[i]));
+        }
+        out.push_str("  ");
+        out.push_str(cells[5]);
+        out.push('\n');
+        out
+    };
+    let mut out = line(header);
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
     out
+}
+
+/// The audit log as CSV: seq, at, actor, action, subject, detail (compact JSON), hash.
+pub(super) fn audit_csv(records: &[AuditRecord]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let fields = |r: &AuditRecord| {
+        [
+            r.seq.to_string(),
+            r.at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            r.actor.clone(),
+            r.action.clone(),
+            r.subject.clone(),
+            r.detail.to_string(),
+            r.hash.clone(),
+        ]
+    };
+    // Writing to memory cannot fail.
+    let _ = w.write_record(["seq", "at", "actor", "action", "subject", "detail", "hash"]);
+    for r in records {
+        let _ = w.write_record(fields(r));
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }

@@ -83,6 +83,7 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
             id,
             speed,
             idle_cap,
+            from,
             client: opts,
         } => {
             if !(speed > 0.0 && speed.is_finite()) {
@@ -90,10 +91,18 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
             }
             let cap = policy::parse_duration(&idle_cap)
                 .ok_or_else(|| CliError::Usage(format!("--idle-cap: bad duration `{idle_cap}`")))?;
+            let from_ms = match from.as_deref() {
+                Some("0") | None => 0,
+                Some(f) => policy::parse_duration(f)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("--from: bad offset `{f}` (like 1m30s)"))
+                    })?
+                    .as_millis() as u64,
+            };
             let client = connect(&opts).await?;
             let (_, events) = fetch_session(&client, &id, "play").await?;
             let mut stdout = tokio::io::stdout();
-            export::play(&events, speed, cap, &mut stdout)
+            export::play_from(&events, from_ms, speed, cap, &mut stdout)
                 .await
                 .map_err(crate::Error::io("stdout"))?;
             Ok(())

@@ -99,6 +99,9 @@ pub struct Dashboard {
     recorders: Arc<Recorders>,
     ttls: Ttls,
     public_url: Option<String>,
+    /// Whether the session cookie is `Secure`: the API serves HTTPS, or `public_url` is
+    /// https (a TLS proxy in front).
+    secure_cookie: bool,
     /// One-time login tokens -> (user, expiry).
     links: Mutex<HashMap<String, (String, DateTime<Utc>)>>,
     sessions: Mutex<HashMap<String, WebSession>>,
@@ -121,12 +124,18 @@ impl Dashboard {
         service: Arc<Service>,
         recorders: Arc<Recorders>,
         settings: &Settings,
+        https: bool,
     ) -> Result<Arc<Dashboard>, String> {
+        let public_https = settings
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
         Ok(Arc::new(Dashboard {
             service,
             recorders,
             ttls: settings.ttls()?,
             public_url: settings.public_url.clone(),
+            secure_cookie: https || public_https,
             links: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             verified: Mutex::new(None),
@@ -195,6 +204,7 @@ impl Dashboard {
 /// The dashboard's routes: `/ui/...` and the signed `POST /v1/dashboard/link`.
 pub fn router(app: App) -> Router {
     Router::new()
+        .route(ui::HOME, get(|| async { Redirect::to(ui::PAGE) }))
         .route(ui::ROOT, get(|| async { Redirect::to(ui::PAGE) }))
         .route(ui::PAGE, get(page))
         .route(ui::SCRIPT, get(script))
@@ -291,10 +301,18 @@ fn error_page(status: StatusCode, text: &str) -> Response {
 }
 
 /// `GET /ui/login?token=T`: spends the link, starts the browser session.
-async fn login(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response {
+async fn login(
+    State(app): State<App>,
+    Query(q): Query<LoginQuery>,
+    headers: HeaderMap,
+) -> Response {
     let now = Utc::now();
     let found = lock(&app.links).remove(&q.token);
     let Some((user, expires)) = found.filter(|(_, e)| *e > now) else {
+        // A link opened again (a reload, the browser's history) by someone logged in already.
+        if app.web_user(&headers).is_ok() {
+            return Redirect::to(ui::PAGE).into_response();
+        }
         return error_page(
             StatusCode::UNAUTHORIZED,
             "This login link is unknown, already used or expired.",
@@ -315,16 +333,8 @@ async fn login(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response 
         lock(&app.sessions).remove(&id);
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, &ApiError::from(e).1);
     }
-    // Behind https (public_url says so) the cookie never travels in the clear.
-    let secure = if app
-        .public_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"))
-    {
-        "; Secure"
-    } else {
-        ""
-    };
+    // Over https (served here, or a proxy's public_url) the cookie never travels in the clear.
+    let secure = if app.secure_cookie { "; Secure" } else { "" };
     let cookie = format!(
         "{COOKIE}={id}; Path={}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         ui::ROOT,

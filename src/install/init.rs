@@ -1,4 +1,5 @@
-//! `ramp-ca init`: keys, example policies and demo identities for an installation.
+//! `ramp-ca init`: keys, example policies and (with `--demo` only) demo identities for an
+//! installation.
 //! Creates only what is missing; never overwrites a key or a policy file. Policies are written
 //! into a new installation only (no `policies/` yet, or an empty one): a contract an admin
 //! deleted from an existing set stays deleted.
@@ -39,17 +40,22 @@ pub struct Initialised {
     pub created: Vec<PathBuf>,
     /// The policies directory already held files, so no example was written into it.
     pub kept_policies: Option<PathBuf>,
+    /// Who it registered in a new `people.yaml` (demo identities, the local operator).
+    pub people: Vec<String>,
 }
 
-/// Creates whatever is missing under `dir`: keys always; the example policies and demo
-/// identities only when `policies/` is new or empty.
-pub fn init(dir: &Path) -> Result<Initialised, Error> {
+/// Creates whatever is missing under `dir`: keys always; the example policies only when
+/// `policies/` is new or empty, with the demo identities (private keys under `demo/`) only
+/// when `demo` is asked for. A production start registers nobody but the local operator's
+/// own `~/.ssh/id_ed25519.pub`, when there is one.
+pub fn init(dir: &Path, demo: bool) -> Result<Initialised, Error> {
     let mut created = Keys::ensure(&dir.join("keys"))?;
     let policies = dir.join("policies");
     if holds_files(&policies)? {
         return Ok(Initialised {
             created,
             kept_policies: Some(policies),
+            people: Vec::new(),
         });
     }
     fs::create_dir_all(&policies).map_err(Error::io(&policies))?;
@@ -60,13 +66,14 @@ pub fn init(dir: &Path) -> Result<Initialised, Error> {
         }
     }
     let people = policies.join("people.yaml");
-    let text = people_yaml(dir, &mut created)?;
+    let (text, registered) = people_yaml(dir, demo, &mut created)?;
     if write_new(&people, &text)? {
         created.push(people);
     }
     Ok(Initialised {
         created,
         kept_policies: None,
+        people: registered,
     })
 }
 
@@ -95,17 +102,17 @@ fn write_new(path: &Path, text: &str) -> Result<bool, Error> {
     }
 }
 
-/// `people.yaml` with the demo users (keys under `demo/`) and the local operator, if they
-/// have an `~/.ssh/id_ed25519.pub`.
-fn people_yaml(dir: &Path, created: &mut Vec<PathBuf>) -> Result<String, Error> {
-    let mut text = String::from(
-        "# People who may sign requests: their registered keys and roles.\n\
-         # Built-in roles: ramp-admin (revoke, KRL, host certificates), ramp-auditor (audit, recordings).\n\
-         # Roles the contracts use; declared here they stay valid even while nobody holds them.\n\
-         roles: [sre, sre-lead]\n\
-         users:\n",
-    );
-    for (name, roles) in DEMO_USERS {
+/// `people.yaml` with the demo users (keys under `demo/`) when `demo`, and the local operator
+/// if they have an `~/.ssh/id_ed25519.pub`; with the names it registered.
+fn people_yaml(
+    dir: &Path,
+    demo: bool,
+    created: &mut Vec<PathBuf>,
+) -> Result<(String, Vec<String>), Error> {
+    let mut users = String::new();
+    let mut registered = Vec::new();
+    let demo_users: &[(&str, &str)] = if demo { DEMO_USERS } else { &[] };
+    for (name, roles) in demo_users {
         let key_dir = dir.join("demo").join(name);
         fs::create_dir_all(&key_dir).map_err(Error::io(&key_dir))?;
         fs::set_permissions(&key_dir, fs::Permissions::from_mode(0o700))
@@ -118,27 +125,51 @@ fn people_yaml(dir: &Path, created: &mut Vec<PathBuf>) -> Result<String, Error> 
         let line = public
             .to_openssh()
             .map_err(crate::domain::cert::CertError::from)?;
-        text.push_str(&format!(
+        users.push_str(&format!(
             "  {name}:\n    keys: [\"{line}\"]\n    roles: {roles}\n"
         ));
+        registered.push(format!("{name} (demo, {roles})"));
     }
     let operator = std::env::var("USER")
         .ok()
         .filter(|u| crate::domain::policy::valid_name(u));
     let home_key = std::env::var_os("HOME").map(|h| Path::new(&h).join(".ssh/id_ed25519.pub"));
     if let (Some(name), Some(path)) = (operator, home_key) {
-        let already = DEMO_USERS.iter().any(|(n, _)| *n == name);
+        let already = demo_users.iter().any(|(n, _)| *n == name);
         if let (false, Ok(key)) = (already, keys::read_public(&path)) {
             let line = key
                 .to_openssh()
                 .map_err(crate::domain::cert::CertError::from)?;
-            text.push_str(&format!(
+            users.push_str(&format!(
                 "  # You, from {}:\n  {name}:\n    keys: [\"{line}\"]\n    roles: [sre, ramp-admin]\n",
+                path.display()
+            ));
+            registered.push(format!(
+                "{name} (you, from {}; sre, ramp-admin)",
                 path.display()
             ));
         }
     }
-    Ok(text)
+    let mut text = String::from(
+        "# People who may sign requests: their registered keys and roles.\n\
+         # Built-in roles: ramp-admin (revoke, KRL, host certificates), ramp-auditor (audit, recordings).\n\
+         # Roles the contracts use; declared here they stay valid even while nobody holds them.\n\
+         roles: [sre, sre-lead]\n",
+    );
+    if users.is_empty() {
+        text.push_str(
+            "# Add each person with their public key and roles, then `ramp-ca policy check`\n\
+             # and reload the daemon (SIGHUP):\n\
+             #   alice:\n\
+             #     keys: [\"ssh-ed25519 AAAA... alice@laptop\"]\n\
+             #     roles: [sre]\n\
+             users: {}\n",
+        );
+    } else {
+        text.push_str("users:\n");
+        text.push_str(&users);
+    }
+    Ok((text, registered))
 }
 
 /// Names the bastion answers to, for its host certificate.

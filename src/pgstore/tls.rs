@@ -2,13 +2,11 @@
 //! but the handshake for `prefer`/`require` (unless `sslrootcert` is given, as in libpq), the
 //! chain for `verify-ca`, the chain and the host name for `verify-full`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -20,10 +18,15 @@ use super::PgError;
 
 /// The connector for a URL's TLS parameters.
 pub fn connector(url: &StoreUrl) -> Result<MakeRustlsConnect, PgError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = |url: &StoreUrl| match &url.root_cert {
-        Some(path) => file_roots(path),
-        None => system_roots(),
+    let provider = crate::tls::provider();
+    let roots = |url: &StoreUrl| {
+        crate::tls::roots(url.root_cert.as_deref()).map_err(|e| match e {
+            crate::tls::TlsError::NoSystemRoots => PgError::Tls(
+                "no system CA certificates found to verify the server with; give sslrootcert=FILE"
+                    .into(),
+            ),
+            e => PgError::Tls(format!("sslrootcert {e}")),
+        })
     };
     let verifier: Arc<dyn ServerCertVerifier> = match (url.ssl_mode, &url.root_cert) {
         (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => {
@@ -53,35 +56,6 @@ fn webpki(
     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| PgError::Tls(e.to_string()))
-}
-
-/// `sslrootcert=FILE`: every certificate in the PEM file.
-fn file_roots(path: &Path) -> Result<RootCertStore, PgError> {
-    let bad = |why: String| PgError::Tls(format!("sslrootcert {}: {why}", path.display()));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(bad("holds no usable PEM certificate".into()));
-    }
-    Ok(roots)
-}
-
-/// The system's CA certificates (libpq's `sslrootcert=system`).
-fn system_roots() -> Result<RootCertStore, PgError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        return Err(PgError::Tls(
-            "no system CA certificates found to verify the server with; give sslrootcert=FILE"
-                .into(),
-        ));
-    }
-    Ok(roots)
 }
 
 /// `prefer`/`require` without roots: encrypted, not authenticated. The handshake's

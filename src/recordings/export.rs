@@ -101,6 +101,18 @@ pub async fn play(
     idle_cap: Duration,
     out: &mut (impl AsyncWrite + Unpin),
 ) -> io::Result<()> {
+    play_from(events, 0, speed, idle_cap, out).await
+}
+
+/// [`play`] from `from_ms` into the session: everything before it is written at once (so the
+/// terminal shows what it showed then), the rest with its timing.
+pub async fn play_from(
+    events: &[Event],
+    from_ms: u64,
+    speed: f64,
+    idle_cap: Duration,
+    out: &mut (impl AsyncWrite + Unpin),
+) -> io::Result<()> {
     if !(speed.is_finite() && speed > 0.0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -109,9 +121,14 @@ pub async fn play(
     }
     let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "playback delay out of range");
     let cap = idle_cap.as_secs_f64();
+    let output = || events.iter().filter(|e| e.kind == EventKind::Output);
+    for event in output().take_while(|e| e.at_ms < from_ms) {
+        out.write_all(&event.data).await?;
+    }
+    out.flush().await?;
     let mut deadline = tokio::time::Instant::now();
-    let mut prev_ms = 0;
-    for event in events.iter().filter(|e| e.kind == EventKind::Output) {
+    let mut prev_ms = from_ms;
+    for event in output().skip_while(|e| e.at_ms < from_ms) {
         let gap = event.at_ms.saturating_sub(prev_ms) as f64 / 1000.0;
         prev_ms = prev_ms.max(event.at_ms);
         let wait = Duration::try_from_secs_f64(gap.min(cap) / speed).map_err(|_| too_long())?;
@@ -286,6 +303,25 @@ mod tests {
             assert!(stdout.contains(text), "{text:?} not in {stdout:?}");
         }
         assert!(!stdout.contains("ls"), "input is not played: {stdout:?}");
+    }
+
+    /// Issue 12: `sessions play --from OFFSET`.
+    #[tokio::test]
+    async fn play_from_an_offset_shows_what_came_before_at_once() {
+        let events = [out(0, b"one "), out(1000, b"two "), out(4000, b"three")];
+        let mut written = Vec::new();
+        play_from(&events, 3000, 1000.0, Duration::from_secs(60), &mut written)
+            .await
+            .unwrap();
+        assert_eq!(written, b"one two three");
+        let mut late = Vec::new();
+        play_from(&events, 9000, 1000.0, Duration::from_secs(60), &mut late)
+            .await
+            .unwrap();
+        assert_eq!(
+            late, b"one two three",
+            "past the end: the whole screen, at once"
+        );
     }
 
     #[tokio::test]

@@ -28,18 +28,17 @@ impl Service {
     /// A grant as people see it at `now`: with its state and what it allows.
     pub(crate) fn view(&self, p: &Policies, grant: &Grant, now: DateTime<Utc>) -> GrantView {
         let contract = p.contracts.get(&grant.contract);
-        let principals = contract
-            .and_then(|c| c.step(&grant.step))
-            .map(|s| s.principals.clone())
-            .unwrap_or_default();
+        let step = contract.and_then(|c| c.step(&grant.step));
         let targets = contract
             .map(|c| p.targets_of(c).map(|h| h.name.clone()).collect())
             .unwrap_or_default();
         GrantView {
             grant: grant.into(),
             state: grant.state_at(now),
-            principals,
+            principals: step.map(|s| s.principals.clone()).unwrap_or_default(),
             targets,
+            break_glass: step.is_some_and(|s| s.break_glass),
+            options: step.map(|s| s.options.describe()).unwrap_or_default(),
         }
     }
 

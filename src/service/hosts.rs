@@ -123,9 +123,10 @@ async fn ensure_bastion_cert(
 /// bastion's host certificate; returns what it created. Needs no valid policies.
 pub async fn initialise(
     dir: &Path,
+    demo: bool,
     now: DateTime<Utc>,
 ) -> std::result::Result<(Initialised, Option<PathBuf>), crate::Error> {
-    let done = init::init(dir)?;
+    let done = init::init(dir, demo)?;
     let keys = Keys::load(&dir.join("keys"))?;
     let store = Ledger::open(&dir.join("data"), &Location::Embedded)
         .await

@@ -159,6 +159,12 @@ pub struct GrantView {
     pub state: State,
     pub principals: Vec<String>,
     pub targets: Vec<String>,
+    /// The step is break-glass (its grants are announced as such).
+    #[serde(default)]
+    pub break_glass: bool,
+    /// What the step's certificates allow beyond a plain login (`CertOptions::describe`).
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 /// What a request, approval or certificate call returns.

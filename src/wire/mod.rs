@@ -53,6 +53,8 @@ pub const DASHBOARD_LINK: &str = "/v1/dashboard/link";
 /// The dashboard's pages and the calls they make, all under `/ui` (browser sessions, not
 /// signed requests). The page's script gets them from [`ui::ROUTES`].
 pub mod ui {
+    /// The API's own root: people who open the server's address land on the dashboard.
+    pub const HOME: &str = "/";
     pub const ROOT: &str = "/ui";
     pub const PAGE: &str = "/ui/";
     pub const SCRIPT: &str = "/ui/app.js";

@@ -116,7 +116,7 @@ fn ssh_keygen_verifies(dir: &TestDir, checkpoint: &str) -> bool {
 #[test]
 fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_a_checkpoint_kept_before() {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     // An installation from before checkpoints: serve makes the key.
     for f in ["keys/audit-signer", "keys/audit-signer.pub"] {
         std::fs::remove_file(dir.join(f)).unwrap();
@@ -260,4 +260,70 @@ fn a_rewritten_and_rehashed_chain_passes_plain_verify_but_not_a_checkpoint_kept_
         err.contains("does not run on from its last checkpoint"),
         "{err}"
     );
+}
+
+/// Issue 12: `audit list` had no header, ragged columns and the opposite order to the page,
+/// and no way to narrow it or take it to a spreadsheet.
+#[test]
+fn audit_list_has_a_header_filters_the_pages_order_and_csv() {
+    let (dir, daemon) = setup();
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::observe("INC-10, \"quoted\"", &[])));
+    run_ok(&mut daemon.cmd(&dir, ALICE, &crate::ask("operate", "INC-10")));
+    let table = run_ok(&mut daemon.cmd(&dir, BOB, &["audit", "list"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("SEQ") && lines[0].contains("ACTOR") && lines[0].contains("DETAIL"),
+        "{table}"
+    );
+    let seqs: Vec<u64> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    // Aligned: every row's actor starts in the header's ACTOR column.
+    let actor_at = lines[0].find("ACTOR").unwrap();
+    for l in &lines[1..] {
+        assert!(l[..actor_at].ends_with("  "), "ragged: {table}");
+    }
+    let only = run_ok(&mut daemon.cmd(
+        &dir,
+        BOB,
+        &[
+            "audit",
+            "list",
+            "--actor",
+            "alice",
+            "--action",
+            "request",
+            "--oldest-first",
+        ],
+    ));
+    let rows: Vec<&str> = only.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "alice's two requests: {only}");
+    assert!(rows
+        .iter()
+        .all(|r| r.contains("alice") && r.contains("request")));
+    let csv = run_ok(&mut daemon.cmd(&dir, BOB, &["audit", "list", "--format", "csv"]));
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap(),
+        vec!["seq", "at", "actor", "action", "subject", "detail", "hash"]
+    );
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(records.len(), seqs.len());
+    let request = records.iter().find(|r| &r[3] == "request").unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&request[5]).unwrap();
+    assert!(
+        detail["reason"] == "INC-10, \"quoted\"" || detail["reason"] == "INC-10",
+        "{detail}"
+    );
+    let json = crate::json(&run_ok(&mut daemon.cmd(
+        &dir,
+        BOB,
+        &["audit", "list", "--format", "json"],
+    )));
+    assert_eq!(json.as_array().unwrap().len(), seqs.len());
 }

@@ -797,3 +797,87 @@ fn control_characters_from_users_are_escaped_and_a_closed_pipe_ends_quietly() {
     );
     no_panic(&daemon);
 }
+
+/// Issue 12: with `--json` errors were text; `--server 127.0.0.1:7400` (no scheme) failed;
+/// `--key id.pub` gave a key parser's complaint; arguments had no description in `--help`.
+#[test]
+fn the_command_line_forgives_a_missing_scheme_names_a_public_key_and_errs_in_json() {
+    let (dir, daemon) = setup();
+    let bare = daemon.url.trim_start_matches("http://").to_string();
+    let mut cmd = daemon.cmd(&dir, ALICE, &["grants", "--json"]);
+    cmd.env("RAMP_SERVER", &bare);
+    let out = run_ok(&mut cmd);
+    assert!(json(&out).is_array(), "{out}");
+
+    let public = format!("{ALICE}.pub");
+    let (code, err) = run_err(&mut daemon.cmd(&dir, &public, &["grants"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is the public half of a key; pass the private key file (--key")
+            && err.contains(&format!("--key {}", dir.join(ALICE).display())),
+        "{err}"
+    );
+
+    let out = daemon
+        .cmd(&dir, ALICE, &["approve", "nosuchgrant", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let body = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        body["error"].as_str().unwrap().contains("nosuchgrant"),
+        "{body}"
+    );
+    assert_eq!(body["exit"], 1);
+
+    // Every argument of every command says what it is.
+    let commands: &[&[&str]] = &[
+        &["init"],
+        &["serve"],
+        &["policy", "check"],
+        &["policy", "explain"],
+        &["sign"],
+        &["request"],
+        &["approve"],
+        &["deny"],
+        &["dashboard"],
+        &["grants"],
+        &["revoke"],
+        &["krl"],
+        &["sign-host"],
+        &["audit", "list"],
+        &["audit", "verify"],
+        &["audit", "checkpoint"],
+        &["sessions", "list"],
+        &["sessions", "show"],
+        &["sessions", "play"],
+        &["sessions", "export"],
+        &["sessions", "grep"],
+        &["store", "migrate"],
+        &["completions"],
+    ];
+    for args in commands {
+        let help = run_ok(crate::support::ramp(&dir).args(*args).arg("--help"));
+        for line in help
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.trim_start().starts_with(['-', '<']))
+        {
+            let described = line
+                .trim()
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                > 1;
+            let next_described = help
+                .lines()
+                .skip_while(|l| *l != line)
+                .nth(1)
+                .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+            assert!(
+                described || next_described,
+                "`ramp-ca {}`: {line:?} has no description:\n{help}",
+                args.join(" ")
+            );
+        }
+    }
+}

@@ -1764,3 +1764,136 @@ fn a_login_name_with_control_characters_is_refused_and_logged_escaped() {
     );
     assert!(log.contains("readonly\\x1b[2J\\nINFO login"), "{log}");
 }
+
+/// Issue 12: `sign` always wrote `KEY-cert.pub`, so a second grant's certificate replaced the
+/// first. Each certificate now goes into ssh-agent for its grant's life (and a file of its
+/// own), ssh offers them all and the bastion takes the one that covers the target, and
+/// `ssh-config` makes plain `ssh TARGET` work.
+#[test]
+fn two_grants_on_two_contracts_work_one_after_the_other_through_ssh_agent() {
+    let rig = rig();
+    // prod-web's first step, as an account the test target has.
+    rig.dir.write(
+        "policies/prod-web.yaml",
+        "contract: prod-web\ntargets: {labels: {role: web}}\nrequesters: [sre]\nreason: optional\nsteps:\n  - name: logs\n    principals: [readonly]\n    max_ttl: 1h\n",
+    );
+    // web-1 is the same sshd as db-1, whose host certificate names db-1: pin its key.
+    let key = rig.dir.read("target_host_key.pub");
+    let hosts = rig.dir.read("policies/hosts.yaml").replace(
+        "labels: {role: web}\n",
+        &format!("labels: {{role: web}}\n    host_key: \"{}\"\n", key.trim()),
+    );
+    rig.dir.write("policies/hosts.yaml", hosts);
+    rig.reload();
+    let sock = rig.dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sign = |args: &[&str]| {
+        let mut cmd = rig.ramp(ALICE, args);
+        cmd.env("SSH_AUTH_SOCK", &sock);
+        run_ok(&mut cmd)
+    };
+    let first = sign(&[
+        "sign",
+        "--contract",
+        "prod-db",
+        "--step",
+        "observe",
+        "--reason",
+        "INC-70",
+    ]);
+    assert!(first.contains("added to ssh-agent until"), "{first}");
+    assert!(
+        first.contains("connect: ssh -p 2222 readonly@db-1@127.0.0.1"),
+        "{first}"
+    );
+    let second = sign(&["sign", "--contract", "prod-web"]);
+    assert!(second.contains("added to ssh-agent until"), "{second}");
+    for own in ["prod-db-observe", "prod-web-logs"] {
+        let path = rig.dir.join(format!("{ALICE}-{own}-cert.pub"));
+        assert!(path.exists(), "no {}", path.display());
+    }
+    let listed = run_ok(
+        Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &sock),
+    );
+    assert_eq!(listed.matches("CERT").count(), 2, "{listed}");
+
+    let via_agent = |extra: &[&str], login: &str| {
+        let mut cmd = Command::new("ssh");
+        cmd.args(extra)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg("-o")
+            .arg(format!("IdentityAgent={}", sock.display()))
+            .arg(login)
+            .arg("whoami")
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    };
+    let port = rig.daemon.ssh_port.to_string();
+    for target in ["db-1", "web-1"] {
+        let out = via_agent(
+            &["-F", "/dev/null", "-p", &port],
+            &format!("readonly@{target}@127.0.0.1"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "readonly\n",
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Plain `ssh TARGET` with the block `ssh-config` writes.
+    let config = rig.dir.join("ramp.ssh_config");
+    let said = run_ok(&mut rig.ramp(
+        ALICE,
+        &[
+            "ssh-config",
+            "--bastion",
+            &format!("127.0.0.1:{port}"),
+            "--out",
+            config.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        said.contains("2 targets") || said.contains("targets"),
+        "{said}"
+    );
+    let block = rig.dir.read("ramp.ssh_config");
+    assert!(
+        block.contains("Host db-1") && block.contains("Host web-1"),
+        "{block}"
+    );
+    for target in ["db-1", "web-1"] {
+        let out = via_agent(&["-F", config.to_str().unwrap()], target);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "readonly\n",
+            "ssh {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -170,7 +170,7 @@ mod tests {
     /// Starts a daemon and signals it the moment it has printed its ports, a few times over.
     fn signalled_at_once(name: &str, check: impl Fn(&TestDir, &mut Daemon)) {
         let dir = TestDir::new();
-        run_ok(ramp(&dir).arg("init"));
+        run_ok(ramp(&dir).args(["init", "--demo"]));
         for _ in 0..5 {
             let mut daemon = Daemon::start(&dir);
             daemon.signal(name);

@@ -48,11 +48,29 @@ impl Drop for Driver {
 }
 
 async fn browser(driver: &Driver) -> Client {
+    browser_sized(driver, 1440, 900).await
+}
+
+/// A browser whose window is `width` x `height` CSS pixels (400 wide: a phone).
+async fn browser_sized(driver: &Driver, width: u32, height: u32) -> Client {
+    browser_with(driver, width, height, &[]).await
+}
+
+/// [`browser_sized`] with `extra` Chromium flags after the usual ones.
+async fn browser_with(driver: &Driver, width: u32, height: u32, extra: &[String]) -> Client {
+    let mut args = vec![
+        "--headless=new".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-dev-shm-usage".into(),
+        format!("--window-size={width},{height}"),
+        "--force-device-scale-factor=1".into(),
+    ];
+    args.extend_from_slice(extra);
     let caps = json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1440,900", "--force-device-scale-factor=1"],
+            "args": args,
         }
     });
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -172,6 +190,9 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         wait_text(&c, "#login", "login notice", |t| t.contains("ramp-ca dashboard")).await;
         let anon = reqwest::get(format!("{base}/ui/api/state")).await.unwrap();
         assert_eq!(anon.status(), 401);
+        // Logged out, the page offers no navigation (issue 12).
+        let nav = c.find(Locator::Css("nav")).await.unwrap();
+        assert!(!nav.is_displayed().await.unwrap(), "navigation shown to nobody");
 
         // bob (sre-lead, auditor) logs in through a one-time link.
         let bob_link = link(&rig, BOB);
@@ -180,6 +201,14 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         // The link is spent.
         let again = reqwest::get(&bob_link).await.unwrap();
         assert_eq!(again.status(), 401);
+        // Opened again by bob, logged in already, it goes to the dashboard; so does the
+        // server's root (issue 12).
+        c.goto(&bob_link).await.unwrap();
+        wait_text(&c, "#me", "bob still logged in", |t| t.contains("bob")).await;
+        c.goto(&format!("{base}/")).await.unwrap();
+        wait_text(&c, "#me", "the root leads to the dashboard", |t| t.contains("bob")).await;
+        assert!(c.current_url().await.unwrap().as_str().ends_with("/ui/"));
+        assert!(c.find(Locator::Css("nav")).await.unwrap().is_displayed().await.unwrap());
 
         // alice takes the first step: her grant appears without a reload, and its
         // countdown moves.
@@ -305,6 +334,17 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .await
             .unwrap();
         assert!(html.contains("class=\"b\""), "bold is rendered: {html}");
+        // The cursor is drawn where the terminal left it: the start of the line after the
+        // last output (issue 12).
+        let cursor = c
+            .find(Locator::Css("#screen .cursor"))
+            .await
+            .unwrap_or_else(|e| panic!("no cursor drawn: {e}\n{html}"))
+            .attr("style")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert!(cursor.contains("0ch"), "cursor at column 0: {cursor}");
         screenshot(&c, "6-player").await;
         // Seek half-way, into the second between the two outputs: the first screen shows, the
         // second not yet.
@@ -342,6 +382,212 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         wait_text(&c, "#login", "logged out", |t| t.contains("ramp-ca dashboard")).await;
         c.refresh().await.unwrap();
         wait_text(&c, "#login", "still logged out", |t| t.contains("ramp-ca dashboard")).await;
+        c.close().await.unwrap();
+    });
+}
+
+/// How far right of the window the element `css` reaches (<= 0: it is on screen), and the
+/// page's width beyond the window (0: no sideways scrolling).
+async fn overflow(c: &Client, css: &str) -> (f64, f64) {
+    let out = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); const w = document.documentElement.clientWidth;
+             return [e.getBoundingClientRect().right - w, document.documentElement.scrollWidth - w];",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("measuring `{css}`: {e}"));
+    (out[0].as_f64().unwrap(), out[1].as_f64().unwrap())
+}
+
+/// Issue 12: a pending request did not show what approving it grants, the pages did not fit a
+/// phone (the header wrapped, Revoke went off-screen, the audit table was 1000 px wide), the
+/// Access badge counted requests the viewer had already approved, and an approval's toast did
+/// not say what happened.
+#[test]
+fn an_approver_on_a_phone_sees_what_a_request_grants_and_confirms_break_glass() {
+    let rig = rig();
+    let driver = Driver::start();
+    rig.observe("INC-60", &[]);
+    let operate = json(&run_ok(&mut rig.daemon.cmd(
+        &rig.dir,
+        ALICE,
+        &crate::ask("operate", "INC-60 fix"),
+    )));
+    let op = operate["grant"]["id"].as_str().unwrap().to_string();
+    run_ok(&mut rig.daemon.cmd(&rig.dir, CAROL, &["approve", &op]));
+    let glass = json(&run_ok(&mut rig.daemon.cmd(
+        &rig.dir,
+        ALICE,
+        &crate::ask("break-glass", "INC-60 outage"),
+    )));
+    let id = glass["grant"]["id"].as_str().unwrap().to_string();
+    assert_eq!(glass["grant"]["break_glass"], true, "{glass}");
+    // The command line's table says it too.
+    let table = run_ok(&mut rig.daemon.cmd(&rig.dir, BOB, &["grants"]));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    for part in [
+        "prod-db/break-glass!",
+        "root",
+        "db-1,db-2,db-3",
+        "pty,port forwarding",
+    ] {
+        assert!(row.contains(part), "{part} missing: {table}");
+    }
+    assert!(table.contains("! break-glass step"), "{table}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser_sized(&driver, 400, 860).await;
+        c.goto(&link(&rig, BOB)).await.unwrap();
+        wait_text(&c, "#me", "bob logged in", |t| t.contains("bob")).await;
+        let row = format!("#pending tr[data-grant=\"{id}\"]");
+        let text = wait_text(&c, &row, "the break-glass request", |t| {
+            t.contains("INC-60 outage")
+        })
+        .await;
+        for part in ["break-glass", "root", "db-1", "db-2", "port forwarding"] {
+            assert!(text.contains(part), "{part} not shown: {text}");
+        }
+        assert_eq!(
+            text_of(&c, "#n-access").await,
+            "1",
+            "one request waits for bob"
+        );
+        let (right, page) = overflow(&c, &format!("{row} button[data-act=approve]")).await;
+        assert!(
+            right <= 0.0 && page <= 0.0,
+            "off-screen at 400 px: button {right}, page {page}"
+        );
+        let (right, _) = overflow(&c, "#logout").await;
+        assert!(
+            right <= 0.0,
+            "the header pushes Log out off-screen by {right}"
+        );
+        screenshot(&c, "phone-1-pending").await;
+
+        // Break-glass asks first, naming what it gives; then the toast says what happened.
+        click(&c, &format!("{row} button[data-act=approve]")).await;
+        let confirm = wait_text(&c, &format!("{row} .confirm"), "the confirmation", |t| {
+            t.contains("Approve")
+        })
+        .await;
+        assert!(
+            confirm.contains("break-glass") && confirm.contains("root") && confirm.contains("db-1"),
+            "{confirm}"
+        );
+        screenshot(&c, "phone-2-confirm").await;
+        click(&c, &format!("{row} button[data-act=approve-confirm]")).await;
+        let toast = wait_text(&c, "#toast", "the toast", |t| t.contains("Approved")).await;
+        assert!(toast.contains("Approved 1 of 2: still pending"), "{toast}");
+        let class = c
+            .find(Locator::Css("#toast"))
+            .await
+            .unwrap()
+            .attr("class")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        assert!(
+            class.contains("info"),
+            "a pending approval has its own colour: {class}"
+        );
+        // bob approved already: nothing waits for him now.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_text(&c, "#n-access").await.as_deref() != Some("") {
+            assert!(
+                Instant::now() < deadline,
+                "the badge still counts bob's approved request"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // carol's approval completes it; the active grant's Revoke stays on screen.
+        c.goto(&link(&rig, CAROL)).await.unwrap();
+        wait_text(&c, "#me", "carol logged in", |t| t.contains("carol")).await;
+        click(&c, &format!("{row} button[data-act=approve]")).await;
+        click(&c, &format!("{row} button[data-act=approve-confirm]")).await;
+        let toast = wait_text(&c, "#toast", "carol's toast", |t| t.contains("holds")).await;
+        assert!(
+            toast.contains("alice holds prod-db/break-glass until"),
+            "{toast}"
+        );
+        let active = format!("#active tr[data-grant=\"{id}\"]");
+        wait_text(&c, &active, "the active break-glass grant", |t| {
+            t.contains("root")
+        })
+        .await;
+        let (right, page) = overflow(&c, &format!("{active} button[data-act=revoke]")).await;
+        assert!(
+            right <= 0.0 && page <= 0.0,
+            "Revoke off-screen: {right}, page {page}"
+        );
+        screenshot(&c, "phone-3-active").await;
+        c.goto(&format!("{}/ui/#audit", rig.daemon.url))
+            .await
+            .unwrap();
+        wait_text(&c, "#audit tbody", "the audit page", |t| {
+            t.contains("approve")
+        })
+        .await;
+        let (_, page) = overflow(&c, "#audit").await;
+        assert!(
+            page <= 0.0,
+            "the audit page is wider than the phone by {page} px"
+        );
+        screenshot(&c, "phone-4-audit").await;
+    });
+}
+
+/// Over HTTPS (`serve --tls-cert`) the login link works in a real browser, and its session
+/// cookie is Secure. Chromium is told to accept the server's key by its SPKI hash, the
+/// narrowest exception it has (the command line's trust path is tested in tests/it/tls.rs).
+#[test]
+fn the_dashboard_logs_in_over_https_with_a_secure_cookie() {
+    let tls = crate::tls::Tls::new();
+    let daemon = tls.serve();
+    let server = tls.localhost(&daemon);
+    let ca = tls.ca.pem();
+    let out = json(&run_ok(&mut daemon.cmd(
+        &tls.dir,
+        ALICE,
+        &[
+            "dashboard",
+            "--json",
+            "--server",
+            &server,
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+    )));
+    let link = out["url"].as_str().unwrap().to_string();
+    assert!(
+        link.starts_with(&format!("{server}/ui/login?token=")),
+        "{link}"
+    );
+    let pin = crate::certs::spki_sha256(&tls.cert);
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let spki = [format!("--ignore-certificate-errors-spki-list={pin}")];
+        let c = browser_with(&driver, 1440, 900, &spki).await;
+        c.goto(&link).await.unwrap();
+        wait_text(&c, "#me", "alice logged in", |t| t.contains("alice")).await;
+        let url = c.current_url().await.unwrap();
+        assert_eq!(url.as_str(), format!("{server}/ui/"));
+        let cookie = c.get_named_cookie("ramp_session").await.unwrap();
+        assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
+        assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+        screenshot(&c, "8-https").await;
         c.close().await.unwrap();
     });
 }

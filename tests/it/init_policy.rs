@@ -15,7 +15,7 @@ fn mode(dir: &TestDir, rel: &str) -> u32 {
 #[test]
 fn init_creates_private_keys_and_never_overwrites_one() {
     let dir = TestDir::new();
-    let out = run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["init", "--demo"]));
     for key in [
         "user-ca",
         "node-ca",
@@ -46,7 +46,7 @@ fn init_creates_private_keys_and_never_overwrites_one() {
         .map(|k| dir.read(format!("keys/{k}")))
         .collect();
     std::fs::remove_file(dir.join("keys/node-ca")).unwrap();
-    let out = run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["init", "--demo"]));
     assert!(
         out.contains("keys/node-ca"),
         "recreates only the missing key: {out}"
@@ -54,7 +54,7 @@ fn init_creates_private_keys_and_never_overwrites_one() {
     assert!(!out.contains("keys/user-ca"), "{out}");
     assert_eq!(dir.read("keys/user-ca"), before[0], "user-ca untouched");
     assert_eq!(dir.read("keys/host-ca"), before[2], "host-ca untouched");
-    let out = run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["init", "--demo"]));
     assert!(out.contains("nothing changed"), "{out}");
 }
 
@@ -63,11 +63,11 @@ fn init_creates_private_keys_and_never_overwrites_one() {
 #[test]
 fn a_retired_contract_stays_retired_after_init_and_serve() {
     let dir = TestDir::new();
-    let out = run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["init", "--demo"]));
     assert!(out.contains("wrote example policies into"), "{out}");
     assert_eq!(mode(&dir, "data"), 0o700, "the ledger is the owner's only");
     std::fs::remove_file(dir.join("policies/prod-db.yaml")).unwrap();
-    let out = run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["init", "--demo"]));
     assert!(
         out.contains("holds a policy set: left as it is"),
         "init says why it wrote no example: {out}"
@@ -89,14 +89,52 @@ fn a_retired_contract_stays_retired_after_init_and_serve() {
     for f in std::fs::read_dir(dir.join("policies")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
-    let out = run_ok(ramp(&dir).arg("init"));
+    let out = run_ok(ramp(&dir).args(["init", "--demo"]));
     assert!(dir.join("policies/prod-db.yaml").exists(), "{out}");
+}
+
+/// Issue 12: `serve` in an empty directory made demo users, one an admin whose private key
+/// lay on disk. Demo identities now come only with `--demo`; a production start makes keys and
+/// example policies, registers nobody, and says how to add people.
+#[test]
+fn a_plain_init_registers_nobody_and_says_how_to_add_people() {
+    let dir = TestDir::new();
+    let out = run_ok(ramp(&dir).arg("init"));
+    assert!(
+        !dir.join("demo").exists(),
+        "demo identities without --demo: {out}"
+    );
+    assert!(
+        out.contains("nobody is registered yet: add each person to"),
+        "{out}"
+    );
+    let people = dir.read("policies/people.yaml");
+    assert!(people.contains("users: {}"), "{people}");
+    let check = run_ok(ramp(&dir).args(["policy", "check"]));
+    assert!(check.contains("ok (0 users"), "{check}");
+    // serve does the same on a fresh directory, and says so in its log.
+    let fresh = TestDir::new();
+    let daemon = crate::Daemon::start_with(&fresh, &[]);
+    assert!(!fresh.join("demo").exists());
+    assert!(
+        daemon.log().contains("nobody is registered yet"),
+        "{}",
+        daemon.log()
+    );
+    drop(daemon);
+    // --demo makes the three demo identities, keys owner-only.
+    let demo = TestDir::new();
+    let out = run_ok(ramp(&demo).args(["init", "--demo"]));
+    for name in ["alice", "bob", "carol"] {
+        assert!(out.contains(&format!("registered {name} (demo")), "{out}");
+        assert_eq!(mode(&demo, &format!("demo/{name}/id_ed25519")), 0o600);
+    }
 }
 
 #[test]
 fn a_ca_key_readable_by_others_is_refused() {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     std::fs::set_permissions(
         dir.join("keys/user-ca"),
         std::fs::Permissions::from_mode(0o644),
@@ -114,7 +152,7 @@ fn a_ca_key_readable_by_others_is_refused() {
 #[test]
 fn policy_check_reports_every_problem_with_its_position() {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     let out = run_ok(ramp(&dir).args(["policy", "check"]));
     assert!(out.contains("ok (3 users, 3 hosts, 2 contracts)"), "{out}");
 
@@ -151,7 +189,7 @@ fn policy_check_reports_every_problem_with_its_position() {
 #[test]
 fn policy_explain_gives_the_decision_and_the_reasons() {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     let explain = |args: &[&str]| {
         let mut cmd = ramp(&dir);
         cmd.args(["policy", "explain", "--contract", "prod-db"])
@@ -188,5 +226,61 @@ fn policy_explain_gives_the_decision_and_the_reasons() {
     assert!(
         out.starts_with("DENY: `bob` holds none of the roles"),
         "{out}"
+    );
+}
+
+/// Issue 14: a contract's `reason` may name a form (`{required, pattern, example}`); a reason
+/// of another form is refused with the pattern and the example, by the daemon and by
+/// `policy explain`, and a bad pattern is named where it is.
+#[test]
+fn a_reason_of_the_wrong_form_is_refused_with_the_pattern_and_an_example() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).args(["init", "--demo"]));
+    let contract = dir.read("policies/prod-db.yaml").replace(
+        "reason: required",
+        "reason: {required: true, pattern: '^INC-[0-9]+', example: INC-1234}",
+    );
+    dir.write("policies/prod-db.yaml", &contract);
+    let explain = |reason: &str| {
+        ramp(&dir)
+            .args([
+                "policy",
+                "explain",
+                "--user",
+                "alice",
+                "--contract",
+                "prod-db",
+            ])
+            .args(["--step", "observe", "--reason", reason])
+            .output()
+            .unwrap()
+    };
+    let refused = explain("see slack");
+    assert_eq!(refused.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        text.contains("form `^INC-[0-9]+`; for example: INC-1234"),
+        "{text}"
+    );
+    assert!(explain("INC-77 disk").status.success());
+
+    let daemon = crate::Daemon::start(&dir);
+    let (code, err) =
+        run_err(&mut daemon.cmd(&dir, crate::ALICE, &crate::observe("see slack", &[])));
+    assert_eq!(code, 1);
+    assert!(err.contains("for example: INC-1234"), "{err}");
+    run_ok(&mut daemon.cmd(&dir, crate::ALICE, &crate::observe("INC-77", &[])));
+    drop(daemon);
+
+    dir.write(
+        "policies/prod-db.yaml",
+        contract.replace("'^INC-[0-9]+'", "'^INC-[0-9'"),
+    );
+    let (code, err) = run_err(ramp(&dir).args(["policy", "check"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("prod-db.yaml:")
+            && err.contains("reason.pattern `^INC-[0-9` is not a regular expression"),
+        "{err}"
     );
 }

@@ -4,6 +4,7 @@
 mod audit;
 mod bad_input;
 mod bastion;
+mod certs;
 mod daemon;
 mod dashboard;
 mod init_policy;
@@ -17,6 +18,7 @@ mod signing;
 mod sshd_harness;
 mod stores;
 mod support;
+mod tls;
 
 use daemon::Daemon;
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ pub const CAROL: &str = "demo/carol/id_ed25519"; // sre-lead, ramp-admin
 /// An initialised installation with its daemon running.
 pub fn setup() -> (TestDir, Daemon) {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     let daemon = Daemon::start(&dir);
     (dir, daemon)
 }

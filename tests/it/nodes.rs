@@ -19,7 +19,7 @@ use crate::{json, Daemon, ALICE, BOB, CAROL};
 /// An initialised installation with `n` nodes serving it from one database.
 fn nodes(n: usize) -> (Vec<TestDir>, Vec<Daemon>) {
     let first = TestDir::new();
-    run_ok(ramp(&first).arg("init"));
+    run_ok(ramp(&first).args(["init", "--demo"]));
     first.use_postgres();
     let mut dirs = vec![first];
     for _ in 1..n {

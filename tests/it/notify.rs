@@ -213,7 +213,7 @@ fn by_event<'a>(posts: &'a [Value], event: &str) -> Vec<&'a Value> {
 fn webhooks_carry_requests_approvals_denials_break_glass_and_revocations_while_bad_receivers_block_nothing(
 ) {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     let (good, slack, failing, hanging) = (
         Receiver::start(Answer::Ok),
         Receiver::start(Answer::Ok),
@@ -506,7 +506,7 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
 #[test]
 fn checkpoints_are_posted_whole_when_the_chain_grew_and_at_stop() {
     let dir = TestDir::new();
-    run_ok(ramp(&dir).arg("init"));
+    run_ok(ramp(&dir).args(["init", "--demo"]));
     let (receiver, slack) = (Receiver::start(Answer::Ok), Receiver::start(Answer::Ok));
     let hooks = [
         (receiver.url.as_str(), "json", Some("checkpoint")),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use super::certs::TestCa;
 use super::support::free_port;
 
 /// The superuser initdb creates, and the database the URL names.
@@ -246,74 +247,12 @@ impl PgCluster {
     /// A CA (`ca.pem`) and the server's key and certificate for `localhost`, signed by it,
     /// in the data directory (the key owner-only, as the server insists).
     fn make_certificates(&self) {
-        let dir = self.dir.path();
         let data = self.data();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .current_dir(dir)
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap_or_else(|e| panic!("spawn openssl: {e}"));
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
-                &["-subj", "/CN=ramp-ca test CA"],
-                &["-addext", "basicConstraints=critical,CA:TRUE"],
-                &["-addext", "keyUsage=critical,keyCertSign"],
-            ]
-            .concat(),
-        );
-        openssl(
-            &[
-                &["req"][..],
-                &ec,
-                &["-keyout", "server.key", "-out", "server.csr"],
-                &["-subj", "/CN=localhost"],
-            ]
-            .concat(),
-        );
-        fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("write server.ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ]);
-        for name in ["server.key", "server.pem"] {
+        let (cert, key) =
+            TestCa::new(self.dir.path(), "ramp-ca test CA").issue("server", "DNS:localhost");
+        for (from, name) in [(key, "server.key"), (cert, "server.pem")] {
             let to = data.join(name);
-            fs::rename(dir.join(name), &to).expect("move into the data directory");
+            fs::rename(from, &to).expect("move into the data directory");
             fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).expect("chmod");
             if self.as_account {
                 let (uid, gid) = account_ids();

@@ -291,6 +291,26 @@ fn signing_again_for_a_step_held_or_asked_for_files_no_duplicate() {
         ],
     )));
     assert_eq!(asked["grant"]["id"], pending.as_str());
+    // `request` says what to run next too (issue 12).
+    let said = run_ok(&mut daemon.cmd(
+        &dir,
+        ALICE,
+        &[
+            "request",
+            "--contract",
+            "prod-db",
+            "--step",
+            "operate",
+            "--reason",
+            "INC-8",
+        ],
+    ));
+    assert!(
+        said.contains(&format!(
+            "once approved, pick the certificate up with: ramp-ca sign --grant {pending}"
+        )),
+        "{said}"
+    );
     let seen = json(&run_ok(&mut daemon.cmd(&dir, BOB, &["grants", "--json"])));
     let operate: Vec<&serde_json::Value> = seen
         .as_array()

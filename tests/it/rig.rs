@@ -56,7 +56,7 @@ fn rig_in(dir: TestDir, flags: &[&str]) -> Rig {
     for account in ["readonly", "dbadmin"] {
         ensure_account(account);
     }
-    run_ok(crate::ramp(&dir).arg("init"));
+    run_ok(crate::ramp(&dir).args(["init", "--demo"]));
     let host_key = keygen(dir.path(), "target_host_key");
     run_ok(
         Command::new("ssh-keygen")

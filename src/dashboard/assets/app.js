@@ -44,10 +44,11 @@ function bytes(n) {
   return `${(n / 1073741824).toFixed(2)} GiB`;
 }
 
-function toast(text, good) {
+// kind: "good" (done), "info" (done, more to come), anything else an error.
+function toast(text, kind) {
   const t = $("#toast");
   t.textContent = text;
-  t.className = good ? "toast good" : "toast";
+  t.className = kind === "good" || kind === true ? "toast good" : kind === "info" ? "toast info" : "toast";
   clearTimeout(toast.timer);
   toast.timer = setTimeout(() => t.classList.add("hidden"), 6000);
 }
@@ -63,6 +64,7 @@ async function api(path, opts = {}) {
 }
 
 function showLogin(why) {
+  document.body.classList.add("logged-out");
   $("#login").classList.remove("hidden");
   $("#login-why").textContent = why;
   document.querySelectorAll(".view").forEach((v) => v.classList.add("hidden"));
@@ -84,32 +86,50 @@ function connect() {
   };
 }
 
-function stepCell(g) {
-  const glass = /break-glass/.test(g.step) ? " glass" : "";
-  return `<span class="tag${glass}">${esc(g.contract)}</span> <span class="step">${esc(g.step)}</span>`;
+function stepCell(v) {
+  const g = v.grant ?? v;
+  const glass = v.break_glass ? ` <span class="tag glass">break-glass</span>` : "";
+  return `<span class="tag">${esc(g.contract)}</span> <span class="step">${esc(g.step)}</span>${glass}`;
 }
+
+// What approving (or holding) a grant gives: accounts, hosts, and what the certificate allows.
+function grantsCell(v) {
+  const tags = (xs, cls = "") => xs.map((x) => `<span class="tag${cls}">${esc(x)}</span>`).join("");
+  return `<div>${tags(v.principals, v.principals.includes("root") ? " glass" : "")}<span class="muted"> on </span>${tags(v.targets)}</div>` +
+    (v.options.length ? `<div class="muted">${v.options.map(esc).join(", ")}</div>` : "");
+}
+
+// Rows asking for a reason or a confirmation, by grant id, kept across live updates, and
+// the reason typed so far.
+const asking = new Map();
+const typed = new Map();
 
 function render(s) {
   if (s.error) { toast(s.error); return; }
   state = s;
   skew = new Date(s.now).getTime() - Date.now();
   $("#login").classList.add("hidden");
+  document.body.classList.remove("logged-out");
   $("#me").innerHTML = `${esc(s.me.user)} <span class="muted">(${esc(s.me.roles.join(", ") || "no roles")})</span>`;
   document.querySelectorAll(".reviewer").forEach((el) => el.classList.toggle("hidden", !s.me.reviewer));
-  $("#n-access").textContent = s.pending.length || "";
+  // The badge counts what waits for this viewer: requests they may still approve.
+  $("#n-access").textContent = s.pending.filter((p) => p.can_approve).length || "";
   $("#n-pending").textContent = s.pending.length;
   $("#n-active").textContent = s.active.length;
   $("#n-live").textContent = s.live.length || "";
 
+  // A reason being typed survives the live update that redraws its row.
+  document.querySelectorAll("#view-access tr.asking input.reason").forEach((i) => typed.set(i.closest("tr").dataset.grant, i.value));
   const pending = $("#pending tbody");
-  const open = new Set([...pending.querySelectorAll("tr.asking")].map((tr) => tr.dataset.grant));
   pending.innerHTML = s.pending.map(({ grant: v, can_approve, can_deny }) => {
     const g = v;
     const approvals = `${g.approvals.length} / ${g.approvals_needed}` + (g.approvals.length ? ` <span class="muted">(${g.approvals.map((a) => esc(a.by)).join(", ")})</span>` : "") +
       `<div class="muted">from ${esc(g.approvals_from.join(" or "))}</div>`;
-    return `<tr data-grant="${esc(g.id)}">
-      <td>${ago(g.requested_at)}</td><td><b>${esc(g.user)}</b></td><td>${stepCell(g)}</td>
-      <td>${esc(fmtTtl(g.ttl_secs))}</td><td>${esc(g.reason || "")}</td><td>${approvals}</td>
+    return `<tr data-grant="${esc(g.id)}"${v.break_glass ? ` class="glass-row"` : ""}>
+      <td data-label="requested">${ago(g.requested_at)}</td><td data-label="user"><b>${esc(g.user)}</b></td>
+      <td data-label="step">${stepCell(v)}</td><td data-label="grants" class="grants">${grantsCell(v)}</td>
+      <td data-label="ttl">${esc(fmtTtl(g.ttl_secs))}</td><td data-label="reason">${esc(g.reason || "")}</td>
+      <td data-label="approvals">${approvals}</td>
       <td class="actions">${can_approve ? `<button class="ok" data-act="approve">Approve</button>` : ""}
         ${can_deny ? `<button class="bad" data-act="deny">${g.user === s.me.user ? "Withdraw" : "Deny"}</button>` : ""}</td></tr>`;
   }).join("");
@@ -120,22 +140,24 @@ function render(s) {
   active.innerHTML = s.active.map(({ grant: v, can_revoke }) => {
     const g = v;
     return `<tr data-grant="${esc(g.id)}">
-      <td><span class="left" data-until="${esc(g.end)}"></span></td><td><b>${esc(g.user)}</b></td><td>${stepCell(g)}</td>
-      <td>${v.principals.map((p) => `<span class="tag">${esc(p)}</span>`).join("")}</td>
-      <td>${v.targets.map((t) => `<span class="tag">${esc(t)}</span>`).join("")}</td>
-      <td>${esc(g.reason || "")}</td><td class="id">${esc(g.id)}</td>
+      <td data-label="time left"><span class="left" data-until="${esc(g.end)}"></span></td><td data-label="user"><b>${esc(g.user)}</b></td>
+      <td data-label="step">${stepCell(v)}</td><td data-label="grants" class="grants">${grantsCell(v)}</td>
+      <td data-label="reason">${esc(g.reason || "")}</td><td data-label="grant" class="id">${esc(g.id)}</td>
       <td class="actions">${can_revoke ? `<button class="bad" data-act="revoke">Revoke</button>` : ""}</td></tr>`;
   }).join("");
   $("#active-empty").classList.toggle("hidden", s.active.length > 0);
   $("#active").classList.toggle("hidden", s.active.length === 0);
-  open.forEach((id) => { const tr = pending.querySelector(`tr[data-grant="${id}"]`); if (tr) ask(tr, "deny"); });
+  asking.forEach((act, id) => {
+    const tr = document.querySelector(`#view-access tr[data-grant="${id}"]`);
+    if (tr) ask(tr, act, true); else asking.delete(id);
+  });
 
   const live = $("#live tbody");
   live.innerHTML = s.live.map(({ session: m, ends }) => `<tr data-session="${esc(m.id)}">
-      <td>${ago(m.start)}</td><td><b>${esc(m.user)}</b></td><td class="mono">${esc(m.principal)}@${esc(m.target)}</td>
-      <td class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td class="mono muted">${esc(m.client)}</td>
-      <td>${ends ? `<span class="left" data-until="${esc(ends)}"></span>` : ""}</td>
-      <td class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
+      <td data-label="since">${ago(m.start)}</td><td data-label="user"><b>${esc(m.user)}</b></td><td data-label="where" class="mono">${esc(m.principal)}@${esc(m.target)}</td>
+      <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="from" class="mono muted">${esc(m.client)}</td>
+      <td data-label="time left">${ends ? `<span class="left" data-until="${esc(ends)}"></span>` : ""}</td>
+      <td data-label="in / out" class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
       <td>${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}</td></tr>`).join("");
   $("#live-empty").classList.toggle("hidden", s.live.length > 0);
   $("#live").classList.toggle("hidden", s.live.length === 0);
@@ -158,13 +180,39 @@ setInterval(tick, 1000);
 
 // --- actions --------------------------------------------------------------------------
 
-function ask(tr, act) {
+function ask(tr, act, redraw = false) {
+  const id = tr.dataset.grant;
+  asking.set(id, act);
   tr.classList.add("asking");
   const cell = tr.querySelector(".actions");
+  if (act === "approve") {
+    // Break-glass and root are confirmed with what they give spelled out.
+    const v = state.pending.find((p) => p.grant.id === id)?.grant;
+    const what = v ? `${v.break_glass ? "break-glass " : ""}${esc(v.principals.join(", "))} on ${esc(v.targets.join(", "))}` : esc(id);
+    cell.innerHTML = `<div class="confirm">Approve ${what}?</div>
+      <button class="ok" data-act="approve-confirm">Approve</button>
+      <button data-act="cancel">Cancel</button>`;
+    return;
+  }
   cell.innerHTML = `<input class="reason" placeholder="reason (required)" size="22">
     <button class="bad" data-act="${act}-confirm">${act === "revoke" ? "Revoke" : "Deny"}</button>
     <button data-act="cancel">Cancel</button>`;
-  cell.querySelector("input").focus();
+  const input = cell.querySelector("input");
+  input.value = typed.get(id) ?? "";
+  if (!redraw || document.activeElement === document.body) input.focus();
+}
+
+// Says what an approval did, in its own colour: granted, still pending, or refused at the end.
+function approved(out) {
+  const g = out.grant;
+  if (g.state === "active") {
+    toast(`Approved: ${g.user} holds ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}`, "good");
+  } else if (g.state === "pending") {
+    const left = g.approvals_needed - g.approvals.length;
+    toast(`Approved ${g.approvals.length} of ${g.approvals_needed}: still pending (${left} more from ${g.approvals_from.join(" or ")})`, "info");
+  } else {
+    toast(`Approved, but the request is ${g.state}: ${out.reasons[out.reasons.length - 1] || ""}`);
+  }
 }
 
 document.addEventListener("click", async (e) => {
@@ -174,10 +222,13 @@ document.addEventListener("click", async (e) => {
   const id = tr?.dataset.grant;
   const act = btn.dataset.act;
   try {
-    if (act === "approve") {
+    const v = state.pending.find((p) => p.grant.id === id)?.grant;
+    if (act === "approve" && v && (v.break_glass || v.principals.includes("root"))) {
+      ask(tr, "approve");
+    } else if (act === "approve" || act === "approve-confirm") {
       btn.disabled = true;
-      const out = await api(route("approve", id), { method: "POST", body: "{}" });
-      toast(`Approved ${id}: ${out.grant.state}`, true);
+      asking.delete(id);
+      approved(await api(route("approve", id), { method: "POST", body: "{}" }));
     } else if (act === "deny" || act === "revoke") {
       ask(tr, act);
     } else if (act === "deny-confirm" || act === "revoke-confirm") {
@@ -187,9 +238,13 @@ document.addEventListener("click", async (e) => {
       btn.disabled = true;
       await api(route(what, id), { method: "POST", body: JSON.stringify({ reason }) });
       tr.classList.remove("asking");
-      toast(`${what === "revoke" ? "Revoked" : "Denied"} ${id}`, true);
+      asking.delete(id);
+      typed.delete(id);
+      toast(`${what === "revoke" ? "Revoked" : "Denied"} ${id}`, "good");
     } else if (act === "cancel") {
       tr.classList.remove("asking");
+      asking.delete(id);
+      typed.delete(id);
       render(state);
     } else if (act === "follow") {
       follow(tr.dataset.session);
@@ -233,9 +288,9 @@ async function search(e) {
     $("#recs tbody").innerHTML = rows.map((r) => {
       const len = r.end ? clock(new Date(r.end) - new Date(r.start)) : "";
       const hits = (r.hits || []).slice(0, 3).map((h) => `<div class="hit">${clock(h.at_ms)} ${mark(h.line, text)}</div>`).join("");
-      return `<tr data-session="${esc(r.id)}"><td>${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td><b>${esc(r.user)}</b></td>
-        <td class="mono">${esc(r.principal)}@${esc(r.target)}</td><td class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
-        <td>${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td>${len}</td><td class="mono">${bytes(r.bytes_out)}</td>
+      return `<tr data-session="${esc(r.id)}"><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td data-label="user"><b>${esc(r.user)}</b></td>
+        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
+        <td data-label="state">${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td data-label="length">${len}</td><td data-label="bytes out" class="mono">${bytes(r.bytes_out)}</td>
         <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
     }).join("");
     $("#recs-empty").classList.toggle("hidden", rows.length > 0);
@@ -262,16 +317,51 @@ async function audit(e) {
       chain.className = "badge ok";
       chain.textContent = `chain intact: ${out.verify.records} records`;
     }
-    $("#audit tbody").innerHTML = out.records.map((r) => `<tr><td class="id">${r.seq}</td><td>${esc(new Date(r.at).toLocaleString())}</td>
-      <td><b>${esc(r.actor)}</b></td><td class="mono">${esc(r.action)}</td><td class="mono">${esc(r.subject)}</td>
-      <td class="detail mono" title="${esc(JSON.stringify(r.detail))}">${esc(JSON.stringify(r.detail))}</td></tr>`).join("");
+    $("#audit tbody").innerHTML = out.records.map((r) => `<tr><td data-label="#" class="id">${r.seq}</td>
+      <td data-label="at">${when(r.at)}</td>
+      <td data-label="actor"><b>${esc(r.actor)}</b></td><td data-label="action" class="mono">${esc(r.action)}</td>
+      <td data-label="subject" class="mono">${subjectLink(r)}</td>
+      <td data-label="detail" class="detail mono"><details><summary>${esc(JSON.stringify(r.detail))}</summary><pre>${esc(JSON.stringify(r.detail, null, 2))}</pre></details></td></tr>`).join("");
   } catch (err) { toast(err.message); }
 }
 $("#audit-filter").addEventListener("submit", audit);
 
+// One time format on the page: UTC ISO, the viewer's local time beside it.
+function when(t) {
+  const d = new Date(t);
+  const utc = d.toISOString().replace(/\.\d+Z$/, "Z");
+  return `<span class="mono">${esc(utc)}</span> <span class="muted">${esc(d.toLocaleTimeString())}</span>`;
+}
+
+// A record's subject, as a link where the page can show it: a session opens its playback,
+// a grant (or a revocation naming one) narrows the log to it.
+function subjectLink(r) {
+  const subject = String(r.subject);
+  if (/^session-/.test(r.action) && /^[0-9a-f]{12}$/.test(subject)) {
+    return `<a href="#audit" data-act="play-subject" data-session="${esc(subject)}">${esc(subject)}</a>`;
+  }
+  const grant = subject.replace(/^grant:/, "");
+  if (/^[0-9a-f]{12}$/.test(grant)) {
+    return `<a href="#audit" data-act="audit-subject" data-subject="${esc(grant)}">${esc(subject)}</a>`;
+  }
+  return esc(subject);
+}
+
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-act]");
+  if (!a) return;
+  e.preventDefault();
+  if (a.dataset.act === "play-subject") play(a.dataset.session);
+  if (a.dataset.act === "audit-subject") {
+    $("#audit-filter input[name=subject]").value = a.dataset.subject;
+    $("#audit-filter select[name=since]").value = "315360000";
+    audit();
+  }
+});
+
 // --- terminal player ------------------------------------------------------------------
 
-const player = { frames: [], rows: [], at: 0, duration: 0, playing: false, last: 0, applied: 0, live: null };
+const player = { frames: [], rows: [], cursor: null, at: 0, duration: 0, playing: false, last: 0, applied: 0, live: null };
 
 function openPlayer(title, download) {
   $("#player").classList.remove("hidden");
@@ -291,10 +381,18 @@ $("#player-close").addEventListener("click", closePlayer);
 function apply(frame) {
   if (frame.size) player.rows = new Array(frame.size[1]).fill("");
   for (const [r, html] of frame.rows) player.rows[r] = html;
+  player.cursor = frame.cursor ?? null;
+}
+
+// The screen's rows, and the cursor (a block over its cell) where the terminal shows one.
+function screenHtml() {
+  const c = player.cursor;
+  const cursor = c ? `<span class="cursor" style="top: calc(8px + ${c[0] * 1.25}em); left: calc(8px + ${c[1]}ch)"></span>` : "";
+  return player.rows.join("\n") + cursor;
 }
 
 function paint() {
-  $("#screen").innerHTML = player.rows.join("\n");
+  $("#screen").innerHTML = screenHtml();
   $("#seek").value = player.at;
   $("#clock").textContent = `${clock(player.at)} / ${clock(player.duration)}`;
 }
@@ -302,6 +400,7 @@ function paint() {
 function seek(t) {
   player.at = Math.max(0, Math.min(t, player.duration));
   player.rows = [];
+  player.cursor = null;
   player.applied = 0;
   while (player.applied < player.frames.length && player.frames[player.applied].t <= player.at) apply(player.frames[player.applied++]);
   paint();
@@ -357,7 +456,7 @@ function follow(id) {
   player.live = new EventSource(route("follow", id));
   player.live.addEventListener("frame", (e) => {
     apply(JSON.parse(e.data));
-    $("#screen").innerHTML = player.rows.join("\n");
+    $("#screen").innerHTML = screenHtml();
   });
   player.live.addEventListener("end", () => {
     $("#player-note").textContent = "The session has ended.";

@@ -143,14 +143,8 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
             )
         }
     }
-    if contract.reason_required && req.reason.is_none_or(|r| r.trim().is_empty()) {
-        return deny(
-            format!(
-                "contract `{}` requires a reason (--reason \"INC-42 ...\")",
-                contract.name
-            ),
-            reasons,
-        );
+    if let Some(why) = contract.reason.refusal(&contract.name, req.reason) {
+        return deny(why, reasons);
     }
     let mut ttl = match req.ttl {
         Some(t) if t > step.max_ttl => {

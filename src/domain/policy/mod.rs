@@ -55,6 +55,11 @@ steps:
         ])
     }
 
+    /// [`check`], where a closure named `check` is in scope.
+    fn check_problems(contract: &str, expected: &[(usize, usize, &str)]) {
+        check(contract, expected)
+    }
+
     /// Loads `contract` and checks the problems reported, as `line:col: message-fragment`.
     fn check(contract: &str, expected: &[(usize, usize, &str)]) {
         let got = match load(contract) {
@@ -75,7 +80,7 @@ steps:
         let p = load(CONTRACT).unwrap();
         let c = &p.contracts["prod-db"];
         assert_eq!(c.steps.len(), 2);
-        assert!(c.reason_required);
+        assert!(c.reason.required);
         assert_eq!(c.steps[1].max_ttl, Duration::from_secs(7200));
         assert_eq!(
             c.steps[1].options.source_address[0].to_string(),
@@ -144,6 +149,107 @@ steps:
             &[(7, 12, "forms a cycle"), (11, 12, "forms a cycle")],
         );
         check("contract: x\n  bad: [\n", &[(2, 6, "invalid YAML")]);
+    }
+
+    #[test]
+    fn options_are_described_for_approvers() {
+        let check = |o: CertOptions, want: &[&str]| assert_eq!(o.describe(), want, "{o:?}");
+        check(CertOptions::default(), &["pty"]);
+        check(
+            CertOptions {
+                pty: false,
+                ..CertOptions::default()
+            },
+            &[],
+        );
+        check(
+            CertOptions {
+                port_forwarding: true,
+                x11_forwarding: true,
+                source_address: vec!["10.0.0.0/8".parse().unwrap()],
+                force_command: Some("journalctl -f".into()),
+                ..CertOptions::default()
+            },
+            &[
+                "pty",
+                "port forwarding",
+                "X11 forwarding",
+                "source-address 10.0.0.0/8",
+                "force-command `journalctl -f`",
+            ],
+        );
+    }
+
+    /// Issue 14: a contract's reason may have a required form.
+    #[test]
+    fn reasons_with_a_form() {
+        let form = "reason: {required: true, pattern: '^INC-[0-9]+', example: INC-1234}";
+        let p = load(&CONTRACT.replace("reason: required", form)).unwrap();
+        let rule = &p.contracts["prod-db"].reason;
+        let check = |reason: Option<&str>, want: Option<&str>| {
+            let got = rule.refusal("prod-db", reason);
+            match (got.as_deref(), want) {
+                (None, None) => {}
+                (Some(g), Some(w)) => assert!(g.contains(w), "{reason:?}: {g}"),
+                (g, w) => panic!("{reason:?}: got {g:?}, want {w:?}"),
+            }
+        };
+        check(Some("INC-42 replica lag"), None);
+        check(
+            Some("fixing stuff"),
+            Some("the reason `fixing stuff` does not have contract `prod-db`'s form `^INC-[0-9]+`; for example: INC-1234"),
+        );
+        check(
+            Some("  "),
+            Some("requires a reason (--reason \"INC-1234\")"),
+        );
+        check(None, Some("requires a reason"));
+        let mut asked = req("alice", "observe", None);
+        asked.reason = Some("see slack");
+        match decide(&p, &asked, &[], t(0)) {
+            Decision::Deny { reason, .. } => {
+                assert!(reason.contains("for example: INC-1234"), "{reason}")
+            }
+            d => panic!("{d:?}"),
+        }
+        // Optional with a form: none is fine, a wrong one is not.
+        let loose = "reason: {pattern: '^(INC|CHG)-[0-9]+'}";
+        let p = load(&CONTRACT.replace("reason: required", loose)).unwrap();
+        assert!(p.contracts["prod-db"]
+            .reason
+            .refusal("prod-db", None)
+            .is_none());
+        assert!(p.contracts["prod-db"]
+            .reason
+            .refusal("prod-db", Some("x"))
+            .is_some());
+        // Problems are named where they are.
+        check_problems(
+            &CONTRACT.replace("reason: required", "reason: {pattern: '^INC-[0-9'}"),
+            &[(
+                4,
+                19,
+                "reason.pattern `^INC-[0-9` is not a regular expression",
+            )],
+        );
+        check_problems(
+            &CONTRACT.replace(
+                "reason: required",
+                "reason: {pattern: '^INC-', example: CHG-1}",
+            ),
+            &[(
+                4,
+                37,
+                "reason.example `CHG-1` does not have the form `^INC-`",
+            )],
+        );
+        check_problems(
+            &CONTRACT.replace("reason: required", "reason: {required: maybe, format: x}"),
+            &[
+                (4, 27, "unknown key `format`"),
+                (4, 20, "reason.required must be true or false"),
+            ],
+        );
     }
 
     #[test]

@@ -54,11 +54,45 @@ pub struct Contract {
     pub targets: Targets,
     /// Roles that may request any step.
     pub requesters: Vec<String>,
-    /// Whether a request must carry a reason.
-    pub reason_required: bool,
+    /// Whether a request must carry a reason, and the form it must take.
+    pub reason: ReasonRule,
     /// The longest any step of this contract may last.
     pub max_ttl: Duration,
     pub steps: Vec<Step>,
+}
+
+/// What a contract asks of a request's reason (`reason: required`, or
+/// `reason: {required: true, pattern: '^INC-[0-9]+', example: INC-1234}`).
+#[derive(Debug, Clone, Default)]
+pub struct ReasonRule {
+    pub required: bool,
+    /// The form a reason must have when one is given (searched, so anchor it with `^`).
+    pub pattern: Option<regex::Regex>,
+    /// A reason of that form, shown to whoever gets it wrong.
+    pub example: Option<String>,
+}
+
+impl ReasonRule {
+    /// Why `reason` does not do, for contract `contract`; None when it does.
+    pub fn refusal(&self, contract: &str, reason: Option<&str>) -> Option<String> {
+        let given = reason.map(str::trim).filter(|r| !r.is_empty());
+        match (given, &self.pattern) {
+            (None, _) if self.required => Some(format!(
+                "contract `{contract}` requires a reason (--reason \"{}\")",
+                self.example.as_deref().unwrap_or("INC-42 ...")
+            )),
+            (Some(r), Some(p)) if !p.is_match(r) => Some(format!(
+                "the reason `{}` does not have contract `{contract}`'s form `{}`{}",
+                crate::shown::shown(r),
+                p.as_str(),
+                self.example
+                    .as_deref()
+                    .map(|e| format!("; for example: {e}"))
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Which hosts a contract covers: a host matches if it matches any selector given.
@@ -119,6 +153,33 @@ impl Default for CertOptions {
             source_address: Vec::new(),
             force_command: None,
         }
+    }
+}
+
+impl CertOptions {
+    /// What the options allow beyond a plain login, in words an approver reads before
+    /// approving (`pty`, `port forwarding`, `source-address 10.0.0.0/8`, ...).
+    pub fn describe(&self) -> Vec<String> {
+        let flags = [
+            (self.pty, "pty"),
+            (self.port_forwarding, "port forwarding"),
+            (self.agent_forwarding, "agent forwarding"),
+            (self.x11_forwarding, "X11 forwarding"),
+            (self.user_rc, "user rc"),
+        ];
+        let mut out: Vec<String> = flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_string())
+            .collect();
+        if !self.source_address.is_empty() {
+            let nets: Vec<String> = self.source_address.iter().map(|n| n.to_string()).collect();
+            out.push(format!("source-address {}", nets.join(",")));
+        }
+        if let Some(cmd) = &self.force_command {
+            out.push(format!("force-command `{cmd}`"));
+        }
+        out
     }
 }
 

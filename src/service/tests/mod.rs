@@ -28,7 +28,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    crate::install::init::init(dir.path()).unwrap();
+    crate::install::init::init(dir.path(), true).unwrap();
     let service = Service::open(dir.path(), &crate::store::Location::Embedded);
     let service = Arc::new(service.await.unwrap());
     Fixture { dir, service }

@@ -40,17 +40,10 @@ impl Loader {
             .get("max_ttl")
             .map(|n| self.duration(n, &format!("{what} max_ttl")))
             .unwrap_or(Some(DEFAULT_CONTRACT_MAX_TTL));
-        let reason_required = match f.get("reason").map(|n| (n.as_str(), n.pos)) {
-            None | Some((Some("optional"), _)) => false,
-            Some((Some("required"), _)) => true,
-            Some((_, pos)) => {
-                self.problem(
-                    pos,
-                    format!("{what} reason must be `required` or `optional`"),
-                );
-                false
-            }
-        };
+        let reason = f
+            .get("reason")
+            .map(|n| self.reason_rule(n, &what))
+            .unwrap_or_default();
         let requesters = match self.required(&f, "requesters", &what) {
             Some(n) => self.strings(n, &format!("{what} requesters")),
             None => Vec::new(),
@@ -79,11 +72,79 @@ impl Loader {
             description,
             targets,
             requesters: requesters.into_iter().map(|r| r.0).collect(),
-            reason_required,
+            reason,
             max_ttl: max_ttl?,
             steps: steps.into_iter().map(|s| s.0).collect(),
         };
         name_ok.then_some((contract, name_node.pos))
+    }
+
+    /// `reason: required|optional`, or `{required: BOOL, pattern: REGEX, example: TEXT}`
+    /// (the example must have the pattern's form).
+    fn reason_rule(&mut self, node: &Node, what: &str) -> ReasonRule {
+        match node.as_str() {
+            Some("optional") => return ReasonRule::default(),
+            Some("required") => {
+                return ReasonRule {
+                    required: true,
+                    ..ReasonRule::default()
+                }
+            }
+            _ => {}
+        }
+        if !matches!(node.kind, Kind::Map(_)) {
+            self.problem(
+                node.pos,
+                format!("{what} reason must be `required`, `optional`, or {{required: true, pattern: '^INC-[0-9]+', example: INC-1234}}"),
+            );
+            return ReasonRule::default();
+        }
+        let f = self.fields(
+            node,
+            &format!("{what} reason"),
+            &["required", "pattern", "example"],
+        );
+        let required = f
+            .get("required")
+            .and_then(|n| self.bool(n, &format!("{what} reason.required")))
+            .unwrap_or(false);
+        let pattern = f.get("pattern").and_then(|n| {
+            let text = self.string(n, &format!("{what} reason.pattern"))?;
+            match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    let first = e.to_string();
+                    let first = first.lines().last().unwrap_or("").trim().to_string();
+                    self.problem(
+                        n.pos,
+                        format!(
+                            "{what} reason.pattern `{text}` is not a regular expression: {first}"
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let example = f.get("example").and_then(|n| {
+            let text = self.string(n, &format!("{what} reason.example"))?;
+            if let Some(p) = &pattern {
+                if !p.is_match(&text) {
+                    self.problem(
+                        n.pos,
+                        format!(
+                            "{what} reason.example `{text}` does not have the form `{}`",
+                            p.as_str()
+                        ),
+                    );
+                }
+            }
+            Some(text)
+        });
+        ReasonRule {
+            required,
+            pattern,
+            example,
+        }
     }
 
     fn targets(
