@@ -14,10 +14,11 @@
 //!   every audit record.
 //! - [`recordings`]: one home for recordings (format, files, writer, export, search,
 //!   screen).
-//! - [`store`]: the ledger, the only sled user; one write API, `Store::commit`, whose future
-//!   resolves once the change is on disk. [`pgstore`]: PostgreSQL, the ledger several nodes
-//!   will share: connection (URL, TLS, a bounded pool with statement timeouts) and versioned
-//!   schema migrations; not served from yet, and the only code that talks to PostgreSQL.
+//! - [`store`]: the ledger, one interface (`store::Ledger`) over two engines: sled under
+//!   `data/` (embedded, one node; the only sled user) and [`pgstore`] (PostgreSQL, shared by
+//!   several nodes; the only code that talks to PostgreSQL: connection, pool, migrations, the
+//!   engine, LISTEN/NOTIFY). One write API, `Ledger::commit` (and `GrantChanges` for changes
+//!   that decide on what they read), answering once the change is durable.
 //! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
 //!   audit chain and its typed actions, logins and their refusals, recorded sessions.
 //! - [`install`]: the installation as files (keys, policies, `init`, trust text);
@@ -25,7 +26,8 @@
 //!   (the API's certificate, the CAs a client trusts).
 //!
 //! Invariants: only `service` uses `store`; only `store` touches sled and decides what lives in
-//! `data/`; `domain` does no IO and reads no clock; `wire` is the only serde boundary for HTTP
+//! `data/`, only `pgstore` talks to PostgreSQL; no rule lives in an engine; `domain` does no IO
+//! and reads no clock; `wire` is the only serde boundary for HTTP
 //! and webhooks (stored records and wire bodies are separate types); nothing blocks a runtime
 //! thread waiting for the disk. The README's Architecture section has the whole list.
 pub mod agent;

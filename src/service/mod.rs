@@ -123,8 +123,12 @@ impl Service {
     /// committed is durable (a refusal may have committed its audit record). Nobody sees an
     /// answer before its change, and every change it read, are durable.
     async fn settle<T>(changes: GrantChanges<'_>, out: Result<T>) -> Result<T> {
-        changes.finish().await?;
-        out
+        match (changes.finish().await, out) {
+            (Ok(()), out) => out,
+            // The ledger error that broke the change says more than the failed commit.
+            (Err(_), Err(e @ ServiceError::Ledger(_))) => Err(e),
+            (Err(e), _) => Err(e.into()),
+        }
     }
 
     /// Commits one change and waits until it is durable: for changes that need no grant lock.

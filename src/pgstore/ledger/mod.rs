@@ -186,6 +186,11 @@ impl<'p> Conn<'p> {
         Ok(())
     }
 
+    /// Whether a statement failed (or never answered) since the last that succeeded.
+    pub(crate) fn failed(&self) -> bool {
+        self.unsettled
+    }
+
     /// Opens a transaction (`BEGIN` and what follows it, like an isolation level).
     pub(crate) async fn begin(&mut self, how: &str) -> Result<()> {
         self.in_tx = true;

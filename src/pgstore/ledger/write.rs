@@ -302,8 +302,14 @@ impl<'a> PgTx<'a> {
     }
 
     /// Commits; once it is committed (and durable), announces it here and returns its audit
-    /// records.
+    /// records. A transaction in which a statement failed is not committed (PostgreSQL would
+    /// answer COMMIT with a silent rollback): its connection is closed, which rolls it back.
     pub async fn finish(mut self) -> Result<Vec<AuditRecord>> {
+        if self.conn.failed() {
+            return Err(StoreError::Conflict(
+                "a statement of this change failed; none of it was committed".into(),
+            ));
+        }
         self.conn.commit().await?;
         self.ledger
             .feeds
