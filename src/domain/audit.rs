@@ -220,6 +220,9 @@ pub struct Granted {
     pub end: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvers: Option<Vec<String>>,
+    /// The `approvals.auto` rule that approved it at once, with its conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_rule: Option<String>,
 }
 
 /// `approve`: how many approvals of how many needed.
@@ -509,6 +512,7 @@ mod tests {
         let granted = Granted {
             end: None,
             approvers: None,
+            by_rule: None,
         };
         assert_eq!(
             Action::from(granted).detail(),

@@ -146,15 +146,15 @@ pub async fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             );
             (Topic::Deny, text)
         }
-        Action::Grant(_) => {
+        Action::Grant(granted) => {
             let g = grant().await?;
             let step = service.step_of(&g);
             let glass = step.as_ref().is_some_and(|s| s.break_glass);
             let principals = step.map(|s| s.principals).unwrap_or_default();
-            let approved = if g.approvals.is_empty() {
-                String::new()
-            } else {
-                format!("; approved by {}", g.approvers().join(", "))
+            let approved = match (&granted.by_rule, g.approvals.is_empty()) {
+                (Some(rule), _) => format!("; {rule}"),
+                (None, true) => String::new(),
+                (None, false) => format!("; approved by {}", g.approvers().join(", ")),
             };
             let until = g
                 .end

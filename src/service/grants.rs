@@ -273,9 +273,17 @@ impl Service {
         };
         let mut change = Change::audit(vec![Entry::new(user, &grant.id, requested)]);
         if grant.is_active(now) {
+            // Approved by a rule: the chain names it (and the reason it matched).
+            let by_rule = match &decision {
+                Decision::Grant {
+                    by_rule: Some(_), ..
+                } => decision.reasons().last().cloned(),
+                _ => None,
+            };
             let granted = Granted {
                 end: grant.end,
                 approvers: None,
+                by_rule,
             };
             change.entries.push(Entry::new(user, &grant.id, granted));
         }
@@ -437,6 +445,7 @@ impl Service {
                     let granted = Granted {
                         end: grant.end,
                         approvers: Some(grant.approvers()),
+                        by_rule: None,
                     };
                     entries.push(Entry::new(approver, id, granted));
                 }

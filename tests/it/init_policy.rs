@@ -284,3 +284,75 @@ fn a_reason_of_the_wrong_form_is_refused_with_the_pattern_and_an_example() {
         "{err}"
     );
 }
+
+/// Issue 14: a step's approvals may name rules (`auto:`) that approve a matching request at
+/// once; the audit chain names the rule, `policy explain` says which would fire, and a
+/// request no rule matches waits for people as before.
+#[test]
+fn a_request_matching_an_approval_rule_is_approved_at_once_and_the_chain_names_the_rule() {
+    let dir = TestDir::new();
+    run_ok(ramp(&dir).args(["init", "--demo"]));
+    let contract = dir.read("policies/prod-db.yaml").replace(
+        "approvals: {from: [sre-lead], count: 1}",
+        "approvals: {from: [sre-lead], count: 1, auto: [{name: incident, role: sre, reason: '^INC-[0-9]+'}]}",
+    );
+    assert!(contract.contains("name: incident"), "{contract}");
+    dir.write("policies/prod-db.yaml", &contract);
+    let explained = run_ok(ramp(&dir).args([
+        "policy",
+        "explain",
+        "--user",
+        "alice",
+        "--contract",
+        "prod-db",
+        "--step",
+        "operate",
+        "--holding",
+        "observe",
+        "--reason",
+        "INC-5 lag",
+    ]));
+    assert!(
+        explained.contains("GRANT prod-db/operate")
+            && explained.contains("approved by rule `incident`"),
+        "{explained}"
+    );
+    let daemon = crate::Daemon::start(&dir);
+    run_ok(&mut daemon.cmd(&dir, crate::ALICE, &crate::observe("INC-5", &[])));
+    let routine = crate::json(&run_ok(&mut daemon.cmd(
+        &dir,
+        crate::ALICE,
+        &crate::ask("operate", "routine check"),
+    )));
+    assert_eq!(routine["grant"]["state"], "pending", "{routine}");
+    let id = routine["grant"]["id"].as_str().unwrap().to_string();
+    run_ok(&mut daemon.cmd(
+        &dir,
+        crate::ALICE,
+        &["deny", &id, "--reason", "wrong reason"],
+    ));
+    let out = crate::json(&run_ok(&mut daemon.cmd(
+        &dir,
+        crate::ALICE,
+        &crate::ask("operate", "INC-5 replica lag"),
+    )));
+    assert_eq!(out["grant"]["state"], "active", "{out}");
+    let audit = crate::json(&run_ok(&mut daemon.cmd(
+        &dir,
+        crate::BOB,
+        &["audit", "list", "--json"],
+    )));
+    let grant = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "grant" && r["subject"] == out["grant"]["id"])
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(
+        grant["detail"]["by_rule"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rule `incident`"),
+        "{grant}"
+    );
+}

@@ -34,6 +34,8 @@ pub enum Decision {
         step: String,
         ttl: Duration,
         reasons: Vec<String>,
+        /// The `approvals.auto` rule that approved it, for a step that takes approvals.
+        by_rule: Option<String>,
     },
     /// Becomes a grant once `count` distinct people holding one of `from` approve.
     NeedsApproval {
@@ -53,9 +55,16 @@ impl Decision {
     /// The decision in one line, as `policy explain` prints it.
     pub fn verdict(&self, contract: &str) -> String {
         match self {
-            Decision::Grant { step, ttl, .. } => {
-                format!("GRANT {contract}/{step} for {}", format_duration(*ttl))
-            }
+            Decision::Grant {
+                step, ttl, by_rule, ..
+            } => format!(
+                "GRANT {contract}/{step} for {}{}",
+                format_duration(*ttl),
+                by_rule
+                    .as_deref()
+                    .map(|r| format!(" (approved by rule `{r}`)"))
+                    .unwrap_or_default()
+            ),
             Decision::NeedsApproval {
                 step,
                 ttl,
@@ -200,6 +209,19 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
     }
     match &step.approvals {
         Some(a) => {
+            if let Some(rule) = a.auto.iter().find(|r| r.matches(p, req.user, req.reason)) {
+                reasons.push(format!(
+                    "approved at once by rule `{}`: {}",
+                    rule.name,
+                    rule.describe()
+                ));
+                return Decision::Grant {
+                    step: step.name.clone(),
+                    ttl,
+                    reasons,
+                    by_rule: Some(rule.name.clone()),
+                };
+            }
             reasons.push(format!(
                 "step `{}` needs {} approval(s) from: {}",
                 step.name,
@@ -220,6 +242,7 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
                 step: step.name.clone(),
                 ttl,
                 reasons,
+                by_rule: None,
             }
         }
     }

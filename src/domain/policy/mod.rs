@@ -180,6 +180,60 @@ steps:
         );
     }
 
+    /// Issue 14: a step's approvals may name rules that approve a matching request at once.
+    #[test]
+    fn approval_by_rule() {
+        let auto = "approvals: {from: [sre-lead], count: 1, auto: [{name: incident, role: sre, reason: '^INC-[0-9]+'}]}";
+        let p = load(&CONTRACT.replace("approvals: {from: [sre-lead], count: 1}", auto)).unwrap();
+        let held = [Held {
+            contract: "prod-db",
+            step: "observe",
+            end: t(3600),
+        }];
+        let mut asked = req("alice", "operate", None);
+        asked.reason = Some("INC-42 replica lag");
+        match decide(&p, &asked, &held, t(0)) {
+            Decision::Grant {
+                by_rule, reasons, ..
+            } => {
+                assert_eq!(by_rule.as_deref(), Some("incident"));
+                assert!(reasons.last().unwrap().contains("approved at once by rule `incident`: the requester holds role `sre` and the reason matches `^INC-[0-9]+`"), "{reasons:?}");
+            }
+            d => panic!("{d:?}"),
+        }
+        asked.reason = Some("routine");
+        assert!(
+            matches!(
+                decide(&p, &asked, &held, t(0)),
+                Decision::NeedsApproval { .. }
+            ),
+            "no rule matches: approvers decide"
+        );
+        let with = |rules: &str| {
+            CONTRACT.replace(
+                "approvals: {from: [sre-lead], count: 1}",
+                &format!("approvals: {{from: [sre-lead], auto: [{rules}]}}"),
+            )
+        };
+        check_problems(
+            &with("{name: x, role: nobody}"),
+            &[(13, 58, "unknown role `nobody`")],
+        );
+        check_problems(
+            &with("{name: x, reason: '('}"),
+            &[(13, 60, "is not a regular expression")],
+        );
+        check_problems(&with("{name: x}"), &[(13, 42, "has no condition")]);
+        check_problems(
+            &with("{name: x, role: sre}, {name: x, role: sre}"),
+            &[(13, 71, "two approvals.auto rules are named `x`")],
+        );
+        check_problems(
+            &with("{name: x, when: now}"),
+            &[(13, 52, "unknown key `when`"), (13, 42, "has no condition")],
+        );
+    }
+
     /// Issue 14: a contract's reason may have a required form.
     #[test]
     fn reasons_with_a_form() {

@@ -126,6 +126,42 @@ pub struct Step {
 pub struct Approvals {
     pub from: Vec<String>,
     pub count: u32,
+    /// Rules that approve a matching request at once, in order (`auto:`).
+    pub auto: Vec<AutoRule>,
+}
+
+/// An approval by rule: a request matching every condition given is approved at once, and the
+/// audit chain names the rule (`approvals: {auto: [{name, role, reason}]}`).
+#[derive(Debug, Clone)]
+pub struct AutoRule {
+    pub name: String,
+    /// The requester holds this role (say `on-call`).
+    pub role: Option<String>,
+    /// The request's reason has this form (searched, so anchor it).
+    pub reason: Option<regex::Regex>,
+}
+
+impl AutoRule {
+    /// Whether a request by `user` with `reason` meets every condition of the rule.
+    pub fn matches(&self, p: &Policies, user: &str, reason: Option<&str>) -> bool {
+        self.role.as_deref().is_none_or(|r| p.has_role(user, r))
+            && self
+                .reason
+                .as_ref()
+                .is_none_or(|re| reason.is_some_and(|r| re.is_match(r.trim())))
+    }
+
+    /// The conditions in words, for reasons and the audit chain.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = &self.role {
+            parts.push(format!("the requester holds role `{r}`"));
+        }
+        if let Some(re) = &self.reason {
+            parts.push(format!("the reason matches `{}`", re.as_str()));
+        }
+        parts.join(" and ")
+    }
 }
 
 /// Certificate options a step grants; everything else is off.

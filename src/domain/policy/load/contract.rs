@@ -79,6 +79,69 @@ impl Loader {
         name_ok.then_some((contract, name_node.pos))
     }
 
+    /// A step's `approvals.auto`: rules with a name and at least one condition.
+    fn auto_rules(&mut self, node: &Node, what: &str, roles: &BTreeSet<String>) -> Vec<AutoRule> {
+        let Kind::Seq(items) = &node.kind else {
+            self.problem(
+                node.pos,
+                format!("{what} approvals.auto must be a list of rules, like [{{name: on-call, role: on-call}}]"),
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<AutoRule> = Vec::new();
+        for item in items {
+            let here = format!("{what} approvals.auto rule");
+            let f = self.fields(item, &here, &["name", "role", "reason"]);
+            let Some(name_node) = self.required(&f, "name", &here) else {
+                continue;
+            };
+            let Some(name) = self.string(name_node, &format!("{here} name")) else {
+                continue;
+            };
+            if !self.name(&name, name_node.pos, "rule name") {
+                continue;
+            }
+            if out.iter().any(|r| r.name == name) {
+                self.problem(
+                    name_node.pos,
+                    format!("{what}: two approvals.auto rules are named `{name}`"),
+                );
+                continue;
+            }
+            let role = f.get("role").and_then(|n| {
+                let r = self.string(n, &format!("{here} `{name}` role"))?;
+                self.roles_known(&[(r.clone(), n.pos)], roles, &format!("{here} `{name}`"));
+                Some(r)
+            });
+            let reason = f.get("reason").and_then(|n| {
+                let text = self.string(n, &format!("{here} `{name}` reason"))?;
+                match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
+                    Ok(re) => Some(re),
+                    Err(e) => {
+                        let e = e.to_string();
+                        let e = e.lines().last().unwrap_or("").trim().to_string();
+                        self.problem(
+                            n.pos,
+                            format!(
+                                "{here} `{name}` reason `{text}` is not a regular expression: {e}"
+                            ),
+                        );
+                        None
+                    }
+                }
+            });
+            if f.get("role").is_none() && f.get("reason").is_none() {
+                self.problem(
+                    item.pos,
+                    format!("{here} `{name}` has no condition: give `role:` and/or `reason:`"),
+                );
+                continue;
+            }
+            out.push(AutoRule { name, role, reason });
+        }
+        out
+    }
+
     /// `reason: required|optional`, or `{required: BOOL, pattern: REGEX, example: TEXT}`
     /// (the example must have the pattern's form).
     fn reason_rule(&mut self, node: &Node, what: &str) -> ReasonRule {
@@ -266,7 +329,7 @@ impl Loader {
             }
         }
         let approvals = f.get("approvals").filter(|n| !n.is_null()).and_then(|n| {
-            let af = self.fields(n, &format!("{what} approvals"), &["from", "count"]);
+            let af = self.fields(n, &format!("{what} approvals"), &["from", "count", "auto"]);
             let from = match self.required(&af, "from", &format!("{what} approvals")) {
                 Some(n) => self.strings(n, &format!("{what} approvals from")),
                 None => Vec::new(),
@@ -291,9 +354,14 @@ impl Loader {
                     }
                 },
             };
+            let auto = af
+                .get("auto")
+                .map(|n| self.auto_rules(n, &what, roles))
+                .unwrap_or_default();
             Some(Approvals {
                 from: from.into_iter().map(|r| r.0).collect(),
                 count: count?,
+                auto,
             })
         });
         let options = match f.get("options") {
