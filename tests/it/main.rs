@@ -13,6 +13,7 @@ mod notify;
 mod pg_store;
 mod postgres;
 mod revocation;
+mod refusals_told;
 mod rig;
 mod signing;
 mod sshd_harness;
