@@ -56,6 +56,7 @@ pub fn router(app: App) -> Router {
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
         .route(routes::SESSION, get(session))
+        .route(routes::SESSION_END, post(end_session))
         .with_state(app)
 }
 
@@ -213,6 +214,18 @@ async fn session(
         session: meta.into(),
     };
     Ok(Json(body).into_response())
+}
+
+async fn end_session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let body: ReasonBody = caller.json()?;
+    let out = app
+        .stop_session(&caller.user, &id, &body.reason, Utc::now())
+        .await?;
+    Ok(Json(Revocation::from(out)).into_response())
 }
 
 async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {

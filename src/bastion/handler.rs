@@ -409,7 +409,7 @@ impl server::Handler for ConnHandler {
         let (answers_tx, answers) = tokio::sync::mpsc::channel(4);
         self.answers.insert(channel.id(), answers);
         let (ctx, handle) = (self.ctx.clone(), session.handle());
-        let (cutoff, warning) = (self.cutoff.subscribe(), self.warning.subscribe());
+        let (cutoff, warning) = (self.cutoff.clone(), self.warning.subscribe());
         let budgets = self.budgets.clone();
         tokio::spawn(async move {
             proxy::session(
@@ -477,6 +477,7 @@ impl server::Handler for ConnHandler {
         let meta = login.session_meta(id, "direct-tcpip", Some(dest), None, Utc::now());
         match self.ctx.recorders.start(meta).await {
             Ok(rec) => {
+                rec.ends_with(self.cutoff.clone());
                 reply.accept().await;
                 let cutoff = self.cutoff.subscribe();
                 let budgets = self.budgets.clone();

@@ -289,6 +289,17 @@ pub enum SessionsCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// End a live session now, saying why (ramp-admin, a role that may approve its step, or
+    /// its own user). Its user's terminal shows who ended it and why; audited.
+    End {
+        /// The session's id (from `sessions list`).
+        id: String,
+        /// Why: audited, and shown in the user's terminal.
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Search recordings' input and output for a text.
     Grep {
         /// The text to find in what was typed and printed (ANSI stripped).
@@ -442,6 +453,7 @@ impl Command {
                 | SessionsCommand::Show { client, .. }
                 | SessionsCommand::Play { client, .. }
                 | SessionsCommand::Export { client, .. }
+                | SessionsCommand::End { client, .. }
                 | SessionsCommand::Grep { client, .. },
             ) => Some(client),
             Command::Init { .. }

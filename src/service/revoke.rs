@@ -81,6 +81,7 @@ impl Service {
                 // What is open is all a revocation changes.
                 (Vec::new(), tx.open_grants_of(&[u.as_str()], now).await?)
             }
+            RevokeTarget::Session(_) => unreachable!("revoke never names a session"),
         };
         // A step climbs only from its own user's grants: theirs are all the fallout needs.
         let users: Vec<&str> = hit.iter().map(|g| g.user.as_str()).collect();

@@ -189,6 +189,7 @@ pub enum RevokeTarget {
     Serial(u64),
     Grant(String),
     User(String),
+    Session(String),
 }
 
 /// The answer to `POST /v1/revoke`: what it covered.
@@ -209,6 +210,7 @@ impl From<grant::Revocation> for Revocation {
                 grant::RevokeTarget::Serial(s) => RevokeTarget::Serial(s),
                 grant::RevokeTarget::Grant(g) => RevokeTarget::Grant(g),
                 grant::RevokeTarget::User(u) => RevokeTarget::User(u),
+                grant::RevokeTarget::Session(id) => RevokeTarget::Session(id),
             },
             by: r.by,
             at: r.at,

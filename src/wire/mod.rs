@@ -47,6 +47,8 @@ pub const SESSIONS: &str = "/v1/sessions";
 pub const SESSIONS_GREP: &str = "/v1/sessions/grep";
 /// `GET [?purpose=show|play|export]`: one session with its events.
 pub const SESSION: &str = "/v1/sessions/{id}";
+/// `POST` [`grants::ReasonBody`]: end a live session, saying why.
+pub const SESSION_END: &str = "/v1/sessions/{id}/end";
 /// `POST`: a one-time login link to the dashboard.
 pub const DASHBOARD_LINK: &str = "/v1/dashboard/link";
 

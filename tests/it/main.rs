@@ -10,6 +10,7 @@ mod dashboard;
 mod init_policy;
 mod nodes;
 mod notify;
+mod on_call;
 mod pg_store;
 mod postgres;
 mod revocation;
