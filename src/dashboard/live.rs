@@ -28,6 +28,7 @@ pub(super) fn routes() -> Router<App> {
         .route(ui::APPROVE, post(approve))
         .route(ui::DENY, post(deny))
         .route(ui::REVOKE, post(revoke))
+        .route(ui::END, post(end_session))
 }
 
 /// The live view as the browser session's user may see it.
@@ -108,6 +109,21 @@ async fn deny(
         .deny(&s.user, &id, &body.reason, Utc::now())
         .await?;
     Ok(Json(out).into_response())
+}
+
+/// Ends a live session, saying why (see [`crate::service::Service::stop_session`]).
+async fn end_session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ReasonBody>,
+) -> Result<Response, ApiError> {
+    let s = app.web_change(&headers)?;
+    let out = app
+        .service
+        .stop_session(&s.user, &id, &body.reason, Utc::now())
+        .await?;
+    Ok(Json(Revocation::from(out)).into_response())
 }
 
 async fn revoke(

@@ -69,6 +69,7 @@ pub mod ui {
     pub const APPROVE: &str = "/ui/api/grants/{id}/approve";
     pub const DENY: &str = "/ui/api/grants/{id}/deny";
     pub const REVOKE: &str = "/ui/api/grants/{id}/revoke";
+    pub const END: &str = "/ui/api/sessions/{id}/end";
     pub const RECORDINGS: &str = "/ui/api/recordings";
     pub const PLAYBACK: &str = "/ui/api/recordings/{id}/playback";
     pub const ASCIICAST: &str = "/ui/api/recordings/{id}/asciicast";
@@ -76,13 +77,14 @@ pub mod ui {
     pub const AUDIT: &str = "/ui/api/audit";
 
     /// The routes the page's script calls, by the name it uses.
-    pub const ROUTES: [(&str, &str); 11] = [
+    pub const ROUTES: [(&str, &str); 12] = [
         ("logout", LOGOUT),
         ("state", STATE),
         ("stream", STREAM),
         ("approve", APPROVE),
         ("deny", DENY),
         ("revoke", REVOKE),
+        ("end", END),
         ("recordings", RECORDINGS),
         ("playback", PLAYBACK),
         ("asciicast", ASCIICAST),

@@ -591,3 +591,68 @@ fn the_dashboard_logs_in_over_https_with_a_secure_cookie() {
         c.close().await.unwrap();
     });
 }
+
+#[test]
+fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_why() {
+    let rig = rig();
+    rig.observe("INC-77 slow queries", &[]);
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        let base = rig.daemon.url.clone();
+        c.goto(&link(&rig, CAROL)).await.unwrap();
+        wait_text(&c, "#me", "carol logged in", |t| t.contains("carol")).await;
+
+        // From the live list: the row says which step and why, and ends with a reason.
+        let first = crate::bastion::sleeper_as(&rig, "readonly@db-1");
+        c.goto(&format!("{base}/ui/#sessions")).await.unwrap();
+        let row = "#live tbody tr";
+        let shown = wait_text(&c, row, "the live session", |t| t.contains("alice")).await;
+        assert!(shown.contains("prod-db") && shown.contains("observe"), "{shown}");
+        assert!(shown.contains("INC-77 slow queries"), "{shown}");
+        click(&c, &format!("{row} button[data-act=end]")).await;
+        c.find(Locator::Css(&format!("{row} input.reason")))
+            .await
+            .unwrap()
+            .send_keys("runaway query, page me")
+            .await
+            .unwrap();
+        screenshot(&c, "7-end-session").await;
+        click(&c, &format!("{row} button[data-act=end-confirm]")).await;
+        let out = first.wait_with_output().unwrap();
+        let terminal = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            terminal.contains("ramp-ca: carol ended this session: runaway query, page me"),
+            "{terminal}"
+        );
+        wait_text(&c, "#live-empty", "the list empties", |t| t.contains("No live")).await;
+
+        // From Watch: the player's End button, and the player says why it ended.
+        let second = crate::bastion::sleeper_as(&rig, "readonly@db-1");
+        wait_text(&c, row, "the second session", |t| t.contains("alice")).await;
+        click(&c, &format!("{row} button[data-act=follow]")).await;
+        wait_text(&c, "#screen", "the followed screen", |t| t.contains("started")).await;
+        click(&c, "#player-end").await;
+        c.find(Locator::Css("#player-reason"))
+            .await
+            .unwrap()
+            .send_keys("done here")
+            .await
+            .unwrap();
+        click(&c, "#player-end-confirm").await;
+        let note = wait_text(&c, "#player-note", "why the session ended", |t| {
+            t.contains("ended:")
+        })
+        .await;
+        assert!(note.contains("carol ended this session: done here"), "{note}");
+        screenshot(&c, "8-watch-ended").await;
+        let _ = second.wait_with_output();
+        let stops = rig.audited("session-stop");
+        assert_eq!(stops.len(), 2, "{stops:#?}");
+    });
+}
