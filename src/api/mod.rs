@@ -136,8 +136,15 @@ async fn deny(
 
 async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let body: RevokeBody = caller.json()?;
-    let out = app.revoke(&caller.user, &body, Utc::now()).await?;
-    Ok(Json(Revocation::from(out)).into_response())
+    let (out, cascade) = app
+        .revoke_cascading(&caller.user, &body, body.dry_run, Utc::now())
+        .await?;
+    let answer = Revocation {
+        cascade: Some((&cascade).into()),
+        dry_run: body.dry_run,
+        ..Revocation::from(out)
+    };
+    Ok(Json(answer).into_response())
 }
 
 async fn krl(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {

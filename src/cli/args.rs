@@ -176,6 +176,9 @@ pub enum Command {
         /// Why (audited, and told to the user whose sessions it ends).
         #[arg(long)]
         reason: Option<String>,
+        /// Only say what it would reach (grants ended or shortened, live sessions cut).
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientOpts,
     },

@@ -132,6 +132,7 @@ pub async fn run(cli: Cli) -> Result {
             grant,
             user,
             reason,
+            dry_run,
             client,
         } => {
             let body = crate::wire::grants::RevokeBody {
@@ -139,6 +140,7 @@ pub async fn run(cli: Cli) -> Result {
                 grant,
                 user,
                 reason,
+                dry_run,
             };
             grants::revoke(&client, body).await
         }

@@ -9,7 +9,10 @@ use crate::shown::shown;
 /// The lines to show for a refusal of `user`'s login as `login_name`: the reason, then a
 /// hint when there is a next step. Every name is escaped: a login name is the client's text.
 pub fn refusal_notice(p: &Policies, user: &str, login_name: &str, refusal: &Refusal) -> String {
-    let mut lines = vec![format!("ramp-ca refused this login: {}", shown(&refusal.to_string()))];
+    let mut lines = vec![format!(
+        "ramp-ca refused this login: {}",
+        shown(&refusal.to_string())
+    )];
     if let Some(hint) = hint(p, user, login_name, refusal) {
         lines.push(format!("hint: {}", shown(&hint)));
     }
@@ -24,16 +27,20 @@ fn hint(p: &Policies, user: &str, login_name: &str, refusal: &Refusal) -> Option
             "the bastion knows the targets in hosts.yaml; log in as PRINCIPAL@TARGET \
              (ramp-ca ssh-config writes the Host patterns)"
         )),
-        Refusal::GrantEnded { .. } | Refusal::Expired(_) | Refusal::KeyExpired { .. } => Some(
-            format!("{} (ramp-ca grants lists what you hold)", ask_for(p, user, target)),
-        ),
+        Refusal::GrantEnded { .. } | Refusal::Expired(_) | Refusal::KeyExpired { .. } => {
+            Some(format!(
+                "{} (ramp-ca grants lists what you hold)",
+                ask_for(p, user, target)
+            ))
+        }
         Refusal::Revoked(_) => Some("ramp-ca grants --all shows who revoked it and why".into()),
         Refusal::NotEntitled { .. } => {
             Some("your roles changed in people.yaml; ask a ramp-ca admin".into())
         }
-        Refusal::PlainKey(_) => {
-            Some(format!("{} and log in with its certificate", ask_for(p, user, target)))
-        }
+        Refusal::PlainKey(_) => Some(format!(
+            "{} and log in with its certificate",
+            ask_for(p, user, target)
+        )),
         Refusal::Busy { .. } => Some("log out of a session you no longer use".into()),
         Refusal::Ledger(_) => Some("the ledger is unavailable; try again shortly".into()),
         _ => None,

@@ -180,7 +180,10 @@ impl Service {
                 continue;
             };
             let from_inside = options.source_address.is_empty()
-                || options.source_address.iter().any(|n| n.contains(&client.ip()));
+                || options
+                    .source_address
+                    .iter()
+                    .any(|n| n.contains(&client.ip()));
             if !from_inside {
                 continue;
             }
@@ -224,7 +227,18 @@ impl Service {
     pub async fn recheck(&self, l: &Login, now: DateTime<Utc>) -> Option<String> {
         match self.store.grant(&l.grant.id).await {
             Ok(Some(g)) if login::still_valid(&g, now).is_ok() => {}
-            Ok(_) => return Some("the grant was revoked".into()),
+            // Who revoked it and why, as the revocation recorded them.
+            Ok(Some(g)) => {
+                return Some(match g.closed {
+                    Some(c) => format!(
+                        "{} revoked the grant: {}",
+                        crate::shown::shown(&c.by),
+                        crate::shown::shown(&c.reason)
+                    ),
+                    None => "the grant was revoked".into(),
+                })
+            }
+            Ok(None) => return Some("the grant was revoked".into()),
             Err(e) => tracing::warn!(error = %e, "cannot re-check a live login's grant"),
         }
         // Revoking the grant revokes its serials too; a serial alone says so.

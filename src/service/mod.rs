@@ -17,6 +17,7 @@ mod stop;
 #[cfg(test)]
 mod tests;
 
+pub use revoke::Cascade;
 pub use stop::{StopOrder, MAX_REASON as MAX_STOP_REASON};
 
 use std::path::{Path, PathBuf};

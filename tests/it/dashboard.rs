@@ -154,13 +154,21 @@ fn countdown(text: &str) -> u64 {
         .sum()
 }
 
+/// Clicks `css`, finding it again when a live update redrew it between finding and clicking.
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
-        .click()
-        .await
-        .unwrap();
+    for attempt in 0.. {
+        let found = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}`: {e}"));
+        match found.click().await {
+            Ok(_) => return,
+            Err(e) if attempt < 5 && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot click `{css}`: {e}"),
+        }
+    }
 }
 
 /// A fresh login link for `key`'s owner.
@@ -261,6 +269,12 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .unwrap();
         assert_eq!(forged.status(), 403);
         click(&c, &format!("{active_row} button[data-act=revoke]")).await;
+        // What it reaches is said before confirming (issue 12).
+        let reach = wait_text(&c, &format!("{active_row} .cascade"), "the cascade", |t| {
+            t.contains("cuts")
+        })
+        .await;
+        assert!(reach.contains("cuts no live session"), "{reach}");
         c.find(Locator::Css(&format!("{active_row} input.reason")))
             .await
             .unwrap()
@@ -612,7 +626,10 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
         c.goto(&format!("{base}/ui/#sessions")).await.unwrap();
         let row = "#live tbody tr";
         let shown = wait_text(&c, row, "the live session", |t| t.contains("alice")).await;
-        assert!(shown.contains("prod-db") && shown.contains("observe"), "{shown}");
+        assert!(
+            shown.contains("prod-db") && shown.contains("observe"),
+            "{shown}"
+        );
         assert!(shown.contains("INC-77 slow queries"), "{shown}");
         click(&c, &format!("{row} button[data-act=end]")).await;
         c.find(Locator::Css(&format!("{row} input.reason")))
@@ -630,13 +647,19 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
             terminal.contains("ramp-ca: carol ended this session: runaway query, page me"),
             "{terminal}"
         );
-        wait_text(&c, "#live-empty", "the list empties", |t| t.contains("No live")).await;
+        wait_text(&c, "#live-empty", "the list empties", |t| {
+            t.contains("No live")
+        })
+        .await;
 
         // From Watch: the player's End button, and the player says why it ended.
         let second = crate::bastion::sleeper_as(&rig, "readonly@db-1");
         wait_text(&c, row, "the second session", |t| t.contains("alice")).await;
         click(&c, &format!("{row} button[data-act=follow]")).await;
-        wait_text(&c, "#screen", "the followed screen", |t| t.contains("started")).await;
+        wait_text(&c, "#screen", "the followed screen", |t| {
+            t.contains("started")
+        })
+        .await;
         click(&c, "#player-end").await;
         c.find(Locator::Css("#player-reason"))
             .await
@@ -649,7 +672,10 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
             t.contains("ended:")
         })
         .await;
-        assert!(note.contains("carol ended this session: done here"), "{note}");
+        assert!(
+            note.contains("carol ended this session: done here"),
+            "{note}"
+        );
         screenshot(&c, "8-watch-ended").await;
         let _ = second.wait_with_output();
         let stops = rig.audited("session-stop");

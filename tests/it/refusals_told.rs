@@ -58,14 +58,23 @@ fn a_refused_login_tells_its_reason_and_next_step_to_holders_of_our_keys_only() 
 
     // A target nobody knows.
     let told = stderr(&as_a_person(&rig, ALICE, "readonly@nowhere"));
-    assert!(told.contains("unknown target `nowhere`: not in hosts.yaml"), "{told}");
-    assert!(told.contains("hint: the bastion knows the targets in hosts.yaml"), "{told}");
+    assert!(
+        told.contains("unknown target `nowhere`: not in hosts.yaml"),
+        "{told}"
+    );
+    assert!(
+        told.contains("hint: the bastion knows the targets in hosts.yaml"),
+        "{told}"
+    );
 
     // alice's registered key alone: she is told to sign.
     std::fs::create_dir(rig.dir.join("bare")).unwrap();
     std::fs::copy(rig.dir.join(ALICE), rig.dir.join("bare/alice")).unwrap();
     let told = stderr(&as_a_person(&rig, "bare/alice", "readonly@db-1"));
-    assert!(told.contains("is not accepted: sign in with a ramp-ca certificate"), "{told}");
+    assert!(
+        told.contains("is not accepted: sign in with a ramp-ca certificate"),
+        "{told}"
+    );
     assert!(told.contains("ramp-ca sign prod-db observe"), "{told}");
 
     // A stranger learns nothing: the usual refusal, no reason, no host names.
@@ -74,7 +83,10 @@ fn a_refused_login_tells_its_reason_and_next_step_to_holders_of_our_keys_only() 
     assert!(!out.status.success());
     let told = stderr(&out);
     assert!(!told.contains("ramp-ca"), "{told}");
-    assert!(!told.contains("db-1 is") && !told.contains("hint"), "{told}");
+    assert!(
+        !told.contains("db-1 is") && !told.contains("hint"),
+        "{told}"
+    );
     assert!(told.contains("Permission denied (publickey)"), "{told}");
 
     // After a revoke, the holder reads that it was revoked.
@@ -93,7 +105,10 @@ fn a_certificate_of_ours_stands_in_for_its_sibling_that_covers_the_login() {
     with_prod_web(&rig);
     let db = rig.observe("INC-4", &[]);
     let web = rig.sign(ALICE, &["--contract", "prod-web"]);
-    let (db_serial, web_serial) = (db["serial"].as_u64().unwrap(), web["serial"].as_u64().unwrap());
+    let (db_serial, web_serial) = (
+        db["serial"].as_u64().unwrap(),
+        web["serial"].as_u64().unwrap(),
+    );
     // Only the prod-web certificate beside the key: it proves alice's key, and her prod-db
     // certificate for that key covers db-1.
     std::fs::create_dir(rig.dir.join("web-only")).unwrap();

@@ -208,9 +208,40 @@ function ask(tr, act, redraw = false) {
   cell.innerHTML = `<input class="reason" placeholder="${hint}" size="22">
     <button class="bad" data-act="${act}-confirm">${label}</button>
     <button data-act="cancel">Cancel</button>`;
+  if (act === "revoke") cascade(id, cell);
   const input = cell.querySelector("input");
   input.value = typed.get(id) ?? "";
   if (!redraw || document.activeElement === document.body) input.focus();
+}
+
+// What revoking would reach, said before the confirmation: asked once per row being
+// confirmed, kept across live redraws.
+const reach = new Map();
+async function cascade(id, cell) {
+  if (!reach.has(id)) {
+    reach.set(id, "");
+    try {
+      const out = await api(route("revoke", id));
+      const c = out.cascade || { ended: [], shortened: [], sessions: [] };
+      const also = c.ended.filter((g) => g.id !== id).map((g) => `${esc(g.contract)}/${esc(g.step)} of ${esc(g.user)}`);
+      const parts = [];
+      if (also.length) parts.push(`also ends ${also.join(", ")}`);
+      if (c.shortened.length) parts.push(`shortens ${c.shortened.map((g) => `${esc(g.contract)}/${esc(g.step)}`).join(", ")}`);
+      parts.push(c.sessions.length
+        ? `cuts ${c.sessions.length} live session${c.sessions.length > 1 ? "s" : ""}: ${c.sessions.map((s) => `${esc(s.user)} on ${esc(s.principal)}@${esc(s.target)}`).join(", ")}`
+        : "cuts no live session");
+      reach.set(id, `<div class="confirm cascade">Revoking ${parts.join("; ")}.</div>`);
+    } catch (err) {
+      reach.set(id, `<div class="confirm cascade">${esc(err.message)}</div>`);
+    }
+    const tr = rowOf(id);
+    if (tr && asking.get(id) === "revoke") {
+      typed.set(id, tr.querySelector("input.reason")?.value ?? "");
+      ask(tr, "revoke", true);
+    }
+    return;
+  }
+  cell.insertAdjacentHTML("afterbegin", reach.get(id));
 }
 
 // Says what an approval did, in its own colour: granted, still pending, or refused at the end.
@@ -261,9 +292,11 @@ document.addEventListener("click", async (e) => {
       tr.classList.remove("asking");
       asking.delete(id);
       typed.delete(id);
+      reach.delete(id);
       toast(`${what === "revoke" ? "Revoked" : "Denied"} ${id}`, "good");
     } else if (act === "cancel") {
       tr.classList.remove("asking");
+      reach.delete(key);
       asking.delete(key);
       typed.delete(key);
       render(state);
