@@ -23,7 +23,7 @@ use crate::wire::grants::{
     GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation, RevokeBody,
     SignHostBody,
 };
-use crate::wire::sessions::{self, GrepBody, Hit, SessionBody, SessionQuery};
+use crate::wire::sessions::{self, GrepBody, SessionBody, SessionQuery};
 use crate::wire::{self as routes};
 
 pub use self::caller::{ApiError, Caller};
@@ -237,9 +237,6 @@ async fn end_session(
 
 async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let body: GrepBody = caller.json()?;
-    let out = app
-        .grep(&caller.user, &body.pattern, body.filter.into(), Utc::now())
-        .await?;
-    let out: Vec<Hit> = out.into_iter().map(Hit::from).collect();
-    Ok(Json(out).into_response())
+    let out = app.grep(&caller.user, &body, Utc::now()).await?;
+    Ok(Json(sessions::Grepped::from(out)).into_response())
 }

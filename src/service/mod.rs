@@ -18,6 +18,7 @@ mod stop;
 mod tests;
 
 pub use revoke::Cascade;
+pub use sessions::Grepped;
 pub use stop::{StopOrder, MAX_REASON as MAX_STOP_REASON};
 
 use std::path::{Path, PathBuf};
