@@ -65,7 +65,9 @@ impl Needle {
             return Err("the search pattern is empty".into());
         }
         if pattern.chars().count() > MAX_PATTERN {
-            return Err(format!("the search pattern is longer than {MAX_PATTERN} characters"));
+            return Err(format!(
+                "the search pattern is longer than {MAX_PATTERN} characters"
+            ));
         }
         if regex {
             return regex::RegexBuilder::new(pattern)
@@ -113,7 +115,10 @@ pub fn grep(meta: &SessionMeta, events: &[Event], needle: &Needle, limit: usize)
     let mut in_hits = Matches::new(&meta.id, needle, limit, Stream::Input);
     let mut command = Matches::new(&meta.id, needle, limit, Stream::Command);
     if let (Some(cmd), "exec") = (&meta.command, meta.kind.as_str()) {
-        let line: String = cmd.chars().filter(|c| !crate::shown::is_control(*c)).collect();
+        let line: String = cmd
+            .chars()
+            .filter(|c| !crate::shown::is_control(*c))
+            .collect();
         command.line(0, &line);
     }
     for (event, text) in events.iter().zip(texts(events)) {
@@ -462,11 +467,16 @@ mod tests {
         let events = [out(5, b"DROP TABLE users;\r\n"), inp(9, b"drop table t\r")];
         let needle = Needle::new("drop table", true, false).unwrap();
         let hits = grep(&meta(), &events, &needle, 10);
-        let got: Vec<(u64, Stream, &str)> =
-            hits.iter().map(|h| (h.at_ms, h.stream, h.line.as_str())).collect();
+        let got: Vec<(u64, Stream, &str)> = hits
+            .iter()
+            .map(|h| (h.at_ms, h.stream, h.line.as_str()))
+            .collect();
         assert_eq!(
             got,
-            [(5, Stream::Output, "DROP TABLE users;"), (9, Stream::Input, "drop table t")]
+            [
+                (5, Stream::Output, "DROP TABLE users;"),
+                (9, Stream::Input, "drop table t")
+            ]
         );
         let psql = Needle::new("^ps.l$", false, true).unwrap();
         let hits = grep(&meta(), &events, &psql, 10);
@@ -479,9 +489,14 @@ mod tests {
     fn a_bad_pattern_says_what_is_wrong() {
         let err = Needle::new("(unclosed", false, true).unwrap_err();
         assert!(err.starts_with("invalid regular expression"), "{err}");
-        assert_eq!(Needle::new("", true, false).unwrap_err(), "the search pattern is empty");
+        assert_eq!(
+            Needle::new("", true, false).unwrap_err(),
+            "the search pattern is empty"
+        );
         let long = "a".repeat(MAX_PATTERN + 1);
-        assert!(Needle::new(&long, false, false).unwrap_err().contains("longer than"));
+        assert!(Needle::new(&long, false, false)
+            .unwrap_err()
+            .contains("longer than"));
         // A pattern that would compile to a huge automaton is refused, not built.
         let err = Needle::new("\\w{1000}\\w{1000}\\w{1000}", false, true).unwrap_err();
         assert!(err.contains("invalid regular expression"), "{err}");

@@ -16,8 +16,8 @@ use crate::domain::session::{SessionFilter, SessionMeta};
 use crate::recordings::files::{RecordingFile, Tail};
 use crate::recordings::format::Event;
 use crate::recordings::search::{self, Hit, Needle};
-use crate::wire::sessions::GrepBody;
 use crate::store::{Change, Interrupted};
+use crate::wire::sessions::GrepBody;
 
 impl From<Hit> for crate::wire::sessions::Hit {
     fn from(h: Hit) -> crate::wire::sessions::Hit {
@@ -140,12 +140,7 @@ impl Service {
     /// Searches recordings for a pattern (see [`Needle::new`]), for admins and auditors; the
     /// search is audited. A recording that cannot be read (changed, truncated, missing) does
     /// not stop it: the others are searched, and it is named with why.
-    pub async fn grep(
-        &self,
-        who: &str,
-        ask: &GrepBody,
-        now: DateTime<Utc>,
-    ) -> Result<Grepped> {
+    pub async fn grep(&self, who: &str, ask: &GrepBody, now: DateTime<Utc>) -> Result<Grepped> {
         self.require_reviewer(who, Reading::Recordings)?;
         let needle = Needle::new(&ask.pattern, ask.ignore_case, ask.regex)
             .map_err(ServiceError::BadRequest)?;
