@@ -143,6 +143,8 @@ fn a_revoke_says_what_it_reaches_before_and_after_and_the_terminal_says_who_revo
     );
     assert!(dry.contains("nothing changed"), "{dry}");
     let grants = json(&run_ok(&mut rig.ramp(crate::ALICE, &["grants", "--json"])));
+    // One grant shape: `state` only, `status` gone (issue 12).
+    assert!(grants[0].get("status").is_none(), "{grants:#}");
     let active = grants
         .as_array()
         .unwrap()
