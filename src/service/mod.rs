@@ -11,6 +11,7 @@ mod bastion;
 mod dashboard;
 mod grants;
 mod hosts;
+mod ids;
 mod revoke;
 mod sessions;
 mod stop;

@@ -240,3 +240,34 @@ fn a_search_finds_commands_ignoring_case_or_by_regex_and_survives_a_damaged_reco
         "{searched:#?}"
     );
 }
+
+#[test]
+fn short_id_prefixes_work_where_they_name_one_thing_the_caller_may_see() {
+    let rig = rig();
+    rig.observe("INC-10", &[]);
+    let pending = json(&run_ok(
+        &mut rig.ramp(crate::ALICE, &crate::ask("operate", "INC-10")),
+    ));
+    let id = pending["grant"]["id"].as_str().unwrap().to_string();
+    let short = &id[..5];
+    let approved = json(&run_ok(&mut rig.ramp(BOB, &["approve", short, "--json"])));
+    assert_eq!(approved["grant"]["id"], id.as_str(), "{approved:#}");
+    assert_eq!(approved["grant"]["state"], "active");
+    run_ok(&mut rig.ramp(crate::ALICE, &["sign", "--grant", short]));
+
+    run_ok(&mut rig.ssh(crate::ALICE, "readonly@db-1", &["true"]));
+    let session = rig.wait_sessions("an ended session", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    })[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = run_ok(&mut rig.ramp(BOB, &["sessions", "show", &session[..6]]));
+    assert!(shown.contains(&session), "{shown}");
+
+    // Someone who may not see the grant learns nothing from its prefix: an unknown id.
+    let (_, err) = run_err(&mut rig.ramp(crate::ALICE, &["sessions", "show", &session[..6]]));
+    assert!(err.contains("takes ramp-admin or ramp-auditor"), "{err}");
+    let (_, err) = run_err(&mut rig.ramp(crate::ALICE, &["revoke", "--grant", "ffff"]));
+    assert!(err.contains("no grant with id `ffff`"), "{err}");
+}
