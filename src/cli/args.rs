@@ -210,7 +210,8 @@ pub enum Command {
     /// Print what targets and clients need to trust this CA.
     #[command(subcommand)]
     Trust(TrustCommand),
-    /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
+    /// Recorded sessions: every one for ramp-admin and ramp-auditor, one's own for anyone
+    /// (every read is audited); ending a live one.
     #[command(subcommand)]
     Sessions(SessionsCommand),
     /// The ledger's storage: create or upgrade a PostgreSQL schema.

@@ -72,14 +72,15 @@ impl From<Grepped> for crate::wire::sessions::Grepped {
 }
 
 impl Service {
-    /// Recorded sessions matching `filter`, for admins and auditors; the listing is audited.
+    /// Recorded sessions matching `filter`: every one for admins and auditors, one's own for
+    /// anyone else; the listing is audited.
     pub async fn sessions(
         &self,
         who: &str,
-        filter: SessionFilter,
+        mut filter: SessionFilter,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionMeta>> {
-        self.require_reviewer(who, Reading::Recordings)?;
+        self.recordings_of(who, &mut filter, Reading::Recordings)?;
         let mut out = self.store.sessions().await?;
         out.retain(|m| filter.matches(m, now));
         let listed = SessionsListed {
@@ -91,8 +92,8 @@ impl Service {
         Ok(out)
     }
 
-    /// One session's metadata and events, for admins and auditors; every read is audited
-    /// with its purpose (show, play, export, dashboard-play...).
+    /// One session's metadata and events, for admins, auditors and its own user; every read
+    /// is audited with its purpose (show, play, export, dashboard-play...).
     pub async fn session(
         &self,
         who: &str,
@@ -100,8 +101,8 @@ impl Service {
         purpose: &str,
         now: DateTime<Utc>,
     ) -> Result<(SessionMeta, Vec<Event>)> {
-        self.require_reviewer(who, Reading::Recordings)?;
         let meta = self.recorded(id).await?;
+        self.require_own_or_reviewer(who, &meta.user, Reading::Recordings)?;
         let events = self.store.session_events(&meta).await?;
         self.audit_read(who, &meta, purpose, now).await?;
         Ok((meta, events))
@@ -141,10 +142,10 @@ impl Service {
     /// search is audited. A recording that cannot be read (changed, truncated, missing) does
     /// not stop it: the others are searched, and it is named with why.
     pub async fn grep(&self, who: &str, ask: &GrepBody, now: DateTime<Utc>) -> Result<Grepped> {
-        self.require_reviewer(who, Reading::Recordings)?;
+        let mut filter: SessionFilter = ask.filter.clone().into();
+        self.recordings_of(who, &mut filter, Reading::Recordings)?;
         let needle = Needle::new(&ask.pattern, ask.ignore_case, ask.regex)
             .map_err(ServiceError::BadRequest)?;
-        let filter: SessionFilter = ask.filter.clone().into();
         let (mut hits, mut damaged) = (Vec::new(), Vec::new());
         for meta in self
             .store

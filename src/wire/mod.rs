@@ -70,6 +70,7 @@ pub mod ui {
     pub const DENY: &str = "/ui/api/grants/{id}/deny";
     pub const REVOKE: &str = "/ui/api/grants/{id}/revoke";
     pub const END: &str = "/ui/api/sessions/{id}/end";
+    pub const REQUEST: &str = "/ui/api/requests";
     pub const RECORDINGS: &str = "/ui/api/recordings";
     pub const PLAYBACK: &str = "/ui/api/recordings/{id}/playback";
     pub const ASCIICAST: &str = "/ui/api/recordings/{id}/asciicast";
@@ -77,7 +78,7 @@ pub mod ui {
     pub const AUDIT: &str = "/ui/api/audit";
 
     /// The routes the page's script calls, by the name it uses.
-    pub const ROUTES: [(&str, &str); 12] = [
+    pub const ROUTES: [(&str, &str); 13] = [
         ("logout", LOGOUT),
         ("state", STATE),
         ("stream", STREAM),
@@ -85,6 +86,7 @@ pub mod ui {
         ("deny", DENY),
         ("revoke", REVOKE),
         ("end", END),
+        ("request", REQUEST),
         ("recordings", RECORDINGS),
         ("playback", PLAYBACK),
         ("asciicast", ASCIICAST),

@@ -151,6 +151,8 @@ function render(s) {
   }).join("");
   $("#active-empty").classList.toggle("hidden", s.active.length > 0);
   $("#active").classList.toggle("hidden", s.active.length === 0);
+  offer(s.requestable);
+
   const live = $("#live tbody");
   live.innerHTML = s.live.map((l) => {
     const m = l.session;
@@ -243,6 +245,49 @@ async function cascade(id, cell) {
   }
   cell.insertAdjacentHTML("afterbegin", reach.get(id));
 }
+
+// The request form: the contracts this user may ask for, their steps, and what each needs.
+function offer(contracts) {
+  $("#ask").classList.toggle("hidden", !contracts.length);
+  const select = $("#ask-contract");
+  const names = contracts.map((c) => c.contract).join(",");
+  if (select.dataset.names === names) return;  // unchanged: keep what is being typed
+  select.dataset.names = names;
+  select.innerHTML = contracts.map((c) => `<option value="${esc(c.contract)}">${esc(c.contract)}</option>`).join("");
+  steps();
+}
+function steps() {
+  const c = state.requestable.find((r) => r.contract === $("#ask-contract").value);
+  if (!c) return;
+  $("#ask-step").innerHTML = c.steps.map((st) => `<option value="${esc(st.name)}">${esc(st.name)} · up to ${esc(st.max_ttl)}` +
+    `${st.approvals ? ` · ${st.approvals} approval${st.approvals > 1 ? "s" : ""}` : ""}${st.break_glass ? " · break-glass" : ""}${st.after ? ` · after ${esc(st.after)}` : ""}</option>`).join("");
+  $("#ask-reason").placeholder = c.reason_required ? `reason (required${c.reason_example ? ", like " + c.reason_example : ""})` : "reason";
+  $("#ask-note").textContent = c.description || "";
+}
+$("#ask-contract").addEventListener("change", steps);
+$("#request").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = Object.fromEntries([...new FormData($("#request")).entries()].filter(([, v]) => v !== ""));
+  const button = $("#request button");
+  button.disabled = true;
+  try {
+    const out = await api(route("request"), { method: "POST", body: JSON.stringify(body) });
+    const g = out.grant;
+    const take = `take its certificate with: ramp-ca sign --grant ${g.id}`;
+    if (g.state === "active") {
+      toast(`Granted ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}: ${take}`, "good");
+    } else {
+      toast(`Requested ${g.contract}/${g.step}: waiting for ${g.approvals_needed - g.approvals.length} approval(s) from ${g.approvals_from.join(" or ")}; then ${take}`, "info");
+    }
+    $("#ask-note").textContent = (out.reasons || []).join("; ");
+  } catch (err) {
+    // The policy's own words: what was refused and why.
+    toast(`Refused: ${err.message}`);
+    $("#ask-note").textContent = err.message;
+  } finally {
+    button.disabled = false;
+  }
+});
 
 // Says what an approval did, in its own colour: granted, still pending, or refused at the end.
 function approved(out) {
