@@ -223,6 +223,9 @@ pub struct Granted {
     /// The `approvals.auto` rule that approved it at once, with its conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by_rule: Option<String>,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `approve`: how many approvals of how many needed.
@@ -317,6 +320,9 @@ pub struct LoggedIn {
     pub grant: String,
     pub serial: u64,
     pub client: String,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `login-refused`: why, from where, with which certificate (if one was offered).
@@ -338,6 +344,9 @@ pub struct SessionStarted {
     pub grant: String,
     pub serial: u64,
     pub client: String,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `session-end`.
@@ -355,6 +364,9 @@ pub struct SessionEnded {
     pub files: Vec<String>,
     #[serde(default)]
     pub recording: Option<RecordingSeal>,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `session-interrupted`.
@@ -365,6 +377,13 @@ pub struct SessionInterrupted {
     pub bytes_out: u64,
     #[serde(default)]
     pub recording: Option<RecordingSeal>,
+    /// The node that found it interrupted and ended it: the session's own at its restart,
+    /// or another once the session's node's lease lapsed; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why, when another node ended it (its node's lease lapsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// `dashboard-link`.
@@ -513,6 +532,7 @@ mod tests {
             end: None,
             approvers: None,
             by_rule: None,
+            node: None,
         };
         assert_eq!(
             Action::from(granted).detail(),

@@ -284,6 +284,7 @@ impl Service {
                 end: grant.end,
                 approvers: None,
                 by_rule,
+                node: Some(self.node.clone()),
             };
             change.entries.push(Entry::new(user, &grant.id, granted));
         }
@@ -446,6 +447,7 @@ impl Service {
                         end: grant.end,
                         approvers: Some(grant.approvers()),
                         by_rule: None,
+                        node: Some(self.node.clone()),
                     };
                     entries.push(Entry::new(approver, id, granted));
                 }

@@ -155,7 +155,7 @@ function render(s) {
   const live = $("#live tbody");
   live.innerHTML = s.live.map(({ session: m, ends }) => `<tr data-session="${esc(m.id)}">
       <td data-label="since">${ago(m.start)}</td><td data-label="user"><b>${esc(m.user)}</b></td><td data-label="where" class="mono">${esc(m.principal)}@${esc(m.target)}</td>
-      <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="from" class="mono muted">${esc(m.client)}</td>
+      <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="from" class="mono muted">${esc(m.client)}</td><td data-label="node" class="mono muted">${esc(m.node || "")}</td>
       <td data-label="time left">${ends ? `<span class="left" data-until="${esc(ends)}"></span>` : ""}</td>
       <td data-label="in / out" class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
       <td>${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}</td></tr>`).join("");
@@ -289,7 +289,7 @@ async function search(e) {
       const len = r.end ? clock(new Date(r.end) - new Date(r.start)) : "";
       const hits = (r.hits || []).slice(0, 3).map((h) => `<div class="hit">${clock(h.at_ms)} ${mark(h.line, text)}</div>`).join("");
       return `<tr data-session="${esc(r.id)}"><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td data-label="user"><b>${esc(r.user)}</b></td>
-        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
+        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="node" class="mono muted">${esc(r.node || "")}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
         <td data-label="state">${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td data-label="length">${len}</td><td data-label="bytes out" class="mono">${bytes(r.bytes_out)}</td>
         <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
     }).join("");
