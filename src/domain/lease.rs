@@ -115,12 +115,28 @@ mod tests {
     fn a_name_is_free_taken_over_or_refused() {
         check(None, 0, "free");
         // Renewed 15 s ago is still fresh; 16 s is lapsed, wherever it ran.
-        check(Some(lease("h2", 7, 0)), 15, "refused: node `a` is already running (host h2, pid 7, lease renewed 15 s ago)");
-        check(Some(lease("h2", 7, 0)), 16, "take over: its lease lapsed 16 s ago (host h2, pid 7)");
+        check(
+            Some(lease("h2", 7, 0)),
+            15,
+            "refused: node `a` is already running (host h2, pid 7, lease renewed 15 s ago)",
+        );
+        check(
+            Some(lease("h2", 7, 0)),
+            16,
+            "take over: its lease lapsed 16 s ago (host h2, pid 7)",
+        );
         check(Some(lease("h1", 7, 0)), 16, "take over: its lease lapsed");
         // On this machine: a live process keeps it, a gone one gives it up at once.
-        check(Some(lease("h1", 7, 10)), 11, "refused: node `a` is already running (host h1, pid 7");
-        check(Some(lease("h1", 8, 10)), 11, "take over: its process on this machine (pid 8) is gone");
+        check(
+            Some(lease("h1", 7, 10)),
+            11,
+            "refused: node `a` is already running (host h1, pid 7",
+        );
+        check(
+            Some(lease("h1", 8, 10)),
+            11,
+            "take over: its process on this machine (pid 8) is gone",
+        );
         // Another machine's process id says nothing here.
         check(Some(lease("h2", 8, 10)), 11, "refused:");
     }
@@ -132,6 +148,9 @@ mod tests {
         assert!(!l.lapsed(at(100), term));
         assert!(!l.lapsed(at(115), term));
         assert!(l.lapsed(at(116), term));
-        assert!(!l.lapsed(at(50), term), "renewed in the future: a clock behind");
+        assert!(
+            !l.lapsed(at(50), term),
+            "renewed in the future: a clock behind"
+        );
     }
 }

@@ -89,9 +89,10 @@ impl PgError {
             PgError::Refused { target, message } if message.contains("the database system is") => {
                 (target, message.clone())
             }
-            PgError::PoolBusy { target, max, .. } => {
-                (target, format!("all {max} of this node's connections are busy"))
-            }
+            PgError::PoolBusy { target, max, .. } => (
+                target,
+                format!("all {max} of this node's connections are busy"),
+            ),
             PgError::Query { target, message } if lost(message) => (target, message.clone()),
             _ => return None,
         };

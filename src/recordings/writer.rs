@@ -336,7 +336,10 @@ impl Recorders {
                 Ok(()) => {}
                 Err(ServiceError::Ledger(e)) if e.outage().is_some() => {
                     // Sealed already: their ends are recorded once the ledger is back.
-                    tracing::warn!(sessions = ended.len(), "session ends wait for the ledger: {e}");
+                    tracing::warn!(
+                        sessions = ended.len(),
+                        "session ends wait for the ledger: {e}"
+                    );
                     lock(&self.unrecorded_ends).extend(ended);
                 }
                 Err(e) => {

@@ -56,7 +56,10 @@ impl Service {
         client: SocketAddr,
         now: DateTime<Utc>,
     ) -> std::result::Result<Login, Refusal> {
-        let ledger = |e: crate::store::StoreError| Refusal::Ledger(e.to_string());
+        let ledger = |e: crate::store::StoreError| {
+            self.note_ledger(Some(&e));
+            Refusal::Ledger(e.outage().unwrap_or_else(|| e.to_string()))
+        };
         if let Some(why) = self.ledger_down() {
             // Known down: refuse at once rather than wait out a connect timeout per login.
             return Err(Refusal::Ledger(why));

@@ -55,18 +55,20 @@ impl Service {
             .clone()
     }
 
-    /// Remembers whether the ledger answered, from a call's outcome.
-    fn note_ledger<T>(&self, outcome: &std::result::Result<T, StoreError>) {
-        let down = match outcome {
-            Ok(_) => None,
-            Err(e) => match e.outage() {
+    /// Remembers whether the ledger answered, from a call's error (`None`: it answered).
+    pub(super) fn note_ledger(&self, error: Option<&StoreError>) {
+        let down = match error {
+            None => None,
+            Some(e) => match e.outage() {
                 Some(why) => Some(why),
                 None => return,
             },
         };
         let mut state = self.ledger_down.lock().unwrap_or_else(|e| e.into_inner());
         match (&*state, &down) {
-            (None, Some(why)) => tracing::error!("{why}; new logins are refused until it is back, live sessions go on"),
+            (None, Some(why)) => tracing::error!(
+                "{why}; new logins are refused until it is back, live sessions go on"
+            ),
             (Some(_), None) => tracing::info!("the ledger is reachable again"),
             _ => {}
         }
@@ -141,10 +143,12 @@ impl Service {
                 _ = stop.wait_for(|s| *s) => break,
             }
             let renewed = self.store.renew_lease(&node.holder).await;
-            self.note_ledger(&renewed);
+            self.note_ledger(renewed.as_ref().err());
             match renewed {
                 Ok(true) => {}
-                Ok(false) => tracing::error!(node = %self.node, "this node's lease had lapsed and another node ended its live sessions in the ledger (was it cut off from the database?); it holds its name again"),
+                Ok(false) => {
+                    tracing::error!(node = %self.node, "this node's lease had lapsed and another node ended its live sessions in the ledger (was it cut off from the database?); it holds its name again")
+                }
                 Err(e) => {
                     healthy_since = None;
                     tracing::debug!(error = %e, "cannot renew this node's lease");

@@ -182,7 +182,9 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<RecordingFile> {
         if let Some(why) = self.ledger_down() {
-            return Err(ServiceError::Ledger(crate::store::StoreError::Conflict(why)));
+            return Err(ServiceError::Ledger(crate::store::StoreError::Conflict(
+                why,
+            )));
         }
         meta.node = Some(self.node.clone());
         let file = self.store.create_recording(&meta.id)?;

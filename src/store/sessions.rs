@@ -70,7 +70,9 @@ impl Ledger {
                 to_seal.push(s);
             }
         }
-        out.sealed = self.seal_as_found(to_seal, INTERRUPTED_REASON.into()).await?;
+        out.sealed = self
+            .seal_as_found(to_seal, INTERRUPTED_REASON.into())
+            .await?;
         Ok(out)
     }
 

@@ -12,8 +12,7 @@ use ramp_ca::pgstore::{Pg, PoolSettings};
 use crate::postgres::{PgCluster, Sql};
 use crate::support::{free_port, ramp, run_err, run_ok, TestDir};
 
-const APPLIED: &str =
-    "schema at version 3 (applied 0001_ledger, 0002_open_grants, 0003_nodes)\n";
+const APPLIED: &str = "schema at version 3 (applied 0001_ledger, 0002_open_grants, 0003_nodes)\n";
 const ALREADY: &str = "schema already at version 3\n";
 
 fn migrate(dir: &TestDir, url: &str) -> Command {
