@@ -40,6 +40,7 @@ fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
             "certs",
             "checkpoints",
             "grants",
+            "nodes",
             "nonces",
             "revocations",
             "revoked",
