@@ -126,6 +126,7 @@ def s9_db_restart(lab, c):
           f"{len(ok)} signed, {len(bad)} refused"
           + (f"; first refusal: {oneline(bad[0][2], 200)}" if bad else ""),
           len(ok) >= 2 and clear)
+    ramp.sign(reason="chaos")  # alice's own key, for the session below
     ok2, what = retry(lambda: still_serving(ramp), 20)
     c.add("the node serves after the restart without being restarted itself",
           "alive, grants, session", what, ok2)
