@@ -57,6 +57,7 @@ pub fn router(app: App) -> Router {
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
         .route(routes::SESSION, get(session))
+        .route(routes::SESSION_END, post(end_session))
         .with_state(app)
 }
 
@@ -136,8 +137,15 @@ async fn deny(
 
 async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let body: RevokeBody = caller.json()?;
-    let out = app.revoke(&caller.user, &body, Utc::now()).await?;
-    Ok(Json(Revocation::from(out)).into_response())
+    let (out, cascade) = app
+        .revoke_cascading(&caller.user, &body, body.dry_run, Utc::now())
+        .await?;
+    let answer = Revocation {
+        cascade: Some((&cascade).into()),
+        dry_run: body.dry_run,
+        ..Revocation::from(out)
+    };
+    Ok(Json(answer).into_response())
 }
 
 async fn krl(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {
@@ -219,6 +227,18 @@ async fn session(
         session: meta.into(),
     };
     Ok(Json(body).into_response())
+}
+
+async fn end_session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let body: ReasonBody = caller.json()?;
+    let out = app
+        .stop_session(&caller.user, &id, &body.reason, Utc::now())
+        .await?;
+    Ok(Json(Revocation::from(out)).into_response())
 }
 
 async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {

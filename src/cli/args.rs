@@ -181,6 +181,9 @@ pub enum Command {
         /// Why (audited, and told to the user whose sessions it ends).
         #[arg(long)]
         reason: Option<String>,
+        /// Only say what it would reach (grants ended or shortened, live sessions cut).
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -291,6 +294,17 @@ pub enum SessionsCommand {
         /// Write to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// End a live session now, saying why (ramp-admin, a role that may approve its step, or
+    /// its own user). Its user's terminal shows who ended it and why; audited.
+    End {
+        /// The session's id (from `sessions list`).
+        id: String,
+        /// Why: audited, and shown in the user's terminal.
+        #[arg(long, required = true)]
+        reason: String,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -454,6 +468,7 @@ impl Command {
                 | SessionsCommand::Show { client, .. }
                 | SessionsCommand::Play { client, .. }
                 | SessionsCommand::Export { client, .. }
+                | SessionsCommand::End { client, .. }
                 | SessionsCommand::Grep { client, .. },
             ) => Some(client),
             Command::Init { .. }

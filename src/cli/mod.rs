@@ -134,6 +134,7 @@ pub async fn run(cli: Cli) -> Result {
             grant,
             user,
             reason,
+            dry_run,
             client,
         } => {
             let body = crate::wire::grants::RevokeBody {
@@ -141,6 +142,7 @@ pub async fn run(cli: Cli) -> Result {
                 grant,
                 user,
                 reason,
+                dry_run,
             };
             grants::revoke(&client, body).await
         }

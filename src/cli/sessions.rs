@@ -131,6 +131,25 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
                 }
             }
         }
+        SessionsCommand::End {
+            id,
+            reason,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let body = crate::wire::grants::ReasonBody { reason };
+            let out: crate::wire::grants::Revocation = client
+                .call(Method::POST, &path(routes::SESSION_END, &id), Some(&body))
+                .await?;
+            emit(&opts, &out, || {
+                format!(
+                    "ended session {}: its user is told \"{} ended this session: {}\"\n",
+                    Shown(&id),
+                    out.by,
+                    Shown(&out.reason)
+                )
+            })
+        }
         SessionsCommand::Grep {
             pattern,
             filter,

@@ -199,7 +199,10 @@ async fn follow(
                         return Some((Ok(ev), (app, id, tail, term, false, false)));
                     }
                     if !still_live {
-                        let ev = SseEvent::default().event("end").data("{}");
+                        let ended = app.service.how_it_ended(&id).await;
+                        let (state, reason) = ended.unwrap_or_else(|| ("ended".into(), None));
+                        let data = serde_json::json!({"state": state, "reason": reason});
+                        let ev = SseEvent::default().event("end").data(data.to_string());
                         return Some((Ok(ev), (app, id, tail, term, false, true)));
                     }
                 }

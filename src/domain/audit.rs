@@ -171,6 +171,8 @@ actions! {
     SessionStart(SessionStarted) = "session-start",
     /// A session the bastion ended, with its recording's seal.
     SessionEnd(SessionEnded) = "session-end",
+    /// A live session a person ended (on-call, an approver, an admin, its own user).
+    SessionStop(SessionStopped) = "session-stop",
     /// A session a crash interrupted (found at the next start), with its recording's seal.
     SessionInterrupted(SessionInterrupted) = "session-interrupted",
     /// A one-time dashboard login link handed out.
@@ -367,6 +369,14 @@ pub struct SessionEnded {
     /// The node (`serve --node`) that wrote it; absent in records from before node names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+/// `session-stop`: whose session, where, and why it was ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStopped {
+    pub user: String,
+    pub target: String,
+    pub reason: String,
 }
 
 /// `session-interrupted`.

@@ -20,6 +20,7 @@ pub mod grant;
 pub mod krl;
 pub mod lease;
 pub mod login;
+pub mod notice;
 pub mod policy;
 pub mod session;
 

@@ -14,8 +14,12 @@ mod hosts;
 mod nodes;
 mod revoke;
 mod sessions;
+mod stop;
 #[cfg(test)]
 mod tests;
+
+pub use revoke::Cascade;
+pub use stop::{StopOrder, MAX_REASON as MAX_STOP_REASON};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -91,6 +91,13 @@ impl Service {
         Ok((meta, events))
     }
 
+    /// How a session someone follows ended: its state and why, once the ledger has its end.
+    /// Only for the reviewer already following it (its read was audited then).
+    pub async fn how_it_ended(&self, id: &str) -> Option<(String, Option<String>)> {
+        let meta = self.store.session(id).await.ok().flatten()?;
+        Some((meta.state.to_string(), meta.end_reason))
+    }
+
     async fn recorded(&self, id: &str) -> Result<SessionMeta> {
         self.store
             .session(id)

@@ -62,11 +62,16 @@ pub struct PendingRow {
     pub grant: GrantView,
 }
 
-/// A live session, and when its grant ends.
+/// A live session, its grant's step, reason and end, and whether this user may end it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveRow {
+    pub break_glass: bool,
+    pub can_end: bool,
+    pub contract: Option<String>,
     pub ends: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
     pub session: Session,
+    pub step: Option<String>,
 }
 
 /// `GET /ui/api/recordings` query.

@@ -589,7 +589,7 @@ fn revoking_a_grant_a_serial_or_a_user_ends_their_live_sessions_saying_why() {
         &rig,
         "readonly@db-1",
         &["--grant", &grant],
-        "access to db-1 ended: the grant was revoked",
+        "access to db-1 ended: carol revoked the grant: test",
     );
     // A serial alone: the grant stays active, and the message names the serial.
     let observe = rig.observe("INC-7", &[]);
@@ -613,7 +613,7 @@ fn revoking_a_grant_a_serial_or_a_user_ends_their_live_sessions_saying_why() {
         &rig,
         "readonly@db-1",
         &["--user", "alice"],
-        "access to db-1 ended: the grant was revoked",
+        "access to db-1 ended: carol revoked the grant: test",
     );
 }
 
@@ -637,7 +637,7 @@ fn revoking_the_step_a_grant_climbed_from_ends_the_live_session_of_that_grant() 
         &rig,
         "dbadmin@db-1",
         &["--grant", &observe],
-        "access to db-1 ended: the grant was revoked",
+        "access to db-1 ended: carol revoked the grant: test",
     );
     assert_eq!(cut["grant"], operate.as_str(), "{cut}");
     assert_eq!(cut["principal"], "dbadmin", "{cut}");
