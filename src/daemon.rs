@@ -463,6 +463,8 @@ mod tests {
         assert!(c.dashboard.public_url.is_some());
         assert_eq!(c.bastion.max_connections_per_user, 32);
         assert_eq!(c.audit.checkpoint_every, "5m");
+        assert_eq!(c.node.as_deref(), Some("bastion-1"));
+        assert_eq!(c.node_lease.as_deref(), Some("15s"));
         assert!(c
             .store
             .as_deref()
@@ -522,6 +524,33 @@ mod tests {
         assert_eq!(shown(Flags::default(), file(None)), Ok("sled".into()));
         let bad = shown(flag("mysql://ramp@db/ramp"), file(None)).unwrap_err();
         assert!(bad.contains("--store") && bad.contains("mysql"), "{bad}");
+    }
+
+    /// `--node` (or RAMP_NODE) > `node:` > the host name; a name that does not fit is a
+    /// usage error naming the rule.
+    #[test]
+    fn the_node_flag_beats_the_file_which_beats_the_host_name() {
+        let node = |flag: Option<&str>, file: Option<&str>| {
+            let flags = Flags {
+                node: flag.map(String::from),
+                ..Flags::default()
+            };
+            let file = Config {
+                node: file.map(String::from),
+                ..Config::default()
+            };
+            Settings::merge(&flags, file)
+                .map(|s| s.node)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(node(Some("a"), Some("b")), Ok("a".into()));
+        assert_eq!(node(None, Some("b")), Ok("b".into()));
+        assert_eq!(node(None, None), Ok(crate::service::host_name()));
+        let bad = node(Some("two words"), None).unwrap_err();
+        assert!(
+            bad.contains("--node `two words`: a node name is 1 to 64"),
+            "{bad}"
+        );
     }
 
     /// Regression: `serve --config F --api A` used the file's `api:` over the flag.

@@ -113,20 +113,41 @@ fn a_revoke_says_what_it_reaches_before_and_after_and_the_terminal_says_who_revo
     run_ok(&mut rig.ramp(BOB, &["approve", &operate]));
     rig.sign(crate::ALICE, &["--grant", &operate]);
     let child = sleeper_as(&rig, "dbadmin@db-1");
-    let session = rig.sessions().last().unwrap()["id"].as_str().unwrap().to_string();
+    let session = rig.sessions().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let dry = run_ok(&mut rig.ramp(
         CAROL,
-        &["revoke", "--grant", &observe, "--reason", "INC-8 over", "--dry-run"],
+        &[
+            "revoke",
+            "--grant",
+            &observe,
+            "--reason",
+            "INC-8 over",
+            "--dry-run",
+        ],
     ));
-    assert!(dry.contains(&format!("would end grant {operate} (alice's prod-db/operate)")), "{dry}");
     assert!(
-        dry.contains(&format!("would cut live session {session} (alice on dbadmin@db-1)")),
+        dry.contains(&format!(
+            "would end grant {operate} (alice's prod-db/operate)"
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!(
+            "would cut live session {session} (alice on dbadmin@db-1)"
+        )),
         "{dry}"
     );
     assert!(dry.contains("nothing changed"), "{dry}");
     let grants = json(&run_ok(&mut rig.ramp(crate::ALICE, &["grants", "--json"])));
-    let active = grants.as_array().unwrap().iter().filter(|g| g["state"] == "active");
+    let active = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["state"] == "active");
     assert_eq!(active.count(), 2, "{grants:#}");
     assert!(rig.audited("revoke").is_empty());
 
@@ -135,10 +156,13 @@ fn a_revoke_says_what_it_reaches_before_and_after_and_the_terminal_says_who_revo
         &["revoke", "--grant", &observe, "--reason", "INC-8 over"],
     ));
     assert!(done.contains(&format!("end grant {operate}")), "{done}");
-    assert!(done.contains(&format!("cut live session {session}")), "{done}");
+    assert!(
+        done.contains(&format!("cut live session {session}")),
+        "{done}"
+    );
     let out = child.wait_with_output().unwrap();
-    let terminal = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let terminal =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         terminal.contains("ramp-ca: access to db-1 ended: carol revoked the grant: INC-8 over"),
         "{terminal}"
