@@ -13,7 +13,7 @@ and exits 1 when any check fails or a scenario errors, 0 when all pass.
   7  the database unreachable         9  the database crashed and restarted under load
   8  the database slow                10 one of two nodes killed
 
-    scripts/chaos                 # everything, about 70 s on 2 cores
+    scripts/chaos                 # everything, about 2 min on 2 cores
     scripts/chaos --smoke         # the same (every scenario is short already; CI's name)
     scripts/chaos --only 2,4      # some scenarios only
     scripts/chaos --keep          # keep the temp dir (logs, stores) for a post-mortem
