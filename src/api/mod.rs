@@ -23,7 +23,7 @@ use crate::wire::grants::{
     GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation, RevokeBody,
     SignHostBody,
 };
-use crate::wire::sessions::{self, GrepBody, Hit, SessionBody, SessionQuery};
+use crate::wire::sessions::{self, GrepBody, SessionBody, SessionQuery};
 use crate::wire::{self as routes};
 
 pub use self::caller::{ApiError, Caller};
@@ -87,6 +87,7 @@ async fn certificate(
     Path(id): Path<String>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app
         .certificate(&caller.user, &caller.key, &id, Utc::now())
         .await?;
@@ -108,6 +109,7 @@ async fn grant(
     Query(q): Query<GrantQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app
         .wait_grant(&caller.user, &id, Duration::from_secs(q.wait))
         .await?;
@@ -119,6 +121,7 @@ async fn approve(
     Path(id): Path<String>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app.approve(&caller.user, &id, Utc::now()).await?;
     Ok(Json(out).into_response())
 }
@@ -129,6 +132,7 @@ async fn deny(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let body: ReasonBody = caller.json()?;
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app
         .deny(&caller.user, &id, &body.reason, Utc::now())
         .await?;
@@ -136,7 +140,10 @@ async fn deny(
 }
 
 async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
-    let body: RevokeBody = caller.json()?;
+    let mut body: RevokeBody = caller.json()?;
+    if let Some(given) = &body.grant {
+        body.grant = Some(app.grant_id(&caller.user, given).await?);
+    }
     let (out, cascade) = app
         .revoke_cascading(&caller.user, &body, body.dry_run, Utc::now())
         .await?;
@@ -217,6 +224,7 @@ async fn session(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let purpose = q.purpose.unwrap_or_else(|| "show".into());
+    let id = app.session_id(&caller.user, &id).await?;
     let (meta, events) = app.session(&caller.user, &id, &purpose, Utc::now()).await?;
     let mut encoded = Vec::new();
     for e in &events {
@@ -235,6 +243,7 @@ async fn end_session(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let body: ReasonBody = caller.json()?;
+    let id = app.session_id(&caller.user, &id).await?;
     let out = app
         .stop_session(&caller.user, &id, &body.reason, Utc::now())
         .await?;
@@ -243,9 +252,6 @@ async fn end_session(
 
 async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let body: GrepBody = caller.json()?;
-    let out = app
-        .grep(&caller.user, &body.pattern, body.filter.into(), Utc::now())
-        .await?;
-    let out: Vec<Hit> = out.into_iter().map(Hit::from).collect();
-    Ok(Json(out).into_response())
+    let out = app.grep(&caller.user, &body, Utc::now()).await?;
+    Ok(Json(sessions::Grepped::from(out)).into_response())
 }

@@ -308,10 +308,17 @@ pub enum SessionsCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Search recordings' input and output for a text.
+    /// Search recordings' input, output and exec command lines for a text.
     Grep {
-        /// The text to find in what was typed and printed (ANSI stripped).
+        /// The text to find in what was typed and printed (ANSI stripped), and in exec
+        /// commands.
         pattern: String,
+        /// Match regardless of case.
+        #[arg(short = 'i', long)]
+        ignore_case: bool,
+        /// PATTERN is a regular expression (Rust regex syntax, linear time).
+        #[arg(long)]
+        regex: bool,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]

@@ -94,9 +94,9 @@ pub(super) fn describe_grant(g: &GrantView) -> String {
     let gr = &g.grant;
     let mut s = format!(
         "{} {}/{} for {}: {}",
-        gr.id, gr.contract, gr.step, gr.user, g.state
+        gr.id, gr.contract, gr.step, gr.user, g.grant.state
     );
-    match g.state {
+    match g.grant.state {
         State::Active => s.push_str(&format!(
             " until {}",
             gr.end.map(rfc3339).unwrap_or_default()
@@ -135,7 +135,7 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
         "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS", "TARGETS", "OPTIONS"
     );
     for g in grants {
-        let left = match (g.state, g.grant.end) {
+        let left = match (g.grant.state, g.grant.end) {
             (State::Active, Some(end)) => policy::format_duration(Duration::from_secs(
                 (end - now).num_seconds().max(0) as u64,
             )),
@@ -152,7 +152,7 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
             Shown(&g.grant.id),
             Shown(&g.grant.user),
             Shown(&step),
-            g.state.to_string(),
+            g.grant.state.to_string(),
             left,
             Shown(&list(&g.principals)),
             Shown(&list(&g.targets)),

@@ -313,6 +313,13 @@ pub struct SessionsSearched {
     pub pattern: String,
     pub filter: SessionFilter,
     pub hits: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regex: bool,
+    /// Recordings that could not be read, by session id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 /// `login`.

@@ -11,6 +11,7 @@ mod bastion;
 mod dashboard;
 mod grants;
 mod hosts;
+mod ids;
 mod nodes;
 mod revoke;
 mod sessions;
@@ -19,6 +20,7 @@ mod stop;
 mod tests;
 
 pub use revoke::Cascade;
+pub use sessions::Grepped;
 pub use stop::{StopOrder, MAX_REASON as MAX_STOP_REASON};
 
 use std::path::{Path, PathBuf};

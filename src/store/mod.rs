@@ -364,6 +364,14 @@ impl Ledger {
         }
     }
 
+    /// Up to `limit` grant ids (or, with `sessions`, session ids) starting with `prefix`.
+    pub async fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        match &self.engine {
+            Engine::Sled(s) => s.ids_starting(sessions, prefix, limit),
+            Engine::Postgres(p) => p.ids_starting(sessions, prefix, limit).await,
+        }
+    }
+
     /// The certificates minted from these grants, by serial.
     pub async fn certs_of_grants(&self, grants: &[String]) -> Result<Vec<CertRecord>> {
         match &self.engine {

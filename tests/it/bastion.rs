@@ -101,8 +101,13 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
     let hits = json(&run_ok(
         &mut rig.ramp(BOB, &["sessions", "grep", "hello-from", "--json"]),
     ));
-    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
-    assert_eq!(hits[0]["session"], id);
+    // The exec command line, then the output.
+    let found = hits["hits"].as_array().unwrap();
+    assert_eq!(found.len(), 2, "{hits}");
+    assert_eq!(found[0]["stream"], "command");
+    assert_eq!(found[1]["session"], id);
+    assert_eq!(found[1]["stream"], "output");
+    assert_eq!(hits["damaged"], serde_json::json!([]));
 
     let (code, err) = run_err(&mut rig.ramp(ALICE, &["sessions", "list"]));
     assert_eq!(code, 1);
@@ -1342,7 +1347,7 @@ fn a_forced_command_runs_and_is_recorded_whatever_the_client_asks() {
     let hits = json(&run_ok(
         &mut rig.ramp(BOB, &["sessions", "grep", "asked-for", "--json"]),
     ));
-    assert_eq!(hits, serde_json::json!([]), "the asked command ran");
+    assert_eq!(hits["hits"], serde_json::json!([]), "the asked command ran");
 }
 
 #[test]

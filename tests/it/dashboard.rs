@@ -332,7 +332,8 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         loop {
             click(&c, "#search button").await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if text_of(&c, "#recs tbody").await.contains("green-and-bold") {
+            // The exec command matches at once; the output once it is flushed.
+            if text_of(&c, "#recs tbody").await.contains("output green-and-bold") {
                 break;
             }
             assert!(Instant::now() < deadline, "the search never found the recording");
@@ -384,6 +385,38 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .unwrap();
         assert!(href.ends_with("/asciicast"), "{href}");
         click(&c, "#player-close").await;
+
+        // Each hit says where it was (the exec command, then the output), and plays the
+        // session from its time when clicked (issue 12).
+        let hits = text_of(&c, "#recs tbody tr td[data-label=what]").await;
+        assert!(hits.contains("command") && hits.contains("output"), "{hits}");
+        click(&c, "#recs tbody tr .hit:not([data-at='0'])").await;
+        wait_text(&c, "#screen", "playback from the hit", |t| t.contains("green-and-bold")).await;
+        let from = c.execute("return player.at", vec![]).await.unwrap();
+        assert!(from.as_f64().unwrap() >= 900.0, "played from {from} ms");
+        click(&c, "#player-close").await;
+        // A recording changed after the fact is marked, not a reason to show nothing.
+        let id = c
+            .find(Locator::Css("#recs tbody tr"))
+            .await
+            .unwrap()
+            .attr("data-session")
+            .await
+            .unwrap()
+            .unwrap();
+        let file = rig.dir.join(format!("data/recordings/{id}.rec"));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x20;
+        std::fs::write(&file, &bytes).unwrap();
+        click(&c, "#search button").await;
+        let marked = wait_text(&c, "#recs tbody", "the damaged mark", |t| t.contains("damaged")).await;
+        assert!(marked.contains("not searched"), "{marked}");
+        std::fs::write(&file, {
+            bytes[at] ^= 0x20;
+            &bytes
+        })
+        .unwrap();
 
         // The audit page with the chain's status.
         c.goto(&format!("{base}/ui/#audit")).await.unwrap();
@@ -638,7 +671,7 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
             .send_keys("runaway query, page me")
             .await
             .unwrap();
-        screenshot(&c, "7-end-session").await;
+        screenshot(&c, "9-end-session").await;
         click(&c, &format!("{row} button[data-act=end-confirm]")).await;
         let out = first.wait_with_output().unwrap();
         let terminal = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -676,7 +709,7 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
             note.contains("carol ended this session: done here"),
             "{note}"
         );
-        screenshot(&c, "8-watch-ended").await;
+        screenshot(&c, "10-watch-ended").await;
         let _ = second.wait_with_output();
         let stops = rig.audited("session-stop");
         assert_eq!(stops.len(), 2, "{stops:#?}");

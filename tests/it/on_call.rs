@@ -143,6 +143,8 @@ fn a_revoke_says_what_it_reaches_before_and_after_and_the_terminal_says_who_revo
     );
     assert!(dry.contains("nothing changed"), "{dry}");
     let grants = json(&run_ok(&mut rig.ramp(crate::ALICE, &["grants", "--json"])));
+    // One grant shape: `state` only, `status` gone (issue 12).
+    assert!(grants[0].get("status").is_none(), "{grants:#}");
     let active = grants
         .as_array()
         .unwrap()
@@ -167,4 +169,105 @@ fn a_revoke_says_what_it_reaches_before_and_after_and_the_terminal_says_who_revo
         terminal.contains("ramp-ca: access to db-1 ended: carol revoked the grant: INC-8 over"),
         "{terminal}"
     );
+}
+
+#[test]
+fn a_search_finds_commands_ignoring_case_or_by_regex_and_survives_a_damaged_recording() {
+    let rig = rig();
+    rig.observe("INC-9", &[]);
+    for cmd in ["echo Needle-One", "echo needle-two", "printf 'quiet\\n'"] {
+        run_ok(&mut rig.ssh(crate::ALICE, "readonly@db-1", &[cmd]));
+    }
+    let list = rig.wait_sessions("three ended sessions", |l| {
+        l.len() == 3 && l.iter().all(|s| s["state"] == "ended")
+    });
+    let ids: Vec<String> = list
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    let grep = |args: &[&str]| {
+        let mut all = vec!["sessions", "grep"];
+        all.extend_from_slice(args);
+        run_ok(&mut rig.ramp(BOB, &all))
+    };
+
+    // Case as typed, ignoring case, and a regular expression; exec command lines count.
+    let exact = grep(&["Needle", "--json"]);
+    let exact = json(&exact);
+    let streams: Vec<&str> = exact["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["command", "output"], "{exact:#}");
+    let folded = grep(&["-i", "NEEDLE"]);
+    assert_eq!(folded.matches(" command: echo ").count(), 2, "{folded}");
+    assert_eq!(folded.matches(" output: needle-two").count(), 1, "{folded}");
+    let by_regex = grep(&["--regex", "^needle-t[wx]o$"]);
+    assert!(by_regex.contains(&format!("{} +", ids[1])), "{by_regex}");
+    assert_eq!(by_regex.lines().count(), 1, "{by_regex}");
+    let (code, bad) = run_err(&mut rig.ramp(BOB, &["sessions", "grep", "--regex", "(open"]));
+    assert_eq!(code, 1);
+    assert!(bad.contains("invalid regular expression"), "{bad}");
+
+    // One recording edited after the fact: the others are still searched, and it is named.
+    let file = rig.dir.join(format!("data/recordings/{}.rec", ids[0]));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    let out = rig
+        .ramp(BOB, &["sessions", "grep", "-i", "needle"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("needle-two"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("session {} was not searched", ids[0])),
+        "{stderr}"
+    );
+    let searched = rig.audited("sessions-grep");
+    assert!(
+        searched
+            .iter()
+            .any(|r| r["detail"]["damaged"][0] == ids[0].as_str()),
+        "{searched:#?}"
+    );
+}
+
+#[test]
+fn short_id_prefixes_work_where_they_name_one_thing_the_caller_may_see() {
+    let rig = rig();
+    rig.observe("INC-10", &[]);
+    let pending = json(&run_ok(
+        &mut rig.ramp(crate::ALICE, &crate::ask("operate", "INC-10")),
+    ));
+    let id = pending["grant"]["id"].as_str().unwrap().to_string();
+    let short = &id[..5];
+    let approved = json(&run_ok(&mut rig.ramp(BOB, &["approve", short, "--json"])));
+    assert_eq!(approved["grant"]["id"], id.as_str(), "{approved:#}");
+    assert_eq!(approved["grant"]["state"], "active");
+    run_ok(&mut rig.ramp(crate::ALICE, &["sign", "--grant", short]));
+
+    run_ok(&mut rig.ssh(crate::ALICE, "readonly@db-1", &["true"]));
+    let session = rig.wait_sessions("an ended session", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    })[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = run_ok(&mut rig.ramp(BOB, &["sessions", "show", &session[..6]]));
+    assert!(shown.contains(&session), "{shown}");
+
+    // Someone who may not see the grant learns nothing from its prefix: an unknown id.
+    let (_, err) = run_err(&mut rig.ramp(crate::ALICE, &["sessions", "show", &session[..6]]));
+    assert!(err.contains("takes ramp-admin or ramp-auditor"), "{err}");
+    let (_, err) = run_err(&mut rig.ramp(crate::ALICE, &["revoke", "--grant", "ffff"]));
+    assert!(err.contains("no grant with id `ffff`"), "{err}");
 }

@@ -258,7 +258,7 @@ function approved(out) {
 }
 
 document.addEventListener("click", async (e) => {
-  const btn = e.target.closest("button[data-act]");
+  const btn = e.target.closest("button[data-act], .hit[data-act]");
   if (!btn) return;
   const tr = btn.closest("tr");
   const id = tr?.dataset.grant;
@@ -304,6 +304,8 @@ document.addEventListener("click", async (e) => {
       follow(tr.dataset.session);
     } else if (act === "play") {
       play(tr.dataset.session);
+    } else if (act === "seek") {
+      play(tr.dataset.session, Number(btn.dataset.at));
     }
   } catch (err) {
     btn.disabled = false;
@@ -339,10 +341,15 @@ async function search(e) {
     const q = form("#search");
     const rows = await api(`${route("recordings")}?${q}`);
     const text = q.get("text");
+    const marker = highlighter(text, q.has("ignore_case"), q.has("regex"));
+    const where = { input: "typed", output: "output", command: "command" };
     $("#recs tbody").innerHTML = rows.map((r) => {
       const len = r.end ? clock(new Date(r.end) - new Date(r.start)) : "";
-      const hits = (r.hits || []).slice(0, 3).map((h) => `<div class="hit">${clock(h.at_ms)} ${mark(h.line, text)}</div>`).join("");
-      return `<tr data-session="${esc(r.id)}"><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td data-label="user"><b>${esc(r.user)}</b></td>
+      // Each hit says where it was and, clicked, plays the session from there.
+      const hits = (r.hits || []).slice(0, 5).map((h) => `<div class="hit" data-act="seek" data-at="${Number(h.at_ms)}" title="play from here">` +
+        `${clock(h.at_ms)} <span class="tag">${where[h.stream] || "output"}</span> ${marker(h.line)}</div>`).join("");
+      const damaged = r.damaged ? `<div class="damaged"><span class="tag glass">damaged</span> not searched: ${esc(r.damaged)}</div>` : "";
+      return `<tr data-session="${esc(r.id)}"${r.damaged ? ` class="damaged-row"` : ""}><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div>${damaged}</td><td data-label="user"><b>${esc(r.user)}</b></td>
         <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="node" class="mono muted">${esc(r.node || "")}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
         <td data-label="state">${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td data-label="length">${len}</td><td data-label="bytes out" class="mono">${bytes(r.bytes_out)}</td>
         <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
@@ -353,10 +360,25 @@ async function search(e) {
 }
 $("#search").addEventListener("submit", search);
 
-function mark(line, text) {
-  const l = esc(line);
-  if (!text) return l;
-  return l.split(esc(text)).join(`<mark>${esc(text)}</mark>`);
+// Marks what a search matched in a line, the way the server matched it (as typed, ignoring
+// case, or a regular expression: JavaScript's reading of it, unmarked when it reads it
+// otherwise). The line is escaped piece by piece, never marked up as HTML.
+function highlighter(text, ignoreCase, regex) {
+  let re = null;
+  if (text) {
+    const source = regex ? text : text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    try { re = new RegExp(source, ignoreCase ? "gi" : "g"); } catch (err) { re = null; }
+  }
+  return (line) => {
+    if (!re) return esc(line);
+    let out = "", last = 0;
+    for (const m of line.matchAll(re)) {
+      if (!m[0]) break;
+      out += esc(line.slice(last, m.index)) + `<mark>${esc(m[0])}</mark>`;
+      last = m.index + m[0].length;
+    }
+    return out + esc(line.slice(last));
+  };
 }
 
 async function audit(e) {
@@ -482,7 +504,7 @@ function seek(t) {
   paint();
 }
 
-async function play(id) {
+async function play(id, from = 0) {
   try {
     const out = await api(route("playback", id));
     const m = out.session, p = out.playback;
@@ -494,7 +516,7 @@ async function play(id) {
     $("#seek").max = p.duration_ms;
     $("#player-note").textContent = `${p.frames.length} screens, ${p.cols}x${p.rows}; changes closer than ${p.step_ms} ms are merged.` +
       (p.truncated ? " The screen changed too much to show in full: playback stops early; download the .cast for all of it." : "");
-    seek(0);
+    seek(from);
     setPlaying(true);
   } catch (err) { toast(err.message); }
 }

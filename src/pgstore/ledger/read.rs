@@ -430,6 +430,21 @@ impl PgLedger {
         Ok(keyed("audit", &rows)?.into_iter().next())
     }
 
+    /// Up to `limit` grant or session ids starting with `prefix` (an index range, not a scan).
+    pub async fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let sql = if sessions {
+            "SELECT id FROM sessions WHERE id >= $1 AND starts_with(id, $1) ORDER BY id LIMIT $2"
+        } else {
+            "SELECT id FROM grants WHERE id >= $1 AND starts_with(id, $1) ORDER BY id LIMIT $2"
+        };
+        let rows = self
+            .conn()
+            .await?
+            .query(sql, &[&prefix, &(limit as i64)])
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    }
+
     pub async fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
         let rows = self
             .conn()
