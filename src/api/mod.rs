@@ -52,6 +52,7 @@ pub fn router(app: App) -> Router {
         .route(routes::AUDIT, get(audit))
         .route(routes::AUDIT_VERIFY, get(verify_audit))
         .route(routes::AUDIT_CHECKPOINT, get(audit_checkpoint))
+        .route(routes::AUDIT_CHECKPOINTS, get(audit_checkpoints))
         .route(routes::AUDIT_SIGNER, get(audit_signer))
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
@@ -191,6 +192,11 @@ async fn verify_audit(
 async fn audit_checkpoint(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let out = app.audit_checkpoint(&caller.user, Utc::now()).await?;
     Ok(Json(out).into_response())
+}
+
+/// Every checkpoint kept, newest first.
+async fn audit_checkpoints(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    Ok(Json(app.kept_checkpoints(&caller.user).await?).into_response())
 }
 
 /// The audit-signer's public key, which every checkpoint must be signed with.

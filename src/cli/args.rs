@@ -80,6 +80,11 @@ pub enum Command {
         /// [beats the config file's `store:`].
         #[arg(long, env = "RAMP_STORE", value_name = "URL")]
         store: Option<String>,
+        /// This node's name, shown with its sessions, in its audit records and metrics;
+        /// on PostgreSQL one running node a name [default: the host name; beats the
+        /// config file's `node:`].
+        #[arg(long, env = "RAMP_NODE", value_name = "NAME")]
+        node: Option<String>,
         /// Serve the API and dashboard over HTTPS with this PEM certificate chain (the
         /// server's certificate first); needs --tls-key [config: `tls: {cert, key}`].
         #[arg(long, value_name = "F")]
@@ -417,6 +422,12 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Every checkpoint the service kept (on PostgreSQL the one series all nodes share),
+    /// newest first, as one text `audit verify --checkpoint F` reads.
+    Checkpoints {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -457,7 +468,8 @@ impl Command {
             Command::Audit(
                 AuditCommand::List { client, .. }
                 | AuditCommand::Verify { client, .. }
-                | AuditCommand::Checkpoint { client, .. },
+                | AuditCommand::Checkpoint { client, .. }
+                | AuditCommand::Checkpoints { client, .. },
             ) => Some(client),
             Command::Sessions(
                 SessionsCommand::List { client, .. }

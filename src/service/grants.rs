@@ -285,6 +285,7 @@ impl Service {
                 end: grant.end,
                 approvers: None,
                 by_rule,
+                node: Some(self.node.clone()),
             };
             change.entries.push(Entry::new(user, &grant.id, granted));
         }
@@ -447,6 +448,7 @@ impl Service {
                         end: grant.end,
                         approvers: Some(grant.approvers()),
                         by_rule: None,
+                        node: Some(self.node.clone()),
                     };
                     entries.push(Entry::new(approver, id, granted));
                 }

@@ -31,9 +31,13 @@ impl From<Hit> for crate::wire::sessions::Hit {
 }
 
 /// The change that ends what a dead daemon left live: each interrupted session with the
-/// `session-interrupted` record carrying its seal, and the metadata repaired; and the
-/// interrupted sessions.
-pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta>) {
+/// `session-interrupted` record carrying its seal (written by `node`, for `why` when another
+/// node ends them), and the metadata repaired; and the interrupted sessions.
+pub(crate) fn interrupted_change(
+    found: Interrupted,
+    node: &str,
+    why: Option<&str>,
+) -> (Change, Vec<SessionMeta>) {
     let mut change = Change {
         sessions: found.repaired,
         ..Change::default()
@@ -44,6 +48,8 @@ pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
             recording: s.recording.clone(),
+            node: Some(node.to_string()),
+            why: why.map(String::from),
         };
         change.entries.push(Entry::new(&s.user, &s.id, interrupted));
         change.ended.push((s.clone(), change.entries.len() - 1));
@@ -202,13 +208,19 @@ impl Service {
         Ok((meta, tail))
     }
 
-    /// Starts a session's recording: its file exists and its metadata is on disk, and
-    /// audited (`session-start`), before it returns.
+    /// Starts a session's recording: its file exists and its metadata (naming this node) is
+    /// on disk, and audited (`session-start`), before it returns.
     pub async fn start_recording(
         &self,
-        meta: &SessionMeta,
+        meta: &mut SessionMeta,
         now: DateTime<Utc>,
     ) -> Result<RecordingFile> {
+        if let Some(why) = self.ledger_down() {
+            return Err(ServiceError::Ledger(crate::store::StoreError::Conflict(
+                why,
+            )));
+        }
+        meta.node = Some(self.node.clone());
         let file = self.store.create_recording(&meta.id)?;
         let started = SessionStarted {
             target: meta.target.clone(),
@@ -218,6 +230,7 @@ impl Service {
             grant: meta.grant.clone(),
             serial: meta.serial,
             client: meta.client.clone(),
+            node: meta.node.clone(),
         };
         let change = Change {
             sessions: vec![meta.clone()],
@@ -250,6 +263,7 @@ impl Service {
                 bytes_out: m.bytes_out,
                 files: m.files.clone(),
                 recording: m.recording.clone(),
+                node: Some(self.node.clone()),
             };
             change.entries.push(Entry::new(&m.user, &m.id, end));
             change.ended.push((m, i));
@@ -261,8 +275,8 @@ impl Service {
     /// Seals and audits the sessions a daemon that died left live (`session-interrupted`,
     /// in one commit); returns them.
     pub async fn recover_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
-        let found = self.store.interrupted().await?;
-        let (change, sealed) = interrupted_change(found);
+        let found = self.store.interrupted(&self.node).await?;
+        let (change, sealed) = interrupted_change(found, &self.node, None);
         self.commit(change, now).await?;
         Ok(sealed)
     }

@@ -40,7 +40,7 @@ pub use self::embedded::OnDisk;
 pub use self::embedded::SledLedger;
 pub use self::feeds::{Feeds, GrantNews};
 pub use self::seals::{BadRecording, SealReport};
-pub use self::sessions::Interrupted;
+pub use self::sessions::{Interrupted, TakeOver};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,17 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// When the ledger cannot be reached now (PostgreSQL down, silent or restarting), what
+    /// to tell the caller; `None` for every other error.
+    pub fn outage(&self) -> Option<String> {
+        match self {
+            StoreError::Postgres(e) => e.outage(),
+            _ => None,
+        }
+    }
+}
 
 /// A set of changes committed together with their audit entries.
 #[derive(Debug, Default)]

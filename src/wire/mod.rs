@@ -39,6 +39,8 @@ pub const AUDIT: &str = "/v1/audit";
 pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
 /// `GET`: a checkpoint of the chain's head signed now.
 pub const AUDIT_CHECKPOINT: &str = "/v1/audit/checkpoint";
+/// `GET`: every checkpoint kept, newest first (their texts).
+pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
 /// `GET`: the key checkpoints are signed with.
 pub const AUDIT_SIGNER: &str = "/v1/audit/signer";
 /// `GET [?user=&target=&since=SECS]`: recorded sessions.

@@ -160,7 +160,7 @@ function render(s) {
       <td data-label="since">${ago(m.start)}</td><td data-label="user"><b>${esc(m.user)}</b></td>
       <td data-label="step">${l.contract ? stepCell(l) : ""}</td><td data-label="where" class="mono">${esc(m.principal)}@${esc(m.target)}</td>
       <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="reason">${esc(l.reason || "")}</td>
-      <td data-label="from" class="mono muted">${esc(m.client)}</td>
+      <td data-label="from" class="mono muted">${esc(m.client)}</td><td data-label="node" class="mono muted">${esc(m.node || "")}</td>
       <td data-label="time left">${l.ends ? `<span class="left" data-until="${esc(l.ends)}"></span>` : ""}</td>
       <td data-label="in / out" class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
       <td class="actions">${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}
@@ -395,7 +395,7 @@ async function search(e) {
         `${clock(h.at_ms)} <span class="tag">${where[h.stream] || "output"}</span> ${marker(h.line)}</div>`).join("");
       const damaged = r.damaged ? `<div class="damaged"><span class="tag glass">damaged</span> not searched: ${esc(r.damaged)}</div>` : "";
       return `<tr data-session="${esc(r.id)}"${r.damaged ? ` class="damaged-row"` : ""}><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div>${damaged}</td><td data-label="user"><b>${esc(r.user)}</b></td>
-        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
+        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="node" class="mono muted">${esc(r.node || "")}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
         <td data-label="state">${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td data-label="length">${len}</td><td data-label="bytes out" class="mono">${bytes(r.bytes_out)}</td>
         <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
     }).join("");

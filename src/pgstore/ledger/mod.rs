@@ -17,6 +17,7 @@
 //! Every statement is bounded by the server's `statement_timeout` (set on every pooled
 //! connection) and, on this side, a little longer, for a network that went silent.
 
+mod nodes;
 mod read;
 mod write;
 
@@ -32,6 +33,7 @@ use tokio_postgres::Row;
 use super::{Pg, PgError, PoolSettings};
 use crate::store::{Feeds, StoreError};
 
+pub use self::nodes::Holder;
 pub use self::write::PgTx;
 pub(crate) use self::write::CHANNEL;
 
@@ -200,6 +202,13 @@ impl<'p> Conn<'p> {
     /// Commits the open transaction.
     pub(crate) async fn commit(&mut self) -> Result<()> {
         self.batch("COMMIT").await?;
+        self.in_tx = false;
+        Ok(())
+    }
+
+    /// Ends the open transaction, changing nothing.
+    pub(crate) async fn rollback(&mut self) -> Result<()> {
+        self.batch("ROLLBACK").await?;
         self.in_tx = false;
         Ok(())
     }

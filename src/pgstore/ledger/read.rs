@@ -48,7 +48,10 @@ static FIRST_END: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Each row's record (column 1), named by its key (column 0) when it does not parse.
-fn keyed<T: serde::de::DeserializeOwned>(table: &'static str, rows: &[Row]) -> Result<Vec<T>> {
+pub(super) fn keyed<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    rows: &[Row],
+) -> Result<Vec<T>> {
     rows.iter()
         .map(|row| {
             let key: String = match row.try_get::<_, String>(0) {

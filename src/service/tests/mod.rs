@@ -29,7 +29,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     crate::install::init::init(dir.path(), true).unwrap();
-    let service = Service::open(dir.path(), &crate::store::Location::Embedded);
+    let service = Service::open(dir.path(), &crate::store::Location::Embedded, "n1");
     let service = Arc::new(service.await.unwrap());
     Fixture { dir, service }
 }
