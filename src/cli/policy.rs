@@ -62,11 +62,22 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
             let d = policy::decide(&p, &req, &held, now);
             let verdict = d.verdict(&contract);
             let refused = matches!(d, policy::Decision::Deny { .. });
+            let after: Vec<String> = p
+                .contracts
+                .get(&contract)
+                .and_then(|c| {
+                    let s = match &step {
+                        Some(s) => c.step(s),
+                        None => c.steps.first(),
+                    }?;
+                    Some(policy::after_session(c, s))
+                })
+                .unwrap_or_default();
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &json!({"decision": verdict, "reasons": d.reasons()})
+                        &json!({"decision": verdict, "reasons": d.reasons(), "after_session": after})
                     )
                     .unwrap_or_default()
                 );
@@ -74,6 +85,12 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
                 println!("{verdict}");
                 for r in d.reasons() {
                     println!("  - {r}");
+                }
+                if !after.is_empty() {
+                    println!("after the session:");
+                    for a in &after {
+                        println!("  - {a}");
+                    }
                 }
                 if reason.is_none() {
                     println!("  (assumed a reason was given; pass --reason to check it)");

@@ -441,6 +441,7 @@ mod tests {
                 ..CertOptions::default()
             },
             break_glass: false,
+            review: Default::default(),
         }
     }
 

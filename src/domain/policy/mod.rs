@@ -5,11 +5,15 @@
 mod decide;
 mod load;
 mod model;
+mod review;
 pub mod yaml;
 
 pub use decide::{approval_refusal, decide, Decision, Held, Request};
 pub use load::{load_texts, parse_cidr, Problem, Problems, DEFAULT_CONTRACT_MAX_TTL};
 pub use model::*;
+pub use review::{
+    after_session, FlagOn, FlagRule, ReviewRule, ReviewSetting, BREAK_GLASS_REVIEW_WITHIN,
+};
 
 #[cfg(test)]
 mod tests {
@@ -30,7 +34,7 @@ mod tests {
 
     const HOSTS: &str = "hosts:\n  db-1:\n    address: 10.0.3.7:22\n    labels: {env: prod, role: db}\n  web-1:\n    address: web-1.internal\n    labels: {env: prod}\n";
 
-    const CONTRACT: &str = "\
+    pub(super) const CONTRACT: &str = "\
 contract: prod-db
 targets: {names: [\"db-*\"]}
 requesters: [sre]
@@ -47,7 +51,7 @@ steps:
     options: {pty: true, source_address: [10.0.0.0/8]}
 ";
 
-    fn load(contract: &str) -> Result<Policies, Problems> {
+    pub(super) fn load(contract: &str) -> Result<Policies, Problems> {
         load_texts(&[
             (PathBuf::from("p/people.yaml"), people()),
             (PathBuf::from("p/hosts.yaml"), HOSTS.to_string()),
@@ -61,7 +65,7 @@ steps:
     }
 
     /// Loads `contract` and checks the problems reported, as `line:col: message-fragment`.
-    fn check(contract: &str, expected: &[(usize, usize, &str)]) {
+    pub(super) fn check(contract: &str, expected: &[(usize, usize, &str)]) {
         let got = match load(contract) {
             Ok(_) => Vec::new(),
             Err(Problems(ps)) => ps,

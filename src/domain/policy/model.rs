@@ -59,6 +59,8 @@ pub struct Contract {
     /// The longest any step of this contract may last.
     pub max_ttl: Duration,
     pub steps: Vec<Step>,
+    /// Lines to flag (and operations to refuse) in this contract's sessions (`flag:`).
+    pub flags: Vec<super::FlagRule>,
 }
 
 /// What a contract asks of a request's reason (`reason: required`, or
@@ -119,6 +121,8 @@ pub struct Step {
     /// An emergency step: its grants are announced loudly (`break-glass` webhooks). Set
     /// with `break_glass:`; a step named `break-glass` is one unless it says `false`.
     pub break_glass: bool,
+    /// Who reviews its sessions, as written (see [`Step::review`]).
+    pub review: super::ReviewSetting,
 }
 
 /// Who must approve a step and how many distinct people.

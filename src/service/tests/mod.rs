@@ -82,7 +82,12 @@ impl Fixture {
     }
 
     async fn state(&self, id: &str, now: DateTime<Utc>) -> State {
-        self.service.grant("carol", id, now).await.unwrap().grant.state
+        self.service
+            .grant("carol", id, now)
+            .await
+            .unwrap()
+            .grant
+            .state
     }
 
     /// A grant as the ledger holds it.

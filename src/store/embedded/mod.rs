@@ -348,7 +348,11 @@ impl SledLedger {
     /// Up to `limit` grant ids (`grants`) or session ids starting with `prefix`: a walk of
     /// the keys after it, never the whole tree.
     pub fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
-        let tree = if sessions { &self.sessions } else { &self.grants };
+        let tree = if sessions {
+            &self.sessions
+        } else {
+            &self.grants
+        };
         let mut ids = Vec::new();
         for kv in tree.scan_prefix(prefix.as_bytes()).take(limit) {
             let (k, _) = kv?;

@@ -26,6 +26,7 @@ impl Loader {
                 "reason",
                 "max_ttl",
                 "steps",
+                "flag",
             ],
         );
         let name_node = self.required(&f, "contract", "contract file")?;
@@ -67,6 +68,11 @@ impl Loader {
             None => Vec::new(),
         };
         self.step_order(&steps, &what);
+        let flags = f
+            .get("flag")
+            .filter(|n| !n.is_null())
+            .map(|n| self.flag_rules(n, &what))
+            .unwrap_or_default();
         let contract = Contract {
             name,
             description,
@@ -75,6 +81,7 @@ impl Loader {
             reason,
             max_ttl: max_ttl?,
             steps: steps.into_iter().map(|s| s.0).collect(),
+            flags,
         };
         name_ok.then_some((contract, name_node.pos))
     }
@@ -113,23 +120,9 @@ impl Loader {
                 self.roles_known(&[(r.clone(), n.pos)], roles, &format!("{here} `{name}`"));
                 Some(r)
             });
-            let reason = f.get("reason").and_then(|n| {
-                let text = self.string(n, &format!("{here} `{name}` reason"))?;
-                match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
-                    Ok(re) => Some(re),
-                    Err(e) => {
-                        let e = e.to_string();
-                        let e = e.lines().last().unwrap_or("").trim().to_string();
-                        self.problem(
-                            n.pos,
-                            format!(
-                                "{here} `{name}` reason `{text}` is not a regular expression: {e}"
-                            ),
-                        );
-                        None
-                    }
-                }
-            });
+            let reason = f
+                .get("reason")
+                .and_then(|n| self.regex(n, &format!("{here} `{name}` reason")));
             if f.get("role").is_none() && f.get("reason").is_none() {
                 self.problem(
                     item.pos,
@@ -171,23 +164,9 @@ impl Loader {
             .get("required")
             .and_then(|n| self.bool(n, &format!("{what} reason.required")))
             .unwrap_or(false);
-        let pattern = f.get("pattern").and_then(|n| {
-            let text = self.string(n, &format!("{what} reason.pattern"))?;
-            match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
-                Ok(re) => Some(re),
-                Err(e) => {
-                    let first = e.to_string();
-                    let first = first.lines().last().unwrap_or("").trim().to_string();
-                    self.problem(
-                        n.pos,
-                        format!(
-                            "{what} reason.pattern `{text}` is not a regular expression: {first}"
-                        ),
-                    );
-                    None
-                }
-            }
-        });
+        let pattern = f
+            .get("pattern")
+            .and_then(|n| self.regex(n, &format!("{what} reason.pattern")));
         let example = f.get("example").and_then(|n| {
             let text = self.string(n, &format!("{what} reason.example"))?;
             if let Some(p) = &pattern {
@@ -291,6 +270,7 @@ impl Loader {
                 "approvals",
                 "options",
                 "break_glass",
+                "review",
             ],
         );
         let name_node = self.required(&f, "name", &format!("{contract} step"))?;
@@ -373,6 +353,11 @@ impl Loader {
             None => None,
         }
         .unwrap_or(name == BREAK_GLASS);
+        let review = f
+            .get("review")
+            .filter(|n| !n.is_null())
+            .map(|n| self.review_setting(n, &what, roles))
+            .unwrap_or_default();
         let step = Step {
             name,
             after: after_name,
@@ -382,6 +367,7 @@ impl Loader {
             approvals,
             options,
             break_glass,
+            review,
         };
         Some((step, name_node.pos, after.map(|n| n.pos)))
     }

@@ -2,6 +2,7 @@
 //! loader's helpers, people and hosts here; contracts in [`contract`].
 
 mod contract;
+mod review;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
