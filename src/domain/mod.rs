@@ -6,6 +6,7 @@
 //!   grants that climbed from one and fall with it).
 //! - [`cert`]: certificates: the key id, options <-> extensions, the validity window,
 //!   minting and the checks a verifier makes.
+//! - [`flags`]: a contract's flag rules run over a session as it happens (bounded cost).
 //! - [`krl`]: OpenSSH key revocation lists.
 //! - [`audit`]: the audit chain (records, hashes, walking it) and the closed vocabulary of
 //!   audited actions with their typed details.
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod cert;
+pub mod flags;
 pub mod grant;
 pub mod krl;
 pub mod lease;
