@@ -57,6 +57,9 @@ pub struct Metrics {
     webhooks: [AtomicU64; 3],
     /// Recorded channels running now.
     live_sessions: AtomicU64,
+    /// Ended sessions waiting for a review, and those past due (as of the last check).
+    reviews_pending: AtomicU64,
+    reviews_overdue: AtomicU64,
     /// Unix milliseconds of the oldest recording data not yet taken by a flush; 0 when none.
     unwritten_since: AtomicU64,
     /// Unix milliseconds of the oldest data the flush in progress is writing; 0 when idle.
@@ -76,6 +79,8 @@ impl Default for Metrics {
             bytes_out: AtomicU64::new(0),
             webhooks: Default::default(),
             live_sessions: AtomicU64::new(0),
+            reviews_pending: AtomicU64::new(0),
+            reviews_overdue: AtomicU64::new(0),
             unwritten_since: AtomicU64::new(0),
             flushing_since: AtomicU64::new(0),
         }
@@ -134,6 +139,12 @@ impl Metrics {
     /// The number of recorded channels running now.
     pub fn set_live_sessions(&self, n: usize) {
         self.live_sessions.store(n as u64, Relaxed);
+    }
+
+    /// The review queue as the last check found it.
+    pub fn set_reviews(&self, pending: usize, overdue: usize) {
+        self.reviews_pending.store(pending as u64, Relaxed);
+        self.reviews_overdue.store(overdue as u64, Relaxed);
     }
 
     /// Recording data was buffered: the first buffering since the last flush took its
@@ -287,6 +298,16 @@ pub fn render(m: &Metrics, ledger: Option<&LedgerGauges>, node: &str, now_ms: u6
             n(&m.live_sessions),
         ),
         (
+            "ramp_reviews_pending",
+            "Ended sessions waiting for the review their step asks for (overdue ones included).",
+            n(&m.reviews_pending),
+        ),
+        (
+            "ramp_reviews_overdue",
+            "Ended sessions whose review is past due.",
+            n(&m.reviews_overdue),
+        ),
+        (
             "ramp_recording_lag_seconds",
             "Age of the oldest session data not yet written to its recording file.",
             format!("{:.3}", m.recording_lag(now_ms)),
@@ -340,6 +361,7 @@ mod tests {
         m.proxied(false, 32);
         m.webhook(Delivery::Dropped);
         m.set_live_sessions(1);
+        m.set_reviews(3, 1);
         let ledger = LedgerGauges {
             active_grants: 2,
             pending_requests: 1,
@@ -366,6 +388,8 @@ mod tests {
         check("ramp_active_grants", "2");
         check("ramp_pending_requests", "1");
         check("ramp_live_sessions", "1");
+        check("ramp_reviews_pending", "3");
+        check("ramp_reviews_overdue", "1");
         check("ramp_recording_lag_seconds", "0.000");
         check("ramp_audit_records", "9");
         check("ramp_node_info{node=\"node\\\"a\"}", "1");

@@ -23,7 +23,7 @@ use crate::wire::grants::{
     GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation, RevokeBody,
     SignHostBody,
 };
-use crate::wire::sessions::{self, GrepBody, SessionBody, SessionQuery};
+use crate::wire::sessions::{self, GrepBody, ReviewBody, SessionBody, SessionQuery};
 use crate::wire::{self as routes};
 
 pub use self::caller::{ApiError, Caller};
@@ -56,6 +56,8 @@ pub fn router(app: App) -> Router {
         .route(routes::AUDIT_SIGNER, get(audit_signer))
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
+        .route(routes::SESSIONS_REVIEW, get(review_queue))
+        .route(routes::SESSION_REVIEW, post(review))
         .route(routes::SESSION, get(session))
         .route(routes::SESSION_END, post(end_session))
         .with_state(app)
@@ -248,6 +250,25 @@ async fn end_session(
         .stop_session(&caller.user, &id, &body.reason, Utc::now())
         .await?;
     Ok(Json(Revocation::from(out)).into_response())
+}
+
+async fn review_queue(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    let out = app.review_queue(&caller.user, Utc::now()).await?;
+    let out: Vec<sessions::Session> = out.into_iter().map(Into::into).collect();
+    Ok(Json(out).into_response())
+}
+
+async fn review(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let body: ReviewBody = caller.json()?;
+    let id = app.session_id(&caller.user, &id).await?;
+    let out = app
+        .review(&caller.user, &id, body.verdict, &body.note, Utc::now())
+        .await?;
+    Ok(Json(sessions::Session::from(out)).into_response())
 }
 
 async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {

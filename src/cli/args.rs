@@ -242,6 +242,15 @@ pub struct FilterArgs {
     /// Only sessions started this recently, like 1h.
     #[arg(long)]
     pub since: Option<String>,
+    /// Only sessions a flag rule matched in.
+    #[arg(long)]
+    pub flagged: bool,
+    /// Only sessions waiting for a review (pending or overdue).
+    #[arg(long)]
+    pub unreviewed: bool,
+    /// Only sessions whose review is overdue.
+    #[arg(long)]
+    pub overdue: bool,
 }
 
 /// Export formats.
@@ -306,6 +315,24 @@ pub enum SessionsCommand {
         /// Why: audited, and shown in the user's terminal.
         #[arg(long, required = true)]
         reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// The review queue (sessions you may review, the one due first first), or, with an
+    /// id, your verdict on one session (--ok or --concern, with --note): audited; a concern
+    /// is announced.
+    Review {
+        /// The session to sign off; without it, the queue.
+        id: Option<String>,
+        /// Nothing wrong.
+        #[arg(long, requires = "id", conflicts_with = "concern")]
+        ok: bool,
+        /// Something to follow up (announced as `review-concern`).
+        #[arg(long, requires = "id")]
+        concern: bool,
+        /// What you saw: required with a verdict.
+        #[arg(long, requires = "id")]
+        note: Option<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -477,6 +504,7 @@ impl Command {
                 | SessionsCommand::Play { client, .. }
                 | SessionsCommand::Export { client, .. }
                 | SessionsCommand::End { client, .. }
+                | SessionsCommand::Review { client, .. }
                 | SessionsCommand::Grep { client, .. },
             ) => Some(client),
             Command::Init { .. }

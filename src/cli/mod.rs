@@ -8,6 +8,7 @@ mod audit;
 mod grants;
 mod output;
 mod policy;
+mod review;
 mod sessions;
 
 use std::path::{Path, PathBuf};

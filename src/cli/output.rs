@@ -70,6 +70,34 @@ pub(super) fn describe_session(s: &SessionMeta, events: usize) -> String {
     for f in &s.files {
         out.push_str(&format!("file      {}\n", Shown(f)));
     }
+    for f in &s.flags {
+        out.push_str(&format!(
+            "flag      +{:.1}s {} ({}{}): {}\n",
+            f.at_ms as f64 / 1000.0,
+            Shown(&f.rule),
+            crate::domain::Vocabulary::label(f.on),
+            if f.blocked { ", blocked" } else { "" },
+            Shown(&f.line)
+        ));
+    }
+    let review = match (&s.reviewed, &s.review) {
+        (Some(r), _) => format!(
+            "{} by {} at {}: {}",
+            crate::domain::Vocabulary::label(r.verdict),
+            Shown(&r.by),
+            rfc3339(r.at),
+            Shown(&r.note)
+        ),
+        (None, Some(need)) => format!(
+            "waiting for {}{}",
+            need.by.join(" or "),
+            crate::domain::review::due(s)
+                .map(|d| format!(", due {}", rfc3339(d)))
+                .unwrap_or_default()
+        ),
+        (None, None) => "none asked".into(),
+    };
+    out.push_str(&format!("review    {review}\n"));
     out
 }
 

@@ -26,6 +26,9 @@ impl FilterArgs {
             user: self.user,
             target: self.target,
             since,
+            flagged: self.flagged,
+            unreviewed: self.unreviewed,
+            overdue: self.overdue,
         })
     }
 }
@@ -172,6 +175,13 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
                 )
             })
         }
+        SessionsCommand::Review {
+            id,
+            ok,
+            concern,
+            note,
+            client,
+        } => super::review::run(id, ok, concern, note, client).await,
         SessionsCommand::Grep {
             pattern,
             ignore_case,

@@ -50,6 +50,7 @@ async fn recordings(
         user: q.user.filter(|u| !u.is_empty()),
         target: q.target.filter(|t| !t.is_empty()),
         since: q.since,
+        ..SessionFilter::default()
     };
     let text = q.text.filter(|t| !t.trim().is_empty());
     let now = Utc::now();

@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::review::{ReviewOverdue, SessionFlagged, SessionReviewed};
 use super::session::{RecordingSeal, SessionFilter};
 use super::Vocabulary;
 
@@ -179,6 +180,12 @@ actions! {
     DashboardLink(DashboardLinked) = "dashboard-link",
     /// A browser session started from a link.
     DashboardLogin(DashboardLoggedIn) = "dashboard-login",
+    /// A flag rule matched a line of a session (or refused its operation).
+    SessionFlag(SessionFlagged) = "session-flag",
+    /// A reviewer signed a session off (ok or concern).
+    SessionReview(SessionReviewed) = "session-review",
+    /// A session's review went past due (once per session).
+    ReviewOverdue(ReviewOverdue) = "review-overdue",
 }
 
 impl Kind {

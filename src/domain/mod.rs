@@ -12,6 +12,7 @@
 //!   audited actions with their typed details.
 //! - [`lease`]: node leases on a shared ledger: who may use a name, when a node is gone.
 //! - [`login`]: who may log in where through the bastion, and why a login is refused.
+//! - [`review`]: after a session: when its review is due, who may sign it off, the queue.
 //! - [`session`]: a recorded session's metadata, as the ledger, the pages and the exports
 //!   know it.
 
@@ -24,6 +25,7 @@ pub mod lease;
 pub mod login;
 pub mod notice;
 pub mod policy;
+pub mod review;
 pub mod session;
 
 /// A closed vocabulary (grant states, audited actions, refusal reasons...): every word, and

@@ -118,6 +118,19 @@ pub struct SessionMeta {
     /// before node names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Lines the contract's flag rules matched (at most [`super::flags::MAX_FLAGS`]): the
+    /// markers playback jumps to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<super::flags::Flag>,
+    /// The review its step asks for, fixed at its start; `None`: none asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<super::review::ReviewDue>,
+    /// The sign-off, once given (the `session-review` audit record is the proof).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed: Option<super::review::Review>,
+    /// Its overdue review was announced (`review-overdue`, once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue_announced: bool,
 }
 
 impl SessionMeta {
@@ -150,6 +163,15 @@ pub struct SessionFilter {
     pub target: Option<String>,
     /// Only sessions started this many seconds ago or later.
     pub since: Option<i64>,
+    /// Only sessions with flags.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
+    /// Only sessions waiting for a review (pending or overdue).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreviewed: bool,
+    /// Only sessions whose review is overdue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue: bool,
 }
 
 impl SessionFilter {
@@ -159,5 +181,12 @@ impl SessionFilter {
             && self
                 .since
                 .is_none_or(|secs| s.start >= seconds_before(now, secs))
+            && (!self.flagged || !s.flags.is_empty())
+            && (!self.unreviewed || super::review::state(s, now).waiting())
+            && (!self.overdue
+                || matches!(
+                    super::review::state(s, now),
+                    super::review::ReviewState::Overdue(_)
+                ))
     }
 }

@@ -13,12 +13,14 @@ mod grants;
 mod hosts;
 mod ids;
 mod nodes;
+mod review;
 mod revoke;
 mod sessions;
 mod stop;
 #[cfg(test)]
 mod tests;
 
+pub use review::{ReviewCounts, MAX_NOTE};
 pub use revoke::Cascade;
 pub use sessions::Grepped;
 pub use stop::{StopOrder, MAX_REASON as MAX_STOP_REASON};

@@ -108,7 +108,9 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<(SessionMeta, Vec<Event>)> {
         let meta = self.recorded(id).await?;
-        self.require_own_or_reviewer(who, &meta.user, Reading::Recordings)?;
+        if !self.may_review(who, &meta) {
+            self.require_own_or_reviewer(who, &meta.user, Reading::Recordings)?;
+        }
         let events = self.store.session_events(&meta).await?;
         self.audit_read(who, &meta, purpose, now).await?;
         Ok((meta, events))

@@ -47,6 +47,10 @@ pub const AUDIT_SIGNER: &str = "/v1/audit/signer";
 pub const SESSIONS: &str = "/v1/sessions";
 /// `POST` [`sessions::GrepBody`]: search recordings.
 pub const SESSIONS_GREP: &str = "/v1/sessions/grep";
+/// `GET`: the caller's review queue (sessions), the one due first first.
+pub const SESSIONS_REVIEW: &str = "/v1/sessions/review";
+/// `POST` [`sessions::ReviewBody`]: the caller's verdict on an ended session.
+pub const SESSION_REVIEW: &str = "/v1/sessions/{id}/review";
 /// `GET [?purpose=show|play|export]`: one session with its events.
 pub const SESSION: &str = "/v1/sessions/{id}";
 /// `POST` [`grants::ReasonBody`]: end a live session, saying why.

@@ -4,6 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::label;
+// Flags and reviews are small value types whose JSON is already the wire's, like the seal.
+use crate::domain::flags::Flag;
+use crate::domain::review::{Review, ReviewDue};
 use crate::domain::session::{self, RecordingSeal, SessionMeta, SessionState};
 
 /// One recorded session's metadata.
@@ -40,6 +43,17 @@ pub struct Session {
     /// The node whose bastion ran it; absent for sessions from before node names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Lines flag rules matched, with their offsets into the recording.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<Flag>,
+    /// The review its step asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewDue>,
+    /// The sign-off, once given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed: Option<Review>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue_announced: bool,
 }
 
 /// Moves every field across; written once for both directions.
@@ -72,6 +86,10 @@ macro_rules! session_fields {
             recording: m.recording,
             sealed_in: m.sealed_in,
             node: m.node,
+            flags: m.flags,
+            review: m.review,
+            reviewed: m.reviewed,
+            overdue_announced: m.overdue_announced,
         }
     }};
 }
@@ -96,26 +114,50 @@ pub struct SessionFilter {
     pub target: Option<String>,
     /// Only sessions started this many seconds ago or later.
     pub since: Option<i64>,
+    /// Only sessions with flags.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flagged: bool,
+    /// Only sessions waiting for review.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreviewed: bool,
+    /// Only sessions whose review is overdue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdue: bool,
+}
+
+/// Moves every filter field across; written once for both directions.
+macro_rules! filter_fields {
+    ($from:expr, $to:path) => {{
+        let f = $from;
+        $to {
+            user: f.user,
+            target: f.target,
+            since: f.since,
+            flagged: f.flagged,
+            unreviewed: f.unreviewed,
+            overdue: f.overdue,
+        }
+    }};
 }
 
 impl From<SessionFilter> for session::SessionFilter {
     fn from(f: SessionFilter) -> session::SessionFilter {
-        session::SessionFilter {
-            user: f.user,
-            target: f.target,
-            since: f.since,
-        }
+        filter_fields!(f, session::SessionFilter)
     }
 }
 
 impl From<session::SessionFilter> for SessionFilter {
     fn from(f: session::SessionFilter) -> SessionFilter {
-        SessionFilter {
-            user: f.user,
-            target: f.target,
-            since: f.since,
-        }
+        filter_fields!(f, SessionFilter)
     }
+}
+
+/// `POST /v1/sessions/{id}/review`: a reviewer's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    pub verdict: crate::domain::review::Verdict,
+    pub note: String,
 }
 
 /// `POST /v1/sessions/grep`.
