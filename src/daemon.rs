@@ -14,6 +14,9 @@ use crate::Error;
 
 /// How often request nonces too old to matter are forgotten.
 const NONCE_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often overdue reviews are looked for (and announced) and the review gauges counted:
+/// one read of the session metadata each time.
+const REVIEW_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a stop waits for queued webhook events (cut-off sessions among them).
 const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -383,6 +386,16 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
                 Ok(n) if n > 0 => tracing::debug!(forgotten = n, "old request nonces"),
                 Err(e) => tracing::warn!(error = %e, "cannot forget old request nonces"),
                 _ => {}
+            }
+        }
+    });
+    let reviews = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REVIEW_CHECK);
+        loop {
+            tick.tick().await;
+            if let Err(e) = reviews.check_reviews(Utc::now()).await {
+                tracing::warn!(error = %e, "cannot check for overdue reviews");
             }
         }
     });

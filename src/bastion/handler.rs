@@ -474,8 +474,10 @@ impl server::Handler for ConnHandler {
             }
         };
         let id = crate::service::new_id();
-        let meta = login.session_meta(id, "direct-tcpip", Some(dest), None, Utc::now());
-        match self.ctx.recorders.start(meta).await {
+        let mut meta = login.session_meta(id, "direct-tcpip", Some(dest), None, Utc::now());
+        meta.review = self.ctx.service.review_due(&login.grant);
+        // A tunnel's bytes are not lines: no flag rules run over it.
+        match self.ctx.recorders.start(meta, Vec::new()).await {
             Ok(rec) => {
                 rec.ends_with(self.cutoff.clone());
                 reply.accept().await;

@@ -4,7 +4,7 @@
 use reqwest::Method;
 
 use super::output::rfc3339;
-use super::{connect, emit, ClientOpts, CliError, Result};
+use super::{connect, emit, CliError, ClientOpts, Result};
 use crate::domain::review::Verdict;
 use crate::shown::Shown;
 use crate::wire::sessions::{ReviewBody, Session};
@@ -70,7 +70,11 @@ pub(super) async fn run(
     };
     let body = ReviewBody { verdict, note };
     let out: Session = client
-        .call(Method::POST, &path(routes::SESSION_REVIEW, &id), Some(&body))
+        .call(
+            Method::POST,
+            &path(routes::SESSION_REVIEW, &id),
+            Some(&body),
+        )
         .await?;
     emit(&opts, &out, || {
         format!(

@@ -11,6 +11,7 @@ use crate::checkpoint::Signed;
 use crate::domain::audit::{Action, AuditRecord};
 use crate::domain::grant::{Grant, SERVICE_ACTOR};
 use crate::domain::policy::format_duration;
+use crate::domain::review::Verdict;
 use crate::domain::session::INTERRUPTED_REASON;
 use crate::domain::Vocabulary;
 use crate::service::Service;
@@ -227,6 +228,45 @@ pub async fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             Topic::SessionCutOff,
             cut_off(service, rec, &mut detail, INTERRUPTED_REASON.into()).await,
         ),
+        Action::SessionFlag(d) => {
+            let f = &d.flag;
+            let what = if f.blocked { "refused" } else { "flagged" };
+            let text = format!(
+                ":warning: {what} in {}'s session {} on {} (rule {}, {} at +{:.1}s): `{}` (`ramp-ca sessions show {}`)",
+                rec.actor,
+                rec.subject,
+                d.target,
+                esc(&f.rule),
+                f.on.label(),
+                f.at_ms as f64 / 1000.0,
+                esc(&f.line),
+                rec.subject
+            );
+            (Topic::RiskyCommand, text)
+        }
+        Action::SessionReview(d) if d.verdict == Verdict::Concern => {
+            let text = format!(
+                ":mag: {} has a concern about {}'s session {} on {}{}",
+                rec.actor,
+                d.user,
+                rec.subject,
+                d.target,
+                because(Some(&d.note))
+            );
+            (Topic::ReviewConcern, text)
+        }
+        Action::ReviewOverdue(d) => {
+            let text = format!(
+                ":hourglass: the review of {}'s session {} on {} was due at {} ({}; `ramp-ca sessions review {}`)",
+                d.user,
+                rec.subject,
+                d.target,
+                hhmm(d.due),
+                d.by.join(" or "),
+                rec.subject
+            );
+            (Topic::ReviewOverdue, text)
+        }
         _ => return None,
     };
     let payload = Payload {

@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 
 use super::files::{FileSync, RecordingFile};
 use super::format::{encode_event, EventKind};
+use crate::domain::flags::{Flag, Flagger};
+use crate::domain::policy::{FlagOn, FlagRule};
 use crate::domain::session::{SessionMeta, SessionState};
 use crate::metrics::Metrics;
 use crate::service::{Service, ServiceError};
@@ -55,6 +57,10 @@ pub struct Recorder {
     metrics: Arc<Metrics>,
     /// Ends the connection the session runs on, with why (set by the bastion).
     ender: std::sync::OnceLock<tokio::sync::watch::Sender<Option<String>>>,
+    /// The contract's flag rules over this session; `None` when it has none.
+    flagger: Option<Mutex<Flagger>>,
+    /// What the client sends is typed at a terminal (a shell, or a program with a pty).
+    typed: bool,
 }
 
 /// What the flusher has not written yet.
@@ -63,6 +69,8 @@ struct Inner {
     meta: SessionMeta,
     /// Metadata changed since the last write.
     dirty: bool,
+    /// Flags not audited yet.
+    flags: Vec<Flag>,
 }
 
 impl Recorder {
@@ -83,14 +91,58 @@ impl Recorder {
         self.metrics.recording_buffered();
     }
 
-    /// Bytes from the target to the client.
-    pub fn output(&self, data: &[u8]) {
-        self.push(EventKind::Output, data);
+    /// Milliseconds since the session started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    /// Bytes from the client to the target.
+    /// Bytes from the target to the client; output lines are matched against the rules.
+    pub fn output(&self, data: &[u8]) {
+        self.push(EventKind::Output, data);
+        if let Some(f) = &self.flagger {
+            let flags = lock(f).output(data, self.now_ms());
+            self.flagged(flags);
+        }
+    }
+
+    /// Bytes from the client to the target; lines typed at a terminal are matched.
     pub fn input(&self, data: &[u8]) {
         self.push(EventKind::Input, data);
+        if let (Some(f), true) = (&self.flagger, self.typed) {
+            let flags = lock(f).typed(data, self.now_ms());
+            self.flagged(flags);
+        }
+    }
+
+    /// An exact operation about to be forwarded (an exec command, a subsystem, a file
+    /// operation): flagged, and the name of the rule that refuses it, if one does.
+    pub fn operation(&self, on: FlagOn, text: &str) -> Option<String> {
+        let f = self.flagger.as_ref()?;
+        let verdict = lock(f).operation(on, text, self.now_ms());
+        self.flagged(verdict.flags);
+        verdict.blocked_by
+    }
+
+    /// Keeps flags as markers in the metadata and for the audit, and wakes the flusher so
+    /// they are announced at once.
+    fn flagged(&self, flags: Vec<Flag>) {
+        if flags.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        inner.meta.flags.extend(flags.iter().cloned());
+        inner.flags.extend(flags);
+        inner.dirty = true;
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Flags raised since the last call, with the session they were raised in.
+    fn take_flags(&self) -> Vec<(SessionMeta, Flag)> {
+        let mut inner = lock(&self.inner);
+        let flags = std::mem::take(&mut inner.flags);
+        let meta = &inner.meta;
+        flags.into_iter().map(|f| (meta.clone(), f)).collect()
     }
 
     /// A terminal size change.
@@ -234,9 +286,14 @@ impl Recorders {
         }
     }
 
-    /// Starts recording a session: its file exists and its metadata is on disk, and
-    /// audited, before it returns; refused when the recording disk is full.
-    pub async fn start(&self, mut meta: SessionMeta) -> Result<Arc<Recorder>, String> {
+    /// Starts recording a session, running `rules` over it: its file exists and its
+    /// metadata is on disk, and audited, before it returns; refused when the recording disk
+    /// is full.
+    pub async fn start(
+        &self,
+        mut meta: SessionMeta,
+        rules: Vec<FlagRule>,
+    ) -> Result<Arc<Recorder>, String> {
         if let Some(why) = self.disk_full() {
             return Err(why);
         }
@@ -249,11 +306,14 @@ impl Recorders {
         let rec = Arc::new(Recorder {
             id: meta.id.clone(),
             started: tokio::time::Instant::now(),
+            typed: meta.kind == "shell" || meta.term.is_some(),
             inner: Mutex::new(Inner {
                 buf: Vec::new(),
                 meta,
                 dirty: false,
+                flags: Vec::new(),
             }),
+            flagger: (!rules.is_empty()).then(|| Mutex::new(Flagger::new(rules))),
             file: Mutex::new(file),
             syncer,
             unsynced: AtomicBool::new(false),
@@ -332,6 +392,11 @@ impl Recorders {
         let metrics = self.service.metrics().clone();
         metrics.recording_flush_started();
         let recorders = self.recorders();
+        let flags: Vec<_> = recorders.iter().flat_map(|r| r.take_flags()).collect();
+        if let Err(e) = self.service.session_flags(flags, Utc::now()).await {
+            // The markers stay in the sessions' metadata; only their records are missing.
+            tracing::error!(error = %e, "cannot audit session flags");
+        }
         let (me, recs) = (self.clone(), recorders.clone());
         let written = tokio::task::spawn_blocking(move || me.write_all(&recs)).await;
         let (live, ended) = written.unwrap_or_default();
@@ -377,6 +442,15 @@ impl Recorders {
                         tracing::error!(error = %e, "cannot write the ended sessions' metadata");
                     }
                 }
+            }
+            // Flags raised after this flush took them, in sessions now gone.
+            let late: Vec<_> = recorders
+                .iter()
+                .filter(|r| gone.contains(&r.id))
+                .flat_map(|r| r.take_flags())
+                .collect();
+            if let Err(e) = self.service.session_flags(late, Utc::now()).await {
+                tracing::error!(error = %e, "cannot audit session flags");
             }
             let mut live = lock(&self.live);
             for id in &gone {

@@ -167,7 +167,9 @@ impl Service {
                             due,
                             by: s.review.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
                         };
-                        change.entries.push(Entry::new(SERVICE_ACTOR, &s.id, overdue));
+                        change
+                            .entries
+                            .push(Entry::new(SERVICE_ACTOR, &s.id, overdue));
                         s.overdue_announced = true;
                         change.sessions.push(s);
                     }

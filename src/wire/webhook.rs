@@ -29,6 +29,12 @@ pub enum Topic {
     SessionCutOff,
     /// A signed checkpoint of the audit chain, carried whole.
     Checkpoint,
+    /// A flag rule matched a line of a session, or refused its operation.
+    RiskyCommand,
+    /// A reviewer signed a session off with a concern.
+    ReviewConcern,
+    /// A session's review went past due (once per session).
+    ReviewOverdue,
 }
 
 impl Vocabulary for Topic {
@@ -41,6 +47,9 @@ impl Vocabulary for Topic {
         Topic::Revoke,
         Topic::SessionCutOff,
         Topic::Checkpoint,
+        Topic::RiskyCommand,
+        Topic::ReviewConcern,
+        Topic::ReviewOverdue,
     ];
 
     fn label(self) -> &'static str {
@@ -53,6 +62,9 @@ impl Vocabulary for Topic {
             Topic::Revoke => "revoke",
             Topic::SessionCutOff => "session-cut-off",
             Topic::Checkpoint => "checkpoint",
+            Topic::RiskyCommand => "risky-command",
+            Topic::ReviewConcern => "review-concern",
+            Topic::ReviewOverdue => "review-overdue",
         }
     }
 }

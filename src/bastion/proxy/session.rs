@@ -16,6 +16,8 @@ use super::{
 use crate::bastion::files::{scp_files, SftpTracker};
 use crate::bastion::{Bastion, Upstream};
 use crate::domain::login::Login;
+use crate::domain::policy::FlagOn;
+use crate::recordings::writer::Recorder;
 
 /// Relays a session channel (shell, exec, subsystem) until either side closes it; the
 /// target's answer to each request goes to `answers`.
@@ -121,13 +123,24 @@ async fn upward(
             // Bytes before the program starts go nowhere, as in sshd: nothing unrecorded passes.
             Some(ChannelMsg::Data { data }) if started => {
                 let files = sftp.as_mut().map(|t| t.feed(&data)).unwrap_or_default();
+                let mut refused = None;
                 if !shared
                     .record(&mut stop, |r| {
                         r.input(&data);
-                        files.into_iter().for_each(|f| r.file(f));
+                        for f in files {
+                            if refused.is_none() {
+                                refused = blocked(r, FlagOn::File, &f);
+                            }
+                            r.file(f);
+                        }
                     })
                     .await
                 {
+                    break;
+                }
+                // The packet that completes a refused operation never reaches the target.
+                if let Some(why) = refused {
+                    shared.end(Some(why));
                     break;
                 }
                 stop.guard(target.data_bytes(data)).await
@@ -196,7 +209,14 @@ async fn upward(
                     break;
                 }
                 if let Some(rec) = shared.recorder.get() {
-                    scp_files(&command).into_iter().for_each(|f| rec.file(f));
+                    let files = scp_files(&command);
+                    files.iter().for_each(|f| rec.file(f.clone()));
+                    let refused = blocked(rec, FlagOn::Command, &command)
+                        .or_else(|| files.iter().find_map(|f| blocked(rec, FlagOn::File, f)));
+                    if let Some(why) = refused {
+                        shared.end(Some(why));
+                        break;
+                    }
                 }
                 stop.guard(target.exec(true, command)).await
             }
@@ -243,6 +263,16 @@ async fn upward(
     shared.end(None);
 }
 
+/// Runs an exact operation past the flag rules: why it is refused, when a rule blocks it
+/// (the user reads it, the session ends with it).
+fn blocked(rec: &Recorder, on: FlagOn, text: &str) -> Option<String> {
+    let rule = rec.operation(on, text)?;
+    Some(format!(
+        "blocked by rule {rule}: {}",
+        crate::shown::shown(text)
+    ))
+}
+
 /// Starts the recording, with what the target agreed to so far, and notes the program
 /// request about to be forwarded; refuses the session if it cannot be recorded, since none
 /// runs unrecorded.
@@ -265,7 +295,12 @@ async fn start(
         meta
     };
     meta.env.sort();
-    match ctx.recorders.start(meta).await {
+    meta.review = ctx.service.review_due(&login.grant);
+    match ctx
+        .recorders
+        .start(meta, ctx.service.flag_rules(&login.grant))
+        .await
+    {
         Ok(rec) => {
             if let Some(ender) = &shared.ender {
                 rec.ends_with(ender.clone());

@@ -68,7 +68,7 @@ pub enum FlagOn {
     Command,
     /// Lines the target printed.
     Output,
-    /// sftp/scp operations, as `op path` (`write /etc/passwd`), and subsystem names.
+    /// sftp/scp operations, as `op path` (`write /etc/passwd`, `upload /etc`).
     File,
 }
 

@@ -49,7 +49,7 @@ async fn following_a_session_and_the_audit_page_are_for_reviewers_only() {
     let recorders = crate::recordings::writer::Recorders::new(f.service.clone(), 0);
     let mut meta = crate::recordings::fixtures::meta();
     (meta.state, meta.id) = (SessionState::Live, "watched".into());
-    let _rec = recorders.start(meta).await.unwrap();
+    let _rec = recorders.start(meta, Vec::new()).await.unwrap();
     let err = f
         .service
         .follow("alice", "watched", t0())

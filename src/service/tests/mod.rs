@@ -6,6 +6,7 @@ mod dashboard;
 mod grants;
 mod hosts;
 mod login;
+mod review;
 mod revoke;
 mod sessions;
 

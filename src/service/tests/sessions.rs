@@ -21,7 +21,7 @@ fn live(id: &str, now: DateTime<Utc>) -> SessionMeta {
 /// Records session `id` with `output` through the recorder and ends it.
 async fn recorded(f: &Fixture, id: &str, output: &[u8]) -> SessionMeta {
     let recorders = Recorders::new(f.service.clone(), 0);
-    let rec = recorders.start(live(id, t0())).await.unwrap();
+    let rec = recorders.start(live(id, t0()), Vec::new()).await.unwrap();
     rec.output(output);
     rec.finish(Some(0), None);
     recorders.flush_all().await;
@@ -56,7 +56,10 @@ async fn a_recording_starts_audited_and_ends_sealed_in_its_audit_record() {
 async fn what_a_dead_daemon_left_live_is_sealed_interrupted_at_the_next_start() {
     let f = fixture().await;
     let recorders = Recorders::new(f.service.clone(), 0);
-    let rec = recorders.start(live("crashed", t0())).await.unwrap();
+    let rec = recorders
+        .start(live("crashed", t0()), Vec::new())
+        .await
+        .unwrap();
     rec.output(b"half");
     recorders.flush_all().await;
     drop(recorders);
@@ -189,7 +192,10 @@ async fn a_live_session_is_ended_by_an_admin_or_its_user_with_a_reason_and_nobod
     let f = fixture().await;
     let svc = &f.service;
     let recorders = Recorders::new(svc.clone(), 0);
-    let rec = recorders.start(live("s-live", t0())).await.unwrap();
+    let rec = recorders
+        .start(live("s-live", t0()), Vec::new())
+        .await
+        .unwrap();
     let (cutoff, mut told) = tokio::sync::watch::channel(None);
     rec.ends_with(cutoff);
     recorders.flush_all().await;
@@ -253,7 +259,10 @@ async fn a_live_session_is_ended_by_an_admin_or_its_user_with_a_reason_and_nobod
         .await
         .unwrap_err();
     assert!(err.to_string().contains("is not live"), "{err}");
-    let _own = recorders.start(live("s-own", t0())).await.unwrap();
+    let _own = recorders
+        .start(live("s-own", t0()), Vec::new())
+        .await
+        .unwrap();
     recorders.flush_all().await;
     svc.stop_session("alice", "s-own", "done", at(5))
         .await
