@@ -15,6 +15,7 @@ mod on_call;
 mod pg_store;
 mod postgres;
 mod refusals_told;
+mod review;
 mod revocation;
 mod rig;
 mod signing;

@@ -16,7 +16,7 @@ use crate::{json, Daemon, ALICE, BOB, CAROL};
 
 /// How a test receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub(crate) enum Answer {
     Ok,
     /// 500 every time.
     Fail,
@@ -25,15 +25,15 @@ enum Answer {
 }
 
 /// A webhook receiver on 127.0.0.1 that keeps every body it is posted; stops on drop.
-struct Receiver {
+pub(crate) struct Receiver {
     /// With a path that stands for the secret a real webhook URL carries.
-    url: String,
+    pub(crate) url: String,
     posts: Arc<Mutex<Vec<Value>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Receiver {
-    fn start(answer: Answer) -> Receiver {
+    pub(crate) fn start(answer: Answer) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!(
@@ -57,12 +57,12 @@ impl Receiver {
         Receiver { url, posts, stop }
     }
 
-    fn posts(&self) -> Vec<Value> {
+    pub(crate) fn posts(&self) -> Vec<Value> {
         self.posts.lock().unwrap().clone()
     }
 
     /// Waits (bounded) until the posts satisfy `done`; returns them.
-    fn wait(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) fn wait(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             let posts = self.posts();
@@ -181,7 +181,7 @@ fn wait_metric(daemon: &Daemon, series: &str, done: impl Fn(f64) -> bool) -> f64
 }
 
 /// A service config with these receivers: `(url, format, events)`.
-fn config(dir: &TestDir, hooks: &[(&str, &str, Option<&str>)]) -> String {
+pub(crate) fn config(dir: &TestDir, hooks: &[(&str, &str, Option<&str>)]) -> String {
     let mut yaml = String::from("webhooks:\n");
     for (url, format, events) in hooks {
         yaml.push_str(&format!("  - url: {url}\n    format: {format}\n"));
