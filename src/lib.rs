@@ -20,7 +20,8 @@
 //!   engine, LISTEN/NOTIFY). One write API, `Ledger::commit` (and `GrantChanges` for changes
 //!   that decide on what they read), answering once the change is durable.
 //! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
-//!   audit chain and its typed actions, logins and their refusals, recorded sessions.
+//!   audit chain and its typed actions, logins and their refusals, recorded sessions, flag
+//!   rules over a session, and when a session's review is due and who may give it.
 //! - [`install`]: the installation as files (keys, policies, `init`, trust text);
 //!   [`shown`]: user text escaped for terminals and logs; [`tls`]: rustls from PEM files
 //!   (the API's certificate, the CAs a client trusts).
