@@ -275,6 +275,10 @@ pub enum SessionsCommand {
     Show {
         /// The session's id (from `sessions list`).
         id: String,
+        /// Its command timeline instead: exec command, lines typed (line editing applied),
+        /// file operations and flags, each with its offset.
+        #[arg(long)]
+        commands: bool,
         #[command(flatten)]
         client: ClientOpts,
     },

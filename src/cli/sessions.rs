@@ -98,7 +98,35 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
                 .await?;
             emit(&opts, &out, || sessions_table(&out))
         }
-        SessionsCommand::Show { id, client: opts } => {
+        SessionsCommand::Show {
+            id,
+            commands: true,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let (meta, events) = fetch_session(&client, &id, "show").await?;
+            let timeline = crate::recordings::timeline::commands(&meta, &events);
+            emit(&opts, &timeline, || {
+                let mut out = String::new();
+                for e in &timeline {
+                    out.push_str(&format!(
+                        "+{:.1}s {:<6} {}\n",
+                        e.at_ms as f64 / 1000.0,
+                        e.kind,
+                        Shown(&e.line)
+                    ));
+                }
+                if timeline.is_empty() {
+                    out.push_str("no commands\n");
+                }
+                out
+            })
+        }
+        SessionsCommand::Show {
+            id,
+            commands: false,
+            client: opts,
+        } => {
             let client = connect(&opts).await?;
             let (meta, events) = fetch_session(&client, &id, "show").await?;
             let shown = Session::from(meta.clone());

@@ -154,7 +154,7 @@ enum Esc {
 
 /// Cuts a byte stream into lines, skipping escape sequences and control characters.
 #[derive(Debug)]
-struct LineCutter {
+pub struct LineCutter {
     line: Vec<u8>,
     esc: Esc,
     /// Line editing keys apply (typed input).
@@ -162,7 +162,8 @@ struct LineCutter {
 }
 
 impl LineCutter {
-    fn typed() -> LineCutter {
+    /// For bytes typed at a terminal: line editing keys apply.
+    pub fn typed() -> LineCutter {
         LineCutter {
             line: Vec::new(),
             esc: Esc::None,
@@ -170,7 +171,8 @@ impl LineCutter {
         }
     }
 
-    fn output() -> LineCutter {
+    /// For output: lines end at newlines.
+    pub fn output() -> LineCutter {
         LineCutter {
             editing: false,
             ..LineCutter::typed()
@@ -178,7 +180,7 @@ impl LineCutter {
     }
 
     /// The lines `data` completes.
-    fn feed(&mut self, data: &[u8]) -> Vec<String> {
+    pub fn feed(&mut self, data: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
         for &b in data {
             match (self.esc, b) {

@@ -1,8 +1,8 @@
 //! Session recordings, one home: how events are encoded ([`format`](mod@format)), the file each
 //! session's events go to and how it is sealed, checked and followed ([`files`]), the
 //! bastion's writer that records off the data path ([`writer`]), and what reviewers get out
-//! of them: exports and playback ([`export`]), search ([`search`]) and terminal screens for
-//! the browser ([`screen`]). A recording stores raw bytes as they crossed the channel:
+//! of them: exports and playback ([`export`]), search ([`search`]), command timelines
+//! ([`timeline`]) and terminal screens for the browser ([`screen`]). A recording stores raw bytes as they crossed the channel:
 //! search strips escape sequences from the text, the screens emulate a terminal to render
 //! them.
 
@@ -13,4 +13,5 @@ pub(crate) mod fixtures;
 pub mod format;
 pub mod screen;
 pub mod search;
+pub mod timeline;
 pub mod writer;
