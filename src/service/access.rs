@@ -110,7 +110,12 @@ impl Service {
 
     /// Refuses `who` a session of `owner` unless it is their own or they review; the refusal
     /// does not say whose it is.
-    pub(crate) fn require_own_or_reviewer(&self, who: &str, owner: &str, reading: Reading) -> Result<()> {
+    pub(crate) fn require_own_or_reviewer(
+        &self,
+        who: &str,
+        owner: &str,
+        reading: Reading,
+    ) -> Result<()> {
         if who == owner || self.is_reviewer(who) {
             Ok(())
         } else {

@@ -10,8 +10,8 @@ use super::{Result, Service, ServiceError};
 use crate::domain::audit::{DashboardLinked, DashboardLoggedIn, Entry};
 use crate::domain::grant::{Grant, State};
 use crate::domain::policy::ROLE_ADMIN;
-use crate::domain::session::{SessionMeta, SessionState};
 use crate::domain::policy::{format_duration, Policies};
+use crate::domain::session::{SessionMeta, SessionState};
 use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow, Requestable, StepChoice};
 use crate::wire::grants::{Outcome, RequestBody};
 

@@ -18,7 +18,10 @@ impl Service {
     /// `who` may see (the command then says what it says of an unknown id); the one grant
     /// it starts; or an error naming the ones it could be.
     pub async fn grant_id(&self, who: &str, given: &str) -> Result<String> {
-        if given.len() < MIN_PREFIX || given.len() >= FULL || self.store.grant(given).await?.is_some() {
+        if given.len() < MIN_PREFIX
+            || given.len() >= FULL
+            || self.store.grant(given).await?.is_some()
+        {
             return Ok(given.to_string());
         }
         let p = self.policies();
@@ -35,7 +38,10 @@ impl Service {
 
     /// [`Service::grant_id`] for sessions: those a reviewer may read, or one's own.
     pub async fn session_id(&self, who: &str, given: &str) -> Result<String> {
-        if given.len() < MIN_PREFIX || given.len() >= FULL || self.store.session(given).await?.is_some() {
+        if given.len() < MIN_PREFIX
+            || given.len() >= FULL
+            || self.store.session(given).await?.is_some()
+        {
             return Ok(given.to_string());
         }
         let reviewer = is_reviewer(&self.policies(), who);
@@ -70,7 +76,10 @@ mod tests {
     #[test]
     fn a_prefix_stands_for_the_one_id_it_starts_and_names_them_when_several() {
         assert_eq!(one_of("3f2a", "grant", vec![]).unwrap(), "3f2a");
-        assert_eq!(one_of("3f2a", "grant", vec!["3f2a01020304".into()]).unwrap(), "3f2a01020304");
+        assert_eq!(
+            one_of("3f2a", "grant", vec!["3f2a01020304".into()]).unwrap(),
+            "3f2a01020304"
+        );
         let err = one_of("3f2a", "grant", vec!["3f2a01".into(), "3f2a02".into()]).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -365,7 +365,12 @@ impl Ledger {
     }
 
     /// Up to `limit` grant ids (or, with `sessions`, session ids) starting with `prefix`.
-    pub async fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
+    pub async fn ids_starting(
+        &self,
+        sessions: bool,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         match &self.engine {
             Engine::Sled(s) => s.ids_starting(sessions, prefix, limit),
             Engine::Postgres(p) => p.ids_starting(sessions, prefix, limit).await,

@@ -110,11 +110,16 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
     assert_eq!(hits["damaged"], serde_json::json!([]));
 
     // alice reads her own recordings, nobody else's.
-    let own = json(&run_ok(&mut rig.ramp(ALICE, &["sessions", "list", "--json"])));
+    let own = json(&run_ok(
+        &mut rig.ramp(ALICE, &["sessions", "list", "--json"]),
+    ));
     assert_eq!(own.as_array().unwrap().len(), 1, "{own}");
     let (code, err) = run_err(&mut rig.ramp(ALICE, &["sessions", "list", "--user", "bob"]));
     assert_eq!(code, 1);
-    assert!(err.contains("of `bob` takes ramp-admin or ramp-auditor"), "{err}");
+    assert!(
+        err.contains("of `bob` takes ramp-admin or ramp-auditor"),
+        "{err}"
+    );
     let audit = rig.audit();
     for action in [
         " login ",
@@ -577,7 +582,7 @@ fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
     let (stdout, stderr) = text(&out);
     let both = format!("{stdout}{stderr}");
     assert!(
-        both.contains("ends in") && both.contains("when the certificate expires"),
+        both.contains("ends in") && both.contains("when the certificate ends"),
         "no warning: {both}"
     );
     let why = "access to db-1 ended: the certificate expired";

@@ -733,13 +733,22 @@ fn an_engineer_requests_access_on_the_page_and_reads_only_her_own_recordings() {
         // The form offers what she may ask for; observe is granted at once.
         click(&c, "#ask summary").await;
         let offered = wait_text(&c, "#ask-step", "the steps", |t| t.contains("observe")).await;
-        assert!(offered.contains("operate") && offered.contains("approval"), "{offered}");
+        assert!(
+            offered.contains("operate") && offered.contains("approval"),
+            "{offered}"
+        );
         let reason = c.find(Locator::Css("#ask-reason")).await.unwrap();
         reason.send_keys("INC-88 from the page").await.unwrap();
         click(&c, "#request button").await;
         let said = wait_text(&c, "#toast", "the answer", |t| t.contains("Granted")).await;
-        assert!(said.contains("prod-db/observe") && said.contains("ramp-ca sign --grant"), "{said}");
-        wait_text(&c, "#active tbody", "her grant", |t| t.contains("INC-88 from the page")).await;
+        assert!(
+            said.contains("prod-db/observe") && said.contains("ramp-ca sign --grant"),
+            "{said}"
+        );
+        wait_text(&c, "#active tbody", "her grant", |t| {
+            t.contains("INC-88 from the page")
+        })
+        .await;
         let grants = json(&run_ok(&mut rig.ramp(ALICE, &["grants", "--json"])));
         assert_eq!(grants[0]["state"], "active", "{grants:#}");
         assert_eq!(grants[0]["reason"], "INC-88 from the page");
@@ -770,7 +779,9 @@ fn an_engineer_requests_access_on_the_page_and_reads_only_her_own_recordings() {
         // Her recordings, and nobody else's (the certificate from the grant she asked for).
         rig.sign(ALICE, &["--grant", grants[0]["id"].as_str().unwrap()]);
         run_ok(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "mine-on-the-page"]));
-        rig.wait_sessions("her session ended", |l| l.iter().any(|s| s["state"] == "ended"));
+        rig.wait_sessions("her session ended", |l| {
+            l.iter().any(|s| s["state"] == "ended")
+        });
         c.goto(&format!("{base}/ui/#recordings")).await.unwrap();
         let rows = wait_text(&c, "#recs tbody", "her recording", |t| t.contains("alice")).await;
         assert!(rows.contains("echo mine-on-the-page"), "{rows}");

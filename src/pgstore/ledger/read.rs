@@ -431,7 +431,12 @@ impl PgLedger {
     }
 
     /// Up to `limit` grant or session ids starting with `prefix` (an index range, not a scan).
-    pub async fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
+    pub async fn ids_starting(
+        &self,
+        sessions: bool,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         let sql = if sessions {
             "SELECT id FROM sessions WHERE id >= $1 AND starts_with(id, $1) ORDER BY id LIMIT $2"
         } else {

@@ -3,6 +3,7 @@
 
 mod audit;
 mod dashboard;
+mod extend;
 mod grants;
 mod hosts;
 mod login;
@@ -82,7 +83,12 @@ impl Fixture {
     }
 
     async fn state(&self, id: &str, now: DateTime<Utc>) -> State {
-        self.service.grant("carol", id, now).await.unwrap().grant.state
+        self.service
+            .grant("carol", id, now)
+            .await
+            .unwrap()
+            .grant
+            .state
     }
 
     /// A grant as the ledger holds it.

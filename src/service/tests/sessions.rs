@@ -85,23 +85,48 @@ async fn reviewers_read_every_recording_others_their_own_and_every_read_is_audit
     let all = SessionFilter::default();
     // Someone who does not review reads only their own: dave has none, and asking for
     // someone else's is refused.
-    assert!(svc.sessions("dave", all.clone(), at(5)).await.unwrap().is_empty());
+    assert!(svc
+        .sessions("dave", all.clone(), at(5))
+        .await
+        .unwrap()
+        .is_empty());
     let theirs = SessionFilter {
         user: Some("alice".into()),
         ..SessionFilter::default()
     };
-    let err = svc.sessions("dave", theirs.clone(), at(5)).await.unwrap_err();
+    let err = svc
+        .sessions("dave", theirs.clone(), at(5))
+        .await
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("reading recordings of `alice` takes ramp-admin or ramp-auditor"),
         "{err}"
     );
-    let err = svc.session("dave", "rec1", "show", at(5)).await.unwrap_err();
+    let err = svc
+        .session("dave", "rec1", "show", at(5))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("of someone else"), "{err}");
-    assert!(svc.grep("dave", &ask("secret"), at(5)).await.unwrap().hits.is_empty());
-    assert_eq!(f.audited("sessions-list").await.len(), 1, "refusals read nothing");
+    assert!(svc
+        .grep("dave", &ask("secret"), at(5))
+        .await
+        .unwrap()
+        .hits
+        .is_empty());
+    assert_eq!(
+        f.audited("sessions-list").await.len(),
+        1,
+        "refusals read nothing"
+    );
     // alice reads her own.
-    assert_eq!(svc.sessions("alice", all.clone(), at(5)).await.unwrap().len(), 2);
+    assert_eq!(
+        svc.sessions("alice", all.clone(), at(5))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(svc.session("alice", "rec1", "show", at(5)).await.is_ok());
 
     assert_eq!(

@@ -348,7 +348,11 @@ impl SledLedger {
     /// Up to `limit` grant ids (`grants`) or session ids starting with `prefix`: a walk of
     /// the keys after it, never the whole tree.
     pub fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
-        let tree = if sessions { &self.sessions } else { &self.grants };
+        let tree = if sessions {
+            &self.sessions
+        } else {
+            &self.grants
+        };
         let mut ids = Vec::new();
         for kv in tree.scan_prefix(prefix.as_bytes()).take(limit) {
             let (k, _) = kv?;
@@ -445,7 +449,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir.path().join("data"));
         let mut feed = store.feeds.subscribe_audit();
-        let ev = |why: &str| Entry::new("alice", "x", Denied { reason: why.into() });
+        let ev = |why: &str| {
+            Entry::new(
+                "alice",
+                "x",
+                Denied {
+                    reason: why.into(),
+                    extension: false,
+                },
+            )
+        };
         commit_now(&store, Change::audit(vec![ev("one"), ev("two")]));
         commit_now(&store, Change::audit(vec![ev("three")]));
         let seen: Vec<(u64, String)> = std::iter::from_fn(|| feed.try_recv().ok())
