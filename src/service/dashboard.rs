@@ -68,6 +68,24 @@ impl Service {
         for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
             match g.state_at(now) {
                 State::Active => {
+                    // An extension waiting for approvals is a request too.
+                    if let Some(e) = &g.extension {
+                        let already: Vec<String> =
+                            e.approvals.iter().map(|a| a.by.clone()).collect();
+                        let refusal = crate::domain::policy::approval_refusal(
+                            &p,
+                            &g.contract,
+                            &g.step,
+                            &g.user,
+                            user,
+                            &already,
+                        );
+                        pending.push(PendingRow {
+                            can_approve: refusal.is_none(),
+                            can_deny: super::access::may_deny(&p, user, g),
+                            grant: self.view(&p, g, now),
+                        });
+                    }
                     active.push(ActiveRow {
                         can_revoke: may_revoke(&p, user, &g.user),
                         grant: self.view(&p, g, now),
