@@ -352,6 +352,10 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     println!("ramp-ca: API on {scheme}://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
 
+    tokio::spawn(watch_oncall(
+        service.clone(),
+        dir.join("policies").join("oncall.yaml"),
+    ));
     let reloader = service.clone();
     let server_cert = tls.as_ref().map(|(_, cert)| cert.clone());
     tokio::spawn(async move {
@@ -709,5 +713,33 @@ mod tests {
             err.contains("webhooks[0].format: unknown variant `teams`") && err.contains("line 4"),
             "{err}"
         );
+    }
+}
+
+/// How often `oncall.yaml` is looked at for a change.
+const ONCALL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads the policies when `oncall.yaml` changes (its scheduler rewrites it at every
+/// hand-off): no signal or restart needed. A file with problems leaves the old policies in
+/// force, as a SIGHUP does.
+async fn watch_oncall(service: Arc<Service>, path: std::path::PathBuf) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(ONCALL_POLL);
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match service.reload_policies() {
+            Ok(()) => tracing::info!(file = %path.display(), "policies reloaded: oncall.yaml changed"),
+            Err(e) => tracing::error!("oncall.yaml changed but the policies were NOT reloaded, the old ones stay in force:\n{e}"),
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::wire::grants::{Outcome, RequestBody};
 
 /// The contracts `user` holds a requester role of, with their steps.
 fn requestable(p: &Policies, user: &str) -> Vec<Requestable> {
-    let roles = p.users.get(user).map(|u| u.roles.as_slice()).unwrap_or(&[]);
+    let roles = p.roles_of(user);
     p.contracts
         .values()
         .filter(|c| roles.iter().any(|r| c.requesters.contains(r)))
@@ -131,11 +131,7 @@ impl Service {
                 csrf: web.csrf.to_string(),
                 expires: web.expires,
                 reviewer,
-                roles: p
-                    .users
-                    .get(user)
-                    .map(|u| u.roles.clone())
-                    .unwrap_or_default(),
+                roles: p.roles_of(user),
                 user: user.to_string(),
             },
             now,

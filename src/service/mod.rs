@@ -253,12 +253,7 @@ impl Service {
 
     /// Who a signed request's key belongs to, with their roles.
     pub fn whoami(&self, user: &str, key: &PublicKey) -> Whoami {
-        let roles = self
-            .policies()
-            .users
-            .get(user)
-            .map(|u| u.roles.clone())
-            .unwrap_or_default();
+        let roles = self.policies().roles_of(user);
         Whoami {
             key: cert::fingerprint(key),
             roles,
