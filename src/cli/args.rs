@@ -406,6 +406,19 @@ pub enum StoreCommand {
         #[arg(long, env = "RAMP_STORE")]
         store: String,
     },
+    /// Copy an embedded installation's ledger (sled) into an empty PostgreSQL ledger, in one
+    /// transaction: grants, certificates, revocations, nonces, sessions, the audit chain
+    /// byte for byte, checkpoints; the serial sequence moves past every serial copied.
+    Copy {
+        /// The sled ledger: `sled` (DIR/data, the default), sled:///PATH, or a directory (an
+        /// installation holding data/, or data/ itself). Stop its `serve` first.
+        #[arg(long, value_name = "URL", default_value = "sled")]
+        from: String,
+        /// The empty PostgreSQL ledger: postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...]
+        /// (migrated first; one that holds anything is refused).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,7 @@
 mod chain;
 mod changes;
 pub mod checkpoints;
+pub mod copy;
 mod embedded;
 mod feeds;
 mod seals;

@@ -16,6 +16,7 @@ mod revocation;
 mod rig;
 mod signing;
 mod sshd_harness;
+mod store_copy;
 mod stores;
 mod support;
 mod tls;

@@ -17,6 +17,7 @@
 //! Every statement is bounded by the server's `statement_timeout` (set on every pooled
 //! connection) and, on this side, a little longer, for a network that went silent.
 
+mod import;
 mod read;
 mod write;
 
@@ -32,6 +33,7 @@ use tokio_postgres::Row;
 use super::{Pg, PgError, PoolSettings};
 use crate::store::{Feeds, StoreError};
 
+pub use self::import::import;
 pub use self::write::PgTx;
 pub(crate) use self::write::CHANNEL;
 
