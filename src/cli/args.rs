@@ -80,6 +80,10 @@ pub enum Command {
         /// [beats the config file's `store:`].
         #[arg(long, env = "RAMP_STORE", value_name = "URL")]
         store: Option<String>,
+        /// Where recordings are kept: DIR/data/recordings [default], or file:///PATH, a
+        /// directory every node mounts [beats the config file's `recordings:`].
+        #[arg(long, env = "RAMP_RECORDINGS", value_name = "URL")]
+        recordings: Option<String>,
         /// Serve the API and dashboard over HTTPS with this PEM certificate chain (the
         /// server's certificate first); needs --tls-key [config: `tls: {cert, key}`].
         #[arg(long, value_name = "F")]

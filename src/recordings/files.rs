@@ -37,6 +37,10 @@ type Result<T> = std::result::Result<T, RecordingError>;
 #[derive(Debug, Clone)]
 pub struct Recordings {
     dir: PathBuf,
+    /// When `dir` is shared by several nodes: this node's own directory (under its
+    /// `data/`) of one empty file per session it is recording, so that at start it seals
+    /// only what it left live itself, never another node's session.
+    mine: Option<PathBuf>,
 }
 
 impl Recordings {
@@ -51,7 +55,22 @@ impl Recordings {
         }
         Ok(Recordings {
             dir: dir.to_path_buf(),
+            mine: None,
         })
+    }
+
+    /// Opens a directory every node mounts (creating it if need be) and checks that this
+    /// node may write there; `mine` is this node's own directory of the sessions it records.
+    pub fn open_shared(dir: &Path, mine: &Path) -> Result<Recordings> {
+        let io = io_at(dir);
+        std::fs::create_dir_all(dir).map_err(&io)?;
+        let probe = dir.join(format!(".probe-{}", hex::encode(rand::random::<[u8; 6]>())));
+        std::fs::write(&probe, b"").map_err(io_at(&probe))?;
+        let _ = std::fs::remove_file(&probe);
+        let mut recordings = Recordings::open(mine)?;
+        recordings.mine = Some(recordings.dir);
+        recordings.dir = dir.to_path_buf();
+        Ok(recordings)
     }
 
     pub fn dir(&self) -> &Path {
@@ -74,6 +93,27 @@ impl Recordings {
         self.path(id).is_ok_and(|p| p.exists())
     }
 
+    /// Whether this node recorded session `id` (its file is here and, in a shared
+    /// directory, this node noted it as its own).
+    pub fn is_mine(&self, id: &str) -> bool {
+        match &self.mine {
+            None => self.has(id),
+            Some(mine) => self.path(id).is_ok() && mine.join(id).exists(),
+        }
+    }
+
+    /// Whether other nodes share the directory.
+    pub fn is_shared(&self) -> bool {
+        self.mine.is_some()
+    }
+
+    /// Forgets that this node recorded session `id`, once its end is in the ledger.
+    pub fn done(&self, id: &str) {
+        if let (Some(mine), Ok(_)) = (&self.mine, self.path(id)) {
+            let _ = std::fs::remove_file(mine.join(id));
+        }
+    }
+
     /// Bytes free for recordings on the file system that holds them.
     pub fn free_bytes(&self) -> Result<u64> {
         fs4::available_space(&self.dir).map_err(io_at(&self.dir))
@@ -82,6 +122,10 @@ impl Recordings {
     /// Starts a new, empty recording; an existing one is never overwritten.
     pub fn create(&self, id: &str) -> Result<RecordingFile> {
         let path = self.path(id)?;
+        if let Some(mine) = &self.mine {
+            let marker = mine.join(id);
+            std::fs::write(&marker, b"").map_err(io_at(&marker))?;
+        }
         let io = io_at(&path);
         let mut file = OpenOptions::new()
             .create_new(true)

@@ -1,5 +1,6 @@
-//! Session recordings, one home: how events are encoded ([`format`](mod@format)), the file each
-//! session's events go to and how it is sealed, checked and followed ([`files`]), the
+//! Session recordings, one home: how events are encoded ([`format`](mod@format)), where they
+//! are kept ([`place`]: this node's `data/recordings` or a directory every node mounts), the
+//! file each session's events go to and how it is sealed, checked and followed ([`files`]), the
 //! bastion's writer that records off the data path ([`writer`]), and what reviewers get out
 //! of them: exports and playback ([`export`]), search ([`search`]) and terminal screens for
 //! the browser ([`screen`]). A recording stores raw bytes as they crossed the channel:
@@ -11,6 +12,7 @@ pub mod files;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod format;
+pub mod place;
 pub mod screen;
 pub mod search;
 pub mod writer;

@@ -168,6 +168,16 @@ impl Service {
         Ok((meta, tail))
     }
 
+    /// Whether the ledger still says session `id` is live (on whichever node records it),
+    /// for a follower of a session recorded elsewhere; not audited (the follow was).
+    pub async fn session_is_live(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .session(id)
+            .await?
+            .is_some_and(|m| m.state == crate::domain::session::SessionState::Live))
+    }
+
     /// Starts a session's recording: its file exists and its metadata is on disk, and
     /// audited (`session-start`), before it returns.
     pub async fn start_recording(
@@ -207,6 +217,7 @@ impl Service {
     /// Writes sessions that ended with the `session-end` records that carry their seals,
     /// in one transaction, durably: each session's `sealed_in` names its record.
     pub async fn end_sessions(&self, ended: Vec<SessionMeta>, now: DateTime<Utc>) -> Result<()> {
+        let ids: Vec<String> = ended.iter().map(|m| m.id.clone()).collect();
         let mut change = Change::default();
         for (i, m) in ended.into_iter().enumerate() {
             let end = SessionEnded {
@@ -221,6 +232,7 @@ impl Service {
             change.ended.push((m, i));
         }
         self.commit(change, now).await?;
+        self.store.recordings_done(&ids);
         Ok(())
     }
 
@@ -230,6 +242,8 @@ impl Service {
         let found = self.store.interrupted().await?;
         let (change, sealed) = interrupted_change(found);
         self.commit(change, now).await?;
+        let ids: Vec<String> = sealed.iter().map(|m| m.id.clone()).collect();
+        self.store.recordings_done(&ids);
         Ok(sealed)
     }
 

@@ -7,7 +7,8 @@
 //! Every change commits with its audit records in one transaction ([`Ledger::commit`], or
 //! [`GrantChanges::commit`] for a change that read what it decides on), and nobody sees an
 //! answer before it is durable: sled's group commit, PostgreSQL's commit. Recordings are
-//! files under `DIR/data/recordings` with either engine (see [`crate::recordings::files`]);
+//! files under `DIR/data/recordings`, or in a directory every node mounts, with either
+//! engine (see [`crate::recordings::files`] and [`crate::recordings::place`]);
 //! a finished recording's seal is also in the audit record that ends its session (see
 //! `seals`). Signed checkpoints of the chain are files in `DIR/data/checkpoints`, see
 //! [`checkpoints`]. Committed changes are announced through [`Feeds`].
@@ -32,6 +33,7 @@ use crate::domain::grant::{Grant, Revocation};
 use crate::domain::session::SessionMeta;
 use crate::pgstore::{PgLedger, PoolSettings};
 use crate::recordings::files::{RecordingError, RecordingFile, Recordings, Tail};
+use crate::recordings::place::Place;
 
 pub use self::chain::{AuditReport, Walk};
 pub use self::changes::GrantChanges;
@@ -205,7 +207,7 @@ enum Engine {
 pub struct Ledger {
     /// Where the records are.
     engine: Engine,
-    /// One file of events per session, in `DIR/data/recordings`.
+    /// One file of events per session, in `DIR/data/recordings` or a shared directory.
     recordings: Recordings,
     /// Signed checkpoints of the audit chain, one file each, in `DIR/data/checkpoints`.
     checkpoints: Arc<Checkpoints>,
@@ -237,6 +239,12 @@ impl Ledger {
     /// Opens (or creates) the ledger at `location`, with its files under `data` (created
     /// owner-only: the ledger and recordings hold reasons, commands and who went where).
     pub async fn open(data: &Path, location: &Location) -> Result<Ledger> {
+        Ledger::open_with(data, location, &Place::Local).await
+    }
+
+    /// [`Ledger::open`] with the recordings at `recordings` (a directory every node mounts,
+    /// or this node's `data/recordings`).
+    pub async fn open_with(data: &Path, location: &Location, recordings: &Place) -> Result<Ledger> {
         let private = |source: std::io::Error| StoreError::Open {
             path: data.display().to_string(),
             source: sled::Error::Io(source),
@@ -261,7 +269,10 @@ impl Ledger {
         };
         Ok(Ledger {
             engine,
-            recordings: Recordings::open(&data.join("recordings"))?,
+            recordings: match recordings {
+                Place::Local => Recordings::open(&data.join("recordings"))?,
+                Place::Shared(dir) => Recordings::open_shared(dir, &data.join("recordings-mine"))?,
+            },
             checkpoints: Arc::new(Checkpoints::open(&data.join("checkpoints"))?),
             feeds,
         })
@@ -456,6 +467,21 @@ impl Ledger {
         }
     }
 
+    /// Sessions the ledger says are live, on any node sharing it, oldest first.
+    pub async fn live_sessions(&self) -> Result<Vec<SessionMeta>> {
+        match &self.engine {
+            Engine::Sled(s) => {
+                blocking(s, |s| {
+                    let mut all = s.sessions()?;
+                    all.retain(|m| m.state == crate::domain::session::SessionState::Live);
+                    Ok(all)
+                })
+                .await
+            }
+            Engine::Postgres(p) => p.live_sessions().await,
+        }
+    }
+
     /// Records a signed request's nonce; false when it was seen before (a replay).
     pub async fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
         match &self.engine {
@@ -499,6 +525,20 @@ impl Ledger {
     /// Starts the recording file of session `id`; an existing one is never overwritten.
     pub fn create_recording(&self, id: &str) -> Result<RecordingFile> {
         Ok(self.recordings.create(id)?)
+    }
+
+    /// Whether the recordings are in a directory other nodes share (so this node can read,
+    /// and follow, the sessions other nodes record).
+    pub fn recordings_shared(&self) -> bool {
+        self.recordings.is_shared()
+    }
+
+    /// Notes that these sessions' ends are in the ledger: this node no longer answers for
+    /// their recordings (see [`Recordings::is_mine`]).
+    pub fn recordings_done(&self, ids: &[String]) {
+        for id in ids {
+            self.recordings.done(id);
+        }
     }
 
     /// Follows the recording of session `id` as it is written.

@@ -31,8 +31,9 @@ impl Ledger {
     /// chain already ended is not sealed again (its metadata was set back to `live`): its
     /// seal is taken back from the chain, so a changed recording is still found. Finished
     /// sessions that name no end record (from older versions) are linked to theirs, so
-    /// reads need not search the chain. With a shared ledger, a live session whose recording
-    /// is not in this node's directory is another node's and is left alone. The chain's end
+    /// reads need not search the chain. With a shared ledger, a live session this node did not
+    /// record (its recording is not in this node's directory, or, in a directory nodes share,
+    /// not noted as this node's) is another node's and is left alone. The chain's end
     /// records are read only when there is something to look at.
     pub async fn interrupted(&self) -> Result<Interrupted> {
         let (live, unlinked) = to_look_at(self.sessions().await?);
@@ -55,8 +56,8 @@ impl Ledger {
             if let Some(end) = ends.of(&s.id).first() {
                 tracing::error!(session = %s.id, record = end.seq, "the ledger says this session is live but the audit chain ended it; its metadata was altered");
                 out.repaired.push(seals::restore_from(s, end));
-            } else if self.is_shared() && !self.recordings.has(&s.id) {
-                tracing::debug!(session = %s.id, "live on another node (its recording is not here)");
+            } else if self.is_shared() && !self.recordings.is_mine(&s.id) {
+                tracing::debug!(session = %s.id, "live on another node (this node did not record it)");
             } else {
                 to_seal.push(s);
             }

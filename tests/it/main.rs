@@ -14,6 +14,7 @@ mod pg_store;
 mod postgres;
 mod revocation;
 mod rig;
+mod shared_recordings;
 mod signing;
 mod sshd_harness;
 mod store_copy;

@@ -47,9 +47,14 @@ pub(crate) fn rig_with(flags: &[&str]) -> Rig {
 /// [`rig`] with its ledger in PostgreSQL whatever the run says, for nodes that share it
 /// (see [`TestDir::another_node`]).
 pub(crate) fn rig_on_postgres() -> Rig {
+    rig_on_postgres_with(&[])
+}
+
+/// [`rig_on_postgres`] with more `serve` flags.
+pub(crate) fn rig_on_postgres_with(flags: &[&str]) -> Rig {
     let dir = TestDir::new();
     dir.use_postgres();
-    rig_in(dir, &[])
+    rig_in(dir, flags)
 }
 
 fn rig_in(dir: TestDir, flags: &[&str]) -> Rig {
