@@ -111,7 +111,7 @@ fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
     let followed = rt.block_on(async {
         let cookie = web_login(&a_dir, &a, BOB).await;
         let ids = live_ids(&a, &cookie, |ids| !ids.is_empty()).await;
-        assert_eq!(ids, [id.clone()], "A's dashboard lists B's live session");
+        assert_eq!(ids, std::slice::from_ref(&id), "A's dashboard lists B's live session");
         // Watch on A: frames from B's recording as it is written, then the end.
         let mut follow = reqwest::Client::new()
             .get(format!("{}/ui/api/recordings/{id}/follow", a.url))
