@@ -365,6 +365,7 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let uploads = service.upload_recordings().await;
     let recorders = crate::recordings::writer::Recorders::new(service.clone(), min_free);
     let dashboard = crate::dashboard::Dashboard::new(
         service.clone(),
@@ -389,6 +390,10 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         Ok(Err(e)) => tracing::error!(error = %e, "bastion failed"),
         Err(e) => tracing::error!(error = %e, "bastion task failed"),
         Ok(Ok(())) => {}
+    }
+    // After the bastion wrote its sessions' ends: their recordings go out (bounded).
+    if let Some(uploads) = uploads {
+        uploads.stop().await;
     }
     // After the bastion wrote its sessions' ends, before the webhooks stop: the last
     // checkpoint covers the stop and goes out.

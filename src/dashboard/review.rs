@@ -33,6 +33,9 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// How often a follower of a session recorded on another node asks the ledger whether it
 /// is still live.
 const REMOTE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a follower of a session in object storage waits, once it ended, for its sealed
+/// recording (its last output) to be uploaded before saying it ended.
+const REMOTE_SEAL_WAIT: Duration = Duration::from_secs(15);
 
 pub(super) fn routes() -> Router<App> {
     Router::new()
@@ -166,6 +169,8 @@ struct Following {
     remote: bool,
     /// When the ledger was last asked.
     asked: std::time::Instant,
+    /// When the ledger first said the session ended.
+    ended_at: Option<std::time::Instant>,
 }
 
 impl Following {
@@ -210,6 +215,7 @@ async fn follow(
         first: true,
         done: false,
         asked: std::time::Instant::now(),
+        ended_at: None,
     };
     let events = futures_util::stream::unfold(state, move |mut f| {
         let s = s.clone();
@@ -231,7 +237,7 @@ async fn follow(
                     return None;
                 }
                 let still_live = f.still_live().await;
-                let bytes = f.tail.read_new().unwrap_or_default();
+                let bytes = f.tail.read_new().await.unwrap_or_default();
                 if let Ok(events) = decode_events(&bytes) {
                     for e in &events {
                         f.term.feed(e);
@@ -243,7 +249,14 @@ async fn follow(
                     let ev = SseEvent::default().event("frame").data(data);
                     return Some((Ok(ev), f));
                 }
-                if !still_live {
+                // From object storage, the end waits for the sealed upload (its last output),
+                // at most REMOTE_SEAL_WAIT.
+                let waited = f.ended_at.is_some_and(|t| t.elapsed() > REMOTE_SEAL_WAIT);
+                let sealed = f.tail.complete() || waited;
+                if !still_live && !sealed {
+                    f.ended_at.get_or_insert_with(std::time::Instant::now);
+                }
+                if !still_live && sealed {
                     f.done = true;
                     let ev = SseEvent::default().event("end").data("{}");
                     return Some((Ok(ev), f));

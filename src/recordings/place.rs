@@ -1,6 +1,7 @@
 //! Where recordings are kept (`serve --recordings URL`, config `recordings:`, env
-//! `RAMP_RECORDINGS`): this node's `DIR/data/recordings` (the default), or a directory
-//! every node mounts (`file:///PATH`), so any node reads every session's recording.
+//! `RAMP_RECORDINGS`): this node's `DIR/data/recordings` (the default), a directory every
+//! node mounts (`file:///PATH`), or object storage (`s3://BUCKET/PREFIX`), so that any node
+//! reads every session's recording.
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +14,16 @@ pub enum Place {
     /// A directory every node mounts (NFS, a cluster file system): each node writes the
     /// sessions it records there and reads everyone's.
     Shared(PathBuf),
+    /// Object storage (`s3://BUCKET/PREFIX`): each node spools what it records under its
+    /// `data/recordings` and uploads it (see [`super::remote`]).
+    Object(String),
 }
 
 impl Place {
     /// What `--recordings` (or `recordings:`, or `RAMP_RECORDINGS`) says: nothing (or
     /// `local`) for `DIR/data/recordings`; `file:///PATH` (or an absolute path) for a shared
-    /// directory. Object storage is refused by name, saying what is possible.
+    /// directory; `s3://BUCKET/PREFIX` for object storage (other object stores are refused
+    /// by name, saying what is possible).
     pub fn parse(text: Option<&str>) -> Result<Place, String> {
         let text = match text.map(str::trim) {
             None | Some("") | Some("local") => return Ok(Place::Local),
@@ -31,15 +36,23 @@ impl Place {
                 ));
             }
             rest
-        } else if let Some((scheme, _)) = text.split_once("://") {
-            let known = ["s3", "gs", "az", "abfs", "abfss", "azure", "http", "https"];
+        } else if let Some((scheme, rest)) = text.split_once("://") {
+            if scheme == "s3" {
+                if rest.split('/').next().is_none_or(str::is_empty) {
+                    return Err(format!(
+                        "--recordings `{text}`: names no bucket (s3://BUCKET/PREFIX)"
+                    ));
+                }
+                return Ok(Place::Object(text.to_string()));
+            }
+            let known = ["gs", "az", "abfs", "abfss", "azure", "http", "https"];
             let why = if known.contains(&scheme) {
-                "object storage is not supported by this build yet"
+                "this object store is not supported (s3:// and S3-compatible servers are)"
             } else {
                 "unknown scheme"
             };
             return Err(format!(
-                "--recordings `{text}`: {why}: give file:///PATH (a directory every node mounts), or leave it out for DIR/data/recordings"
+                "--recordings `{text}`: {why}: give file:///PATH (a directory every node mounts), s3://BUCKET/PREFIX, or leave it out for DIR/data/recordings"
             ));
         } else if text.starts_with('/') {
             text
@@ -54,7 +67,7 @@ impl Place {
     /// The directory recordings are written to, for an installation whose data is `data`.
     pub fn dir(&self, data: &Path) -> PathBuf {
         match self {
-            Place::Local => data.join("recordings"),
+            Place::Local | Place::Object(_) => data.join("recordings"),
             Place::Shared(dir) => dir.clone(),
         }
     }
@@ -64,6 +77,7 @@ impl Place {
         match self {
             Place::Local => "DIR/data/recordings".into(),
             Place::Shared(dir) => format!("file://{}", dir.display()),
+            Place::Object(url) => url.clone(),
         }
     }
 }
@@ -91,7 +105,12 @@ mod tests {
         check(Some("file://srv/rec"), Err("names an absolute path"));
         check(
             Some("s3://bucket/prefix"),
-            Err("object storage is not supported"),
+            Ok(Place::Object("s3://bucket/prefix".into())),
+        );
+        check(Some("s3:///prefix"), Err("names no bucket"));
+        check(
+            Some("gs://bucket/prefix"),
+            Err("this object store is not supported"),
         );
         check(Some("ftp://x/y"), Err("unknown scheme"));
         check(Some("recordings"), Err("not a URL"));

@@ -247,6 +247,23 @@ impl Service {
         Ok(sealed)
     }
 
+    /// With object storage, starts the task that uploads this node's recordings (after
+    /// queueing what a previous run left in the spool); `None` otherwise.
+    pub async fn upload_recordings(&self) -> Option<crate::recordings::upload::Uploader> {
+        let recordings = self.store.uploaded_recordings()?;
+        match self.store.queue_finished_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                recordings = n,
+                "finished recordings left in the spool, queued for upload"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which recordings in the spool are finished; they upload at the next start")
+            }
+        }
+        crate::recordings::upload::Uploader::start(recordings, self.metrics.clone())
+    }
+
     /// Bytes free on the recording disk, and where the recordings are.
     pub fn recording_space(&self) -> Result<(u64, PathBuf)> {
         let (free, dir) = self.store.recording_space()?;

@@ -34,6 +34,7 @@ use crate::domain::session::SessionMeta;
 use crate::pgstore::{PgLedger, PoolSettings};
 use crate::recordings::files::{RecordingError, RecordingFile, Recordings, Tail};
 use crate::recordings::place::Place;
+use crate::recordings::remote::Remote;
 
 pub use self::chain::{AuditReport, Walk};
 pub use self::changes::GrantChanges;
@@ -272,6 +273,11 @@ impl Ledger {
             recordings: match recordings {
                 Place::Local => Recordings::open(&data.join("recordings"))?,
                 Place::Shared(dir) => Recordings::open_shared(dir, &data.join("recordings-mine"))?,
+                Place::Object(url) => Recordings::open_remote(
+                    &data.join("recordings"),
+                    Arc::new(Remote::open(url).await?),
+                    &data.join("recordings-upload"),
+                )?,
             },
             checkpoints: Arc::new(Checkpoints::open(&data.join("checkpoints"))?),
             feeds,
@@ -531,6 +537,34 @@ impl Ledger {
     /// and follow, the sessions other nodes record).
     pub fn recordings_shared(&self) -> bool {
         self.recordings.is_shared()
+    }
+
+    /// The recordings, when they go to object storage: for the task that uploads them.
+    pub fn uploaded_recordings(&self) -> Option<Recordings> {
+        self.recordings.remote().map(|_| self.recordings.clone())
+    }
+
+    /// With object storage: queues for upload every recording in this node's spool whose
+    /// session the ledger no longer says is live (ended before a crash took its queue
+    /// entry, or before this node uploaded its recordings); how many.
+    pub async fn queue_finished_uploads(&self) -> Result<usize> {
+        if self.recordings.remote().is_none() {
+            return Ok(0);
+        }
+        let live: std::collections::HashSet<String> = self
+            .live_sessions()
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        let mut queued = 0;
+        for s in self.sessions().await? {
+            if !live.contains(&s.id) && self.recordings.has(&s.id) {
+                self.recordings.done(&s.id);
+                queued += 1;
+            }
+        }
+        Ok(queued)
     }
 
     /// Notes that these sessions' ends are in the ledger: this node no longer answers for

@@ -10,6 +10,7 @@ mod dashboard;
 mod init_policy;
 mod nodes;
 mod notify;
+mod object_recordings;
 mod pg_store;
 mod postgres;
 mod revocation;

@@ -12,7 +12,7 @@ use crate::support::{ramp, run_ok, TestDir};
 use crate::{json, Daemon, ALICE, BOB};
 
 /// A dashboard login for `key` on node `d`: the session cookie from a one-time link.
-async fn web_login(dir: &TestDir, d: &Daemon, key: &str) -> String {
+pub(crate) async fn web_login(dir: &TestDir, d: &Daemon, key: &str) -> String {
     let link = json(&run_ok(&mut d.cmd(dir, key, &["dashboard", "--json"])));
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -34,7 +34,11 @@ async fn web_login(dir: &TestDir, d: &Daemon, key: &str) -> String {
 }
 
 /// What the node's dashboard lists as live, by session id, polled (bounded) until `done`.
-async fn live_ids(d: &Daemon, cookie: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+pub(crate) async fn live_ids(
+    d: &Daemon,
+    cookie: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let state: serde_json::Value = reqwest::Client::new()
@@ -58,6 +62,38 @@ async fn live_ids(d: &Daemon, cookie: &str, done: impl Fn(&[String]) -> bool) ->
         assert!(Instant::now() < deadline, "{state:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Follows session `id` on node `d`'s dashboard (Watch) until its `end` event: what came.
+pub(crate) async fn follow_to_end(d: &Daemon, cookie: &str, id: &str) -> String {
+    let mut follow = reqwest::Client::new()
+        .get(format!("{}/ui/api/recordings/{id}/follow", d.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
+    let (mut seen, since) = (String::new(), Instant::now());
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(20), follow.chunk())
+        .await
+        .unwrap()
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains("event: end") {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "{seen}");
+    }
+    seen
+}
+
+/// What a followed session's frames must show: `first`, then `later`, then the end.
+pub(crate) fn followed_in_order(followed: &str, first: &str, later: &str) {
+    let a = followed.find(first).expect("the first output, followed");
+    let b = followed
+        .find(later)
+        .expect("output written later, followed");
+    assert!(a < b && followed.contains("event: end"), "{followed}");
 }
 
 #[test]
@@ -111,39 +147,17 @@ fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
     let followed = rt.block_on(async {
         let cookie = web_login(&a_dir, &a, BOB).await;
         let ids = live_ids(&a, &cookie, |ids| !ids.is_empty()).await;
-        assert_eq!(ids, std::slice::from_ref(&id), "A's dashboard lists B's live session");
+        assert_eq!(
+            ids,
+            std::slice::from_ref(&id),
+            "A's dashboard lists B's live session"
+        );
         // Watch on A: frames from B's recording as it is written, then the end.
-        let mut follow = reqwest::Client::new()
-            .get(format!("{}/ui/api/recordings/{id}/follow", a.url))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(follow.status(), 200);
-        let (mut seen, since) = (String::new(), Instant::now());
-        while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(20), follow.chunk())
-            .await
-            .unwrap()
-        {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            if seen.contains("event: end") {
-                break;
-            }
-            assert!(since.elapsed() < Duration::from_secs(20), "{seen}");
-        }
+        let seen = follow_to_end(&a, &cookie, &id).await;
         live_ids(&a, &cookie, |ids| ids.is_empty()).await;
         seen
     });
-    let started = followed
-        .find("started")
-        .expect("the first output, followed");
-    let later = followed
-        .find("watched-from-a")
-        .expect("output written later, followed");
-    assert!(
-        started < later && followed.contains("event: end"),
-        "{followed}"
-    );
+    followed_in_order(&followed, "started", "watched-from-a");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     rig.wait_sessions("the end", |l| l[0]["state"] == "ended");
