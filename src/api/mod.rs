@@ -23,7 +23,7 @@ use crate::wire::grants::{
     GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation, RevokeBody,
     SignHostBody,
 };
-use crate::wire::sessions::{self, GrepBody, Hit, SessionBody, SessionQuery};
+use crate::wire::sessions::{self, GrepBody, SessionBody, SessionQuery};
 use crate::wire::{self as routes};
 
 pub use self::caller::{ApiError, Caller};
@@ -56,6 +56,7 @@ pub fn router(app: App) -> Router {
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
         .route(routes::SESSION, get(session))
+        .route(routes::SESSION_END, post(end_session))
         .with_state(app)
 }
 
@@ -135,8 +136,15 @@ async fn deny(
 
 async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let body: RevokeBody = caller.json()?;
-    let out = app.revoke(&caller.user, &body, Utc::now()).await?;
-    Ok(Json(Revocation::from(out)).into_response())
+    let (out, cascade) = app
+        .revoke_cascading(&caller.user, &body, body.dry_run, Utc::now())
+        .await?;
+    let answer = Revocation {
+        cascade: Some((&cascade).into()),
+        dry_run: body.dry_run,
+        ..Revocation::from(out)
+    };
+    Ok(Json(answer).into_response())
 }
 
 async fn krl(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {
@@ -215,11 +223,20 @@ async fn session(
     Ok(Json(body).into_response())
 }
 
+async fn end_session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let body: ReasonBody = caller.json()?;
+    let out = app
+        .stop_session(&caller.user, &id, &body.reason, Utc::now())
+        .await?;
+    Ok(Json(Revocation::from(out)).into_response())
+}
+
 async fn grep(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let body: GrepBody = caller.json()?;
-    let out = app
-        .grep(&caller.user, &body.pattern, body.filter.into(), Utc::now())
-        .await?;
-    let out: Vec<Hit> = out.into_iter().map(Hit::from).collect();
-    Ok(Json(out).into_response())
+    let out = app.grep(&caller.user, &body, Utc::now()).await?;
+    Ok(Json(sessions::Grepped::from(out)).into_response())
 }

@@ -38,6 +38,12 @@ async fn refuse(bastion: &Bastion, attempt: Attempt<'_>, refusal: &Refusal) {
     }
 }
 
+fn publickey_only() -> MethodSet {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    methods
+}
+
 /// One client connection.
 pub struct ConnHandler {
     ctx: Arc<Bastion>,
@@ -58,6 +64,10 @@ pub struct ConnHandler {
     /// A certificate this connection offered was refused: that refusal says why, so the plain
     /// key offered beside it adds nothing.
     certificate_refused: bool,
+    /// Why this connection's login was refused, told to the client through a
+    /// keyboard-interactive round with no prompts (OpenSSH prints its instruction text):
+    /// set only when the attempt proved a key this CA knows.
+    notice: Option<String>,
     /// Dropped with the connection, which tells its watchdog to stop.
     _alive: tokio::sync::oneshot::Sender<()>,
     /// The watchdog's end of `_alive`, until it starts.
@@ -140,6 +150,7 @@ impl ConnHandler {
             stop,
             plain_key_tried: None,
             certificate_refused: false,
+            notice: None,
         }
     }
 
@@ -240,6 +251,19 @@ impl ConnHandler {
         Some((login, permit, reply))
     }
 
+    /// The answer to a refused key: when there is a refusal to tell, keyboard-interactive
+    /// joins the methods, so the client comes back for it once its keys are tried.
+    fn refused(&self) -> Auth {
+        let mut methods = publickey_only();
+        if self.notice.is_some() {
+            methods.push(MethodKind::KeyboardInteractive);
+        }
+        Auth::Reject {
+            proceed_with_methods: Some(methods),
+            partial_success: false,
+        }
+    }
+
     /// Starts the connection's watchdog (see [`Watchdog`]), once.
     fn watch_expiry(&mut self, login: Arc<Login>, handle: server::Handle) {
         let Some(gone) = self.gone.take() else {
@@ -262,10 +286,8 @@ impl server::Handler for ConnHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        let mut methods = MethodSet::empty();
-        methods.push(MethodKind::PublicKey);
         Ok(Auth::Reject {
-            proceed_with_methods: Some(methods),
+            proceed_with_methods: Some(publickey_only()),
             partial_success: false,
         })
     }
@@ -286,7 +308,38 @@ impl server::Handler for ConnHandler {
     ) -> Result<Auth, Self::Error> {
         tracing::info!(peer = %self.peer, login = %user, "plain key refused");
         self.plain_key_tried = Some((user.to_string(), key.public_key.clone()));
-        Ok(Auth::reject())
+        if self.notice.is_none() {
+            let service = &self.ctx.service;
+            let (refusal, owner) = service.unusable_key(key.public_key, Utc::now()).await;
+            let attempt = Attempt {
+                login_name: user,
+                peer: self.peer,
+                cert: None,
+                owner: owner.as_deref(),
+            };
+            self.notice = service.refusal_notice(attempt, &refusal);
+        }
+        Ok(self.refused())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        // Offered only to tell a refusal: one round with no prompts, then publickey again.
+        match (response, self.notice.take()) {
+            (None, Some(notice)) => Ok(Auth::Partial {
+                name: "".into(),
+                instructions: notice.into(),
+                prompts: Vec::new().into(),
+            }),
+            _ => Ok(Auth::Reject {
+                proceed_with_methods: Some(publickey_only()),
+                partial_success: false,
+            }),
+        }
     }
 
     async fn auth_openssh_certificate(
@@ -310,7 +363,8 @@ impl server::Handler for ConnHandler {
                     };
                     refuse(&self.ctx, attempt(Some(&login.user)), &busy).await;
                     self.certificate_refused = true;
-                    return Ok(Auth::reject());
+                    self.notice = service.refusal_notice(attempt(Some(&login.user)), &busy);
+                    return Ok(self.refused());
                 }
                 tracing::info!(user = %login.user, principal = %login.principal, target = %login.target.name, peer = %self.peer, "login");
                 if let Err(e) = service.logged_in(&login, Utc::now()).await {
@@ -323,7 +377,8 @@ impl server::Handler for ConnHandler {
                 let owner = service.key_owner(&PublicKey::from(cert.public_key().clone()));
                 refuse(&self.ctx, attempt(owner.as_deref()), &refusal).await;
                 self.certificate_refused = true;
-                Ok(Auth::reject())
+                self.notice = service.refusal_notice(attempt(owner.as_deref()), &refusal);
+                Ok(self.refused())
             }
         }
     }
@@ -354,7 +409,7 @@ impl server::Handler for ConnHandler {
         let (answers_tx, answers) = tokio::sync::mpsc::channel(4);
         self.answers.insert(channel.id(), answers);
         let (ctx, handle) = (self.ctx.clone(), session.handle());
-        let (cutoff, warning) = (self.cutoff.subscribe(), self.warning.subscribe());
+        let (cutoff, warning) = (self.cutoff.clone(), self.warning.subscribe());
         let budgets = self.budgets.clone();
         tokio::spawn(async move {
             proxy::session(
@@ -422,6 +477,7 @@ impl server::Handler for ConnHandler {
         let meta = login.session_meta(id, "direct-tcpip", Some(dest), None, Utc::now());
         match self.ctx.recorders.start(meta).await {
             Ok(rec) => {
+                rec.ends_with(self.cutoff.clone());
                 reply.accept().await;
                 let cutoff = self.cutoff.subscribe();
                 let budgets = self.budgets.clone();

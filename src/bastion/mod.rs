@@ -152,12 +152,36 @@ pub async fn run(
         users: std::sync::Mutex::new(std::collections::HashMap::new()),
         settings,
     });
+    tokio::spawn(act_on_stop_orders(bastion.clone(), stop_rx.clone()));
     accept(&listener, &bastion, config, &stop_rx, shutdown).await;
     let _ = stop_tx.send(true);
     drain(&bastion).await;
     let _ = flush_stop_tx.send(true);
     let _ = flusher.await;
     Ok(())
+}
+
+/// Ends the sessions someone ended (`sessions end`, the dashboard) that run here: the
+/// orders travel as revocations, so this wakes on every revocation, from any node, and
+/// whenever news may have been missed.
+async fn act_on_stop_orders(bastion: Arc<Bastion>, mut stop: watch::Receiver<bool>) {
+    let mut news = bastion.service.revocations();
+    loop {
+        tokio::select! {
+            changed = news.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let orders = match bastion.service.stop_orders(Utc::now()).await {
+            Ok(orders) => orders,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the orders to end sessions");
+                continue;
+            }
+        };
+        for order in orders {
+            bastion.recorders.stop(&order.session, order.told);
+        }
+    }
 }
 
 /// Seals and audits (`session-interrupted`) the sessions a crash left live.

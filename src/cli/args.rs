@@ -180,6 +180,9 @@ pub enum Command {
         /// Why (audited, and told to the user whose sessions it ends).
         #[arg(long)]
         reason: Option<String>,
+        /// Only say what it would reach (grants ended or shortened, live sessions cut).
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -293,10 +296,28 @@ pub enum SessionsCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Search recordings' input and output for a text.
+    /// End a live session now, saying why (ramp-admin, a role that may approve its step, or
+    /// its own user). Its user's terminal shows who ended it and why; audited.
+    End {
+        /// The session's id (from `sessions list`).
+        id: String,
+        /// Why: audited, and shown in the user's terminal.
+        #[arg(long, required = true)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Search recordings' input, output and exec command lines for a text.
     Grep {
-        /// The text to find in what was typed and printed (ANSI stripped).
+        /// The text to find in what was typed and printed (ANSI stripped), and in exec
+        /// commands.
         pattern: String,
+        /// Match regardless of case.
+        #[arg(short = 'i', long)]
+        ignore_case: bool,
+        /// PATTERN is a regular expression (Rust regex syntax, linear time).
+        #[arg(long)]
+        regex: bool,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
@@ -459,6 +480,7 @@ impl Command {
                 | SessionsCommand::Show { client, .. }
                 | SessionsCommand::Play { client, .. }
                 | SessionsCommand::Export { client, .. }
+                | SessionsCommand::End { client, .. }
                 | SessionsCommand::Grep { client, .. },
             ) => Some(client),
             Command::Init { .. }

@@ -14,6 +14,7 @@ use crate::client::Client;
 use crate::domain::grant::State;
 use crate::domain::policy;
 use crate::install::keys;
+use crate::shown::Shown;
 use crate::wire::dashboard::LinkBody;
 use crate::wire::grants::{
     GrantView, HostCertificate, Outcome, ReasonBody, RequestBody, Revocation, RevokeBody,
@@ -147,15 +148,60 @@ pub(super) async fn revoke(opts: &ClientOpts, body: RevokeBody) -> Result {
     let out: Revocation = client
         .call(Method::POST, routes::REVOKE, Some(&body))
         .await?;
-    emit(opts, &out, || {
-        format!(
-            "revoked {} certificate(s) {:?} and {} grant(s) {:?}\nship the new KRL to targets: ramp-ca krl\n",
-            out.serials.len(),
-            out.serials,
-            out.grants.len(),
-            out.grants
-        )
-    })
+    emit(opts, &out, || revocation_text(&out))
+}
+
+/// What a revocation did (or, dry, would do): certificates, grants ended and shortened, and
+/// live sessions cut.
+fn revocation_text(out: &Revocation) -> String {
+    let (done, will) = if out.dry_run {
+        ("would revoke", "would ")
+    } else {
+        ("revoked", "")
+    };
+    let mut text = format!(
+        "{done} {} certificate(s) {:?} and {} grant(s)\n",
+        out.serials.len(),
+        out.serials,
+        out.grants.len(),
+    );
+    let cascade = out.cascade.clone().unwrap_or_default();
+    for g in &cascade.ended {
+        text += &format!(
+            "  {will}end grant {} ({}'s {}/{})\n",
+            g.id,
+            Shown(&g.user),
+            Shown(&g.contract),
+            Shown(&g.step)
+        );
+    }
+    for g in &cascade.shortened {
+        let end = g
+            .end
+            .map(|e| e.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        text += &format!(
+            "  {will}shorten grant {} ({}/{}) to end {end}\n",
+            g.id,
+            Shown(&g.contract),
+            Shown(&g.step)
+        );
+    }
+    for s in &cascade.sessions {
+        text += &format!(
+            "  {will}cut live session {} ({} on {}@{})\n",
+            s.id,
+            Shown(&s.user),
+            Shown(&s.principal),
+            Shown(&s.target)
+        );
+    }
+    if out.dry_run {
+        text += "nothing changed: run it again without --dry-run to revoke\n";
+    } else {
+        text += "ship the new KRL to targets: ramp-ca krl\n";
+    }
+    text
 }
 
 /// `krl`: the daemon's KRL, written to `to`.

@@ -135,6 +135,7 @@ pub async fn run(cli: Cli) -> Result {
             grant,
             user,
             reason,
+            dry_run,
             client,
         } => {
             let body = crate::wire::grants::RevokeBody {
@@ -142,6 +143,7 @@ pub async fn run(cli: Cli) -> Result {
                 grant,
                 user,
                 reason,
+                dry_run,
             };
             grants::revoke(&client, body).await
         }

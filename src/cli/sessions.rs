@@ -13,7 +13,7 @@ use crate::domain::session::SessionMeta;
 use crate::recordings::export;
 use crate::recordings::format::{decode_events, Event};
 use crate::shown::Shown;
-use crate::wire::sessions::{GrepBody, Hit, Session, SessionBody, SessionFilter};
+use crate::wire::sessions::{GrepBody, Grepped, Hit, Session, SessionBody, SessionFilter};
 use crate::wire::{self as routes, path};
 
 impl FilterArgs {
@@ -54,6 +54,28 @@ async fn fetch_session(
         .map_err(|e| bad(e.to_string()))?;
     let events = decode_events(&raw).map_err(|e| bad(e.to_string()))?;
     Ok((body.session.into(), events))
+}
+
+/// Hits as lines: session, time, where the line was, the line.
+fn grep_text(hits: &[Hit]) -> String {
+    let mut out = String::new();
+    for h in hits {
+        let stream = match h.stream.as_str() {
+            "input" => "typed",
+            "command" => "command",
+            _ => "output",
+        };
+        out.push_str(&format!(
+            "{} +{:.1}s {stream}: {}\n",
+            Shown(&h.session),
+            h.at_ms as f64 / 1000.0,
+            Shown(&h.line)
+        ));
+    }
+    if hits.is_empty() {
+        out.push_str("no matches\n");
+    }
+    out
 }
 
 pub(super) async fn run(cmd: SessionsCommand) -> Result {
@@ -131,34 +153,52 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
                 }
             }
         }
+        SessionsCommand::End {
+            id,
+            reason,
+            client: opts,
+        } => {
+            let client = connect(&opts).await?;
+            let body = crate::wire::grants::ReasonBody { reason };
+            let out: crate::wire::grants::Revocation = client
+                .call(Method::POST, &path(routes::SESSION_END, &id), Some(&body))
+                .await?;
+            emit(&opts, &out, || {
+                format!(
+                    "ended session {}: its user is told \"{} ended this session: {}\"\n",
+                    Shown(&id),
+                    out.by,
+                    Shown(&out.reason)
+                )
+            })
+        }
         SessionsCommand::Grep {
             pattern,
+            ignore_case,
+            regex,
             filter,
             client: opts,
         } => {
             let body = GrepBody {
                 pattern,
                 filter: filter.filter()?,
+                ignore_case,
+                regex,
             };
             let client = connect(&opts).await?;
-            let hits: Vec<Hit> = client
+            let found: Grepped = client
                 .call(Method::POST, routes::SESSIONS_GREP, Some(&body))
                 .await?;
-            emit(&opts, &hits, || {
-                let mut out = String::new();
-                for h in &hits {
-                    out.push_str(&format!(
-                        "{} +{:.1}s: {}\n",
-                        Shown(&h.session),
-                        h.at_ms as f64 / 1000.0,
-                        Shown(&h.line)
-                    ));
-                }
-                if hits.is_empty() {
-                    out.push_str("no matches\n");
-                }
-                out
-            })
+            // The recordings that could not be searched are named whatever the format: a
+            // damaged one must not pass for one without matches.
+            for d in &found.damaged {
+                eprintln!(
+                    "ramp-ca: session {} was not searched: {}",
+                    Shown(&d.session),
+                    Shown(&d.error)
+                );
+            }
+            emit(&opts, &found, || grep_text(&found.hits))
         }
     }
 }

@@ -27,7 +27,8 @@ pub(super) fn routes() -> Router<App> {
         .route(ui::STREAM, get(stream))
         .route(ui::APPROVE, post(approve))
         .route(ui::DENY, post(deny))
-        .route(ui::REVOKE, post(revoke))
+        .route(ui::REVOKE, get(revoke_preview).post(revoke))
+        .route(ui::END, post(end_session))
 }
 
 /// The live view as the browser session's user may see it.
@@ -110,6 +111,45 @@ async fn deny(
     Ok(Json(out).into_response())
 }
 
+/// Ends a live session, saying why (see [`crate::service::Service::stop_session`]).
+async fn end_session(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<ReasonBody>,
+) -> Result<Response, ApiError> {
+    let s = app.web_change(&headers)?;
+    let out = app
+        .service
+        .stop_session(&s.user, &id, &body.reason, Utc::now())
+        .await?;
+    Ok(Json(Revocation::from(out)).into_response())
+}
+
+/// What revoking grant `id` would reach, shown before the page confirms.
+async fn revoke_preview(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = app.web_user(&headers)?;
+    let revoke = RevokeBody {
+        grant: Some(id),
+        reason: Some("preview".into()),
+        ..RevokeBody::default()
+    };
+    let (out, cascade) = app
+        .service
+        .revoke_cascading(&s.user, &revoke, true, Utc::now())
+        .await?;
+    let answer = Revocation {
+        cascade: Some((&cascade).into()),
+        dry_run: true,
+        ..Revocation::from(out)
+    };
+    Ok(Json(answer).into_response())
+}
+
 async fn revoke(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -128,6 +168,13 @@ async fn revoke(
         reason: Some(body.reason),
         ..RevokeBody::default()
     };
-    let out = app.service.revoke(&s.user, &revoke, Utc::now()).await?;
-    Ok(Json(Revocation::from(out)).into_response())
+    let (out, cascade) = app
+        .service
+        .revoke_cascading(&s.user, &revoke, false, Utc::now())
+        .await?;
+    let answer = Revocation {
+        cascade: Some((&cascade).into()),
+        ..Revocation::from(out)
+    };
+    Ok(Json(answer).into_response())
 }

@@ -21,7 +21,7 @@ use crate::recordings::{export, screen};
 use crate::service::AuditSearch;
 use crate::wire::audit::AuditRecord;
 use crate::wire::dashboard::{AuditPage, AuditQuery, PlaybackBody, RecordingRow, RecordingsQuery};
-use crate::wire::sessions::Hit;
+use crate::wire::sessions::{GrepBody, Hit};
 use crate::wire::ui;
 
 /// Most frames a playback is cut into.
@@ -67,12 +67,20 @@ async fn recordings(
             .map(|session| RecordingRow {
                 session: session.into(),
                 hits: Vec::new(),
+                damaged: None,
             })
             .collect(),
         Some(text) => {
-            let hits = app.service.grep(&s.user, &text, filter, now).await?;
+            let ask = GrepBody {
+                pattern: text,
+                filter: filter.into(),
+                ignore_case: q.ignore_case,
+                regex: q.regex,
+            };
+            let found = app.service.grep(&s.user, &ask, now).await?;
+            let mut damaged: HashMap<String, String> = found.damaged.into_iter().collect();
             let mut by_session: HashMap<String, Vec<Hit>> = HashMap::new();
-            for h in hits {
+            for h in found.hits {
                 by_session
                     .entry(h.session.clone())
                     .or_default()
@@ -82,10 +90,15 @@ async fn recordings(
                 .into_iter()
                 .rev()
                 .filter_map(|session| {
-                    let hits = by_session.remove(&session.id)?;
+                    let why = damaged.remove(&session.id);
+                    let hits = by_session.remove(&session.id);
+                    if hits.is_none() && why.is_none() {
+                        return None;
+                    }
                     Some(RecordingRow {
                         session: session.into(),
-                        hits,
+                        hits: hits.unwrap_or_default(),
+                        damaged: why,
                     })
                 })
                 .collect()
@@ -258,7 +271,10 @@ async fn follow(
                 }
                 if !still_live && sealed {
                     f.done = true;
-                    let ev = SseEvent::default().event("end").data("{}");
+                    let ended = f.app.service.how_it_ended(&f.id).await;
+                    let (state, reason) = ended.unwrap_or_else(|| ("ended".into(), None));
+                    let data = serde_json::json!({"state": state, "reason": reason});
+                    let ev = SseEvent::default().event("end").data(data.to_string());
                     return Some((Ok(ev), f));
                 }
             }

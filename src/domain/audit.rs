@@ -171,6 +171,8 @@ actions! {
     SessionStart(SessionStarted) = "session-start",
     /// A session the bastion ended, with its recording's seal.
     SessionEnd(SessionEnded) = "session-end",
+    /// A live session a person ended (on-call, an approver, an admin, its own user).
+    SessionStop(SessionStopped) = "session-stop",
     /// A session a crash interrupted (found at the next start), with its recording's seal.
     SessionInterrupted(SessionInterrupted) = "session-interrupted",
     /// A one-time dashboard login link handed out.
@@ -308,6 +310,13 @@ pub struct SessionsSearched {
     pub pattern: String,
     pub filter: SessionFilter,
     pub hits: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regex: bool,
+    /// Recordings that could not be read, by session id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 /// `login`.
@@ -355,6 +364,14 @@ pub struct SessionEnded {
     pub files: Vec<String>,
     #[serde(default)]
     pub recording: Option<RecordingSeal>,
+}
+
+/// `session-stop`: whose session, where, and why it was ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStopped {
+    pub user: String,
+    pub target: String,
+    pub reason: String,
 }
 
 /// `session-interrupted`.

@@ -198,6 +198,9 @@ pub enum RevokeTarget {
     Serial(u64),
     Grant(String),
     User(String),
+    /// A live session someone ended: no certificate or grant changes, but every node's
+    /// bastion hears of it as of any revocation and ends the session where it runs.
+    Session(String),
 }
 
 impl RevokeTarget {
@@ -207,6 +210,7 @@ impl RevokeTarget {
             RevokeTarget::Serial(s) => format!("serial:{s}"),
             RevokeTarget::Grant(g) => format!("grant:{g}"),
             RevokeTarget::User(u) => format!("user:{u}"),
+            RevokeTarget::Session(id) => format!("session:{id}"),
         }
     }
 }

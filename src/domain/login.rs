@@ -155,6 +155,19 @@ impl Vocabulary for Label {
 }
 
 impl Refusal {
+    /// Whether the refusal concerns only where the certificate asks to go, so that another
+    /// certificate of the same key may cover it (see `Service::check_login`).
+    pub fn a_sibling_may_cover(&self) -> bool {
+        matches!(
+            self,
+            Refusal::WrongPrincipal(_)
+                | Refusal::NotCovered { .. }
+                | Refusal::GrantEnded { .. }
+                | Refusal::Revoked(_)
+                | Refusal::SourceAddress { .. }
+        )
+    }
+
     pub fn label(&self) -> Label {
         match self {
             Refusal::NotUserCert => Label::NotUserCert,

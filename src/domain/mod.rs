@@ -18,6 +18,7 @@ pub mod cert;
 pub mod grant;
 pub mod krl;
 pub mod login;
+pub mod notice;
 pub mod policy;
 pub mod session;
 

@@ -14,6 +14,82 @@ pub struct Hit {
     pub at_ms: u64,
     /// The matching line, without escape sequences or control characters (tabs stay).
     pub line: String,
+    /// Where the line was: what the session printed, what was typed, or the exec command.
+    pub stream: Stream,
+}
+
+/// Where a hit was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Output,
+    Input,
+    /// The command line of an exec session (`ssh host CMD`).
+    Command,
+}
+
+impl Stream {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stream::Output => "output",
+            Stream::Input => "input",
+            Stream::Command => "command",
+        }
+    }
+}
+
+/// Longest pattern a search takes, and the most memory its regular expression may compile to.
+pub const MAX_PATTERN: usize = 1000;
+const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// What a search looks for: text (as typed, or ignoring case) or a regular expression. The
+/// `regex` crate matches in linear time, and its compiled size is bounded, so a pattern from
+/// a reviewer cannot make the search blow up.
+#[derive(Debug, Clone)]
+pub enum Needle {
+    Text(String),
+    /// Lowercased text, matched against lowercased lines.
+    Folded(String),
+    Regex(regex::Regex),
+}
+
+impl Needle {
+    /// Text as typed.
+    pub fn plain(text: &str) -> Needle {
+        Needle::Text(text.to_string())
+    }
+
+    /// The needle for `pattern`, ignoring case or as a regular expression (which can say
+    /// `(?i)` itself); an empty, over-long or invalid pattern is an error that says why.
+    pub fn new(pattern: &str, ignore_case: bool, regex: bool) -> Result<Needle, String> {
+        if pattern.is_empty() {
+            return Err("the search pattern is empty".into());
+        }
+        if pattern.chars().count() > MAX_PATTERN {
+            return Err(format!(
+                "the search pattern is longer than {MAX_PATTERN} characters"
+            ));
+        }
+        if regex {
+            return regex::RegexBuilder::new(pattern)
+                .case_insensitive(ignore_case)
+                .size_limit(MAX_REGEX_BYTES)
+                .build()
+                .map(Needle::Regex)
+                .map_err(|e| format!("invalid regular expression: {e}"));
+        }
+        Ok(match ignore_case {
+            true => Needle::Folded(pattern.to_lowercase()),
+            false => Needle::Text(pattern.to_string()),
+        })
+    }
+
+    pub fn matches(&self, line: &str) -> bool {
+        match self {
+            Needle::Text(t) => line.contains(t.as_str()),
+            Needle::Folded(t) => line.to_lowercase().contains(t.as_str()),
+            Needle::Regex(re) => re.is_match(line),
+        }
+    }
 }
 
 /// Searches a session's *output and input* text for `pattern` (plain substring,
@@ -28,13 +104,23 @@ pub struct Hit {
 /// event holding its first character. Empty lines are skipped.
 ///
 /// Returns every matching line ordered by `at_ms` (output first on a tie), at most `limit`.
-pub fn grep(meta: &SessionMeta, events: &[Event], pattern: &str, limit: usize) -> Vec<Hit> {
+///
+/// An exec session's command line is searched too, as a hit at 0 ms.
+pub fn grep(meta: &SessionMeta, events: &[Event], needle: &Needle, limit: usize) -> Vec<Hit> {
     let mut output = LineStream::new(false);
     let mut input = LineStream::new(true);
     // Each stream's lines come in time order, so the first `limit` hits overall are among the
     // first `limit` of each stream: capping per stream bounds memory on huge sessions.
-    let mut out_hits = Matches::new(&meta.id, pattern, limit);
-    let mut in_hits = Matches::new(&meta.id, pattern, limit);
+    let mut out_hits = Matches::new(&meta.id, needle, limit, Stream::Output);
+    let mut in_hits = Matches::new(&meta.id, needle, limit, Stream::Input);
+    let mut command = Matches::new(&meta.id, needle, limit, Stream::Command);
+    if let (Some(cmd), "exec") = (&meta.command, meta.kind.as_str()) {
+        let line: String = cmd
+            .chars()
+            .filter(|c| !crate::shown::is_control(*c))
+            .collect();
+        command.line(0, &line);
+    }
     for (event, text) in events.iter().zip(texts(events)) {
         if out_hits.full() && in_hits.full() {
             break;
@@ -48,7 +134,8 @@ pub fn grep(meta: &SessionMeta, events: &[Event], pattern: &str, limit: usize) -
     // A session that ended mid-line (a prompt, a killed command) still has that line.
     output.finish(|t, l| out_hits.line(t, l));
     input.finish(|t, l| in_hits.line(t, l));
-    let mut hits = out_hits.hits;
+    let mut hits = command.hits;
+    hits.append(&mut out_hits.hits);
     hits.append(&mut in_hits.hits);
     // Stable, so on equal times output stays ahead of input.
     hits.sort_by_key(|h| h.at_ms);
@@ -227,17 +314,19 @@ impl LineStream {
 /// The hits of one stream in [`grep`]: the first `limit` lines containing `pattern`.
 struct Matches<'a> {
     session: &'a str,
-    pattern: &'a str,
+    needle: &'a Needle,
     limit: usize,
+    stream: Stream,
     hits: Vec<Hit>,
 }
 
 impl<'a> Matches<'a> {
-    fn new(session: &'a str, pattern: &'a str, limit: usize) -> Self {
+    fn new(session: &'a str, needle: &'a Needle, limit: usize, stream: Stream) -> Self {
         Matches {
             session,
-            pattern,
+            needle,
             limit,
+            stream,
             hits: Vec::new(),
         }
     }
@@ -247,11 +336,12 @@ impl<'a> Matches<'a> {
     }
 
     fn line(&mut self, at_ms: u64, line: &str) {
-        if !self.full() && line.contains(self.pattern) {
+        if !self.full() && self.needle.matches(line) {
             self.hits.push(Hit {
                 session: self.session.to_string(),
                 at_ms,
                 line: line.to_string(),
+                stream: self.stream,
             });
         }
     }
@@ -271,7 +361,12 @@ mod tests {
             limit: usize,
             expected: &[(u64, &str)],
         ) {
-            let got = grep(&meta(), events, pattern, limit);
+            let shell = SessionMeta {
+                kind: "shell".into(),
+                command: None,
+                ..meta()
+            };
+            let got = grep(&shell, events, &Needle::plain(pattern), limit);
             let got: Vec<(u64, &str)> = got
                 .iter()
                 .inspect(|h| assert_eq!(h.session, "s-1"))
@@ -365,5 +460,45 @@ mod tests {
             10,
             &[],
         );
+    }
+
+    #[test]
+    fn exec_commands_are_searched_and_each_hit_says_where_it_was() {
+        let events = [out(5, b"DROP TABLE users;\r\n"), inp(9, b"drop table t\r")];
+        let needle = Needle::new("drop table", true, false).unwrap();
+        let hits = grep(&meta(), &events, &needle, 10);
+        let got: Vec<(u64, Stream, &str)> = hits
+            .iter()
+            .map(|h| (h.at_ms, h.stream, h.line.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (5, Stream::Output, "DROP TABLE users;"),
+                (9, Stream::Input, "drop table t")
+            ]
+        );
+        let psql = Needle::new("^ps.l$", false, true).unwrap();
+        let hits = grep(&meta(), &events, &psql, 10);
+        assert_eq!(hits.len(), 1);
+        assert_eq!((hits[0].at_ms, hits[0].stream), (0, Stream::Command));
+        assert!(!Needle::plain("DROP table").matches("DROP TABLE"));
+    }
+
+    #[test]
+    fn a_bad_pattern_says_what_is_wrong() {
+        let err = Needle::new("(unclosed", false, true).unwrap_err();
+        assert!(err.starts_with("invalid regular expression"), "{err}");
+        assert_eq!(
+            Needle::new("", true, false).unwrap_err(),
+            "the search pattern is empty"
+        );
+        let long = "a".repeat(MAX_PATTERN + 1);
+        assert!(Needle::new(&long, false, false)
+            .unwrap_err()
+            .contains("longer than"));
+        // A pattern that would compile to a huge automaton is refused, not built.
+        let err = Needle::new("\\w{1000}\\w{1000}\\w{1000}", false, true).unwrap_err();
+        assert!(err.contains("invalid regular expression"), "{err}");
     }
 }

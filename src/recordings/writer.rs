@@ -53,6 +53,8 @@ pub struct Recorder {
     failed: AtomicBool,
     /// Bytes relayed and recording lag, for `/metrics`.
     metrics: Arc<Metrics>,
+    /// Ends the connection the session runs on, with why (set by the bastion).
+    ender: std::sync::OnceLock<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// What the flusher has not written yet.
@@ -103,6 +105,11 @@ impl Recorder {
             inner.meta.files.push(entry);
             inner.dirty = true;
         }
+    }
+
+    /// Whom to tell when someone ends the session: its connection's cut-off.
+    pub fn ends_with(&self, cutoff: tokio::sync::watch::Sender<Option<String>>) {
+        let _ = self.ender.set(cutoff);
     }
 
     /// Why the recording can no longer be written, once it cannot.
@@ -251,6 +258,7 @@ impl Recorders {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             metrics: self.service.metrics().clone(),
+            ender: std::sync::OnceLock::new(),
         });
         let mut live = lock(&self.live);
         live.insert(rec.id.clone(), rec.clone());
@@ -262,6 +270,27 @@ impl Recorders {
     /// The live recordings, for the dashboard and tests.
     pub fn live(&self) -> Vec<SessionMeta> {
         lock(&self.live).values().map(|r| r.meta()).collect()
+    }
+
+    /// Ends live session `id` (its connection) saying `why`; false when it is not live here.
+    pub fn stop(&self, id: &str, why: String) -> bool {
+        let Some(rec) = lock(&self.live).get(id).cloned() else {
+            return false;
+        };
+        match rec.ender.get() {
+            Some(cutoff) => {
+                tracing::info!(session = %id, %why, "ending a session on request");
+                cutoff.send_if_modified(|c| {
+                    let first = c.is_none();
+                    if first {
+                        *c = Some(why);
+                    }
+                    first
+                });
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether session `id` is still being recorded.

@@ -5,6 +5,7 @@
 use super::{Result, Service, ServiceError};
 use crate::domain::grant::{Grant, State};
 use crate::domain::policy::{approval_refusal, Policies, ROLE_ADMIN, ROLE_AUDITOR};
+use crate::domain::session::SessionMeta;
 
 /// What reading the audit log or recordings is called in a refusal.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +55,19 @@ pub(crate) fn may_deny(p: &Policies, who: &str, g: &Grant) -> bool {
 /// Whether `who` may approve a request (see [`approval_refusal`] for why not).
 pub(crate) fn may_approve(p: &Policies, who: &str, g: &Grant) -> bool {
     approval_refusal(p, &g.contract, &g.step, &g.user, who, &g.approvers()).is_none()
+}
+
+/// Whether `who` may end a live session: its own user, an admin, or someone holding a role
+/// that may approve the session's step (they let it happen; they may stop it).
+pub(crate) fn may_stop(
+    p: &Policies,
+    who: &str,
+    session: &SessionMeta,
+    grant: Option<&Grant>,
+) -> bool {
+    who == session.user
+        || p.has_role(who, ROLE_ADMIN)
+        || grant.is_some_and(|g| g.approvals_from.iter().any(|r| p.has_role(who, r)))
 }
 
 /// Whether `who` may revoke what belongs to `owner`: their own, or anything for admins.

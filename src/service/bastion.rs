@@ -49,7 +49,31 @@ impl Service {
     /// Every check of a certificate offered as `login_name` from `client`, in order (see
     /// [`crate::domain::login`]); the ledger says whether its serial is known and not
     /// revoked, and which grant it is of. The first failure is the refusal.
+    ///
+    /// A certificate of ours refused only for where it asks to go (a principal, a target or a
+    /// grant it does not hold) stands in for a sibling: another certificate minted for the same
+    /// key from an active grant of the same person that covers the login (see
+    /// [`Service::sibling_login`]).
     pub async fn check_login(
+        &self,
+        cert: &Certificate,
+        login_name: &str,
+        client: SocketAddr,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<Login, Refusal> {
+        match self.check_offered(cert, login_name, client, now).await {
+            Err(refusal) if refusal.a_sibling_may_cover() => {
+                match self.sibling_login(cert, login_name, client, now).await {
+                    Some(login) => Ok(login),
+                    None => Err(refusal),
+                }
+            }
+            checked => checked,
+        }
+    }
+
+    /// The checks of the offered certificate itself.
+    async fn check_offered(
         &self,
         cert: &Certificate,
         login_name: &str,
@@ -86,13 +110,135 @@ impl Service {
         login::granted(&self.policies(), cert, client.ip(), presented, grant, now)
     }
 
+    /// The login a sibling certificate would make. OpenSSH offers an agent's certificates one
+    /// after the other, each refusal costing one of the connection's few attempts, and the
+    /// bastion cannot tell them apart before the signature (the offer carries only the key): so
+    /// the first certificate of ours that proves the key is enough, and the ledger names the
+    /// certificate minted for that key that covers the login. Nothing is widened: the sibling
+    /// passes every check it would have passed when offered itself (its grant active and
+    /// covering the target, its holder entitled, the principal its own, its serial unrevoked,
+    /// now inside its window, the client inside its step's source addresses), and the login
+    /// carries its serial, window and options.
+    pub(super) async fn sibling_login(
+        &self,
+        cert: &Certificate,
+        login_name: &str,
+        client: SocketAddr,
+        now: DateTime<Utc>,
+    ) -> Option<Login> {
+        let secs = now.timestamp().max(0) as u64;
+        let principal = cert.valid_principals().first()?;
+        // The offered certificate is sound and ours, whatever it covers.
+        cert::verify_user_cert(cert, std::slice::from_ref(&self.user_ca()), principal, secs)
+            .ok()?;
+        let key_id = KeyId::parse(cert.key_id())?;
+        if login_name.chars().any(crate::shown::is_control) {
+            return None;
+        }
+        let (asked, target_name) = login::parse_login_name(login_name);
+        let policies = self.policies();
+        let target = policies.hosts.get(target_name)?;
+        let fingerprint = cert::fingerprint(&PublicKey::from(cert.public_key().clone()));
+        let grants: Vec<_> = self
+            .store
+            .open_grants(now)
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|g| g.user == key_id.user && g.id != key_id.grant)
+            .filter(|g| login::still_valid(g, now).is_ok())
+            .filter(|g| login::still_entitled(&policies, &g.user, &g.contract).is_ok())
+            .filter(|g| {
+                let contract = policies.contracts.get(&g.contract);
+                contract.is_some_and(|c| c.targets.matches(target))
+            })
+            .collect();
+        if grants.is_empty() {
+            return None;
+        }
+        let ids: Vec<String> = grants.iter().map(|g| g.id.clone()).collect();
+        let mut certs = self.store.certs_of_grants(&ids).await.ok()?;
+        certs.retain(|c| {
+            c.kind == "user"
+                && c.fingerprint == fingerprint
+                && (c.valid_after..c.valid_before).contains(&secs)
+                && asked.map_or(true, |p| c.principals.iter().any(|q| q == p))
+        });
+        certs.sort_by_key(|c| std::cmp::Reverse(c.serial));
+        for c in certs {
+            if self.store.is_revoked(c.serial).await.unwrap_or(true) {
+                continue;
+            }
+            let Some(grant) = grants.iter().find(|g| g.id == c.grant) else {
+                continue;
+            };
+            let step = policies
+                .contracts
+                .get(&grant.contract)
+                .and_then(|k| k.step(&grant.step));
+            let Some(options) = step.map(|s| s.options.clone()) else {
+                continue;
+            };
+            let from_inside = options.source_address.is_empty()
+                || options
+                    .source_address
+                    .iter()
+                    .any(|n| n.contains(&client.ip()));
+            if !from_inside {
+                continue;
+            }
+            let principal = match asked {
+                Some(p) => p.to_string(),
+                None => c.principals.first()?.clone(),
+            };
+            tracing::info!(offered = cert.serial(), used = c.serial, grant = %grant.id, "a sibling certificate covers the login");
+            return Some(Login {
+                user: grant.user.clone(),
+                grant: grant.clone(),
+                serial: c.serial,
+                key_id: c.key_id.clone(),
+                principal,
+                target: target.clone(),
+                valid_after: c.valid_after,
+                valid_before: c.valid_before,
+                options,
+                client: client.ip().to_string(),
+            });
+        }
+        None
+    }
+
+    /// What a refused login tells the client, when the attempt proved a key this CA knows:
+    /// a certificate user-ca signed (its key id names the person) or a registered or
+    /// certified key (`owner`). `None` for anyone else, who learns nothing.
+    pub fn refusal_notice(&self, attempt: Attempt<'_>, refusal: &Refusal) -> Option<String> {
+        let ours = attempt
+            .cert
+            .filter(|c| c.signature_key().fingerprint(HashAlg::Sha256) == self.user_ca())
+            .and_then(|c| KeyId::parse(c.key_id()).map(|k| k.user));
+        let user = ours.or(attempt.owner.map(String::from))?;
+        let notice = crate::domain::notice::refusal_notice;
+        Some(notice(&self.policies(), &user, attempt.login_name, refusal))
+    }
+
     /// Whether a live login still stands at `now`: its grant active, its serial not
     /// revoked, its holder still entitled. `None` when it does; else why it ended. A ledger
     /// that cannot be read ends nothing (the next re-check asks again).
     pub async fn recheck(&self, l: &Login, now: DateTime<Utc>) -> Option<String> {
         match self.store.grant(&l.grant.id).await {
             Ok(Some(g)) if login::still_valid(&g, now).is_ok() => {}
-            Ok(_) => return Some("the grant was revoked".into()),
+            // Who revoked it and why, as the revocation recorded them.
+            Ok(Some(g)) => {
+                return Some(match g.closed {
+                    Some(c) => format!(
+                        "{} revoked the grant: {}",
+                        crate::shown::shown(&c.by),
+                        crate::shown::shown(&c.reason)
+                    ),
+                    None => "the grant was revoked".into(),
+                })
+            }
+            Ok(None) => return Some("the grant was revoked".into()),
             Err(e) => tracing::warn!(error = %e, "cannot re-check a live login's grant"),
         }
         // Revoking the grant revokes its serials too; a serial alone says so.

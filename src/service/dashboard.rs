@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::access::{is_reviewer, may_revoke};
 use super::{Result, Service};
 use crate::domain::audit::{DashboardLinked, DashboardLoggedIn, Entry};
-use crate::domain::grant::State;
+use crate::domain::grant::{Grant, State};
 use crate::domain::policy::ROLE_ADMIN;
 use crate::domain::session::{SessionMeta, SessionState};
 use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow};
@@ -36,13 +36,12 @@ impl Service {
         let p = self.policies();
         let reviewer = is_reviewer(&p, user);
         let (mut active, mut pending) = (Vec::new(), Vec::new());
-        // When each active grant ends, for the time left of its sessions.
-        let mut grant_ends: HashMap<String, Option<DateTime<Utc>>> = HashMap::new();
         let open = self.store.open_grants(now).await?;
+        // The grant of each live session: its step, reason and end.
+        let grants: HashMap<&str, &Grant> = open.iter().map(|g| (g.id.as_str(), g)).collect();
         for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
             match g.state_at(now) {
                 State::Active => {
-                    grant_ends.insert(g.id.clone(), g.end);
                     active.push(ActiveRow {
                         can_revoke: may_revoke(&p, user, &g.user),
                         grant: self.view(&p, g, now),
@@ -74,9 +73,18 @@ impl Service {
         live.sort_by_key(|s| s.start);
         let live = live
             .into_iter()
-            .map(|s| LiveRow {
-                ends: grant_ends.get(&s.grant).copied().flatten(),
-                session: s.into(),
+            .map(|s| {
+                let grant = grants.get(s.grant.as_str()).copied();
+                let step = grant.and_then(|g| p.contracts.get(&g.contract)?.step(&g.step));
+                LiveRow {
+                    break_glass: step.is_some_and(|st| st.break_glass),
+                    can_end: super::access::may_stop(&p, user, &s, grant),
+                    contract: grant.map(|g| g.contract.clone()),
+                    ends: grant.and_then(|g| g.end),
+                    reason: grant.and_then(|g| g.reason.clone()),
+                    step: grant.map(|g| g.step.clone()),
+                    session: s.into(),
+                }
             })
             .collect();
         Ok(dashboard::LiveView {

@@ -13,8 +13,13 @@ mod grants;
 mod hosts;
 mod revoke;
 mod sessions;
+mod stop;
 #[cfg(test)]
 mod tests;
+
+pub use revoke::Cascade;
+pub use sessions::Grepped;
+pub use stop::{StopOrder, MAX_REASON as MAX_STOP_REASON};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

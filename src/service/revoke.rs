@@ -7,8 +7,39 @@ use super::access::may_revoke;
 use super::{Result, Service, ServiceError};
 use crate::domain::audit::{Entry, Revoked, Shortened};
 use crate::domain::grant::{dependents, Grant, Revocation, RevokeTarget, State};
+use crate::domain::session::{SessionMeta, SessionState};
 use crate::store::{Change, GrantChanges};
 use crate::wire::grants::RevokeBody;
+
+/// What a revocation reaches beyond what it names: the grants it ends (the one named, or a
+/// user's, and those that climbed from them), the grants whose end moves earlier, and the live
+/// sessions it cuts. Shown before confirming (`revoke --dry-run`, the dashboard) and after.
+#[derive(Debug, Clone, Default)]
+pub struct Cascade {
+    pub ended: Vec<Grant>,
+    pub shortened: Vec<Grant>,
+    pub sessions: Vec<SessionMeta>,
+}
+
+impl From<&Cascade> for crate::wire::grants::Cascade {
+    fn from(c: &Cascade) -> Self {
+        use crate::wire::grants::{GrantBrief, SessionBrief};
+        crate::wire::grants::Cascade {
+            ended: c.ended.iter().map(GrantBrief::from).collect(),
+            shortened: c.shortened.iter().map(GrantBrief::from).collect(),
+            sessions: c
+                .sessions
+                .iter()
+                .map(|s| SessionBrief {
+                    id: s.id.clone(),
+                    user: s.user.clone(),
+                    principal: s.principal.clone(),
+                    target: s.target.clone(),
+                })
+                .collect(),
+        }
+    }
+}
 
 impl Service {
     /// Revokes by serial, grant or user. Admins revoke anything; others only their own.
@@ -18,9 +49,34 @@ impl Service {
         body: &RevokeBody,
         now: DateTime<Utc>,
     ) -> Result<Revocation> {
+        Ok(self.revoke_cascading(who, body, false, now).await?.0)
+    }
+
+    /// [`Service::revoke`], with what it reached; with `dry_run`, what it would reach, and
+    /// nothing changes.
+    pub async fn revoke_cascading(
+        &self,
+        who: &str,
+        body: &RevokeBody,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(Revocation, Cascade)> {
         let mut tx = self.grant_changes().await?;
-        let out = self.revoke_locked(&mut tx, who, body, now).await;
-        Service::settle(tx, out).await
+        let out = self.revoke_locked(&mut tx, who, body, dry_run, now).await;
+        let (revocation, mut cascade) = Service::settle(tx, out).await?;
+        // The live sessions on what ended; their bastions cut them at the revocation news.
+        let cut = |s: &SessionMeta| {
+            s.state == SessionState::Live
+                && (revocation.grants.contains(&s.grant) || revocation.serials.contains(&s.serial))
+        };
+        cascade.sessions = self
+            .store
+            .sessions()
+            .await?
+            .into_iter()
+            .filter(cut)
+            .collect();
+        Ok((revocation, cascade))
     }
 
     async fn revoke_locked(
@@ -28,8 +84,9 @@ impl Service {
         tx: &mut GrantChanges<'_>,
         who: &str,
         body: &RevokeBody,
+        dry_run: bool,
         now: DateTime<Utc>,
-    ) -> Result<Revocation> {
+    ) -> Result<(Revocation, Cascade)> {
         let p = self.policies();
         let target = match (body.serial, &body.grant, &body.user) {
             (Some(s), None, None) => RevokeTarget::Serial(s),
@@ -81,6 +138,7 @@ impl Service {
                 // What is open is all a revocation changes.
                 (Vec::new(), tx.open_grants_of(&[u.as_str()], now).await?)
             }
+            RevokeTarget::Session(_) => unreachable!("revoke never names a session"),
         };
         // A step climbs only from its own user's grants: theirs are all the fallout needs.
         let users: Vec<&str> = hit.iter().map(|g| g.user.as_str()).collect();
@@ -119,6 +177,14 @@ impl Service {
                 })
                 .collect(),
         };
+        let cascade = Cascade {
+            ended: hit.clone(),
+            shortened: fallout.shortened.clone(),
+            sessions: Vec::new(),
+        };
+        if dry_run {
+            return Ok((revocation, cascade));
+        }
         let mut written = hit;
         written.extend(fallout.shortened);
         let change = Change {
@@ -129,7 +195,7 @@ impl Service {
         };
         tx.commit(change, now).await?;
         self.metrics.revocation();
-        Ok(revocation)
+        Ok((revocation, cascade))
     }
 
     /// An OpenSSH KRL of every revoked certificate (see

@@ -15,8 +15,9 @@ use crate::domain::audit::{
 use crate::domain::session::{SessionFilter, SessionMeta};
 use crate::recordings::files::{RecordingFile, Tail};
 use crate::recordings::format::Event;
-use crate::recordings::search::{self, Hit};
+use crate::recordings::search::{self, Hit, Needle};
 use crate::store::{Change, Interrupted};
+use crate::wire::sessions::GrepBody;
 
 impl From<Hit> for crate::wire::sessions::Hit {
     fn from(h: Hit) -> crate::wire::sessions::Hit {
@@ -24,6 +25,7 @@ impl From<Hit> for crate::wire::sessions::Hit {
             session: h.session,
             at_ms: h.at_ms,
             line: h.line,
+            stream: h.stream.label().into(),
         }
     }
 }
@@ -47,6 +49,26 @@ pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta
         change.ended.push((s.clone(), change.entries.len() - 1));
     }
     (change, found.sealed)
+}
+
+/// What a search found, and the recordings it could not read (session id, why).
+#[derive(Debug, Default)]
+pub struct Grepped {
+    pub hits: Vec<Hit>,
+    pub damaged: Vec<(String, String)>,
+}
+
+impl From<Grepped> for crate::wire::sessions::Grepped {
+    fn from(g: Grepped) -> Self {
+        crate::wire::sessions::Grepped {
+            hits: g.hits.into_iter().map(Into::into).collect(),
+            damaged: g
+                .damaged
+                .into_iter()
+                .map(|(session, error)| crate::wire::sessions::Damaged { session, error })
+                .collect(),
+        }
+    }
 }
 
 impl Service {
@@ -85,6 +107,13 @@ impl Service {
         Ok((meta, events))
     }
 
+    /// How a session someone follows ended: its state and why, once the ledger has its end.
+    /// Only for the reviewer already following it (its read was audited then).
+    pub async fn how_it_ended(&self, id: &str) -> Option<(String, Option<String>)> {
+        let meta = self.store.session(id).await.ok().flatten()?;
+        Some((meta.state.to_string(), meta.end_reason))
+    }
+
     async fn recorded(&self, id: &str) -> Result<SessionMeta> {
         self.store
             .session(id)
@@ -108,21 +137,15 @@ impl Service {
         self.write_audit(entry, now).await
     }
 
-    /// Searches recordings for a pattern, for admins and auditors; the search is audited.
-    pub async fn grep(
-        &self,
-        who: &str,
-        pattern: &str,
-        filter: SessionFilter,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Hit>> {
+    /// Searches recordings for a pattern (see [`Needle::new`]), for admins and auditors; the
+    /// search is audited. A recording that cannot be read (changed, truncated, missing) does
+    /// not stop it: the others are searched, and it is named with why.
+    pub async fn grep(&self, who: &str, ask: &GrepBody, now: DateTime<Utc>) -> Result<Grepped> {
         self.require_reviewer(who, Reading::Recordings)?;
-        if pattern.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "the search pattern is empty".into(),
-            ));
-        }
-        let mut hits = Vec::new();
+        let needle = Needle::new(&ask.pattern, ask.ignore_case, ask.regex)
+            .map_err(ServiceError::BadRequest)?;
+        let filter: SessionFilter = ask.filter.clone().into();
+        let (mut hits, mut damaged) = (Vec::new(), Vec::new());
         for meta in self
             .store
             .sessions()
@@ -130,9 +153,16 @@ impl Service {
             .iter()
             .filter(|m| filter.matches(m, now))
         {
-            let events = self.store.session_events(meta).await?;
+            let events = match self.store.session_events(meta).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(session = %meta.id, error = %e, "a search skipped a recording it cannot read");
+                    damaged.push((meta.id.clone(), e.to_string()));
+                    continue;
+                }
+            };
             let left = GREP_LIMIT - hits.len().min(GREP_LIMIT);
-            let (meta, needle) = (meta.clone(), pattern.to_string());
+            let (meta, needle) = (meta.clone(), needle.clone());
             // Matching reads every event: off the async threads.
             let found =
                 tokio::task::spawn_blocking(move || search::grep(&meta, &events, &needle, left))
@@ -144,13 +174,16 @@ impl Service {
             }
         }
         let searched = SessionsSearched {
-            pattern: pattern.to_string(),
+            pattern: ask.pattern.clone(),
             filter,
             hits: hits.len() as u64,
+            ignore_case: ask.ignore_case,
+            regex: ask.regex,
+            damaged: damaged.iter().map(|(id, _)| id.clone()).collect(),
         };
         let entry = Entry::new(who, "sessions", searched);
         self.write_audit(entry, now).await?;
-        Ok(hits)
+        Ok(Grepped { hits, damaged })
     }
 
     /// A live session's recording to follow as it is written, for admins and auditors;

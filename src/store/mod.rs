@@ -371,6 +371,14 @@ impl Ledger {
         }
     }
 
+    /// The certificates minted from these grants, by serial.
+    pub async fn certs_of_grants(&self, grants: &[String]) -> Result<Vec<CertRecord>> {
+        match &self.engine {
+            Engine::Sled(s) => s.certs_of_grants(grants),
+            Engine::Postgres(p) => p.certs_of_grants(grants).await,
+        }
+    }
+
     /// The newest user certificate minted for the key with this fingerprint; never a scan
     /// (anyone may offer a plain key).
     pub async fn newest_cert_for(&self, fingerprint: &str) -> Result<Option<CertRecord>> {

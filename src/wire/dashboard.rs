@@ -62,11 +62,16 @@ pub struct PendingRow {
     pub grant: GrantView,
 }
 
-/// A live session, and when its grant ends.
+/// A live session, its grant's step, reason and end, and whether this user may end it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveRow {
+    pub break_glass: bool,
+    pub can_end: bool,
+    pub contract: Option<String>,
     pub ends: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
     pub session: Session,
+    pub step: Option<String>,
 }
 
 /// `GET /ui/api/recordings` query.
@@ -76,8 +81,14 @@ pub struct RecordingsQuery {
     pub target: Option<String>,
     /// Seconds back.
     pub since: Option<i64>,
-    /// Text that must appear in the recording (input or output).
+    /// Text that must appear in the recording (input, output or exec command).
     pub text: Option<String>,
+    /// Match `text` regardless of case.
+    #[serde(default)]
+    pub ignore_case: bool,
+    /// `text` is a regular expression.
+    #[serde(default)]
+    pub regex: bool,
 }
 
 /// One row of the recordings list.
@@ -87,6 +98,9 @@ pub struct RecordingRow {
     pub session: Session,
     /// Lines that matched `text` and where, when searching.
     pub hits: Vec<Hit>,
+    /// Why the recording could not be searched (changed, truncated, missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// The answer to `GET /ui/api/recordings/{id}/playback`.

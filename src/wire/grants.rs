@@ -39,6 +39,51 @@ pub struct RevokeBody {
     pub user: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Only say what the revocation would reach; nothing changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// What a revocation reaches beyond what it names (see `service::Cascade`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cascade {
+    /// Grants it ends: the one named (or a user's), and those that climbed from them.
+    pub ended: Vec<GrantBrief>,
+    /// Grants that stay, their end moved to what still holds them.
+    pub shortened: Vec<GrantBrief>,
+    /// Live sessions it cuts.
+    pub sessions: Vec<SessionBrief>,
+}
+
+/// A grant, as a cascade names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantBrief {
+    pub id: String,
+    pub user: String,
+    pub contract: String,
+    pub step: String,
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// A live session, as a cascade names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionBrief {
+    pub id: String,
+    pub user: String,
+    pub principal: String,
+    pub target: String,
+}
+
+impl From<&grant::Grant> for GrantBrief {
+    fn from(g: &grant::Grant) -> GrantBrief {
+        GrantBrief {
+            id: g.id.clone(),
+            user: g.user.clone(),
+            contract: g.contract.clone(),
+            step: g.step.clone(),
+            end: g.end,
+        }
+    }
 }
 
 /// `POST /v1/hosts/sign`.
@@ -189,6 +234,7 @@ pub enum RevokeTarget {
     Serial(u64),
     Grant(String),
     User(String),
+    Session(String),
 }
 
 /// The answer to `POST /v1/revoke`: what it covered.
@@ -200,6 +246,11 @@ pub struct Revocation {
     pub reason: String,
     pub serials: Vec<u64>,
     pub grants: Vec<String>,
+    /// What it reached (or, with `dry_run`, would reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<Cascade>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl From<grant::Revocation> for Revocation {
@@ -209,12 +260,15 @@ impl From<grant::Revocation> for Revocation {
                 grant::RevokeTarget::Serial(s) => RevokeTarget::Serial(s),
                 grant::RevokeTarget::Grant(g) => RevokeTarget::Grant(g),
                 grant::RevokeTarget::User(u) => RevokeTarget::User(u),
+                grant::RevokeTarget::Session(id) => RevokeTarget::Session(id),
             },
             by: r.by,
             at: r.at,
             reason: r.reason,
             serials: r.serials,
             grants: r.grants,
+            cascade: None,
+            dry_run: false,
         }
     }
 }

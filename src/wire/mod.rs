@@ -47,6 +47,8 @@ pub const SESSIONS: &str = "/v1/sessions";
 pub const SESSIONS_GREP: &str = "/v1/sessions/grep";
 /// `GET [?purpose=show|play|export]`: one session with its events.
 pub const SESSION: &str = "/v1/sessions/{id}";
+/// `POST` [`grants::ReasonBody`]: end a live session, saying why.
+pub const SESSION_END: &str = "/v1/sessions/{id}/end";
 /// `POST`: a one-time login link to the dashboard.
 pub const DASHBOARD_LINK: &str = "/v1/dashboard/link";
 
@@ -67,6 +69,7 @@ pub mod ui {
     pub const APPROVE: &str = "/ui/api/grants/{id}/approve";
     pub const DENY: &str = "/ui/api/grants/{id}/deny";
     pub const REVOKE: &str = "/ui/api/grants/{id}/revoke";
+    pub const END: &str = "/ui/api/sessions/{id}/end";
     pub const RECORDINGS: &str = "/ui/api/recordings";
     pub const PLAYBACK: &str = "/ui/api/recordings/{id}/playback";
     pub const ASCIICAST: &str = "/ui/api/recordings/{id}/asciicast";
@@ -74,13 +77,14 @@ pub mod ui {
     pub const AUDIT: &str = "/ui/api/audit";
 
     /// The routes the page's script calls, by the name it uses.
-    pub const ROUTES: [(&str, &str); 11] = [
+    pub const ROUTES: [(&str, &str); 12] = [
         ("logout", LOGOUT),
         ("state", STATE),
         ("stream", STREAM),
         ("approve", APPROVE),
         ("deny", DENY),
         ("revoke", REVOKE),
+        ("end", END),
         ("recordings", RECORDINGS),
         ("playback", PLAYBACK),
         ("asciicast", ASCIICAST),

@@ -104,6 +104,16 @@ impl From<SessionFilter> for session::SessionFilter {
     }
 }
 
+impl From<session::SessionFilter> for SessionFilter {
+    fn from(f: session::SessionFilter) -> SessionFilter {
+        SessionFilter {
+            user: f.user,
+            target: f.target,
+            since: f.since,
+        }
+    }
+}
+
 /// `POST /v1/sessions/grep`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +121,27 @@ pub struct GrepBody {
     pub pattern: String,
     #[serde(default, flatten)]
     pub filter: SessionFilter,
+    /// Match regardless of case.
+    #[serde(default)]
+    pub ignore_case: bool,
+    /// `pattern` is a regular expression (Rust `regex` syntax).
+    #[serde(default)]
+    pub regex: bool,
+}
+
+/// The answer to `POST /v1/sessions/grep`: the hits in the recordings that could be read,
+/// and those that could not, each with why.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Grepped {
+    pub hits: Vec<Hit>,
+    pub damaged: Vec<Damaged>,
+}
+
+/// A recording a search could not read (changed, truncated, missing), and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Damaged {
+    pub session: String,
+    pub error: String,
 }
 
 /// `GET /v1/sessions/{id}` query.
@@ -135,4 +166,11 @@ pub struct Hit {
     /// Milliseconds since the session started.
     pub at_ms: u64,
     pub line: String,
+    /// `output`, `input` (typed) or `command` (an exec session's command line).
+    #[serde(default = "output")]
+    pub stream: String,
+}
+
+fn output() -> String {
+    "output".into()
 }

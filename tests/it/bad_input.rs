@@ -853,6 +853,7 @@ fn the_command_line_forgives_a_missing_scheme_names_a_public_key_and_errs_in_jso
         &["sessions", "play"],
         &["sessions", "export"],
         &["sessions", "grep"],
+        &["sessions", "end"],
         &["store", "migrate"],
         &["completions"],
     ];

@@ -101,8 +101,13 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
     let hits = json(&run_ok(
         &mut rig.ramp(BOB, &["sessions", "grep", "hello-from", "--json"]),
     ));
-    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
-    assert_eq!(hits[0]["session"], id);
+    // The exec command line, then the output.
+    let found = hits["hits"].as_array().unwrap();
+    assert_eq!(found.len(), 2, "{hits}");
+    assert_eq!(found[0]["stream"], "command");
+    assert_eq!(found[1]["session"], id);
+    assert_eq!(found[1]["stream"], "output");
+    assert_eq!(hits["damaged"], serde_json::json!([]));
 
     let (code, err) = run_err(&mut rig.ramp(ALICE, &["sessions", "list"]));
     assert_eq!(code, 1);
@@ -589,7 +594,7 @@ fn revoking_a_grant_a_serial_or_a_user_ends_their_live_sessions_saying_why() {
         &rig,
         "readonly@db-1",
         &["--grant", &grant],
-        "access to db-1 ended: the grant was revoked",
+        "access to db-1 ended: carol revoked the grant: test",
     );
     // A serial alone: the grant stays active, and the message names the serial.
     let observe = rig.observe("INC-7", &[]);
@@ -613,7 +618,7 @@ fn revoking_a_grant_a_serial_or_a_user_ends_their_live_sessions_saying_why() {
         &rig,
         "readonly@db-1",
         &["--user", "alice"],
-        "access to db-1 ended: the grant was revoked",
+        "access to db-1 ended: carol revoked the grant: test",
     );
 }
 
@@ -637,7 +642,7 @@ fn revoking_the_step_a_grant_climbed_from_ends_the_live_session_of_that_grant() 
         &rig,
         "dbadmin@db-1",
         &["--grant", &observe],
-        "access to db-1 ended: the grant was revoked",
+        "access to db-1 ended: carol revoked the grant: test",
     );
     assert_eq!(cut["grant"], operate.as_str(), "{cut}");
     assert_eq!(cut["principal"], "dbadmin", "{cut}");
@@ -1338,7 +1343,7 @@ fn a_forced_command_runs_and_is_recorded_whatever_the_client_asks() {
     let hits = json(&run_ok(
         &mut rig.ramp(BOB, &["sessions", "grep", "asked-for", "--json"]),
     ));
-    assert_eq!(hits, serde_json::json!([]), "the asked command ran");
+    assert_eq!(hits["hits"], serde_json::json!([]), "the asked command ran");
 }
 
 #[test]

@@ -154,13 +154,21 @@ fn countdown(text: &str) -> u64 {
         .sum()
 }
 
+/// Clicks `css`, finding it again when a live update redrew it between finding and clicking.
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
-        .click()
-        .await
-        .unwrap();
+    for attempt in 0.. {
+        let found = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}`: {e}"));
+        match found.click().await {
+            Ok(_) => return,
+            Err(e) if attempt < 5 && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot click `{css}`: {e}"),
+        }
+    }
 }
 
 /// A fresh login link for `key`'s owner.
@@ -261,6 +269,12 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .unwrap();
         assert_eq!(forged.status(), 403);
         click(&c, &format!("{active_row} button[data-act=revoke]")).await;
+        // What it reaches is said before confirming (issue 12).
+        let reach = wait_text(&c, &format!("{active_row} .cascade"), "the cascade", |t| {
+            t.contains("cuts")
+        })
+        .await;
+        assert!(reach.contains("cuts no live session"), "{reach}");
         c.find(Locator::Css(&format!("{active_row} input.reason")))
             .await
             .unwrap()
@@ -318,7 +332,8 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         loop {
             click(&c, "#search button").await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if text_of(&c, "#recs tbody").await.contains("green-and-bold") {
+            // The exec command matches at once; the output once it is flushed.
+            if text_of(&c, "#recs tbody").await.contains("output green-and-bold") {
                 break;
             }
             assert!(Instant::now() < deadline, "the search never found the recording");
@@ -370,6 +385,38 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .unwrap();
         assert!(href.ends_with("/asciicast"), "{href}");
         click(&c, "#player-close").await;
+
+        // Each hit says where it was (the exec command, then the output), and plays the
+        // session from its time when clicked (issue 12).
+        let hits = text_of(&c, "#recs tbody tr td[data-label=what]").await;
+        assert!(hits.contains("command") && hits.contains("output"), "{hits}");
+        click(&c, "#recs tbody tr .hit:not([data-at='0'])").await;
+        wait_text(&c, "#screen", "playback from the hit", |t| t.contains("green-and-bold")).await;
+        let from = c.execute("return player.at", vec![]).await.unwrap();
+        assert!(from.as_f64().unwrap() >= 900.0, "played from {from} ms");
+        click(&c, "#player-close").await;
+        // A recording changed after the fact is marked, not a reason to show nothing.
+        let id = c
+            .find(Locator::Css("#recs tbody tr"))
+            .await
+            .unwrap()
+            .attr("data-session")
+            .await
+            .unwrap()
+            .unwrap();
+        let file = rig.dir.join(format!("data/recordings/{id}.rec"));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x20;
+        std::fs::write(&file, &bytes).unwrap();
+        click(&c, "#search button").await;
+        let marked = wait_text(&c, "#recs tbody", "the damaged mark", |t| t.contains("damaged")).await;
+        assert!(marked.contains("not searched"), "{marked}");
+        std::fs::write(&file, {
+            bytes[at] ^= 0x20;
+            &bytes
+        })
+        .unwrap();
 
         // The audit page with the chain's status.
         c.goto(&format!("{base}/ui/#audit")).await.unwrap();
@@ -589,5 +636,82 @@ fn the_dashboard_logs_in_over_https_with_a_secure_cookie() {
         assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
         screenshot(&c, "8-https").await;
         c.close().await.unwrap();
+    });
+}
+
+#[test]
+fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_why() {
+    let rig = rig();
+    rig.observe("INC-77 slow queries", &[]);
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        let base = rig.daemon.url.clone();
+        c.goto(&link(&rig, CAROL)).await.unwrap();
+        wait_text(&c, "#me", "carol logged in", |t| t.contains("carol")).await;
+
+        // From the live list: the row says which step and why, and ends with a reason.
+        let first = crate::bastion::sleeper_as(&rig, "readonly@db-1");
+        c.goto(&format!("{base}/ui/#sessions")).await.unwrap();
+        let row = "#live tbody tr";
+        let shown = wait_text(&c, row, "the live session", |t| t.contains("alice")).await;
+        assert!(
+            shown.contains("prod-db") && shown.contains("observe"),
+            "{shown}"
+        );
+        assert!(shown.contains("INC-77 slow queries"), "{shown}");
+        click(&c, &format!("{row} button[data-act=end]")).await;
+        c.find(Locator::Css(&format!("{row} input.reason")))
+            .await
+            .unwrap()
+            .send_keys("runaway query, page me")
+            .await
+            .unwrap();
+        screenshot(&c, "9-end-session").await;
+        click(&c, &format!("{row} button[data-act=end-confirm]")).await;
+        let out = first.wait_with_output().unwrap();
+        let terminal = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            terminal.contains("ramp-ca: carol ended this session: runaway query, page me"),
+            "{terminal}"
+        );
+        wait_text(&c, "#live-empty", "the list empties", |t| {
+            t.contains("No live")
+        })
+        .await;
+
+        // From Watch: the player's End button, and the player says why it ended.
+        let second = crate::bastion::sleeper_as(&rig, "readonly@db-1");
+        wait_text(&c, row, "the second session", |t| t.contains("alice")).await;
+        click(&c, &format!("{row} button[data-act=follow]")).await;
+        wait_text(&c, "#screen", "the followed screen", |t| {
+            t.contains("started")
+        })
+        .await;
+        click(&c, "#player-end").await;
+        c.find(Locator::Css("#player-reason"))
+            .await
+            .unwrap()
+            .send_keys("done here")
+            .await
+            .unwrap();
+        click(&c, "#player-end-confirm").await;
+        let note = wait_text(&c, "#player-note", "why the session ended", |t| {
+            t.contains("ended:")
+        })
+        .await;
+        assert!(
+            note.contains("carol ended this session: done here"),
+            "{note}"
+        );
+        screenshot(&c, "10-watch-ended").await;
+        let _ = second.wait_with_output();
+        let stops = rig.audited("session-stop");
+        assert_eq!(stops.len(), 2, "{stops:#?}");
     });
 }

@@ -455,7 +455,7 @@ fn a_session_the_bastion_cuts_off_is_announced_and_metrics_follow_sessions_bytes
         cut["detail"]["reason"]
             .as_str()
             .unwrap()
-            .contains("the grant was revoked"),
+            .contains("carol revoked the grant: incident over"),
         "{cut}"
     );
     let text = cut["text"].as_str().unwrap();

@@ -207,6 +207,8 @@ struct Relay {
     /// Where the target's answers go (the Handler, which answers the client).
     answers: Option<Answers>,
     agreed: Mutex<Agreed>,
+    /// The connection's cut-off, handed to the recording so the session can be ended.
+    ender: Option<watch::Sender<Option<String>>>,
 }
 
 impl Relay {
@@ -216,6 +218,7 @@ impl Relay {
         recorder: OnceCell<Arc<Recorder>>,
         cutoff: &Cutoff,
         answers: Option<Answers>,
+        ender: Option<watch::Sender<Option<String>>>,
     ) -> (Relay, Stop) {
         let (done, done_rx) = watch::channel(false);
         let shared = Relay {
@@ -226,6 +229,7 @@ impl Relay {
             asked: Mutex::new(std::collections::VecDeque::new()),
             answers,
             agreed: Mutex::new(Agreed::default()),
+            ender,
         };
         let stop = Stop {
             cutoff: cutoff.clone(),
@@ -324,7 +328,7 @@ pub async fn tcpip(
     cutoff: Cutoff,
     budgets: Budgets,
 ) {
-    let (shared, stop) = Relay::new(OnceCell::new_with(Some(rec.clone())), &cutoff, None);
+    let (shared, stop) = Relay::new(OnceCell::new_with(Some(rec.clone())), &cutoff, None, None);
     let (client_rx, client_tx) = client.split();
     let (target_rx, target_tx) = target.split();
     let (up_tx, up_rx) = queue();

@@ -26,11 +26,12 @@ pub async fn session(
     upstream: Result<Arc<Upstream>, String>,
     client: Channel<Msg>,
     handle: server::Handle,
-    cutoff: Cutoff,
+    ender: tokio::sync::watch::Sender<Option<String>>,
     warning: Cutoff,
     answers: Answers,
     budgets: Budgets,
 ) {
+    let cutoff = ender.subscribe();
     let id = client.id();
     let say = |text: String| {
         let handle = handle.clone();
@@ -59,7 +60,7 @@ pub async fn session(
     };
     let (client_rx, client_tx) = client.split();
     let (target_rx, target_tx) = target.split();
-    let (shared, stop) = Relay::new(OnceCell::new(), &cutoff, Some(answers));
+    let (shared, stop) = Relay::new(OnceCell::new(), &cutoff, Some(answers), Some(ender));
     let (up_tx, up_rx) = queue();
     let (down_tx, down_rx) = queue();
     tokio::join!(
@@ -266,6 +267,9 @@ async fn start(
     meta.env.sort();
     match ctx.recorders.start(meta).await {
         Ok(rec) => {
+            if let Some(ender) = &shared.ender {
+                rec.ends_with(ender.clone());
+            }
             let _ = shared.recorder.set(rec);
             shared.ask(Asked::Program(what));
             true

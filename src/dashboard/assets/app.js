@@ -99,10 +99,14 @@ function grantsCell(v) {
     (v.options.length ? `<div class="muted">${v.options.map(esc).join(", ")}</div>` : "");
 }
 
-// Rows asking for a reason or a confirmation, by grant id, kept across live updates, and
-// the reason typed so far.
+// Rows asking for a reason or a confirmation, by grant id (or "s:" and a session id), kept
+// across live updates, and the reason typed so far.
 const asking = new Map();
 const typed = new Map();
+const rowKey = (tr) => tr.dataset.grant ?? `s:${tr.dataset.session}`;
+const rowOf = (key) => key.startsWith("s:")
+  ? document.querySelector(`#live tr[data-session="${key.slice(2)}"]`)
+  : document.querySelector(`#view-access tr[data-grant="${key}"]`);
 
 function render(s) {
   if (s.error) { toast(s.error); return; }
@@ -119,7 +123,7 @@ function render(s) {
   $("#n-live").textContent = s.live.length || "";
 
   // A reason being typed survives the live update that redraws its row.
-  document.querySelectorAll("#view-access tr.asking input.reason").forEach((i) => typed.set(i.closest("tr").dataset.grant, i.value));
+  document.querySelectorAll("tr.asking input.reason").forEach((i) => typed.set(rowKey(i.closest("tr")), i.value));
   const pending = $("#pending tbody");
   pending.innerHTML = s.pending.map(({ grant: v, can_approve, can_deny }) => {
     const g = v;
@@ -147,20 +151,25 @@ function render(s) {
   }).join("");
   $("#active-empty").classList.toggle("hidden", s.active.length > 0);
   $("#active").classList.toggle("hidden", s.active.length === 0);
-  asking.forEach((act, id) => {
-    const tr = document.querySelector(`#view-access tr[data-grant="${id}"]`);
-    if (tr) ask(tr, act, true); else asking.delete(id);
-  });
-
   const live = $("#live tbody");
-  live.innerHTML = s.live.map(({ session: m, ends }) => `<tr data-session="${esc(m.id)}">
-      <td data-label="since">${ago(m.start)}</td><td data-label="user"><b>${esc(m.user)}</b></td><td data-label="where" class="mono">${esc(m.principal)}@${esc(m.target)}</td>
-      <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="from" class="mono muted">${esc(m.client)}</td>
-      <td data-label="time left">${ends ? `<span class="left" data-until="${esc(ends)}"></span>` : ""}</td>
+  live.innerHTML = s.live.map((l) => {
+    const m = l.session;
+    return `<tr data-session="${esc(m.id)}"${l.break_glass ? ` class="glass-row"` : ""}>
+      <td data-label="since">${ago(m.start)}</td><td data-label="user"><b>${esc(m.user)}</b></td>
+      <td data-label="step">${l.contract ? stepCell(l) : ""}</td><td data-label="where" class="mono">${esc(m.principal)}@${esc(m.target)}</td>
+      <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="reason">${esc(l.reason || "")}</td>
+      <td data-label="from" class="mono muted">${esc(m.client)}</td>
+      <td data-label="time left">${l.ends ? `<span class="left" data-until="${esc(l.ends)}"></span>` : ""}</td>
       <td data-label="in / out" class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
-      <td>${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}</td></tr>`).join("");
+      <td class="actions">${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}
+        ${l.can_end ? `<button class="bad" data-act="end">End</button>` : ""}</td></tr>`;
+  }).join("");
   $("#live-empty").classList.toggle("hidden", s.live.length > 0);
   $("#live").classList.toggle("hidden", s.live.length === 0);
+  asking.forEach((act, key) => {
+    const tr = rowOf(key);
+    if (tr) ask(tr, act, true); else asking.delete(key);
+  });
   tick();
 }
 
@@ -181,7 +190,7 @@ setInterval(tick, 1000);
 // --- actions --------------------------------------------------------------------------
 
 function ask(tr, act, redraw = false) {
-  const id = tr.dataset.grant;
+  const id = rowKey(tr);
   asking.set(id, act);
   tr.classList.add("asking");
   const cell = tr.querySelector(".actions");
@@ -194,12 +203,45 @@ function ask(tr, act, redraw = false) {
       <button data-act="cancel">Cancel</button>`;
     return;
   }
-  cell.innerHTML = `<input class="reason" placeholder="reason (required)" size="22">
-    <button class="bad" data-act="${act}-confirm">${act === "revoke" ? "Revoke" : "Deny"}</button>
+  const label = { revoke: "Revoke", deny: "Deny", end: "End session" }[act];
+  const hint = act === "end" ? "reason (the user reads it)" : "reason (required)";
+  cell.innerHTML = `<input class="reason" placeholder="${hint}" size="22">
+    <button class="bad" data-act="${act}-confirm">${label}</button>
     <button data-act="cancel">Cancel</button>`;
+  if (act === "revoke") cascade(id, cell);
   const input = cell.querySelector("input");
   input.value = typed.get(id) ?? "";
   if (!redraw || document.activeElement === document.body) input.focus();
+}
+
+// What revoking would reach, said before the confirmation: asked once per row being
+// confirmed, kept across live redraws.
+const reach = new Map();
+async function cascade(id, cell) {
+  if (!reach.has(id)) {
+    reach.set(id, "");
+    try {
+      const out = await api(route("revoke", id));
+      const c = out.cascade || { ended: [], shortened: [], sessions: [] };
+      const also = c.ended.filter((g) => g.id !== id).map((g) => `${esc(g.contract)}/${esc(g.step)} of ${esc(g.user)}`);
+      const parts = [];
+      if (also.length) parts.push(`also ends ${also.join(", ")}`);
+      if (c.shortened.length) parts.push(`shortens ${c.shortened.map((g) => `${esc(g.contract)}/${esc(g.step)}`).join(", ")}`);
+      parts.push(c.sessions.length
+        ? `cuts ${c.sessions.length} live session${c.sessions.length > 1 ? "s" : ""}: ${c.sessions.map((s) => `${esc(s.user)} on ${esc(s.principal)}@${esc(s.target)}`).join(", ")}`
+        : "cuts no live session");
+      reach.set(id, `<div class="confirm cascade">Revoking ${parts.join("; ")}.</div>`);
+    } catch (err) {
+      reach.set(id, `<div class="confirm cascade">${esc(err.message)}</div>`);
+    }
+    const tr = rowOf(id);
+    if (tr && asking.get(id) === "revoke") {
+      typed.set(id, tr.querySelector("input.reason")?.value ?? "");
+      ask(tr, "revoke", true);
+    }
+    return;
+  }
+  cell.insertAdjacentHTML("afterbegin", reach.get(id));
 }
 
 // Says what an approval did, in its own colour: granted, still pending, or refused at the end.
@@ -216,10 +258,11 @@ function approved(out) {
 }
 
 document.addEventListener("click", async (e) => {
-  const btn = e.target.closest("button[data-act]");
+  const btn = e.target.closest("button[data-act], .hit[data-act]");
   if (!btn) return;
   const tr = btn.closest("tr");
   const id = tr?.dataset.grant;
+  const key = tr ? rowKey(tr) : null;
   const act = btn.dataset.act;
   try {
     const v = state.pending.find((p) => p.grant.id === id)?.grant;
@@ -229,8 +272,17 @@ document.addEventListener("click", async (e) => {
       btn.disabled = true;
       asking.delete(id);
       approved(await api(route("approve", id), { method: "POST", body: "{}" }));
-    } else if (act === "deny" || act === "revoke") {
+    } else if (act === "deny" || act === "revoke" || act === "end") {
       ask(tr, act);
+    } else if (act === "end-confirm") {
+      const reason = tr.querySelector("input.reason").value.trim();
+      if (!reason) { toast("A reason is required: the user reads it."); return; }
+      btn.disabled = true;
+      const session = tr.dataset.session;
+      await api(route("end", session), { method: "POST", body: JSON.stringify({ reason }) });
+      asking.delete(key);
+      typed.delete(key);
+      toast(`Ended session ${session}: its user reads why`, "good");
     } else if (act === "deny-confirm" || act === "revoke-confirm") {
       const reason = tr.querySelector("input.reason").value.trim();
       if (!reason) { toast("A reason is required."); return; }
@@ -240,16 +292,20 @@ document.addEventListener("click", async (e) => {
       tr.classList.remove("asking");
       asking.delete(id);
       typed.delete(id);
+      reach.delete(id);
       toast(`${what === "revoke" ? "Revoked" : "Denied"} ${id}`, "good");
     } else if (act === "cancel") {
       tr.classList.remove("asking");
-      asking.delete(id);
-      typed.delete(id);
+      reach.delete(key);
+      asking.delete(key);
+      typed.delete(key);
       render(state);
     } else if (act === "follow") {
       follow(tr.dataset.session);
     } else if (act === "play") {
       play(tr.dataset.session);
+    } else if (act === "seek") {
+      play(tr.dataset.session, Number(btn.dataset.at));
     }
   } catch (err) {
     btn.disabled = false;
@@ -285,10 +341,15 @@ async function search(e) {
     const q = form("#search");
     const rows = await api(`${route("recordings")}?${q}`);
     const text = q.get("text");
+    const marker = highlighter(text, q.has("ignore_case"), q.has("regex"));
+    const where = { input: "typed", output: "output", command: "command" };
     $("#recs tbody").innerHTML = rows.map((r) => {
       const len = r.end ? clock(new Date(r.end) - new Date(r.start)) : "";
-      const hits = (r.hits || []).slice(0, 3).map((h) => `<div class="hit">${clock(h.at_ms)} ${mark(h.line, text)}</div>`).join("");
-      return `<tr data-session="${esc(r.id)}"><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div></td><td data-label="user"><b>${esc(r.user)}</b></td>
+      // Each hit says where it was and, clicked, plays the session from there.
+      const hits = (r.hits || []).slice(0, 5).map((h) => `<div class="hit" data-act="seek" data-at="${Number(h.at_ms)}" title="play from here">` +
+        `${clock(h.at_ms)} <span class="tag">${where[h.stream] || "output"}</span> ${marker(h.line)}</div>`).join("");
+      const damaged = r.damaged ? `<div class="damaged"><span class="tag glass">damaged</span> not searched: ${esc(r.damaged)}</div>` : "";
+      return `<tr data-session="${esc(r.id)}"${r.damaged ? ` class="damaged-row"` : ""}><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div>${damaged}</td><td data-label="user"><b>${esc(r.user)}</b></td>
         <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
         <td data-label="state">${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td data-label="length">${len}</td><td data-label="bytes out" class="mono">${bytes(r.bytes_out)}</td>
         <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
@@ -299,10 +360,25 @@ async function search(e) {
 }
 $("#search").addEventListener("submit", search);
 
-function mark(line, text) {
-  const l = esc(line);
-  if (!text) return l;
-  return l.split(esc(text)).join(`<mark>${esc(text)}</mark>`);
+// Marks what a search matched in a line, the way the server matched it (as typed, ignoring
+// case, or a regular expression: JavaScript's reading of it, unmarked when it reads it
+// otherwise). The line is escaped piece by piece, never marked up as HTML.
+function highlighter(text, ignoreCase, regex) {
+  let re = null;
+  if (text) {
+    const source = regex ? text : text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    try { re = new RegExp(source, ignoreCase ? "gi" : "g"); } catch (err) { re = null; }
+  }
+  return (line) => {
+    if (!re) return esc(line);
+    let out = "", last = 0;
+    for (const m of line.matchAll(re)) {
+      if (!m[0]) break;
+      out += esc(line.slice(last, m.index)) + `<mark>${esc(m[0])}</mark>`;
+      last = m.index + m[0].length;
+    }
+    return out + esc(line.slice(last));
+  };
 }
 
 async function audit(e) {
@@ -373,10 +449,32 @@ function openPlayer(title, download) {
 
 function closePlayer() {
   player.playing = false;
+  $("#player-end").classList.add("hidden");
+  $("#player-ending").classList.add("hidden");
   if (player.live) { player.live.close(); player.live = null; }
   $("#player").classList.add("hidden");
 }
 $("#player-close").addEventListener("click", closePlayer);
+
+// Ending the session being watched: the reason asked for beside the screen.
+$("#player-end").addEventListener("click", () => {
+  $("#player-ending").classList.remove("hidden");
+  $("#player-reason").focus();
+});
+async function endWatched() {
+  const reason = $("#player-reason").value.trim();
+  if (!reason) { toast("A reason is required: the user reads it."); return; }
+  try {
+    await api(route("end", $("#player-end").dataset.session), { method: "POST", body: JSON.stringify({ reason }) });
+    $("#player-ending").classList.add("hidden");
+    $("#player-end").classList.add("hidden");
+    toast("Ended: its user reads why", "good");
+  } catch (err) {
+    toast(err.message);
+  }
+}
+$("#player-end-confirm").addEventListener("click", endWatched);
+$("#player-reason").addEventListener("keydown", (e) => { if (e.key === "Enter") endWatched(); });
 
 function apply(frame) {
   if (frame.size) player.rows = new Array(frame.size[1]).fill("");
@@ -406,7 +504,7 @@ function seek(t) {
   paint();
 }
 
-async function play(id) {
+async function play(id, from = 0) {
   try {
     const out = await api(route("playback", id));
     const m = out.session, p = out.playback;
@@ -418,7 +516,7 @@ async function play(id) {
     $("#seek").max = p.duration_ms;
     $("#player-note").textContent = `${p.frames.length} screens, ${p.cols}x${p.rows}; changes closer than ${p.step_ms} ms are merged.` +
       (p.truncated ? " The screen changed too much to show in full: playback stops early; download the .cast for all of it." : "");
-    seek(0);
+    seek(from);
     setPlaying(true);
   } catch (err) { toast(err.message); }
 }
@@ -458,10 +556,17 @@ function follow(id) {
     apply(JSON.parse(e.data));
     $("#screen").innerHTML = screenHtml();
   });
-  player.live.addEventListener("end", () => {
-    $("#player-note").textContent = "The session has ended.";
+  player.live.addEventListener("end", (e) => {
+    const how = JSON.parse(e.data || "{}");
+    $("#player-note").textContent = `The session has ${how.state === "interrupted" ? "been interrupted" : "ended"}` +
+      (how.reason ? `: ${how.reason}` : ".");
+    $("#player-end").classList.add("hidden");
     player.live.close();
   });
+  const live = state.live.find((l) => l.session.id === id);
+  const end = $("#player-end");
+  end.classList.toggle("hidden", !live?.can_end);
+  end.dataset.session = id;
 }
 
 $("#logout").addEventListener("click", async () => {

@@ -302,6 +302,10 @@ impl PgLedger {
         cert(&mut self.conn().await?, serial).await
     }
 
+    pub async fn certs_of_grants(&self, grants: &[String]) -> Result<Vec<CertRecord>> {
+        certs_of_grants(&mut self.conn().await?, grants).await
+    }
+
     /// The newest user certificate of a key: one lookup in `certs_newest_by_key`.
     pub async fn newest_cert_for(&self, fingerprint: &str) -> Result<Option<CertRecord>> {
         let rows = self

@@ -162,7 +162,7 @@ async fn a_live_login_is_rechecked_against_the_ledger_and_the_policies() {
         .unwrap();
     assert_eq!(
         f.service.recheck(&login, at(10)).await.as_deref(),
-        Some("the grant was revoked")
+        Some("alice revoked the grant: revoked")
     );
 }
 

@@ -90,7 +90,7 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
         "{err}"
     );
     assert!(svc.session("alice", "rec1", "show", at(5)).await.is_err());
-    assert!(svc.grep("alice", "x", all.clone(), at(5)).await.is_err());
+    assert!(svc.grep("alice", &ask("x"), at(5)).await.is_err());
     assert!(
         f.audited("sessions-list").await.is_empty(),
         "refusals read nothing"
@@ -124,10 +124,11 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
         "{err}"
     );
 
-    let hits = svc.grep("bob", "secret", all.clone(), at(7)).await.unwrap();
-    assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0].session, "rec1");
-    let err = svc.grep("bob", "", all, at(7)).await.unwrap_err();
+    let found = svc.grep("bob", &ask("secret"), at(7)).await.unwrap();
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(found.hits[0].session, "rec1");
+    assert!(found.damaged.is_empty());
+    let err = svc.grep("bob", &ask(""), at(7)).await.unwrap_err();
     assert!(err.to_string().contains("pattern is empty"), "{err}");
     let searched = f.audited("sessions-grep").await;
     assert_eq!(searched.len(), 1);
@@ -138,4 +139,88 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
         ),
         (Some("secret"), Some(1))
     );
+}
+
+/// A search for `pattern` over every session, as typed.
+fn ask(pattern: &str) -> crate::wire::sessions::GrepBody {
+    crate::wire::sessions::GrepBody {
+        pattern: pattern.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_live_session_is_ended_by_an_admin_or_its_user_with_a_reason_and_nobody_else() {
+    let f = fixture().await;
+    let svc = &f.service;
+    let recorders = Recorders::new(svc.clone(), 0);
+    let rec = recorders.start(live("s-live", t0())).await.unwrap();
+    let (cutoff, mut told) = tokio::sync::watch::channel(None);
+    rec.ends_with(cutoff);
+    recorders.flush_all().await;
+
+    let err = svc
+        .stop_session("bob", "s-live", "x", at(1))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("ending it takes ramp-admin"),
+        "{err}"
+    );
+    let err = svc
+        .stop_session("carol", "s-live", " ", at(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("takes a reason"), "{err}");
+    let err = svc
+        .stop_session("carol", "nope", "x", at(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no recorded session"), "{err}");
+    assert!(svc.stop_orders(at(1)).await.unwrap().is_empty());
+
+    svc.stop_session("carol", "s-live", "wrong host", at(2))
+        .await
+        .unwrap();
+    let orders = svc.stop_orders(at(3)).await.unwrap();
+    assert_eq!(
+        orders,
+        [crate::service::StopOrder {
+            session: "s-live".into(),
+            told: "carol ended this session: wrong host".into(),
+        }]
+    );
+    // The bastion hands the order to the recording, which cuts its connection.
+    assert!(recorders.stop("s-live", orders[0].told.clone()));
+    told.changed().await.unwrap();
+    assert_eq!(
+        told.borrow().as_deref(),
+        Some("carol ended this session: wrong host")
+    );
+    let stop = &f.audited("session-stop").await[0];
+    assert_eq!(
+        (stop.actor.as_str(), stop.subject.as_str()),
+        ("carol", "s-live")
+    );
+    assert_eq!(stop.detail["reason"], "wrong host");
+    // Orders are acted on for ten minutes, then forgotten.
+    assert!(svc
+        .stop_orders(at(2) + chrono::Duration::minutes(11))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Once it has ended, it cannot be ended again; its own user may end a live one.
+    rec.finish(None, Some("carol ended this session: wrong host".into()));
+    recorders.flush_all().await;
+    let err = svc
+        .stop_session("carol", "s-live", "x", at(4))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not live"), "{err}");
+    let _own = recorders.start(live("s-own", t0())).await.unwrap();
+    recorders.flush_all().await;
+    svc.stop_session("alice", "s-own", "done", at(5))
+        .await
+        .unwrap();
 }
