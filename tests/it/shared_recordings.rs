@@ -2,11 +2,13 @@
 //! recordings directory. A session recorded through node B is listed live by node A's
 //! dashboard and followed there as it runs; once it ends, A shows, plays, exports and greps
 //! it, and C verifies every recording; a node restarting meanwhile leaves B's live session
-//! alone. And what `--recordings` refuses, said clearly.
+//! alone, and B killed with -9 seals its own at its restart. And what `--recordings`
+//! refuses, said clearly.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::bastion::sleeper_as;
 use crate::rig::rig_on_postgres_with;
 use crate::support::{ramp, run_ok, TestDir};
 use crate::{json, Daemon, ALICE, BOB};
@@ -182,6 +184,57 @@ fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
         verified.contains("recordings intact: 1 finished session"),
         "{verified}"
     );
+
+    // B killed with -9 mid-session: A restarting meanwhile leaves B's session live and its
+    // file as it is; B, restarting, seals what it recorded and marks it interrupted.
+    let child = sleeper_as(&rig, "readonly@db-1");
+    let second = rig.sessions()[1]["id"].as_str().unwrap().to_string();
+    let file = shared.join(format!("recordings/{second}.rec"));
+    wait_for_growth(&file);
+    let mut a_slot = Some(a);
+    let rig = rig.restart(
+        |b, _| {
+            b.kill9();
+            a_slot.take().unwrap().stop();
+            let a = Daemon::start_with(&a_dir, &flags);
+            let listed = json(&run_ok(&mut a.cmd(
+                &a_dir,
+                BOB,
+                &["sessions", "list", "--json"],
+            )));
+            assert_eq!(listed[1]["state"], "live", "{listed}");
+            a_slot = Some(a);
+        },
+        &flags,
+    );
+    let a = a_slot.unwrap();
+    let on_a = |args: &[&str]| run_ok(&mut a.cmd(&a_dir, BOB, args));
+    let _ = child.wait_with_output();
+    // B seals it as its bastion starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = json(&on_a(&["sessions", "list", "--json"]));
+        if listed[1]["state"] == "interrupted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(on_a(&["sessions", "export", &second]).contains("started"));
+    let verified = run_ok(&mut rig.ramp(BOB, &["audit", "verify"]));
+    assert!(
+        verified.contains("recordings intact: 2 finished sessions"),
+        "{verified}"
+    );
+}
+
+/// Waits (bounded) until a recording holds more than its header (its first flush).
+fn wait_for_growth(file: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(file).map_or(0, |m| m.len()) <= 21 {
+        assert!(Instant::now() < deadline, "{} never grew", file.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
