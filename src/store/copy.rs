@@ -57,6 +57,9 @@ pub struct Copied {
     pub head: Head,
     /// The last serial handed out; the target's next is above it.
     pub serial: u64,
+    /// The copied chain walked in PostgreSQL once committed: `None` when intact, else the
+    /// first bad record (the source's chain was broken there too: the copy is exact).
+    pub chain: Option<crate::domain::audit::BadRecord>,
 }
 
 impl Default for Copied {
@@ -72,6 +75,7 @@ impl Default for Copied {
             checkpoints: 0,
             head: Head::genesis(),
             serial: 0,
+            chain: None,
         }
     }
 }
@@ -113,7 +117,19 @@ impl std::fmt::Display for Copied {
             self.head.seq,
             self.head.hash.get(..16).unwrap_or(&self.head.hash)
         )?;
-        write!(f, "last serial   {} (the next is above it)", self.serial)
+        writeln!(f, "last serial   {} (the next is above it)", self.serial)?;
+        match &self.chain {
+            None => write!(
+                f,
+                "audit chain   intact in PostgreSQL ({} records)",
+                self.audit
+            ),
+            Some(bad) => write!(
+                f,
+                "audit chain   BROKEN at record {} in the source and so in the copy: {}",
+                bad.seq, bad.reason
+            ),
+        }
     }
 }
 
@@ -176,7 +192,16 @@ pub async fn copy(from: &Source, to: &str) -> Result<Copied> {
     // The reader stops at its next page once the target gave up (its channel closes).
     let read = reader.await.map_err(|e| StoreError::Task(e.to_string()))?;
     match (written, read) {
-        (Ok(copied), _) => Ok(copied),
+        (Ok(mut copied), _) => {
+            // What `audit verify` on the copy will say, walked where it now is.
+            let settings = crate::pgstore::PoolSettings {
+                max_connections: 2,
+                ..Default::default()
+            };
+            let copy = crate::pgstore::PgLedger::open(to, settings, Arc::default()).await?;
+            copied.chain = copy.verify_audit().await?.first_bad;
+            Ok(copied)
+        }
         // The source's error explains why the stream ended early.
         (Err(_), Err(e)) => Err(e),
         (Err(e), Ok(())) => Err(e),

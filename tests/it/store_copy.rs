@@ -75,6 +75,7 @@ fn store_copy_moves_a_sled_installation_into_postgresql() {
         "sessions      1",
         "checkpoints   ",
         "revocations   1",
+        "audit chain   intact in PostgreSQL (",
     ] {
         assert!(copied.contains(line), "{line}: {copied}");
     }
