@@ -17,6 +17,10 @@ scenario errors or when set-up fails, naming what failed; else 0.
     scripts/bench            # the full run (sizes below, ~9 min on 2 cores)
     scripts/bench --smoke    # every scenario tiny, well under a minute (for CI)
 
+Scenario 10 (scripts/bench_pg.py) puts the ledger in PostgreSQL (a cluster of the rig's own,
+three nodes sharing it) beside the sled rows: sign rate with one and three nodes, login
+latency, revocation fan-out across nodes.
+
 Needs root (creates the `readonly` account, runs sshd), python3 (stdlib only), OpenSSH.
 """
 
@@ -69,6 +73,9 @@ SIZES = {
         "slow_rate": 1 * MiB,
         "settle_s": 2,                 # scenario 7: pause before memory is read
         "du_quiet_s": 3,               # scenario 6: du -sb once unchanged this many seconds
+        "pg_api_n": 3000,              # scenario 10 (bench_pg.py): requests a sign-rate row
+        "pg_connect_n": 50,            # ... connections a path
+        "pg_revokes": 20,              # ... revocations, each ending two sessions
     },
     "smoke": {
         "mint_keygen_n": 20,
@@ -90,6 +97,9 @@ SIZES = {
         "slow_rate": 1 * MiB,
         "settle_s": 0.5,
         "du_quiet_s": 1,
+        "pg_api_n": 150,
+        "pg_connect_n": 4,
+        "pg_revokes": 3,
     },
 }
 
@@ -1012,7 +1022,7 @@ def print_table(rows, mode, wall):
                       vs_direct, r.target, met])
     print()
     print(f"ramp-ca vs OpenSSH ({mode} run, {wall:.0f} s). baseline = ssh-keygen -s (1, 2) or "
-          "OpenSSH ProxyJump (3-9); direct = ssh straight to the target, nothing in between "
+          "OpenSSH ProxyJump (3-9), for 10 (the ledger in PostgreSQL) as each row says; direct = ssh straight to the target, nothing in between "
           "(3-6, 8); ratio = ramp-ca / baseline, vs direct = ramp-ca / direct (rates: higher is "
           "better; times and memory: lower is better). Targets are reported, not asserted.")
     print()
@@ -1074,7 +1084,8 @@ def main():
                   f"ramp-ca:   {bench.lab.binary} ... --dir {ramp.dir} --server {ramp.api}\n"
                   f"serve pid {ramp.proc.pid}, log {ramp.log}", flush=True)
             time.sleep(min(args.hold, 3600))
-        for num, name, fn in SCENARIOS:
+        import bench_pg  # noqa: E402 - it imports this module's helpers
+        for num, name, fn in SCENARIOS + bench_pg.SCENARIOS:
             if only and num not in only:
                 continue
             log(f"scenario {num}: {name}")

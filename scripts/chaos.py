@@ -9,8 +9,12 @@ and exits 1 when any check fails or a scenario errors, 0 when all pass.
   1  kill -9 during signing           4  target down, silent, or with another host key
   2  kill -9 mid-session              5  restart with active grants and revocations
   3  recording disk full (tmpfs)      6  garbage on the bastion and API ports
+  with the ledger in PostgreSQL (scripts/chaos_pg.py):
+  7  the database unreachable         9  the database crashed and restarted under load
+  8  the database slow                10 one of two nodes killed
 
-    scripts/chaos                 # everything, about 35 s on 2 cores
+    scripts/chaos                 # everything, about 2 min on 2 cores
+    scripts/chaos --smoke         # the same (every scenario is short already; CI's name)
     scripts/chaos --only 2,4      # some scenarios only
     scripts/chaos --keep          # keep the temp dir (logs, stores) for a post-mortem
 
@@ -753,6 +757,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="comma-separated scenario numbers (e.g. 2,4)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--smoke", action="store_true",
+                    help="accepted for symmetry with scripts/bench: every scenario is short")
     ap.add_argument("--binary", metavar="PATH",
                     help="the ramp-ca to test (default: the newer of target/debug/ramp-ca and "
                          "target/release/ramp-ca; `cargo build` when there is neither)")
@@ -760,7 +766,9 @@ def main():
     if os.geteuid() != 0:
         sys.exit("scripts/chaos must run as root (it creates the readonly account, runs sshd, "
                  "mounts a tmpfs)")
-    known = {num for num, _, _ in SCENARIOS}
+    import chaos_pg  # noqa: E402 - it imports this module's helpers
+    scenarios = SCENARIOS + chaos_pg.SCENARIOS
+    known = {num for num, _, _ in scenarios}
     try:
         only = {int(x) for x in args.only.split(",")} if args.only else known
     except ValueError:
@@ -777,7 +785,7 @@ def main():
         lab.setup()
         log(f"binary under test: {lab.provenance}")
         log(f"temp dir {lab.tmp}; load average {open('/proc/loadavg').read().strip()}")
-        for num, name, fn in SCENARIOS:
+        for num, name, fn in scenarios:
             if num not in only:
                 continue
             log(f"scenario {num}: {name}")

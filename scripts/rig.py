@@ -425,6 +425,57 @@ class Postgres:
                            "SIGKILL")
 
 
+class DelayProxy:
+    """A TCP proxy on 127.0.0.1 in front of `upstream_port` that holds every chunk `delay`
+    seconds, each way: a database far away or slow to answer. `delay` may change while it
+    runs; closed at tear-down."""
+
+    def __init__(self, rig, upstream_port, delay):
+        self.upstream, self.delay = upstream_port, delay
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        rig.cleanups.append(self.close)
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    def pipe(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
 class Ramp:
     """One ramp-ca installation (`ramp-ca init --dir`) and the `serve` running on it."""
 

@@ -56,6 +56,11 @@ pub struct Config {
     /// Where recordings are kept: DIR/data/recordings (the default) or `file:///PATH`, a
     /// directory every node mounts.
     pub recordings: Option<String>,
+    /// This node's name (default: the host name).
+    pub node: Option<String>,
+    /// How long a node's lease lasts unrenewed before other nodes end what it left live,
+    /// like `15s` (PostgreSQL only).
+    pub node_lease: Option<String>,
 }
 
 /// The `store_pool:` section: how many connections this node opens to PostgreSQL at most,
@@ -135,6 +140,8 @@ pub struct Flags {
     pub store: Option<String>,
     /// `--recordings`, or `RAMP_RECORDINGS` (read by clap as the flag's value).
     pub recordings: Option<String>,
+    /// `--node`, or `RAMP_NODE` (ranked with the flag, like `RAMP_STORE`).
+    pub node: Option<String>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
     /// A new installation gets demo identities (`--demo`).
@@ -161,6 +168,10 @@ pub struct Settings {
     pub recordings: crate::recordings::place::Place,
     /// The API's certificate and key when it serves HTTPS; `None` for plain HTTP.
     pub tls: Option<crate::tls::Settings>,
+    /// This node's name.
+    pub node: String,
+    /// How long this node's lease lasts unrenewed (config only).
+    pub node_lease: std::time::Duration,
 }
 
 impl Settings {
@@ -212,8 +223,37 @@ impl Settings {
                 Error::io("--recordings")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
             })?,
             tls: merge_tls(flags, file.tls)?,
+            node: merge_node(flags.node.as_deref(), file.node.as_deref())?,
+            node_lease: match &file.node_lease {
+                None => crate::domain::lease::DEFAULT_TERM,
+                Some(text) => crate::domain::policy::parse_duration(text)
+                    .filter(|d| *d >= std::time::Duration::from_secs(2))
+                    .ok_or_else(|| {
+                        Error::io("node_lease")(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("`{text}` is not a duration like 15s, 1m (at least 2s)"),
+                        ))
+                    })?,
+            },
         })
     }
+}
+
+/// The node's name: the flag (or `RAMP_NODE`), else the file's, else the host name; a
+/// name is 1-64 letters, digits, `.`, `-`, `_` (it goes into logs, labels and records).
+fn merge_node(flag: Option<&str>, file: Option<&str>) -> Result<String, Error> {
+    let name = match flag.or(file).map(str::trim) {
+        Some(n) => n.to_string(),
+        None => crate::service::host_name(),
+    };
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(fits) {
+        return Err(Error::Usage(format!(
+            "--node `{}`: a node name is 1 to 64 letters, digits, `.`, `-` or `_`",
+            crate::shown::Shown(&name)
+        )));
+    }
+    Ok(name)
 }
 
 /// The certificate and the key, each flag over the file's; both or neither.
@@ -272,8 +312,11 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
     }
-    tracing::info!(ledger = %config.store.shown(), recordings = %config.recordings.shown(), "opening the ledger");
-    let service = Arc::new(Service::open_with(dir, &config.store, &config.recordings).await?);
+    tracing::info!(ledger = %config.store.shown(), node = %config.node, recordings = %config.recordings.shown(), "opening the ledger");
+    let service =
+        Arc::new(Service::open_with(dir, &config.store, &config.node, &config.recordings).await?);
+    // Before anything is bound or recovered: a name another running node holds is refused.
+    let lease = service.claim_node(config.node_lease).await?;
     if let Some(path) = service.ensure_bastion_cert(Utc::now()).await? {
         tracing::info!(path = %path.display(), "signed the bastion host certificate");
     }
@@ -357,6 +400,9 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
             }
         }
     });
+    // The lease is kept until the bastion has written its sessions' ends, then released.
+    let (lease_stop, lease_stopped) = tokio::sync::watch::channel(false);
+    let leaseholder = tokio::spawn(service.clone().keep_lease(lease, lease_stopped));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         stop_signal(stops).await;
@@ -395,6 +441,8 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(uploads) = uploads {
         uploads.stop().await;
     }
+    let _ = lease_stop.send(true);
+    let _ = leaseholder.await;
     // After the bastion wrote its sessions' ends, before the webhooks stop: the last
     // checkpoint covers the stop and goes out.
     checkpoints.stop().await;
@@ -434,6 +482,8 @@ mod tests {
         assert!(c.dashboard.public_url.is_some());
         assert_eq!(c.bastion.max_connections_per_user, 32);
         assert_eq!(c.audit.checkpoint_every, "5m");
+        assert_eq!(c.node.as_deref(), Some("bastion-1"));
+        assert_eq!(c.node_lease.as_deref(), Some("15s"));
         assert!(c
             .store
             .as_deref()
@@ -529,6 +579,33 @@ mod tests {
         let bad = shown(flag("ftp://x/y"), file(None)).unwrap_err();
         assert!(
             bad.contains("--recordings") && bad.contains("unknown scheme"),
+            "{bad}"
+        );
+    }
+
+    /// `--node` (or RAMP_NODE) > `node:` > the host name; a name that does not fit is a
+    /// usage error naming the rule.
+    #[test]
+    fn the_node_flag_beats_the_file_which_beats_the_host_name() {
+        let node = |flag: Option<&str>, file: Option<&str>| {
+            let flags = Flags {
+                node: flag.map(String::from),
+                ..Flags::default()
+            };
+            let file = Config {
+                node: file.map(String::from),
+                ..Config::default()
+            };
+            Settings::merge(&flags, file)
+                .map(|s| s.node)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(node(Some("a"), Some("b")), Ok("a".into()));
+        assert_eq!(node(None, Some("b")), Ok("b".into()));
+        assert_eq!(node(None, None), Ok(crate::service::host_name()));
+        let bad = node(Some("two words"), None).unwrap_err();
+        assert!(
+            bad.contains("--node `two words`: a node name is 1 to 64"),
             "{bad}"
         );
     }

@@ -201,8 +201,17 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
-/// Everything, in the Prometheus text exposition format 0.0.4.
-pub fn render(m: &Metrics, ledger: &LedgerGauges, now_ms: u64) -> String {
+/// Label values as the text format quotes them.
+fn quoted(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Everything, in the Prometheus text exposition format 0.0.4: the counters, this node's
+/// name, and the ledger's gauges when it could be read (`ramp_ledger_up` says whether).
+pub fn render(m: &Metrics, ledger: Option<&LedgerGauges>, node: &str, now_ms: u64) -> String {
     let n = |a: &AtomicU64| a.load(Relaxed).to_string();
     let mut out = String::with_capacity(4096);
     family(
@@ -280,17 +289,21 @@ pub fn render(m: &Metrics, ledger: &LedgerGauges, now_ms: u64) -> String {
         "Uploads of recordings to object storage that failed (each is retried; nothing leaves the spool before it is uploaded).",
         &[(String::new(), n(&m.upload_failures))],
     );
-    let gauges: [(&str, &str, String); 6] = [
-        (
-            "ramp_active_grants",
-            "Grants active now.",
-            ledger.active_grants.to_string(),
-        ),
-        (
-            "ramp_pending_requests",
-            "Requests waiting for approval.",
-            ledger.pending_requests.to_string(),
-        ),
+    family(
+        &mut out,
+        "ramp_node_info",
+        "gauge",
+        "This node's name (serve --node), as a label.",
+        &[(format!("{{node=\"{}\"}}", quoted(node)), "1".into())],
+    );
+    family(
+        &mut out,
+        "ramp_ledger_up",
+        "gauge",
+        "1 when the ledger answered this scrape, 0 when it could not be reached.",
+        &[(String::new(), u8::from(ledger.is_some()).to_string())],
+    );
+    let mut gauges: Vec<(&str, &str, String)> = vec![
         (
             "ramp_live_sessions",
             "Recorded bastion channels running now.",
@@ -306,12 +319,26 @@ pub fn render(m: &Metrics, ledger: &LedgerGauges, now_ms: u64) -> String {
             "Recordings (sealed, or live ones' latest part) in this node's spool waiting for their upload to object storage.",
             n(&m.uploads_pending),
         ),
-        (
-            "ramp_audit_records",
-            "Records in the audit chain.",
-            ledger.audit_records.to_string(),
-        ),
     ];
+    if let Some(ledger) = ledger {
+        gauges.extend([
+            (
+                "ramp_active_grants",
+                "Grants active now.",
+                ledger.active_grants.to_string(),
+            ),
+            (
+                "ramp_pending_requests",
+                "Requests waiting for approval.",
+                ledger.pending_requests.to_string(),
+            ),
+            (
+                "ramp_audit_records",
+                "Records in the audit chain.",
+                ledger.audit_records.to_string(),
+            ),
+        ]);
+    }
     for (name, help, value) in gauges {
         family(&mut out, name, "gauge", help, &[(String::new(), value)]);
     }
@@ -346,7 +373,7 @@ mod tests {
             pending_requests: 1,
             audit_records: 9,
         };
-        let text = render(&m, &ledger, 0);
+        let text = render(&m, Some(&ledger), "node\"a", 0);
         let check = |series: &str, want: &str| {
             assert_eq!(
                 sample(&text, series).as_deref(),
@@ -369,6 +396,11 @@ mod tests {
         check("ramp_live_sessions", "1");
         check("ramp_recording_lag_seconds", "0.000");
         check("ramp_audit_records", "9");
+        check("ramp_node_info{node=\"node\\\"a\"}", "1");
+        check("ramp_ledger_up", "1");
+        let down = render(&m, None, "a", 0);
+        assert_eq!(sample(&down, "ramp_ledger_up").as_deref(), Some("0"));
+        assert_eq!(sample(&down, "ramp_audit_records"), None, "{down}");
         assert!(text.contains("# TYPE ramp_approvals_total counter\n"));
         assert!(text.contains("# TYPE ramp_live_sessions gauge\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

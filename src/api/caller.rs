@@ -25,12 +25,24 @@ pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody::new(self.1))).into_response()
+        let mut resp = (self.0, Json(ErrorBody::new(self.1))).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // The ledger is away: worth asking again in a few seconds.
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        resp
     }
 }
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
+        if let ServiceError::Ledger(l) = &e {
+            if let Some(why) = l.outage() {
+                tracing::warn!("answered 503: {why}");
+                return ApiError(StatusCode::SERVICE_UNAVAILABLE, why);
+            }
+        }
         let status = match &e {
             ServiceError::Denied(_) => StatusCode::FORBIDDEN,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -52,6 +52,7 @@ pub fn router(app: App) -> Router {
         .route(routes::AUDIT, get(audit))
         .route(routes::AUDIT_VERIFY, get(verify_audit))
         .route(routes::AUDIT_CHECKPOINT, get(audit_checkpoint))
+        .route(routes::AUDIT_CHECKPOINTS, get(audit_checkpoints))
         .route(routes::AUDIT_SIGNER, get(audit_signer))
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
@@ -86,6 +87,7 @@ async fn certificate(
     Path(id): Path<String>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app
         .certificate(&caller.user, &caller.key, &id, Utc::now())
         .await?;
@@ -107,6 +109,7 @@ async fn grant(
     Query(q): Query<GrantQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app
         .wait_grant(&caller.user, &id, Duration::from_secs(q.wait))
         .await?;
@@ -118,6 +121,7 @@ async fn approve(
     Path(id): Path<String>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app.approve(&caller.user, &id, Utc::now()).await?;
     Ok(Json(out).into_response())
 }
@@ -128,6 +132,7 @@ async fn deny(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let body: ReasonBody = caller.json()?;
+    let id = app.grant_id(&caller.user, &id).await?;
     let out = app
         .deny(&caller.user, &id, &body.reason, Utc::now())
         .await?;
@@ -135,7 +140,10 @@ async fn deny(
 }
 
 async fn revoke(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
-    let body: RevokeBody = caller.json()?;
+    let mut body: RevokeBody = caller.json()?;
+    if let Some(given) = &body.grant {
+        body.grant = Some(app.grant_id(&caller.user, given).await?);
+    }
     let (out, cascade) = app
         .revoke_cascading(&caller.user, &body, body.dry_run, Utc::now())
         .await?;
@@ -186,6 +194,11 @@ async fn audit_checkpoint(State(app): State<App>, caller: Caller) -> Result<Resp
     Ok(Json(out).into_response())
 }
 
+/// Every checkpoint kept, newest first.
+async fn audit_checkpoints(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
+    Ok(Json(app.kept_checkpoints(&caller.user).await?).into_response())
+}
+
 /// The audit-signer's public key, which every checkpoint must be signed with.
 async fn audit_signer(State(app): State<App>, _caller: Caller) -> Response {
     Json(app.audit_signer()).into_response()
@@ -211,6 +224,7 @@ async fn session(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let purpose = q.purpose.unwrap_or_else(|| "show".into());
+    let id = app.session_id(&caller.user, &id).await?;
     let (meta, events) = app.session(&caller.user, &id, &purpose, Utc::now()).await?;
     let mut encoded = Vec::new();
     for e in &events {
@@ -229,6 +243,7 @@ async fn end_session(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let body: ReasonBody = caller.json()?;
+    let id = app.session_id(&caller.user, &id).await?;
     let out = app
         .stop_session(&caller.user, &id, &body.reason, Utc::now())
         .await?;

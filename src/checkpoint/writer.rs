@@ -59,7 +59,7 @@ pub struct Writer {
 impl Writer {
     /// Recalls the last checkpoint kept, then signs one every `every` when the chain grew.
     pub async fn start(service: Arc<Service>, every: Duration) -> Writer {
-        service.recall_checkpoints().await;
+        service.recall_checkpoints(false).await;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(service.clone(), every, stopped));
         Writer {

@@ -84,6 +84,11 @@ pub enum Command {
         /// directory every node mounts [beats the config file's `recordings:`].
         #[arg(long, env = "RAMP_RECORDINGS", value_name = "URL")]
         recordings: Option<String>,
+        /// This node's name, shown with its sessions, in its audit records and metrics;
+        /// on PostgreSQL one running node a name [default: the host name; beats the
+        /// config file's `node:`].
+        #[arg(long, env = "RAMP_NODE", value_name = "NAME")]
+        node: Option<String>,
         /// Serve the API and dashboard over HTTPS with this PEM certificate chain (the
         /// server's certificate first); needs --tls-key [config: `tls: {cert, key}`].
         #[arg(long, value_name = "F")]
@@ -214,7 +219,8 @@ pub enum Command {
     /// Print what targets and clients need to trust this CA.
     #[command(subcommand)]
     Trust(TrustCommand),
-    /// Review recorded sessions (ramp-admin or ramp-auditor; every read is audited).
+    /// Recorded sessions: every one for ramp-admin and ramp-auditor, one's own for anyone
+    /// (every read is audited); ending a live one.
     #[command(subcommand)]
     Sessions(SessionsCommand),
     /// The ledger's storage: create or upgrade a PostgreSQL schema.
@@ -420,6 +426,12 @@ pub enum AuditCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Every checkpoint the service kept (on PostgreSQL the one series all nodes share),
+    /// newest first, as one text `audit verify --checkpoint F` reads.
+    Checkpoints {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -473,7 +485,8 @@ impl Command {
             Command::Audit(
                 AuditCommand::List { client, .. }
                 | AuditCommand::Verify { client, .. }
-                | AuditCommand::Checkpoint { client, .. },
+                | AuditCommand::Checkpoint { client, .. }
+                | AuditCommand::Checkpoints { client, .. },
             ) => Some(client),
             Command::Sessions(
                 SessionsCommand::List { client, .. }

@@ -62,6 +62,13 @@ pub(super) async fn run(cmd: AuditCommand) -> Result {
             client: opts,
         } => verify(&opts, &checkpoint, signer.as_deref(), skip_recordings).await,
         AuditCommand::Checkpoint { out, client: opts } => checkpoint(&opts, out.as_deref()).await,
+        AuditCommand::Checkpoints { client: opts } => {
+            let client = connect(&opts).await?;
+            let kept: Vec<String> = client
+                .call(Method::GET, routes::AUDIT_CHECKPOINTS, None::<&()>)
+                .await?;
+            emit(&opts, &kept, || kept.concat())
+        }
     }
 }
 

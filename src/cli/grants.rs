@@ -51,7 +51,7 @@ pub(super) async fn request(opts: &ClientOpts, ask: StepArgs) -> Result {
         .call(Method::POST, routes::REQUESTS, Some(&body))
         .await?;
     // Say what comes next: a certificate to pick up, now or once approved.
-    let next = match out.grant.state {
+    let next = match out.grant.grant.state {
         State::Pending => format!(
             "once approved, pick the certificate up with: {}\n",
             pick_up_command(opts, &out.grant.grant.id)
@@ -275,7 +275,7 @@ pub(super) async fn sign(
                 .await?
         }
     };
-    if out.certificate.is_none() && out.grant.state == State::Pending {
+    if out.certificate.is_none() && out.grant.grant.state == State::Pending {
         let id = out.grant.grant.id.clone();
         let pick_up = pick_up_command(opts, &id);
         if !wait {
@@ -299,7 +299,7 @@ pub(super) async fn sign(
     let Some(cert) = &out.certificate else {
         return Err(CliError::Refused(format!(
             "grant {} is {}; no certificate",
-            out.grant.grant.id, out.grant.state
+            out.grant.grant.id, out.grant.grant.state
         )));
     };
     // KEY-cert.pub is what `ssh -i KEY` offers (the newest); each grant keeps a file of its
@@ -399,7 +399,7 @@ pub(super) async fn ssh_config(
     let (host, port) = bastion_address(bastion, &server)?;
     let mut targets: Vec<String> = grants
         .iter()
-        .filter(|g| g.grant.user == me.user && g.state == State::Active)
+        .filter(|g| g.grant.user == me.user && g.grant.state == State::Active)
         .flat_map(|g| g.targets.iter().cloned())
         .collect();
     targets.sort();
@@ -480,7 +480,7 @@ async fn from_grant(client: &Client, id: &str, wait: bool) -> Result<Outcome> {
     let view: GrantView = client
         .call(Method::GET, &path(routes::GRANT, id), None::<&()>)
         .await?;
-    if view.state != State::Pending {
+    if view.grant.state != State::Pending {
         return certificate_of(client, id).await;
     }
     if !wait {
@@ -515,7 +515,7 @@ async fn wait_for_approval(client: &Client, id: &str, timeout: Duration, pick_up
                 None::<&()>,
             )
             .await?;
-        match view.state {
+        match view.grant.state {
             State::Pending if tokio::time::Instant::now() < deadline => continue,
             State::Pending => {
                 return Err(CliError::Refused(format!(

@@ -18,12 +18,12 @@ pub(super) fn sessions_table(sessions: &[Session]) -> String {
         return "no sessions\n".into();
     }
     let mut out = format!(
-        "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
-        "ID", "START", "USER", "PRINCIPAL@TARGET", "KIND", "STATE", "EXIT", "COMMAND"
+        "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {:<12} {}\n",
+        "ID", "START", "USER", "PRINCIPAL@TARGET", "KIND", "STATE", "EXIT", "NODE", "COMMAND"
     );
     for s in sessions {
         out.push_str(&format!(
-            "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {}\n",
+            "{:<13} {:<20} {:<8} {:<18} {:<10} {:<12} {:<10} {:<12} {}\n",
             Shown(&s.id),
             s.start.format("%Y-%m-%dT%H:%M:%SZ"),
             Shown(&s.user),
@@ -31,6 +31,7 @@ pub(super) fn sessions_table(sessions: &[Session]) -> String {
             Shown(&s.kind),
             s.state.to_string(),
             s.exit_status.map_or("-".into(), |c| c.to_string()),
+            Shown(s.node.as_deref().unwrap_or("-")),
             Shown(s.command.as_deref().unwrap_or(""))
         ));
     }
@@ -39,7 +40,7 @@ pub(super) fn sessions_table(sessions: &[Session]) -> String {
 
 pub(super) fn describe_session(s: &SessionMeta, events: usize) -> String {
     let mut out = format!(
-        "session   {}\nuser      {} (grant {}, serial {}, key id {})\nlogin     {}@{} from {}\nkind      {} {}\nstart     {}\nend       {}\nstate     {}{}\nexit      {}\nbytes     {} in, {} out, {} events\n",
+        "session   {}\nuser      {} (grant {}, serial {}, key id {})\nlogin     {}@{} from {}\nnode      {}\nkind      {} {}\nstart     {}\nend       {}\nstate     {}{}\nexit      {}\nbytes     {} in, {} out, {} events\n",
         Shown(&s.id),
         Shown(&s.user),
         Shown(&s.grant),
@@ -48,6 +49,7 @@ pub(super) fn describe_session(s: &SessionMeta, events: usize) -> String {
         Shown(&s.principal),
         Shown(&s.target),
         Shown(&s.client),
+        Shown(s.node.as_deref().unwrap_or("-")),
         Shown(&s.kind),
         Shown(s.command.as_deref().unwrap_or("")),
         rfc3339(s.start),
@@ -92,9 +94,9 @@ pub(super) fn describe_grant(g: &GrantView) -> String {
     let gr = &g.grant;
     let mut s = format!(
         "{} {}/{} for {}: {}",
-        gr.id, gr.contract, gr.step, gr.user, g.state
+        gr.id, gr.contract, gr.step, gr.user, g.grant.state
     );
-    match g.state {
+    match g.grant.state {
         State::Active => s.push_str(&format!(
             " until {}",
             gr.end.map(rfc3339).unwrap_or_default()
@@ -133,7 +135,7 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
         "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS", "TARGETS", "OPTIONS"
     );
     for g in grants {
-        let left = match (g.state, g.grant.end) {
+        let left = match (g.grant.state, g.grant.end) {
             (State::Active, Some(end)) => policy::format_duration(Duration::from_secs(
                 (end - now).num_seconds().max(0) as u64,
             )),
@@ -150,7 +152,7 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
             Shown(&g.grant.id),
             Shown(&g.grant.user),
             Shown(&step),
-            g.state.to_string(),
+            g.grant.state.to_string(),
             left,
             Shown(&list(&g.principals)),
             Shown(&list(&g.targets)),

@@ -15,7 +15,7 @@ use super::{App, WebSession};
 use crate::api::ApiError;
 use crate::service::{ServiceError, WebUser};
 use crate::wire::dashboard;
-use crate::wire::grants::{ReasonBody, Revocation, RevokeBody};
+use crate::wire::grants::{ReasonBody, RequestBody, Revocation, RevokeBody};
 use crate::wire::ui;
 
 /// The live state is pushed at least this often (time left, bytes moved).
@@ -29,6 +29,7 @@ pub(super) fn routes() -> Router<App> {
         .route(ui::DENY, post(deny))
         .route(ui::REVOKE, get(revoke_preview).post(revoke))
         .route(ui::END, post(end_session))
+        .route(ui::REQUEST, post(request))
 }
 
 /// The live view as the browser session's user may see it.
@@ -109,6 +110,20 @@ async fn deny(
         .deny(&s.user, &id, &body.reason, Utc::now())
         .await?;
     Ok(Json(out).into_response())
+}
+
+/// Files a request from the page's form.
+async fn request(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(body): Json<RequestBody>,
+) -> Result<Response, ApiError> {
+    let s = app.web_change(&headers)?;
+    let out = app
+        .service
+        .request_from_page(&s.user, &body, Utc::now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 /// Ends a live session, saying why (see [`crate::service::Service::stop_session`]).

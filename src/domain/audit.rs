@@ -225,6 +225,9 @@ pub struct Granted {
     /// The `approvals.auto` rule that approved it at once, with its conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by_rule: Option<String>,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `approve`: how many approvals of how many needed.
@@ -326,6 +329,9 @@ pub struct LoggedIn {
     pub grant: String,
     pub serial: u64,
     pub client: String,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `login-refused`: why, from where, with which certificate (if one was offered).
@@ -347,6 +353,9 @@ pub struct SessionStarted {
     pub grant: String,
     pub serial: u64,
     pub client: String,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `session-end`.
@@ -364,6 +373,9 @@ pub struct SessionEnded {
     pub files: Vec<String>,
     #[serde(default)]
     pub recording: Option<RecordingSeal>,
+    /// The node (`serve --node`) that wrote it; absent in records from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `session-stop`: whose session, where, and why it was ended.
@@ -382,6 +394,13 @@ pub struct SessionInterrupted {
     pub bytes_out: u64,
     #[serde(default)]
     pub recording: Option<RecordingSeal>,
+    /// The node that found it interrupted and ended it: the session's own at its restart,
+    /// or another once the session's node's lease lapsed; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why, when another node ended it (its node's lease lapsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// `dashboard-link`.
@@ -530,6 +549,7 @@ mod tests {
             end: None,
             approvers: None,
             by_rule: None,
+            node: None,
         };
         assert_eq!(
             Action::from(granted).detail(),

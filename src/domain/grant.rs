@@ -38,6 +38,20 @@ pub struct Grant {
     pub approvals: Vec<Approval>,
     /// Who denied or revoked it, when and why.
     pub closed: Option<Closure>,
+    /// More time asked for while active, waiting for its approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<Extension>,
+}
+
+/// An extension of an active grant waiting for approvals (`ramp-ca extend`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extension {
+    /// The end it would move to.
+    pub end: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub approvals_needed: u32,
+    pub approvals: Vec<Approval>,
 }
 
 /// Where a grant stands. A grant records pending, active, denied or revoked; expired is an
@@ -129,6 +143,7 @@ impl Grant {
             approvals_needed: asked.approvals_needed,
             approvals: Vec::new(),
             closed: None,
+            extension: None,
         };
         if grant.approvals_needed == 0 {
             grant.activate(now);
@@ -178,6 +193,13 @@ impl Grant {
             at: now,
             reason: reason.to_string(),
         });
+    }
+
+    /// Moves an active grant's end to `end` (an extension granted); a pending extension is
+    /// settled by it.
+    pub fn extend_to(&mut self, end: DateTime<Utc>) {
+        self.end = Some(end);
+        self.extension = None;
     }
 
     /// Names of the people who approved so far.

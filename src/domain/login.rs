@@ -77,7 +77,7 @@ pub enum Refusal {
     KeyNotYetValid { key: String, serial: u64 },
     #[error("`{user}` already has {max} connections through the bastion; close one")]
     Busy { user: String, max: usize },
-    #[error("cannot check revocation: {0}")]
+    #[error("cannot check the certificate against the ledger: {0}")]
     Ledger(String),
 }
 

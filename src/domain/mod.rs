@@ -9,6 +9,7 @@
 //! - [`krl`]: OpenSSH key revocation lists.
 //! - [`audit`]: the audit chain (records, hashes, walking it) and the closed vocabulary of
 //!   audited actions with their typed details.
+//! - [`lease`]: node leases on a shared ledger: who may use a name, when a node is gone.
 //! - [`login`]: who may log in where through the bastion, and why a login is refused.
 //! - [`session`]: a recorded session's metadata, as the ledger, the pages and the exports
 //!   know it.
@@ -17,6 +18,7 @@ pub mod audit;
 pub mod cert;
 pub mod grant;
 pub mod krl;
+pub mod lease;
 pub mod login;
 pub mod notice;
 pub mod policy;

@@ -28,6 +28,11 @@ pub fn seconds_before(now: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
 pub const INTERRUPTED_REASON: &str =
     "the bastion stopped without ending the session (crash or kill -9)";
 
+/// Why another node ended a session whose node's lease lapsed.
+pub fn lapsed_reason(node: &str, lease_secs: u64) -> String {
+    format!("node `{node}` stopped renewing its lease (more than {lease_secs} s): it crashed, was killed or lost the ledger; the session is kept up to its last flush")
+}
+
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,6 +114,10 @@ pub struct SessionMeta {
     /// the two against each other without scanning the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_in: Option<u64>,
+    /// The node (`serve --node`) whose bastion runs or ran it; `None` in records from
+    /// before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl SessionMeta {

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_open_grants",
         sql: include_str!("schema/0002_open_grants.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_nodes",
+        sql: include_str!("schema/0003_nodes.sql"),
+    },
 ];
 
 /// The schema version this binary knows.
@@ -277,11 +282,13 @@ mod tests {
     fn what_was_applied_decides_what_runs_next() {
         check(&[], Ok(Some("0001_ledger")));
         check(&[(1, "0001_ledger", "ours")], Ok(Some("0002_open_grants")));
-        let current = [(1, "0001_ledger", "ours"), (2, "0002_open_grants", "ours")];
+        let two = [(1, "0001_ledger", "ours"), (2, "0002_open_grants", "ours")];
+        check(&two, Ok(Some("0003_nodes")));
+        let current = [two[0], two[1], (3, "0003_nodes", "ours")];
         check(&current, Ok(None));
         check(
-            &[current[0], current[1], (3, "0003_future", "ab")],
-            Err("has schema version 3, newer than this ramp-ca knows (version 2)"),
+            &[current[0], current[1], current[2], (4, "0004_future", "ab")],
+            Err("has schema version 4, newer than this ramp-ca knows (version 3)"),
         );
         check(
             &[(1, "0001_ledger", "0123456789abcdef")],

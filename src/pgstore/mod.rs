@@ -16,7 +16,7 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError};
 use deadpool_postgres::{RecyclingMethod, Runtime, TimeoutType};
 
-pub use self::ledger::{import, PgLedger, PgTx};
+pub use self::ledger::{import, Holder, PgLedger, PgTx};
 pub use self::migrations::{migrate, Migrated};
 pub use self::url::StoreUrl;
 
@@ -75,6 +75,49 @@ pub enum PgError {
 }
 
 type Result<T> = std::result::Result<T, PgError>;
+
+impl PgError {
+    /// When the error means the database cannot be reached now (refused, silent, shutting
+    /// down or starting up, the connection lost, every connection busy), what to tell a
+    /// caller: the server and why, and that it is worth trying again shortly.
+    pub fn outage(&self) -> Option<String> {
+        let (target, why) = match self {
+            PgError::Connect { target, why } => (target, why.clone()),
+            PgError::ConnectTimeout { target, within } => {
+                (target, format!("no answer within {within:?}"))
+            }
+            PgError::Refused { target, message } if message.contains("the database system is") => {
+                (target, message.clone())
+            }
+            PgError::PoolBusy { target, max, .. } => (
+                target,
+                format!("all {max} of this node's connections are busy"),
+            ),
+            PgError::Query { target, message } if lost(message) => (target, message.clone()),
+            _ => return None,
+        };
+        Some(format!(
+            "the ledger (PostgreSQL at {target}) is unreachable: {why}; try again shortly"
+        ))
+    }
+}
+
+/// Whether a statement's failure is the connection's, not the statement's: closed, reset,
+/// unanswered, or the server going away (SQLSTATE class 08, 57P01-57P03).
+fn lost(message: &str) -> bool {
+    const SIGNS: [&str; 9] = [
+        "connection closed",
+        "Connection reset",
+        "Broken pipe",
+        "no answer within",
+        "SQLSTATE 08",
+        "SQLSTATE 57P01",
+        "SQLSTATE 57P02",
+        "SQLSTATE 57P03",
+        "error communicating with the server",
+    ];
+    SIGNS.iter().any(|s| message.contains(s))
+}
 
 /// How many connections a node opens and how long its queries may take. Every connection
 /// sets `statement_timeout` when it opens, so no query runs unbounded on the server.

@@ -17,7 +17,7 @@ use super::files::{FileSync, RecordingFile};
 use super::format::{encode_event, EventKind};
 use crate::domain::session::{SessionMeta, SessionState};
 use crate::metrics::Metrics;
-use crate::service::Service;
+use crate::service::{Service, ServiceError};
 
 /// How often buffers are written at the latest (sooner when one fills), and how often
 /// written recordings are synced to disk; the durability promise is one second.
@@ -201,6 +201,9 @@ pub struct Recorders {
     wake: Arc<Notify>,
     /// Bytes kept free on the recording disk.
     min_free: u64,
+    /// Sessions that ended (sealed) while the ledger could not be reached: their ends are
+    /// recorded at the next flush that reaches it.
+    unrecorded_ends: Mutex<Vec<SessionMeta>>,
 }
 
 impl Recorders {
@@ -210,6 +213,7 @@ impl Recorders {
             live: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             min_free,
+            unrecorded_ends: Mutex::new(Vec::new()),
         })
     }
 
@@ -232,13 +236,13 @@ impl Recorders {
 
     /// Starts recording a session: its file exists and its metadata is on disk, and
     /// audited, before it returns; refused when the recording disk is full.
-    pub async fn start(&self, meta: SessionMeta) -> Result<Arc<Recorder>, String> {
+    pub async fn start(&self, mut meta: SessionMeta) -> Result<Arc<Recorder>, String> {
         if let Some(why) = self.disk_full() {
             return Err(why);
         }
         let file = self
             .service
-            .start_recording(&meta, Utc::now())
+            .start_recording(&mut meta, Utc::now())
             .await
             .map_err(|e| e.to_string())?;
         let syncer = file.sync_handle().map_err(|e| e.to_string())?;
@@ -337,18 +341,41 @@ impl Recorders {
         }
         if !live.is_empty() {
             let ids: Vec<String> = live.iter().map(|m| m.id.clone()).collect();
-            if let Err(e) = self.service.update_sessions(live, Utc::now()).await {
-                for rec in recorders.iter().filter(|r| ids.contains(&r.id)) {
-                    rec.fail(format!("cannot write the session's metadata ({e})"));
+            match self.service.update_sessions(live, Utc::now()).await {
+                // The ledger is away (an outage): the recordings go on on disk, and the
+                // metadata is written again by a later flush or the session's end.
+                Err(ServiceError::Ledger(e)) if e.outage().is_some() => {
+                    for rec in recorders.iter().filter(|r| ids.contains(&r.id)) {
+                        lock(&rec.inner).dirty = true;
+                    }
                 }
+                Err(e) => {
+                    for rec in recorders.iter().filter(|r| ids.contains(&r.id)) {
+                        rec.fail(format!("cannot write the session's metadata ({e})"));
+                    }
+                }
+                Ok(()) => {}
             }
         }
+        let mut ended = ended;
+        ended.splice(0..0, std::mem::take(&mut *lock(&self.unrecorded_ends)));
         if !ended.is_empty() {
             let gone: Vec<String> = ended.iter().map(|m| m.id.clone()).collect();
-            if let Err(e) = self.service.end_sessions(ended.clone(), Utc::now()).await {
-                tracing::error!(error = %e, "cannot record session ends in the ledger; keeping their metadata alone");
-                if let Err(e) = self.service.update_sessions(ended, Utc::now()).await {
-                    tracing::error!(error = %e, "cannot write the ended sessions' metadata");
+            match self.service.end_sessions(ended.clone(), Utc::now()).await {
+                Ok(()) => {}
+                Err(ServiceError::Ledger(e)) if e.outage().is_some() => {
+                    // Sealed already: their ends are recorded once the ledger is back.
+                    tracing::warn!(
+                        sessions = ended.len(),
+                        "session ends wait for the ledger: {e}"
+                    );
+                    lock(&self.unrecorded_ends).extend(ended);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record session ends in the ledger; keeping their metadata alone");
+                    if let Err(e) = self.service.update_sessions(ended, Utc::now()).await {
+                        tracing::error!(error = %e, "cannot write the ended sessions' metadata");
+                    }
                 }
             }
             let mut live = lock(&self.live);

@@ -88,6 +88,51 @@ impl Service {
         }
     }
 
+    /// Whose recordings `who` may read: everyone's for reviewers, else their own. A listing
+    /// or search narrowed to someone else is refused, saying what it takes.
+    pub(crate) fn recordings_of(
+        &self,
+        who: &str,
+        filter: &mut crate::domain::session::SessionFilter,
+        reading: Reading,
+    ) -> Result<()> {
+        if self.is_reviewer(who) {
+            return Ok(());
+        }
+        match &filter.user {
+            Some(u) if u != who => Err(self.not_theirs(u, reading)),
+            _ => {
+                filter.user = Some(who.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Refuses `who` a session of `owner` unless it is their own or they review; the refusal
+    /// does not say whose it is.
+    pub(crate) fn require_own_or_reviewer(
+        &self,
+        who: &str,
+        owner: &str,
+        reading: Reading,
+    ) -> Result<()> {
+        if who == owner || self.is_reviewer(who) {
+            Ok(())
+        } else {
+            Err(ServiceError::Denied(format!(
+                "{} of someone else takes ramp-admin or ramp-auditor (anyone reads their own)",
+                reading.what()
+            )))
+        }
+    }
+
+    fn not_theirs(&self, owner: &str, reading: Reading) -> ServiceError {
+        ServiceError::Denied(format!(
+            "{} of `{owner}` takes ramp-admin or ramp-auditor (anyone reads their own)",
+            reading.what()
+        ))
+    }
+
     /// Whether `user` reviews (admins and auditors).
     pub fn is_reviewer(&self, user: &str) -> bool {
         is_reviewer(&self.policies(), user)

@@ -175,21 +175,25 @@ impl Service {
         let signed = Signed::sign(&self.keys.audit_signer, &head, now)
             .map_err(|e| ServiceError::Conflict(e.to_string()))?;
         if head.seq > 0 {
-            // The file is synced: off the async threads.
-            let keeping = signed.clone();
-            tokio::task::spawn_blocking(move || kept.keep(&keeping))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("keeping a checkpoint: {e}")))??;
+            self.store.keep_checkpoint(&signed).await?;
         }
         Ok(signed)
     }
 
-    /// Trusts the newest checkpoint in `data/checkpoints/` that the audit-signer signed, and
-    /// says loudly when the chain no longer runs on from it.
-    pub async fn recall_checkpoints(&self) {
+    /// The checkpoints kept (the shared series on PostgreSQL, this node's files on sled),
+    /// newest first, for admins and auditors: what `audit verify --checkpoint` checks.
+    pub async fn kept_checkpoints(&self, who: &str) -> Result<Vec<String>> {
+        self.require_reviewer(who, Reading::AuditLog)?;
+        let kept = self.store.stored_checkpoints(true).await?;
+        Ok(kept.into_iter().map(|(_, text)| text).collect())
+    }
+
+    /// Trusts the newest checkpoint kept that the audit-signer signed, and says loudly when
+    /// the chain no longer runs on from it (when `quiet`, only then).
+    pub async fn recall_checkpoints(&self, quiet: bool) {
         let kept = self.store.checkpoints();
         let key = self.keys.audit_signer.public_key();
-        let stored = match kept.stored() {
+        let stored = match self.store.stored_checkpoints(false).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the kept audit checkpoints");
@@ -208,7 +212,7 @@ impl Service {
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "a kept audit checkpoint is not what the audit-signer signed; skipping it")
+                    tracing::error!(%path, error = %e, "a kept audit checkpoint is not what the audit-signer signed; skipping it")
                 }
             }
         }
@@ -216,11 +220,12 @@ impl Service {
             return;
         };
         match self.store.audit_extends(&from).await {
-            Ok(Ok(head)) => tracing::info!(
+            Ok(Ok(head)) if !quiet => tracing::info!(
                 checkpoint = from.seq,
                 records = head.seq,
                 "audit chain runs on from its last checkpoint"
             ),
+            Ok(Ok(_)) => {}
             Ok(Err(bad)) => tracing::error!(
                 checkpoint = from.seq,
                 record = bad.seq,
@@ -233,6 +238,10 @@ impl Service {
 
     /// Signs and keeps a checkpoint when the chain grew since the last one; logs a failure.
     pub async fn checkpoint_if_grown(&self, now: DateTime<Utc>) {
+        if self.store.is_shared() {
+            // Another node may have signed this head already: one checkpoint a head.
+            self.recall_checkpoints(true).await;
+        }
         match self.store.audit_head().await {
             Ok(head)
                 if head.seq == 0 || self.store.checkpoints().trusted().as_ref() == Some(&head) =>

@@ -80,7 +80,14 @@ impl Service {
         client: SocketAddr,
         now: DateTime<Utc>,
     ) -> std::result::Result<Login, Refusal> {
-        let ledger = |e: crate::store::StoreError| Refusal::Ledger(e.to_string());
+        let ledger = |e: crate::store::StoreError| {
+            self.note_ledger(Some(&e));
+            Refusal::Ledger(e.outage().unwrap_or_else(|| e.to_string()))
+        };
+        if let Some(why) = self.ledger_down() {
+            // Known down: refuse at once rather than wait out a connect timeout per login.
+            return Err(Refusal::Ledger(why));
+        }
         let presented = login::presented(&self.user_ca(), cert, login_name, client.ip(), now)?;
         let key_id = presented.key_id.to_string();
         match self.store.cert(presented.serial).await.map_err(ledger)? {
@@ -257,6 +264,7 @@ impl Service {
             grant: l.grant.id.clone(),
             serial: l.serial,
             client: l.client.clone(),
+            node: Some(self.node.clone()),
         };
         let entry = Entry::new(&l.user, &l.target.name, logged);
         self.write_audit(entry, now).await

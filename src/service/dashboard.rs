@@ -6,12 +6,40 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::access::{is_reviewer, may_revoke};
-use super::{Result, Service};
+use super::{Result, Service, ServiceError};
 use crate::domain::audit::{DashboardLinked, DashboardLoggedIn, Entry};
 use crate::domain::grant::{Grant, State};
 use crate::domain::policy::ROLE_ADMIN;
+use crate::domain::policy::{format_duration, Policies};
 use crate::domain::session::{SessionMeta, SessionState};
-use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow};
+use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow, Requestable, StepChoice};
+use crate::wire::grants::{Outcome, RequestBody};
+
+/// The contracts `user` holds a requester role of, with their steps.
+fn requestable(p: &Policies, user: &str) -> Vec<Requestable> {
+    let roles = p.users.get(user).map(|u| u.roles.as_slice()).unwrap_or(&[]);
+    p.contracts
+        .values()
+        .filter(|c| roles.iter().any(|r| c.requesters.contains(r)))
+        .map(|c| Requestable {
+            contract: c.name.clone(),
+            description: c.description.clone(),
+            reason_required: c.reason.required,
+            reason_example: c.reason.example.clone(),
+            steps: c
+                .steps
+                .iter()
+                .map(|s| StepChoice {
+                    name: s.name.clone(),
+                    max_ttl: format_duration(s.max_ttl),
+                    after: s.after.clone(),
+                    approvals: s.approvals.as_ref().map_or(0, |a| a.count),
+                    break_glass: s.break_glass,
+                })
+                .collect(),
+        })
+        .collect()
+}
 
 /// A browser session, as the live view names it.
 #[derive(Debug, Clone)]
@@ -104,7 +132,31 @@ impl Service {
             },
             now,
             pending,
+            requestable: requestable(&p, user),
         })
+    }
+
+    /// Files a request made on the page: as `ramp-ca request` does (no certificate is minted:
+    /// `ramp-ca sign --grant ID` picks it up on the engineer's machine).
+    pub async fn request_from_page(
+        &self,
+        user: &str,
+        body: &RequestBody,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome> {
+        let key = self
+            .policies()
+            .users
+            .get(user)
+            .and_then(|u| u.keys.first().cloned())
+            .ok_or_else(|| {
+                ServiceError::Denied(format!("`{user}` has no registered key in people.yaml"))
+            })?;
+        let body = RequestBody {
+            certify: false,
+            ..body.clone()
+        };
+        self.request(user, &key, &body, now).await
     }
 
     /// Audits a one-time dashboard login link handed to `user`.

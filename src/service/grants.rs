@@ -32,9 +32,10 @@ impl Service {
         let targets = contract
             .map(|c| p.targets_of(c).map(|h| h.name.clone()).collect())
             .unwrap_or_default();
+        let mut shown: crate::wire::grants::Grant = grant.into();
+        shown.state = grant.state_at(now);
         GrantView {
-            grant: grant.into(),
-            state: grant.state_at(now),
+            grant: shown,
             principals: step.map(|s| s.principals.clone()).unwrap_or_default(),
             targets,
             break_glass: step.is_some_and(|s| s.break_glass),
@@ -284,6 +285,7 @@ impl Service {
                 end: grant.end,
                 approvers: None,
                 by_rule,
+                node: Some(self.node.clone()),
             };
             change.entries.push(Entry::new(user, &grant.id, granted));
         }
@@ -446,6 +448,7 @@ impl Service {
                         end: grant.end,
                         approvers: Some(grant.approvers()),
                         by_rule: None,
+                        node: Some(self.node.clone()),
                     };
                     entries.push(Entry::new(approver, id, granted));
                 }
@@ -558,7 +561,7 @@ impl Service {
         let mut writes = self.store.subscribe_grants();
         loop {
             let view = self.grant(user, id, Utc::now()).await?;
-            if view.state != State::Pending {
+            if view.grant.state != State::Pending {
                 return Ok(view);
             }
             loop {

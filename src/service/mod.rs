@@ -11,6 +11,8 @@ mod bastion;
 mod dashboard;
 mod grants;
 mod hosts;
+mod ids;
+mod nodes;
 mod revoke;
 mod sessions;
 mod stop;
@@ -44,6 +46,7 @@ pub use self::audit::AuditSearch;
 pub use self::bastion::Attempt;
 pub use self::dashboard::WebUser;
 pub use self::hosts::initialise;
+pub use self::nodes::{host_name, Node};
 #[cfg(test)]
 pub(crate) use self::sessions::interrupted_change;
 
@@ -96,22 +99,29 @@ pub struct Service {
     store: Ledger,
     /// Counters for `/metrics`, bumped here, in the bastion, the recorder and the notifier.
     metrics: Arc<Metrics>,
+    /// This node's name (`serve --node`), in session records, audit details and metrics.
+    node: String,
+    /// Why the ledger cannot be reached, while it cannot (set by the lease's renewals and
+    /// by calls that failed on it): new logins are refused at once meanwhile.
+    ledger_down: std::sync::Mutex<Option<String>>,
 }
 
 impl Service {
     /// Opens an installation whose keys and policies exist (see [`initialise`]), with its
-    /// ledger at `location` (sled under `data/`, or PostgreSQL).
+    /// ledger at `location` (sled under `data/`, or PostgreSQL), as node `node`.
     pub async fn open(
         dir: &Path,
         location: &Location,
+        node: &str,
     ) -> std::result::Result<Service, crate::Error> {
-        Service::open_with(dir, location, &Place::Local).await
+        Service::open_with(dir, location, node, &Place::Local).await
     }
 
     /// [`Service::open`] with the recordings at `recordings`.
     pub async fn open_with(
         dir: &Path,
         location: &Location,
+        node: &str,
         recordings: &Place,
     ) -> std::result::Result<Service, crate::Error> {
         let policies = crate::install::load_policies(&dir.join("policies"))?;
@@ -125,7 +135,14 @@ impl Service {
             keys,
             store,
             metrics: Arc::new(Metrics::default()),
+            node: node.to_string(),
+            ledger_down: std::sync::Mutex::new(None),
         })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Starts a grant change: its reads, its decision and its commit are serialised with
@@ -198,7 +215,23 @@ impl Service {
 
     /// `/metrics`: the counters, and the ledger's gauges read now (grants active and
     /// requests pending, never a scan of the ledger; the audit chain's length).
+    /// A ledger that cannot be reached leaves those gauges out and says so
+    /// (`ramp_ledger_up 0`): the counters are still worth scraping during an outage.
     pub async fn metrics_text(&self, now: DateTime<Utc>) -> Result<String> {
+        let gauges = match self.ledger_gauges(now).await {
+            Ok(g) => Some(g),
+            Err(ServiceError::Ledger(e)) if e.outage().is_some() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(crate::metrics::render(
+            &self.metrics,
+            gauges.as_ref(),
+            &self.node,
+            crate::metrics::unix_ms(),
+        ))
+    }
+
+    async fn ledger_gauges(&self, now: DateTime<Utc>) -> Result<LedgerGauges> {
         let mut gauges = LedgerGauges {
             audit_records: self.store.audit_len().await?,
             ..LedgerGauges::default()
@@ -210,11 +243,7 @@ impl Service {
                 _ => {}
             }
         }
-        Ok(crate::metrics::render(
-            &self.metrics,
-            &gauges,
-            crate::metrics::unix_ms(),
-        ))
+        Ok(gauges)
     }
 
     /// The policies in force.

@@ -31,9 +31,13 @@ impl From<Hit> for crate::wire::sessions::Hit {
 }
 
 /// The change that ends what a dead daemon left live: each interrupted session with the
-/// `session-interrupted` record carrying its seal, and the metadata repaired; and the
-/// interrupted sessions.
-pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta>) {
+/// `session-interrupted` record carrying its seal (written by `node`, for `why` when another
+/// node ends them), and the metadata repaired; and the interrupted sessions.
+pub(crate) fn interrupted_change(
+    found: Interrupted,
+    node: &str,
+    why: Option<&str>,
+) -> (Change, Vec<SessionMeta>) {
     let mut change = Change {
         sessions: found.repaired,
         ..Change::default()
@@ -44,6 +48,8 @@ pub(crate) fn interrupted_change(found: Interrupted) -> (Change, Vec<SessionMeta
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
             recording: s.recording.clone(),
+            node: Some(node.to_string()),
+            why: why.map(String::from),
         };
         change.entries.push(Entry::new(&s.user, &s.id, interrupted));
         change.ended.push((s.clone(), change.entries.len() - 1));
@@ -72,14 +78,15 @@ impl From<Grepped> for crate::wire::sessions::Grepped {
 }
 
 impl Service {
-    /// Recorded sessions matching `filter`, for admins and auditors; the listing is audited.
+    /// Recorded sessions matching `filter`: every one for admins and auditors, one's own for
+    /// anyone else; the listing is audited.
     pub async fn sessions(
         &self,
         who: &str,
-        filter: SessionFilter,
+        mut filter: SessionFilter,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionMeta>> {
-        self.require_reviewer(who, Reading::Recordings)?;
+        self.recordings_of(who, &mut filter, Reading::Recordings)?;
         let mut out = self.store.sessions().await?;
         out.retain(|m| filter.matches(m, now));
         let listed = SessionsListed {
@@ -91,8 +98,8 @@ impl Service {
         Ok(out)
     }
 
-    /// One session's metadata and events, for admins and auditors; every read is audited
-    /// with its purpose (show, play, export, dashboard-play...).
+    /// One session's metadata and events, for admins, auditors and its own user; every read
+    /// is audited with its purpose (show, play, export, dashboard-play...).
     pub async fn session(
         &self,
         who: &str,
@@ -100,8 +107,8 @@ impl Service {
         purpose: &str,
         now: DateTime<Utc>,
     ) -> Result<(SessionMeta, Vec<Event>)> {
-        self.require_reviewer(who, Reading::Recordings)?;
         let meta = self.recorded(id).await?;
+        self.require_own_or_reviewer(who, &meta.user, Reading::Recordings)?;
         let events = self.store.session_events(&meta).await?;
         self.audit_read(who, &meta, purpose, now).await?;
         Ok((meta, events))
@@ -141,10 +148,10 @@ impl Service {
     /// search is audited. A recording that cannot be read (changed, truncated, missing) does
     /// not stop it: the others are searched, and it is named with why.
     pub async fn grep(&self, who: &str, ask: &GrepBody, now: DateTime<Utc>) -> Result<Grepped> {
-        self.require_reviewer(who, Reading::Recordings)?;
+        let mut filter: SessionFilter = ask.filter.clone().into();
+        self.recordings_of(who, &mut filter, Reading::Recordings)?;
         let needle = Needle::new(&ask.pattern, ask.ignore_case, ask.regex)
             .map_err(ServiceError::BadRequest)?;
-        let filter: SessionFilter = ask.filter.clone().into();
         let (mut hits, mut damaged) = (Vec::new(), Vec::new());
         for meta in self
             .store
@@ -211,13 +218,19 @@ impl Service {
             .is_some_and(|m| m.state == crate::domain::session::SessionState::Live))
     }
 
-    /// Starts a session's recording: its file exists and its metadata is on disk, and
-    /// audited (`session-start`), before it returns.
+    /// Starts a session's recording: its file exists and its metadata (naming this node) is
+    /// on disk, and audited (`session-start`), before it returns.
     pub async fn start_recording(
         &self,
-        meta: &SessionMeta,
+        meta: &mut SessionMeta,
         now: DateTime<Utc>,
     ) -> Result<RecordingFile> {
+        if let Some(why) = self.ledger_down() {
+            return Err(ServiceError::Ledger(crate::store::StoreError::Conflict(
+                why,
+            )));
+        }
+        meta.node = Some(self.node.clone());
         let file = self.store.create_recording(&meta.id)?;
         let started = SessionStarted {
             target: meta.target.clone(),
@@ -227,6 +240,7 @@ impl Service {
             grant: meta.grant.clone(),
             serial: meta.serial,
             client: meta.client.clone(),
+            node: meta.node.clone(),
         };
         let change = Change {
             sessions: vec![meta.clone()],
@@ -260,6 +274,7 @@ impl Service {
                 bytes_out: m.bytes_out,
                 files: m.files.clone(),
                 recording: m.recording.clone(),
+                node: Some(self.node.clone()),
             };
             change.entries.push(Entry::new(&m.user, &m.id, end));
             change.ended.push((m, i));
@@ -272,8 +287,8 @@ impl Service {
     /// Seals and audits the sessions a daemon that died left live (`session-interrupted`,
     /// in one commit); returns them.
     pub async fn recover_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
-        let found = self.store.interrupted().await?;
-        let (change, sealed) = interrupted_change(found);
+        let found = self.store.interrupted(&self.node).await?;
+        let (change, sealed) = interrupted_change(found, &self.node, None);
         self.commit(change, now).await?;
         let ids: Vec<String> = sealed.iter().map(|m| m.id.clone()).collect();
         self.store.recordings_done(&ids);

@@ -3,7 +3,9 @@
 //! owner-only directory, written once and never replaced. Every checkpoint kept is also
 //! broadcast, so the webhooks carry a copy off this machine. The files are the service's
 //! own memory of what it signed: whoever can write `data/` can delete them, but not forge
-//! one; the copies auditors keep elsewhere are what a rewrite cannot reach.
+//! one; the copies auditors keep elsewhere are what a rewrite cannot reach. With the ledger
+//! in PostgreSQL the series is the `checkpoints` table instead, one for every node
+//! ([`Ledger::keep_checkpoint`]); what is trusted and announced stays here.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -12,7 +14,7 @@ use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use super::{Result, StoreError};
+use super::{on_thread, Engine, Ledger, Result, StoreError};
 use crate::checkpoint::Signed;
 use crate::domain::audit::Head;
 
@@ -79,9 +81,14 @@ impl Checkpoints {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&self.dir))?;
-        self.trust(cp.head());
-        let _ = self.feed.send(signed.clone());
+        self.kept(signed);
         Ok(true)
+    }
+
+    /// A checkpoint is kept (here or in the shared series): trust its head and announce it.
+    pub fn kept(&self, signed: &Signed) {
+        self.trust(signed.checkpoint.head());
+        let _ = self.feed.send(signed.clone());
     }
 
     /// Every checkpoint file's path and text, newest record first.
@@ -123,6 +130,59 @@ impl Checkpoints {
     /// Every checkpoint kept from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Signed> {
         self.feed.subscribe()
+    }
+}
+
+/// The newest checkpoints a node reads back to find the last one it can trust.
+const RECALLED: i64 = 32;
+
+impl Ledger {
+    /// Keeps a checkpoint unless record `seq` has one already: a file under
+    /// `data/checkpoints` on sled, a row of the shared series on PostgreSQL (nodes signing
+    /// the same head keep the first; the others' are dropped). A new one is trusted and
+    /// announced here. Returns whether it was new.
+    pub async fn keep_checkpoint(&self, signed: &Signed) -> Result<bool> {
+        match &self.engine {
+            Engine::Sled(_) => {
+                let (kept, signed) = (self.checkpoints.clone(), signed.clone());
+                on_thread(move || kept.keep(&signed)).await
+            }
+            Engine::Postgres(p) => {
+                let new = p
+                    .keep_checkpoint(signed.checkpoint.seq, &signed.text())
+                    .await?;
+                if new {
+                    self.checkpoints.kept(signed);
+                } else {
+                    self.checkpoints.trust(signed.checkpoint.head());
+                }
+                Ok(new)
+            }
+        }
+    }
+
+    /// The checkpoints kept, newest record first, each with where it is (a file, or
+    /// `checkpoints/SEQ` in the shared series): every file on sled, the newest few on
+    /// PostgreSQL, or all of them with `all`.
+    pub async fn stored_checkpoints(&self, all: bool) -> Result<Vec<(String, String)>> {
+        match &self.engine {
+            Engine::Sled(_) => {
+                let kept = self.checkpoints.clone();
+                let files = on_thread(move || kept.stored()).await?;
+                Ok(files
+                    .into_iter()
+                    .map(|(p, text)| (p.display().to_string(), text))
+                    .collect())
+            }
+            Engine::Postgres(p) => {
+                let limit = if all { i64::MAX } else { RECALLED };
+                Ok(p.checkpoints(limit)
+                    .await?
+                    .into_iter()
+                    .map(|(seq, text)| (format!("checkpoints/{seq}"), text))
+                    .collect())
+            }
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub use self::embedded::OnDisk;
 pub use self::embedded::SledLedger;
 pub use self::feeds::{Feeds, GrantNews};
 pub use self::seals::{BadRecording, SealReport};
-pub use self::sessions::Interrupted;
+pub use self::sessions::{Interrupted, TakeOver};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,17 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// When the ledger cannot be reached now (PostgreSQL down, silent or restarting), what
+    /// to tell the caller; `None` for every other error.
+    pub fn outage(&self) -> Option<String> {
+        match self {
+            StoreError::Postgres(e) => e.outage(),
+            _ => None,
+        }
+    }
+}
 
 /// A set of changes committed together with their audit entries.
 #[derive(Debug, Default)]
@@ -360,6 +371,19 @@ impl Ledger {
         match &self.engine {
             Engine::Sled(s) => s.cert(serial),
             Engine::Postgres(p) => p.cert(serial).await,
+        }
+    }
+
+    /// Up to `limit` grant ids (or, with `sessions`, session ids) starting with `prefix`.
+    pub async fn ids_starting(
+        &self,
+        sessions: bool,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        match &self.engine {
+            Engine::Sled(s) => s.ids_starting(sessions, prefix, limit),
+            Engine::Postgres(p) => p.ids_starting(sessions, prefix, limit).await,
         }
     }
 

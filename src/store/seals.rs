@@ -376,13 +376,14 @@ mod tests {
             bytes_out: 0,
             files: Vec::new(),
             recording,
+            node: None,
         }
     }
 
     /// What the service does at start: seals what a dead daemon left live, in the chain.
     async fn mark_interrupted(store: &Ledger) -> Vec<SessionMeta> {
         let (change, sealed) =
-            crate::service::interrupted_change(store.interrupted().await.unwrap());
+            crate::service::interrupted_change(store.interrupted("n1").await.unwrap(), "n1", None);
         store.commit(change, Utc::now()).await.unwrap();
         sealed
     }
@@ -524,6 +525,8 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             recording: m.recording.clone(),
+            node: None,
+            why: None,
         };
         audit(&store, "s3", again).await;
         audit(&store, "gone", ended(None)).await;

@@ -33,6 +33,31 @@ pub struct LiveView {
     pub me: Me,
     pub now: DateTime<Utc>,
     pub pending: Vec<PendingRow>,
+    /// What this user may ask for, for the request form.
+    pub requestable: Vec<Requestable>,
+}
+
+/// A contract this user may request, as the request form offers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Requestable {
+    pub contract: String,
+    pub description: String,
+    /// Whether a reason is required, and an example of its form.
+    pub reason_required: bool,
+    pub reason_example: Option<String>,
+    pub steps: Vec<StepChoice>,
+}
+
+/// One step of a [`Requestable`] contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepChoice {
+    pub name: String,
+    /// Like `30m`.
+    pub max_ttl: String,
+    /// The step it climbs from, held first.
+    pub after: Option<String>,
+    pub approvals: u32,
+    pub break_glass: bool,
 }
 
 /// Who the page belongs to.

@@ -137,9 +137,11 @@ pub struct Grant {
     pub reason: Option<String>,
     pub ttl_secs: u64,
     pub requested_at: DateTime<Utc>,
-    /// As recorded: never `expired` (see [`GrantView::state`]).
-    #[serde(with = "label")]
-    pub status: State,
+    /// Where it stands: as recorded in bodies and webhooks (never `expired`), and as of now
+    /// in a [`GrantView`] (an active grant past its end is `expired`). Older answers called
+    /// it `status`.
+    #[serde(with = "label", alias = "status")]
+    pub state: State,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
     pub approvals_from: Vec<String>,
@@ -173,7 +175,7 @@ impl From<&grant::Grant> for Grant {
             reason: g.reason.clone(),
             ttl_secs: g.ttl_secs,
             requested_at: g.requested_at,
-            status: g.state,
+            state: g.state,
             start: g.start,
             end: g.end,
             approvals_from: g.approvals_from.clone(),
@@ -198,10 +200,9 @@ impl From<&grant::Grant> for Grant {
 /// A grant as shown to people: the record plus its state now and what it allows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantView {
+    /// The grant, its `state` as of now.
     #[serde(flatten)]
     pub grant: Grant,
-    #[serde(with = "label")]
-    pub state: State,
     pub principals: Vec<String>,
     pub targets: Vec<String>,
     /// The step is break-glass (its grants are announced as such).

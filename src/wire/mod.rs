@@ -39,6 +39,8 @@ pub const AUDIT: &str = "/v1/audit";
 pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
 /// `GET`: a checkpoint of the chain's head signed now.
 pub const AUDIT_CHECKPOINT: &str = "/v1/audit/checkpoint";
+/// `GET`: every checkpoint kept, newest first (their texts).
+pub const AUDIT_CHECKPOINTS: &str = "/v1/audit/checkpoints";
 /// `GET`: the key checkpoints are signed with.
 pub const AUDIT_SIGNER: &str = "/v1/audit/signer";
 /// `GET [?user=&target=&since=SECS]`: recorded sessions.
@@ -70,6 +72,7 @@ pub mod ui {
     pub const DENY: &str = "/ui/api/grants/{id}/deny";
     pub const REVOKE: &str = "/ui/api/grants/{id}/revoke";
     pub const END: &str = "/ui/api/sessions/{id}/end";
+    pub const REQUEST: &str = "/ui/api/requests";
     pub const RECORDINGS: &str = "/ui/api/recordings";
     pub const PLAYBACK: &str = "/ui/api/recordings/{id}/playback";
     pub const ASCIICAST: &str = "/ui/api/recordings/{id}/asciicast";
@@ -77,7 +80,7 @@ pub mod ui {
     pub const AUDIT: &str = "/ui/api/audit";
 
     /// The routes the page's script calls, by the name it uses.
-    pub const ROUTES: [(&str, &str); 12] = [
+    pub const ROUTES: [(&str, &str); 13] = [
         ("logout", LOGOUT),
         ("state", STATE),
         ("stream", STREAM),
@@ -85,6 +88,7 @@ pub mod ui {
         ("deny", DENY),
         ("revoke", REVOKE),
         ("end", END),
+        ("request", REQUEST),
         ("recordings", RECORDINGS),
         ("playback", PLAYBACK),
         ("asciicast", ASCIICAST),

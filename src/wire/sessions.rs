@@ -37,6 +37,9 @@ pub struct Session {
     pub recording: Option<RecordingSeal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_in: Option<u64>,
+    /// The node whose bastion ran it; absent for sessions from before node names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Moves every field across; written once for both directions.
@@ -68,6 +71,7 @@ macro_rules! session_fields {
             env: m.env,
             recording: m.recording,
             sealed_in: m.sealed_in,
+            node: m.node,
         }
     }};
 }

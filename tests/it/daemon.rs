@@ -88,6 +88,17 @@ impl Daemon {
         cmd
     }
 
+    /// The checkpoints the daemon kept (`audit checkpoints`, as bob the auditor), newest
+    /// first: files under `data/checkpoints` on sled, the shared table on PostgreSQL.
+    pub fn kept_checkpoints(&self, dir: &TestDir) -> Vec<String> {
+        let out = crate::support::run_ok(&mut self.cmd(
+            dir,
+            crate::BOB,
+            &["audit", "checkpoints", "--json"],
+        ));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// The daemon's log so far (an unreadable log fails the test: "no panic in the log" must
     /// not pass for want of a log).
     pub fn log(&self) -> String {

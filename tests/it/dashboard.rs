@@ -715,3 +715,83 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
         assert_eq!(stops.len(), 2, "{stops:#?}");
     });
 }
+
+#[test]
+fn an_engineer_requests_access_on_the_page_and_reads_only_her_own_recordings() {
+    let rig = rig();
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        let base = rig.daemon.url.clone();
+        c.goto(&link(&rig, ALICE)).await.unwrap();
+        wait_text(&c, "#me", "alice logged in", |t| t.contains("alice")).await;
+
+        // The form offers what she may ask for; observe is granted at once.
+        click(&c, "#ask summary").await;
+        let offered = wait_text(&c, "#ask-step", "the steps", |t| t.contains("observe")).await;
+        assert!(
+            offered.contains("operate") && offered.contains("approval"),
+            "{offered}"
+        );
+        let reason = c.find(Locator::Css("#ask-reason")).await.unwrap();
+        reason.send_keys("INC-88 from the page").await.unwrap();
+        click(&c, "#request button").await;
+        let said = wait_text(&c, "#toast", "the answer", |t| t.contains("Granted")).await;
+        assert!(
+            said.contains("prod-db/observe") && said.contains("ramp-ca sign --grant"),
+            "{said}"
+        );
+        wait_text(&c, "#active tbody", "her grant", |t| {
+            t.contains("INC-88 from the page")
+        })
+        .await;
+        let grants = json(&run_ok(&mut rig.ramp(ALICE, &["grants", "--json"])));
+        assert_eq!(grants[0]["state"], "active", "{grants:#}");
+        assert_eq!(grants[0]["reason"], "INC-88 from the page");
+
+        // operate needs an approval: filed, and the toast says from whom.
+        c.execute(
+            "const s = document.querySelector('#ask-step'); s.value = 'operate';",
+            vec![],
+        )
+        .await
+        .unwrap();
+        click(&c, "#request button").await;
+        let said = wait_text(&c, "#toast", "pending", |t| t.contains("Requested")).await;
+        assert!(said.contains("waiting for 1 approval"), "{said}");
+        screenshot(&c, "11-request-form").await;
+
+        // A policy refusal comes back in the policy's words.
+        c.execute(
+            "document.querySelector('#request input[name=ttl]').value = '9d';",
+            vec![],
+        )
+        .await
+        .unwrap();
+        click(&c, "#request button").await;
+        let said = wait_text(&c, "#toast", "the refusal", |t| t.contains("Refused")).await;
+        assert!(said.contains("max_ttl"), "{said}");
+
+        // Her recordings, and nobody else's (the certificate from the grant she asked for).
+        rig.sign(ALICE, &["--grant", grants[0]["id"].as_str().unwrap()]);
+        run_ok(&mut rig.ssh(ALICE, "readonly@db-1", &["echo", "mine-on-the-page"]));
+        rig.wait_sessions("her session ended", |l| {
+            l.iter().any(|s| s["state"] == "ended")
+        });
+        c.goto(&format!("{base}/ui/#recordings")).await.unwrap();
+        let rows = wait_text(&c, "#recs tbody", "her recording", |t| t.contains("alice")).await;
+        assert!(rows.contains("echo mine-on-the-page"), "{rows}");
+        let theirs = c
+            .execute(
+                "return fetch('/ui/api/recordings?user=bob').then((r) => r.status)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(theirs, json!(403));
+    });
+}

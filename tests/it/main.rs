@@ -7,6 +7,7 @@ mod bastion;
 mod certs;
 mod daemon;
 mod dashboard;
+mod faults;
 mod init_policy;
 mod nodes;
 mod notify;

@@ -26,8 +26,14 @@ fn nodes(n: usize) -> (Vec<TestDir>, Vec<Daemon>) {
         let node = dirs[0].another_node();
         dirs.push(node);
     }
-    let daemons = dirs.iter().map(Daemon::start).collect();
+    let daemons = dirs.iter().enumerate().map(|(i, d)| named(d, i)).collect();
     (dirs, daemons)
+}
+
+/// Node `i` of an installation on `dir`, named `node-i`: nodes sharing a database need a
+/// name each (a second start under a name another process holds is refused).
+fn named(dir: &TestDir, i: usize) -> Daemon {
+    Daemon::start_with(dir, &["--node", &format!("node-{i}")])
 }
 
 /// Starts `cmd` with its output captured.
@@ -289,9 +295,9 @@ fn a_revocation_on_one_node_ends_a_live_session_on_another_within_a_second() {
     // daemon, with the target), carol revokes on A.
     let rig = rig_on_postgres();
     let a_dir = rig.dir.another_node();
-    let a = Daemon::start(&a_dir);
+    let a = named(&a_dir, 1);
     let c_dir = rig.dir.another_node();
-    let c = Daemon::start(&c_dir);
+    let c = named(&c_dir, 2);
     run_ok(&mut a.cmd(&a_dir, ALICE, &crate::observe("INC-4", &[])));
     let asked = json(&run_ok(&mut a.cmd(
         &a_dir,

@@ -537,10 +537,9 @@ fn checkpoints_are_posted_whole_when_the_chain_grew_and_at_stop() {
     assert_eq!(cp["actor"], "ramp-ca");
     assert_eq!(cp["audit_seq"], head);
     let text = cp["detail"]["checkpoint"].as_str().unwrap();
-    assert_eq!(
-        text,
-        dir.read(format!("data/checkpoints/{head:012}.checkpoint")),
-        "the receiver holds the very file the daemon kept"
+    assert!(
+        daemon.kept_checkpoints(&dir).iter().any(|k| k == text),
+        "the receiver holds the very checkpoint the daemon kept"
     );
     assert!(cp["text"]
         .as_str()

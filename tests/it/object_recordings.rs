@@ -102,14 +102,14 @@ fn metric(d: &Daemon, name: &str) -> String {
 fn recordings_in_s3_are_followed_read_and_verified_from_another_node() {
     let moto = Moto::start_on(free_port());
     moto.curl("PUT", "recs");
-    let flags = ["--recordings", "s3://recs/ramp"];
+    let node = |name: &'static str| ["--recordings", "s3://recs/ramp", "--node", name];
     let b_dir = TestDir::new();
     b_dir.use_postgres();
     point_at(&b_dir, &moto);
-    let rig = rig_in(b_dir, &flags);
+    let rig = rig_in(b_dir, &node("node-b"));
     let a_dir = rig.dir.another_node();
     point_at(&a_dir, &moto);
-    let a = Daemon::start_with(&a_dir, &flags);
+    let a = Daemon::start_with(&a_dir, &node("node-a"));
     rig.observe("INC-12", &[]);
     let child = rig
         .ssh(

@@ -143,6 +143,8 @@ fn a_revoke_says_what_it_reaches_before_and_after_and_the_terminal_says_who_revo
     );
     assert!(dry.contains("nothing changed"), "{dry}");
     let grants = json(&run_ok(&mut rig.ramp(crate::ALICE, &["grants", "--json"])));
+    // One grant shape: `state` only, `status` gone (issue 12).
+    assert!(grants[0].get("status").is_none(), "{grants:#}");
     let active = grants
         .as_array()
         .unwrap()
@@ -237,4 +239,36 @@ fn a_search_finds_commands_ignoring_case_or_by_regex_and_survives_a_damaged_reco
             .any(|r| r["detail"]["damaged"][0] == ids[0].as_str()),
         "{searched:#?}"
     );
+}
+
+#[test]
+fn short_id_prefixes_work_where_they_name_one_thing_the_caller_may_see() {
+    let rig = rig();
+    rig.observe("INC-10", &[]);
+    let pending = json(&run_ok(
+        &mut rig.ramp(crate::ALICE, &crate::ask("operate", "INC-10")),
+    ));
+    let id = pending["grant"]["id"].as_str().unwrap().to_string();
+    let short = &id[..5];
+    let approved = json(&run_ok(&mut rig.ramp(BOB, &["approve", short, "--json"])));
+    assert_eq!(approved["grant"]["id"], id.as_str(), "{approved:#}");
+    assert_eq!(approved["grant"]["state"], "active");
+    run_ok(&mut rig.ramp(crate::ALICE, &["sign", "--grant", short]));
+
+    run_ok(&mut rig.ssh(crate::ALICE, "readonly@db-1", &["true"]));
+    let session = rig.wait_sessions("an ended session", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    })[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = run_ok(&mut rig.ramp(BOB, &["sessions", "show", &session[..6]]));
+    assert!(shown.contains(&session), "{shown}");
+
+    // Her own session, by its prefix; someone who may not see a grant learns nothing from
+    // its prefix: an unknown id.
+    let own = run_ok(&mut rig.ramp(crate::ALICE, &["sessions", "show", &session[..6]]));
+    assert!(own.contains(&session), "{own}");
+    let (_, err) = run_err(&mut rig.ramp(crate::ALICE, &["revoke", "--grant", "ffff"]));
+    assert!(err.contains("no grant with id `ffff`"), "{err}");
 }

@@ -12,8 +12,8 @@ use ramp_ca::pgstore::{Pg, PoolSettings};
 use crate::postgres::{PgCluster, Sql};
 use crate::support::{free_port, ramp, run_err, run_ok, TestDir};
 
-const APPLIED: &str = "schema at version 2 (applied 0001_ledger, 0002_open_grants)\n";
-const ALREADY: &str = "schema already at version 2\n";
+const APPLIED: &str = "schema at version 3 (applied 0001_ledger, 0002_open_grants, 0003_nodes)\n";
+const ALREADY: &str = "schema already at version 3\n";
 
 fn migrate(dir: &TestDir, url: &str) -> Command {
     let mut cmd = ramp(dir);
@@ -40,6 +40,7 @@ fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
             "certs",
             "checkpoints",
             "grants",
+            "nodes",
             "nonces",
             "revocations",
             "revoked",
@@ -61,7 +62,11 @@ fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
     };
     assert_eq!(
         applied,
-        [row("1", "0001_ledger"), row("2", "0002_open_grants")]
+        [
+            row("1", "0001_ledger"),
+            row("2", "0002_open_grants"),
+            row("3", "0003_nodes")
+        ]
     );
     // The chain starts at genesis; serials start at 1.
     assert_eq!(
@@ -134,17 +139,21 @@ fn two_migrations_at_once_apply_it_once() {
     for out in &outputs {
         if out != ALREADY {
             let names = out
-                .strip_prefix("schema at version 2 (applied ")
+                .strip_prefix("schema at version 3 (applied ")
                 .and_then(|rest| rest.strip_suffix(")\n"))
                 .unwrap_or_else(|| panic!("unexpected output: {out}"));
             applied.extend(names.split(", "));
         }
     }
     applied.sort();
-    assert_eq!(applied, ["0001_ledger", "0002_open_grants"], "{outputs:?}");
+    assert_eq!(
+        applied,
+        ["0001_ledger", "0002_open_grants", "0003_nodes"],
+        "{outputs:?}"
+    );
     assert_eq!(
         holder.column("SELECT count(*)::text FROM schema_migrations"),
-        ["2"]
+        ["3"]
     );
 }
 
@@ -156,21 +165,21 @@ fn a_database_newer_than_the_binary_is_refused_naming_both_versions() {
     let sql = Sql::connect(&pg.url());
     sql.batch(
         "INSERT INTO schema_migrations (version, name, sha256, applied_by)
-         VALUES (3, '0003_future', 'ab', 'ramp-ca 9.9.9')",
+         VALUES (4, '0004_future', 'ab', 'ramp-ca 9.9.9')",
     );
     let (code, err) = run_err(&mut migrate(&dir, &pg.url()));
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.lines().count(), 1, "one line, no notices: {err}");
     assert!(
         err.contains(&format!(
-            "the database at 127.0.0.1:{}/ramp has schema version 3, newer than this ramp-ca knows (version 2)",
+            "the database at 127.0.0.1:{}/ramp has schema version 4, newer than this ramp-ca knows (version 3)",
             pg.port()
         )),
         "{err}"
     );
     assert_eq!(
         sql.column("SELECT count(*)::text FROM schema_migrations"),
-        ["3"]
+        ["4"]
     );
     // `serve` migrates at start, so it refuses the same way, before it listens.
     let (code, err) = run_err(ramp(&dir).args([
@@ -184,7 +193,7 @@ fn a_database_newer_than_the_binary_is_refused_naming_both_versions() {
     ]));
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("has schema version 3, newer than this ramp-ca knows (version 2)"),
+        err.contains("has schema version 4, newer than this ramp-ca knows (version 3)"),
         "{err}"
     );
 }

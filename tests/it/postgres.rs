@@ -146,6 +146,43 @@ impl PgCluster {
         assert!(status.success(), "the cluster's reaper: {status}");
     }
 
+    /// Stops the server as an operator would (fast mode: its connections are cut), keeping
+    /// its data; [`PgCluster::start_again`] brings it back on the same port.
+    pub fn stop_server(&self) {
+        let out = self.run(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "fast", "-w", "-t", "30", "stop"]),
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+    }
+
+    /// Starts the stopped server again on its port, waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let out = self.run(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.log_path())
+                .args(["-w", "-t", &START_TIMEOUT.as_secs().to_string()])
+                .args(["-o", &format!("-p {}", self.port)])
+                .arg("start"),
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+    }
+
     /// The password of [`USER`].
     pub fn password(&self) -> &str {
         &self.password

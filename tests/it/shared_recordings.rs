@@ -102,13 +102,14 @@ pub(crate) fn followed_in_order(followed: &str, first: &str, later: &str) {
 fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
     let shared = TestDir::new();
     let at = format!("file://{}", shared.join("recordings").display());
-    let flags = ["--recordings", at.as_str()];
+    let node = |name: &'static str| ["--recordings", at.as_str(), "--node", name];
+    let (a_flags, b_flags, c_flags) = (node("node-a"), node("node-b"), node("node-c"));
     // Node B is the rig's daemon (the target's bastion); A and C are other nodes.
-    let rig = rig_on_postgres_with(&flags);
+    let rig = rig_on_postgres_with(&b_flags);
     let a_dir = rig.dir.another_node();
-    let mut a = Daemon::start_with(&a_dir, &flags);
+    let mut a = Daemon::start_with(&a_dir, &a_flags);
     let c_dir = rig.dir.another_node();
-    let c = Daemon::start_with(&c_dir, &flags);
+    let c = Daemon::start_with(&c_dir, &c_flags);
     rig.observe("INC-11", &[]);
     let child = rig
         .ssh(
@@ -135,7 +136,7 @@ fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
 
     // A restarts while B's session runs: A did not record it, so A leaves it live.
     a.stop();
-    a = Daemon::start_with(&a_dir, &flags);
+    a = Daemon::start_with(&a_dir, &a_flags);
     assert!(
         !a.log().contains("interrupted"),
         "node A touched B's session:\n{}",
@@ -196,7 +197,7 @@ fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
         |b, _| {
             b.kill9();
             a_slot.take().unwrap().stop();
-            let a = Daemon::start_with(&a_dir, &flags);
+            let a = Daemon::start_with(&a_dir, &a_flags);
             let listed = json(&run_ok(&mut a.cmd(
                 &a_dir,
                 BOB,
@@ -205,7 +206,7 @@ fn three_nodes_share_recordings_and_any_node_follows_shows_and_verifies_them() {
             assert_eq!(listed[1]["state"], "live", "{listed}");
             a_slot = Some(a);
         },
-        &flags,
+        &b_flags,
     );
     let a = a_slot.unwrap();
     let on_a = |args: &[&str]| run_ok(&mut a.cmd(&a_dir, BOB, args));

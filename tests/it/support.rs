@@ -78,9 +78,16 @@ impl TestDir {
     /// Another node of this installation: the same keys, policies and demo identities, the
     /// same ledger (its database), a `data/` of its own.
     pub fn another_node(&self) -> TestDir {
-        let node = TestDir::new();
+        let node = self.same_installation();
         let db = self.store.get_or_init(TestDb::create).clone();
         let _ = node.store.set(db);
+        node
+    }
+
+    /// The same keys, policies and demo identities in a directory of its own, whose ledger
+    /// is whatever its daemons are told (`--store`).
+    pub fn same_installation(&self) -> TestDir {
+        let node = TestDir::new();
         for sub in ["keys", "policies", "demo"] {
             copy_tree(&self.join(sub), &node.join(sub));
         }

@@ -151,6 +151,8 @@ function render(s) {
   }).join("");
   $("#active-empty").classList.toggle("hidden", s.active.length > 0);
   $("#active").classList.toggle("hidden", s.active.length === 0);
+  offer(s.requestable);
+
   const live = $("#live tbody");
   live.innerHTML = s.live.map((l) => {
     const m = l.session;
@@ -158,7 +160,7 @@ function render(s) {
       <td data-label="since">${ago(m.start)}</td><td data-label="user"><b>${esc(m.user)}</b></td>
       <td data-label="step">${l.contract ? stepCell(l) : ""}</td><td data-label="where" class="mono">${esc(m.principal)}@${esc(m.target)}</td>
       <td data-label="what" class="mono">${esc(m.kind)}${m.command ? ": " + esc(m.command) : ""}</td><td data-label="reason">${esc(l.reason || "")}</td>
-      <td data-label="from" class="mono muted">${esc(m.client)}</td>
+      <td data-label="from" class="mono muted">${esc(m.client)}</td><td data-label="node" class="mono muted">${esc(m.node || "")}</td>
       <td data-label="time left">${l.ends ? `<span class="left" data-until="${esc(l.ends)}"></span>` : ""}</td>
       <td data-label="in / out" class="mono">${bytes(m.bytes_in)} / ${bytes(m.bytes_out)}</td>
       <td class="actions">${s.me.reviewer ? `<button data-act="follow">Watch</button>` : ""}
@@ -243,6 +245,49 @@ async function cascade(id, cell) {
   }
   cell.insertAdjacentHTML("afterbegin", reach.get(id));
 }
+
+// The request form: the contracts this user may ask for, their steps, and what each needs.
+function offer(contracts) {
+  $("#ask").classList.toggle("hidden", !contracts.length);
+  const select = $("#ask-contract");
+  const names = contracts.map((c) => c.contract).join(",");
+  if (select.dataset.names === names) return;  // unchanged: keep what is being typed
+  select.dataset.names = names;
+  select.innerHTML = contracts.map((c) => `<option value="${esc(c.contract)}">${esc(c.contract)}</option>`).join("");
+  steps();
+}
+function steps() {
+  const c = state.requestable.find((r) => r.contract === $("#ask-contract").value);
+  if (!c) return;
+  $("#ask-step").innerHTML = c.steps.map((st) => `<option value="${esc(st.name)}">${esc(st.name)} · up to ${esc(st.max_ttl)}` +
+    `${st.approvals ? ` · ${st.approvals} approval${st.approvals > 1 ? "s" : ""}` : ""}${st.break_glass ? " · break-glass" : ""}${st.after ? ` · after ${esc(st.after)}` : ""}</option>`).join("");
+  $("#ask-reason").placeholder = c.reason_required ? `reason (required${c.reason_example ? ", like " + c.reason_example : ""})` : "reason";
+  $("#ask-note").textContent = c.description || "";
+}
+$("#ask-contract").addEventListener("change", steps);
+$("#request").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = Object.fromEntries([...new FormData($("#request")).entries()].filter(([, v]) => v !== ""));
+  const button = $("#request button");
+  button.disabled = true;
+  try {
+    const out = await api(route("request"), { method: "POST", body: JSON.stringify(body) });
+    const g = out.grant;
+    const take = `take its certificate with: ramp-ca sign --grant ${g.id}`;
+    if (g.state === "active") {
+      toast(`Granted ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}: ${take}`, "good");
+    } else {
+      toast(`Requested ${g.contract}/${g.step}: waiting for ${g.approvals_needed - g.approvals.length} approval(s) from ${g.approvals_from.join(" or ")}; then ${take}`, "info");
+    }
+    $("#ask-note").textContent = (out.reasons || []).join("; ");
+  } catch (err) {
+    // The policy's own words: what was refused and why.
+    toast(`Refused: ${err.message}`);
+    $("#ask-note").textContent = err.message;
+  } finally {
+    button.disabled = false;
+  }
+});
 
 // Says what an approval did, in its own colour: granted, still pending, or refused at the end.
 function approved(out) {
@@ -350,7 +395,7 @@ async function search(e) {
         `${clock(h.at_ms)} <span class="tag">${where[h.stream] || "output"}</span> ${marker(h.line)}</div>`).join("");
       const damaged = r.damaged ? `<div class="damaged"><span class="tag glass">damaged</span> not searched: ${esc(r.damaged)}</div>` : "";
       return `<tr data-session="${esc(r.id)}"${r.damaged ? ` class="damaged-row"` : ""}><td data-label="started">${ago(r.start)}<div class="id">${esc(r.id)}</div>${damaged}</td><td data-label="user"><b>${esc(r.user)}</b></td>
-        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
+        <td data-label="where" class="mono">${esc(r.principal)}@${esc(r.target)}</td><td data-label="node" class="mono muted">${esc(r.node || "")}</td><td data-label="what" class="mono">${esc(r.kind)}${r.command ? ": " + esc(r.command) : ""}${hits}</td>
         <td data-label="state">${esc(r.state)}${r.end_reason ? `<div class="muted">${esc(r.end_reason)}</div>` : ""}</td><td data-label="length">${len}</td><td data-label="bytes out" class="mono">${bytes(r.bytes_out)}</td>
         <td><button data-act="play">Play</button> <a class="button" href="${esc(route("asciicast", r.id))}">.cast</a></td></tr>`;
     }).join("");

@@ -18,6 +18,7 @@
 //! connection) and, on this side, a little longer, for a network that went silent.
 
 mod import;
+mod nodes;
 mod read;
 mod write;
 
@@ -34,6 +35,7 @@ use super::{Pg, PgError, PoolSettings};
 use crate::store::{Feeds, StoreError};
 
 pub use self::import::import;
+pub use self::nodes::Holder;
 pub use self::write::PgTx;
 pub(crate) use self::write::CHANNEL;
 
@@ -202,6 +204,13 @@ impl<'p> Conn<'p> {
     /// Commits the open transaction.
     pub(crate) async fn commit(&mut self) -> Result<()> {
         self.batch("COMMIT").await?;
+        self.in_tx = false;
+        Ok(())
+    }
+
+    /// Ends the open transaction, changing nothing.
+    pub(crate) async fn rollback(&mut self) -> Result<()> {
+        self.batch("ROLLBACK").await?;
         self.in_tx = false;
         Ok(())
     }

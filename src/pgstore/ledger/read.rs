@@ -48,7 +48,10 @@ static FIRST_END: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Each row's record (column 1), named by its key (column 0) when it does not parse.
-fn keyed<T: serde::de::DeserializeOwned>(table: &'static str, rows: &[Row]) -> Result<Vec<T>> {
+pub(super) fn keyed<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    rows: &[Row],
+) -> Result<Vec<T>> {
     rows.iter()
         .map(|row| {
             let key: String = match row.try_get::<_, String>(0) {
@@ -425,6 +428,26 @@ impl PgLedger {
     pub async fn first_session_end(&self, id: &str) -> Result<Option<AuditRecord>> {
         let rows = self.conn().await?.query(&FIRST_END, &[&id]).await?;
         Ok(keyed("audit", &rows)?.into_iter().next())
+    }
+
+    /// Up to `limit` grant or session ids starting with `prefix` (an index range, not a scan).
+    pub async fn ids_starting(
+        &self,
+        sessions: bool,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let sql = if sessions {
+            "SELECT id FROM sessions WHERE id >= $1 AND starts_with(id, $1) ORDER BY id LIMIT $2"
+        } else {
+            "SELECT id FROM grants WHERE id >= $1 AND starts_with(id, $1) ORDER BY id LIMIT $2"
+        };
+        let rows = self
+            .conn()
+            .await?
+            .query(sql, &[&prefix, &(limit as i64)])
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionMeta>> {

@@ -75,7 +75,7 @@ pub(crate) const CHANNEL: &str = "ramp_ledger";
 /// A change under way: one transaction on one connection.
 pub struct PgTx<'a> {
     ledger: &'a PgLedger,
-    conn: Conn<'a>,
+    pub(super) conn: Conn<'a>,
     /// This node's audit order, held from the first append to the announcement.
     appending: Option<tokio::sync::MutexGuard<'a, ()>>,
     /// What to announce here once committed.
@@ -86,7 +86,7 @@ pub struct PgTx<'a> {
 
 impl PgLedger {
     /// Starts a transaction.
-    async fn begin(&self) -> Result<PgTx<'_>> {
+    pub(super) async fn begin(&self) -> Result<PgTx<'_>> {
         let mut conn = self.conn().await?;
         conn.begin("BEGIN").await?;
         Ok(PgTx {
@@ -299,6 +299,11 @@ impl<'a> PgTx<'a> {
         self.grants.extend(change.grant_ids());
         self.revocation |= change.revocation.is_some();
         Ok(())
+    }
+
+    /// Ends the transaction without changing anything.
+    pub async fn rollback(mut self) -> Result<()> {
+        self.conn.rollback().await
     }
 
     /// Commits; once it is committed (and durable), announces it here and returns its audit

@@ -11,7 +11,7 @@ use crate::service::ServiceError;
 async fn a_step_without_approvals_is_granted_and_certified_at_once() {
     let f = fixture().await;
     let out = f.ask("alice", "observe", true, t0()).await.unwrap();
-    assert_eq!(out.grant.state, State::Active);
+    assert_eq!(out.grant.grant.state, State::Active);
     assert_eq!(out.grant.grant.end, Some(at(30 * 60)), "the step's max_ttl");
     assert!(out.certificate.is_some() && out.serial.is_some());
     assert!(!out.existing);
@@ -48,7 +48,7 @@ async fn asking_again_while_a_request_is_pending_returns_that_request() {
     let f = fixture().await;
     f.grant_of("observe", t0()).await;
     let pending = f.ask("alice", "operate", true, at(1)).await.unwrap();
-    assert_eq!(pending.grant.state, State::Pending);
+    assert_eq!(pending.grant.grant.state, State::Pending);
     let again = f.ask("alice", "operate", true, at(2)).await.unwrap();
     assert_eq!(again.grant.grant.id, pending.grant.grant.id);
     assert!(again.existing && again.certificate.is_none());
@@ -83,7 +83,7 @@ async fn an_approval_after_the_prerequisite_ended_denies_the_request() {
     f.ask_for("observe", "1m", t0()).await;
     let op = f.grant_of("operate", at(1)).await;
     let out = f.service.approve("bob", &op, at(120)).await.unwrap();
-    assert_eq!(out.grant.state, State::Denied);
+    assert_eq!(out.grant.grant.state, State::Denied);
     assert!(out
         .reasons
         .last()
@@ -114,7 +114,7 @@ async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
         .wait_grant("alice", &op, Duration::from_millis(200))
         .await
         .unwrap();
-    assert_eq!(view.state, State::Pending);
+    assert_eq!(view.grant.state, State::Pending);
     assert!(started.elapsed() >= Duration::from_millis(200));
     // Another grant's change does not answer it; the approval does.
     let waiter = {
@@ -134,7 +134,7 @@ async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
         .expect("the wait answered")
         .unwrap()
         .unwrap();
-    assert_eq!(view.state, State::Active);
+    assert_eq!(view.grant.state, State::Active);
 }
 
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn a_request_is_denied_by_an_approver_withdrawn_by_its_requester_and_nobod
         "{err}"
     );
     let denied = f.service.deny("bob", &op, "not now", at(3)).await.unwrap();
-    assert_eq!(denied.state, State::Denied);
+    assert_eq!(denied.grant.state, State::Denied);
     let closed = denied.grant.closed.unwrap();
     assert_eq!(
         (closed.by.as_str(), closed.reason.as_str()),
@@ -187,7 +187,7 @@ async fn a_request_is_denied_by_an_approver_withdrawn_by_its_requester_and_nobod
         .deny("alice", &again, "fixed it", at(6))
         .await
         .unwrap();
-    assert_eq!(withdrawn.state, State::Denied);
+    assert_eq!(withdrawn.grant.state, State::Denied);
     let denials = f.audited("deny").await;
     let who: Vec<&str> = denials.iter().map(|r| r.actor.as_str()).collect();
     assert_eq!(who, ["bob", "alice"]);

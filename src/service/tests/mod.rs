@@ -29,7 +29,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     crate::install::init::init(dir.path(), true).unwrap();
-    let service = Service::open(dir.path(), &crate::store::Location::Embedded);
+    let service = Service::open(dir.path(), &crate::store::Location::Embedded, "n1");
     let service = Arc::new(service.await.unwrap());
     Fixture { dir, service }
 }
@@ -82,7 +82,12 @@ impl Fixture {
     }
 
     async fn state(&self, id: &str, now: DateTime<Utc>) -> State {
-        self.service.grant("carol", id, now).await.unwrap().state
+        self.service
+            .grant("carol", id, now)
+            .await
+            .unwrap()
+            .grant
+            .state
     }
 
     /// A grant as the ledger holds it.

@@ -77,24 +77,57 @@ async fn what_a_dead_daemon_left_live_is_sealed_interrupted_at_the_next_start() 
 }
 
 #[tokio::test]
-async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
+async fn reviewers_read_every_recording_others_their_own_and_every_read_is_audited() {
     let f = fixture().await;
     recorded(&f, "rec1", b"SELECT secret FROM t;\r\n").await;
     recorded(&f, "rec2", b"ls\r\n").await;
     let svc: &Arc<Service> = &f.service;
     let all = SessionFilter::default();
-    let err = svc.sessions("alice", all.clone(), at(5)).await.unwrap_err();
+    // Someone who does not review reads only their own: dave has none, and asking for
+    // someone else's is refused.
+    assert!(svc
+        .sessions("dave", all.clone(), at(5))
+        .await
+        .unwrap()
+        .is_empty());
+    let theirs = SessionFilter {
+        user: Some("alice".into()),
+        ..SessionFilter::default()
+    };
+    let err = svc
+        .sessions("dave", theirs.clone(), at(5))
+        .await
+        .unwrap_err();
     assert!(
         err.to_string()
-            .contains("reading recordings takes ramp-admin or ramp-auditor"),
+            .contains("reading recordings of `alice` takes ramp-admin or ramp-auditor"),
         "{err}"
     );
-    assert!(svc.session("alice", "rec1", "show", at(5)).await.is_err());
-    assert!(svc.grep("alice", &ask("x"), at(5)).await.is_err());
-    assert!(
-        f.audited("sessions-list").await.is_empty(),
+    let err = svc
+        .session("dave", "rec1", "show", at(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("of someone else"), "{err}");
+    assert!(svc
+        .grep("dave", &ask("secret"), at(5))
+        .await
+        .unwrap()
+        .hits
+        .is_empty());
+    assert_eq!(
+        f.audited("sessions-list").await.len(),
+        1,
         "refusals read nothing"
     );
+    // alice reads her own.
+    assert_eq!(
+        svc.sessions("alice", all.clone(), at(5))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(svc.session("alice", "rec1", "show", at(5)).await.is_ok());
 
     assert_eq!(
         svc.sessions("bob", all.clone(), at(5)).await.unwrap().len(),
@@ -106,16 +139,16 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
     };
     assert!(svc.sessions("carol", mine, at(5)).await.unwrap().is_empty());
     let listed = f.audited("sessions-list").await;
-    assert_eq!(listed.len(), 2);
-    assert_eq!(listed[0].detail["count"], 2);
-    assert_eq!(listed[1].detail["filter"]["target"], "db2");
+    assert_eq!(listed.len(), 4);
+    assert_eq!(listed[2].detail["count"], 2);
+    assert_eq!(listed[3].detail["filter"]["target"], "db2");
 
     let (meta, events) = svc
         .session("bob", "rec1", "dashboard-play", at(6))
         .await
         .unwrap();
     assert_eq!((meta.id.as_str(), events.len()), ("rec1", 1));
-    let read = &f.audited("session-read").await[0];
+    let read = &f.audited("session-read").await[1];
     assert_eq!(read.detail["purpose"], "dashboard-play");
     let err = svc.session("bob", "nope", "show", at(6)).await.unwrap_err();
     assert!(
@@ -130,12 +163,14 @@ async fn reviewers_list_read_and_search_recordings_and_every_read_is_audited() {
     assert!(found.damaged.is_empty());
     let err = svc.grep("bob", &ask(""), at(7)).await.unwrap_err();
     assert!(err.to_string().contains("pattern is empty"), "{err}");
+    // dave's search (narrowed to his own, none) and bob's.
     let searched = f.audited("sessions-grep").await;
-    assert_eq!(searched.len(), 1);
+    assert_eq!(searched.len(), 2);
+    assert_eq!(searched[0].detail["filter"]["user"], "dave");
     assert_eq!(
         (
-            searched[0].detail["pattern"].as_str(),
-            searched[0].detail["hits"].as_u64()
+            searched[1].detail["pattern"].as_str(),
+            searched[1].detail["hits"].as_u64()
         ),
         (Some("secret"), Some(1))
     );

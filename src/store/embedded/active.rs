@@ -160,6 +160,7 @@ mod tests {
             approvals_needed: 0,
             approvals: vec![],
             closed: None,
+            extension: None,
         }
     }
 

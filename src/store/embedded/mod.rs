@@ -346,6 +346,22 @@ impl SledLedger {
             .transpose()
     }
 
+    /// Up to `limit` grant ids (`grants`) or session ids starting with `prefix`: a walk of
+    /// the keys after it, never the whole tree.
+    pub fn ids_starting(&self, sessions: bool, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let tree = if sessions {
+            &self.sessions
+        } else {
+            &self.grants
+        };
+        let mut ids = Vec::new();
+        for kv in tree.scan_prefix(prefix.as_bytes()).take(limit) {
+            let (k, _) = kv?;
+            ids.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(ids)
+    }
+
     /// Every session, oldest first.
     pub fn sessions(&self) -> Result<Vec<SessionMeta>> {
         let mut out: Vec<SessionMeta> = all("sessions", &self.sessions)?;
