@@ -35,7 +35,7 @@ pub struct ClientOpts {
 }
 
 /// What `sign` and `request` ask for.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct StepArgs {
     /// The contract to ask a step of (required, unless `sign --grant ID`).
     #[arg(long, value_name = "C")]
@@ -111,6 +111,29 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason"])]
         grant: Option<String>,
         /// Wait for approvals, then write the certificate.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        /// Do not add the certificate to the running ssh-agent.
+        #[arg(long)]
+        no_agent: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Ask for more time on an active grant you hold; live sessions run on to the new end,
+    /// and a fresh certificate is written as `sign` writes it.
+    Extend {
+        /// The grant's id (from `grants`; a unique prefix will do).
+        grant: String,
+        /// How much longer, like 30m (within the step's max_ttl from the grant's start).
+        #[arg(long, required = true)]
+        ttl: String,
+        /// Why (the contract's reason rules apply).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait for the extension's approvals, then write the certificate.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this long.
@@ -473,6 +496,7 @@ impl Command {
     pub fn client(&self) -> Option<&ClientOpts> {
         match self {
             Command::Sign { client, .. }
+            | Command::Extend { client, .. }
             | Command::Request { client, .. }
             | Command::Approve { client, .. }
             | Command::Deny { client, .. }

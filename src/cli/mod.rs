@@ -122,6 +122,24 @@ pub async fn run(cli: Cli) -> Result {
                 .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
             grants::sign(&client, ask, grant, wait, timeout, !no_agent).await
         }
+        Command::Extend {
+            grant,
+            ttl,
+            reason,
+            wait,
+            timeout,
+            no_agent,
+            client,
+        } => {
+            let timeout = crate::domain::policy::parse_duration(&timeout)
+                .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
+            let body = crate::wire::grants::ExtendBody {
+                ttl,
+                reason,
+                certify: false,
+            };
+            grants::extend(&client, &grant, body, wait, timeout, !no_agent).await
+        }
         Command::SshConfig {
             bastion,
             out,

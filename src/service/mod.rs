@@ -9,6 +9,7 @@ mod access;
 mod audit;
 mod bastion;
 mod dashboard;
+mod extend;
 mod grants;
 mod hosts;
 mod ids;

@@ -582,7 +582,7 @@ fn a_session_is_warned_then_cut_off_when_its_certificate_expires() {
     let (stdout, stderr) = text(&out);
     let both = format!("{stdout}{stderr}");
     assert!(
-        both.contains("ends in") && both.contains("when the certificate expires"),
+        both.contains("ends in") && both.contains("when the certificate ends"),
         "no warning: {both}"
     );
     let why = "access to db-1 ended: the certificate expired";
