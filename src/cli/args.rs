@@ -80,6 +80,10 @@ pub enum Command {
         /// [beats the config file's `store:`].
         #[arg(long, env = "RAMP_STORE", value_name = "URL")]
         store: Option<String>,
+        /// Where recordings are kept: DIR/data/recordings [default], or file:///PATH, a
+        /// directory every node mounts [beats the config file's `recordings:`].
+        #[arg(long, env = "RAMP_RECORDINGS", value_name = "URL")]
+        recordings: Option<String>,
         /// This node's name, shown with its sessions, in its audit records and metrics;
         /// on PostgreSQL one running node a name [default: the host name; beats the
         /// config file's `node:`].
@@ -461,6 +465,19 @@ pub enum StoreCommand {
         /// postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...], as libpq takes it.
         #[arg(long, env = "RAMP_STORE")]
         store: String,
+    },
+    /// Copy an embedded installation's ledger (sled) into an empty PostgreSQL ledger, in one
+    /// transaction: grants, certificates, revocations, nonces, sessions, the audit chain
+    /// byte for byte, checkpoints; the serial sequence moves past every serial copied.
+    Copy {
+        /// The sled ledger: `sled` (DIR/data, the default), sled:///PATH, or a directory (an
+        /// installation holding data/, or data/ itself). Stop its `serve` first.
+        #[arg(long, value_name = "URL", default_value = "sled")]
+        from: String,
+        /// The empty PostgreSQL ledger: postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...]
+        /// (migrated first; one that holds anything is refused).
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
 }
 

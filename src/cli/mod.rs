@@ -70,6 +70,7 @@ pub async fn run(cli: Cli) -> Result {
             min_free_mib,
             config,
             store,
+            recordings,
             node,
             tls_cert,
             tls_key,
@@ -81,6 +82,7 @@ pub async fn run(cli: Cli) -> Result {
                 min_free_mib,
                 config,
                 store,
+                recordings,
                 node,
                 tls_cert,
                 tls_key,
@@ -98,6 +100,7 @@ pub async fn run(cli: Cli) -> Result {
             println!("{done}");
             Ok(())
         }
+        Command::Store(StoreCommand::Copy { from, to }) => store_copy(&dir, &from, &to).await,
         Command::Trust(cmd) => {
             let text = match cmd {
                 TrustCommand::Sshd => crate::install::trust::sshd(&dir)?,
@@ -211,6 +214,36 @@ async fn init(dir: &Path, demo: bool) -> Result {
 }
 
 /// Prints JSON with `--json`, else the text `human` makes.
+/// `store copy`: the embedded ledger at `from` into the empty PostgreSQL ledger at `to`.
+async fn store_copy(dir: &Path, from: &str, to: &str) -> Result {
+    let source = crate::store::copy::Source::parse(Some(from), dir).map_err(CliError::Usage)?;
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        return Err(CliError::Usage(format!(
+            "--to `{}`: store copy writes into PostgreSQL (postgres://USER@HOST:PORT/DB); copying into sled is not supported",
+            crate::pgstore::url::redact(to)
+        )));
+    }
+    crate::pgstore::StoreUrl::parse(to).map_err(crate::Error::from)?;
+    let copied = crate::store::copy::copy(&source, to)
+        .await
+        .map_err(crate::Error::from)?;
+    println!(
+        "copied {} into {}:\n{copied}",
+        source.data.display(),
+        crate::store::Location::Postgres {
+            url: to.to_string(),
+            pool: Default::default()
+        }
+        .shown()
+    );
+    let recordings = source.data.join("recordings");
+    println!(
+        "recordings stay files: serve with --recordings pointing at {} (or copy its *.rec files where --recordings points)",
+        recordings.display()
+    );
+    Ok(())
+}
+
 fn emit<T: Serialize>(opts: &ClientOpts, value: &T, human: impl FnOnce() -> String) -> Result {
     if opts.json {
         println!(

@@ -1,7 +1,7 @@
 //! What the dashboard asks: the live view as its user may see it (with what they may do
 //! about each row), and the audit records of its logins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -51,7 +51,9 @@ pub struct WebUser<'a> {
 
 impl Service {
     /// Everything the live view shows, as `web.user` may see it: grants and requests, with
-    /// what they may do about each, and the sessions in `live` they may watch.
+    /// what they may do about each, and the sessions they may watch: `live` (this node's
+    /// recorder's) and, on a shared ledger with shared recordings, those live on other nodes
+    /// (which a follower reads from their recordings as they are written).
     pub async fn live_view(
         &self,
         web: &WebUser<'_>,
@@ -101,6 +103,14 @@ impl Service {
                 }
                 _ => {}
             }
+        }
+        let mut live = live;
+        if self.store.is_shared() && self.store.recordings_shared() {
+            // Every node's live sessions, from the ledger (their metadata as of their
+            // recorder's last flush); this node's own as its recorder has them now.
+            let here: HashSet<String> = live.iter().map(|s| s.id.clone()).collect();
+            let elsewhere = self.store.live_sessions().await?;
+            live.extend(elsewhere.into_iter().filter(|s| !here.contains(&s.id)));
         }
         let mut live: Vec<SessionMeta> = live
             .into_iter()

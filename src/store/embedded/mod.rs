@@ -12,6 +12,7 @@
 
 mod active;
 mod audit;
+mod export;
 mod nonces;
 mod sync;
 
