@@ -56,6 +56,9 @@ pub struct Config {
     /// PostgreSQL's connection pool on this node.
     #[serde(default)]
     pub store_pool: StorePool,
+    /// Where recordings are kept: DIR/data/recordings (the default) or `file:///PATH`, a
+    /// directory every node mounts.
+    pub recordings: Option<String>,
     /// This node's name (default: the host name).
     pub node: Option<String>,
     /// How long a node's lease lasts unrenewed before other nodes end what it left live,
@@ -138,6 +141,8 @@ pub struct Flags {
     /// `--store`, or `RAMP_STORE` when the flag is not given (clap reads the variable as the
     /// flag's value, so it ranks with the flag).
     pub store: Option<String>,
+    /// `--recordings`, or `RAMP_RECORDINGS` (read by clap as the flag's value).
+    pub recordings: Option<String>,
     /// `--node`, or `RAMP_NODE` (ranked with the flag, like `RAMP_STORE`).
     pub node: Option<String>,
     pub tls_cert: Option<std::path::PathBuf>,
@@ -162,6 +167,8 @@ pub struct Settings {
     pub checkpoint_every: std::time::Duration,
     /// Where the ledger is.
     pub store: crate::store::Location,
+    /// Where recordings are kept.
+    pub recordings: crate::recordings::place::Place,
     /// The API's certificate and key when it serves HTTPS; `None` for plain HTTP.
     pub tls: Option<crate::tls::Settings>,
     /// This node's name.
@@ -211,6 +218,12 @@ impl Settings {
             )
             .map_err(|e| {
                 Error::io("--store")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?,
+            recordings: crate::recordings::place::Place::parse(
+                flags.recordings.as_deref().or(file.recordings.as_deref()),
+            )
+            .map_err(|e| {
+                Error::io("--recordings")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
             })?,
             tls: merge_tls(flags, file.tls)?,
             node: merge_node(flags.node.as_deref(), file.node.as_deref())?,
@@ -302,8 +315,9 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if let Some(policies) = &done.kept_policies {
         tracing::info!(policies = %policies.display(), "using the policy set there (no examples written into it)");
     }
-    tracing::info!(ledger = %config.store.shown(), node = %config.node, "opening the ledger");
-    let service = Arc::new(Service::open(dir, &config.store, &config.node).await?);
+    tracing::info!(ledger = %config.store.shown(), node = %config.node, recordings = %config.recordings.shown(), "opening the ledger");
+    let service =
+        Arc::new(Service::open_with(dir, &config.store, &config.node, &config.recordings).await?);
     // Before anything is bound or recovered: a name another running node holds is refused.
     let lease = service.claim_node(config.node_lease).await?;
     if let Some(path) = service.ensure_bastion_cert(Utc::now()).await? {
@@ -355,6 +369,10 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     println!("ramp-ca: API on {scheme}://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
 
+    tokio::spawn(watch_oncall(
+        service.clone(),
+        dir.join("policies").join("oncall.yaml"),
+    ));
     let reloader = service.clone();
     let server_cert = tls.as_ref().map(|(_, cert)| cert.clone());
     tokio::spawn(async move {
@@ -410,6 +428,7 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let uploads = service.upload_recordings().await;
     let recorders = crate::recordings::writer::Recorders::new(service.clone(), min_free);
     let dashboard = crate::dashboard::Dashboard::new(
         service.clone(),
@@ -434,6 +453,10 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
         Ok(Err(e)) => tracing::error!(error = %e, "bastion failed"),
         Err(e) => tracing::error!(error = %e, "bastion task failed"),
         Ok(Ok(())) => {}
+    }
+    // After the bastion wrote its sessions' ends: their recordings go out (bounded).
+    if let Some(uploads) = uploads {
+        uploads.stop().await;
     }
     let _ = lease_stop.send(true);
     let _ = leaseholder.await;
@@ -482,6 +505,7 @@ mod tests {
             .store
             .as_deref()
             .is_some_and(|s| s.starts_with("postgres://")));
+        assert_eq!(c.recordings.as_deref(), Some("file:///srv/ramp/recordings"));
         let pool = c.store_pool.settings().unwrap();
         assert_eq!(
             (pool.max_connections, pool.query_timeout),
@@ -537,6 +561,43 @@ mod tests {
         assert_eq!(shown(Flags::default(), file(None)), Ok("sled".into()));
         let bad = shown(flag("mysql://ramp@db/ramp"), file(None)).unwrap_err();
         assert!(bad.contains("--store") && bad.contains("mysql"), "{bad}");
+    }
+
+    /// `--recordings` (or RAMP_RECORDINGS, which clap reads as the flag) > `recordings:` >
+    /// DIR/data/recordings.
+    #[test]
+    fn the_recordings_flag_beats_the_file_which_beats_the_data_directory() {
+        let file = |r: Option<&str>| Config {
+            recordings: r.map(String::from),
+            ..Config::default()
+        };
+        let flag = |r: &str| Flags {
+            recordings: Some(r.into()),
+            ..Flags::default()
+        };
+        let shown = |flags: Flags, file: Config| {
+            Settings::merge(&flags, file)
+                .map(|s| s.recordings.shown())
+                .map_err(|e| e.to_string())
+        };
+        let in_file = || file(Some("file:///from/file"));
+        assert_eq!(
+            shown(flag("file:///from/flag"), in_file()),
+            Ok("file:///from/flag".into())
+        );
+        assert_eq!(
+            shown(Flags::default(), in_file()),
+            Ok("file:///from/file".into())
+        );
+        assert_eq!(
+            shown(Flags::default(), file(None)),
+            Ok("DIR/data/recordings".into())
+        );
+        let bad = shown(flag("ftp://x/y"), file(None)).unwrap_err();
+        assert!(
+            bad.contains("--recordings") && bad.contains("unknown scheme"),
+            "{bad}"
+        );
     }
 
     /// `--node` (or RAMP_NODE) > `node:` > the host name; a name that does not fit is a
@@ -722,5 +783,33 @@ mod tests {
             err.contains("webhooks[0].format: unknown variant `teams`") && err.contains("line 4"),
             "{err}"
         );
+    }
+}
+
+/// How often `oncall.yaml` is looked at for a change.
+const ONCALL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads the policies when `oncall.yaml` changes (its scheduler rewrites it at every
+/// hand-off): no signal or restart needed. A file with problems leaves the old policies in
+/// force, as a SIGHUP does.
+async fn watch_oncall(service: Arc<Service>, path: std::path::PathBuf) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(ONCALL_POLL);
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match service.reload_policies() {
+            Ok(()) => tracing::info!(file = %path.display(), "policies reloaded: oncall.yaml changed"),
+            Err(e) => tracing::error!("oncall.yaml changed but the policies were NOT reloaded, the old ones stay in force:\n{e}"),
+        }
     }
 }

@@ -14,6 +14,8 @@ pub enum Error {
     #[error(transparent)]
     PgStore(#[from] crate::pgstore::PgError),
     #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

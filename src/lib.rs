@@ -12,12 +12,13 @@
 //! - [`wire`]: every route path and every HTTP and webhook body.
 //! - [`service`]: the application layer, the only door to the ledger: every role check and
 //!   every audit record.
-//! - [`recordings`]: one home for recordings (format, files, writer, export, search,
-//!   screen).
+//! - [`recordings`]: one home for recordings (format, where they are kept: this node's
+//!   `data/`, a shared directory or object storage with its uploader; files, writer, export,
+//!   search, screen).
 //! - [`store`]: the ledger, one interface (`store::Ledger`) over two engines: sled under
 //!   `data/` (embedded, one node; the only sled user) and [`pgstore`] (PostgreSQL, shared by
 //!   several nodes; the only code that talks to PostgreSQL: connection, pool, migrations, the
-//!   engine, LISTEN/NOTIFY). One write API, `Ledger::commit` (and `GrantChanges` for changes
+//!   engine, LISTEN/NOTIFY, `store copy`'s target side). One write API, `Ledger::commit` (and `GrantChanges` for changes
 //!   that decide on what they read), answering once the change is durable.
 //! - [`domain`]: the rules, pure (no IO, no clock): policy, grants, certificates, KRL, the
 //!   audit chain and its typed actions, logins and their refusals, recorded sessions, flag

@@ -64,6 +64,10 @@ pub struct Metrics {
     unwritten_since: AtomicU64,
     /// Unix milliseconds of the oldest data the flush in progress is writing; 0 when idle.
     flushing_since: AtomicU64,
+    /// With object storage: recordings (sealed, or live parts) waiting to be uploaded.
+    uploads_pending: AtomicU64,
+    /// With object storage: uploads that failed (each is retried).
+    upload_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -83,6 +87,8 @@ impl Default for Metrics {
             reviews_overdue: AtomicU64::new(0),
             unwritten_since: AtomicU64::new(0),
             flushing_since: AtomicU64::new(0),
+            uploads_pending: AtomicU64::new(0),
+            upload_failures: AtomicU64::new(0),
         }
     }
 }
@@ -145,6 +151,16 @@ impl Metrics {
     pub fn set_reviews(&self, pending: usize, overdue: usize) {
         self.reviews_pending.store(pending as u64, Relaxed);
         self.reviews_overdue.store(overdue as u64, Relaxed);
+    }
+
+    /// Recordings waiting for their upload to object storage.
+    pub fn set_recording_uploads_pending(&self, n: usize) {
+        self.uploads_pending.store(n as u64, Relaxed);
+    }
+
+    /// An upload to object storage failed (it is retried).
+    pub fn recording_upload_failed(&self) {
+        self.upload_failures.fetch_add(1, Relaxed);
     }
 
     /// Recording data was buffered: the first buffering since the last flush took its
@@ -279,6 +295,13 @@ pub fn render(m: &Metrics, ledger: Option<&LedgerGauges>, node: &str, now_ms: u6
     );
     family(
         &mut out,
+        "ramp_recordings_upload_failures_total",
+        "counter",
+        "Uploads of recordings to object storage that failed (each is retried; nothing leaves the spool before it is uploaded).",
+        &[(String::new(), n(&m.upload_failures))],
+    );
+    family(
+        &mut out,
         "ramp_node_info",
         "gauge",
         "This node's name (serve --node), as a label.",
@@ -311,6 +334,11 @@ pub fn render(m: &Metrics, ledger: Option<&LedgerGauges>, node: &str, now_ms: u6
             "ramp_recording_lag_seconds",
             "Age of the oldest session data not yet written to its recording file.",
             format!("{:.3}", m.recording_lag(now_ms)),
+        ),
+        (
+            "ramp_recordings_upload_pending",
+            "Recordings (sealed, or live ones' latest part) in this node's spool waiting for their upload to object storage.",
+            n(&m.uploads_pending),
         ),
     ];
     if let Some(ledger) = ledger {

@@ -20,8 +20,8 @@ use crate::recordings::format::encode_event;
 use crate::service::Service;
 use crate::wire::audit::{AuditQuery, AuditRecord, VerifyQuery};
 use crate::wire::grants::{
-    GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation, RevokeBody,
-    SignHostBody,
+    ExtendBody, GrantQuery, HostCertificate, ListQuery, ReasonBody, RequestBody, Revocation,
+    RevokeBody, SignHostBody,
 };
 use crate::wire::sessions::{self, GrepBody, ReviewBody, SessionBody, SessionQuery};
 use crate::wire::{self as routes};
@@ -46,6 +46,7 @@ pub fn router(app: App) -> Router {
         .route(routes::GRANT_CERTIFICATE, post(certificate))
         .route(routes::GRANT_APPROVE, post(approve))
         .route(routes::GRANT_DENY, post(deny))
+        .route(routes::GRANT_EXTEND, post(extend))
         .route(routes::REVOKE, post(revoke))
         .route(routes::KRL, get(krl))
         .route(routes::HOSTS_SIGN, post(sign_host))
@@ -113,7 +114,18 @@ async fn grant(
 ) -> Result<Response, ApiError> {
     let id = app.grant_id(&caller.user, &id).await?;
     let out = app
-        .wait_grant(&caller.user, &id, Duration::from_secs(q.wait))
+        .wait_grant_while(
+            &caller.user,
+            &id,
+            Duration::from_secs(q.wait),
+            |v| match q.extension {
+                true => {
+                    v.grant.extension.is_some()
+                        && v.grant.state == crate::domain::grant::State::Active
+                }
+                false => v.grant.state == crate::domain::grant::State::Pending,
+            },
+        )
         .await?;
     Ok(Json(out).into_response())
 }
@@ -125,6 +137,19 @@ async fn approve(
 ) -> Result<Response, ApiError> {
     let id = app.grant_id(&caller.user, &id).await?;
     let out = app.approve(&caller.user, &id, Utc::now()).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn extend(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let body: ExtendBody = caller.json()?;
+    let id = app.grant_id(&caller.user, &id).await?;
+    let out = app
+        .extend(&caller.user, &caller.key, &id, &body, Utc::now())
+        .await?;
     Ok(Json(out).into_response())
 }
 

@@ -51,6 +51,8 @@ impl Watchdog {
         let warn_before = (lifetime / 4).clamp(1, 60);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut ticks = 0u32;
+        // The certificate's end, or the grant's once an extension moved it later.
+        let mut until = login.valid_before;
         let reason = loop {
             let revocation = tokio::select! {
                 _ = tick.tick() => false,
@@ -61,17 +63,43 @@ impl Watchdog {
             ticks += 1;
             let now = Utc::now();
             let secs = now.timestamp().max(0) as u64;
-            if secs >= login.valid_before {
-                break format!(
-                    "access to {} ended: the certificate expired",
-                    login.target.name
-                );
+            let due = secs + warn_before >= until;
+            if due || ticks.is_multiple_of(RECHECK_TICKS) {
+                if let Some(end) = service.extended_until(&login, now).await {
+                    if end > until {
+                        until = end;
+                        let _ = warning.send(Some(format!(
+                            "access to {} extended: it now ends at {}",
+                            login.target.name,
+                            chrono::DateTime::<Utc>::from_timestamp(end as i64, 0)
+                                .map(|t| t.format("%H:%M:%S UTC").to_string())
+                                .unwrap_or_default()
+                        )));
+                    }
+                }
             }
-            if secs + warn_before >= login.valid_before && warning.borrow().is_none() {
-                let left = login.valid_before - secs;
+            if secs >= until {
+                let what = match until == login.valid_before {
+                    true => "the certificate expired",
+                    false => "the grant ended",
+                };
+                break format!("access to {} ended: {what}", login.target.name);
+            }
+            if secs + warn_before >= until
+                && !warning
+                    .borrow()
+                    .as_deref()
+                    .is_some_and(|w| w.contains(" ends in "))
+            {
+                let left = until - secs;
                 let _ = warning.send(Some(format!(
-                    "access to {} ends in {left}s, when the certificate expires",
-                    login.target.name
+                    "access to {} ends in {left}s, when the {} ends",
+                    login.target.name,
+                    if until == login.valid_before {
+                        "certificate"
+                    } else {
+                        "grant"
+                    }
                 )));
             }
             if !revocation && !ticks.is_multiple_of(RECHECK_TICKS) {

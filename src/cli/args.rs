@@ -35,7 +35,7 @@ pub struct ClientOpts {
 }
 
 /// What `sign` and `request` ask for.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct StepArgs {
     /// The contract to ask a step of (required, unless `sign --grant ID`).
     #[arg(long, value_name = "C")]
@@ -80,6 +80,10 @@ pub enum Command {
         /// [beats the config file's `store:`].
         #[arg(long, env = "RAMP_STORE", value_name = "URL")]
         store: Option<String>,
+        /// Where recordings are kept: DIR/data/recordings [default], or file:///PATH, a
+        /// directory every node mounts [beats the config file's `recordings:`].
+        #[arg(long, env = "RAMP_RECORDINGS", value_name = "URL")]
+        recordings: Option<String>,
         /// This node's name, shown with its sessions, in its audit records and metrics;
         /// on PostgreSQL one running node a name [default: the host name; beats the
         /// config file's `node:`].
@@ -107,6 +111,29 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason"])]
         grant: Option<String>,
         /// Wait for approvals, then write the certificate.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        /// Do not add the certificate to the running ssh-agent.
+        #[arg(long)]
+        no_agent: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Ask for more time on an active grant you hold; live sessions run on to the new end,
+    /// and a fresh certificate is written as `sign` writes it.
+    Extend {
+        /// The grant's id (from `grants`; a unique prefix will do).
+        grant: String,
+        /// How much longer, like 30m (within the step's max_ttl from the grant's start).
+        #[arg(long, required = true)]
+        ttl: String,
+        /// Why (the contract's reason rules apply).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait for the extension's approvals, then write the certificate.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this long.
@@ -470,6 +497,19 @@ pub enum StoreCommand {
         #[arg(long, env = "RAMP_STORE")]
         store: String,
     },
+    /// Copy an embedded installation's ledger (sled) into an empty PostgreSQL ledger, in one
+    /// transaction: grants, certificates, revocations, nonces, sessions, the audit chain
+    /// byte for byte, checkpoints; the serial sequence moves past every serial copied.
+    Copy {
+        /// The sled ledger: `sled` (DIR/data, the default), sled:///PATH, or a directory (an
+        /// installation holding data/, or data/ itself). Stop its `serve` first.
+        #[arg(long, value_name = "URL", default_value = "sled")]
+        from: String,
+        /// The empty PostgreSQL ledger: postgres://USER[:PASSWORD]@HOST:PORT/DB[?sslmode=...]
+        /// (migrated first; one that holds anything is refused).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +527,7 @@ impl Command {
     pub fn client(&self) -> Option<&ClientOpts> {
         match self {
             Command::Sign { client, .. }
+            | Command::Extend { client, .. }
             | Command::Request { client, .. }
             | Command::Approve { client, .. }
             | Command::Deny { client, .. }

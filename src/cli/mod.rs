@@ -71,6 +71,7 @@ pub async fn run(cli: Cli) -> Result {
             min_free_mib,
             config,
             store,
+            recordings,
             node,
             tls_cert,
             tls_key,
@@ -82,6 +83,7 @@ pub async fn run(cli: Cli) -> Result {
                 min_free_mib,
                 config,
                 store,
+                recordings,
                 node,
                 tls_cert,
                 tls_key,
@@ -99,6 +101,7 @@ pub async fn run(cli: Cli) -> Result {
             println!("{done}");
             Ok(())
         }
+        Command::Store(StoreCommand::Copy { from, to }) => store_copy(&dir, &from, &to).await,
         Command::Trust(cmd) => {
             let text = match cmd {
                 TrustCommand::Sshd => crate::install::trust::sshd(&dir)?,
@@ -119,6 +122,24 @@ pub async fn run(cli: Cli) -> Result {
             let timeout = crate::domain::policy::parse_duration(&timeout)
                 .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
             grants::sign(&client, ask, grant, wait, timeout, !no_agent).await
+        }
+        Command::Extend {
+            grant,
+            ttl,
+            reason,
+            wait,
+            timeout,
+            no_agent,
+            client,
+        } => {
+            let timeout = crate::domain::policy::parse_duration(&timeout)
+                .ok_or_else(|| CliError::Usage(format!("--timeout: bad duration `{timeout}`")))?;
+            let body = crate::wire::grants::ExtendBody {
+                ttl,
+                reason,
+                certify: false,
+            };
+            grants::extend(&client, &grant, body, wait, timeout, !no_agent).await
         }
         Command::SshConfig {
             bastion,
@@ -194,6 +215,36 @@ async fn init(dir: &Path, demo: bool) -> Result {
 }
 
 /// Prints JSON with `--json`, else the text `human` makes.
+/// `store copy`: the embedded ledger at `from` into the empty PostgreSQL ledger at `to`.
+async fn store_copy(dir: &Path, from: &str, to: &str) -> Result {
+    let source = crate::store::copy::Source::parse(Some(from), dir).map_err(CliError::Usage)?;
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        return Err(CliError::Usage(format!(
+            "--to `{}`: store copy writes into PostgreSQL (postgres://USER@HOST:PORT/DB); copying into sled is not supported",
+            crate::pgstore::url::redact(to)
+        )));
+    }
+    crate::pgstore::StoreUrl::parse(to).map_err(crate::Error::from)?;
+    let copied = crate::store::copy::copy(&source, to)
+        .await
+        .map_err(crate::Error::from)?;
+    println!(
+        "copied {} into {}:\n{copied}",
+        source.data.display(),
+        crate::store::Location::Postgres {
+            url: to.to_string(),
+            pool: Default::default()
+        }
+        .shown()
+    );
+    let recordings = source.data.join("recordings");
+    println!(
+        "recordings stay files: serve with --recordings pointing at {} (or copy its *.rec files where --recordings points)",
+        recordings.display()
+    );
+    Ok(())
+}
+
 fn emit<T: Serialize>(opts: &ClientOpts, value: &T, human: impl FnOnce() -> String) -> Result {
     if opts.json {
         println!(

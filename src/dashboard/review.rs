@@ -15,7 +15,7 @@ use chrono::Utc;
 
 use super::{lock, App};
 use crate::api::ApiError;
-use crate::domain::session::{SessionFilter, SessionMeta};
+use crate::domain::session::{SessionFilter, SessionMeta, SessionState};
 use crate::recordings::format::{decode_events, Event};
 use crate::recordings::{export, screen};
 use crate::service::AuditSearch;
@@ -30,6 +30,12 @@ const MAX_FRAMES: usize = 3000;
 const VERIFY_EVERY: Duration = Duration::from_secs(30);
 /// How often a followed session's recording is read for new output.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How often a follower of a session recorded on another node asks the ledger whether it
+/// is still live.
+const REMOTE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a follower of a session in object storage waits, once it ended, for its sealed
+/// recording (its last output) to be uploaded before saying it ended.
+const REMOTE_SEAL_WAIT: Duration = Duration::from_secs(15);
 
 pub(super) fn routes() -> Router<App> {
     Router::new()
@@ -163,9 +169,48 @@ async fn asciicast(
         .into_response())
 }
 
+/// One browser following a live session (see [`follow`]).
+struct Following {
+    app: App,
+    id: String,
+    tail: crate::recordings::files::Tail,
+    term: screen::Terminal,
+    /// Nothing sent yet: the full frame goes first.
+    first: bool,
+    /// The `end` event was sent.
+    done: bool,
+    /// Recorded by another node: whether it is still live is asked of the ledger.
+    remote: bool,
+    /// When the ledger was last asked.
+    asked: std::time::Instant,
+    /// When the ledger first said the session ended.
+    ended_at: Option<std::time::Instant>,
+}
+
+impl Following {
+    /// Whether the session is still being recorded; asked before reading, so its last
+    /// output is read before its end. A session another node records is asked of the ledger
+    /// at most every [`REMOTE_CHECK_EVERY`] (a ledger that cannot answer keeps it going).
+    async fn still_live(&mut self) -> bool {
+        if !self.remote {
+            return self.app.recorders.is_live(&self.id);
+        }
+        if self.asked.elapsed() < REMOTE_CHECK_EVERY {
+            return true;
+        }
+        self.asked = std::time::Instant::now();
+        self.app
+            .service
+            .session_is_live(&self.id)
+            .await
+            .unwrap_or(true)
+    }
+}
+
 /// `GET /ui/api/recordings/{id}/follow`: a live session's screen as server-sent events (a
 /// full frame first, then changed rows), read from its recording as it is written; ends
-/// with an `end` event when the session does.
+/// with an `end` event when the session does. A session recorded on another node is
+/// followed from its recording in the directory the nodes share.
 async fn follow(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -175,53 +220,67 @@ async fn follow(
     let (meta, tail) = app.service.follow(&s.user, &id, Utc::now()).await?;
     let term = screen::Terminal::new(meta.size().0, meta.size().1, meta.term.is_some());
     let started = meta.start;
-    let state = (app, meta.id.clone(), tail, term, true, false);
-    let events =
-        futures_util::stream::unfold(state, move |(app, id, mut tail, mut term, first, done)| {
-            let s = s.clone();
-            async move {
-                if done || !app.still_allowed(&s, true) {
+    let state = Following {
+        remote: !app.recorders.is_live(&meta.id) && meta.state == SessionState::Live,
+        app,
+        id: meta.id.clone(),
+        tail,
+        term,
+        first: true,
+        done: false,
+        asked: std::time::Instant::now(),
+        ended_at: None,
+    };
+    let events = futures_util::stream::unfold(state, move |mut f| {
+        let s = s.clone();
+        async move {
+            if f.done || !f.app.still_allowed(&s, true) {
+                return None;
+            }
+            let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
+            if f.first {
+                f.first = false;
+                let frame = f.term.full_frame(t);
+                let data = serde_json::to_string(&frame).unwrap_or_default();
+                let ev = SseEvent::default().event("frame").data(data);
+                return Some((Ok::<_, std::convert::Infallible>(ev), f));
+            }
+            loop {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                if !f.app.still_allowed(&s, true) {
                     return None;
                 }
-                let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
-                if first {
-                    let f = term.full_frame(t);
-                    let data = serde_json::to_string(&f).unwrap_or_default();
-                    let ev = SseEvent::default().event("frame").data(data);
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(ev),
-                        (app, id, tail, term, false, false),
-                    ));
+                let still_live = f.still_live().await;
+                let bytes = f.tail.read_new().await.unwrap_or_default();
+                if let Ok(events) = decode_events(&bytes) {
+                    for e in &events {
+                        f.term.feed(e);
+                    }
                 }
-                loop {
-                    tokio::time::sleep(FOLLOW_EVERY).await;
-                    if !app.still_allowed(&s, true) {
-                        return None;
-                    }
-                    // Asked before reading, so the session's last output is read before its end.
-                    let still_live = app.recorders.is_live(&id);
-                    let bytes = tail.read_new().unwrap_or_default();
-                    if let Ok(events) = decode_events(&bytes) {
-                        for e in &events {
-                            term.feed(e);
-                        }
-                    }
-                    let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
-                    if let Some(f) = term.frame(t) {
-                        let data = serde_json::to_string(&f).unwrap_or_default();
-                        let ev = SseEvent::default().event("frame").data(data);
-                        return Some((Ok(ev), (app, id, tail, term, false, false)));
-                    }
-                    if !still_live {
-                        let ended = app.service.how_it_ended(&id).await;
-                        let (state, reason) = ended.unwrap_or_else(|| ("ended".into(), None));
-                        let data = serde_json::json!({"state": state, "reason": reason});
-                        let ev = SseEvent::default().event("end").data(data.to_string());
-                        return Some((Ok(ev), (app, id, tail, term, false, true)));
-                    }
+                let t = (Utc::now() - started).num_milliseconds().max(0) as u64;
+                if let Some(frame) = f.term.frame(t) {
+                    let data = serde_json::to_string(&frame).unwrap_or_default();
+                    let ev = SseEvent::default().event("frame").data(data);
+                    return Some((Ok(ev), f));
+                }
+                // From object storage, the end waits for the sealed upload (its last output),
+                // at most REMOTE_SEAL_WAIT.
+                let waited = f.ended_at.is_some_and(|t| t.elapsed() > REMOTE_SEAL_WAIT);
+                let sealed = f.tail.complete() || waited;
+                if !still_live && !sealed {
+                    f.ended_at.get_or_insert_with(std::time::Instant::now);
+                }
+                if !still_live && sealed {
+                    f.done = true;
+                    let ended = f.app.service.how_it_ended(&f.id).await;
+                    let (state, reason) = ended.unwrap_or_else(|| ("ended".into(), None));
+                    let data = serde_json::json!({"state": state, "reason": reason});
+                    let ev = SseEvent::default().event("end").data(data.to_string());
+                    return Some((Ok(ev), f));
                 }
             }
-        });
+        }
+    });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -146,6 +146,8 @@ actions! {
     Grant(Granted) = "grant",
     /// One approval.
     Approve(Approved) = "approve",
+    /// More time on an active grant: asked for (pending approvals) or given.
+    Extend(Extended) = "extend",
     /// An approval refused (not an approver, one's own request...).
     ApproveRefused(ApprovalRefused) = "approve-refused",
     /// A request denied, withdrawn, or closed at activation.
@@ -237,17 +239,38 @@ pub struct Granted {
     pub node: Option<String>,
 }
 
+/// `extend`: the end it moves from and to, and why; `pending` while it waits for approvals,
+/// else who approved it (or which rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Extended {
+    pub from: Option<DateTime<Utc>>,
+    pub to: DateTime<Utc>,
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_rule: Option<String>,
+}
+
 /// `approve`: how many approvals of how many needed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approved {
     pub approvals: u64,
     pub needed: u32,
+    /// The approval is of an extension of an active grant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extension: bool,
 }
 
 /// `deny`: why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Denied {
     pub reason: String,
+    /// What was denied is an extension of an active grant (which stays as it was).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extension: bool,
 }
 
 /// `approve-refused`: why.

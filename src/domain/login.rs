@@ -336,11 +336,11 @@ pub fn still_valid(grant: &Grant, now: DateTime<Utc>) -> Result<(), Refusal> {
 /// Whether the person is still in people.yaml with a role that may request the contract:
 /// removing someone (and reloading) ends their access, certificates or not.
 pub fn still_entitled(p: &Policies, user: &str, contract: &str) -> Result<(), Refusal> {
-    let entitled = p.users.get(user).is_some_and(|u| {
-        p.contracts
-            .get(contract)
-            .is_some_and(|c| u.roles.iter().any(|r| c.requesters.contains(r)))
-    });
+    let roles = p.roles_of(user);
+    let entitled = p
+        .contracts
+        .get(contract)
+        .is_some_and(|c| roles.iter().any(|r| c.requesters.contains(r)));
     if entitled {
         Ok(())
     } else {

@@ -52,7 +52,7 @@ fn ask_for(p: &Policies, user: &str, target: &str) -> String {
     let Some(host) = p.hosts.get(target) else {
         return format!("`{target}` is not a target in hosts.yaml");
     };
-    let roles = p.users.get(user).map(|u| u.roles.as_slice()).unwrap_or(&[]);
+    let roles = p.roles_of(user);
     let commands: Vec<String> = p
         .contracts
         .values()

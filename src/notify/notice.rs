@@ -98,15 +98,48 @@ pub async fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
             detail.grant(&g);
             (Topic::Request, text)
         }
+        Action::Extend(d) => {
+            let g = grant().await?;
+            let to = d.to.format("%Y-%m-%d %H:%M UTC");
+            let reason = because(d.reason.as_deref());
+            let text = match (&d.pending, &d.by_rule) {
+                (true, _) => format!(
+                    ":hourglass: {} asks to extend {} ({}) to {to}{reason}: waiting for approval from {}",
+                    rec.actor,
+                    g.what(),
+                    g.id,
+                    g.approvals_from.join(" or ")
+                ),
+                (false, Some(rule)) => format!(
+                    ":hourglass: {}'s grant of {} ({}) extended to {to} by rule `{rule}`{reason}",
+                    g.user,
+                    g.what(),
+                    g.id
+                ),
+                (false, None) => format!(
+                    ":hourglass: {}'s grant of {} ({}) extended to {to}{reason}",
+                    g.user,
+                    g.what(),
+                    g.id
+                ),
+            };
+            detail.grant(&g);
+            (Topic::Extend, text)
+        }
         Action::Approve(d) => {
             let g = grant().await?;
+            let what = if d.extension {
+                "extension of"
+            } else {
+                "request for"
+            };
             let text = format!(
-                ":ballot_box_with_check: {} approved {}'s request for {} ({} of {})",
+                ":ballot_box_with_check: {} approved {}'s {what} {} ({} of {})",
                 rec.actor,
                 g.user,
                 g.what(),
                 d.approvals,
-                g.approvals_needed
+                d.needed
             );
             detail.grant(&g);
             (Topic::Approve, text)

@@ -1,9 +1,9 @@
-//! PostgreSQL, the ledger several `ramp-ca serve` nodes share (issue 11). So far: the
-//! connection (a `postgres://` URL read as libpq reads it, TLS by its `sslmode`, a bounded
-//! pool whose every connection has a statement timeout) and the schema with its versioned
-//! migrations ([`migrations`]). Nothing serves from it yet: the service still runs on the
-//! embedded sled ledger ([`crate::store`]). This module is the only code that talks to
-//! PostgreSQL.
+//! PostgreSQL, the ledger several `ramp-ca serve` nodes share (issue 11): the connection
+//! (a `postgres://` URL read as libpq reads it, TLS by its `sslmode`, a bounded pool whose
+//! every connection has a statement timeout), the schema with its versioned migrations
+//! ([`migrations`]), the engine behind [`crate::store::Ledger`] ([`PgLedger`]), LISTEN/NOTIFY
+//! between nodes, and the target side of `store copy` ([`import`]). This module is the only
+//! code that talks to PostgreSQL.
 
 mod ledger;
 mod listen;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError};
 use deadpool_postgres::{RecyclingMethod, Runtime, TimeoutType};
 
-pub use self::ledger::{Holder, PgLedger, PgTx};
+pub use self::ledger::{import, Holder, PgLedger, PgTx};
 pub use self::migrations::{migrate, Migrated};
 pub use self::url::StoreUrl;
 

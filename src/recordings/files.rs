@@ -8,8 +8,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::format::{event_extent, whole_len, EventKind};
+use super::remote::Remote;
 use crate::domain::session::RecordingSeal;
 
 /// The first bytes of every recording file.
@@ -29,6 +31,8 @@ pub enum RecordingError {
     Mismatch { path: String, why: String },
     #[error("`{0}` is not a session id")]
     BadId(String),
+    #[error("recordings at {url}: {why}")]
+    Remote { url: String, why: String },
 }
 
 type Result<T> = std::result::Result<T, RecordingError>;
@@ -37,6 +41,14 @@ type Result<T> = std::result::Result<T, RecordingError>;
 #[derive(Debug, Clone)]
 pub struct Recordings {
     dir: PathBuf,
+    /// When `dir` is shared by several nodes: this node's own directory (under its
+    /// `data/`) of one empty file per session it is recording, so that at start it seals
+    /// only what it left live itself, never another node's session.
+    mine: Option<PathBuf>,
+    /// With object storage: where recordings go once written here (the spool), and this
+    /// node's queue of sealed recordings still to upload (one empty file each, under its
+    /// `data/`).
+    remote: Option<(Arc<Remote>, PathBuf)>,
 }
 
 impl Recordings {
@@ -51,7 +63,46 @@ impl Recordings {
         }
         Ok(Recordings {
             dir: dir.to_path_buf(),
+            mine: None,
+            remote: None,
         })
+    }
+
+    /// Recordings written to the spool `dir` and uploaded to `remote`; `queue` is this
+    /// node's directory of sealed recordings still to upload.
+    pub fn open_remote(dir: &Path, remote: Arc<Remote>, queue: &Path) -> Result<Recordings> {
+        let queue = Recordings::open(queue)?.dir;
+        let mut recordings = Recordings::open(dir)?;
+        recordings.remote = Some((remote, queue));
+        Ok(recordings)
+    }
+
+    /// The object store and upload queue, with object storage.
+    pub fn remote(&self) -> Option<(&Arc<Remote>, &Path)> {
+        self.remote.as_ref().map(|(r, q)| (r, q.as_path()))
+    }
+
+    /// A recording's bytes (header included) from the object store, when it is kept there
+    /// and not in the spool here; `None` without one.
+    fn remote_bytes(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match &self.remote {
+            Some((remote, _)) => remote.fetch_blocking(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens a directory every node mounts (creating it if need be) and checks that this
+    /// node may write there; `mine` is this node's own directory of the sessions it records.
+    pub fn open_shared(dir: &Path, mine: &Path) -> Result<Recordings> {
+        let io = io_at(dir);
+        std::fs::create_dir_all(dir).map_err(&io)?;
+        let probe = dir.join(format!(".probe-{}", hex::encode(rand::random::<[u8; 6]>())));
+        std::fs::write(&probe, b"").map_err(io_at(&probe))?;
+        let _ = std::fs::remove_file(&probe);
+        let mut recordings = Recordings::open(mine)?;
+        recordings.mine = Some(recordings.dir);
+        recordings.dir = dir.to_path_buf();
+        Ok(recordings)
     }
 
     pub fn dir(&self) -> &Path {
@@ -74,6 +125,37 @@ impl Recordings {
         self.path(id).is_ok_and(|p| p.exists())
     }
 
+    /// Whether this node recorded session `id` (its file is here and, in a shared
+    /// directory, this node noted it as its own).
+    pub fn is_mine(&self, id: &str) -> bool {
+        match &self.mine {
+            None => self.has(id),
+            Some(mine) => self.path(id).is_ok() && mine.join(id).exists(),
+        }
+    }
+
+    /// Whether other nodes read these recordings too (a shared directory, or object
+    /// storage).
+    pub fn is_shared(&self) -> bool {
+        self.mine.is_some() || self.remote.is_some()
+    }
+
+    /// Session `id`'s end is in the ledger: in a shared directory this node no longer
+    /// answers for it; with object storage its recording is queued for upload whole.
+    pub fn done(&self, id: &str) {
+        if self.path(id).is_err() {
+            return;
+        }
+        if let Some(mine) = &self.mine {
+            let _ = std::fs::remove_file(mine.join(id));
+        }
+        if let Some((_, queue)) = &self.remote {
+            if let Err(e) = std::fs::write(queue.join(id), b"") {
+                tracing::error!(session = id, error = %e, "cannot queue the recording for upload; it stays in the spool");
+            }
+        }
+    }
+
     /// Bytes free for recordings on the file system that holds them.
     pub fn free_bytes(&self) -> Result<u64> {
         fs4::available_space(&self.dir).map_err(io_at(&self.dir))
@@ -82,6 +164,10 @@ impl Recordings {
     /// Starts a new, empty recording; an existing one is never overwritten.
     pub fn create(&self, id: &str) -> Result<RecordingFile> {
         let path = self.path(id)?;
+        if let Some(mine) = &self.mine {
+            let marker = mine.join(id);
+            std::fs::write(&marker, b"").map_err(io_at(&marker))?;
+        }
         let io = io_at(&path);
         let mut file = OpenOptions::new()
             .create_new(true)
@@ -106,10 +192,12 @@ impl Recordings {
         let io = io_at(&path);
         let mut bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            // A session refused before it recorded anything may have no file.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && seal.is_none() => {
-                return Ok(Vec::new())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.remote_bytes(id)? {
+                Some(b) => b,
+                // A session refused before it recorded anything may have no file.
+                None if seal.is_none() => return Ok(Vec::new()),
+                None => return Err(io(e)),
+            },
             Err(e) => return Err(io(e)),
         };
         if !bytes.starts_with(HEADER) {
@@ -133,6 +221,10 @@ impl Recordings {
         let io = io_at(&path);
         let mut file = match File::open(&path) {
             Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.remote.is_some() => {
+                // Kept in object storage: read whole, then checked the same way.
+                return self.read(id, seal).map(drop);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && seal.is_none() => return Ok(()),
             Err(e) => return Err(io(e)),
         };
@@ -151,10 +243,21 @@ impl Recordings {
     /// Follows a recording as it is written, from its start.
     pub fn tail(&self, id: &str) -> Result<Tail> {
         let path = self.path(id)?;
-        let file = File::open(&path).map_err(io_at(&path))?;
+        let source = match (File::open(&path), &self.remote) {
+            (Ok(file), _) => Source::File(file),
+            (Err(e), Some((remote, _))) if e.kind() == std::io::ErrorKind::NotFound => {
+                Source::Remote {
+                    remote: remote.clone(),
+                    id: id.to_string(),
+                    read: 0,
+                    sealed: false,
+                }
+            }
+            (Err(e), _) => return Err(io_at(&path)(e)),
+        };
         Ok(Tail {
             path,
-            file,
+            source,
             header_left: HEADER.len(),
             partial: Vec::new(),
         })
@@ -274,10 +377,24 @@ impl RecordingFile {
     }
 }
 
+/// Where a followed recording is read from.
+enum Source {
+    /// The file, here or in a directory the nodes share.
+    File(File),
+    /// Object storage (another node's session): `read` bytes of it so far.
+    Remote {
+        remote: Arc<Remote>,
+        id: String,
+        read: u64,
+        /// The sealed object was read: nothing more comes.
+        sealed: bool,
+    },
+}
+
 /// A recording being followed (see [`Recordings::tail`]).
 pub struct Tail {
     path: PathBuf,
-    file: File,
+    source: Source,
     /// Header bytes not yet skipped.
     header_left: usize,
     /// The start of an event whose rest is not written yet.
@@ -285,12 +402,35 @@ pub struct Tail {
 }
 
 impl Tail {
+    /// Whether everything the recording will hold can be read now: always for a file (its
+    /// writer appends before the session's end is committed); in object storage, once the
+    /// sealed recording was uploaded and read.
+    pub fn complete(&self) -> bool {
+        match &self.source {
+            Source::File(_) => true,
+            Source::Remote { sealed, .. } => *sealed,
+        }
+    }
+
     /// Whole events written since the last call (possibly none).
-    pub fn read_new(&mut self) -> Result<Vec<u8>> {
+    pub async fn read_new(&mut self) -> Result<Vec<u8>> {
         let mut fresh = Vec::new();
-        self.file
-            .read_to_end(&mut fresh)
-            .map_err(io_at(&self.path))?;
+        match &mut self.source {
+            Source::File(file) => {
+                file.read_to_end(&mut fresh).map_err(io_at(&self.path))?;
+            }
+            Source::Remote {
+                remote,
+                id,
+                read,
+                sealed,
+            } => {
+                let (bytes, whole) = remote.fetch_from(id, *read).await?.unwrap_or_default();
+                fresh = bytes;
+                *read += fresh.len() as u64;
+                *sealed = whole;
+            }
+        }
         let skip = self.header_left.min(fresh.len());
         self.header_left -= skip;
         self.partial.extend_from_slice(&fresh[skip..]);
@@ -397,10 +537,16 @@ mod tests {
         // Following a recording yields whole events only, as they are written.
         let mut file = recs.create("ghi789").unwrap();
         let mut tail = recs.tail("ghi789").unwrap();
-        assert!(tail.read_new().unwrap().is_empty());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(tail.read_new()).unwrap().is_empty());
         file.append(&events[..5]).unwrap();
-        assert!(tail.read_new().unwrap().is_empty(), "half an event");
+        assert!(
+            rt.block_on(tail.read_new()).unwrap().is_empty(),
+            "half an event"
+        );
         file.append(&events[5..]).unwrap();
-        assert_eq!(tail.read_new().unwrap(), events);
+        assert_eq!(rt.block_on(tail.read_new()).unwrap(), events);
     }
 }

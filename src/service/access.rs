@@ -39,9 +39,10 @@ pub(crate) fn is_reviewer(p: &Policies, user: &str) -> bool {
 /// Whether `user` may see `g`: their own; everything for admins and auditors; pending
 /// requests they could approve for approvers.
 pub(crate) fn may_see(p: &Policies, user: &str, g: &Grant) -> bool {
+    let waiting = g.state == State::Pending || g.extension.is_some();
     g.user == user
         || is_reviewer(p, user)
-        || (g.state == State::Pending && g.approvals_from.iter().any(|r| p.has_role(user, r)))
+        || (waiting && g.approvals_from.iter().any(|r| p.has_role(user, r)))
 }
 
 /// Whether `who` may deny a request: its requester (withdrawing it), an admin, or someone

@@ -257,6 +257,15 @@ impl Service {
             .map(|why| why.to_string())
     }
 
+    /// When a live login's grant now ends, in unix seconds, when an extension moved it past
+    /// the certificate's end (`ramp-ca extend`): sessions run on to it. `None` otherwise, or
+    /// when the ledger cannot say.
+    pub async fn extended_until(&self, l: &Login, now: DateTime<Utc>) -> Option<u64> {
+        let g = self.store.grant(&l.grant.id).await.ok().flatten()?;
+        let end = g.end.filter(|_| g.is_active(now))?.timestamp().max(0) as u64;
+        (end > l.valid_before).then_some(end)
+    }
+
     /// Audits a login.
     pub async fn logged_in(&self, l: &Login, now: DateTime<Utc>) -> Result<()> {
         let logged = LoggedIn {

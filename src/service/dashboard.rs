@@ -1,7 +1,7 @@
 //! What the dashboard asks: the live view as its user may see it (with what they may do
 //! about each row), and the audit records of its logins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -17,7 +17,7 @@ use crate::wire::grants::{Outcome, RequestBody};
 
 /// The contracts `user` holds a requester role of, with their steps.
 fn requestable(p: &Policies, user: &str) -> Vec<Requestable> {
-    let roles = p.users.get(user).map(|u| u.roles.as_slice()).unwrap_or(&[]);
+    let roles = p.roles_of(user);
     p.contracts
         .values()
         .filter(|c| roles.iter().any(|r| c.requesters.contains(r)))
@@ -51,7 +51,9 @@ pub struct WebUser<'a> {
 
 impl Service {
     /// Everything the live view shows, as `web.user` may see it: grants and requests, with
-    /// what they may do about each, and the sessions in `live` they may watch.
+    /// what they may do about each, and the sessions they may watch: `live` (this node's
+    /// recorder's) and, on a shared ledger with shared recordings, those live on other nodes
+    /// (which a follower reads from their recordings as they are written).
     pub async fn live_view(
         &self,
         web: &WebUser<'_>,
@@ -68,6 +70,24 @@ impl Service {
         for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
             match g.state_at(now) {
                 State::Active => {
+                    // An extension waiting for approvals is a request too.
+                    if let Some(e) = &g.extension {
+                        let already: Vec<String> =
+                            e.approvals.iter().map(|a| a.by.clone()).collect();
+                        let refusal = crate::domain::policy::approval_refusal(
+                            &p,
+                            &g.contract,
+                            &g.step,
+                            &g.user,
+                            user,
+                            &already,
+                        );
+                        pending.push(PendingRow {
+                            can_approve: refusal.is_none(),
+                            can_deny: super::access::may_deny(&p, user, g),
+                            grant: self.view(&p, g, now),
+                        });
+                    }
                     active.push(ActiveRow {
                         can_revoke: may_revoke(&p, user, &g.user),
                         grant: self.view(&p, g, now),
@@ -83,6 +103,14 @@ impl Service {
                 }
                 _ => {}
             }
+        }
+        let mut live = live;
+        if self.store.is_shared() && self.store.recordings_shared() {
+            // Every node's live sessions, from the ledger (their metadata as of their
+            // recorder's last flush); this node's own as its recorder has them now.
+            let here: HashSet<String> = live.iter().map(|s| s.id.clone()).collect();
+            let elsewhere = self.store.live_sessions().await?;
+            live.extend(elsewhere.into_iter().filter(|s| !here.contains(&s.id)));
         }
         let mut live: Vec<SessionMeta> = live
             .into_iter()
@@ -113,11 +141,7 @@ impl Service {
                 csrf: web.csrf.to_string(),
                 expires: web.expires,
                 reviewer,
-                roles: p
-                    .users
-                    .get(user)
-                    .map(|u| u.roles.clone())
-                    .unwrap_or_default(),
+                roles: p.roles_of(user),
                 user: user.to_string(),
             },
             now,

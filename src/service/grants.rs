@@ -19,9 +19,9 @@ use crate::store::{Change, GrantChanges, GrantNews};
 use crate::wire::grants::{GrantView, Outcome, RequestBody};
 
 /// A certificate just minted: its line and its serial.
-struct NewCert {
-    text: String,
-    serial: u64,
+pub(super) struct NewCert {
+    pub(super) text: String,
+    pub(super) serial: u64,
 }
 
 impl Service {
@@ -43,7 +43,7 @@ impl Service {
         }
     }
 
-    async fn grant_or_404(&self, tx: &mut GrantChanges<'_>, id: &str) -> Result<Grant> {
+    pub(super) async fn grant_or_404(&self, tx: &mut GrantChanges<'_>, id: &str) -> Result<Grant> {
         tx.grant(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
@@ -119,7 +119,7 @@ impl Service {
     }
 
     /// Mints from an active grant and commits the certificate with its audit record.
-    async fn issue(
+    pub(super) async fn issue(
         &self,
         tx: &mut GrantChanges<'_>,
         p: &Policies,
@@ -396,6 +396,10 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<Outcome> {
         let p = self.policies();
+        let found = self.grant_or_404(tx, id).await?;
+        if found.extension.is_some() && found.is_active(now) {
+            return self.approve_extension(tx, approver, found, now).await;
+        }
         let mut grant = self.pending_or_409(tx, id, now).await?;
         if let Some(why) = policy::approval_refusal(
             &p,
@@ -416,6 +420,7 @@ impl Service {
         let approved = Approved {
             approvals: grant.approvals.len() as u64,
             needed: grant.approvals_needed,
+            extension: false,
         };
         let mut entries = vec![Entry::new(approver, id, approved)];
         let mut reasons = Vec::new();
@@ -434,6 +439,7 @@ impl Service {
                     grant.close(State::Denied, SERVICE_ACTOR, now, &why);
                     let denied = Denied {
                         reason: reason.clone(),
+                        extension: false,
                     };
                     entries.push(Entry::new(SERVICE_ACTOR, id, denied));
                     reasons.push(reason);
@@ -492,11 +498,20 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<GrantView> {
         let p = self.policies();
-        let mut grant = self.pending_or_409(tx, id, now).await?;
+        let found = self.grant_or_404(tx, id).await?;
+        let extension = found.extension.is_some() && found.is_active(now);
+        let mut grant = match extension {
+            true => found,
+            false => self.pending_or_409(tx, id, now).await?,
+        };
         if reason.trim().is_empty() {
             return Err(ServiceError::BadRequest(
                 "a denial needs a reason (--reason)".into(),
             ));
+        }
+        if extension && may_deny(&p, who, &grant) {
+            let grant = self.deny_extension(tx, who, grant, reason, now).await?;
+            return Ok(self.view(&p, &grant, now));
         }
         if !may_deny(&p, who, &grant) {
             return Err(ServiceError::Denied(format!(
@@ -507,6 +522,7 @@ impl Service {
         grant.close(State::Denied, who, now, reason);
         let denied = Denied {
             reason: reason.to_string(),
+            extension: false,
         };
         let change = Change {
             grants: vec![grant.clone()],
@@ -556,12 +572,25 @@ impl Service {
     /// (or after `wait`, at most [`MAX_GRANT_WAIT`]): a waiting `sign --wait` costs a
     /// subscription, not a poll of the ledger.
     pub async fn wait_grant(&self, user: &str, id: &str, wait: Duration) -> Result<GrantView> {
+        self.wait_grant_while(user, id, wait, |v| v.grant.state == State::Pending)
+            .await
+    }
+
+    /// [`Service::wait_grant`] while `waiting` holds of the grant (a pending request, or a
+    /// pending extension).
+    pub async fn wait_grant_while(
+        &self,
+        user: &str,
+        id: &str,
+        wait: Duration,
+        waiting: impl Fn(&GrantView) -> bool,
+    ) -> Result<GrantView> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_GRANT_WAIT);
         // Subscribed before the first read, so no write between the two goes unseen.
         let mut writes = self.store.subscribe_grants();
         loop {
             let view = self.grant(user, id, Utc::now()).await?;
-            if view.grant.state != State::Pending {
+            if !waiting(&view) {
                 return Ok(view);
             }
             loop {

@@ -9,6 +9,7 @@ mod access;
 mod audit;
 mod bastion;
 mod dashboard;
+mod extend;
 mod grants;
 mod hosts;
 mod ids;
@@ -40,6 +41,7 @@ use crate::domain::policy::{self, Policies, Step};
 use crate::domain::session::{seconds_before, SessionMeta};
 use crate::install::keys::Keys;
 use crate::metrics::{LedgerGauges, Metrics};
+use crate::recordings::place::Place;
 use crate::store::{Change, GrantChanges, Ledger, Location, StoreError};
 use crate::wire::grants::Whoami;
 
@@ -115,9 +117,19 @@ impl Service {
         location: &Location,
         node: &str,
     ) -> std::result::Result<Service, crate::Error> {
+        Service::open_with(dir, location, node, &Place::Local).await
+    }
+
+    /// [`Service::open`] with the recordings at `recordings`.
+    pub async fn open_with(
+        dir: &Path,
+        location: &Location,
+        node: &str,
+        recordings: &Place,
+    ) -> std::result::Result<Service, crate::Error> {
         let policies = crate::install::load_policies(&dir.join("policies"))?;
         let keys = Keys::load(&dir.join("keys"))?;
-        let store = Ledger::open(&dir.join("data"), location)
+        let store = Ledger::open_with(&dir.join("data"), location, recordings)
             .await
             .map_err(ServiceError::from)?;
         Ok(Service {
@@ -254,12 +266,7 @@ impl Service {
 
     /// Who a signed request's key belongs to, with their roles.
     pub fn whoami(&self, user: &str, key: &PublicKey) -> Whoami {
-        let roles = self
-            .policies()
-            .users
-            .get(user)
-            .map(|u| u.roles.clone())
-            .unwrap_or_default();
+        let roles = self.policies().roles_of(user);
         Whoami {
             key: cert::fingerprint(key),
             roles,

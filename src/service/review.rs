@@ -65,18 +65,14 @@ impl Service {
         Ok(())
     }
 
-    /// Roles `who` holds.
-    fn roles_of(&self, who: &str) -> Vec<String> {
-        self.policies()
-            .users
-            .get(who)
-            .map(|u| u.roles.clone())
-            .unwrap_or_default()
+    /// Roles `who` holds at `now` (people.yaml's, and on call).
+    fn roles_at(&self, who: &str, now: DateTime<Utc>) -> Vec<String> {
+        self.policies().roles_at(who, now)
     }
 
     /// What `who` may review, the one due first first.
     pub async fn review_queue(&self, who: &str, now: DateTime<Utc>) -> Result<Vec<SessionMeta>> {
-        let roles = self.roles_of(who);
+        let roles = self.roles_at(who, now);
         let sessions = self.store.sessions().await?;
         Ok(review::queue(&sessions, who, &roles, now)
             .into_iter()
@@ -84,9 +80,9 @@ impl Service {
             .collect())
     }
 
-    /// Whether `who` may read session `s` to review it.
-    pub(crate) fn may_review(&self, who: &str, s: &SessionMeta) -> bool {
-        review::may_review(s, who, &self.roles_of(who))
+    /// Whether `who` may read session `s` at `now` to review it.
+    pub(crate) fn may_review(&self, who: &str, s: &SessionMeta, now: DateTime<Utc>) -> bool {
+        review::may_review(s, who, &self.roles_at(who, now))
     }
 
     /// Records `who`'s verdict on session `id` (`session-review`, with the sign-off in its
@@ -117,7 +113,7 @@ impl Service {
                 crate::shown::shown(id)
             ))
         })?;
-        if let Some(why) = review::refusal(&s, who, &self.roles_of(who)) {
+        if let Some(why) = review::refusal(&s, who, &self.roles_at(who, now)) {
             return Err(ServiceError::Denied(why));
         }
         let reviewed = SessionReviewed {

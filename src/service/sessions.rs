@@ -108,7 +108,7 @@ impl Service {
         now: DateTime<Utc>,
     ) -> Result<(SessionMeta, Vec<Event>)> {
         let meta = self.recorded(id).await?;
-        if !self.may_review(who, &meta) {
+        if !self.may_review(who, &meta, now) {
             self.require_own_or_reviewer(who, &meta.user, Reading::Recordings)?;
         }
         let events = self.store.session_events(&meta).await?;
@@ -210,6 +210,16 @@ impl Service {
         Ok((meta, tail))
     }
 
+    /// Whether the ledger still says session `id` is live (on whichever node records it),
+    /// for a follower of a session recorded elsewhere; not audited (the follow was).
+    pub async fn session_is_live(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .session(id)
+            .await?
+            .is_some_and(|m| m.state == crate::domain::session::SessionState::Live))
+    }
+
     /// Starts a session's recording: its file exists and its metadata (naming this node) is
     /// on disk, and audited (`session-start`), before it returns.
     pub async fn start_recording(
@@ -256,6 +266,7 @@ impl Service {
     /// Writes sessions that ended with the `session-end` records that carry their seals,
     /// in one transaction, durably: each session's `sealed_in` names its record.
     pub async fn end_sessions(&self, ended: Vec<SessionMeta>, now: DateTime<Utc>) -> Result<()> {
+        let ids: Vec<String> = ended.iter().map(|m| m.id.clone()).collect();
         let mut change = Change::default();
         for (i, m) in ended.into_iter().enumerate() {
             let end = SessionEnded {
@@ -271,6 +282,7 @@ impl Service {
             change.ended.push((m, i));
         }
         self.commit(change, now).await?;
+        self.store.recordings_done(&ids);
         Ok(())
     }
 
@@ -280,7 +292,26 @@ impl Service {
         let found = self.store.interrupted(&self.node).await?;
         let (change, sealed) = interrupted_change(found, &self.node, None);
         self.commit(change, now).await?;
+        let ids: Vec<String> = sealed.iter().map(|m| m.id.clone()).collect();
+        self.store.recordings_done(&ids);
         Ok(sealed)
+    }
+
+    /// With object storage, starts the task that uploads this node's recordings (after
+    /// queueing what a previous run left in the spool); `None` otherwise.
+    pub async fn upload_recordings(&self) -> Option<crate::recordings::upload::Uploader> {
+        let recordings = self.store.uploaded_recordings()?;
+        match self.store.queue_finished_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                recordings = n,
+                "finished recordings left in the spool, queued for upload"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which recordings in the spool are finished; they upload at the next start")
+            }
+        }
+        crate::recordings::upload::Uploader::start(recordings, self.metrics.clone())
     }
 
     /// Bytes free on the recording disk, and where the recordings are.

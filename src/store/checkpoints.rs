@@ -219,6 +219,7 @@ mod tests {
         let approved = Approved {
             approvals,
             needed: 2,
+            extension: false,
         };
         store
             .commit(Change::audit(vec![Entry::new(who, grant, approved)]), now())

@@ -7,7 +7,8 @@
 //! Every change commits with its audit records in one transaction ([`Ledger::commit`], or
 //! [`GrantChanges::commit`] for a change that read what it decides on), and nobody sees an
 //! answer before it is durable: sled's group commit, PostgreSQL's commit. Recordings are
-//! files under `DIR/data/recordings` with either engine (see [`crate::recordings::files`]);
+//! files under `DIR/data/recordings`, or in a directory every node mounts, with either
+//! engine (see [`crate::recordings::files`] and [`crate::recordings::place`]);
 //! a finished recording's seal is also in the audit record that ends its session (see
 //! `seals`). Signed checkpoints of the chain are files in `DIR/data/checkpoints`, see
 //! [`checkpoints`]. Committed changes are announced through [`Feeds`].
@@ -15,8 +16,10 @@
 mod chain;
 mod changes;
 pub mod checkpoints;
+pub mod copy;
 mod embedded;
 mod feeds;
+mod recordings;
 mod seals;
 mod sessions;
 
@@ -30,7 +33,8 @@ use crate::domain::cert::CertRecord;
 use crate::domain::grant::{Grant, Revocation};
 use crate::domain::session::SessionMeta;
 use crate::pgstore::{PgLedger, PoolSettings};
-use crate::recordings::files::{RecordingError, RecordingFile, Recordings, Tail};
+use crate::recordings::files::{RecordingError, Recordings};
+use crate::recordings::place::Place;
 
 pub use self::chain::{AuditReport, Walk};
 pub use self::changes::GrantChanges;
@@ -215,7 +219,7 @@ enum Engine {
 pub struct Ledger {
     /// Where the records are.
     engine: Engine,
-    /// One file of events per session, in `DIR/data/recordings`.
+    /// One file of events per session, in `DIR/data/recordings` or a shared directory.
     recordings: Recordings,
     /// Signed checkpoints of the audit chain, one file each, in `DIR/data/checkpoints`.
     checkpoints: Arc<Checkpoints>,
@@ -247,6 +251,12 @@ impl Ledger {
     /// Opens (or creates) the ledger at `location`, with its files under `data` (created
     /// owner-only: the ledger and recordings hold reasons, commands and who went where).
     pub async fn open(data: &Path, location: &Location) -> Result<Ledger> {
+        Ledger::open_with(data, location, &Place::Local).await
+    }
+
+    /// [`Ledger::open`] with the recordings at `recordings` (a directory every node mounts,
+    /// or this node's `data/recordings`).
+    pub async fn open_with(data: &Path, location: &Location, recordings: &Place) -> Result<Ledger> {
         let private = |source: std::io::Error| StoreError::Open {
             path: data.display().to_string(),
             source: sled::Error::Io(source),
@@ -271,7 +281,7 @@ impl Ledger {
         };
         Ok(Ledger {
             engine,
-            recordings: Recordings::open(&data.join("recordings"))?,
+            recordings: recordings::open(data, recordings).await?,
             checkpoints: Arc::new(Checkpoints::open(&data.join("checkpoints"))?),
             feeds,
         })
@@ -487,6 +497,21 @@ impl Ledger {
         }
     }
 
+    /// Sessions the ledger says are live, on any node sharing it, oldest first.
+    pub async fn live_sessions(&self) -> Result<Vec<SessionMeta>> {
+        match &self.engine {
+            Engine::Sled(s) => {
+                blocking(s, |s| {
+                    let mut all = s.sessions()?;
+                    all.retain(|m| m.state == crate::domain::session::SessionState::Live);
+                    Ok(all)
+                })
+                .await
+            }
+            Engine::Postgres(p) => p.live_sessions().await,
+        }
+    }
+
     /// Records a signed request's nonce; false when it was seen before (a replay).
     pub async fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
         match &self.engine {
@@ -525,20 +550,5 @@ impl Ledger {
     /// The signed checkpoints of the audit chain kept on disk.
     pub fn checkpoints(&self) -> &Arc<Checkpoints> {
         &self.checkpoints
-    }
-
-    /// Starts the recording file of session `id`; an existing one is never overwritten.
-    pub fn create_recording(&self, id: &str) -> Result<RecordingFile> {
-        Ok(self.recordings.create(id)?)
-    }
-
-    /// Follows the recording of session `id` as it is written.
-    pub fn tail_recording(&self, id: &str) -> Result<Tail> {
-        Ok(self.recordings.tail(id)?)
-    }
-
-    /// Bytes free on the disk that holds the recordings, and where they are.
-    pub fn recording_space(&self) -> Result<(u64, &Path)> {
-        Ok((self.recordings.free_bytes()?, self.recordings.dir()))
     }
 }

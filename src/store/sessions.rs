@@ -38,8 +38,9 @@ impl Ledger {
     /// seal is taken back from the chain, so a changed recording is still found. Finished
     /// sessions that name no end record (from older versions) are linked to theirs, so
     /// reads need not search the chain. A live session of another node (`node`) is left
-    /// alone; one from before node names is this node's when its recording is here (or the
-    /// ledger is not shared). The chain's end records are read only when there is something
+    /// alone; one from before node names is this node's when it recorded it (its recording
+    /// is here, or noted as this node's in a directory nodes share; or the ledger is not
+    /// shared). The chain's end records are read only when there is something
     /// to look at.
     pub async fn interrupted(&self, node: &str) -> Result<Interrupted> {
         let (live, unlinked) = to_look_at(self.sessions().await?);
@@ -64,8 +65,8 @@ impl Ledger {
                 out.repaired.push(seals::restore_from(s, end));
             } else if s.node.as_deref().is_some_and(|n| n != node) {
                 tracing::debug!(session = %s.id, node = ?s.node, "live on another node");
-            } else if s.node.is_none() && self.is_shared() && !self.recordings.has(&s.id) {
-                tracing::debug!(session = %s.id, "live on another node (its recording is not here)");
+            } else if s.node.is_none() && self.is_shared() && !self.recordings.is_mine(&s.id) {
+                tracing::debug!(session = %s.id, "live on another node (this node did not record it)");
             } else {
                 to_seal.push(s);
             }

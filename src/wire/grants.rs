@@ -23,6 +23,19 @@ pub struct RequestBody {
     pub certify: bool,
 }
 
+/// `POST /v1/grants/{id}/extend`: more time on an active grant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    /// Like `30m`: added to the grant's end.
+    pub ttl: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Mint a fresh certificate for the signing key when the extension is given at once.
+    #[serde(default)]
+    pub certify: bool,
+}
+
 /// A reason alone: `POST /v1/grants/{id}/deny`, and the dashboard's deny and revoke.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +129,9 @@ pub struct GrantQuery {
     /// Seconds to wait while the grant is pending (long-poll), capped by the service.
     #[serde(default)]
     pub wait: u64,
+    /// Wait while the grant's extension is pending instead (`extend --wait`).
+    #[serde(default)]
+    pub extension: bool,
 }
 
 /// `GET /v1/whoami`.
@@ -148,6 +164,19 @@ pub struct Grant {
     pub approvals_needed: u32,
     pub approvals: Vec<Approval>,
     pub closed: Option<Closure>,
+    /// More time asked for, waiting for approvals (`ramp-ca extend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<Extension>,
+}
+
+/// A pending extension: the end it would move to, why, and its approvals so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Extension {
+    pub end: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub approvals_needed: u32,
+    pub approvals: Vec<Approval>,
 }
 
 /// One approval.
@@ -192,6 +221,20 @@ impl From<&grant::Grant> for Grant {
                 by: c.by.clone(),
                 at: c.at,
                 reason: c.reason.clone(),
+            }),
+            extension: g.extension.as_ref().map(|e| Extension {
+                end: e.end,
+                reason: e.reason.clone(),
+                requested_at: e.requested_at,
+                approvals_needed: e.approvals_needed,
+                approvals: e
+                    .approvals
+                    .iter()
+                    .map(|a| Approval {
+                        by: a.by.clone(),
+                        at: a.at,
+                    })
+                    .collect(),
             }),
         }
     }

@@ -27,6 +27,8 @@ pub const GRANT_CERTIFICATE: &str = "/v1/grants/{id}/certificate";
 pub const GRANT_APPROVE: &str = "/v1/grants/{id}/approve";
 /// `POST` [`grants::ReasonBody`]: deny (or withdraw) a request.
 pub const GRANT_DENY: &str = "/v1/grants/{id}/deny";
+/// `POST` [`grants::ExtendBody`]: more time on an active grant.
+pub const GRANT_EXTEND: &str = "/v1/grants/{id}/extend";
 /// `POST` [`grants::RevokeBody`].
 pub const REVOKE: &str = "/v1/revoke";
 /// `GET`: the KRL bytes.

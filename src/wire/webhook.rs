@@ -24,6 +24,8 @@ pub enum Topic {
     BreakGlass,
     /// A revocation.
     Revoke,
+    /// More time on an active grant: asked for (waiting for approvals) or given.
+    Extend,
     /// The bastion ended a session: expiry, revocation, removal from the policies, full
     /// recording disk, shutdown, or a crash found at the next start.
     SessionCutOff,
@@ -45,6 +47,7 @@ impl Vocabulary for Topic {
         Topic::Grant,
         Topic::BreakGlass,
         Topic::Revoke,
+        Topic::Extend,
         Topic::SessionCutOff,
         Topic::Checkpoint,
         Topic::RiskyCommand,
@@ -56,6 +59,7 @@ impl Vocabulary for Topic {
         match self {
             Topic::Request => "request",
             Topic::Approve => "approve",
+            Topic::Extend => "extend",
             Topic::Deny => "deny",
             Topic::Grant => "grant",
             Topic::BreakGlass => "break-glass",

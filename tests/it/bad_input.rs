@@ -854,6 +854,7 @@ fn the_command_line_forgives_a_missing_scheme_names_a_public_key_and_errs_in_jso
         &["sessions", "export"],
         &["sessions", "grep"],
         &["sessions", "end"],
+        &["extend"],
         &["store", "migrate"],
         &["completions"],
     ];

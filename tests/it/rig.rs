@@ -57,7 +57,7 @@ pub(crate) fn rig_on_postgres_with(flags: &[&str]) -> Rig {
     rig_in(dir, flags)
 }
 
-fn rig_in(dir: TestDir, flags: &[&str]) -> Rig {
+pub(crate) fn rig_in(dir: TestDir, flags: &[&str]) -> Rig {
     for account in ["readonly", "dbadmin"] {
         ensure_account(account);
     }

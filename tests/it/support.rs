@@ -29,6 +29,8 @@ pub struct TestDir {
     dir: tempfile::TempDir,
     /// The PostgreSQL database its daemons keep their ledger in, once one is chosen.
     store: OnceLock<Arc<TestDb>>,
+    /// Environment every `ramp-ca` run here gets (like an object store's credentials).
+    env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl TestDir {
@@ -40,7 +42,14 @@ impl TestDir {
         TestDir {
             dir,
             store: OnceLock::new(),
+            env: Default::default(),
         }
+    }
+
+    /// Every `ramp-ca` run in this installation from now on gets `name=value`.
+    pub fn set_env(&self, name: &str, value: &str) {
+        let mut env = self.env.lock().unwrap_or_else(|e| e.into_inner());
+        env.push((name.to_string(), value.to_string()));
     }
 
     /// The database this installation's ledger is in: on PostgreSQL runs (or once
@@ -126,7 +135,10 @@ pub fn ramp(dir: &TestDir) -> Command {
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("RAMP_SERVER")
         .env_remove("RAMP_STORE")
+        .env_remove("RAMP_RECORDINGS")
         .env_remove("RUST_LOG");
+    let env = dir.env.lock().unwrap_or_else(|e| e.into_inner());
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 

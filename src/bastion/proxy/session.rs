@@ -335,7 +335,9 @@ async fn downward<F, Fut>(
     F: Fn(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut warned = false;
+    // Each new warning is said once: the one before expiry, and the new end after an
+    // extension.
+    let mut said: Option<String> = None;
     loop {
         // The select only picks; the work (and its awaits) happens after, outside it.
         enum Next {
@@ -344,13 +346,13 @@ async fn downward<F, Fut>(
         }
         let next = tokio::select! {
             msg = target.recv() => Next::Msg(msg),
-            text = warning.wait_for(Option::is_some), if !warned => Next::Warn(text.ok().and_then(|t| t.clone())),
+            text = warning.wait_for(|w| w.is_some() && *w != said) => Next::Warn(text.ok().and_then(|t| t.clone())),
             _ = stop.wait() => return,
         };
         let msg = match next {
             Next::Msg(msg) => msg,
             Next::Warn(text) => {
-                warned = true;
+                said = text.clone();
                 let on_terminal = shared
                     .recorder
                     .get()

@@ -127,12 +127,17 @@ function render(s) {
   const pending = $("#pending tbody");
   pending.innerHTML = s.pending.map(({ grant: v, can_approve, can_deny }) => {
     const g = v;
-    const approvals = `${g.approvals.length} / ${g.approvals_needed}` + (g.approvals.length ? ` <span class="muted">(${g.approvals.map((a) => esc(a.by)).join(", ")})</span>` : "") +
+    // An active grant's extension waiting for approvals shows as a request to extend.
+    const ext = g.extension;
+    const asked = ext ? ext.approvals : g.approvals;
+    const approvals = `${asked.length} / ${ext ? ext.approvals_needed : g.approvals_needed}` + (asked.length ? ` <span class="muted">(${asked.map((a) => esc(a.by)).join(", ")})</span>` : "") +
       `<div class="muted">from ${esc(g.approvals_from.join(" or "))}</div>`;
+    const ttl = ext ? `extend to ${new Date(ext.end).toLocaleTimeString()}` : fmtTtl(g.ttl_secs);
+    const why = ext ? ext.reason || "" : g.reason || "";
     return `<tr data-grant="${esc(g.id)}"${v.break_glass ? ` class="glass-row"` : ""}>
       <td data-label="requested">${ago(g.requested_at)}</td><td data-label="user"><b>${esc(g.user)}</b></td>
       <td data-label="step">${stepCell(v)}</td><td data-label="grants" class="grants">${grantsCell(v)}</td>
-      <td data-label="ttl">${esc(fmtTtl(g.ttl_secs))}</td><td data-label="reason">${esc(g.reason || "")}</td>
+      <td data-label="ttl">${esc(ttl)}</td><td data-label="reason">${esc(why)}</td>
       <td data-label="approvals">${approvals}</td>
       <td class="actions">${can_approve ? `<button class="ok" data-act="approve">Approve</button>` : ""}
         ${can_deny ? `<button class="bad" data-act="deny">${g.user === s.me.user ? "Withdraw" : "Deny"}</button>` : ""}</td></tr>`;

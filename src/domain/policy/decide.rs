@@ -130,7 +130,9 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
             reasons,
         );
     };
-    match user.roles.iter().find(|r| contract.requesters.contains(r)) {
+    // people.yaml's roles, and those held on call now.
+    let roles = p.roles_at(&user.name, now);
+    match roles.iter().find(|r| contract.requesters.contains(r)) {
         Some(role) => reasons.push(format!(
             "`{}` holds role `{role}`, a requester of `{}`",
             user.name, contract.name
@@ -142,10 +144,10 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
                     user.name,
                     contract.name,
                     contract.requesters.join(", "),
-                    if user.roles.is_empty() {
+                    if roles.is_empty() {
                         "no roles".into()
                     } else {
-                        user.roles.join(", ")
+                        roles.join(", ")
                     }
                 ),
                 reasons,

@@ -23,6 +23,16 @@ pub struct Policies {
     pub hosts: BTreeMap<String, Host>,
     /// Contracts by name (one `*.yaml` file each).
     pub contracts: BTreeMap<String, Contract>,
+    /// Roles held for now (`oncall.yaml`).
+    pub oncall: Vec<OnCall>,
+}
+
+/// A role someone holds for now (`oncall.yaml`), until `until` when it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnCall {
+    pub role: String,
+    pub user: String,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A person who may sign requests.
@@ -233,9 +243,32 @@ impl Policies {
 
     /// Whether `user` holds `role`.
     pub fn has_role(&self, user: &str, role: &str) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|u| u.roles.iter().any(|r| r == role))
+        self.has_role_at(user, role, chrono::Utc::now())
+    }
+
+    /// Whether `user` holds `role` at `now`: in people.yaml, or on call (`oncall.yaml`) and
+    /// not past its `until`.
+    pub fn has_role_at(&self, user: &str, role: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.roles_at(user, now).iter().any(|r| r == role)
+    }
+
+    /// Every role `user` holds at `now`: people.yaml's, then those on call.
+    pub fn roles_at(&self, user: &str, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+        let Some(u) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let mut roles = u.roles.clone();
+        for o in &self.oncall {
+            if o.user == user && o.until.is_none_or(|t| now < t) && !roles.contains(&o.role) {
+                roles.push(o.role.clone());
+            }
+        }
+        roles
+    }
+
+    /// [`Policies::roles_at`] now.
+    pub fn roles_of(&self, user: &str) -> Vec<String> {
+        self.roles_at(user, chrono::Utc::now())
     }
 
     /// Hosts a contract covers, by name.

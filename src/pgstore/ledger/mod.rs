@@ -17,6 +17,7 @@
 //! Every statement is bounded by the server's `statement_timeout` (set on every pooled
 //! connection) and, on this side, a little longer, for a network that went silent.
 
+mod import;
 mod nodes;
 mod read;
 mod write;
@@ -33,6 +34,7 @@ use tokio_postgres::Row;
 use super::{Pg, PgError, PoolSettings};
 use crate::store::{Feeds, StoreError};
 
+pub use self::import::import;
 pub use self::nodes::Holder;
 pub use self::write::PgTx;
 pub(crate) use self::write::CHANNEL;

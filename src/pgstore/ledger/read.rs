@@ -474,6 +474,22 @@ impl PgLedger {
         Ok(sessions)
     }
 
+    /// Sessions still live (or left live by a node that died), oldest first: the partial
+    /// index `sessions_live`.
+    pub async fn live_sessions(&self) -> Result<Vec<SessionMeta>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT id, record::text FROM sessions WHERE state = 'live'",
+                &[],
+            )
+            .await?;
+        let mut sessions = keyed("sessions", &rows)?;
+        crate::store::by_start(&mut sessions);
+        Ok(sessions)
+    }
+
     /// Records a request nonce, shared by every node; false when any node saw it before.
     pub async fn remember_nonce(&self, nonce: &str, now: DateTime<Utc>) -> Result<bool> {
         let added = self

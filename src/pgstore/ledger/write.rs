@@ -32,7 +32,7 @@ fn opt_time(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(pg_time)
 }
 
-const UPSERT_GRANTS: &str = "INSERT INTO grants \
+pub(super) const UPSERT_GRANTS: &str = "INSERT INTO grants \
      (id, user_name, contract, step, status, requested_at, starts_at, ends_at, record) \
      SELECT id, user_name, contract, step, status, requested_at::timestamptz, \
             starts_at::timestamptz, ends_at::timestamptz, record::json \
@@ -44,7 +44,7 @@ const UPSERT_GRANTS: &str = "INSERT INTO grants \
         requested_at = EXCLUDED.requested_at, starts_at = EXCLUDED.starts_at, \
         ends_at = EXCLUDED.ends_at, record = EXCLUDED.record";
 
-const UPSERT_CERTS: &str = "INSERT INTO certs \
+pub(super) const UPSERT_CERTS: &str = "INSERT INTO certs \
      (serial, kind, user_name, grant_id, fingerprint, issued_at, record) \
      SELECT serial, kind, user_name, grant_id, fingerprint, issued_at::timestamptz, record::json \
      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
@@ -55,12 +55,12 @@ const UPSERT_CERTS: &str = "INSERT INTO certs \
         fingerprint = EXCLUDED.fingerprint, issued_at = EXCLUDED.issued_at, \
         record = EXCLUDED.record";
 
-const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at, action, subject, record) \
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit (seq, at, action, subject, record) \
      SELECT seq, at::timestamptz, action, subject, record::json \
      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) \
           AS a(seq, at, action, subject, record)";
 
-const UPSERT_SESSIONS: &str = "INSERT INTO sessions \
+pub(super) const UPSERT_SESSIONS: &str = "INSERT INTO sessions \
      (id, user_name, target, state, started_at, record) \
      SELECT id, user_name, target, state, started_at::timestamptz, record::json \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \

@@ -3,6 +3,7 @@
 
 mod audit;
 mod dashboard;
+mod extend;
 mod grants;
 mod hosts;
 mod login;

@@ -12,6 +12,7 @@
 
 mod active;
 mod audit;
+mod export;
 mod nonces;
 mod sync;
 
@@ -449,7 +450,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir.path().join("data"));
         let mut feed = store.feeds.subscribe_audit();
-        let ev = |why: &str| Entry::new("alice", "x", Denied { reason: why.into() });
+        let ev = |why: &str| {
+            Entry::new(
+                "alice",
+                "x",
+                Denied {
+                    reason: why.into(),
+                    extension: false,
+                },
+            )
+        };
         commit_now(&store, Change::audit(vec![ev("one"), ev("two")]));
         commit_now(&store, Change::audit(vec![ev("three")]));
         let seen: Vec<(u64, String)> = std::iter::from_fn(|| feed.try_recv().ok())

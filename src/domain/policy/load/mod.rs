@@ -2,6 +2,7 @@
 //! loader's helpers, people and hosts here; contracts in [`contract`].
 
 mod contract;
+mod oncall;
 mod review;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -73,6 +74,13 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Policies, Problems> {
             roles.extend(declared);
         }
     }
+    for (path, text) in named("oncall.yaml") {
+        if let Some(root) = ctx.parse(path, text) {
+            let (oncall, named_roles) = ctx.oncall(&root, &policies.users);
+            policies.oncall = oncall;
+            roles.extend(named_roles);
+        }
+    }
     for (path, text) in named("hosts.yaml") {
         if let Some(root) = ctx.parse(path, text) {
             policies.hosts = ctx.hosts(&root);
@@ -87,7 +95,7 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Policies, Problems> {
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for (path, text) in files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name == "people.yaml" || name == "hosts.yaml" {
+        if name == "people.yaml" || name == "hosts.yaml" || name == "oncall.yaml" {
             continue;
         }
         let Some(root) = ctx.parse(path, text) else {

@@ -1,0 +1,77 @@
+//! `ramp-ca extend` end to end (issue 14): a pty session outlives its grant's first end
+//! without reconnecting, told the new end, recorded as one session; a fresh certificate
+//! comes with the extension.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::rig::rig;
+use crate::support::run_ok;
+use crate::ALICE;
+
+#[test]
+fn a_pty_session_runs_past_its_first_end_once_the_grant_is_extended() {
+    let rig = rig();
+    let signed = rig.observe("INC-20 migration", &["--ttl", "12s"]);
+    let grant = signed["grant"]["id"].as_str().unwrap().to_string();
+    let first_serial = signed["serial"].as_u64().unwrap();
+    let started = Instant::now();
+    let child = rig
+        .ssh(
+            ALICE,
+            "readonly@db-1",
+            &[
+                "-tt",
+                "for i in $(seq 1 40); do echo tick-$i; sleep 0.5; done; echo migration-done",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rig.wait_sessions("the live session", |l| {
+        l.iter().any(|s| s["state"] == "live")
+    });
+
+    let said = run_ok(&mut rig.ramp(
+        ALICE,
+        &[
+            "extend",
+            &grant[..6],
+            "--ttl",
+            "1m",
+            "--reason",
+            "INC-20 runs long",
+            "--no-agent",
+        ],
+    ));
+    assert!(said.contains("certificate serial"), "{said}");
+    let grants = crate::json(&run_ok(&mut rig.ramp(ALICE, &["grants", "--json"])));
+    assert!(grants[0]["end"].as_str().is_some(), "{grants:#}");
+
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let terminal =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took > Duration::from_secs(15),
+        "it ran past its first end: {took:?}"
+    );
+    assert!(terminal.contains("migration-done"), "{terminal}");
+    assert!(
+        terminal.contains("access to db-1 extended: it now ends at"),
+        "{terminal}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{terminal}");
+    let list = rig.wait_sessions("the session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    assert!(list[0]["end_reason"].is_null(), "{:#}", list[0]);
+    assert_eq!(
+        list[0]["serial"], first_serial,
+        "one session, on the first certificate"
+    );
+    let extended = rig.audited("extend");
+    assert_eq!(extended.len(), 1, "{extended:#?}");
+    assert_eq!(extended[0]["detail"]["reason"], "INC-20 runs long");
+}
