@@ -114,7 +114,10 @@ fn exec_goes_through_recorded_with_its_exit_status_and_the_cast_plays() {
         &mut rig.ramp(ALICE, &["sessions", "list", "--json"]),
     ));
     let own = own.as_array().unwrap();
-    assert!(!own.is_empty() && own.iter().all(|s| s["user"] == "alice"), "{own:?}");
+    assert!(
+        !own.is_empty() && own.iter().all(|s| s["user"] == "alice"),
+        "{own:?}"
+    );
     let (code, err) = run_err(&mut rig.ramp(ALICE, &["sessions", "list", "--user", "bob"]));
     assert_eq!(code, 1);
     assert!(
