@@ -47,6 +47,7 @@ pub mod install;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod oncall_watch;
 pub mod pgstore;
 pub mod recordings;
 pub mod service;

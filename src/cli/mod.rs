@@ -5,6 +5,7 @@
 
 pub mod args;
 mod audit;
+mod extend;
 mod grants;
 mod output;
 mod policy;
@@ -139,7 +140,7 @@ pub async fn run(cli: Cli) -> Result {
                 reason,
                 certify: false,
             };
-            grants::extend(&client, &grant, body, wait, timeout, !no_agent).await
+            extend::extend(&client, &grant, body, wait, timeout, !no_agent).await
         }
         Command::SshConfig {
             bastion,

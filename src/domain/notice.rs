@@ -23,10 +23,11 @@ fn hint(p: &Policies, user: &str, login_name: &str, refusal: &Refusal) -> Option
     let (_, target) = parse_login_name(login_name);
     match refusal {
         Refusal::NotCovered { .. } | Refusal::WrongPrincipal(_) => Some(ask_for(p, user, target)),
-        Refusal::UnknownTarget(_) => Some(format!(
+        Refusal::UnknownTarget(_) => Some(
             "the bastion knows the targets in hosts.yaml; log in as PRINCIPAL@TARGET \
              (ramp-ca ssh-config writes the Host patterns)"
-        )),
+                .into(),
+        ),
         Refusal::GrantEnded { .. } | Refusal::Expired(_) | Refusal::KeyExpired { .. } => {
             Some(format!(
                 "{} (ramp-ca grants lists what you hold)",

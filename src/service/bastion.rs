@@ -169,7 +169,7 @@ impl Service {
             c.kind == "user"
                 && c.fingerprint == fingerprint
                 && (c.valid_after..c.valid_before).contains(&secs)
-                && asked.map_or(true, |p| c.principals.iter().any(|q| q == p))
+                && asked.is_none_or(|p| c.principals.iter().any(|q| q == p))
         });
         certs.sort_by_key(|c| std::cmp::Reverse(c.serial));
         for c in certs {

@@ -75,3 +75,62 @@ fn a_pty_session_runs_past_its_first_end_once_the_grant_is_extended() {
     assert_eq!(extended.len(), 1, "{extended:#?}");
     assert_eq!(extended[0]["detail"]["reason"], "INC-20 runs long");
 }
+
+/// On-call from a file the scheduler writes: a hand-off takes effect without a restart or a
+/// signal, and an `approvals.auto` rule on the role approves at once, naming the rule.
+#[test]
+fn the_oncall_file_hands_a_role_over_without_a_restart() {
+    let rig = rig();
+    let policy = rig.dir.read("policies/prod-db.yaml").replace(
+        "approvals: {from: [sre-lead], count: 1}",
+        "approvals: {from: [sre-lead], count: 1, auto: [{name: paged, role: on-call}]}",
+    );
+    rig.dir.write("policies/prod-db.yaml", policy);
+    rig.dir
+        .write("policies/oncall.yaml", "roles:\n  on-call: [alice]\n");
+    rig.reload();
+    rig.observe("INC-30", &[]);
+    let asked = crate::json(&run_ok(
+        &mut rig.ramp(ALICE, &crate::ask("operate", "INC-30 paged")),
+    ));
+    assert_eq!(asked["grant"]["state"], "active", "{asked:#}");
+    let granted = rig.audited("grant");
+    assert!(
+        granted.iter().any(|r| r["detail"]["by_rule"]
+            .as_str()
+            .is_some_and(|b| b.contains("paged"))),
+        "{granted:#?}"
+    );
+
+    // The scheduler hands over: alice is off call within a few seconds, no SIGHUP.
+    rig.dir.write(
+        "policies/oncall.yaml",
+        "roles:\n  on-call:\n    - {user: alice, until: 2000-01-01T00:00:00Z}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !rig
+        .daemon
+        .log()
+        .contains("policies reloaded: oncall.yaml changed")
+    {
+        assert!(Instant::now() < deadline, "the hand-off was not read");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = asked["grant"]["id"].as_str().unwrap();
+    run_ok(&mut rig.ramp(
+        crate::CAROL,
+        &["revoke", "--grant", id, "--reason", "handed over"],
+    ));
+    let again = crate::json(&run_ok(
+        &mut rig.ramp(ALICE, &crate::ask("operate", "INC-30 paged")),
+    ));
+    assert_eq!(again["grant"]["state"], "pending", "off call: {again:#}");
+    // A broken file leaves the last good policies in force, and says why.
+    rig.dir
+        .write("policies/oncall.yaml", "roles:\n  on-call: [mallory]\n");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !rig.daemon.log().contains("unknown user `mallory`") {
+        assert!(Instant::now() < deadline, "the broken file went unreported");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
