@@ -36,6 +36,7 @@ fn mint(c: &mut Criterion) {
             ..CertOptions::default()
         },
         break_glass: false,
+        review: Default::default(),
     };
     let mut serial = 0u64;
     c.bench_function("mint one user certificate", |b| {
