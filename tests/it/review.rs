@@ -49,7 +49,10 @@ fn text(out: &std::process::Output) -> String {
 fn a_blocked_exec_and_a_blocked_sftp_write_never_reach_the_target_and_are_announced() {
     let hooks = TestDir::new();
     let receiver = Receiver::start(Answer::Ok);
-    let config = config(&hooks, &[(&receiver.url, "json", Some("risky-command"))]);
+    let config = config(
+        &hooks,
+        &[(&receiver.url, "json", Some("risky-command, review-concern"))],
+    );
     let rig = rig_with(&["--config", &config]);
     guarded(&rig);
 
@@ -73,6 +76,10 @@ fn a_blocked_exec_and_a_blocked_sftp_write_never_reach_the_target_and_are_announ
         "the refused command ran"
     );
     let posts = receiver.wait("risky-command", |p| !p.is_empty());
+    let posts: Vec<_> = posts
+        .into_iter()
+        .filter(|p| p["event"] == "risky-command")
+        .collect();
     let took = refused_at.elapsed();
     assert!(took < Duration::from_secs(3), "announced after {took:?}");
     assert_eq!(posts[0]["event"], "risky-command");
@@ -129,6 +136,29 @@ fn a_blocked_exec_and_a_blocked_sftp_write_never_reach_the_target_and_are_announ
         &mut rig.ramp(BOB, &["sessions", "list", "--flagged", "--json"]),
     ));
     assert_eq!(flagged.as_array().unwrap().len(), 2);
+
+    // A concern is announced.
+    let id = list[0]["id"].as_str().unwrap();
+    run_ok(&mut rig.ramp(
+        BOB,
+        &[
+            "sessions",
+            "review",
+            id,
+            "--concern",
+            "--note",
+            "who asked for this?",
+        ],
+    ));
+    let posts = receiver.wait("review-concern", |p| {
+        p.iter().any(|p| p["event"] == "review-concern")
+    });
+    let concern = posts
+        .iter()
+        .find(|p| p["event"] == "review-concern")
+        .unwrap();
+    assert_eq!(concern["subject"], id);
+    assert_eq!(concern["detail"]["note"], "who asked for this?");
 }
 
 #[test]
