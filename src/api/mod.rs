@@ -58,6 +58,7 @@ pub fn router(app: App) -> Router {
         .route(routes::SESSIONS, get(sessions))
         .route(routes::SESSIONS_GREP, post(grep))
         .route(routes::SESSIONS_REVIEW, get(review_queue))
+        .route(routes::REPORT, get(report))
         .route(routes::SESSION_REVIEW, post(review))
         .route(routes::SESSION, get(session))
         .route(routes::SESSION_END, post(end_session))
@@ -280,6 +281,23 @@ async fn end_session(
 async fn review_queue(State(app): State<App>, caller: Caller) -> Result<Response, ApiError> {
     let out = app.review_queue(&caller.user, Utc::now()).await?;
     let out: Vec<sessions::Session> = out.into_iter().map(Into::into).collect();
+    Ok(Json(out).into_response())
+}
+
+/// `?since=SECS` (default 30 days).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    since: Option<i64>,
+}
+
+async fn report(
+    State(app): State<App>,
+    Query(q): Query<ReportQuery>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let since = q.since.unwrap_or(30 * 86400);
+    let out = app.report(&caller.user, since, Utc::now()).await?;
     Ok(Json(out).into_response())
 }
 

@@ -239,6 +239,18 @@ pub enum Command {
     /// Read or verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The access review's evidence (ramp-admin, ramp-auditor): per contract and step, the
+    /// grants that became active, who approved them, their sessions, flags, and reviews
+    /// done, late and missing.
+    Report {
+        /// The period: this far back from now.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Print what targets and clients need to trust this CA.
     #[command(subcommand)]
     Trust(TrustCommand),
@@ -536,6 +548,7 @@ impl Command {
             | Command::Revoke { client, .. }
             | Command::Krl { client, .. }
             | Command::SignHost { client, .. }
+            | Command::Report { client, .. }
             | Command::SshConfig { client, .. } => Some(client),
             Command::Audit(
                 AuditCommand::List { client, .. }

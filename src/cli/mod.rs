@@ -181,6 +181,11 @@ pub async fn run(cli: Cli) -> Result {
         } => grants::sign_host(&client, name, &pubkey, ttl).await,
         Command::Sessions(cmd) => sessions::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Report {
+            since,
+            format,
+            client,
+        } => review::report(&since, format, client).await,
     }
 }
 

@@ -1,10 +1,13 @@
 //! `sessions review [ID --ok|--concern --note T]`: the caller's review queue, or their
-//! verdict on one session, through the daemon (which checks who may, and audits it).
+//! verdict on one session, through the daemon (which checks who may, and audits it); and
+//! `report`, the auditors' evidence.
 
 use reqwest::Method;
 
+use super::args::ListFormat;
 use super::output::rfc3339;
-use super::{connect, emit, CliError, ClientOpts, Result};
+use super::{connect, emit, since, CliError, ClientOpts, Result};
+use crate::domain::report::Row;
 use crate::domain::review::Verdict;
 use crate::shown::Shown;
 use crate::wire::sessions::{ReviewBody, Session};
@@ -84,4 +87,81 @@ pub(super) async fn run(
             crate::domain::Vocabulary::label(verdict)
         )
     })
+}
+
+/// `report --since 30d [--format table|csv|json]`.
+pub(super) async fn report(period: &str, format: ListFormat, opts: ClientOpts) -> Result {
+    let secs = since(period)?.as_secs();
+    let client = connect(&opts).await?;
+    let rows: Vec<Row> = client
+        .call(
+            Method::GET,
+            &format!("{}?since={secs}", routes::REPORT),
+            None::<&()>,
+        )
+        .await?;
+    let header = [
+        "contract",
+        "step",
+        "grants",
+        "approvers",
+        "sessions",
+        "flags",
+        "blocked",
+        "needed",
+        "reviewed",
+        "late",
+        "missing",
+        "pending",
+    ];
+    let fields = |r: &Row| {
+        [
+            r.contract.clone(),
+            r.step.clone(),
+            r.grants.to_string(),
+            r.approvers.join(" "),
+            r.sessions.to_string(),
+            r.flags.to_string(),
+            r.blocked.to_string(),
+            r.reviews_needed.to_string(),
+            r.reviewed.to_string(),
+            r.late.to_string(),
+            r.missing.to_string(),
+            r.pending.to_string(),
+        ]
+    };
+    match format {
+        ListFormat::Csv if !opts.json => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            // Writing to memory cannot fail.
+            let _ = w.write_record(header);
+            for r in &rows {
+                let _ = w.write_record(fields(r));
+            }
+            print!(
+                "{}",
+                String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+            );
+            Ok(())
+        }
+        ListFormat::Json => emit(&ClientOpts { json: true, ..opts }, &rows, String::new),
+        _ => emit(&opts, &rows, || {
+            if rows.is_empty() {
+                return format!("no grants or sessions in the last {period}\n");
+            }
+            let line =
+                |f: [String; 12]| {
+                    format!(
+                    "{:<14} {:<12} {:>6} {:<16} {:>8} {:>5} {:>7} {:>6} {:>8} {:>4} {:>7} {:>7}\n",
+                    Shown(&f[0]), Shown(&f[1]), f[2], Shown(&f[3]), f[4], f[5], f[6], f[7], f[8],
+                    f[9], f[10], f[11]
+                )
+                };
+            let mut out = line(header.map(String::from));
+            for r in &rows {
+                out.push_str(&line(fields(r)));
+            }
+            out
+        }),
+    }
 }

@@ -12,6 +12,7 @@
 //!   audited actions with their typed details.
 //! - [`lease`]: node leases on a shared ledger: who may use a name, when a node is gone.
 //! - [`login`]: who may log in where through the bastion, and why a login is refused.
+//! - [`report`]: the auditors' report per contract and step over a period.
 //! - [`review`]: after a session: when its review is due, who may sign it off, the queue.
 //! - [`session`]: a recorded session's metadata, as the ledger, the pages and the exports
 //!   know it.
@@ -25,6 +26,7 @@ pub mod lease;
 pub mod login;
 pub mod notice;
 pub mod policy;
+pub mod report;
 pub mod review;
 pub mod session;
 

@@ -18,6 +18,8 @@ pub(crate) enum Reading {
     Recordings,
     /// Following a live session on the dashboard.
     Follow,
+    /// `report`: grants, sessions and reviews per contract and step.
+    Report,
 }
 
 impl Reading {
@@ -27,6 +29,7 @@ impl Reading {
             Reading::AuditPage => "the audit log",
             Reading::Recordings => "reading recordings",
             Reading::Follow => "following a session",
+            Reading::Report => "the access report",
         }
     }
 }

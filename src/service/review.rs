@@ -30,6 +30,23 @@ pub struct ReviewCounts {
 }
 
 impl Service {
+    /// The auditors' report over the `since_secs` before `now` (admins and auditors): one
+    /// read of the grants and one of the session metadata.
+    pub async fn report(
+        &self,
+        who: &str,
+        since_secs: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::domain::report::Row>> {
+        self.require_reviewer(who, super::access::Reading::Report)?;
+        let grants = self.store.grants().await?;
+        let sessions = self.store.sessions().await?;
+        let since = crate::domain::session::seconds_before(now, since_secs);
+        Ok(crate::domain::report::report(
+            &grants, &sessions, since, now,
+        ))
+    }
+
     /// The flag rules of `grant`'s contract, for the bastion to run over its sessions.
     pub fn flag_rules(&self, grant: &Grant) -> Vec<FlagRule> {
         self.policies()

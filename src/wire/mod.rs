@@ -49,6 +49,8 @@ pub const AUDIT_SIGNER: &str = "/v1/audit/signer";
 pub const SESSIONS: &str = "/v1/sessions";
 /// `POST` [`sessions::GrepBody`]: search recordings.
 pub const SESSIONS_GREP: &str = "/v1/sessions/grep";
+/// `GET ?since=SECS`: the auditors' report, per contract and step (`domain::report::Row`).
+pub const REPORT: &str = "/v1/report";
 /// `GET`: the caller's review queue (sessions), the one due first first.
 pub const SESSIONS_REVIEW: &str = "/v1/sessions/review";
 /// `POST` [`sessions::ReviewBody`]: the caller's verdict on an ended session.

@@ -259,6 +259,36 @@ fn a_command_typed_with_line_editing_is_flagged_and_a_reviewer_signs_the_session
     assert!(!queue.contains(&id), "{queue}");
     let show = run_ok(&mut rig.ramp(BOB, &["sessions", "show", &id]));
     assert!(show.contains("review    ok by bob"), "{show}");
+
+    // The report's figures match: one grant, two sessions (one reviewed, one still live).
+    let report = json(&run_ok(
+        &mut rig.ramp(CAROL, &["report", "--since", "1d", "--format", "json"]),
+    ));
+    let row = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["contract"] == "guarded")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    for (field, want) in [
+        ("grants", 1),
+        ("sessions", 2),
+        ("flags", 1),
+        ("reviews_needed", 2),
+        ("reviewed", 1),
+        ("late", 0),
+        ("missing", 0),
+        ("pending", 1),
+    ] {
+        assert_eq!(row[field], want, "{field}: {row:#}");
+    }
+    let csv = run_ok(&mut rig.ramp(CAROL, &["report", "--format", "csv"]));
+    assert!(csv.starts_with("contract,step,grants,approvers,"), "{csv}");
+    let (_, refused) = run_err(&mut rig.ramp(ALICE, &["report"]));
+    assert!(
+        refused.contains("the access report takes ramp-admin or ramp-auditor"),
+        "{refused}"
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
