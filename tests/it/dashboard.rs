@@ -154,6 +154,24 @@ fn countdown(text: &str) -> u64 {
         .sum()
 }
 
+/// Types `text` into `css`, finding it again when a live update redrew it first (the page
+/// keeps what was typed across redraws).
+async fn type_into(c: &Client, css: &str, text: &str) {
+    for attempt in 0.. {
+        let found = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}`: {e}"));
+        match found.send_keys(text).await {
+            Ok(_) => return,
+            Err(e) if attempt < 5 && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot type into `{css}`: {e}"),
+        }
+    }
+}
+
 /// Clicks `css`, finding it again when a live update redrew it between finding and clicking.
 async fn click(c: &Client, css: &str) {
     for attempt in 0.. {
@@ -275,12 +293,7 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         })
         .await;
         assert!(reach.contains("cuts no live session"), "{reach}");
-        c.find(Locator::Css(&format!("{active_row} input.reason")))
-            .await
-            .unwrap()
-            .send_keys("INC-50 done")
-            .await
-            .unwrap();
+        type_into(&c, &format!("{active_row} input.reason"), "INC-50 done").await;
         click(&c, &format!("{active_row} button[data-act=revoke-confirm]")).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while try_text(&c, &active_row).await.is_some() {
@@ -320,12 +333,7 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             &["printf", "'first-screen\\n'; sleep 1; printf '\\033[1;32mgreen-and-bold\\033[0m\\n'"],
         ));
         c.goto(&format!("{base}/ui/#recordings")).await.unwrap();
-        c.find(Locator::Css("#search input[name=text]"))
-            .await
-            .unwrap()
-            .send_keys("green-and-bold")
-            .await
-            .unwrap();
+        type_into(&c, "#search input[name=text]", "green-and-bold").await;
         // The session's last output reaches its recording within a flush (500 ms): search
         // again until it shows, as a person would.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -665,12 +673,7 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
         );
         assert!(shown.contains("INC-77 slow queries"), "{shown}");
         click(&c, &format!("{row} button[data-act=end]")).await;
-        c.find(Locator::Css(&format!("{row} input.reason")))
-            .await
-            .unwrap()
-            .send_keys("runaway query, page me")
-            .await
-            .unwrap();
+        type_into(&c, &format!("{row} input.reason"), "runaway query, page me").await;
         screenshot(&c, "9-end-session").await;
         click(&c, &format!("{row} button[data-act=end-confirm]")).await;
         let out = first.wait_with_output().unwrap();
@@ -694,12 +697,7 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
         })
         .await;
         click(&c, "#player-end").await;
-        c.find(Locator::Css("#player-reason"))
-            .await
-            .unwrap()
-            .send_keys("done here")
-            .await
-            .unwrap();
+        type_into(&c, "#player-reason", "done here").await;
         click(&c, "#player-end-confirm").await;
         let note = wait_text(&c, "#player-note", "why the session ended", |t| {
             t.contains("ended:")
@@ -737,8 +735,7 @@ fn an_engineer_requests_access_on_the_page_and_reads_only_her_own_recordings() {
             offered.contains("operate") && offered.contains("approval"),
             "{offered}"
         );
-        let reason = c.find(Locator::Css("#ask-reason")).await.unwrap();
-        reason.send_keys("INC-88 from the page").await.unwrap();
+        type_into(&c, "#ask-reason", "INC-88 from the page").await;
         click(&c, "#request button").await;
         let said = wait_text(&c, "#toast", "the answer", |t| t.contains("Granted")).await;
         assert!(
