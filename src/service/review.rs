@@ -58,7 +58,8 @@ impl Service {
 
     /// The review sessions under `grant` need, as its step says now.
     pub fn review_due(&self, grant: &Grant) -> Option<ReviewDue> {
-        self.step_of(grant)?.review().map(Into::into)
+        let by_people = !grant.approvals.is_empty();
+        self.step_of(grant)?.review_of(by_people).map(Into::into)
     }
 
     /// Audits flags raised in live sessions (`session-flag`, one record each, in one

@@ -103,16 +103,25 @@ fn the_oncall_file_hands_a_role_over_without_a_restart() {
     );
 
     // The scheduler hands over: alice is off call within a few seconds, no SIGHUP.
+    let reloads = || {
+        rig.daemon
+            .log()
+            .matches("policies reloaded: oncall.yaml changed")
+            .count()
+    };
+    // The watcher saw the first file too (within its 2 s poll): wait for that, then count.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reloads() == 0 {
+        assert!(Instant::now() < deadline, "the first oncall.yaml was not read");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = reloads();
     rig.dir.write(
         "policies/oncall.yaml",
         "roles:\n  on-call:\n    - {user: alice, until: 2000-01-01T00:00:00Z}\n",
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !rig
-        .daemon
-        .log()
-        .contains("policies reloaded: oncall.yaml changed")
-    {
+    while reloads() == before {
         assert!(Instant::now() < deadline, "the hand-off was not read");
         std::thread::sleep(Duration::from_millis(200));
     }

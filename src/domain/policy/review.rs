@@ -50,6 +50,24 @@ pub enum ReviewSetting {
 }
 
 impl Step {
+    /// The review the sessions of one of its grants need: [`Step::review`], or, when an
+    /// `approvals.auto` rule approved the grant (it holds no approval though the step takes
+    /// some) and the step does not say `review: none`, a review by the step's approvers within
+    /// a day: a rule skips the approvers before, never the look after.
+    pub fn review_of(&self, approved_by_people: bool) -> Option<ReviewRule> {
+        match (&self.review, &self.approvals) {
+            (ReviewSetting::Unsaid, Some(a))
+                if a.count > 0 && !approved_by_people && !self.break_glass =>
+            {
+                Some(ReviewRule {
+                    by: a.from.clone(),
+                    within: std::time::Duration::from_secs(86400),
+                })
+            }
+            _ => self.review(),
+        }
+    }
+
     /// The review this step's sessions need, if any.
     pub fn review(&self) -> Option<ReviewRule> {
         match &self.review {
@@ -226,5 +244,28 @@ mod tests {
                 (19, 37, "unknown key `when`"),
             ],
         );
+    }
+
+    #[test]
+    fn a_grant_approved_by_rule_is_reviewed_by_the_steps_approvers() {
+        let p = load(CONTRACT).unwrap();
+        let operate = p.contracts["prod-db"].step("operate").unwrap();
+        let by_rule = operate
+            .review_of(false)
+            .expect("reviewed after a rule approved it");
+        assert_eq!(by_rule.by, ["sre-lead"]);
+        assert_eq!(by_rule.within, Duration::from_secs(86400));
+        assert_eq!(
+            operate.review_of(true),
+            None,
+            "approved by people: as the step says"
+        );
+        let observe = p.contracts["prod-db"].step("observe").unwrap();
+        assert_eq!(observe.review_of(false), None, "a step without approvals");
+        let quiet =
+            load(&CONTRACT.replace("    max_ttl: 2h\n", "    max_ttl: 2h\n    review: none\n"))
+                .unwrap();
+        let quiet = quiet.contracts["prod-db"].step("operate").unwrap();
+        assert_eq!(quiet.review_of(false), None, "review: none is respected");
     }
 }
