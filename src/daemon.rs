@@ -365,14 +365,11 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
     if tls.is_none() && !bound.ip().is_loopback() {
         tracing::warn!(api = %bound, "the API is plain HTTP off loopback: dashboard cookies and answers cross the network in the clear; give --tls-cert and --tls-key");
     }
+    crate::oncall_watch::watch_oncall(service.clone(), dir.join("policies").join("oncall.yaml"));
     // Tests and scripts read these two lines to find the ports.
     println!("ramp-ca: API on {scheme}://{bound}");
     println!("ramp-ca: bastion on {ssh_bound}");
 
-    tokio::spawn(crate::oncall_watch::watch_oncall(
-        service.clone(),
-        dir.join("policies").join("oncall.yaml"),
-    ));
     let reloader = service.clone();
     let server_cert = tls.as_ref().map(|(_, cert)| cert.clone());
     tokio::spawn(async move {

@@ -112,7 +112,11 @@ fn the_oncall_file_hands_a_role_over_without_a_restart() {
     // The watcher saw the first file too (within its 2 s poll): wait for that, then count.
     let deadline = Instant::now() + Duration::from_secs(15);
     while reloads() == 0 {
-        assert!(Instant::now() < deadline, "the first oncall.yaml was not read");
+        assert!(
+            Instant::now() < deadline,
+            "the first oncall.yaml was not read:\n{}",
+            rig.daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let before = reloads();
