@@ -71,7 +71,7 @@ impl Service {
         };
         cascade.sessions = self
             .store
-            .sessions()
+            .live_sessions()
             .await?
             .into_iter()
             .filter(cut)
