@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use super::grants::sign;
+use super::grants::{poll_grant, sign};
 use super::output::reasons_text;
 use super::{connect, emit, CliError, ClientOpts, Result, StepArgs};
 use crate::domain::policy;
-use crate::wire::grants::{ExtendBody, GrantView, Outcome};
+use crate::wire::grants::{ExtendBody, Outcome};
 use crate::wire::{self as routes, path};
 
 /// `extend GRANT --ttl T`: asks for more time; once given (at once, or after approvals
@@ -41,35 +41,18 @@ pub(super) async fn extend(
             });
         }
         let wanted = ext.end;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let poll = left
-                .as_secs()
-                .clamp(1, crate::service::MAX_GRANT_WAIT.as_secs());
-            let view: GrantView = client
-                .call(
-                    Method::GET,
-                    &format!("{}?wait={poll}&extension=true", path(routes::GRANT, &id)),
-                    None::<&()>,
-                )
-                .await?;
-            match (&view.grant.extension, view.grant.end) {
-                (Some(_), _) if tokio::time::Instant::now() < deadline => continue,
-                (Some(_), _) => {
-                    return Err(CliError::Refused(format!(
-                        "the extension of grant {id} is still pending after {}; it stays filed",
-                        policy::format_duration(timeout)
-                    )))
-                }
-                (None, Some(end)) if end >= wanted => break,
-                (None, _) => {
-                    return Err(CliError::Refused(format!(
-                        "the extension of grant {id} was denied; it still ends at {}",
-                        view.grant.end.map(|e| e.to_rfc3339()).unwrap_or_default()
-                    )))
-                }
-            }
+        let (view, waiting) = poll_grant(&client, &id, true, timeout).await?;
+        if waiting {
+            return Err(CliError::Refused(format!(
+                "the extension of grant {id} is still pending after {}; it stays filed",
+                policy::format_duration(timeout)
+            )));
+        }
+        if view.grant.end.is_none_or(|end| end < wanted) {
+            return Err(CliError::Refused(format!(
+                "the extension of grant {id} was denied; it still ends at {}",
+                view.grant.end.map(|e| e.to_rfc3339()).unwrap_or_default()
+            )));
         }
     }
     sign(

@@ -499,10 +499,17 @@ async fn from_grant(client: &Client, id: &str, wait: bool) -> Result<Outcome> {
     })
 }
 
-/// Long-polls request `id` until it is decided (or `timeout` runs out): the daemon answers
-/// once it is, or after a while.
-async fn wait_for_approval(client: &Client, id: &str, timeout: Duration, pick_up: &str) -> Result {
+/// Long-polls grant `id` while it waits for approvals (the request, or with `extension` its
+/// extension), at most `timeout`: the daemon answers once it is decided, or after a while.
+/// Returns the grant as it last stood, and whether it still waits.
+pub(super) async fn poll_grant(
+    client: &Client,
+    id: &str,
+    extension: bool,
+    timeout: Duration,
+) -> Result<(GrantView, bool)> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let which = if extension { "&extension=true" } else { "" };
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let poll = left
@@ -511,29 +518,38 @@ async fn wait_for_approval(client: &Client, id: &str, timeout: Duration, pick_up
         let view: GrantView = client
             .call(
                 Method::GET,
-                &format!("{}?wait={poll}", path(routes::GRANT, id)),
+                &format!("{}?wait={poll}{which}", path(routes::GRANT, id)),
                 None::<&()>,
             )
             .await?;
-        match view.grant.state {
-            State::Pending if tokio::time::Instant::now() < deadline => continue,
-            State::Pending => {
-                return Err(CliError::Refused(format!(
-                    "request {id} is still pending after {} ({} of {} approvals); it stays filed: pick the certificate up once approved with: {pick_up}",
-                    policy::format_duration(timeout),
-                    view.grant.approvals.len(),
-                    view.grant.approvals_needed
-                )))
-            }
-            State::Active => return Ok(()),
-            other => {
-                let why = view
-                    .grant
-                    .closed
-                    .map(|c| format!(" by {}: {}", c.by, c.reason))
-                    .unwrap_or_default();
-                return Err(CliError::Refused(format!("request {id} was {other}{why}")));
-            }
+        let waiting = match extension {
+            true => view.grant.extension.is_some(),
+            false => view.grant.state == State::Pending,
+        };
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Ok((view, waiting));
+        }
+    }
+}
+
+/// Waits for request `id` to be decided (see [`poll_grant`]): fine once active.
+async fn wait_for_approval(client: &Client, id: &str, timeout: Duration, pick_up: &str) -> Result {
+    let (view, waiting) = poll_grant(client, id, false, timeout).await?;
+    match view.grant.state {
+        State::Pending if waiting => Err(CliError::Refused(format!(
+            "request {id} is still pending after {} ({} of {} approvals); it stays filed: pick the certificate up once approved with: {pick_up}",
+            policy::format_duration(timeout),
+            view.grant.approvals.len(),
+            view.grant.approvals_needed
+        ))),
+        State::Active => Ok(()),
+        other => {
+            let why = view
+                .grant
+                .closed
+                .map(|c| format!(" by {}: {}", c.by, c.reason))
+                .unwrap_or_default();
+            Err(CliError::Refused(format!("request {id} was {other}{why}")))
         }
     }
 }

@@ -147,3 +147,67 @@ fn the_oncall_file_hands_a_role_over_without_a_restart() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// `extend --wait` on a step that takes approvals: it waits for another person's approval,
+/// then writes the fresh certificate; its holder approving it is refused.
+#[test]
+fn extend_waits_for_its_approval_then_writes_the_certificate() {
+    let rig = rig();
+    rig.observe("INC-31", &[]);
+    // Shorter than the observe grant it climbs from, so there is room to extend it.
+    let mut ask = crate::ask("operate", "INC-31");
+    ask.extend(["--ttl", "5m"]);
+    let asked = crate::json(&run_ok(&mut rig.ramp(ALICE, &ask)));
+    let id = asked["grant"]["id"].as_str().unwrap().to_string();
+    run_ok(&mut rig.ramp(crate::BOB, &["approve", &id]));
+    run_ok(&mut rig.ramp(ALICE, &["sign", "--grant", &id, "--no-agent"]));
+
+    let waiting = rig
+        .ramp(
+            ALICE,
+            &[
+                "extend",
+                &id,
+                "--ttl",
+                "2m",
+                "--reason",
+                "INC-31 more",
+                "--wait",
+                "--no-agent",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let grants = crate::json(&run_ok(&mut rig.ramp(crate::BOB, &["grants", "--json"])));
+        let filed = grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["extension"].is_object());
+        if filed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the extension was never filed: {grants:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, own) = crate::support::run_err(&mut rig.ramp(ALICE, &["approve", &id]));
+    assert!(own.contains("your own extension"), "{own}");
+    run_ok(&mut rig.ramp(crate::BOB, &["approve", &id]));
+    let out = waiting.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("waits for 1 approval") && said.contains("certificate serial"),
+        "{said}"
+    );
+    let records = rig.audited("extend");
+    assert_eq!(records.len(), 2, "asked, then given: {records:#?}");
+}
