@@ -12,7 +12,8 @@ pub use decide::{approval_refusal, decide, Decision, Held, Request};
 pub use load::{load_texts, parse_cidr, Problem, Problems, DEFAULT_CONTRACT_MAX_TTL};
 pub use model::*;
 pub use review::{
-    after_session, FlagOn, FlagRule, ReviewRule, ReviewSetting, BREAK_GLASS_REVIEW_WITHIN,
+    after_session, keep_words, FlagOn, FlagRule, ReviewRule, ReviewSetting,
+    BREAK_GLASS_REVIEW_WITHIN,
 };
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub struct Contract {
     pub steps: Vec<Step>,
     /// Lines to flag (and operations to refuse) in this contract's sessions (`flag:`).
     pub flags: Vec<super::FlagRule>,
+    /// How long its sessions' recordings are kept after each session ends (`keep:`);
+    /// `None`: forever (the default, and `keep: forever`).
+    pub keep: Option<Duration>,
 }
 
 /// What a contract asks of a request's reason (`reason: required`, or

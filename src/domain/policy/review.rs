@@ -123,6 +123,7 @@ pub fn after_session(contract: &Contract, step: &Step) -> Vec<String> {
         Some(r) => r.words(),
         None => "its sessions need no review".to_string(),
     }];
+    out.push(keep_words(contract.keep));
     for f in &contract.flags {
         out.push(format!(
             "flag rule `{}`: {} lines matching `{}` are {}",
@@ -137,6 +138,17 @@ pub fn after_session(contract: &Contract, step: &Step) -> Vec<String> {
         ));
     }
     out
+}
+
+/// A contract's `keep:` in words (`policy explain`, `sessions show`).
+pub fn keep_words(keep: Option<Duration>) -> String {
+    match keep {
+        None => "its recordings are kept forever (no `keep:`)".to_string(),
+        Some(k) => format!(
+            "its recordings are kept {} after each session ends, then deleted (the deletion audited), never before the session's review is done",
+            super::format_duration(k)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -200,7 +212,33 @@ mod tests {
         );
         let words = after_session(c, c.step("operate").unwrap());
         assert!(words[0].contains("by sre-lead"), "{words:?}");
-        assert!(words[1].contains("refused and flagged"), "{words:?}");
+        assert!(words[1].contains("kept forever"), "{words:?}");
+        assert!(words[2].contains("refused and flagged"), "{words:?}");
+    }
+
+    #[test]
+    fn keep_is_a_duration_or_forever() {
+        let keep =
+            |text: &str| load(&format!("{CONTRACT}{text}")).map(|p| p.contracts["prod-db"].keep);
+        assert_eq!(keep("").unwrap(), None, "forever by default");
+        assert_eq!(keep("keep: forever\n").unwrap(), None);
+        assert_eq!(
+            keep("keep: 30d\n").unwrap(),
+            Some(Duration::from_secs(30 * 86400))
+        );
+        let p = load(&format!("{CONTRACT}keep: 2s\n")).unwrap();
+        let c = &p.contracts["prod-db"];
+        let words = after_session(c, c.step("operate").unwrap());
+        assert!(
+            words[1].contains("kept 2s after each session ends"),
+            "{words:?}"
+        );
+        let line = CONTRACT.lines().count() + 1;
+        check(
+            &format!("{CONTRACT}keep: soon\n"),
+            &[(line, 7, "keep: bad duration `soon`")],
+        );
+        check(&format!("{CONTRACT}keep: [1d]\n"), &[(line, 7, "keep")]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ impl Loader {
                 "max_ttl",
                 "steps",
                 "flag",
+                "keep",
             ],
         );
         let name_node = self.required(&f, "contract", "contract file")?;
@@ -73,6 +74,9 @@ impl Loader {
             .filter(|n| !n.is_null())
             .map(|n| self.flag_rules(n, &what))
             .unwrap_or_default();
+        let keep = f
+            .get("keep")
+            .and_then(|n| self.keep(n, &format!("{what} keep")));
         let contract = Contract {
             name,
             description,
@@ -82,6 +86,7 @@ impl Loader {
             max_ttl: max_ttl?,
             steps: steps.into_iter().map(|s| s.0).collect(),
             flags,
+            keep,
         };
         name_ok.then_some((contract, name_node.pos))
     }

@@ -2,6 +2,7 @@
 //! `flag:` rules.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use super::super::review::{FlagOn, FlagRule, ReviewRule, ReviewSetting};
 use super::super::yaml::{Kind, Node};
@@ -67,6 +68,23 @@ impl Loader {
             Some(within) if !by.is_empty() => ReviewSetting::Rule(ReviewRule { by, within }),
             _ => ReviewSetting::Unsaid,
         }
+    }
+
+    /// A contract's `keep:`: how long its recordings are kept after a session ends, or
+    /// `forever` (`None`, as when it is left out).
+    pub(super) fn keep(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let text = self.string(node, what)?;
+        if text.trim() == "forever" {
+            return None;
+        }
+        let keep = super::super::parse_duration(&text);
+        if keep.is_none() {
+            self.problem(
+                node.pos,
+                format!("{what}: bad duration `{text}`; write how long recordings are kept after a session ends, like 90d, 12h, 30m, or `forever`"),
+            );
+        }
+        keep
     }
 
     /// A contract's `flag:` rules: `[{name, pattern, on: command|output|file, block}]`.
