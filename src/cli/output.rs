@@ -98,6 +98,9 @@ pub(super) fn describe_session(s: &SessionMeta, events: usize) -> String {
         (None, None) => "none asked".into(),
     };
     out.push_str(&format!("review    {review}\n"));
+    if let Some(r) = &s.removed {
+        out.push_str(&format!("recording {}\n", r.words()));
+    }
     out
 }
 

@@ -105,6 +105,12 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
         } => {
             let client = connect(&opts).await?;
             let (meta, events) = fetch_session(&client, &id, "show").await?;
+            if let Some(r) = &meta.removed {
+                eprintln!(
+                    "ramp-ca: the recording was {}: typed lines are gone; the exec command, files and flags below are the ledger's",
+                    r.words()
+                );
+            }
             let timeline = crate::recordings::timeline::commands(&meta, &events);
             emit(&opts, &timeline, || {
                 let mut out = String::new();
@@ -234,6 +240,23 @@ pub(super) async fn run(cmd: SessionsCommand) -> Result {
                     "ramp-ca: session {} was not searched: {}",
                     Shown(&d.session),
                     Shown(&d.error)
+                );
+            }
+            if let Some(first) = found.removed.first() {
+                let more = found.removed.len() - 1;
+                eprintln!(
+                    "ramp-ca: {} not searched: removed by retention ({}{})",
+                    if more == 0 {
+                        format!("session {}'s recording was", Shown(first))
+                    } else {
+                        format!("{} sessions' recordings were", more + 1)
+                    },
+                    Shown(first),
+                    if more == 0 {
+                        String::new()
+                    } else {
+                        format!(" and {more} more; `sessions show ID` says when and why")
+                    }
                 );
             }
             emit(&opts, &found, || grep_text(&found.hits))

@@ -9,6 +9,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::retention::RecordingRemoved;
 use super::review::{ReviewOverdue, SessionFlagged, SessionReviewed};
 use super::session::{RecordingSeal, SessionFilter};
 use super::Vocabulary;
@@ -188,6 +189,8 @@ actions! {
     SessionReview(SessionReviewed) = "session-review",
     /// A session's review went past due (once per session).
     ReviewOverdue(ReviewOverdue) = "review-overdue",
+    /// A session's recording deleted by retention (its contract's `keep:`).
+    RecordingRemoved(RecordingRemoved) = "recording-removed",
 }
 
 impl Kind {

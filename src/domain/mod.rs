@@ -13,6 +13,8 @@
 //! - [`lease`]: node leases on a shared ledger: who may use a name, when a node is gone.
 //! - [`login`]: who may log in where through the bastion, and why a login is refused.
 //! - [`report`]: the auditors' report per contract and step over a period.
+//! - [`retention`]: when a session's recording may be deleted (`keep:`, never before its
+//!   review), and the record that says it was.
 //! - [`review`]: after a session: when its review is due, who may sign it off, the queue.
 //! - [`session`]: a recorded session's metadata, as the ledger, the pages and the exports
 //!   know it.
@@ -27,6 +29,7 @@ pub mod login;
 pub mod notice;
 pub mod policy;
 pub mod report;
+pub mod retention;
 pub mod review;
 pub mod session;
 

@@ -131,6 +131,10 @@ pub struct SessionMeta {
     /// Its overdue review was announced (`review-overdue`, once).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overdue_announced: bool,
+    /// Its recording was deleted by retention (`keep:`); the seal stays, and the
+    /// `recording-removed` record it names is the proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<super::retention::Removed>,
 }
 
 impl SessionMeta {

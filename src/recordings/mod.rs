@@ -3,7 +3,7 @@
 //! object storage through [`remote`], which [`upload`] fills from this node's spool), the
 //! file each session's events go to and how it is sealed, checked and followed ([`files`]), the
 //! bastion's writer that records off the data path ([`writer`]), and what reviewers get out
-//! of them: exports and playback ([`export`]), search ([`search`]), command timelines
+//! of them: exports and playback ([`export`]), search ([`search`]), deletion for retention ([`removal`]), command timelines
 //! ([`timeline`]) and terminal screens for the browser ([`screen`]). A recording stores raw
 //! bytes as they crossed the channel: search strips escape sequences from the text, the
 //! screens emulate a terminal to render them.
@@ -15,6 +15,7 @@ pub(crate) mod fixtures;
 pub mod format;
 pub mod place;
 pub mod remote;
+pub mod removal;
 pub mod screen;
 pub mod search;
 pub mod timeline;

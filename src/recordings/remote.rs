@@ -157,6 +157,29 @@ impl Remote {
         Ok(())
     }
 
+    /// Whether a sealed recording's object is there.
+    pub async fn has_sealed(&self, id: &str) -> Result<bool> {
+        match self.store.head(&self.sealed(id)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Deletes a recording: its sealed object and any segments left (retention); what is
+    /// not there is fine, so a repeated removal does no harm.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let mut gone = vec![self.sealed(id)];
+        gone.extend(self.segments(id).await?.into_iter().map(|(at, _, _)| at));
+        for at in gone {
+            match self.store.delete(&at).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// A live recording's segments, by offset: where each is, its offset and its size.
     async fn segments(&self, id: &str) -> Result<Vec<(ObjectPath, u64, u64)>> {
         let listed: Vec<_> = self

@@ -32,6 +32,7 @@ impl From<Seals> for SealReport {
         SealReport {
             sessions: r.sessions,
             files: r.files,
+            removed: r.removed,
             bad: r
                 .bad
                 .into_iter()

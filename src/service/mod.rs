@@ -14,6 +14,7 @@ mod grants;
 mod hosts;
 mod ids;
 mod nodes;
+mod retention;
 mod review;
 mod revoke;
 mod sessions;
@@ -21,6 +22,7 @@ mod stop;
 #[cfg(test)]
 mod tests;
 
+pub use retention::Swept;
 pub use review::{ReviewCounts, MAX_NOTE};
 pub use revoke::Cascade;
 pub use sessions::Grepped;
@@ -73,6 +75,9 @@ pub enum ServiceError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for is gone for good (a recording retention removed).
+    #[error("{0}")]
+    Gone(String),
     #[error(transparent)]
     Ledger(#[from] StoreError),
     #[error(transparent)]

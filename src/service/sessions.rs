@@ -16,7 +16,7 @@ use crate::domain::session::{SessionFilter, SessionMeta};
 use crate::recordings::files::{RecordingFile, Tail};
 use crate::recordings::format::Event;
 use crate::recordings::search::{self, Hit, Needle};
-use crate::store::{Change, Interrupted};
+use crate::store::{Change, Interrupted, StoreError};
 use crate::wire::sessions::GrepBody;
 
 impl From<Hit> for crate::wire::sessions::Hit {
@@ -57,11 +57,13 @@ pub(crate) fn interrupted_change(
     (change, found.sealed)
 }
 
-/// What a search found, and the recordings it could not read (session id, why).
+/// What a search found, the recordings it could not read (session id, why), and the
+/// sessions whose recordings retention removed (not searched).
 #[derive(Debug, Default)]
 pub struct Grepped {
     pub hits: Vec<Hit>,
     pub damaged: Vec<(String, String)>,
+    pub removed: Vec<String>,
 }
 
 impl From<Grepped> for crate::wire::sessions::Grepped {
@@ -73,6 +75,7 @@ impl From<Grepped> for crate::wire::sessions::Grepped {
                 .into_iter()
                 .map(|(session, error)| crate::wire::sessions::Damaged { session, error })
                 .collect(),
+            removed: g.removed,
         }
     }
 }
@@ -111,7 +114,17 @@ impl Service {
         if !self.may_review(who, &meta, now) {
             self.require_own_or_reviewer(who, &meta.user, Reading::Recordings)?;
         }
-        let events = self.store.session_events(&meta).await?;
+        let events = match self.store.session_events(&meta).await {
+            // What the ledger keeps of it is still shown; nothing else can be read.
+            Err(StoreError::Removed(_)) if purpose == "show" => Vec::new(),
+            Err(StoreError::Removed(why)) => {
+                return Err(ServiceError::Gone(format!(
+                    "{why}: there is nothing to {purpose}; `ramp-ca sessions show {}` has what the ledger keeps of it",
+                    meta.id
+                )))
+            }
+            read => read?,
+        };
         self.audit_read(who, &meta, purpose, now).await?;
         Ok((meta, events))
     }
@@ -154,7 +167,7 @@ impl Service {
         self.recordings_of(who, &mut filter, Reading::Recordings)?;
         let needle = Needle::new(&ask.pattern, ask.ignore_case, ask.regex)
             .map_err(ServiceError::BadRequest)?;
-        let (mut hits, mut damaged) = (Vec::new(), Vec::new());
+        let (mut hits, mut damaged, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for meta in self
             .store
             .sessions()
@@ -164,6 +177,10 @@ impl Service {
         {
             let events = match self.store.session_events(meta).await {
                 Ok(events) => events,
+                Err(StoreError::Removed(_)) => {
+                    removed.push(meta.id.clone());
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(session = %meta.id, error = %e, "a search skipped a recording it cannot read");
                     damaged.push((meta.id.clone(), e.to_string()));
@@ -192,7 +209,11 @@ impl Service {
         };
         let entry = Entry::new(who, "sessions", searched);
         self.write_audit(entry, now).await?;
-        Ok(Grepped { hits, damaged })
+        Ok(Grepped {
+            hits,
+            damaged,
+            removed,
+        })
     }
 
     /// A live session's recording to follow as it is written, for admins and auditors;

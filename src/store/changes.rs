@@ -119,6 +119,18 @@ impl<'a> GrantChanges<'a> {
         }
     }
 
+    /// A session's metadata as this change sees it (retention decides on it under the
+    /// lock, so two nodes never remove one recording twice).
+    pub async fn session(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<crate::domain::session::SessionMeta>> {
+        match &mut self.inner {
+            Inner::Sled { store, .. } => store.session(id),
+            Inner::Postgres(tx) => tx.session(id).await,
+        }
+    }
+
     /// Commits `change` as part of this grant change: later reads of this change see it.
     pub async fn commit(&mut self, change: Change, now: DateTime<Utc>) -> Result<()> {
         match &mut self.inner {

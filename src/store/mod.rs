@@ -77,6 +77,9 @@ pub enum StoreError {
     /// A finished recording the audit chain has no end record for.
     #[error("recording {path} has no seal in the audit chain ({why})")]
     Unsealed { path: String, why: String },
+    /// A recording retention deleted (its audit record proves it): nothing to read.
+    #[error("{0}")]
+    Removed(String),
     /// A read that ran on a thread of its own did not finish.
     #[error("a ledger read did not finish: {0}")]
     Task(String),
@@ -110,6 +113,10 @@ pub struct Change {
     /// that ends it: written with `sealed_in` set to that record's sequence number, so the
     /// seal in the metadata and the one in the chain are never apart.
     pub ended: Vec<(SessionMeta, usize)>,
+    /// Sessions whose recordings this change removes, each with the index in `entries` of
+    /// its `recording-removed` record: written with `removed.record` set to that record's
+    /// sequence number.
+    pub removed: Vec<(SessionMeta, usize)>,
 }
 
 impl Change {
@@ -144,7 +151,19 @@ impl Change {
             s.sealed_in = records.get(*ended_by).map(|r| r.seq);
             s
         });
-        self.sessions.iter().cloned().chain(ended).collect()
+        let removed = self.removed.iter().map(|(s, removed_by)| {
+            let mut s = s.clone();
+            if let (Some(r), Some(rec)) = (s.removed.as_mut(), records.get(*removed_by)) {
+                r.record = rec.seq;
+            }
+            s
+        });
+        self.sessions
+            .iter()
+            .cloned()
+            .chain(ended)
+            .chain(removed)
+            .collect()
     }
 
     /// The ids of the grants it writes.

@@ -71,6 +71,17 @@ impl Ledger {
         }
     }
 
+    /// Whether this node can delete session `id`'s recording now (see
+    /// [`Recordings::removable`]).
+    pub async fn recording_removable(&self, id: &str) -> Result<bool> {
+        Ok(self.recordings.removable(id).await?)
+    }
+
+    /// Deletes session `id`'s recording (retention; the ledger says so first).
+    pub async fn remove_recording(&self, id: &str) -> Result<()> {
+        Ok(self.recordings.remove(id).await?)
+    }
+
     /// Follows the recording of session `id` as it is written.
     pub fn tail_recording(&self, id: &str) -> Result<Tail> {
         Ok(self.recordings.tail(id)?)

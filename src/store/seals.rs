@@ -23,6 +23,9 @@ pub struct SealReport {
     pub files: bool,
     /// Every recording that does not match, in the order of the sessions.
     pub bad: Vec<BadRecording>,
+    /// Of the sessions checked, those whose recording retention removed, each proven by
+    /// its `recording-removed` record (their files are not read).
+    pub removed: u64,
 }
 
 /// A recording that does not match its seal, or a session the chain and the ledger
@@ -221,6 +224,26 @@ impl Ledger {
         seal_against(&self.recordings, meta, &end)
     }
 
+    /// Checks that a session the ledger says retention removed has the `recording-removed`
+    /// record it names: without it, a recording deleted by hand with its metadata edited.
+    async fn removal_proven(&self, meta: &SessionMeta) -> Result<std::result::Result<(), String>> {
+        let Some(removed) = &meta.removed else {
+            return Ok(Ok(()));
+        };
+        let path = shown_path(&self.recordings, &meta.id);
+        Ok(match self.audit_record(removed.record).await? {
+            Some(r) if r.kind() == Some(Kind::RecordingRemoved) && r.subject == meta.id => Ok(()),
+            Some(r) => Err(format!(
+                "recording {path} is said to be removed by retention in audit record {}, but that record is `{}` of `{}`: it was deleted without the audit chain saying so",
+                removed.record, r.action, r.subject
+            )),
+            None => Err(format!(
+                "recording {path} is said to be removed by retention in audit record {}, which does not exist: it was deleted without the audit chain saying so",
+                removed.record
+            )),
+        })
+    }
+
     /// The seal a session's recording must match (see [`Ledger::session_events`]).
     pub async fn audited_seal(&self, meta: &SessionMeta) -> Result<Option<RecordingSeal>> {
         self.checked_seal(meta, None).await
@@ -230,6 +253,16 @@ impl Ledger {
     /// which must be the one in the audit record that ended the session.
     pub async fn session_events(&self, meta: &SessionMeta) -> Result<Vec<Event>> {
         let seal = self.audited_seal(meta).await?;
+        if let Some(removed) = &meta.removed {
+            if let Err(why) = self.removal_proven(meta).await? {
+                return Err(StoreError::Conflict(why));
+            }
+            return Err(StoreError::Removed(format!(
+                "the recording of session {} was {}",
+                meta.id,
+                removed.words()
+            )));
+        }
         let (recordings, id) = (self.recordings.clone(), meta.id.clone());
         let bytes = on_thread(move || Ok(recordings.read(&id, seal.as_ref())?)).await?;
         decode_events(&bytes).map_err(|e| StoreError::Corrupt {
@@ -266,7 +299,7 @@ impl Ledger {
                 ),
             ));
         }
-        let mut checked = 0;
+        let (mut checked, mut removed) = (0, 0);
         for s in &sessions {
             let recorded = ends.of(&s.id);
             if recorded.len() > 1 {
@@ -294,6 +327,13 @@ impl Ledger {
             }
             checked += 1;
             found.push(match self.checked_seal(s, Some(&ends)).await {
+                Ok(_) if s.removed.is_some() => match self.removal_proven(s).await? {
+                    Ok(()) => {
+                        removed += 1;
+                        continue;
+                    }
+                    Err(why) => bad(&s.id, why),
+                },
                 Ok(seal) => Finding::Sealed(s.id.clone(), seal),
                 Err(e) => bad(&s.id, e.to_string()),
             });
@@ -321,6 +361,7 @@ impl Ledger {
             sessions: checked,
             files: read_files,
             bad,
+            removed,
         })
     }
 }

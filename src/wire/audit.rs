@@ -93,6 +93,10 @@ pub struct SealReport {
     pub files: bool,
     /// Every recording that does not match, in the order of the sessions.
     pub bad: Vec<BadRecording>,
+    /// Of the sessions checked, those whose recording retention removed, each with its
+    /// `recording-removed` record in the chain.
+    #[serde(default)]
+    pub removed: u64,
 }
 
 /// A recording that does not match its seal, or a session the chain and the ledger

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::label;
 // Flags and reviews are small value types whose JSON is already the wire's, like the seal.
 use crate::domain::flags::Flag;
+use crate::domain::retention::Removed;
 use crate::domain::review::{Review, ReviewDue};
 use crate::domain::session::{self, RecordingSeal, SessionMeta, SessionState};
 
@@ -54,6 +55,10 @@ pub struct Session {
     pub reviewed: Option<Review>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overdue_announced: bool,
+    /// Its recording was deleted by retention: when, by which contract's `keep:`, and the
+    /// audit record that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Removed>,
 }
 
 /// Moves every field across; written once for both directions.
@@ -90,6 +95,7 @@ macro_rules! session_fields {
             review: m.review,
             reviewed: m.reviewed,
             overdue_announced: m.overdue_announced,
+            removed: m.removed,
         }
     }};
 }
@@ -181,6 +187,9 @@ pub struct GrepBody {
 pub struct Grepped {
     pub hits: Vec<Hit>,
     pub damaged: Vec<Damaged>,
+    /// Sessions the search covered whose recordings retention removed (not searched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 /// A recording a search could not read (changed, truncated, missing), and why.

@@ -74,6 +74,13 @@ fn one<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
+pub(super) async fn session(c: &mut Conn<'_>, id: &str) -> Result<Option<SessionMeta>> {
+    let rows = c
+        .query("SELECT record::text FROM sessions WHERE id = $1", &[&id])
+        .await?;
+    one("sessions", id, &rows)
+}
+
 pub(super) async fn grant(c: &mut Conn<'_>, id: &str) -> Result<Option<Grant>> {
     let rows = c
         .query("SELECT record::text FROM grants WHERE id = $1", &[&id])
@@ -451,12 +458,7 @@ impl PgLedger {
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionMeta>> {
-        let rows = self
-            .conn()
-            .await?
-            .query("SELECT record::text FROM sessions WHERE id = $1", &[&id])
-            .await?;
-        one("sessions", id, &rows)
+        session(&mut self.conn().await?, id).await
     }
 
     /// Every session, oldest first.

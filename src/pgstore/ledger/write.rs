@@ -160,6 +160,13 @@ impl<'a> PgTx<'a> {
         read::next_serial(&mut self.conn).await
     }
 
+    pub async fn session(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<crate::domain::session::SessionMeta>> {
+        read::session(&mut self.conn, id).await
+    }
+
     /// Writes `change` in this transaction: later reads in it see it.
     pub async fn apply(&mut self, change: &Change, now: DateTime<Utc>) -> Result<()> {
         let c = &mut self.conn;

@@ -7,6 +7,7 @@ mod extend;
 mod grants;
 mod hosts;
 mod login;
+mod retention;
 mod review;
 mod revoke;
 mod sessions;
