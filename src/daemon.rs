@@ -14,9 +14,6 @@ use crate::Error;
 
 /// How often request nonces too old to matter are forgotten.
 const NONCE_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
-/// How often overdue reviews are looked for (and announced) and the review gauges counted:
-/// one read of the session metadata each time.
-const REVIEW_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a stop waits for queued webhook events (cut-off sessions among them).
 const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -49,6 +46,12 @@ pub struct Config {
     /// Signed checkpoints of the audit chain: how often.
     #[serde(default)]
     pub audit: crate::checkpoint::writer::Settings,
+    /// Overdue reviews: how often they are looked for.
+    #[serde(default)]
+    pub reviews: sweeps::Reviews,
+    /// Recordings past their contract's `keep:`: how often, and how many a pass.
+    #[serde(default)]
+    pub retention: sweeps::Retention,
     /// The API and dashboard over HTTPS: certificate chain and key files (both).
     pub tls: Option<crate::tls::Settings>,
     /// Where the ledger is: `sled` (the default, under DIR/data) or a `postgres://` URL.
@@ -126,6 +129,8 @@ impl Config {
         let config: Config = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         config.dashboard.check().map_err(&invalid)?;
         config.audit.check().map_err(&invalid)?;
+        config.reviews.every().map_err(&invalid)?;
+        config.retention.check().map_err(&invalid)?;
         config.store_pool.settings().map_err(&invalid)?;
         Ok(config)
     }
@@ -165,6 +170,11 @@ pub struct Settings {
     pub bastion: crate::bastion::Settings,
     /// How often the audit chain's head is signed when it grew (config only).
     pub checkpoint_every: std::time::Duration,
+    /// How often overdue reviews are looked for (config only).
+    pub review_check_every: std::time::Duration,
+    /// Retention's passes: how often, and at most how many removals each (config only).
+    pub retention_every: std::time::Duration,
+    pub retention_per_pass: usize,
     /// Where the ledger is.
     pub store: crate::store::Location,
     /// Where recordings are kept.
@@ -207,6 +217,17 @@ impl Settings {
             checkpoint_every: file.audit.every().map_err(|e| {
                 Error::io("audit")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
             })?,
+            review_check_every: file.reviews.every().map_err(|e| {
+                Error::io("reviews")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            })?,
+            retention_every: file
+                .retention
+                .check()
+                .and_then(|()| file.retention.every())
+                .map_err(|e| {
+                    Error::io("retention")(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                })?,
+            retention_per_pass: file.retention.per_pass,
             store: crate::store::Location::parse(
                 flags.store.as_deref().or(file.store.as_deref()),
                 file.store_pool.settings().map_err(|e| {
@@ -404,16 +425,12 @@ pub async fn serve(dir: &Path, flags: &Flags) -> Result<(), Error> {
             }
         }
     });
-    let reviews = service.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REVIEW_CHECK);
-        loop {
-            tick.tick().await;
-            if let Err(e) = reviews.check_reviews(Utc::now()).await {
-                tracing::warn!(error = %e, "cannot check for overdue reviews");
-            }
-        }
-    });
+    sweeps::check_reviews(service.clone(), config.review_check_every);
+    sweeps::sweep_retention(
+        service.clone(),
+        config.retention_every,
+        config.retention_per_pass,
+    );
     // The lease is kept until the bastion has written its sessions' ends, then released.
     let (lease_stop, lease_stopped) = tokio::sync::watch::channel(false);
     let leaseholder = tokio::spawn(service.clone().keep_lease(lease, lease_stopped));
@@ -477,5 +494,6 @@ async fn stop_signal((mut term, mut int): (Signal, Signal)) {
     tracing::info!("stop signal received, draining");
 }
 
+mod sweeps;
 #[cfg(test)]
 mod tests;

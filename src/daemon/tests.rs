@@ -16,6 +16,11 @@ fn the_example_config_loads_with_every_option() {
     assert!(c.dashboard.public_url.is_some());
     assert_eq!(c.bastion.max_connections_per_user, 32);
     assert_eq!(c.audit.checkpoint_every, "5m");
+    assert_eq!(c.reviews.check_every, "30s");
+    assert_eq!(
+        (c.retention.sweep_every.as_str(), c.retention.per_pass),
+        ("5m", 100)
+    );
     assert_eq!(c.node.as_deref(), Some("bastion-1"));
     assert_eq!(c.node_lease.as_deref(), Some("15s"));
     assert!(c
@@ -47,6 +52,44 @@ fn a_bad_checkpoint_interval_is_named() {
     std::fs::write(&path, "audit:\n  every: 5m\n").unwrap();
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("unknown field `every`"), "{err}");
+}
+
+#[test]
+fn review_and_retention_intervals_default_and_bad_ones_are_named() {
+    let s = Settings::merge(&Flags::default(), Config::default()).unwrap();
+    assert_eq!(s.review_check_every, std::time::Duration::from_secs(30));
+    assert_eq!(s.retention_every, std::time::Duration::from_secs(300));
+    assert_eq!(s.retention_per_pass, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let err = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap_err().to_string()
+    };
+    let e = err("reviews:\n  check_every: 0s\n");
+    assert!(e.contains("reviews.check_every: `0s`"), "{e}");
+    let e = err("retention:\n  sweep_every: often\n");
+    assert!(e.contains("retention.sweep_every: `often`"), "{e}");
+    let e = err("retention:\n  per_pass: 0\n");
+    assert!(e.contains("retention.per_pass: 0"), "{e}");
+    std::fs::write(
+        &path,
+        "reviews: {check_every: 1s}\nretention: {sweep_every: 2s, per_pass: 5}\n",
+    )
+    .unwrap();
+    let s = Settings::load(&Flags {
+        config: Some(path.clone()),
+        ..Flags::default()
+    })
+    .unwrap();
+    assert_eq!(
+        (
+            s.review_check_every.as_secs(),
+            s.retention_every.as_secs(),
+            s.retention_per_pass
+        ),
+        (1, 2, 5)
+    );
 }
 
 /// `--store` (or RAMP_STORE, which clap reads as the flag) > `store:` > sled.

@@ -156,7 +156,10 @@ async fn a_pass_is_bounded_and_a_recording_deleted_by_hand_still_fails_verify() 
         contract: "prod-db".into(),
         keep_secs: 1,
     });
-    f.service.update_sessions(vec![forged], later).await.unwrap();
+    f.service
+        .update_sessions(vec![forged], later)
+        .await
+        .unwrap();
     let report = f.service.store.verify_recordings(true).await.unwrap();
     assert!(
         report.bad[0]
