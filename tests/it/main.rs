@@ -17,6 +17,7 @@ mod on_call;
 mod pg_store;
 mod postgres;
 mod refusals_told;
+mod retention;
 mod review;
 mod revocation;
 mod rig;
