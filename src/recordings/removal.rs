@@ -45,3 +45,30 @@ impl Recordings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_recording_here_or_shared_is_removed_once_and_again_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Recordings::open(&dir.path().join("recordings")).unwrap();
+        let shared =
+            Recordings::open_shared(&dir.path().join("shared"), &dir.path().join("mine")).unwrap();
+        for recordings in [local, shared] {
+            assert!(!recordings.removable("s1").await.unwrap(), "no file yet");
+            let mut file = recordings.create("s1").unwrap();
+            file.append(b"x").unwrap();
+            drop(file);
+            assert!(recordings.removable("s1").await.unwrap());
+            recordings.remove("s1").await.unwrap();
+            assert!(!recordings.has("s1"));
+            recordings.remove("s1").await.unwrap();
+            assert!(
+                recordings.remove("../etc").await.is_err(),
+                "not a session id"
+            );
+        }
+    }
+}

@@ -125,15 +125,22 @@ impl Service {
                 "the note is longer than {MAX_NOTE} characters"
             )));
         }
-        let mut s = self.store.session(id).await?.ok_or_else(|| {
-            ServiceError::NotFound(format!(
+        // Under the ledger's lock, read inside it: retention removing this session's
+        // recording at the same moment must not have its mark written over.
+        // (Two reviewers at once: the second reads the first's verdict and is refused.)
+        let mut tx = self.store.grant_changes().await?;
+        let found = tx.session(id).await?;
+        let refused = match &found {
+            None => Some(ServiceError::NotFound(format!(
                 "no recorded session with id `{}` (see `ramp-ca sessions review` for the queue)",
                 crate::shown::shown(id)
-            ))
-        })?;
-        if let Some(why) = review::refusal(&s, who, &self.roles_at(who, now)) {
-            return Err(ServiceError::Denied(why));
-        }
+            ))),
+            Some(s) => review::refusal(s, who, &self.roles_at(who, now)).map(ServiceError::Denied),
+        };
+        let (Some(mut s), None) = (found, refused.as_ref()) else {
+            tx.finish().await?;
+            return Err(refused.expect("a refusal"));
+        };
         let reviewed = SessionReviewed {
             user: s.user.clone(),
             target: s.target.clone(),
@@ -153,7 +160,8 @@ impl Service {
             entries: vec![Entry::new(who, id, reviewed)],
             ..Change::default()
         };
-        self.commit(change, now).await?;
+        tx.commit(change, now).await?;
+        tx.finish().await?;
         Ok(s)
     }
 
