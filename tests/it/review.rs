@@ -1,7 +1,8 @@
 //! On-call review (issue 13) through the real ssh, sftp and sshd: flag rules refusing an exec
 //! command and an sftp write, flagging a command typed at a pty with line editing, the
 //! `risky-command` webhook; the review queue and sign-off (never one's own session, never a
-//! live one); bad flag and review rules named with their place.
+//! live one); an overdue review announced once (`review-overdue`, with `reviews.check_every`
+//! shortened); bad flag and review rules named with their place.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -315,4 +316,56 @@ fn bad_flag_and_review_rules_are_named_with_their_place() {
     ] {
         assert!(err.contains(want), "{want} not in:\n{err}");
     }
+}
+
+/// With `reviews.check_every` shortened, a review that goes past due is announced as
+/// `review-overdue` once, however many checks see it overdue.
+#[test]
+fn an_overdue_review_is_announced_once_by_webhook() {
+    let hooks = TestDir::new();
+    let receiver = Receiver::start(Answer::Ok);
+    let config = config(&hooks, &[(&receiver.url, "json", Some("review-overdue"))]);
+    let mut yaml = hooks.read("config.yaml");
+    yaml.push_str("reviews: {check_every: 1s}\n");
+    hooks.write("config.yaml", yaml);
+    let rig = rig_with(&["--config", &config]);
+    rig.dir.write(
+        "policies/hasty.yaml",
+        "contract: hasty\n\
+         targets: {names: [db-1]}\n\
+         requesters: [sre]\n\
+         reason: optional\n\
+         steps:\n\
+         \x20 - name: work\n\
+         \x20   principals: [readonly]\n\
+         \x20   max_ttl: 30m\n\
+         \x20   review: {by: [sre-lead], within: 1s}\n",
+    );
+    rig.reload();
+    rig.sign(ALICE, &["--contract", "hasty", "--step", "work"]);
+    run_ok(&mut rig.ssh(ALICE, "readonly@db-1", &["true"]));
+    let list = rig.wait_sessions("the session ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    let id = list[0]["id"].as_str().unwrap();
+    let posts = receiver.wait("review-overdue", |p| !p.is_empty());
+    assert_eq!(posts[0]["event"], "review-overdue");
+    assert_eq!(posts[0]["subject"], id);
+    assert_eq!(posts[0]["detail"]["by"], serde_json::json!(["sre-lead"]));
+    assert!(
+        posts[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("`ramp-ca sessions review {id}`")),
+        "{:#}",
+        posts[0]
+    );
+    // Several more checks see it overdue: nothing more is sent, one record in the chain.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(receiver.posts().len(), 1, "{:#?}", receiver.posts());
+    assert_eq!(rig.audited("review-overdue").len(), 1);
+    let overdue = json(&run_ok(
+        &mut rig.ramp(BOB, &["sessions", "list", "--overdue", "--json"]),
+    ));
+    assert_eq!(overdue.as_array().unwrap().len(), 1);
 }
