@@ -4,7 +4,7 @@
 //! file each session's events go to and how it is sealed, checked and followed ([`files`]), the
 //! bastion's writer that records off the data path ([`writer`]), and what reviewers get out
 //! of them: exports and playback ([`export`]), search ([`search`]), deletion for retention ([`removal`]), command timelines
-//! ([`timeline`]) and terminal screens for the browser ([`screen`]). A recording stores raw
+//! ([`timeline`], typed lines read off an emulated terminal: [`typed`]) and terminal screens for the browser ([`screen`]). A recording stores raw
 //! bytes as they crossed the channel: search strips escape sequences from the text, the
 //! screens emulate a terminal to render them.
 
@@ -19,5 +19,6 @@ pub mod removal;
 pub mod screen;
 pub mod search;
 pub mod timeline;
+pub mod typed;
 pub mod upload;
 pub mod writer;

@@ -10,13 +10,13 @@ use super::format::{Event, EventKind};
 use crate::wire::dashboard::{Frame, Playback};
 
 /// The largest terminal emulated: a client may claim any size, and every row is rendered.
-const MAX_COLS: u16 = 500;
-const MAX_ROWS: u16 = 200;
+pub(crate) const MAX_COLS: u16 = 500;
+pub(crate) const MAX_ROWS: u16 = 200;
 /// Most bytes of row HTML one playback holds; past it the frames are merged further, and a
 /// recording too busy even then is cut short (and says so).
 pub const MAX_PLAYBACK_BYTES: usize = 48 << 20;
 
-fn nz(n: u32, default: u16, max: u16) -> NonZeroU16 {
+pub(crate) fn nz(n: u32, default: u16, max: u16) -> NonZeroU16 {
     NonZeroU16::new(u16::try_from(n).unwrap_or(u16::MAX).clamp(1, max))
         .unwrap_or(NonZeroU16::new(default).expect("non-zero default"))
 }

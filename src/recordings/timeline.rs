@@ -1,10 +1,13 @@
 //! A session's command timeline (`sessions show ID --commands`): the exec command, the lines
-//! typed at its terminal up to Enter (line editing applied as the flag rules see them, see
-//! [`LineCutter`]), and its flags, each with its offset into the recording. Pure.
+//! typed at its terminal as the terminal showed them at Enter (line editing, history recall,
+//! Tab completion and paste resolved through a terminal emulator, see [`TypedLines`]; raw
+//! keys with line editing applied, [`LineCutter`], for a session without a pty), and its
+//! flags, each with its offset into the recording. Pure.
 
 use serde::Serialize;
 
 use super::format::{Event, EventKind};
+use super::typed::TypedLines;
 use crate::domain::flags::LineCutter;
 use crate::domain::session::SessionMeta;
 use crate::domain::Vocabulary;
@@ -14,7 +17,8 @@ use crate::domain::Vocabulary;
 pub struct Entry {
     /// Milliseconds into the recording (where to seek a player).
     pub at_ms: u64,
-    /// `exec`, `typed`, `file` or `flag`.
+    /// `exec`, `typed`, `keys` (typed at a terminal that did not show it: echo off),
+    /// `file` or `flag`.
     pub kind: &'static str,
     pub line: String,
 }
@@ -34,7 +38,20 @@ pub fn commands(meta: &SessionMeta, events: &[Event]) -> Vec<Entry> {
         }
     }
     out.extend(meta.files.iter().map(|f| entry(0, "file", f)));
-    if meta.term.is_some() || meta.kind == "shell" {
+    if meta.term.is_some() {
+        let (cols, rows) = meta.size();
+        let mut typed = TypedLines::new(cols, rows);
+        for e in events {
+            typed.feed(e);
+        }
+        out.extend(
+            typed
+                .finish()
+                .into_iter()
+                .map(|t| entry(t.at_ms, t.kind, &t.line)),
+        );
+    } else if meta.kind == "shell" {
+        // No pty: no screen to read the line off (and no line editing by a shell to see).
         let mut typed = LineCutter::typed();
         for e in events.iter().filter(|e| e.kind == EventKind::Input) {
             for line in typed.feed(&e.data) {

@@ -369,3 +369,66 @@ fn an_overdue_review_is_announced_once_by_webhook() {
     ));
     assert_eq!(overdue.as_array().unwrap().len(), 1);
 }
+
+/// The timeline reads typed lines off the terminal: with bash on a real pty, a line recalled
+/// with the up arrow and extended, and a path completed with Tab, are the lines bash ran.
+#[test]
+fn typed_lines_are_read_off_the_terminal_with_history_recall_and_tab_completion() {
+    let rig = rig_with(&[]);
+    guarded(&rig);
+    let mut child = rig
+        .ssh_with(
+            ALICE,
+            &["-tt".to_string()],
+            "readonly@db-1",
+            &["bash --norc --noprofile -i"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let stdin = child.stdin.as_mut().unwrap();
+        for keys in [
+            &b"echo ramp-one\r"[..],
+            b"\x1b[A",
+            b" two\r",
+            b"ls /etc/hostn\t",
+            b"\r",
+            b"exit\r",
+        ] {
+            std::thread::sleep(Duration::from_millis(700));
+            stdin.write_all(keys).unwrap();
+            stdin.flush().unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let list = rig.wait_sessions("the shell ended", |l| {
+        l.len() == 1 && l[0]["state"] == "ended"
+    });
+    let id = list[0]["id"].as_str().unwrap();
+    let timeline = json(&run_ok(&mut rig.ramp(
+        BOB,
+        &["sessions", "show", id, "--commands", "--json"],
+    )));
+    let typed: Vec<&str> = timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "typed")
+        .map(|e| e["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        typed,
+        [
+            "echo ramp-one",
+            "echo ramp-one two",
+            "ls /etc/hostname",
+            "exit"
+        ],
+        "{timeline:#}\n{}",
+        text(&out)
+    );
+}
