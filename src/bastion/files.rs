@@ -1,4 +1,5 @@
-//! Which files an scp or sftp session touched, read from what the client sends. Pure.
+//! Which files an scp or sftp session touched, read from what the client sends, and the
+//! SFTP framing the bastion needs to refuse one operation and answer it itself. Pure.
 
 /// For `scp -t DIR` (upload) or `scp -f FILE...` (download), the entries to record.
 pub fn scp_files(command: &str) -> Vec<String> {
@@ -23,6 +24,73 @@ pub fn scp_files(command: &str) -> Vec<String> {
 /// Largest SFTP packet parsed; bigger ones (data writes) are skipped over, not buffered.
 const MAX_PARSED: usize = 64 * 1024;
 
+/// What a chunk of the client's SFTP stream becomes: bytes to pass on as they are, and each
+/// complete packet that names a file operation (held until complete, so it can be kept
+/// back whole when a rule refuses it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Pass(Vec<u8>),
+    Op {
+        /// The whole packet, length included.
+        packet: Vec<u8>,
+        /// Its request id, which the answer must carry.
+        id: u32,
+        /// The operation, as `op path`.
+        op: String,
+    },
+}
+
+/// SSH_FXP_STATUS with SSH_FX_PERMISSION_DENIED for request `id`, saying `why`: how the
+/// bastion refuses one SFTP operation without ending the session.
+pub fn sftp_denied(id: u32, why: &str) -> Vec<u8> {
+    let mut body = vec![101];
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(&3u32.to_be_bytes());
+    body.extend_from_slice(&(why.len() as u32).to_be_bytes());
+    body.extend_from_slice(why.as_bytes());
+    body.extend_from_slice(&2u32.to_be_bytes());
+    body.extend_from_slice(b"en");
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+/// Follows packet boundaries in the server-to-client half of an SFTP stream (lengths only),
+/// so an answer of the bastion's goes in between two of the target's packets.
+#[derive(Debug, Default)]
+pub struct SftpFrames {
+    /// Length bytes of the next packet seen so far.
+    head: Vec<u8>,
+    /// Bytes of the current packet still to come.
+    left: usize,
+}
+
+impl SftpFrames {
+    /// Feeds server bytes.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (4 - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.head.len() == 4 {
+                self.left = u32::from_be_bytes(self.head[..].try_into().expect("4 bytes")) as usize;
+                self.head.clear();
+            }
+        }
+    }
+
+    /// Between two packets.
+    pub fn at_boundary(&self) -> bool {
+        self.left == 0 && self.head.is_empty()
+    }
+}
+
 /// Follows the client-to-server half of an SFTP stream and names the file operations in it.
 #[derive(Debug, Default)]
 pub struct SftpTracker {
@@ -43,12 +111,12 @@ fn read_string(b: &[u8]) -> Option<(String, &[u8])> {
     Some((String::from_utf8_lossy(s).into_owned(), rest))
 }
 
-/// The entry for one complete packet (type byte onwards), if it touches a file.
-fn describe(packet: &[u8]) -> Option<String> {
+/// The request id and entry of one complete packet (type byte onwards), if it touches a file.
+fn describe(packet: &[u8]) -> Option<(u32, String)> {
     let (&kind, rest) = packet.split_first()?;
-    let (_id, rest) = read_u32(rest)?;
+    let (id, rest) = read_u32(rest)?;
     let (path, rest) = read_string(rest)?;
-    Some(match kind {
+    let op = match kind {
         3 => {
             let (flags, _) = read_u32(rest)?;
             let op = match (flags & 1 != 0, flags & 2 != 0) {
@@ -65,16 +133,24 @@ fn describe(packet: &[u8]) -> Option<String> {
         20 => format!("symlink {path} -> {}", read_string(rest)?.0),
         9 => format!("setstat {path}"),
         _ => return None,
-    })
+    };
+    Some((id, op))
 }
 
 impl SftpTracker {
-    /// Feeds client bytes; returns the file operations completed by them.
-    pub fn feed(&mut self, mut data: &[u8]) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Feeds client bytes; returns what to pass on and the file operations they complete.
+    /// A packet of at most 64 KiB is held until it is complete; a bigger one (a data write)
+    /// passes as it comes, unbuffered.
+    pub fn feed(&mut self, mut data: &[u8]) -> Vec<Piece> {
+        let mut out: Vec<Piece> = Vec::new();
+        let pass = |out: &mut Vec<Piece>, bytes: &[u8]| match out.last_mut() {
+            Some(Piece::Pass(p)) => p.extend_from_slice(bytes),
+            _ => out.push(Piece::Pass(bytes.to_vec())),
+        };
         while !data.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
+                pass(&mut out, &data[..n]);
                 self.skip -= n;
                 data = &data[n..];
                 continue;
@@ -86,6 +162,7 @@ impl SftpTracker {
                 if len > MAX_PARSED {
                     // A data write: nothing to name in it, so pass over it unbuffered.
                     self.skip = len - (self.buf.len() - 4);
+                    pass(&mut out, &self.buf);
                     self.buf.clear();
                     continue;
                 }
@@ -97,8 +174,11 @@ impl SftpTracker {
             if self.buf.len() >= 4 {
                 let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
                 if len <= MAX_PARSED && self.buf.len() == 4 + len {
-                    out.extend(describe(&self.buf[4..]));
-                    self.buf.clear();
+                    let packet = std::mem::take(&mut self.buf);
+                    match describe(&packet[4..]) {
+                        Some((id, op)) => out.push(Piece::Op { packet, id, op }),
+                        None => pass(&mut out, &packet),
+                    }
                 }
             }
         }
@@ -145,14 +225,45 @@ mod tests {
         stream.extend(packet(18, &["/a", "/b"], &[]));
         stream.extend(packet(3, &["/up"], &[0, 0, 0, 0x1a, 0, 0, 0, 0]));
         let mut tracker = SftpTracker::default();
-        let mut seen = Vec::new();
+        let (mut seen, mut passed) = (Vec::new(), Vec::new());
         for chunk in stream.chunks(7) {
-            seen.extend(tracker.feed(chunk));
+            for piece in tracker.feed(chunk) {
+                match piece {
+                    Piece::Pass(bytes) => passed.extend(bytes),
+                    Piece::Op { packet, id, op } => {
+                        assert_eq!(id, 7);
+                        passed.extend(packet);
+                        seen.push(op);
+                    }
+                }
+            }
         }
         assert_eq!(seen, ["read /etc/motd", "rename /a -> /b", "write /up"]);
+        assert_eq!(passed, stream, "every byte passes, in order");
+        let garbage = SftpTracker::default().feed(&[0xff; 64]);
         assert!(
-            SftpTracker::default().feed(&[0xff; 64]).is_empty(),
+            garbage.iter().all(|p| matches!(p, Piece::Pass(_))),
             "garbage names nothing"
         );
+    }
+
+    #[test]
+    fn a_refusal_is_a_status_packet_and_server_frames_are_followed() {
+        let denied = sftp_denied(9, "no");
+        assert_eq!(
+            denied,
+            [
+                0, 0, 0, 21, 101, 0, 0, 0, 9, 0, 0, 0, 3, 0, 0, 0, 2, b'n', b'o', 0, 0, 0, 2, b'e',
+                b'n'
+            ]
+        );
+        let mut frames = SftpFrames::default();
+        assert!(frames.at_boundary());
+        let two = [denied.clone(), packet(102, &["h"], &[])].concat();
+        for (i, chunk) in two.chunks(5).enumerate() {
+            frames.feed(chunk);
+            let end = (i + 1) * 5 >= two.len() || (i + 1) * 5 == denied.len();
+            assert_eq!(frames.at_boundary(), end, "after chunk {i}");
+        }
     }
 }

@@ -88,22 +88,40 @@ fn a_blocked_exec_and_a_blocked_sftp_write_never_reach_the_target_and_are_announ
     assert_eq!(posts[0]["detail"]["blocked"], true);
     assert!(posts[0]["text"].as_str().unwrap().contains("refused"));
 
-    // sftp: the open for writing under /tmp/ramp-guarded is refused and the session ends.
+    // sftp: the open for writing under /tmp/ramp-guarded is refused alone (permission
+    // denied, the reason on stderr); the same session then downloads a file.
     let remote = format!("/tmp/ramp-guarded-{}", std::process::id());
     rig.dir.write("upload.txt", "payload\n");
+    let got = rig.dir.join("got-hostname");
     rig.dir.write(
         "batch",
-        format!("put {} {remote}\n", rig.dir.join("upload.txt").display()),
+        format!(
+            "-put {} {remote}\nget /etc/hostname {}\n",
+            rig.dir.join("upload.txt").display(),
+            got.display()
+        ),
     );
     let mut sftp = rig.client("sftp", ALICE, &[]);
     sftp.arg("-b")
         .arg(rig.dir.join("batch"))
         .arg("readonly@db-1@127.0.0.1");
     let out = sftp.output().unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "ramp-ca: blocked by rule guarded-write: write {remote}"
+        )),
+        "{}",
+        text(&out)
+    );
     assert!(
         !std::path::Path::new(&remote).exists(),
         "the refused write reached the target"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap(),
+        std::fs::read_to_string("/etc/hostname").unwrap(),
+        "the get after the refusal worked in the same session"
     );
 
     let list = rig.wait_sessions("both sessions ended", |l| {
@@ -113,13 +131,20 @@ fn a_blocked_exec_and_a_blocked_sftp_write_never_reach_the_target_and_are_announ
         let flags = s["flags"].as_array().unwrap();
         assert_eq!(flags.len(), 1, "{s:#}");
         assert_eq!(flags[0]["blocked"], true, "{s:#}");
-        assert!(
-            s["end_reason"]
-                .as_str()
+        let ended_by_rule = s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("blocked by rule"));
+        let exec = s["kind"] == "exec";
+        assert_eq!(ended_by_rule, exec, "only the exec session ends: {s:#}");
+        if !exec {
+            let files: Vec<&str> = s["files"]
+                .as_array()
                 .unwrap()
-                .starts_with("blocked by rule"),
-            "{s:#}"
-        );
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            assert!(files.contains(&"read /etc/hostname"), "{files:?}");
+        }
     }
     let records = rig.audited("session-flag");
     let mut rules: Vec<&str> = records
@@ -409,10 +434,9 @@ fn typed_lines_are_read_off_the_terminal_with_history_recall_and_tab_completion(
         l.len() == 1 && l[0]["state"] == "ended"
     });
     let id = list[0]["id"].as_str().unwrap();
-    let timeline = json(&run_ok(&mut rig.ramp(
-        BOB,
-        &["sessions", "show", id, "--commands", "--json"],
-    )));
+    let timeline = json(&run_ok(
+        &mut rig.ramp(BOB, &["sessions", "show", id, "--commands", "--json"]),
+    ));
     let typed: Vec<&str> = timeline
         .as_array()
         .unwrap()

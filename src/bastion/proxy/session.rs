@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use super::{
     allows, lock, queue, read_ahead, Ahead, Answers, Asked, Budgets, Cutoff, Relay, Request, Stop,
 };
-use crate::bastion::files::{scp_files, SftpTracker};
+use crate::bastion::files::{scp_files, sftp_denied, Piece, SftpFrames, SftpTracker};
 use crate::bastion::{Bastion, Upstream};
 use crate::domain::login::Login;
 use crate::domain::policy::FlagOn;
@@ -65,9 +65,18 @@ pub async fn session(
     let (shared, stop) = Relay::new(OnceCell::new(), &cutoff, Some(answers), Some(ender));
     let (up_tx, up_rx) = queue();
     let (down_tx, down_rx) = queue();
+    let refusals = Refusals::default();
     tokio::join!(
         read_ahead(client_rx, up_tx, budgets.up.clone(), stop.clone()),
-        upward(&ctx, &login, &shared, stop.clone(), up_rx, &target_tx),
+        upward(
+            &ctx,
+            &login,
+            &shared,
+            stop.clone(),
+            up_rx,
+            &target_tx,
+            &refusals
+        ),
         read_ahead(target_rx, down_tx, budgets.down.clone(), stop.clone()),
         downward(
             &login.target.name,
@@ -75,9 +84,9 @@ pub async fn session(
             stop.clone(),
             warning,
             down_rx,
-            &client_tx,
-            &handle,
-            &say
+            (&client_tx, &handle),
+            &say,
+            &refusals,
         ),
     );
     let cut = cutoff.borrow().clone();
@@ -102,7 +111,33 @@ pub async fn session(
     }
 }
 
+/// The bastion's own SFTP answers (a refused operation's status, and the line that tells
+/// the user why on stderr), for the downward half to send between two of the target's
+/// packets. Set once the sftp subsystem starts.
+#[derive(Default)]
+struct Refusals {
+    sftp: std::sync::atomic::AtomicBool,
+    queue: std::sync::Mutex<Vec<(Vec<u8>, String)>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Refusals {
+    fn sftp(&self) -> bool {
+        self.sftp.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn push(&self, status: Vec<u8>, why: String) {
+        lock(&self.queue).push((status, why));
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Vec<(Vec<u8>, String)> {
+        std::mem::take(&mut *lock(&self.queue))
+    }
+}
+
 /// Client to target: input and requests. Starts the recording when the program starts.
+#[allow(clippy::too_many_arguments)]
 async fn upward(
     ctx: &Bastion,
     login: &Login,
@@ -110,6 +145,7 @@ async fn upward(
     mut stop: Stop,
     mut client: Ahead,
     target: &ChannelWriteHalf<russh::client::Msg>,
+    refusals: &Refusals,
 ) {
     let mut sftp: Option<SftpTracker> = None;
     loop {
@@ -122,28 +158,45 @@ async fn upward(
             None | Some(ChannelMsg::Close) => break,
             // Bytes before the program starts go nowhere, as in sshd: nothing unrecorded passes.
             Some(ChannelMsg::Data { data }) if started => {
-                let files = sftp.as_mut().map(|t| t.feed(&data)).unwrap_or_default();
-                let mut refused = None;
+                let Some(tracker) = sftp.as_mut() else {
+                    if !shared.record(&mut stop, |r| r.input(&data)).await {
+                        break;
+                    }
+                    let sent = stop.guard(target.data_bytes(data)).await;
+                    if !passed(sent, shared, login) {
+                        return;
+                    }
+                    continue;
+                };
+                // sftp: each packet naming a file operation is run past the rules; a refused
+                // one is kept back and answered here (permission denied), the session goes on.
+                let pieces = tracker.feed(&data);
+                let mut forward: Vec<u8> = Vec::with_capacity(data.len());
                 if !shared
                     .record(&mut stop, |r| {
                         r.input(&data);
-                        for f in files {
-                            if refused.is_none() {
-                                refused = blocked(r, FlagOn::File, &f);
+                        for piece in pieces {
+                            match piece {
+                                Piece::Pass(bytes) => forward.extend(bytes),
+                                Piece::Op { packet, id, op } => {
+                                    match blocked(r, FlagOn::File, &op) {
+                                        Some(why) => refusals.push(sftp_denied(id, &why), why),
+                                        None => forward.extend(packet),
+                                    }
+                                    r.file(op);
+                                }
                             }
-                            r.file(f);
                         }
                     })
                     .await
                 {
                     break;
                 }
-                // The packet that completes a refused operation never reaches the target.
-                if let Some(why) = refused {
-                    shared.end(Some(why));
-                    break;
+                if forward.is_empty() {
+                    Some(Ok(()))
+                } else {
+                    stop.guard(target.data_bytes(forward)).await
                 }
-                stop.guard(target.data_bytes(data)).await
             }
             Some(ChannelMsg::ExtendedData { data, ext }) if started => {
                 if !shared.record(&mut stop, |r| r.input(&data)).await {
@@ -227,6 +280,9 @@ async fn upward(
                     break;
                 }
                 sftp = Some(SftpTracker::default());
+                refusals
+                    .sftp
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 stop.guard(target.request_subsystem(true, name)).await
             }
             Some(ChannelMsg::WindowChange {
@@ -248,23 +304,31 @@ async fn upward(
             // Refused requests (answered by the Handler) and anything else stop here.
             Some(_) => Some(Ok(())),
         };
-        match sent {
-            Some(Ok(())) => {}
-            Some(Err(_)) => {
-                shared.end(Some(format!(
-                    "the connection to {} failed",
-                    login.target.name
-                )));
-                return;
-            }
-            None => return,
+        if !passed(sent, shared, login) {
+            return;
         }
     }
     shared.end(None);
 }
 
+/// Whether what was sent to the target went; a failed connection ends the session.
+fn passed(sent: Option<Result<(), russh::Error>>, shared: &Relay, login: &Login) -> bool {
+    match sent {
+        Some(Ok(())) => true,
+        Some(Err(_)) => {
+            shared.end(Some(format!(
+                "the connection to {} failed",
+                login.target.name
+            )));
+            false
+        }
+        None => false,
+    }
+}
+
 /// Runs an exact operation past the flag rules: why it is refused, when a rule blocks it
-/// (the user reads it, the session ends with it).
+/// (the user reads it; an exec command's session ends with it, an sftp operation alone is
+/// answered permission denied).
 fn blocked(rec: &Recorder, on: FlagOn, text: &str) -> Option<String> {
     let rule = rec.operation(on, text)?;
     Some(format!(
@@ -319,6 +383,30 @@ async fn start(
     }
 }
 
+/// Sends the bastion's queued SFTP answers to the client (recorded as output), each with
+/// its reason on stderr; false when the client is gone.
+async fn answer_refusals(
+    shared: &Relay,
+    stop: &mut Stop,
+    refusals: &Refusals,
+    client: &ChannelWriteHalf<Msg>,
+) -> bool {
+    for (status, why) in refusals.take() {
+        if !shared.record(stop, |r| r.output(&status)).await {
+            return false;
+        }
+        let line = format!("ramp-ca: {why}\n").into_bytes();
+        let sent = match stop.guard(client.data_bytes(status)).await {
+            Some(Ok(())) => stop.guard(client.extended_data_bytes(1, line)).await,
+            other => other,
+        };
+        if !matches!(sent, Some(Ok(()))) {
+            return false;
+        }
+    }
+    true
+}
+
 /// Target to client: output, exit status, end of stream, answers to requests; the expiry
 /// warning on a terminal.
 #[allow(clippy::too_many_arguments)]
@@ -328,9 +416,9 @@ async fn downward<F, Fut>(
     mut stop: Stop,
     mut warning: Cutoff,
     mut target: Ahead,
-    client: &ChannelWriteHalf<Msg>,
-    handle: &server::Handle,
+    (client, handle): (&ChannelWriteHalf<Msg>, &server::Handle),
     say: &F,
+    refusals: &Refusals,
 ) where
     F: Fn(String) -> Fut,
     Fut: Future<Output = ()>,
@@ -338,19 +426,30 @@ async fn downward<F, Fut>(
     // Each new warning is said once: the one before expiry, and the new end after an
     // extension.
     let mut said: Option<String> = None;
+    let mut frames = SftpFrames::default();
     loop {
         // The select only picks; the work (and its awaits) happens after, outside it.
         enum Next {
             Msg(Option<ChannelMsg>),
             Warn(Option<String>),
+            Refused,
         }
         let next = tokio::select! {
             msg = target.recv() => Next::Msg(msg),
             text = warning.wait_for(|w| w.is_some() && *w != said) => Next::Warn(text.ok().and_then(|t| t.clone())),
+            _ = refusals.ready.notified() => Next::Refused,
             _ = stop.wait() => return,
         };
         let msg = match next {
             Next::Msg(msg) => msg,
+            Next::Refused => {
+                if frames.at_boundary()
+                    && !answer_refusals(shared, &mut stop, refusals, client).await
+                {
+                    return;
+                }
+                continue;
+            }
             Next::Warn(text) => {
                 said = text.clone();
                 let on_terminal = shared
@@ -369,7 +468,20 @@ async fn downward<F, Fut>(
                 if !shared.record(&mut stop, |r| r.output(&data)).await {
                     break;
                 }
-                stop.guard(client.data_bytes(data)).await
+                let sftp = refusals.sftp();
+                if sftp {
+                    frames.feed(&data);
+                }
+                let sent = stop.guard(client.data_bytes(data)).await;
+                // The bastion's answers go in between two of the target's packets.
+                if sftp
+                    && frames.at_boundary()
+                    && matches!(sent, Some(Ok(())))
+                    && !answer_refusals(shared, &mut stop, refusals, client).await
+                {
+                    return;
+                }
+                sent
             }
             Some(ChannelMsg::ExtendedData { data, ext }) => {
                 if !shared.record(&mut stop, |r| r.output(&data)).await {
