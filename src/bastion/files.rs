@@ -23,6 +23,8 @@ pub fn scp_files(command: &str) -> Vec<String> {
 
 /// Largest SFTP packet parsed; bigger ones (data writes) are skipped over, not buffered.
 const MAX_PARSED: usize = 64 * 1024;
+/// The one request type allowed to be bigger: data written to an open handle.
+const SSH_FXP_WRITE: u8 = 6;
 
 /// What a chunk of the client's SFTP stream becomes: bytes to pass on as they are, and each
 /// complete packet that names a file operation (held until complete, so it can be kept
@@ -37,6 +39,13 @@ pub enum Piece {
         id: u32,
         /// The operation, as `op path`.
         op: String,
+    },
+    /// A request bigger than the bastion reads ([`MAX_PARSED`]) that is not a data write:
+    /// it could hide a file operation (an open with kilobytes of attributes), so the session
+    /// ends rather than pass it unchecked. Its type and length.
+    Oversized {
+        kind: u8,
+        len: usize,
     },
 }
 
@@ -155,30 +164,41 @@ impl SftpTracker {
                 data = &data[n..];
                 continue;
             }
-            let need = if self.buf.len() < 4 {
-                4 - self.buf.len()
-            } else {
-                let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-                if len > MAX_PARSED {
-                    // A data write: nothing to name in it, so pass over it unbuffered.
-                    self.skip = len - (self.buf.len() - 4);
-                    pass(&mut out, &self.buf);
-                    self.buf.clear();
+            // Fills `buf` up to `upto` bytes from `data`, as far as it goes.
+            let mut take = |buf: &mut Vec<u8>, upto: usize| {
+                let n = upto.saturating_sub(buf.len()).min(data.len());
+                buf.extend_from_slice(&data[..n]);
+                data = &data[n..];
+            };
+            if self.buf.len() < 4 {
+                take(&mut self.buf, 4);
+                continue;
+            }
+            let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+            if len > MAX_PARSED {
+                if self.buf.len() < 5 {
+                    take(&mut self.buf, 5);
                     continue;
                 }
-                4 + len - self.buf.len()
-            };
-            let n = need.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-                if len <= MAX_PARSED && self.buf.len() == 4 + len {
-                    let packet = std::mem::take(&mut self.buf);
-                    match describe(&packet[4..]) {
-                        Some((id, op)) => out.push(Piece::Op { packet, id, op }),
-                        None => pass(&mut out, &packet),
-                    }
+                if self.buf[4] != SSH_FXP_WRITE {
+                    out.push(Piece::Oversized {
+                        kind: self.buf[4],
+                        len,
+                    });
+                    return out;
+                }
+                // A data write: nothing to name in it, so pass over it unbuffered.
+                self.skip = len - (self.buf.len() - 4);
+                pass(&mut out, &self.buf);
+                self.buf.clear();
+                continue;
+            }
+            take(&mut self.buf, 4 + len);
+            if self.buf.len() == 4 + len {
+                let packet = std::mem::take(&mut self.buf);
+                match describe(&packet[4..]) {
+                    Some((id, op)) => out.push(Piece::Op { packet, id, op }),
+                    None => pass(&mut out, &packet),
                 }
             }
         }
@@ -235,14 +255,26 @@ mod tests {
                         passed.extend(packet);
                         seen.push(op);
                     }
+                    Piece::Oversized { .. } => panic!("only a write is big here"),
                 }
             }
         }
         assert_eq!(seen, ["read /etc/motd", "rename /a -> /b", "write /up"]);
         assert_eq!(passed, stream, "every byte passes, in order");
+        // An open padded past 64 KiB (attributes can be long) is not passed unchecked.
+        let padded = packet(3, &["/etc/x"], &vec![0u8; 70_000]);
+        let mut tracker = SftpTracker::default();
+        let pieces: Vec<Piece> = padded.chunks(3).flat_map(|c| tracker.feed(c)).collect();
+        assert_eq!(
+            pieces.last(),
+            Some(&Piece::Oversized {
+                kind: 3,
+                len: padded.len() - 4
+            })
+        );
         let garbage = SftpTracker::default().feed(&[0xff; 64]);
         assert!(
-            garbage.iter().all(|p| matches!(p, Piece::Pass(_))),
+            garbage.iter().all(|p| !matches!(p, Piece::Op { .. })),
             "garbage names nothing"
         );
     }

@@ -172,6 +172,7 @@ async fn upward(
                 // one is kept back and answered here (permission denied), the session goes on.
                 let pieces = tracker.feed(&data);
                 let mut forward: Vec<u8> = Vec::with_capacity(data.len());
+                let mut oversized = None;
                 if !shared
                     .record(&mut stop, |r| {
                         r.input(&data);
@@ -185,11 +186,24 @@ async fn upward(
                                     }
                                     r.file(op);
                                 }
+                                Piece::Oversized { kind, len } => {
+                                    oversized = Some(format!(
+                                        "refused an sftp request of {len} bytes (type {kind}): only data writes may be larger than 64 KiB"
+                                    ))
+                                }
                             }
                         }
                     })
                     .await
                 {
+                    break;
+                }
+                if let Some(why) = oversized {
+                    // Nothing of it reaches the target (what came before it did).
+                    if !forward.is_empty() {
+                        let _ = stop.guard(target.data_bytes(forward)).await;
+                    }
+                    shared.end(Some(why));
                     break;
                 }
                 if forward.is_empty() {
