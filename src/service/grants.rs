@@ -49,7 +49,8 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
     }
 
-    /// Decides a request against the requester's grants active at `now`.
+    /// Decides a request against the requester's grants active at `now`, or, for a window
+    /// asked for ahead, those that will be active when it opens.
     async fn decide(
         &self,
         tx: &mut GrantChanges<'_>,
@@ -57,13 +58,27 @@ impl Service {
         req: &policy::Request<'_>,
         now: DateTime<Utc>,
     ) -> Result<Decision> {
-        let steps = tx.held_steps(req.user, now).await?;
+        let steps: Vec<(String, String, DateTime<Utc>)> = match req.start.filter(|s| *s > now) {
+            Some(start) => tx
+                .open_grants_of(&[req.user], now)
+                .await?
+                .into_iter()
+                .filter(|g| g.is_active(start))
+                .filter_map(|g| Some((g.contract, g.step, g.end?)))
+                .collect(),
+            None => tx
+                .held_steps(req.user, now)
+                .await?
+                .into_iter()
+                .map(|h| (h.contract, h.step, h.end))
+                .collect(),
+        };
         let held: Vec<policy::Held<'_>> = steps
             .iter()
-            .map(|h| policy::Held {
-                contract: &h.contract,
-                step: &h.step,
-                end: h.end,
+            .map(|(contract, step, end)| policy::Held {
+                contract,
+                step,
+                end: *end,
             })
             .collect();
         Ok(policy::decide(p, req, &held, now))
@@ -216,12 +231,17 @@ impl Service {
             })?),
             None => None,
         };
+        let start = match body.start.as_deref() {
+            Some(t) => Some(policy::parse_start(t, now).map_err(ServiceError::BadRequest)?),
+            None => None,
+        };
         let req = policy::Request {
             user,
             contract: &body.contract,
             step: body.step.as_deref(),
             reason: body.reason.as_deref(),
             ttl,
+            start,
         };
         let decision = self.decide(tx, &p, &req, now).await?;
         let (step, ttl, from, count) = match &decision {
@@ -232,6 +252,7 @@ impl Service {
                     ttl: body.ttl.clone(),
                     reason: body.reason.clone(),
                     denied: reason.clone(),
+                    start: body.start.clone(),
                 };
                 let entry = Entry::new(user, &body.contract, denied);
                 tx.commit(Change::audit(vec![entry]), now).await?;
@@ -247,8 +268,12 @@ impl Service {
                 ..
             } => (step.clone(), *ttl, from.clone(), *count),
         };
-        let held = tx.own_open_grant(user, &body.contract, &step, now).await?;
-        if let Some(held) = held {
+        // A window asked for ahead is its own request, never answered by a grant held now.
+        let held = match start {
+            Some(_) => None,
+            None => tx.own_open_grant(user, &body.contract, &step, now).await?,
+        };
+        if let Some(held) = held.filter(|g| g.scheduled.is_none()) {
             let reasons = decision.reasons().to_vec();
             return self
                 .reuse(tx, &p, held, key, body.certify, reasons, now)
@@ -263,6 +288,7 @@ impl Service {
             ttl_secs: ttl.as_secs(),
             approvals_from: from,
             approvals_needed: count,
+            start,
         };
         let grant = Grant::requested(asked, now);
         let requested = Requested {
@@ -271,9 +297,10 @@ impl Service {
             ttl_secs: grant.ttl_secs,
             reason: grant.reason.clone(),
             needs_approvals: count,
+            start: grant.scheduled,
         };
         let mut change = Change::audit(vec![Entry::new(user, &grant.id, requested)]);
-        if grant.is_active(now) {
+        if grant.is_held(now) {
             // Approved by a rule: the chain names it (and the reason it matched).
             let by_rule = match &decision {
                 Decision::Grant {
@@ -290,7 +317,8 @@ impl Service {
             change.entries.push(Entry::new(user, &grant.id, granted));
         }
         let mut certificate = None;
-        if body.certify && grant.is_active(now) {
+        // A window approved ahead gets its certificate now, valid from the window's start.
+        if body.certify && grant.is_held(now) {
             let (minted, record, entry) = self.mint(tx, &p, &grant, key, now).await?;
             change.entries.push(entry);
             change.certs.push(record);
@@ -345,7 +373,8 @@ impl Service {
             )));
         }
         match grant.state_at(now) {
-            State::Active => {}
+            // Before its window, a certificate valid from its start.
+            State::Active | State::Scheduled => {}
             State::Pending => {
                 return Err(ServiceError::Conflict(format!(
                     "grant `{id}` is still pending: {} of {} approvals",
@@ -432,6 +461,7 @@ impl Service {
                 step: Some(&grant.step),
                 reason: grant.reason.as_deref(),
                 ttl: Some(Duration::from_secs(grant.ttl_secs)),
+                start: grant.scheduled.filter(|s| *s > now),
             };
             match self.decide(tx, &p, &req, now).await? {
                 Decision::Deny { reason, .. } => {
