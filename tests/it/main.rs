@@ -20,6 +20,7 @@ mod refusals_told;
 mod review;
 mod revocation;
 mod rig;
+mod schedule;
 mod shared_recordings;
 mod signing;
 mod sshd_harness;
