@@ -381,7 +381,10 @@ pub(super) async fn sign(
 /// [`policy::MAX_AHEAD`]), saying so on stderr.
 async fn wait_for_start(view: &GrantView, start: chrono::DateTime<Utc>) {
     let now = Utc::now();
-    let left = (start - now).to_std().unwrap_or_default().min(policy::MAX_AHEAD);
+    let left = (start - now)
+        .to_std()
+        .unwrap_or_default()
+        .min(policy::MAX_AHEAD);
     eprintln!(
         "grant {} opens at {} ({}); waiting for it...",
         view.grant.id,

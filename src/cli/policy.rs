@@ -42,7 +42,10 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
                     .ok_or_else(|| CliError::Usage(format!("{flag}: bad duration `{t}`")))
             };
             let ttl = ttl.as_deref().map(|t| duration("--ttl", t)).transpose()?;
-            let more = extend.as_deref().map(|t| duration("--extend", t)).transpose()?;
+            let more = extend
+                .as_deref()
+                .map(|t| duration("--extend", t))
+                .transpose()?;
             let now = Utc::now();
             let start = start
                 .as_deref()
@@ -101,9 +104,9 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
             let refused = |d: &policy::Decision| matches!(d, policy::Decision::Deny { .. });
             let verdict = d.verdict(&contract);
             if json {
-                let ext = extension.as_ref().map(
-                    |e| json!({"decision": extension_verdict(e), "reasons": e.reasons()}),
-                );
+                let ext = extension
+                    .as_ref()
+                    .map(|e| json!({"decision": extension_verdict(e), "reasons": e.reasons()}));
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&json!({

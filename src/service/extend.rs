@@ -238,7 +238,10 @@ impl Service {
         if ext.approvals.len() as u32 >= ext.approvals_needed {
             let (_, step) = step_of(&p, &grant)?;
             // Checked again: the grant it climbed from may have ended or moved meanwhile.
-            match self.check_climbed_from(tx, &grant, step, ext.end, now).await {
+            match self
+                .check_climbed_from(tx, &grant, step, ext.end, now)
+                .await
+            {
                 Ok(()) => {
                     let extended = Extended {
                         from: grant.end,

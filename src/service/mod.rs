@@ -6,6 +6,7 @@
 //! argument so tests can move the clock.
 
 mod access;
+mod approvals;
 mod audit;
 mod bastion;
 mod dashboard;

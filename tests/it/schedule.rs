@@ -83,7 +83,10 @@ fn a_scheduled_certificate_is_refused_by_openssh_before_its_window_and_accepted_
     let grants = json(&run_ok(&mut rig.ramp(ALICE, &["grants", "--json"])));
     assert_eq!(grants[0]["state"], "scheduled", "{grants:#}");
     let table = run_ok(&mut rig.ramp(ALICE, &["grants"]));
-    assert!(table.contains("scheduled") && table.contains(" in 1m"), "{table}");
+    assert!(
+        table.contains("scheduled") && table.contains(" in 1m"),
+        "{table}"
+    );
 
     // Once the certificate's window begins, OpenSSH lets it in; the bastion still holds it
     // to the grant's window and says when that opens.
@@ -91,7 +94,10 @@ fn a_scheduled_certificate_is_refused_by_openssh_before_its_window_and_accepted_
     std::thread::sleep(wait);
     let inside = ssh_with_cert(&sshd, &rig.dir.join(ALICE), &own);
     assert!(inside.status.success(), "{}", text(&inside));
-    assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), "in-the-window");
+    assert_eq!(
+        String::from_utf8_lossy(&inside.stdout).trim(),
+        "in-the-window"
+    );
     let told = text(&bastion_with_cert(&rig, &own, "readonly@db-1"));
     let id = out["grant"]["id"].as_str().unwrap();
     assert!(
@@ -129,14 +135,18 @@ fn a_window_approved_ahead_opens_by_itself_and_sign_wait_waits_for_it() {
     assert!(own.contains("your own request"), "{own}");
     let approved = json(&run_ok(&mut rig.ramp(BOB, &["approve", &id, "--json"])));
     assert_eq!(approved["grant"]["state"], "scheduled", "{approved:#}");
-    let metrics = run_ok(Command::new("curl").args(["-sf", &format!("{}/metrics", rig.daemon.url)]));
+    let metrics =
+        run_ok(Command::new("curl").args(["-sf", &format!("{}/metrics", rig.daemon.url)]));
     assert!(metrics.contains("ramp_scheduled_grants 1"), "{metrics}");
 
     // Picked up before the window: dbadmin is refused by the bastion, saying when it opens.
     rig.sign(ALICE, &["--grant", &id, "--no-agent"]);
     let own = rig.dir.join(format!("{ALICE}-prod-db-operate-cert.pub"));
     let told = text(&bastion_with_cert(&rig, &own, "dbadmin@db-1"));
-    assert!(asked_at.elapsed() < Duration::from_secs(12), "too slow to test before the start");
+    assert!(
+        asked_at.elapsed() < Duration::from_secs(12),
+        "too slow to test before the start"
+    );
     assert!(told.contains("is scheduled: its window opens at"), "{told}");
     let refused = rig.audited("login-refused");
     assert!(
@@ -154,10 +164,17 @@ fn a_window_approved_ahead_opens_by_itself_and_sign_wait_waits_for_it() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", text(&ok));
-    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "through-the-bastion");
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        "through-the-bastion"
+    );
     let grants = json(&run_ok(&mut rig.ramp(ALICE, &["grants", "--json"])));
     assert!(
-        grants.as_array().unwrap().iter().any(|g| g["id"] == id.as_str() && g["state"] == "active"),
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == id.as_str() && g["state"] == "active"),
         "{grants:#}"
     );
 }
@@ -188,17 +205,38 @@ fn a_start_in_the_past_or_too_far_is_refused_and_policy_explain_says_what_a_star
 
     let explain = |extra: &[&str]| {
         let mut args = vec![
-            "policy", "explain", "--user", "alice", "--contract", "prod-db", "--reason", "CHG-9",
+            "policy",
+            "explain",
+            "--user",
+            "alice",
+            "--contract",
+            "prod-db",
+            "--reason",
+            "CHG-9",
         ];
         args.extend_from_slice(extra);
         crate::ramp(&rig.dir).args(&args).output().unwrap()
     };
     let said = text(&explain(&[
-        "--step", "operate", "--holding", "observe", "--start", "+2h", "--extend", "30m", "--ttl",
+        "--step",
+        "operate",
+        "--holding",
+        "observe",
+        "--start",
+        "+2h",
+        "--extend",
+        "30m",
+        "--ttl",
         "1h",
     ]));
-    assert!(said.contains("NEEDS APPROVAL prod-db/operate for 1h"), "{said}");
-    assert!(said.contains("window opens at") && said.contains("(in 2h)"), "{said}");
+    assert!(
+        said.contains("NEEDS APPROVAL prod-db/operate for 1h"),
+        "{said}"
+    );
+    assert!(
+        said.contains("window opens at") && said.contains("(in 2h)"),
+        "{said}"
+    );
     assert!(
         said.contains("extension: EXTEND by 30m NEEDS APPROVAL: 1 from sre-lead"),
         "{said}"
@@ -215,9 +253,18 @@ fn a_start_in_the_past_or_too_far_is_refused_and_policy_explain_says_what_a_star
         "{said}"
     );
     let far = text(&explain(&["--step", "observe", "--start", "+40d"]));
-    assert!(far.contains("DENY: start") && far.contains("at most 30d ahead"), "{far}");
+    assert!(
+        far.contains("DENY: start") && far.contains("at most 30d ahead"),
+        "{far}"
+    );
     let js = json(&String::from_utf8_lossy(
-        &explain(&["--step", "observe", "--ttl", "10m", "--extend", "5m", "--json"]).stdout,
+        &explain(&[
+            "--step", "observe", "--ttl", "10m", "--extend", "5m", "--json",
+        ])
+        .stdout,
     ));
-    assert_eq!(js["extension"]["decision"], "EXTEND by 5m at once", "{js:#}");
+    assert_eq!(
+        js["extension"]["decision"], "EXTEND by 5m at once",
+        "{js:#}"
+    );
 }

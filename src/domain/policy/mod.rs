@@ -14,10 +14,10 @@ pub use decide::{approval_refusal, decide, Decision, Held, Request};
 pub use extension::{decide_extension, ExtensionAsk};
 pub use load::{load_texts, parse_cidr, Problem, Problems, DEFAULT_CONTRACT_MAX_TTL};
 pub use model::*;
-pub use window::{parse_start, start_refusal, stamp, until, MAX_AHEAD};
 pub use review::{
     after_session, FlagOn, FlagRule, ReviewRule, ReviewSetting, BREAK_GLASS_REVIEW_WITHIN,
 };
+pub use window::{parse_start, stamp, start_refusal, until, MAX_AHEAD};
 
 #[cfg(test)]
 mod tests {

@@ -59,7 +59,10 @@ pub fn stamp(t: DateTime<Utc>) -> String {
 /// How long until `t`, in words (`in 2h`), for countdowns in messages.
 pub fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let left = (t - now).to_std().unwrap_or_default();
-    format!("in {}", format_duration(Duration::from_secs(left.as_secs())))
+    format!(
+        "in {}",
+        format_duration(Duration::from_secs(left.as_secs()))
+    )
 }
 
 #[cfg(test)]
@@ -81,7 +84,10 @@ mod tests {
         for bad in ["", "+", "+2x", "tomorrow", "2h", "+-1h", "\x1b[2J"] {
             let err = parse_start(bad, t(0)).unwrap_err();
             assert!(err.contains("RFC 3339"), "{err}");
-            assert!(!err.contains('\x1b'), "control characters are not echoed: {err:?}");
+            assert!(
+                !err.contains('\x1b'),
+                "control characters are not echoed: {err:?}"
+            );
         }
         assert!(start_refusal(t(0), t(0)).unwrap().contains("in the past"));
         assert!(start_refusal(t(-5), t(0)).unwrap().contains("in the past"));

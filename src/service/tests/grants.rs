@@ -108,7 +108,9 @@ async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
     // On the real clock: the wait reads the grant as it stands now.
     let base = Utc::now() - chrono::Duration::seconds(10);
     f.grant_of("observe", base).await;
-    let op = f.grant_of("operate", base + chrono::Duration::seconds(1)).await;
+    let op = f
+        .grant_of("operate", base + chrono::Duration::seconds(1))
+        .await;
     // Nothing happens: the wait runs out and answers the request as it stands.
     let started = std::time::Instant::now();
     let view = f

@@ -22,7 +22,9 @@ async fn ask_ahead(
         certify: true,
         start: Some(start.into()),
     };
-    f.service.request("alice", &f.key("alice"), &body, now).await
+    f.service
+        .request("alice", &f.key("alice"), &body, now)
+        .await
 }
 
 #[tokio::test]
@@ -95,10 +97,7 @@ async fn a_start_in_the_past_too_far_ahead_or_unreadable_is_refused_naming_it() 
     let past = ask_ahead(&f, "observe", "10m", "2020-01-01T00:00:00Z", t0()).await;
     assert!(past.unwrap_err().to_string().contains("is in the past"));
     let far = ask_ahead(&f, "observe", "10m", "+31d", t0()).await;
-    assert!(far
-        .unwrap_err()
-        .to_string()
-        .contains("at most 30d ahead"));
+    assert!(far.unwrap_err().to_string().contains("at most 30d ahead"));
     let bad = ask_ahead(&f, "observe", "10m", "tonight", t0()).await;
     assert!(bad.unwrap_err().to_string().contains("bad start `tonight`"));
     let denied = f.audited("request-denied").await;
@@ -110,31 +109,41 @@ async fn a_start_in_the_past_too_far_ahead_or_unreadable_is_refused_naming_it() 
 async fn approvals_given_ahead_open_the_window_at_its_start_and_steps_climb_on_the_window() {
     let f = fixture().await;
     // operate comes after observe: at the window's start, not now.
-    let refused = ask_ahead(&f, "operate", "1h", "+4h", t0()).await.unwrap_err();
+    let refused = ask_ahead(&f, "operate", "1h", "+4h", t0())
+        .await
+        .unwrap_err();
     assert!(
         refused.to_string().contains("held when the window opens"),
         "{refused}"
     );
     ask_ahead(&f, "observe", "30m", "+4h", t0()).await.unwrap();
-    let op = ask_ahead(&f, "operate", "1h", "+4h", at(1))
-        .await
-        .unwrap();
+    let op = ask_ahead(&f, "operate", "1h", "+4h", at(1)).await.unwrap();
     let op = op.grant.grant;
     assert_eq!(op.state, State::Pending);
     assert!(op.start.is_none());
-    assert_eq!(op.ttl_secs, 30 * 60 - 1, "never past the observe window it climbs from");
+    assert_eq!(
+        op.ttl_secs,
+        30 * 60 - 1,
+        "never past the observe window it climbs from"
+    );
     // Approved at noon: scheduled for its start, not active now.
     let approved = f.service.approve("bob", &op.id, at(60)).await.unwrap();
     assert_eq!(approved.grant.grant.state, State::Scheduled);
     assert_eq!(approved.grant.grant.start, Some(at(4 * 3600 + 1)));
     // A scheduled observe is not held now: operate now is refused.
     let now_op = f.ask("alice", "operate", false, at(120)).await.unwrap_err();
-    assert!(now_op.to_string().contains("request `observe` first"), "{now_op}");
+    assert!(
+        now_op.to_string().contains("request `observe` first"),
+        "{now_op}"
+    );
 
     // Denying a scheduled request, and revoking a scheduled grant, work as for any other.
     let other = ask_ahead(&f, "break-glass", "10m", "+4h", at(130)).await;
     let other = other.unwrap().grant.grant.id;
-    let denied = f.service.deny("carol", &other, "not tonight", at(140)).await;
+    let denied = f
+        .service
+        .deny("carol", &other, "not tonight", at(140))
+        .await;
     assert_eq!(denied.unwrap().grant.state, State::Denied);
     let revoked = f
         .service
@@ -156,8 +165,28 @@ async fn approved_after_its_start_a_window_opens_at_approval_for_its_whole_ttl()
     let approved = f.service.approve("bob", &id, at(3600 + 300)).await.unwrap();
     let g = approved.grant.grant;
     assert_eq!(g.state, State::Active);
-    assert_eq!(
-        (g.start, g.end),
-        (Some(at(3900)), Some(at(3900 + 20 * 60)))
+    assert_eq!((g.start, g.end), (Some(at(3900)), Some(at(3900 + 20 * 60))));
+}
+
+#[tokio::test]
+async fn the_same_window_asked_twice_is_one_grant_and_windows_ahead_are_bounded() {
+    let f = fixture().await;
+    let first = ask_ahead(&f, "observe", "10m", "+2h", t0()).await.unwrap();
+    let again = ask_ahead(&f, "observe", "10m", "+2h", t0()).await.unwrap();
+    assert!(again.existing, "{:?}", again.reasons);
+    assert_eq!(again.grant.grant.id, first.grant.grant.id);
+    assert!(
+        again.reasons.last().unwrap().contains("from 2030-03-17T19:46:40Z"),
+        "{:?}",
+        again.reasons
     );
+    for n in 1..super::super::grants::MAX_SCHEDULED {
+        let start = format!("+{}h", 2 + n);
+        ask_ahead(&f, "observe", "10m", &start, t0()).await.unwrap();
+    }
+    let err = ask_ahead(&f, "observe", "10m", "+3d", t0()).await.unwrap_err();
+    assert!(err.to_string().contains("at most 16"), "{err}");
+    // A window held now is still answered from the grant held.
+    let now = f.ask("alice", "observe", false, t0()).await.unwrap();
+    assert!(!now.existing && now.grant.grant.state == State::Active);
 }
