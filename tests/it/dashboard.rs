@@ -442,7 +442,7 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
 }
 
 /// A window asked for ahead on the page (issue 14): granted now, listed with a countdown to
-/// its start, and refused by the bastion until then.
+/// its start (the bastion's refusal until then is tested in `schedule`).
 #[test]
 fn a_window_asked_for_ahead_on_the_page_counts_down_to_its_start() {
     let rig = rig();
