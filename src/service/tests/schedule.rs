@@ -176,7 +176,11 @@ async fn the_same_window_asked_twice_is_one_grant_and_windows_ahead_are_bounded(
     assert!(again.existing, "{:?}", again.reasons);
     assert_eq!(again.grant.grant.id, first.grant.grant.id);
     assert!(
-        again.reasons.last().unwrap().contains("from 2030-03-17T19:46:40Z"),
+        again
+            .reasons
+            .last()
+            .unwrap()
+            .contains("from 2030-03-17T19:46:40Z"),
         "{:?}",
         again.reasons
     );
@@ -184,7 +188,9 @@ async fn the_same_window_asked_twice_is_one_grant_and_windows_ahead_are_bounded(
         let start = format!("+{}h", 2 + n);
         ask_ahead(&f, "observe", "10m", &start, t0()).await.unwrap();
     }
-    let err = ask_ahead(&f, "observe", "10m", "+3d", t0()).await.unwrap_err();
+    let err = ask_ahead(&f, "observe", "10m", "+3d", t0())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("at most 16"), "{err}");
     // A window held now is still answered from the grant held.
     let now = f.ask("alice", "observe", false, t0()).await.unwrap();
