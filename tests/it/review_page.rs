@@ -116,6 +116,18 @@ fn a_reviewer_signs_off_a_flagged_session_from_the_review_page_and_its_user_cann
         );
         let (status, queue) = get_json(&c, &base, "/ui/api/reviews").await;
         assert_eq!((status, queue), (200, json!([])));
+        // Nobody logged in gets nothing, and signs nothing.
+        let anon = reqwest::get(format!("{base}/ui/api/reviews"))
+            .await
+            .unwrap();
+        assert_eq!(anon.status(), 401);
+        let anon = reqwest::Client::new()
+            .post(format!("{base}/ui/api/reviews/{id}"))
+            .json(&json!({"verdict": "ok", "note": "drive-by"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anon.status(), 401);
         // Her own session, opened by its link: the page asks, the service refuses.
         c.goto(&format!("{base}/ui/#review/{id}")).await.unwrap();
         wait_text(&c, "#timeline", "her timeline", |t| t.contains("rm -rf")).await;
