@@ -72,7 +72,8 @@ impl Service {
         let grants: HashMap<&str, &Grant> = open.iter().map(|g| (g.id.as_str(), g)).collect();
         for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
             match g.state_at(now) {
-                State::Active => {
+                // A window approved ahead is listed with the grants, counting down to its start.
+                State::Active | State::Scheduled => {
                     // An extension waiting for approvals is a request too.
                     if let Some(e) = &g.extension {
                         let already: Vec<String> =

@@ -21,6 +21,7 @@ mod review;
 mod review_page;
 mod revocation;
 mod rig;
+mod schedule;
 mod shared_recordings;
 mod signing;
 mod sshd_harness;

@@ -141,7 +141,8 @@ function render(s) {
     const asked = ext ? ext.approvals : g.approvals;
     const approvals = `${asked.length} / ${ext ? ext.approvals_needed : g.approvals_needed}` + (asked.length ? ` <span class="muted">(${asked.map((a) => esc(a.by)).join(", ")})</span>` : "") +
       `<div class="muted">from ${esc(g.approvals_from.join(" or "))}</div>`;
-    const ttl = ext ? `extend to ${new Date(ext.end).toLocaleTimeString()}` : fmtTtl(g.ttl_secs);
+    const ttl = ext ? `extend to ${new Date(ext.end).toLocaleTimeString()}`
+      : fmtTtl(g.ttl_secs) + (g.scheduled ? ` from ${new Date(g.scheduled).toLocaleString()}` : "");
     const why = ext ? ext.reason || "" : g.reason || "";
     return `<tr data-grant="${esc(g.id)}"${v.break_glass ? ` class="glass-row"` : ""}>
       <td data-label="requested">${ago(g.requested_at)}</td><td data-label="user"><b>${esc(g.user)}</b></td>
@@ -158,7 +159,9 @@ function render(s) {
   active.innerHTML = s.active.map(({ grant: v, can_revoke }) => {
     const g = v;
     return `<tr data-grant="${esc(g.id)}">
-      <td data-label="time left"><span class="left" data-until="${esc(g.end)}"></span></td><td data-label="user"><b>${esc(g.user)}</b></td>
+      <td data-label="time left">${g.state === "scheduled"
+        ? `<span class="opens">opens in <span class="left" data-opens="${esc(g.start)}"></span></span>`
+        : `<span class="left" data-until="${esc(g.end)}"></span>`}</td><td data-label="user"><b>${esc(g.user)}</b></td>
       <td data-label="step">${stepCell(v)}</td><td data-label="grants" class="grants">${grantsCell(v)}</td>
       <td data-label="reason">${esc(g.reason || "")}</td><td data-label="grant" class="id">${esc(g.id)}</td>
       <td class="actions">${can_revoke ? `<button class="bad" data-act="revoke">Revoke</button>` : ""}</td></tr>`;
@@ -199,6 +202,10 @@ function tick() {
     const l = left(el.dataset.until);
     el.textContent = l.text;
     el.className = "left " + l.cls;
+  });
+  // A window approved ahead counts down to its start.
+  document.querySelectorAll("[data-opens]").forEach((el) => {
+    el.textContent = left(el.dataset.opens).text;
   });
 }
 setInterval(tick, 1000);
@@ -290,6 +297,8 @@ $("#request").addEventListener("submit", async (e) => {
     const take = `take its certificate with: ramp-ca sign --grant ${g.id}`;
     if (g.state === "active") {
       toast(`Granted ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}: ${take}`, "good");
+    } else if (g.state === "scheduled") {
+      toast(`Granted ${g.contract}/${g.step} from ${new Date(g.start).toLocaleString()} until ${new Date(g.end).toLocaleString()}: ${take}`, "good");
     } else {
       toast(`Requested ${g.contract}/${g.step}: waiting for ${g.approvals_needed - g.approvals.length} approval(s) from ${g.approvals_from.join(" or ")}; then ${take}`, "info");
     }
@@ -308,6 +317,8 @@ function approved(out) {
   const g = out.grant;
   if (g.state === "active") {
     toast(`Approved: ${g.user} holds ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}`, "good");
+  } else if (g.state === "scheduled") {
+    toast(`Approved ahead: ${g.user} holds ${g.contract}/${g.step} from ${new Date(g.start).toLocaleString()}`, "good");
   } else if (g.state === "pending") {
     const left = g.approvals_needed - g.approvals.length;
     toast(`Approved ${g.approvals.length} of ${g.approvals_needed}: still pending (${left} more from ${g.approvals_from.join(" or ")})`, "info");

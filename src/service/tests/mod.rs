@@ -9,6 +9,7 @@ mod hosts;
 mod login;
 mod review;
 mod revoke;
+mod schedule;
 mod sessions;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ impl Fixture {
             ttl: None,
             reason: Some("INC-1".into()),
             certify,
+            start: None,
         };
         self.service
             .request(user, &self.key(user), &body, now)
@@ -70,6 +72,7 @@ impl Fixture {
             ttl: Some(ttl.into()),
             reason: Some("INC-1".into()),
             certify: false,
+            start: None,
         };
         self.service
             .request("alice", &self.key("alice"), &body, now)
