@@ -14,13 +14,13 @@ use crate::support::{free_port, run_ok};
 use crate::{json, ALICE, BOB, CAROL};
 
 /// chromedriver on a loopback port, killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub(crate) fn start() -> Driver {
         let port = free_port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -47,7 +47,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser(driver: &Driver) -> Client {
+pub(crate) async fn browser(driver: &Driver) -> Client {
     browser_sized(driver, 1440, 900).await
 }
 
@@ -86,14 +86,14 @@ fn shots() -> PathBuf {
     dir
 }
 
-async fn screenshot(c: &Client, name: &str) {
+pub(crate) async fn screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
 }
 
 /// The text of the first element matching `css`, or None while there is none (or it was
 /// replaced between finding and reading it); any other WebDriver error fails the test.
-async fn try_text(c: &Client, css: &str) -> Option<String> {
+pub(crate) async fn try_text(c: &Client, css: &str) -> Option<String> {
     let transient =
         |e: &fantoccini::error::CmdError| e.is_no_such_element() || e.is_stale_element_reference();
     match c.find(Locator::Css(css)).await {
@@ -108,7 +108,7 @@ async fn try_text(c: &Client, css: &str) -> Option<String> {
 }
 
 /// The text of the first element matching `css`; fails the test when there is none.
-async fn text_of(c: &Client, css: &str) -> String {
+pub(crate) async fn text_of(c: &Client, css: &str) -> String {
     match try_text(c, css).await {
         Some(t) => t,
         None => panic!(
@@ -119,7 +119,12 @@ async fn text_of(c: &Client, css: &str) -> String {
 }
 
 /// Waits (bounded) until the element `css` exists with text for which `ok` holds; returns it.
-async fn wait_text(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn wait_text(
+    c: &Client,
+    css: &str,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
     // Generous: the machine may be busy with other tests.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -156,7 +161,7 @@ fn countdown(text: &str) -> u64 {
 
 /// Types `text` into `css`, finding it again when a live update redrew it first (the page
 /// keeps what was typed across redraws).
-async fn type_into(c: &Client, css: &str, text: &str) {
+pub(crate) async fn type_into(c: &Client, css: &str, text: &str) {
     for attempt in 0.. {
         let found = c
             .find(Locator::Css(css))
@@ -173,7 +178,7 @@ async fn type_into(c: &Client, css: &str, text: &str) {
 }
 
 /// Clicks `css`, finding it again when a live update redrew it between finding and clicking.
-async fn click(c: &Client, css: &str) {
+pub(crate) async fn click(c: &Client, css: &str) {
     for attempt in 0.. {
         let found = c
             .find(Locator::Css(css))
@@ -190,7 +195,7 @@ async fn click(c: &Client, css: &str) {
 }
 
 /// A fresh login link for `key`'s owner.
-fn link(rig: &Rig, key: &str) -> String {
+pub(crate) fn link(rig: &Rig, key: &str) -> String {
     let out = json(&run_ok(&mut rig.daemon.cmd(
         &rig.dir,
         key,

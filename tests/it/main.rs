@@ -18,6 +18,7 @@ mod pg_store;
 mod postgres;
 mod refusals_told;
 mod review;
+mod review_page;
 mod revocation;
 mod rig;
 mod schedule;
