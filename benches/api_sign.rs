@@ -106,6 +106,7 @@ async fn main() {
         ttl: None,
         reason: Some("api_sign bench".into()),
         certify: true,
+        start: None,
     });
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();

@@ -23,6 +23,7 @@ fn mint(c: &mut Criterion) {
         ttl_secs: 3600,
         approvals_from: vec![],
         approvals_needed: 0,
+        start: None,
     };
     let grant = Grant::requested(asked, now);
     let step = Step {

@@ -200,6 +200,8 @@ impl Metrics {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LedgerGauges {
     pub active_grants: u64,
+    /// Approved grants whose window opens later (`--start`).
+    pub scheduled_grants: u64,
     pub pending_requests: u64,
     pub audit_records: u64,
 }
@@ -349,6 +351,11 @@ pub fn render(m: &Metrics, ledger: Option<&LedgerGauges>, node: &str, now_ms: u6
                 ledger.active_grants.to_string(),
             ),
             (
+                "ramp_scheduled_grants",
+                "Grants approved ahead whose window has not opened yet.",
+                ledger.scheduled_grants.to_string(),
+            ),
+            (
                 "ramp_pending_requests",
                 "Requests waiting for approval.",
                 ledger.pending_requests.to_string(),
@@ -392,6 +399,7 @@ mod tests {
         m.set_reviews(3, 1);
         let ledger = LedgerGauges {
             active_grants: 2,
+            scheduled_grants: 4,
             pending_requests: 1,
             audit_records: 9,
         };
@@ -415,6 +423,7 @@ mod tests {
         check("ramp_webhook_deliveries_total{outcome=\"dropped\"}", "1");
         check("ramp_active_grants", "2");
         check("ramp_pending_requests", "1");
+        check("ramp_scheduled_grants", "4");
         check("ramp_live_sessions", "1");
         check("ramp_reviews_pending", "3");
         check("ramp_reviews_overdue", "1");

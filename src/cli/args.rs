@@ -49,6 +49,11 @@ pub struct StepArgs {
     /// Why you need it, like `INC-42 replica lag` (required by contracts that say so).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Ask for a window that opens later: RFC 3339 (2026-12-01T22:00:00Z) or +2h, at most
+    /// 30 days ahead. Approvals may be given before it opens; its certificate is valid from
+    /// the start.
+    #[arg(long, value_name = "TIME")]
+    pub start: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,9 +113,10 @@ pub enum Command {
         #[command(flatten)]
         ask: StepArgs,
         /// Get a certificate from an existing active grant instead of requesting.
-        #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason"])]
+        #[arg(long, conflicts_with_all = ["contract", "step", "ttl", "reason", "start"])]
         grant: Option<String>,
-        /// Wait for approvals, then write the certificate.
+        /// Wait for approvals, then write the certificate; for a window that opens later,
+        /// also wait for its start (that wait is not cut by --timeout).
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this long.
@@ -424,6 +430,13 @@ pub enum PolicyCommand {
         /// Assume the user holds an active grant of these steps (repeatable).
         #[arg(long)]
         holding: Vec<String>,
+        /// A window that opens later: RFC 3339 or +2h (as `sign --start`).
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// Also explain asking for this much more time on the grant (as `extend --ttl`),
+        /// once it is granted for --ttl.
+        #[arg(long, value_name = "DURATION")]
+        extend: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

@@ -39,6 +39,7 @@ impl StepArgs {
             ttl: self.ttl,
             reason: self.reason,
             certify,
+            start: self.start,
         })
     }
 }
@@ -56,7 +57,7 @@ pub(super) async fn request(opts: &ClientOpts, ask: StepArgs) -> Result {
             "once approved, pick the certificate up with: {}\n",
             pick_up_command(opts, &out.grant.grant.id)
         ),
-        State::Active => format!(
+        State::Active | State::Scheduled => format!(
             "get its certificate with: {}\n",
             pick_up_command(opts, &out.grant.grant.id)
         ),
@@ -302,18 +303,37 @@ pub(super) async fn sign(
             out.grant.grant.id, out.grant.grant.state
         )));
     };
+    // A window not open yet: its certificate goes to the grant's own file only, so the one
+    // `ssh -i KEY` offers (and the agent's) keep working until it opens; `--wait` waits for it.
+    let mut opens_later = out.grant.grant.state == State::Scheduled;
+    if let (true, true, Some(start)) = (wait, opens_later, out.grant.grant.start) {
+        wait_for_start(&out.grant, start).await;
+        opens_later = false;
+    }
     // KEY-cert.pub is what `ssh -i KEY` offers (the newest); each grant keeps a file of its
     // own too, so taking another step never loses a certificate that still works.
-    let path = keys::cert_path(&key_path);
-    write_atomic(&path, format!("{cert}\n").as_bytes())?;
     let g = &out.grant.grant;
     let own = grant_cert_path(&key_path, &g.contract, &g.step);
     write_atomic(&own, format!("{cert}\n").as_bytes())?;
+    let path = match opens_later {
+        true => own.clone(),
+        false => keys::cert_path(&key_path),
+    };
+    write_atomic(&path, format!("{cert}\n").as_bytes())?;
     let parsed = keys::read_certificate(&path)?;
-    let agent = if to_agent {
+    let agent = if to_agent && !opens_later {
         Some(add_to_agent(&key_path, &parsed, &out.grant).await)
     } else {
         None
+    };
+    let wrote = match opens_later {
+        true => format!(
+            "wrote {} only: {} is left as it is until the window opens (then: ramp-ca sign --grant {} --wait)",
+            own.display(),
+            keys::cert_path(&key_path).display(),
+            g.id
+        ),
+        false => format!("wrote {} (and {})", path.display(), own.display()),
     };
     emit(
         opts,
@@ -321,7 +341,7 @@ pub(super) async fn sign(
                 "grant_path": own, "agent": agent.as_ref().map(|a| a.as_ref().map_err(|e| e.to_string()))}),
         || {
             let mut text = format!(
-                "{}{}certificate serial {} for {} valid until {}\nwrote {} (and {})\n",
+                "{}{}certificate serial {} for {} valid {}until {}\n{wrote}\n",
                 describe_grant(&out.grant),
                 if out.existing {
                     reasons_text(&out.reasons)
@@ -330,9 +350,11 @@ pub(super) async fn sign(
                 },
                 parsed.serial(),
                 parsed.valid_principals().join(","),
+                match parsed.valid_after() > Utc::now().timestamp().max(0) as u64 {
+                    true => format!("from {} ", unix_time(parsed.valid_after())),
+                    false => String::new(),
+                },
                 unix_time(parsed.valid_before()),
-                path.display(),
-                own.display()
             );
             match &agent {
                 Some(Ok(until)) => text.push_str(&format!(
@@ -353,6 +375,23 @@ pub(super) async fn sign(
             text
         },
     )
+}
+
+/// `sign --wait` on a window that opens later: sleeps until it opens (at most
+/// [`policy::MAX_AHEAD`]), saying so on stderr.
+async fn wait_for_start(view: &GrantView, start: chrono::DateTime<Utc>) {
+    let now = Utc::now();
+    let left = (start - now)
+        .to_std()
+        .unwrap_or_default()
+        .min(policy::MAX_AHEAD);
+    eprintln!(
+        "grant {} opens at {} ({}); waiting for it...",
+        view.grant.id,
+        super::output::rfc3339(start),
+        policy::until(start, now)
+    );
+    tokio::time::sleep(left).await;
 }
 
 /// `KEY-CONTRACT-STEP-cert.pub`: a grant's own certificate file beside the key.
@@ -542,7 +581,7 @@ async fn wait_for_approval(client: &Client, id: &str, timeout: Duration, pick_up
             view.grant.approvals.len(),
             view.grant.approvals_needed
         ))),
-        State::Active => Ok(()),
+        State::Active | State::Scheduled => Ok(()),
         other => {
             let why = view
                 .grant

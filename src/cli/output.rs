@@ -132,12 +132,25 @@ pub(super) fn describe_grant(g: &GrantView) -> String {
             " until {}",
             gr.end.map(rfc3339).unwrap_or_default()
         )),
-        State::Pending => s.push_str(&format!(
-            " ({} of {} approvals from {})",
-            gr.approvals.len(),
-            gr.approvals_needed,
-            gr.approvals_from.join(", ")
+        State::Scheduled => s.push_str(&format!(
+            ": opens at {} ({}), until {}",
+            gr.start.map(rfc3339).unwrap_or_default(),
+            gr.start
+                .map(|t| policy::until(t, Utc::now()))
+                .unwrap_or_default(),
+            gr.end.map(rfc3339).unwrap_or_default()
         )),
+        State::Pending => {
+            s.push_str(&format!(
+                " ({} of {} approvals from {})",
+                gr.approvals.len(),
+                gr.approvals_needed,
+                gr.approvals_from.join(", ")
+            ));
+            if let Some(t) = gr.scheduled {
+                s.push_str(&format!(", for a window opening at {}", rfc3339(t)));
+            }
+        }
         _ => {
             if let Some(c) = &gr.closed {
                 s.push_str(&format!(" by {}: {}", Shown(&c.by), Shown(&c.reason)));
@@ -166,10 +179,12 @@ pub(super) fn grants_table(grants: &[GrantView], now: DateTime<Utc>) -> String {
         "ID", "USER", "CONTRACT/STEP", "STATE", "LEFT", "PRINCIPALS", "TARGETS", "OPTIONS"
     );
     for g in grants {
-        let left = match (g.grant.state, g.grant.end) {
-            (State::Active, Some(end)) => policy::format_duration(Duration::from_secs(
+        let left = match (g.grant.state, g.grant.start, g.grant.end) {
+            (State::Active, _, Some(end)) => policy::format_duration(Duration::from_secs(
                 (end - now).num_seconds().max(0) as u64,
             )),
+            // A window not yet open: how long until it does.
+            (State::Scheduled, Some(start), _) => policy::until(start, now),
             _ => "-".into(),
         };
         let step = format!(

@@ -31,19 +31,28 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
             ttl,
             reason,
             holding,
+            start,
+            extend,
             json,
         } => {
             let p =
                 crate::install::load_policies(&dir.join("policies")).map_err(crate::Error::from)?;
-            let ttl = match ttl {
-                Some(t) => Some(
-                    policy::parse_duration(&t)
-                        .ok_or_else(|| CliError::Usage(format!("--ttl: bad duration `{t}`")))?,
-                ),
-                None => None,
+            let duration = |flag: &str, t: &str| {
+                policy::parse_duration(t)
+                    .ok_or_else(|| CliError::Usage(format!("{flag}: bad duration `{t}`")))
             };
+            let ttl = ttl.as_deref().map(|t| duration("--ttl", t)).transpose()?;
+            let more = extend
+                .as_deref()
+                .map(|t| duration("--extend", t))
+                .transpose()?;
             let now = Utc::now();
-            let end = now + chrono::Duration::days(1);
+            let start = start
+                .as_deref()
+                .map(|t| policy::parse_start(t, now).map_err(CliError::Usage))
+                .transpose()?;
+            // Assumed held grants cover the window's start for a day.
+            let end = start.unwrap_or(now) + chrono::Duration::days(1);
             let held: Vec<policy::Held<'_>> = holding
                 .iter()
                 .map(|s| policy::Held {
@@ -58,10 +67,29 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
                 step: step.as_deref(),
                 reason: reason.as_deref().or(Some("(explain)")),
                 ttl,
+                start,
             };
             let d = policy::decide(&p, &req, &held, now);
-            let verdict = d.verdict(&contract);
-            let refused = matches!(d, policy::Decision::Deny { .. });
+            let extension = match (&d, more) {
+                (
+                    policy::Decision::Grant { step, ttl, .. }
+                    | policy::Decision::NeedsApproval { step, ttl, .. },
+                    Some(more),
+                ) => {
+                    let begins = start.unwrap_or(now);
+                    let ask = policy::ExtensionAsk {
+                        user: &user,
+                        contract: &contract,
+                        step,
+                        reason: req.reason,
+                        start: begins,
+                        end: begins + chrono::Duration::seconds(ttl.as_secs() as i64),
+                        more,
+                    };
+                    Some(policy::decide_extension(&p, &ask))
+                }
+                _ => None,
+            };
             let after: Vec<String> = p
                 .contracts
                 .get(&contract)
@@ -73,18 +101,32 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
                     Some(policy::after_session(c, s))
                 })
                 .unwrap_or_default();
+            let refused = |d: &policy::Decision| matches!(d, policy::Decision::Deny { .. });
+            let verdict = d.verdict(&contract);
             if json {
+                let ext = extension
+                    .as_ref()
+                    .map(|e| json!({"decision": extension_verdict(e), "reasons": e.reasons()}));
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"decision": verdict, "reasons": d.reasons(), "after_session": after})
-                    )
+                    serde_json::to_string_pretty(&json!({
+                        "decision": verdict,
+                        "reasons": d.reasons(),
+                        "after_session": after,
+                        "extension": ext,
+                    }))
                     .unwrap_or_default()
                 );
             } else {
                 println!("{verdict}");
                 for r in d.reasons() {
                     println!("  - {r}");
+                }
+                if let Some(e) = &extension {
+                    println!("extension: {}", extension_verdict(e));
+                    for r in e.reasons() {
+                        println!("  - {r}");
+                    }
                 }
                 if !after.is_empty() {
                     println!("after the session:");
@@ -96,10 +138,32 @@ pub(super) fn run(dir: &Path, cmd: PolicyCommand) -> Result {
                     println!("  (assumed a reason was given; pass --reason to check it)");
                 }
             }
-            if refused {
+            if refused(&d) || extension.as_ref().is_some_and(refused) {
                 return Err(CliError::Refused("denied".into()));
             }
             Ok(())
         }
+    }
+}
+
+/// An extension's decision in one line.
+fn extension_verdict(d: &policy::Decision) -> String {
+    match d {
+        policy::Decision::Grant { ttl, by_rule, .. } => format!(
+            "EXTEND by {} at once{}",
+            policy::format_duration(*ttl),
+            by_rule
+                .as_deref()
+                .map(|r| format!(" (approved by rule `{r}`)"))
+                .unwrap_or_default()
+        ),
+        policy::Decision::NeedsApproval {
+            ttl, from, count, ..
+        } => format!(
+            "EXTEND by {} NEEDS APPROVAL: {count} from {}",
+            policy::format_duration(*ttl),
+            from.join(", ")
+        ),
+        policy::Decision::Deny { reason, .. } => format!("DENY: {reason}"),
     }
 }

@@ -3,8 +3,9 @@
 //! [`Settings::link_ttl`]; opening it starts a browser session that carries that user and
 //! lasts [`Settings::session_ttl`]. This module keeps the browser sessions; everything else
 //! is asked of the service, with the same authorisation and audit as the command line:
-//! the live view (`live`: approve, deny, revoke, with the session's CSRF token), and
-//! recordings and the audit log (`review`).
+//! the live view (`live`: approve, deny, revoke, with the session's CSRF token),
+//! recordings and the audit log (`review`), and the Review page's queue and verdicts
+//! (`signoff`).
 //!
 //! The page is one small HTML/JS/CSS bundle of our own (`assets/`), its paths filled in from
 //! [`crate::wire::ui`]. Live state comes as server-sent events, pushed on every audit record
@@ -12,6 +13,7 @@
 
 mod live;
 mod review;
+mod signoff;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -208,11 +210,20 @@ pub fn router(app: App) -> Router {
         .route(ui::ROOT, get(|| async { Redirect::to(ui::PAGE) }))
         .route(ui::PAGE, get(page))
         .route(ui::SCRIPT, get(script))
+        .route(
+            ui::PLAYER_SCRIPT,
+            get(|| script_of(include_str!("assets/player.js"))),
+        )
+        .route(
+            ui::REVIEW_SCRIPT,
+            get(|| script_of(include_str!("assets/review.js"))),
+        )
         .route(ui::STYLE, get(style))
         .route(ui::LOGIN, get(login))
         .route(ui::LOGOUT, post(logout))
         .merge(live::routes())
         .merge(review::routes())
+        .merge(signoff::routes())
         .with_state(app.clone())
         .merge(
             Router::new()
@@ -227,6 +238,8 @@ static PAGE: LazyLock<String> = LazyLock::new(|| {
     include_str!("assets/index.html")
         .replace("__RAMP_STYLE__", ui::STYLE)
         .replace("__RAMP_SCRIPT__", ui::SCRIPT)
+        .replace("__RAMP_PLAYER_SCRIPT__", ui::PLAYER_SCRIPT)
+        .replace("__RAMP_REVIEW_SCRIPT__", ui::REVIEW_SCRIPT)
 });
 static SCRIPT: LazyLock<String> = LazyLock::new(|| {
     let routes: serde_json::Map<String, serde_json::Value> = ui::ROUTES
@@ -251,9 +264,14 @@ async fn page() -> Response {
 }
 
 async fn script() -> Response {
+    script_of(SCRIPT.as_str()).await
+}
+
+/// One of the page's scripts (app.js first: the others use what it defines).
+async fn script_of(text: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT.as_str(),
+        text,
     )
         .into_response()
 }

@@ -17,7 +17,7 @@ use super::{lock, App};
 use crate::api::ApiError;
 use crate::domain::session::{SessionFilter, SessionMeta, SessionState};
 use crate::recordings::format::{decode_events, Event};
-use crate::recordings::{export, screen};
+use crate::recordings::{export, screen, timeline};
 use crate::service::AuditSearch;
 use crate::wire::audit::AuditRecord;
 use crate::wire::dashboard::{AuditPage, AuditQuery, PlaybackBody, RecordingRow, RecordingsQuery};
@@ -137,6 +137,7 @@ async fn playback(
         let playback = screen::playback(size, &events, MAX_FRAMES);
         PlaybackBody {
             playback,
+            timeline: timeline::commands(&meta, &events),
             session: meta.into(),
         }
     })

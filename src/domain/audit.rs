@@ -216,6 +216,9 @@ pub struct Requested {
     pub ttl_secs: u64,
     pub reason: Option<String>,
     pub needs_approvals: u32,
+    /// The start asked for (`--start`), for a window that opens later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
 }
 
 /// `request-denied`: what was asked, and why not.
@@ -226,6 +229,8 @@ pub struct RequestDenied {
     pub ttl: Option<String>,
     pub reason: Option<String>,
     pub denied: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// `grant`: until when; who approved, when it took approvals.

@@ -238,16 +238,18 @@ pub fn user_cert_for<'a>(
     serial: u64,
     now: DateTime<Utc>,
 ) -> Result<UserCert<'a>, CertError> {
-    let end = match (grant.is_active(now), grant.end) {
+    let end = match (grant.is_held(now), grant.end) {
         (true, Some(end)) => end,
         _ => return Err(CertError::NotActive),
     };
+    // A grant approved ahead of its window: valid from its start.
+    let from = grant.start.map_or(now, |s| s.max(now));
     Ok(UserCert {
         key,
         serial,
         key_id: KeyId::of(grant).to_string(),
         principals: &step.principals,
-        window: Window::user(end, step, now),
+        window: Window::user(end, step, from),
         options: &step.options,
     })
 }
@@ -425,6 +427,7 @@ mod tests {
             ttl_secs: ttl,
             approvals_from: vec![],
             approvals_needed: 0,
+            start: None,
         };
         Grant::requested(asked, now)
     }

@@ -41,6 +41,9 @@ pub struct Grant {
     /// More time asked for while active, waiting for its approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<Extension>,
+    /// The start asked for (`--start`): the grant's window opens then, not when approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<DateTime<Utc>>,
 }
 
 /// An extension of an active grant waiting for approvals (`ramp-ca extend`).
@@ -54,12 +57,13 @@ pub struct Extension {
     pub approvals: Vec<Approval>,
 }
 
-/// Where a grant stands. A grant records pending, active, denied or revoked; expired is an
-/// active grant past its end, at a given time.
+/// Where a grant stands. A grant records pending, active, denied or revoked; scheduled is an
+/// active grant before its start and expired one past its end, at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Pending,
+    Scheduled,
     Active,
     Expired,
     Denied,
@@ -69,6 +73,7 @@ pub enum State {
 impl Vocabulary for State {
     const ALL: &'static [State] = &[
         State::Pending,
+        State::Scheduled,
         State::Active,
         State::Expired,
         State::Denied,
@@ -78,6 +83,7 @@ impl Vocabulary for State {
     fn label(self) -> &'static str {
         match self {
             State::Pending => "pending",
+            State::Scheduled => "scheduled",
             State::Active => "active",
             State::Expired => "expired",
             State::Denied => "denied",
@@ -120,6 +126,8 @@ pub struct Asked<'a> {
     pub ttl_secs: u64,
     pub approvals_from: Vec<String>,
     pub approvals_needed: u32,
+    /// When the window opens, if later than at once (`--start`).
+    pub start: Option<DateTime<Utc>>,
 }
 
 impl Grant {
@@ -144,6 +152,7 @@ impl Grant {
             approvals: Vec::new(),
             closed: None,
             extension: None,
+            scheduled: asked.start.filter(|s| *s > now),
         };
         if grant.approvals_needed == 0 {
             grant.activate(now);
@@ -151,12 +160,20 @@ impl Grant {
         grant
     }
 
-    /// The state at `now`: an active grant past its end is expired.
+    /// The state at `now`: an active grant before its start is scheduled, past its end
+    /// expired.
     pub fn state_at(&self, now: DateTime<Utc>) -> State {
         match self.state {
             State::Active if self.end.is_some_and(|e| e <= now) => State::Expired,
+            State::Active if self.start.is_some_and(|s| s > now) => State::Scheduled,
             recorded => recorded,
         }
+    }
+
+    /// Approved and not yet ended at `now`: active, or scheduled to start later. What a
+    /// step climbing from this one may stand on, and what a certificate may be minted from.
+    pub fn is_held(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.state_at(now), State::Active | State::Scheduled)
     }
 
     /// Active at `now`: what a certificate, a login and a live session need.
@@ -164,16 +181,27 @@ impl Grant {
         self.state_at(now) == State::Active
     }
 
-    /// Pending or active at `now`: a request still open, or a grant still held.
+    /// Pending, scheduled or active at `now`: a request still open, or a grant still held.
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
-        matches!(self.state_at(now), State::Active | State::Pending)
+        matches!(
+            self.state_at(now),
+            State::Active | State::Scheduled | State::Pending
+        )
     }
 
-    /// Makes the grant active from `now` for its ttl.
+    /// When the window opens if the grant were approved at `now`: its scheduled start, or
+    /// `now` once that has passed.
+    pub fn opens_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.scheduled.map_or(now, |s| s.max(now))
+    }
+
+    /// Makes the grant active for its ttl from `now`, or from its scheduled start when that
+    /// is later (approved ahead of its window).
     pub fn activate(&mut self, now: DateTime<Utc>) {
+        let start = self.opens_at(now);
         self.state = State::Active;
-        self.start = Some(now);
-        self.end = Some(now + chrono::Duration::seconds(self.ttl_secs as i64));
+        self.start = Some(start);
+        self.end = Some(start + chrono::Duration::seconds(self.ttl_secs as i64));
     }
 
     /// Records one approval; true when it was the last one needed.
@@ -294,7 +322,7 @@ pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime
                     o.user == g.user
                         && o.contract == g.contract
                         && o.step == after
-                        && o.is_active(now)
+                        && o.is_held(now)
                         && !gone.contains(&o.id)
                 })
                 .filter_map(|o| o.end)
@@ -342,6 +370,7 @@ mod tests {
             ttl_secs: 60,
             approvals_from: vec!["sre-lead".into()],
             approvals_needed: needed,
+            start: None,
         }
     }
 

@@ -53,6 +53,8 @@ pub enum Refusal {
     OtherGrant { key_id: String, grant: String },
     #[error("grant {grant} is {state}")]
     GrantEnded { grant: String, state: State },
+    #[error("grant {grant} is scheduled: its window opens at {opens}")]
+    NotOpenYet { grant: String, opens: String },
     #[error("`{user}` is no longer entitled to `{contract}` in the policies")]
     NotEntitled { user: String, contract: String },
     #[error("unknown target `{0}`: not in hosts.yaml")]
@@ -163,6 +165,7 @@ impl Refusal {
             Refusal::WrongPrincipal(_)
                 | Refusal::NotCovered { .. }
                 | Refusal::GrantEnded { .. }
+                | Refusal::NotOpenYet { .. }
                 | Refusal::Revoked(_)
                 | Refusal::SourceAddress { .. }
         )
@@ -173,7 +176,9 @@ impl Refusal {
             Refusal::NotUserCert => Label::NotUserCert,
             Refusal::UntrustedCa(_) => Label::UnknownCa,
             Refusal::BadSignature => Label::BadSignature,
-            Refusal::NotYetValid(_) | Refusal::KeyNotYetValid { .. } => Label::NotYetValid,
+            Refusal::NotYetValid(_)
+            | Refusal::KeyNotYetValid { .. }
+            | Refusal::NotOpenYet { .. } => Label::NotYetValid,
             Refusal::Expired(_) | Refusal::KeyExpired { .. } => Label::Expired,
             Refusal::NoPrincipals | Refusal::WrongPrincipal(_) => Label::Principal,
             Refusal::UnknownCriticalOption(_) => Label::CriticalOption,
@@ -326,6 +331,13 @@ pub fn granted(
 pub fn still_valid(grant: &Grant, now: DateTime<Utc>) -> Result<(), Refusal> {
     match grant.state_at(now) {
         State::Active => Ok(()),
+        State::Scheduled => Err(Refusal::NotOpenYet {
+            grant: grant.id.clone(),
+            opens: grant
+                .start
+                .map(crate::domain::policy::stamp)
+                .unwrap_or_default(),
+        }),
         state => Err(Refusal::GrantEnded {
             grant: grant.id.clone(),
             state,

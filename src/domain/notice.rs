@@ -43,6 +43,9 @@ fn hint(p: &Policies, user: &str, login_name: &str, refusal: &Refusal) -> Option
             ask_for(p, user, target)
         )),
         Refusal::Busy { .. } => Some("log out of a session you no longer use".into()),
+        Refusal::NotOpenYet { .. } => {
+            Some("log in again once it opens (ramp-ca grants counts down to it)".into())
+        }
         Refusal::Ledger(_) => Some("the ledger is unavailable; try again shortly".into()),
         _ => None,
     }

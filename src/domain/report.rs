@@ -146,6 +146,7 @@ mod tests {
                 .unwrap_or_default(),
             closed: None,
             extension: None,
+            scheduled: None,
         }
     }
 

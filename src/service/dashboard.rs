@@ -1,5 +1,5 @@
 //! What the dashboard asks: the live view as its user may see it (with what they may do
-//! about each row), and the audit records of its logins.
+//! about each row), the Review page's queue, and the audit records of its logins.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,8 +11,11 @@ use crate::domain::audit::{DashboardLinked, DashboardLoggedIn, Entry};
 use crate::domain::grant::{Grant, State};
 use crate::domain::policy::ROLE_ADMIN;
 use crate::domain::policy::{format_duration, Policies};
+use crate::domain::review::{self, ReviewState};
 use crate::domain::session::{SessionMeta, SessionState};
-use crate::wire::dashboard::{self, ActiveRow, LiveRow, Me, PendingRow, Requestable, StepChoice};
+use crate::wire::dashboard::{
+    self, ActiveRow, LiveRow, Me, PendingRow, Requestable, ReviewRow, StepChoice,
+};
 use crate::wire::grants::{Outcome, RequestBody};
 
 /// The contracts `user` holds a requester role of, with their steps.
@@ -69,7 +72,8 @@ impl Service {
         let grants: HashMap<&str, &Grant> = open.iter().map(|g| (g.id.as_str(), g)).collect();
         for g in open.iter().filter(|g| super::access::may_see(&p, user, g)) {
             match g.state_at(now) {
-                State::Active => {
+                // A window approved ahead is listed with the grants, counting down to its start.
+                State::Active | State::Scheduled => {
                     // An extension waiting for approvals is a request too.
                     if let Some(e) = &g.extension {
                         let already: Vec<String> =
@@ -140,6 +144,7 @@ impl Service {
                 admin: p.has_role(user, ROLE_ADMIN),
                 csrf: web.csrf.to_string(),
                 expires: web.expires,
+                may_review: self.may_review_any(user, now),
                 reviewer,
                 roles: p.roles_of(user),
                 user: user.to_string(),
@@ -148,6 +153,33 @@ impl Service {
             pending,
             requestable: requestable(&p, user),
         })
+    }
+
+    /// The Review page's queue: [`Service::review_queue`] (the command line's), each entry
+    /// with its grant's contract and step and when it is due. One read of the session
+    /// metadata, and one of each grant the queue names.
+    pub async fn review_page(&self, who: &str, now: DateTime<Utc>) -> Result<Vec<ReviewRow>> {
+        let queue = self.review_queue(who, now).await?;
+        let mut grants: HashMap<String, Option<Grant>> = HashMap::new();
+        for s in &queue {
+            if !grants.contains_key(&s.grant) {
+                let g = self.store.grant(&s.grant).await?;
+                grants.insert(s.grant.clone(), g);
+            }
+        }
+        Ok(queue
+            .into_iter()
+            .map(|s| {
+                let grant = grants.get(&s.grant).and_then(Option::as_ref);
+                ReviewRow {
+                    contract: grant.map(|g| g.contract.clone()),
+                    step: grant.map(|g| g.step.clone()),
+                    due: review::due(&s),
+                    overdue: matches!(review::state(&s, now), ReviewState::Overdue(_)),
+                    session: s.into(),
+                }
+            })
+            .collect())
     }
 
     /// Files a request made on the page: as `ramp-ca request` does (no certificate is minted:

@@ -3,13 +3,13 @@
 //! same approvers and rules, never by its holder), or given at once when the step needs no
 //! approval. Live sessions read the grant's end, so they run on to the new one.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use russh::keys::ssh_key::PublicKey;
 
 use super::{Result, Service, ServiceError};
 use crate::domain::audit::{ApprovalRefused, Approved, Denied, Entry, Extended};
 use crate::domain::grant::{Approval, Extension, Grant, State};
-use crate::domain::policy::{self, format_duration, Policies, Step};
+use crate::domain::policy::{self, Decision, Policies, Step};
 use crate::store::{Change, GrantChanges};
 use crate::wire::grants::{ExtendBody, Outcome};
 
@@ -68,22 +68,29 @@ impl Service {
                 body.ttl
             ))
         })?;
-        let (contract, step) = step_of(&p, &grant)?;
+        let (_, step) = step_of(&p, &grant)?;
         crate::domain::login::still_entitled(&p, user, &grant.contract)
             .map_err(|why| ServiceError::Denied(why.to_string()))?;
         let reason = body.reason.as_deref().filter(|r| !r.trim().is_empty());
-        if let Some(why) = contract.reason.refusal(&contract.name, reason) {
-            return Err(ServiceError::BadRequest(why));
-        }
-        let (from, to) = (grant.end, grant.end.unwrap_or(now) + chrono_of(more));
-        self.check_new_end(tx, &p, &grant, step, to, now).await?;
-        let rule = step.approvals.as_ref().and_then(|a| {
-            a.auto
-                .iter()
-                .find(|r| r.matches(&p, user, reason))
-                .map(|r| r.name.clone())
-        });
-        let needed = step.approvals.as_ref().map_or(0, |a| a.count);
+        let from = grant.end;
+        let ask = policy::ExtensionAsk {
+            user,
+            contract: &grant.contract,
+            step: &grant.step,
+            reason,
+            start: grant.start.unwrap_or(now),
+            end: grant.end.unwrap_or(now),
+            more,
+        };
+        let to = ask.to();
+        let (needed, rule) = match policy::decide_extension(&p, &ask) {
+            Decision::Deny { reason, .. } => {
+                return Err(ServiceError::BadRequest(format!("grant {id}: {reason}")))
+            }
+            Decision::Grant { by_rule, .. } => (0, by_rule),
+            Decision::NeedsApproval { count, .. } => (count, None),
+        };
+        self.check_climbed_from(tx, &grant, step, to, now).await?;
         let extended = |pending, approvers, by_rule| Extended {
             from,
             to,
@@ -92,7 +99,7 @@ impl Service {
             approvers,
             by_rule,
         };
-        if needed > 0 && rule.is_none() {
+        if needed > 0 {
             grant.extension = Some(Extension {
                 end: to,
                 reason: reason.map(String::from),
@@ -145,31 +152,15 @@ impl Service {
         })
     }
 
-    /// Refuses an end past the step's max_ttl from the grant's start, or past the end of the
-    /// grant it climbed from.
-    async fn check_new_end(
+    /// Refuses an end past the end of the grant `grant` climbed from.
+    async fn check_climbed_from(
         &self,
         tx: &mut GrantChanges<'_>,
-        p: &Policies,
         grant: &Grant,
         step: &Step,
         to: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let start = grant.start.unwrap_or(now);
-        let limit = start + chrono_of(step.max_ttl);
-        if to > limit {
-            let left = (limit - grant.end.unwrap_or(now)).num_seconds().max(0) as u64;
-            return Err(ServiceError::BadRequest(format!(
-                "extending grant {} to {} is past step `{}`'s max_ttl {} from its start ({}): at most {} more",
-                grant.id,
-                at(to),
-                grant.step,
-                format_duration(step.max_ttl),
-                at(start),
-                format_duration(std::time::Duration::from_secs(left))
-            )));
-        }
         if let Some(after) = &step.after {
             let held = tx.held_steps(&grant.user, now).await?;
             let below = held
@@ -195,7 +186,6 @@ impl Service {
                 }
             }
         }
-        let _ = p;
         Ok(())
     }
 
@@ -248,7 +238,10 @@ impl Service {
         if ext.approvals.len() as u32 >= ext.approvals_needed {
             let (_, step) = step_of(&p, &grant)?;
             // Checked again: the grant it climbed from may have ended or moved meanwhile.
-            match self.check_new_end(tx, &p, &grant, step, ext.end, now).await {
+            match self
+                .check_climbed_from(tx, &grant, step, ext.end, now)
+                .await
+            {
                 Ok(()) => {
                     let extended = Extended {
                         from: grant.end,
@@ -328,8 +321,4 @@ fn step_of<'p>(p: &'p Policies, g: &Grant) -> Result<(&'p policy::Contract, &'p 
             g.what()
         ))),
     }
-}
-
-fn chrono_of(d: std::time::Duration) -> Duration {
-    Duration::seconds(d.as_secs() as i64)
 }

@@ -8,15 +8,16 @@ use russh::keys::ssh_key::PublicKey;
 
 use super::access::{may_approve, may_deny, may_see};
 use super::{new_id, Result, Service, ServiceError, MAX_GRANT_WAIT};
-use crate::domain::audit::{
-    ApprovalRefused, Approved, Denied, Entry, Granted, Issued, RequestDenied, Requested,
-};
+use crate::domain::audit::{Entry, Granted, Issued, RequestDenied, Requested};
 use crate::domain::cert::{self, CertError, CertKind, CertRecord, Minted};
-use crate::domain::grant::{Asked, Grant, State, SERVICE_ACTOR};
+use crate::domain::grant::{Asked, Grant, State};
 use crate::domain::policy::{self, Decision, Policies};
 use crate::metrics::RequestOutcome;
 use crate::store::{Change, GrantChanges, GrantNews};
 use crate::wire::grants::{GrantView, Outcome, RequestBody};
+
+/// Most windows asked for ahead (`--start`) one person may have open at once.
+pub const MAX_SCHEDULED: usize = 16;
 
 /// A certificate just minted: its line and its serial.
 pub(super) struct NewCert {
@@ -49,21 +50,36 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no grant or request with id `{id}`")))
     }
 
-    /// Decides a request against the requester's grants active at `now`.
-    async fn decide(
+    /// Decides a request against the requester's grants active at `now`, or, for a window
+    /// asked for ahead, those that will be active when it opens.
+    pub(super) async fn decide(
         &self,
         tx: &mut GrantChanges<'_>,
         p: &Policies,
         req: &policy::Request<'_>,
         now: DateTime<Utc>,
     ) -> Result<Decision> {
-        let steps = tx.held_steps(req.user, now).await?;
+        let steps: Vec<(String, String, DateTime<Utc>)> = match req.start.filter(|s| *s > now) {
+            Some(start) => tx
+                .open_grants_of(&[req.user], now)
+                .await?
+                .into_iter()
+                .filter(|g| g.is_active(start))
+                .filter_map(|g| Some((g.contract, g.step, g.end?)))
+                .collect(),
+            None => tx
+                .held_steps(req.user, now)
+                .await?
+                .into_iter()
+                .map(|h| (h.contract, h.step, h.end))
+                .collect(),
+        };
         let held: Vec<policy::Held<'_>> = steps
             .iter()
-            .map(|h| policy::Held {
-                contract: &h.contract,
-                step: &h.step,
-                end: h.end,
+            .map(|(contract, step, end)| policy::Held {
+                contract,
+                step,
+                end: *end,
             })
             .collect();
         Ok(policy::decide(p, req, &held, now))
@@ -154,12 +170,17 @@ impl Service {
     ) -> Result<Outcome> {
         let id = &grant.id;
         let mut minted = None;
-        if grant.is_active(now) {
-            let end = grant
-                .end
-                .map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        if grant.is_held(now) {
+            let end = grant.end.map(policy::stamp);
+            let from = match grant.state_at(now) {
+                State::Scheduled => format!(
+                    " from {}",
+                    grant.start.map(policy::stamp).unwrap_or_default()
+                ),
+                _ => String::new(),
+            };
             reasons.push(format!(
-                "you already hold grant {id} of this step until {}; {}",
+                "you already hold grant {id} of this step{from} until {}; {}",
                 end.unwrap_or_default(),
                 if certify {
                     "the certificate comes from it (no new request filed)"
@@ -184,6 +205,36 @@ impl Service {
             reasons,
             existing: true,
         })
+    }
+
+    /// `user`'s open window of `contract`/`step` asked for ahead from `start`, if any; none
+    /// when they have [`MAX_SCHEDULED`] windows open already (each is a grant or a request of
+    /// its own, so their number is bounded).
+    async fn scheduled_twin(
+        &self,
+        tx: &mut GrantChanges<'_>,
+        user: &str,
+        contract: &str,
+        step: &str,
+        start: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Grant>> {
+        let ahead: Vec<Grant> = tx
+            .open_grants_of(&[user], now)
+            .await?
+            .into_iter()
+            .filter(|g| g.scheduled.is_some_and(|s| s > now))
+            .collect();
+        let twin = ahead
+            .iter()
+            .find(|g| g.contract == contract && g.step == step && g.scheduled == Some(start));
+        if twin.is_none() && ahead.len() >= MAX_SCHEDULED {
+            return Err(ServiceError::Conflict(format!(
+                "you have {} windows asked for ahead already (at most {MAX_SCHEDULED}): withdraw one (ramp-ca deny ID --reason ...) or wait for one to open",
+                ahead.len()
+            )));
+        }
+        Ok(twin.cloned())
     }
 
     /// A request for a step: granted, pending approval, or denied (and audited either way).
@@ -216,12 +267,17 @@ impl Service {
             })?),
             None => None,
         };
+        let start = match body.start.as_deref() {
+            Some(t) => Some(policy::parse_start(t, now).map_err(ServiceError::BadRequest)?),
+            None => None,
+        };
         let req = policy::Request {
             user,
             contract: &body.contract,
             step: body.step.as_deref(),
             reason: body.reason.as_deref(),
             ttl,
+            start,
         };
         let decision = self.decide(tx, &p, &req, now).await?;
         let (step, ttl, from, count) = match &decision {
@@ -232,6 +288,7 @@ impl Service {
                     ttl: body.ttl.clone(),
                     reason: body.reason.clone(),
                     denied: reason.clone(),
+                    start: body.start.clone(),
                 };
                 let entry = Entry::new(user, &body.contract, denied);
                 tx.commit(Change::audit(vec![entry]), now).await?;
@@ -247,7 +304,18 @@ impl Service {
                 ..
             } => (step.clone(), *ttl, from.clone(), *count),
         };
-        let held = tx.own_open_grant(user, &body.contract, &step, now).await?;
+        // A window asked for ahead is its own request, never answered by a grant held now;
+        // asked again for the same start, it is answered from the first.
+        let held = match start {
+            Some(start) => {
+                self.scheduled_twin(tx, user, &body.contract, &step, start, now)
+                    .await?
+            }
+            None => tx
+                .own_open_grant(user, &body.contract, &step, now)
+                .await?
+                .filter(|g| g.scheduled.is_none()),
+        };
         if let Some(held) = held {
             let reasons = decision.reasons().to_vec();
             return self
@@ -263,6 +331,7 @@ impl Service {
             ttl_secs: ttl.as_secs(),
             approvals_from: from,
             approvals_needed: count,
+            start,
         };
         let grant = Grant::requested(asked, now);
         let requested = Requested {
@@ -271,9 +340,10 @@ impl Service {
             ttl_secs: grant.ttl_secs,
             reason: grant.reason.clone(),
             needs_approvals: count,
+            start: grant.scheduled,
         };
         let mut change = Change::audit(vec![Entry::new(user, &grant.id, requested)]);
-        if grant.is_active(now) {
+        if grant.is_held(now) {
             // Approved by a rule: the chain names it (and the reason it matched).
             let by_rule = match &decision {
                 Decision::Grant {
@@ -290,7 +360,8 @@ impl Service {
             change.entries.push(Entry::new(user, &grant.id, granted));
         }
         let mut certificate = None;
-        if body.certify && grant.is_active(now) {
+        // A window approved ahead gets its certificate now, valid from the window's start.
+        if body.certify && grant.is_held(now) {
             let (minted, record, entry) = self.mint(tx, &p, &grant, key, now).await?;
             change.entries.push(entry);
             change.certs.push(record);
@@ -345,7 +416,8 @@ impl Service {
             )));
         }
         match grant.state_at(now) {
-            State::Active => {}
+            // Before its window, a certificate valid from its start.
+            State::Active | State::Scheduled => {}
             State::Pending => {
                 return Err(ServiceError::Conflict(format!(
                     "grant `{id}` is still pending: {} of {} approvals",
@@ -363,174 +435,6 @@ impl Service {
             reasons: Vec::new(),
             existing: false,
         })
-    }
-
-    /// A pending request, or why it is not one.
-    async fn pending_or_409(
-        &self,
-        tx: &mut GrantChanges<'_>,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Grant> {
-        let grant = self.grant_or_404(tx, id).await?;
-        match grant.state_at(now) {
-            State::Pending => Ok(grant),
-            other => Err(ServiceError::Conflict(format!(
-                "request `{id}` is {other}, not pending"
-            ))),
-        }
-    }
-
-    /// An approval; the last one needed activates the grant.
-    pub async fn approve(&self, approver: &str, id: &str, now: DateTime<Utc>) -> Result<Outcome> {
-        let mut tx = self.grant_changes().await?;
-        let out = self.approve_locked(&mut tx, approver, id, now).await;
-        Service::settle(tx, out).await
-    }
-
-    async fn approve_locked(
-        &self,
-        tx: &mut GrantChanges<'_>,
-        approver: &str,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Outcome> {
-        let p = self.policies();
-        let found = self.grant_or_404(tx, id).await?;
-        if found.extension.is_some() && found.is_active(now) {
-            return self.approve_extension(tx, approver, found, now).await;
-        }
-        let mut grant = self.pending_or_409(tx, id, now).await?;
-        if let Some(why) = policy::approval_refusal(
-            &p,
-            &grant.contract,
-            &grant.step,
-            &grant.user,
-            approver,
-            &grant.approvers(),
-        ) {
-            let refused = ApprovalRefused {
-                reason: why.clone(),
-            };
-            let entry = Entry::new(approver, id, refused);
-            tx.commit(Change::audit(vec![entry]), now).await?;
-            return Err(ServiceError::Denied(why));
-        }
-        let complete = grant.approve(approver, now);
-        let approved = Approved {
-            approvals: grant.approvals.len() as u64,
-            needed: grant.approvals_needed,
-            extension: false,
-        };
-        let mut entries = vec![Entry::new(approver, id, approved)];
-        let mut reasons = Vec::new();
-        if complete {
-            // Re-decide at activation: the step it climbs from may have ended meanwhile.
-            let req = policy::Request {
-                user: &grant.user,
-                contract: &grant.contract,
-                step: Some(&grant.step),
-                reason: grant.reason.as_deref(),
-                ttl: Some(Duration::from_secs(grant.ttl_secs)),
-            };
-            match self.decide(tx, &p, &req, now).await? {
-                Decision::Deny { reason, .. } => {
-                    let why = format!("could not activate after approval: {reason}");
-                    grant.close(State::Denied, SERVICE_ACTOR, now, &why);
-                    let denied = Denied {
-                        reason: reason.clone(),
-                        extension: false,
-                    };
-                    entries.push(Entry::new(SERVICE_ACTOR, id, denied));
-                    reasons.push(reason);
-                }
-                d => {
-                    if let Decision::Grant { ttl, .. } | Decision::NeedsApproval { ttl, .. } = &d {
-                        grant.ttl_secs = grant.ttl_secs.min(ttl.as_secs());
-                    }
-                    reasons = d.reasons().to_vec();
-                    grant.activate(now);
-                    let granted = Granted {
-                        end: grant.end,
-                        approvers: Some(grant.approvers()),
-                        by_rule: None,
-                        node: Some(self.node.clone()),
-                    };
-                    entries.push(Entry::new(approver, id, granted));
-                }
-            }
-        }
-        let change = Change {
-            grants: vec![grant.clone()],
-            entries,
-            ..Change::default()
-        };
-        tx.commit(change, now).await?;
-        self.metrics.approval();
-        Ok(Outcome {
-            grant: self.view(&p, &grant, now),
-            certificate: None,
-            serial: None,
-            reasons,
-            existing: false,
-        })
-    }
-
-    /// A denial by an eligible approver, or the requester withdrawing their own request.
-    pub async fn deny(
-        &self,
-        who: &str,
-        id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<GrantView> {
-        let mut tx = self.grant_changes().await?;
-        let out = self.deny_locked(&mut tx, who, id, reason, now).await;
-        Service::settle(tx, out).await
-    }
-
-    async fn deny_locked(
-        &self,
-        tx: &mut GrantChanges<'_>,
-        who: &str,
-        id: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<GrantView> {
-        let p = self.policies();
-        let found = self.grant_or_404(tx, id).await?;
-        let extension = found.extension.is_some() && found.is_active(now);
-        let mut grant = match extension {
-            true => found,
-            false => self.pending_or_409(tx, id, now).await?,
-        };
-        if reason.trim().is_empty() {
-            return Err(ServiceError::BadRequest(
-                "a denial needs a reason (--reason)".into(),
-            ));
-        }
-        if extension && may_deny(&p, who, &grant) {
-            let grant = self.deny_extension(tx, who, grant, reason, now).await?;
-            return Ok(self.view(&p, &grant, now));
-        }
-        if !may_deny(&p, who, &grant) {
-            return Err(ServiceError::Denied(format!(
-                "`{who}` may not deny this request: it takes one of the roles {} (or ramp-admin)",
-                grant.approvals_from.join(", ")
-            )));
-        }
-        grant.close(State::Denied, who, now, reason);
-        let denied = Denied {
-            reason: reason.to_string(),
-            extension: false,
-        };
-        let change = Change {
-            grants: vec![grant.clone()],
-            entries: vec![Entry::new(who, id, denied)],
-            ..Change::default()
-        };
-        tx.commit(change, now).await?;
-        Ok(self.view(&p, &grant, now))
     }
 
     /// Grants the caller may see: their own; everything for admins and auditors; pending

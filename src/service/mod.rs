@@ -6,6 +6,7 @@
 //! argument so tests can move the clock.
 
 mod access;
+mod approvals;
 mod audit;
 mod bastion;
 mod dashboard;
@@ -247,6 +248,7 @@ impl Service {
         for grant in self.store.open_grants(now).await? {
             match grant.state_at(now) {
                 State::Active => gauges.active_grants += 1,
+                State::Scheduled => gauges.scheduled_grants += 1,
                 State::Pending => gauges.pending_requests += 1,
                 _ => {}
             }

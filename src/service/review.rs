@@ -98,6 +98,12 @@ impl Service {
             .collect())
     }
 
+    /// Whether `who` holds, at `now`, a role some step's review names (see
+    /// [`crate::domain::policy::Policies::reviews_any`]): the dashboard's Review page is for them.
+    pub fn may_review_any(&self, who: &str, now: DateTime<Utc>) -> bool {
+        self.policies().reviews_any(&self.roles_at(who, now))
+    }
+
     /// Whether `who` may read session `s` at `now` to review it.
     pub(crate) fn may_review(&self, who: &str, s: &SessionMeta, now: DateTime<Utc>) -> bool {
         review::may_review(s, who, &self.roles_at(who, now))

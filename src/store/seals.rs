@@ -490,6 +490,7 @@ mod tests {
             ttl_secs: 60,
             reason: None,
             needs_approvals: 0,
+            start: None,
         };
         audit(&store, "g1", request).await;
         let m = recorded(&store, "s1", b"DROP TABLE users;\r\n").await;

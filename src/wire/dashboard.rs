@@ -1,5 +1,5 @@
-//! The dashboard's bodies: its live state, login links, recordings, playback frames and the
-//! audit page, as the page's script reads them.
+//! The dashboard's bodies: its live state, login links, recordings, playback frames, the
+//! review queue and the audit page, as the page's script reads them.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,8 @@ pub struct Me {
     /// The token every change must carry in `x-ramp-csrf`.
     pub csrf: String,
     pub expires: DateTime<Utc>,
+    /// Holds a role some step's review names: the Review page is for them.
+    pub may_review: bool,
     pub reviewer: bool,
     pub roles: Vec<String>,
     pub user: String,
@@ -133,6 +135,23 @@ pub struct RecordingRow {
 pub struct PlaybackBody {
     pub playback: Playback,
     pub session: Session,
+    /// Its command timeline, as `sessions show ID --commands --json` has it (that type's
+    /// JSON is already the wire's, like a flag's).
+    pub timeline: Vec<crate::recordings::timeline::Entry>,
+}
+
+/// One entry of the Review page's queue (`GET /ui/api/reviews`): the session, its grant's
+/// contract and step, and when its review is due.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewRow {
+    #[serde(flatten)]
+    pub session: Session,
+    /// None when its grant is no longer in the ledger.
+    pub contract: Option<String>,
+    pub step: Option<String>,
+    pub due: Option<DateTime<Utc>>,
+    /// Past `due`.
+    pub overdue: bool,
 }
 
 /// One step of the screen: the rows that changed at `t` (ms since the session started).

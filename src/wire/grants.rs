@@ -21,6 +21,9 @@ pub struct RequestBody {
     /// Mint a certificate for the signing key right away when granted.
     #[serde(default)]
     pub certify: bool,
+    /// A window that opens later: RFC 3339, or `+2h` from now (at most 30 days ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// `POST /v1/grants/{id}/extend`: more time on an active grant.
@@ -167,6 +170,9 @@ pub struct Grant {
     /// More time asked for, waiting for approvals (`ramp-ca extend`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension: Option<Extension>,
+    /// The start asked for (`--start`): the window opens then, not at approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<DateTime<Utc>>,
 }
 
 /// A pending extension: the end it would move to, why, and its approvals so far.
@@ -206,6 +212,7 @@ impl From<&grant::Grant> for Grant {
             requested_at: g.requested_at,
             state: g.state,
             start: g.start,
+            scheduled: g.scheduled,
             end: g.end,
             approvals_from: g.approvals_from.clone(),
             approvals_needed: g.approvals_needed,

@@ -70,6 +70,10 @@ pub mod ui {
     pub const ROOT: &str = "/ui";
     pub const PAGE: &str = "/ui/";
     pub const SCRIPT: &str = "/ui/app.js";
+    /// The terminal player (recordings, Watch, the Review page) with its side panel.
+    pub const PLAYER_SCRIPT: &str = "/ui/player.js";
+    /// The Review page: the queue and the verdict form.
+    pub const REVIEW_SCRIPT: &str = "/ui/review.js";
     pub const STYLE: &str = "/ui/app.css";
     /// `GET ?token=T`: spends a login link.
     pub const LOGIN: &str = "/ui/login";
@@ -86,9 +90,13 @@ pub mod ui {
     pub const ASCIICAST: &str = "/ui/api/recordings/{id}/asciicast";
     pub const FOLLOW: &str = "/ui/api/recordings/{id}/follow";
     pub const AUDIT: &str = "/ui/api/audit";
+    /// `GET`: the browser's user's review queue (`dashboard::ReviewRow`s), due first first.
+    pub const REVIEWS: &str = "/ui/api/reviews";
+    /// `POST` [`super::sessions::ReviewBody`]: their verdict on an ended session.
+    pub const REVIEW: &str = "/ui/api/reviews/{id}";
 
     /// The routes the page's script calls, by the name it uses.
-    pub const ROUTES: [(&str, &str); 13] = [
+    pub const ROUTES: [(&str, &str); 15] = [
         ("logout", LOGOUT),
         ("state", STATE),
         ("stream", STREAM),
@@ -102,6 +110,8 @@ pub mod ui {
         ("asciicast", ASCIICAST),
         ("follow", FOLLOW),
         ("audit", AUDIT),
+        ("reviews", REVIEWS),
+        ("review", REVIEW),
     ];
 }
 

@@ -16,7 +16,7 @@ use crate::{json, ALICE, BOB, CAROL};
 /// The test contract `guarded` (sre on db-1): one step reviewed by sre-lead within a day,
 /// with rules refusing DROP TABLE and sftp/scp writes under /tmp/ramp-guarded, flagging
 /// `rm -rf`.
-fn guarded(rig: &Rig) {
+pub(crate) fn guarded(rig: &Rig) {
     rig.dir.write(
         "policies/guarded.yaml",
         "contract: guarded\n\

@@ -8,6 +8,14 @@ const route = (name, id) => ROUTES[name].replace("{id}", id);
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+// Text from users with its control characters written as escapes, as the server's `shown`
+// writes them (`\n`, `\x1b`, `\u{9b}`); `txt` then escapes it for HTML.
+const shownText = (s) => String(s ?? "").replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
+  const named = { "\n": "\\n", "\r": "\\r", "\t": "\\t" }[c];
+  const code = c.charCodeAt(0);
+  return named ?? (code < 0x80 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`);
+});
+const txt = (s) => esc(shownText(s));
 
 let state = null;
 let skew = 0; // server clock minus ours, ms
@@ -116,6 +124,7 @@ function render(s) {
   document.body.classList.remove("logged-out");
   $("#me").innerHTML = `${esc(s.me.user)} <span class="muted">(${esc(s.me.roles.join(", ") || "no roles")})</span>`;
   document.querySelectorAll(".reviewer").forEach((el) => el.classList.toggle("hidden", !s.me.reviewer));
+  document.querySelectorAll(".may-review").forEach((el) => el.classList.toggle("hidden", !s.me.may_review));
   // The badge counts what waits for this viewer: requests they may still approve.
   $("#n-access").textContent = s.pending.filter((p) => p.can_approve).length || "";
   $("#n-pending").textContent = s.pending.length;
@@ -132,7 +141,8 @@ function render(s) {
     const asked = ext ? ext.approvals : g.approvals;
     const approvals = `${asked.length} / ${ext ? ext.approvals_needed : g.approvals_needed}` + (asked.length ? ` <span class="muted">(${asked.map((a) => esc(a.by)).join(", ")})</span>` : "") +
       `<div class="muted">from ${esc(g.approvals_from.join(" or "))}</div>`;
-    const ttl = ext ? `extend to ${new Date(ext.end).toLocaleTimeString()}` : fmtTtl(g.ttl_secs);
+    const ttl = ext ? `extend to ${new Date(ext.end).toLocaleTimeString()}`
+      : fmtTtl(g.ttl_secs) + (g.scheduled ? ` from ${new Date(g.scheduled).toLocaleString()}` : "");
     const why = ext ? ext.reason || "" : g.reason || "";
     return `<tr data-grant="${esc(g.id)}"${v.break_glass ? ` class="glass-row"` : ""}>
       <td data-label="requested">${ago(g.requested_at)}</td><td data-label="user"><b>${esc(g.user)}</b></td>
@@ -149,7 +159,9 @@ function render(s) {
   active.innerHTML = s.active.map(({ grant: v, can_revoke }) => {
     const g = v;
     return `<tr data-grant="${esc(g.id)}">
-      <td data-label="time left"><span class="left" data-until="${esc(g.end)}"></span></td><td data-label="user"><b>${esc(g.user)}</b></td>
+      <td data-label="time left">${g.state === "scheduled"
+        ? `<span class="opens">opens in <span class="left" data-opens="${esc(g.start)}"></span></span>`
+        : `<span class="left" data-until="${esc(g.end)}"></span>`}</td><td data-label="user"><b>${esc(g.user)}</b></td>
       <td data-label="step">${stepCell(v)}</td><td data-label="grants" class="grants">${grantsCell(v)}</td>
       <td data-label="reason">${esc(g.reason || "")}</td><td data-label="grant" class="id">${esc(g.id)}</td>
       <td class="actions">${can_revoke ? `<button class="bad" data-act="revoke">Revoke</button>` : ""}</td></tr>`;
@@ -190,6 +202,10 @@ function tick() {
     const l = left(el.dataset.until);
     el.textContent = l.text;
     el.className = "left " + l.cls;
+  });
+  // A window approved ahead counts down to its start.
+  document.querySelectorAll("[data-opens]").forEach((el) => {
+    el.textContent = left(el.dataset.opens).text;
   });
 }
 setInterval(tick, 1000);
@@ -281,6 +297,8 @@ $("#request").addEventListener("submit", async (e) => {
     const take = `take its certificate with: ramp-ca sign --grant ${g.id}`;
     if (g.state === "active") {
       toast(`Granted ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}: ${take}`, "good");
+    } else if (g.state === "scheduled") {
+      toast(`Granted ${g.contract}/${g.step} from ${new Date(g.start).toLocaleString()} until ${new Date(g.end).toLocaleString()}: ${take}`, "good");
     } else {
       toast(`Requested ${g.contract}/${g.step}: waiting for ${g.approvals_needed - g.approvals.length} approval(s) from ${g.approvals_from.join(" or ")}; then ${take}`, "info");
     }
@@ -299,6 +317,8 @@ function approved(out) {
   const g = out.grant;
   if (g.state === "active") {
     toast(`Approved: ${g.user} holds ${g.contract}/${g.step} until ${new Date(g.end).toLocaleTimeString()}`, "good");
+  } else if (g.state === "scheduled") {
+    toast(`Approved ahead: ${g.user} holds ${g.contract}/${g.step} from ${new Date(g.start).toLocaleString()}`, "good");
   } else if (g.state === "pending") {
     const left = g.approvals_needed - g.approvals.length;
     toast(`Approved ${g.approvals.length} of ${g.approvals_needed}: still pending (${left} more from ${g.approvals_from.join(" or ")})`, "info");
@@ -373,11 +393,16 @@ document.addEventListener("keydown", (e) => {
 // --- views ----------------------------------------------------------------------------
 
 function show() {
-  const view = (location.hash || "#access").slice(1);
+  // `#review/ID` is the Review page with that session open.
+  const [view, arg] = (location.hash || "#access").slice(1).split("/");
   document.querySelectorAll(".view").forEach((v) => v.classList.toggle("hidden", v.id !== `view-${view}`));
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("on", a.dataset.view === view));
   if (view === "recordings") search();
   if (view === "audit") audit();
+  if (view === "review") {
+    reviews();
+    if (arg) openReview(arg);
+  }
 }
 window.addEventListener("hashchange", show);
 
@@ -485,140 +510,6 @@ document.addEventListener("click", (e) => {
   }
 });
 
-// --- terminal player ------------------------------------------------------------------
-
-const player = { frames: [], rows: [], cursor: null, at: 0, duration: 0, playing: false, last: 0, applied: 0, live: null };
-
-function openPlayer(title, download) {
-  $("#player").classList.remove("hidden");
-  $("#player-title").textContent = title;
-  const dl = $("#player-download");
-  dl.classList.toggle("hidden", !download);
-  if (download) dl.href = download;
-}
-
-function closePlayer() {
-  player.playing = false;
-  $("#player-end").classList.add("hidden");
-  $("#player-ending").classList.add("hidden");
-  if (player.live) { player.live.close(); player.live = null; }
-  $("#player").classList.add("hidden");
-}
-$("#player-close").addEventListener("click", closePlayer);
-
-// Ending the session being watched: the reason asked for beside the screen.
-$("#player-end").addEventListener("click", () => {
-  $("#player-ending").classList.remove("hidden");
-  $("#player-reason").focus();
-});
-async function endWatched() {
-  const reason = $("#player-reason").value.trim();
-  if (!reason) { toast("A reason is required: the user reads it."); return; }
-  try {
-    await api(route("end", $("#player-end").dataset.session), { method: "POST", body: JSON.stringify({ reason }) });
-    $("#player-ending").classList.add("hidden");
-    $("#player-end").classList.add("hidden");
-    toast("Ended: its user reads why", "good");
-  } catch (err) {
-    toast(err.message);
-  }
-}
-$("#player-end-confirm").addEventListener("click", endWatched);
-$("#player-reason").addEventListener("keydown", (e) => { if (e.key === "Enter") endWatched(); });
-
-function apply(frame) {
-  if (frame.size) player.rows = new Array(frame.size[1]).fill("");
-  for (const [r, html] of frame.rows) player.rows[r] = html;
-  player.cursor = frame.cursor ?? null;
-}
-
-// The screen's rows, and the cursor (a block over its cell) where the terminal shows one.
-function screenHtml() {
-  const c = player.cursor;
-  const cursor = c ? `<span class="cursor" style="top: calc(8px + ${c[0] * 1.25}em); left: calc(8px + ${c[1]}ch)"></span>` : "";
-  return player.rows.join("\n") + cursor;
-}
-
-function paint() {
-  $("#screen").innerHTML = screenHtml();
-  $("#seek").value = player.at;
-  $("#clock").textContent = `${clock(player.at)} / ${clock(player.duration)}`;
-}
-
-function seek(t) {
-  player.at = Math.max(0, Math.min(t, player.duration));
-  player.rows = [];
-  player.cursor = null;
-  player.applied = 0;
-  while (player.applied < player.frames.length && player.frames[player.applied].t <= player.at) apply(player.frames[player.applied++]);
-  paint();
-}
-
-async function play(id, from = 0) {
-  try {
-    const out = await api(route("playback", id));
-    const m = out.session, p = out.playback;
-    openPlayer(`${m.user} on ${m.principal}@${m.target} · ${m.kind}${m.command ? ": " + m.command : ""} · ${new Date(m.start).toLocaleString()}`,
-      route("asciicast", id));
-    $("#controls").classList.remove("hidden");
-    player.frames = p.frames;
-    player.duration = p.duration_ms;
-    $("#seek").max = p.duration_ms;
-    $("#player-note").textContent = `${p.frames.length} screens, ${p.cols}x${p.rows}; changes closer than ${p.step_ms} ms are merged.` +
-      (p.truncated ? " The screen changed too much to show in full: playback stops early; download the .cast for all of it." : "");
-    seek(from);
-    setPlaying(true);
-  } catch (err) { toast(err.message); }
-}
-
-function setPlaying(on) {
-  player.playing = on && player.duration > 0;
-  $("#play").textContent = player.playing ? "Pause" : "Play";
-  player.last = performance.now();
-  if (player.playing) requestAnimationFrame(step);
-}
-
-function step(ts) {
-  if (!player.playing) return;
-  const speed = Number($("#speed").value);
-  player.at += (ts - player.last) * speed;
-  player.last = ts;
-  if (player.at >= player.duration) { player.at = player.duration; setPlaying(false); }
-  while (player.applied < player.frames.length && player.frames[player.applied].t <= player.at) apply(player.frames[player.applied++]);
-  paint();
-  if (player.playing) requestAnimationFrame(step);
-}
-
-$("#play").addEventListener("click", () => {
-  if (!player.playing && player.at >= player.duration) seek(0);
-  setPlaying(!player.playing);
-});
-$("#seek").addEventListener("input", (e) => seek(Number(e.target.value)));
-
-function follow(id) {
-  const m = state.live.find((l) => l.session.id === id)?.session;
-  openPlayer(m ? `LIVE · ${m.user} on ${m.principal}@${m.target} · ${m.kind}${m.command ? ": " + m.command : ""}` : `LIVE · ${id}`, null);
-  $("#controls").classList.add("hidden");
-  $("#player-note").textContent = "Following the live session (what its recording holds, within a second).";
-  player.rows = [];
-  player.live = new EventSource(route("follow", id));
-  player.live.addEventListener("frame", (e) => {
-    apply(JSON.parse(e.data));
-    $("#screen").innerHTML = screenHtml();
-  });
-  player.live.addEventListener("end", (e) => {
-    const how = JSON.parse(e.data || "{}");
-    $("#player-note").textContent = `The session has ${how.state === "interrupted" ? "been interrupted" : "ended"}` +
-      (how.reason ? `: ${how.reason}` : ".");
-    $("#player-end").classList.add("hidden");
-    player.live.close();
-  });
-  const live = state.live.find((l) => l.session.id === id);
-  const end = $("#player-end");
-  end.classList.toggle("hidden", !live?.can_end);
-  end.dataset.session = id;
-}
-
 $("#logout").addEventListener("click", async () => {
   try { await api(route("logout"), { method: "POST", body: "{}" }); } catch (err) { /* already gone */ }
   showLogin("Logged out.");
@@ -626,4 +517,13 @@ $("#logout").addEventListener("click", async () => {
 
 // --- start ----------------------------------------------------------------------------
 
-api(route("state")).then((s) => { render(s); show(); connect(); }).catch(() => {});
+// Once every script has run (player.js and review.js come after this one).
+document.addEventListener("DOMContentLoaded", () => {
+  api(route("state")).then((s) => {
+    render(s);
+    show();
+    connect();
+    // The Review tab's badge: what waits for this user.
+    if (s.me.may_review && !location.hash.startsWith("#review")) reviews();
+  }).catch(() => {});
+});

@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::model::*;
+use super::window;
 
 /// What an engineer asks for.
 #[derive(Debug, Clone)]
@@ -16,9 +17,12 @@ pub struct Request<'a> {
     pub reason: Option<&'a str>,
     /// `None` asks for the step's `max_ttl`.
     pub ttl: Option<Duration>,
+    /// A window that opens later (`--start`); `None` opens it at once.
+    pub start: Option<DateTime<Utc>>,
 }
 
-/// An active grant the requester holds, as far as decisions care.
+/// A grant the requester holds (at the window's start, for a window asked for ahead), as far
+/// as decisions care.
 #[derive(Debug, Clone)]
 pub struct Held<'a> {
     pub contract: &'a str,
@@ -90,7 +94,9 @@ impl Decision {
     }
 }
 
-/// Decides a request. Deny by default: anything the policies do not grant is refused.
+/// Decides a request. Deny by default: anything the policies do not grant is refused. A
+/// window asked for ahead is decided on the roles held `now` and, for `after:`, on `held`
+/// at its start.
 pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<Utc>) -> Decision {
     let mut reasons = Vec::new();
     let deny = |reason: String, mut reasons: Vec<String>| {
@@ -177,28 +183,50 @@ pub fn decide(p: &Policies, req: &Request<'_>, held: &[Held<'_>], now: DateTime<
         format_duration(ttl),
         format_duration(step.max_ttl)
     ));
+    let at = match req.start {
+        Some(start) => {
+            if let Some(why) = window::start_refusal(start, now) {
+                return deny(why, reasons);
+            }
+            reasons.push(format!(
+                "window opens at {} ({}) and ends {} later; approvals may be given before it opens",
+                window::stamp(start),
+                window::until(start, now),
+                format_duration(ttl)
+            ));
+            start
+        }
+        None => now,
+    };
     if let Some(after) = &step.after {
         let prior = held
             .iter()
-            .filter(|h| h.contract == contract.name && h.step == after && h.end > now)
+            .filter(|h| h.contract == contract.name && h.step == after && h.end > at)
             .max_by_key(|h| h.end);
         let Some(prior) = prior else {
-            return deny(
-                format!(
+            let why = match req.start {
+                Some(start) => format!(
+                    "step `{}` comes after `{after}`: no `{after}` grant of yours is held when the window opens at {}; ask for `{after}` with the same --start first",
+                    step.name,
+                    window::stamp(start)
+                ),
+                None => format!(
                     "step `{}` comes after `{after}`: request `{after}` first and hold it while asking for `{}`",
                     step.name, step.name
                 ),
-                reasons,
-            );
+            };
+            return deny(why, reasons);
         };
         // A higher step never outlives the step it climbed from.
-        let left = (prior.end - now).to_std().unwrap_or_default();
+        let left = (prior.end - at).to_std().unwrap_or_default();
         if left < ttl {
             ttl = Duration::from_secs(left.as_secs());
             reasons.push(format!(
                 "ttl shortened to {} so it ends with the `{after}` grant it climbed from",
                 format_duration(ttl)
             ));
+        } else if req.start.is_some() {
+            reasons.push(format!("holds an `{after}` grant when the window opens"));
         } else {
             reasons.push(format!("holds an active `{after}` grant"));
         }

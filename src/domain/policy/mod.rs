@@ -3,18 +3,22 @@
 //! Pure: no sockets, no sled, no clock. The directory is read by `install::load_policies`.
 
 mod decide;
+mod extension;
 mod load;
 mod model;
 mod review;
+mod window;
 pub mod yaml;
 
 pub use decide::{approval_refusal, decide, Decision, Held, Request};
+pub use extension::{decide_extension, ExtensionAsk};
 pub use load::{load_texts, parse_cidr, Problem, Problems, DEFAULT_CONTRACT_MAX_TTL};
 pub use model::*;
 pub use review::{
     after_session, keep_words, FlagOn, FlagRule, ReviewRule, ReviewSetting,
     BREAK_GLASS_REVIEW_WITHIN,
 };
+pub use window::{parse_start, stamp, start_refusal, until, MAX_AHEAD};
 
 #[cfg(test)]
 mod tests {
@@ -388,6 +392,7 @@ steps:
             step: Some(step),
             reason: Some("INC-42"),
             ttl: ttl.map(Duration::from_secs),
+            start: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::model::{Contract, Step, ROLE_AUDITOR};
+use super::model::{Contract, Policies, Step, ROLE_AUDITOR};
 
 /// How long a break-glass step's sessions wait for review when the step does not say.
 pub const BREAK_GLASS_REVIEW_WITHIN: Duration = Duration::from_secs(86400);
@@ -113,6 +113,21 @@ pub struct FlagRule {
     /// Refuse the operation (only for `command` and `file`, where the bastion sees the
     /// operation whole before it runs).
     pub block: bool,
+}
+
+impl Policies {
+    /// Whether someone holding `roles` reviews anything these policies ask a review of: a
+    /// role some step's review names (its `review: by`, the break-glass default, or its
+    /// approvers for sessions an `approvals.auto` rule let in). Who the dashboard's Review
+    /// page is for; each session's own review still decides who signs it off.
+    pub fn reviews_any(&self, roles: &[String]) -> bool {
+        self.contracts
+            .values()
+            .flat_map(|c| &c.steps)
+            .flat_map(|s| [s.review_of(true), s.review_of(false)])
+            .flatten()
+            .any(|r| r.by.iter().any(|by| roles.contains(by)))
+    }
 }
 
 /// What a contract asks after a session of `step`, in words (`policy explain`): its review,
@@ -300,10 +315,20 @@ mod tests {
         );
         let observe = p.contracts["prod-db"].step("observe").unwrap();
         assert_eq!(observe.review_of(false), None, "a step without approvals");
-        let quiet =
+        let unasked =
             load(&CONTRACT.replace("    max_ttl: 2h\n", "    max_ttl: 2h\n    review: none\n"))
                 .unwrap();
-        let quiet = quiet.contracts["prod-db"].step("operate").unwrap();
+        let quiet = unasked.contracts["prod-db"].step("operate").unwrap();
         assert_eq!(quiet.review_of(false), None, "review: none is respected");
+        let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            p.reviews_any(&roles(&["sre", "sre-lead"])),
+            "operate's approvers"
+        );
+        assert!(!p.reviews_any(&roles(&["sre"])));
+        assert!(
+            !unasked.reviews_any(&roles(&["sre-lead"])),
+            "nothing asks them"
+        );
     }
 }

@@ -105,8 +105,12 @@ async fn a_higher_step_is_clamped_to_the_step_it_climbed_from() {
 #[tokio::test]
 async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
     let f = std::sync::Arc::new(fixture().await);
-    f.grant_of("observe", t0()).await;
-    let op = f.grant_of("operate", at(1)).await;
+    // On the real clock: the wait reads the grant as it stands now.
+    let base = Utc::now() - chrono::Duration::seconds(10);
+    f.grant_of("observe", base).await;
+    let op = f
+        .grant_of("operate", base + chrono::Duration::seconds(1))
+        .await;
     // Nothing happens: the wait runs out and answers the request as it stands.
     let started = std::time::Instant::now();
     let view = f
@@ -126,7 +130,8 @@ async fn a_wait_answers_when_the_request_is_decided_and_not_before() {
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    f.ask("bob", "observe", false, at(2)).await.unwrap_err(); // bob is no requester
+    let later = base + chrono::Duration::seconds(2);
+    f.ask("bob", "observe", false, later).await.unwrap_err(); // bob is no requester
     assert!(!waiter.is_finished());
     f.service.approve("bob", &op, Utc::now()).await.unwrap();
     let view = tokio::time::timeout(Duration::from_secs(10), waiter)

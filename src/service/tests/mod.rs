@@ -10,6 +10,7 @@ mod login;
 mod retention;
 mod review;
 mod revoke;
+mod schedule;
 mod sessions;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ impl Fixture {
             ttl: None,
             reason: Some("INC-1".into()),
             certify,
+            start: None,
         };
         self.service
             .request(user, &self.key(user), &body, now)
@@ -71,6 +73,7 @@ impl Fixture {
             ttl: Some(ttl.into()),
             reason: Some("INC-1".into()),
             certify: false,
+            start: None,
         };
         self.service
             .request("alice", &self.key("alice"), &body, now)

@@ -149,3 +149,43 @@ async fn an_overdue_review_is_announced_once_and_counted() {
     let metrics = f.service.metrics_text(at(3800)).await.unwrap();
     assert!(metrics.contains("ramp_reviews_overdue 1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn the_review_page_lists_the_queue_with_step_due_and_overdue() {
+    let f = fixture().await;
+    let grant = f.grant_of("observe", t0()).await;
+    let mut early = ended("s-early", 60);
+    early.grant = grant.clone();
+    let mut orphan = ended("s-orphan", 3000);
+    orphan.grant = "gone".into();
+    f.service
+        .update_sessions(vec![orphan, early], t0())
+        .await
+        .unwrap();
+    // At 3700 s the first is past due (60 + 3600), the second not yet.
+    let rows = f.service.review_page("bob", at(3700)).await.unwrap();
+    let got: Vec<(&str, Option<&str>, Option<&str>, bool)> = rows
+        .iter()
+        .map(|r| {
+            let (c, s) = (r.contract.as_deref(), r.step.as_deref());
+            (r.session.id.as_str(), c, s, r.overdue)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("s-early", Some("prod-db"), Some("observe"), true),
+            ("s-orphan", None, None, false)
+        ]
+    );
+    assert_eq!(rows[0].due, Some(at(3660)));
+    assert!(f
+        .service
+        .review_page("alice", at(3700))
+        .await
+        .unwrap()
+        .is_empty());
+    // The page is for those some step's review names: the example's approvers (sre-lead).
+    assert!(f.service.may_review_any("bob", t0()));
+    assert!(!f.service.may_review_any("alice", t0()));
+}

@@ -93,9 +93,12 @@ impl ActiveIndex {
             .by_step
             .get(user)
             .and_then(|steps| steps.get(&key))
-            .and_then(|set| set.last())
-            .filter(|(end, _)| *end > now)
-            .and_then(|(_, id)| self.open.get(id));
+            .and_then(|set| {
+                set.iter()
+                    .rev()
+                    .filter_map(|(_, id)| self.open.get(id))
+                    .find(|g| g.is_active(now))
+            });
         if let Some(g) = active {
             return Some(g.clone());
         }
@@ -111,7 +114,8 @@ impl ActiveIndex {
             .cloned()
     }
 
-    /// The steps `user` holds at `now`, each with its latest end; forgets what has expired.
+    /// The steps `user` holds at `now` (grants whose window has opened), each with its latest
+    /// end; forgets what has expired.
     pub fn held(&mut self, user: &str, now: DateTime<Utc>) -> Vec<HeldStep> {
         let Some(steps) = self.by_step.get_mut(user) else {
             return Vec::new();
@@ -123,7 +127,13 @@ impl ActiveIndex {
                     self.placed.remove(&id);
                 }
             }
-            if let Some((end, _)) = set.last() {
+            // A window approved ahead holds nothing before it opens.
+            let open = &self.open;
+            let opened = |id: &String| {
+                open.get(id)
+                    .is_none_or(|g| g.start.is_none_or(|start| start <= now))
+            };
+            if let Some((end, _)) = set.iter().rev().find(|(_, id)| opened(id)) {
                 out.push(HeldStep {
                     contract: contract.clone(),
                     step: step.clone(),
@@ -161,6 +171,7 @@ mod tests {
             approvals: vec![],
             closed: None,
             extension: None,
+            scheduled: None,
         }
     }
 
