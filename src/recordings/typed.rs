@@ -7,9 +7,10 @@
 //! (the prompt) are noted. An Enter waits for the newline the shell echoes for it; just
 //! before that newline the logical line under the cursor (rows joined where they wrap),
 //! minus the prompt, is the command. The raw keys (line editing applied, see
-//! [`LineCutter`]) stand in where the screen cannot tell: a line typed ahead while the
-//! previous one was still running, a full-screen program (alternate screen), or a session
-//! that ended before the echo. A line the screen shows empty although keys were typed (echo
+//! [`LineCutter`]) stand in where the screen cannot tell: a line whose keys and Enter came
+//! with no output in between (pasted, or typed ahead before its prompt was printed: what
+//! the screen shows then may be something else), a full-screen program (alternate screen),
+//! or a session that ended before the echo. A line the screen shows empty although keys were typed (echo
 //! off: a password, or someone hiding what they type) is kept as its raw keys, marked
 //! `keys`, so nothing typed is lost from review. Bounded: the screen is at most
 //! 500x200 cells and a line at most [`MAX_LINE`] bytes.
@@ -45,6 +46,9 @@ struct Pending {
     /// The raw keys' line.
     raw: Option<String>,
     prompt: Prompt,
+    /// The terminal printed something between the line's first key and its Enter (its
+    /// echo); without that, the line was pasted or typed ahead, and the raw keys are it.
+    echoed: bool,
 }
 
 /// Reads typed lines off an emulated terminal (see the module's doc).
@@ -53,6 +57,8 @@ pub struct TypedLines {
     raw: LineCutter,
     /// The line being typed: `Some(None)` when it is read from the raw keys only.
     start: Option<Option<Prompt>>,
+    /// Output arrived since the line's first key.
+    echoed: bool,
     pending: VecDeque<Pending>,
     /// Enters pressed so far.
     enters: usize,
@@ -78,6 +84,7 @@ impl TypedLines {
             parser: vt100::Parser::new(nz(rows, 24, MAX_ROWS), nz(cols, 80, MAX_COLS), 0),
             raw: LineCutter::typed(),
             start: None,
+            echoed: false,
             pending: VecDeque::new(),
             enters: 0,
             out: Vec::new(),
@@ -124,6 +131,7 @@ impl TypedLines {
                 from = i + 1;
                 let nth = self.enters;
                 self.enters += 1;
+                let echoed = std::mem::take(&mut self.echoed);
                 match self.start.take().flatten() {
                     Some(prompt) if !self.parser.screen().alternate_screen() => {
                         self.pending.push_back(Pending {
@@ -131,6 +139,7 @@ impl TypedLines {
                             nth,
                             raw,
                             prompt,
+                            echoed,
                         })
                     }
                     _ => self.keep((at_ms, nth), "typed", raw),
@@ -139,12 +148,16 @@ impl TypedLines {
                 // Typed ahead while a line is still waiting for its echo: the screen is
                 // not showing this line's prompt.
                 self.start = Some(self.pending.is_empty().then(|| self.prompt()));
+                self.echoed = false;
             }
         }
         self.raw.feed(&data[from..]);
     }
 
     fn output(&mut self, mut data: &[u8]) {
+        if self.start.is_some() && !data.is_empty() {
+            self.echoed = true;
+        }
         while !self.pending.is_empty() {
             let Some(nl) = data.iter().position(|&b| b == b'\n') else {
                 break;
@@ -155,8 +168,8 @@ impl TypedLines {
                 let at = (p.at_ms, p.nth);
                 match (shown, p.raw) {
                     (Some(s), raw) if s.trim().is_empty() => self.keep(at, "keys", raw),
-                    (Some(s), _) => self.keep(at, "typed", Some(s)),
-                    (None, raw) => self.keep(at, "typed", raw),
+                    (Some(s), _) if p.echoed => self.keep(at, "typed", Some(s)),
+                    (_, raw) => self.keep(at, "typed", raw),
                 }
             }
             data = &data[nl..];
@@ -313,6 +326,23 @@ mod tests {
                 (20, "typed", &format!("echo {long}")),
                 (30, "keys", "hunter2"),
             ],
+        );
+    }
+
+    #[test]
+    fn a_line_typed_before_the_prompt_is_not_read_off_the_banner() {
+        check(
+            80,
+            &[
+                inp(5, b"echo early\r"),
+                out(
+                    10,
+                    b"Last login: Mon Nov 30 01:29:35 2026 from 127.0.0.1\r\n",
+                ),
+                out(11, PROMPT),
+                out(12, b"echo early\r\nearly\r\n"),
+            ],
+            &[(5, "typed", "echo early")],
         );
     }
 
