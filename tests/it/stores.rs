@@ -74,11 +74,15 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let sql = Sql::connect(&cluster().url());
-        sql.batch(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
+        let drop_it = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let run = move || Sql::connect(&cluster().url()).batch(&drop_it);
+        // Dropped inside a test's async runtime (a browser test's rig): the blocking client
+        // starts a runtime of its own, so it runs on a thread of its own.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::spawn(run).join();
+        } else {
+            run();
+        }
     }
 }
 
