@@ -171,7 +171,8 @@ impl Grant {
     }
 
     /// Approved and not yet ended at `now`: active, or scheduled to start later. What a
-    /// step climbing from this one may stand on, and what a certificate may be minted from.
+    /// certificate may be minted from (valid from the start); a step climbing from this one
+    /// stands on it only while it is active (see [`dependents`]).
     pub fn is_held(&self, now: DateTime<Utc>) -> bool {
         matches!(self.state_at(now), State::Active | State::Scheduled)
     }
@@ -286,9 +287,10 @@ pub struct Fallout {
 }
 
 /// What ending `ended` does to the grants that climbed from them. A step with `after: X` is
-/// held only while an active grant of X is (a pending request holds nothing), and never past
-/// the latest end among those: revoking one of two `observe` grants moves an `operate`
-/// grant's end back to the other's. Transitive.
+/// held only while a grant of X is active (a pending request holds nothing, nor a window of
+/// X not yet open), from its own window's start on, and never past the latest end among
+/// those: revoking one of two `observe` grants moves an `operate` grant's end back to the
+/// other's. Transitive.
 pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime<Utc>) -> Fallout {
     let mut gone: HashSet<String> = ended.iter().map(|g| g.id.clone()).collect();
     // Open grants of the people concerned (a step climbs only from its own user's grants), as
@@ -316,13 +318,15 @@ pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime
             else {
                 continue;
             };
+            // What holds it up is open when it is: a window ahead holds nothing before that.
+            let at = g.start.unwrap_or_else(|| g.opens_at(now)).max(now);
             let held_until = open
                 .iter()
                 .filter(|o| {
                     o.user == g.user
                         && o.contract == g.contract
                         && o.step == after
-                        && o.is_held(now)
+                        && o.is_active(at)
                         && !gone.contains(&o.id)
                 })
                 .filter_map(|o| o.end)

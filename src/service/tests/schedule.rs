@@ -196,3 +196,22 @@ async fn the_same_window_asked_twice_is_one_grant_and_windows_ahead_are_bounded(
     let now = f.ask("alice", "observe", false, t0()).await.unwrap();
     assert!(!now.existing && now.grant.grant.state == State::Active);
 }
+
+/// Regression: revoking the `observe` grant an active `operate` climbed from left `operate`
+/// running when its holder had an `observe` window asked for later: a window not yet open
+/// held it up.
+#[tokio::test]
+async fn a_window_ahead_does_not_keep_up_a_grant_whose_prerequisite_is_revoked() {
+    let f = fixture().await;
+    let observe = f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
+    f.service.approve("bob", &op, at(2)).await.unwrap();
+    ask_ahead(&f, "observe", "30m", "+1h", at(3)).await.unwrap();
+    let out = f
+        .service
+        .revoke("carol", &revoke_grant(&observe), at(10))
+        .await
+        .unwrap();
+    assert!(out.grants.contains(&op), "operate goes with it: {out:?}");
+    assert_eq!(f.state(&op, at(10)).await, State::Revoked);
+}
