@@ -311,10 +311,7 @@ impl Service {
                 self.scheduled_twin(tx, user, &body.contract, &step, start, now)
                     .await?
             }
-            None => tx
-                .own_open_grant(user, &body.contract, &step, now)
-                .await?
-                .filter(|g| g.scheduled.is_none()),
+            None => tx.own_open_grant(user, &body.contract, &step, now).await?,
         };
         if let Some(held) = held {
             let reasons = decision.reasons().to_vec();

@@ -215,3 +215,26 @@ async fn a_window_ahead_does_not_keep_up_a_grant_whose_prerequisite_is_revoked()
     assert!(out.grants.contains(&op), "operate goes with it: {out:?}");
     assert_eq!(f.state(&op, at(10)).await, State::Revoked);
 }
+
+/// Regression: once its window opened, a grant asked for ahead was not the grant held for
+/// its step: asking for the step again filed a second request; and a pending window ahead
+/// hid the pending request of now from the next ask, filing it twice for approvers.
+#[tokio::test]
+async fn a_window_once_open_is_held_like_any_grant_and_a_pending_one_ahead_hides_none() {
+    let f = fixture().await;
+    let ahead = ask_ahead(&f, "observe", "30m", "+1h", t0()).await.unwrap();
+    let id = ahead.grant.grant.id;
+    let again = f.ask("alice", "observe", true, at(3700)).await.unwrap();
+    assert!(again.existing, "{:?}", again.reasons);
+    assert_eq!(again.grant.grant.id, id);
+    assert!(again.certificate.is_some());
+
+    // operate asked ahead (pending), then operate now, twice: one request of now.
+    let later = ask_ahead(&f, "operate", "10m", "+10m", at(3710)).await;
+    assert_eq!(later.unwrap().grant.grant.state, State::Pending);
+    let now1 = f.ask("alice", "operate", false, at(3720)).await.unwrap();
+    let now2 = f.ask("alice", "operate", false, at(3730)).await.unwrap();
+    assert!(!now1.existing);
+    assert!(now2.existing, "{:?}", now2.reasons);
+    assert_eq!(now2.grant.grant.id, now1.grant.grant.id);
+}

@@ -80,7 +80,7 @@ impl ActiveIndex {
     }
 
     /// The user's own open grant of one step: the active grant that ends last, else the
-    /// oldest pending request for it.
+    /// oldest pending request for it (a request for a window that opens later is neither).
     pub fn own(
         &mut self,
         user: &str,
@@ -106,6 +106,7 @@ impl ActiveIndex {
             .values()
             .filter(|g| {
                 g.state == State::Pending
+                    && g.opens_at(now) == now
                     && g.user == user
                     && g.contract == contract
                     && g.step == step
