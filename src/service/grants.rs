@@ -208,8 +208,9 @@ impl Service {
     }
 
     /// `user`'s open window of `contract`/`step` asked for ahead from `start`, if any; none
-    /// when they have [`MAX_SCHEDULED`] windows open already (each is a grant or a request of
-    /// its own, so their number is bounded).
+    /// when they have [`MAX_SCHEDULED`] windows not yet open already (each is a grant or a
+    /// request of its own, so their number is bounded: a request still pending counts after
+    /// its start, as it stays open until decided).
     async fn scheduled_twin(
         &self,
         tx: &mut GrantChanges<'_>,
@@ -223,7 +224,7 @@ impl Service {
             .open_grants_of(&[user], now)
             .await?
             .into_iter()
-            .filter(|g| g.scheduled.is_some_and(|s| s > now))
+            .filter(|g| g.scheduled.is_some() && !g.is_active(now))
             .collect();
         let twin = ahead
             .iter()

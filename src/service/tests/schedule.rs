@@ -238,3 +238,26 @@ async fn a_window_once_open_is_held_like_any_grant_and_a_pending_one_ahead_hides
     assert!(now2.existing, "{:?}", now2.reasons);
     assert_eq!(now2.grant.grant.id, now1.grant.grant.id);
 }
+
+/// Regression: a request for a window ahead stopped counting toward the bound once its start
+/// passed unapproved, though it stays open: asking again and again piled requests up without
+/// end for approvers (and in memory).
+#[tokio::test]
+async fn requests_ahead_whose_start_passed_unapproved_still_count_toward_the_bound() {
+    let f = fixture().await;
+    ask_ahead(&f, "observe", "30m", "+1h", t0()).await.unwrap();
+    let max = super::super::grants::MAX_SCHEDULED as i64;
+    for n in 1..max {
+        let start = format!("+{}s", 3600 + n);
+        let op = ask_ahead(&f, "operate", "10m", &start, t0()).await.unwrap();
+        assert_eq!(op.grant.grant.state, State::Pending);
+    }
+    // Past every start: the observe window is open, the operate requests still wait.
+    let later = at(3600 + max + 60);
+    ask_ahead(&f, "observe", "10m", "+2h", later).await.unwrap();
+    let err = ask_ahead(&f, "observe", "10m", "+3h", later).await;
+    assert!(
+        err.unwrap_err().to_string().contains("at most 16"),
+        "the 15 pending requests count"
+    );
+}
