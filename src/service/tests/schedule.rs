@@ -261,3 +261,32 @@ async fn requests_ahead_whose_start_passed_unapproved_still_count_toward_the_bou
         "the 15 pending requests count"
     );
 }
+
+/// Regression: the `grant` webhook of a window approved ahead read "alice holds ... (until
+/// 20:16 UTC)", as if held now: it says when the window opens, with the date.
+#[tokio::test]
+async fn the_webhook_of_a_window_approved_ahead_says_when_it_opens() {
+    let f = fixture().await;
+    let out = ask_ahead(&f, "observe", "10m", "+2h", t0()).await.unwrap();
+    let granted = &f.audited("grant").await[0];
+    assert_eq!(granted.subject, out.grant.grant.id);
+    let notice = crate::notify::notice(&f.service, granted).await.unwrap();
+    assert!(
+        notice.text.contains("alice will hold prod-db/observe")
+            && notice
+                .text
+                .contains("from 2030-03-17 19:46 UTC until 2030-03-17 19:56 UTC"),
+        "{}",
+        notice.text
+    );
+    // Asked ahead and pending: the request says for when.
+    let op = ask_ahead(&f, "operate", "5m", "+2h", at(1)).await.unwrap();
+    let asked = f.audited("request").await;
+    let asked = asked.iter().find(|r| r.subject == op.grant.grant.id);
+    let notice = crate::notify::notice(&f.service, asked.unwrap()).await;
+    let text = notice.unwrap().text;
+    assert!(
+        text.contains("prod-db/operate for 5m from 2030-03-17 19:46 UTC"),
+        "{text}"
+    );
+}
