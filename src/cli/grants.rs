@@ -421,7 +421,8 @@ async fn add_to_agent(
     Ok(unix_time(cert.valid_before()))
 }
 
-/// `ssh-config`: Host blocks for the targets of the caller's grants, through the bastion.
+/// `ssh-config`: Host blocks for the targets of the caller's grants (active or scheduled),
+/// through the bastion.
 pub(super) async fn ssh_config(
     opts: &ClientOpts,
     bastion: Option<&str>,
@@ -438,7 +439,10 @@ pub(super) async fn ssh_config(
     let (host, port) = bastion_address(bastion, &server)?;
     let mut targets: Vec<String> = grants
         .iter()
-        .filter(|g| g.grant.user == me.user && g.grant.state == State::Active)
+        // A window not open yet too: the block is written ahead, and the bastion tells
+        // whoever logs in before the start when it opens.
+        .filter(|g| g.grant.user == me.user)
+        .filter(|g| matches!(g.grant.state, State::Active | State::Scheduled))
         .flat_map(|g| g.targets.iter().cloned())
         .collect();
     targets.sort();
