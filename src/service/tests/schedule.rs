@@ -254,12 +254,20 @@ async fn requests_ahead_whose_start_passed_unapproved_still_count_toward_the_bou
     }
     // Past every start: the observe window is open, the operate requests still wait.
     let later = at(3600 + max + 60);
-    ask_ahead(&f, "observe", "10m", "+2h", later).await.unwrap();
     let err = ask_ahead(&f, "observe", "10m", "+3h", later).await;
     assert!(
         err.unwrap_err().to_string().contains("at most 16"),
-        "the 15 pending requests count"
+        "the 15 pending requests count (with the observe window open)"
     );
+    // Withdrawn, one leaves room.
+    let pending = f.service.grants("alice", false, later).await.unwrap();
+    let op = pending.iter().find(|v| v.grant.state == State::Pending);
+    let op = &op.unwrap().grant.id;
+    f.service
+        .deny("alice", op, "not needed", later)
+        .await
+        .unwrap();
+    ask_ahead(&f, "observe", "10m", "+3h", later).await.unwrap();
 }
 
 /// Regression: the `grant` webhook of a window approved ahead read "alice holds ... (until
@@ -289,4 +297,23 @@ async fn the_webhook_of_a_window_approved_ahead_says_when_it_opens() {
         text.contains("prod-db/operate for 5m from 2030-03-17 19:46 UTC"),
         "{text}"
     );
+}
+
+/// Regression: windows asked for ahead stopped counting once open, so asking again and again
+/// for `+1s` piled up active grants of one step (16 a second, each lasting its ttl) where a
+/// request of now is answered from the grant held.
+#[tokio::test]
+async fn windows_ahead_count_toward_the_bound_until_they_end() {
+    let f = fixture().await;
+    let max = super::super::grants::MAX_SCHEDULED as i64;
+    for n in 1..=max {
+        let start = format!("+{n}s");
+        ask_ahead(&f, "observe", "10m", &start, t0()).await.unwrap();
+    }
+    let err = ask_ahead(&f, "observe", "10m", "+1h", at(max + 1)).await;
+    assert!(err.unwrap_err().to_string().contains("at most 16"));
+    // Once they end, windows may be asked for again.
+    ask_ahead(&f, "observe", "10m", "+1h", at(max + 600))
+        .await
+        .unwrap();
 }
