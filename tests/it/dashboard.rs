@@ -47,6 +47,20 @@ impl Drop for Driver {
     }
 }
 
+/// Runs `test` with a fresh headless browser of the usual size, chromedriver started for it
+/// and stopped after.
+pub(crate) fn in_browser<F: std::future::Future<Output = ()>>(test: impl FnOnce(Client) -> F) {
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver).await;
+        test(c).await;
+    });
+}
+
 pub(crate) async fn browser(driver: &Driver) -> Client {
     browser_sized(driver, 1440, 900).await
 }
@@ -207,23 +221,23 @@ pub(crate) fn link(rig: &Rig, key: &str) -> String {
 #[test]
 fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_line() {
     let rig = rig();
-    let driver = Driver::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = browser(&driver).await;
+    in_browser(|c| async move {
         let base = rig.daemon.url.clone();
 
         // No anonymous access: the page asks for a link, the data routes say 401.
         c.goto(&format!("{base}/ui/")).await.unwrap();
-        wait_text(&c, "#login", "login notice", |t| t.contains("ramp-ca dashboard")).await;
+        wait_text(&c, "#login", "login notice", |t| {
+            t.contains("ramp-ca dashboard")
+        })
+        .await;
         let anon = reqwest::get(format!("{base}/ui/api/state")).await.unwrap();
         assert_eq!(anon.status(), 401);
         // Logged out, the page offers no navigation (issue 12).
         let nav = c.find(Locator::Css("nav")).await.unwrap();
-        assert!(!nav.is_displayed().await.unwrap(), "navigation shown to nobody");
+        assert!(
+            !nav.is_displayed().await.unwrap(),
+            "navigation shown to nobody"
+        );
 
         // bob (sre-lead, auditor) logs in through a one-time link.
         let bob_link = link(&rig, BOB);
@@ -237,9 +251,18 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         c.goto(&bob_link).await.unwrap();
         wait_text(&c, "#me", "bob still logged in", |t| t.contains("bob")).await;
         c.goto(&format!("{base}/")).await.unwrap();
-        wait_text(&c, "#me", "the root leads to the dashboard", |t| t.contains("bob")).await;
+        wait_text(&c, "#me", "the root leads to the dashboard", |t| {
+            t.contains("bob")
+        })
+        .await;
         assert!(c.current_url().await.unwrap().as_str().ends_with("/ui/"));
-        assert!(c.find(Locator::Css("nav")).await.unwrap().is_displayed().await.unwrap());
+        assert!(c
+            .find(Locator::Css("nav"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap());
 
         // alice takes the first step: her grant appears without a reload, and its
         // countdown moves.
@@ -264,23 +287,37 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         )));
         let id = pending["grant"]["id"].as_str().unwrap().to_string();
         let pending_row = format!("#pending tr[data-grant=\"{id}\"]");
-        wait_text(&c, &pending_row, "the pending request", |t| t.contains("INC-50 fix index")).await;
+        wait_text(&c, &pending_row, "the pending request", |t| {
+            t.contains("INC-50 fix index")
+        })
+        .await;
         screenshot(&c, "2-pending").await;
         click(&c, &format!("{pending_row} button[data-act=approve]")).await;
         let active_row = format!("#active tr[data-grant=\"{id}\"]");
-        wait_text(&c, &active_row, "the approved grant", |t| t.contains("operate")).await;
+        wait_text(&c, &active_row, "the approved grant", |t| {
+            t.contains("operate")
+        })
+        .await;
         assert!(text_of(&c, "#pending-empty").await.contains("No pending"));
         let grants = run_ok(&mut rig.daemon.cmd(&rig.dir, ALICE, &["grants", "--json"]));
-        assert!(grants.contains(&id) && grants.contains("\"active\""), "{grants}");
+        assert!(
+            grants.contains(&id) && grants.contains("\"active\""),
+            "{grants}"
+        );
 
         // bob is no admin: he sees no revoke button on alice's grant. carol is.
         assert!(c
-            .find(Locator::Css(&format!("{active_row} button[data-act=revoke]")))
+            .find(Locator::Css(&format!(
+                "{active_row} button[data-act=revoke]"
+            )))
             .await
             .is_err());
         c.goto(&link(&rig, CAROL)).await.unwrap();
         wait_text(&c, "#me", "carol logged in", |t| t.contains("carol")).await;
-        wait_text(&c, &active_row, "carol sees the grant", |t| t.contains("operate")).await;
+        wait_text(&c, &active_row, "carol sees the grant", |t| {
+            t.contains("operate")
+        })
+        .await;
         // Her cookie alone does not make a change: the page's CSRF token must come too.
         let cookie = c.get_named_cookie("ramp_session").await.unwrap();
         let forged = reqwest::Client::new()
@@ -302,13 +339,23 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         click(&c, &format!("{active_row} button[data-act=revoke-confirm]")).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while try_text(&c, &active_row).await.is_some() {
-            assert!(Instant::now() < deadline, "the revoked grant stays on the page");
+            assert!(
+                Instant::now() < deadline,
+                "the revoked grant stays on the page"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Gone because it was revoked, not because the page lost its table.
         text_of(&c, "#active").await;
-        let audit = run_ok(&mut rig.daemon.cmd(&rig.dir, CAROL, &["audit", "list", "--json"]));
-        assert!(audit.contains("INC-50 done") && audit.contains("dashboard-login"), "{audit}");
+        let audit = run_ok(
+            &mut rig
+                .daemon
+                .cmd(&rig.dir, CAROL, &["audit", "list", "--json"]),
+        );
+        assert!(
+            audit.contains("INC-50 done") && audit.contains("dashboard-login"),
+            "{audit}"
+        );
 
         // A live session, followed from the page.
         let mut live = rig
@@ -322,10 +369,16 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             .spawn()
             .unwrap();
         c.goto(&format!("{base}/ui/#sessions")).await.unwrap();
-        wait_text(&c, "#live tbody", "the live session", |t| t.contains("alice")).await;
+        wait_text(&c, "#live tbody", "the live session", |t| {
+            t.contains("alice")
+        })
+        .await;
         screenshot(&c, "3-live").await;
         click(&c, "#live tbody tr button[data-act=follow]").await;
-        wait_text(&c, "#screen", "the followed screen", |t| t.contains("live-line-4")).await;
+        wait_text(&c, "#screen", "the followed screen", |t| {
+            t.contains("live-line-4")
+        })
+        .await;
         screenshot(&c, "4-follow").await;
         click(&c, "#player-close").await;
         let _ = live.kill();
@@ -335,7 +388,10 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         run_ok(&mut rig.ssh(
             ALICE,
             "readonly@db-1",
-            &["printf", "'first-screen\\n'; sleep 1; printf '\\033[1;32mgreen-and-bold\\033[0m\\n'"],
+            &[
+                "printf",
+                "'first-screen\\n'; sleep 1; printf '\\033[1;32mgreen-and-bold\\033[0m\\n'",
+            ],
         ));
         c.goto(&format!("{base}/ui/#recordings")).await.unwrap();
         type_into(&c, "#search input[name=text]", "green-and-bold").await;
@@ -346,10 +402,16 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             click(&c, "#search button").await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             // The exec command matches at once; the output once it is flushed.
-            if text_of(&c, "#recs tbody").await.contains("output green-and-bold") {
+            if text_of(&c, "#recs tbody")
+                .await
+                .contains("output green-and-bold")
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "the search never found the recording");
+            assert!(
+                Instant::now() < deadline,
+                "the search never found the recording"
+            );
         }
         screenshot(&c, "5-recordings").await;
         click(&c, "#recs tbody tr button[data-act=play]").await;
@@ -387,7 +449,11 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
             middle.contains("first-screen") && !middle.contains("green-and-bold"),
             "{middle:?}"
         );
-        assert_eq!(text_of(&c, "#play").await, "Play", "seeking after the end leaves it paused");
+        assert_eq!(
+            text_of(&c, "#play").await,
+            "Play",
+            "seeking after the end leaves it paused"
+        );
         let href = c
             .find(Locator::Css("#player-download"))
             .await
@@ -402,9 +468,15 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         // Each hit says where it was (the exec command, then the output), and plays the
         // session from its time when clicked (issue 12).
         let hits = text_of(&c, "#recs tbody tr td[data-label=what]").await;
-        assert!(hits.contains("command") && hits.contains("output"), "{hits}");
+        assert!(
+            hits.contains("command") && hits.contains("output"),
+            "{hits}"
+        );
         click(&c, "#recs tbody tr .hit:not([data-at='0'])").await;
-        wait_text(&c, "#screen", "playback from the hit", |t| t.contains("green-and-bold")).await;
+        wait_text(&c, "#screen", "playback from the hit", |t| {
+            t.contains("green-and-bold")
+        })
+        .await;
         let from = c.execute("return player.at", vec![]).await.unwrap();
         assert!(from.as_f64().unwrap() >= 900.0, "played from {from} ms");
         click(&c, "#player-close").await;
@@ -423,7 +495,10 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
         bytes[at] ^= 0x20;
         std::fs::write(&file, &bytes).unwrap();
         click(&c, "#search button").await;
-        let marked = wait_text(&c, "#recs tbody", "the damaged mark", |t| t.contains("damaged")).await;
+        let marked = wait_text(&c, "#recs tbody", "the damaged mark", |t| {
+            t.contains("damaged")
+        })
+        .await;
         assert!(marked.contains("not searched"), "{marked}");
         std::fs::write(&file, {
             bytes[at] ^= 0x20;
@@ -439,9 +514,15 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
 
         // Logging out ends the browser session: the page asks for a link again.
         click(&c, "#logout").await;
-        wait_text(&c, "#login", "logged out", |t| t.contains("ramp-ca dashboard")).await;
+        wait_text(&c, "#login", "logged out", |t| {
+            t.contains("ramp-ca dashboard")
+        })
+        .await;
         c.refresh().await.unwrap();
-        wait_text(&c, "#login", "still logged out", |t| t.contains("ramp-ca dashboard")).await;
+        wait_text(&c, "#login", "still logged out", |t| {
+            t.contains("ramp-ca dashboard")
+        })
+        .await;
         c.close().await.unwrap();
     });
 }
@@ -451,13 +532,7 @@ fn the_dashboard_logs_in_by_link_shows_live_access_and_acts_like_the_command_lin
 #[test]
 fn a_window_asked_for_ahead_on_the_page_counts_down_to_its_start() {
     let rig = rig();
-    let driver = Driver::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = browser(&driver).await;
+    in_browser(|c| async move {
         c.goto(&link(&rig, ALICE)).await.unwrap();
         wait_text(&c, "#me", "alice logged in", |t| t.contains("alice")).await;
         click(&c, "#ask summary").await;
@@ -696,13 +771,7 @@ fn the_dashboard_logs_in_over_https_with_a_secure_cookie() {
 fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_why() {
     let rig = rig();
     rig.observe("INC-77 slow queries", &[]);
-    let driver = Driver::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = browser(&driver).await;
+    in_browser(|c| async move {
         let base = rig.daemon.url.clone();
         c.goto(&link(&rig, CAROL)).await.unwrap();
         wait_text(&c, "#me", "carol logged in", |t| t.contains("carol")).await;
@@ -762,13 +831,7 @@ fn on_call_ends_a_session_from_the_live_list_and_from_watch_and_its_user_reads_w
 #[test]
 fn an_engineer_requests_access_on_the_page_and_reads_only_her_own_recordings() {
     let rig = rig();
-    let driver = Driver::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = browser(&driver).await;
+    in_browser(|c| async move {
         let base = rig.daemon.url.clone();
         c.goto(&link(&rig, ALICE)).await.unwrap();
         wait_text(&c, "#me", "alice logged in", |t| t.contains("alice")).await;

@@ -12,7 +12,7 @@ use fantoccini::{Client, Locator};
 use serde_json::json;
 
 use crate::dashboard::{
-    browser, click, link, screenshot, text_of, try_text, type_into, wait_text, Driver,
+    click, in_browser, link, screenshot, text_of, try_text, type_into, wait_text,
 };
 use crate::review::guarded;
 use crate::rig::{rig, Rig};
@@ -94,13 +94,7 @@ async fn get_json(c: &Client, base: &str, path: &str) -> (u16, serde_json::Value
 fn a_reviewer_signs_off_a_flagged_session_from_the_review_page_and_its_user_cannot() {
     let rig = rig();
     let id = flagged_session(&rig);
-    let driver = Driver::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = browser(&driver).await;
+    in_browser(|c| async move {
         let base = rig.daemon.url.clone();
 
         // alice (sre) reviews nothing: no Review tab, and the route gives her no queue.
