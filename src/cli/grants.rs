@@ -297,6 +297,14 @@ pub(super) async fn sign(
         wait_for_approval(&client, &id, timeout, &pick_up).await?;
         out = certificate_of(&client, &id).await?;
     }
+    // `--wait` on a window not open yet waits for it, then asks again: the grant may have
+    // been revoked meanwhile.
+    if let (true, State::Scheduled, Some(start)) =
+        (wait, out.grant.grant.state, out.grant.grant.start)
+    {
+        wait_for_start(&out.grant, start).await;
+        out = certificate_of(&client, &out.grant.grant.id.clone()).await?;
+    }
     let Some(cert) = &out.certificate else {
         return Err(CliError::Refused(format!(
             "grant {} is {}; no certificate",
@@ -304,12 +312,8 @@ pub(super) async fn sign(
         )));
     };
     // A window not open yet: its certificate goes to the grant's own file only, so the one
-    // `ssh -i KEY` offers (and the agent's) keep working until it opens; `--wait` waits for it.
-    let mut opens_later = out.grant.grant.state == State::Scheduled;
-    if let (true, true, Some(start)) = (wait, opens_later, out.grant.grant.start) {
-        wait_for_start(&out.grant, start).await;
-        opens_later = false;
-    }
+    // `ssh -i KEY` offers (and the agent's) keep working until it opens.
+    let opens_later = out.grant.grant.state == State::Scheduled;
     // KEY-cert.pub is what `ssh -i KEY` offers (the newest); each grant keeps a file of its
     // own too, so taking another step never loses a certificate that still works.
     let g = &out.grant.grant;
@@ -391,7 +395,8 @@ async fn wait_for_start(view: &GrantView, start: chrono::DateTime<Utc>) {
         super::output::rfc3339(start),
         policy::until(start, now)
     );
-    tokio::time::sleep(left).await;
+    // A second past it, so a server whose clock runs a little behind ours sees it open too.
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
 }
 
 /// `KEY-CONTRACT-STEP-cert.pub`: a grant's own certificate file beside the key.
