@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::policy::Policies;
 use super::Vocabulary;
 
+/// How long a request waits for its approvals before it lapses (`expired`, never approved):
+/// approvers' queues hold what is still wanted, not last week's incidents.
+pub const REQUEST_LAPSE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The name the service acts under when nobody did (a grant closed at activation).
 pub const SERVICE_ACTOR: &str = "ramp-ca";
 
@@ -161,12 +165,24 @@ impl Grant {
     }
 
     /// The state at `now`: an active grant before its start is scheduled, past its end
-    /// expired.
+    /// expired; a request still waiting for approvals when it lapses is expired too.
     pub fn state_at(&self, now: DateTime<Utc>) -> State {
         match self.state {
             State::Active if self.end.is_some_and(|e| e <= now) => State::Expired,
             State::Active if self.start.is_some_and(|s| s > now) => State::Scheduled,
+            State::Pending if self.lapses_at() <= now => State::Expired,
             recorded => recorded,
+        }
+    }
+
+    /// When a request still waiting for approvals lapses: [`REQUEST_LAPSE`] after it was
+    /// made, or, for a window asked for ahead, when that window would have ended.
+    pub fn lapses_at(&self) -> DateTime<Utc> {
+        let lapse = chrono::Duration::seconds(REQUEST_LAPSE.as_secs() as i64);
+        match self.scheduled {
+            Some(start) => (start + chrono::Duration::seconds(self.ttl_secs as i64))
+                .max(self.requested_at + lapse),
+            None => self.requested_at + lapse,
         }
     }
 

@@ -169,7 +169,7 @@ pub(super) async fn own_open_grant(
     let pending = || {
         grants
             .iter()
-            .filter(|g| g.state == State::Pending && g.opens_at(now) == now)
+            .filter(|g| g.state_at(now) == State::Pending && g.opens_at(now) == now)
             .min_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)))
     };
     Ok(active.or_else(pending).cloned())
