@@ -297,6 +297,14 @@ pub(super) async fn sign(
         wait_for_approval(&client, &id, timeout, &pick_up).await?;
         out = certificate_of(&client, &id).await?;
     }
+    // `--wait` on a window not open yet waits for it, then asks again: the grant may have
+    // been revoked meanwhile.
+    if let (true, State::Scheduled, Some(start)) =
+        (wait, out.grant.grant.state, out.grant.grant.start)
+    {
+        wait_for_start(&out.grant, start).await;
+        out = certificate_of(&client, &out.grant.grant.id.clone()).await?;
+    }
     let Some(cert) = &out.certificate else {
         return Err(CliError::Refused(format!(
             "grant {} is {}; no certificate",
@@ -304,12 +312,8 @@ pub(super) async fn sign(
         )));
     };
     // A window not open yet: its certificate goes to the grant's own file only, so the one
-    // `ssh -i KEY` offers (and the agent's) keep working until it opens; `--wait` waits for it.
-    let mut opens_later = out.grant.grant.state == State::Scheduled;
-    if let (true, true, Some(start)) = (wait, opens_later, out.grant.grant.start) {
-        wait_for_start(&out.grant, start).await;
-        opens_later = false;
-    }
+    // `ssh -i KEY` offers (and the agent's) keep working until it opens.
+    let opens_later = out.grant.grant.state == State::Scheduled;
     // KEY-cert.pub is what `ssh -i KEY` offers (the newest); each grant keeps a file of its
     // own too, so taking another step never loses a certificate that still works.
     let g = &out.grant.grant;
@@ -364,8 +368,8 @@ pub(super) async fn sign(
                 None => {}
             }
             let server = crate::client::server_url(&opts.server, opts.ca_cert.is_some());
-            let (host, port) =
-                bastion_address(None, &server).unwrap_or_else(|_| ("BASTION".into(), 2222));
+            let (host, port) = super::ssh_config::bastion_address(None, &server)
+                .unwrap_or_else(|_| ("BASTION".into(), 2222));
             for target in &out.grant.targets {
                 text.push_str(&format!(
                     "connect: ssh -p {port} {}@{target}@{host}   (or, after `ramp-ca ssh-config`: ssh {target})\n",
@@ -391,7 +395,8 @@ async fn wait_for_start(view: &GrantView, start: chrono::DateTime<Utc>) {
         super::output::rfc3339(start),
         policy::until(start, now)
     );
-    tokio::time::sleep(left).await;
+    // A second past it, so a server whose clock runs a little behind ours sees it open too.
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
 }
 
 /// `KEY-CONTRACT-STEP-cert.pub`: a grant's own certificate file beside the key.
@@ -419,87 +424,6 @@ async fn add_to_agent(
     );
     crate::agent::add_certificate(&key, cert, &comment, lifetime).await?;
     Ok(unix_time(cert.valid_before()))
-}
-
-/// `ssh-config`: Host blocks for the targets of the caller's grants, through the bastion.
-pub(super) async fn ssh_config(
-    opts: &ClientOpts,
-    bastion: Option<&str>,
-    out: Option<&Path>,
-) -> Result {
-    let client = connect(opts).await?;
-    let grants: Vec<GrantView> = client
-        .call(Method::GET, routes::GRANTS, None::<&()>)
-        .await?;
-    let me: crate::wire::grants::Whoami = client
-        .call(Method::GET, routes::WHOAMI, None::<&()>)
-        .await?;
-    let server = crate::client::server_url(&opts.server, opts.ca_cert.is_some());
-    let (host, port) = bastion_address(bastion, &server)?;
-    let mut targets: Vec<String> = grants
-        .iter()
-        .filter(|g| g.grant.user == me.user && g.grant.state == State::Active)
-        .flat_map(|g| g.targets.iter().cloned())
-        .collect();
-    targets.sort();
-    targets.dedup();
-    let text = ssh_config_text(&host, port, &targets);
-    match out {
-        Some(path) => {
-            write_atomic(path, text.as_bytes())?;
-            println!(
-                "wrote {} ({} targets); add `Include {}` at the top of ~/.ssh/config",
-                path.display(),
-                targets.len(),
-                path.display()
-            );
-            Ok(())
-        }
-        None => {
-            print!("{text}");
-            Ok(())
-        }
-    }
-}
-
-/// `--bastion HOST[:PORT]`, or the API server's host and port 2222.
-fn bastion_address(bastion: Option<&str>, server: &str) -> Result<(String, u16)> {
-    let given = match bastion {
-        Some(b) => b.to_string(),
-        None => {
-            let url = reqwest::Url::parse(server)
-                .map_err(|e| CliError::Usage(format!("--server {server}: {e}")))?;
-            url.host_str().unwrap_or("127.0.0.1").to_string()
-        }
-    };
-    match given.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
-            let port = port
-                .parse()
-                .map_err(|_| CliError::Usage(format!("--bastion {given}: bad port `{port}`")))?;
-            Ok((host.trim_matches(['[', ']']).to_string(), port))
-        }
-        _ => Ok((given.trim_matches(['[', ']']).to_string(), 2222)),
-    }
-}
-
-/// One Host block a target: `ssh TARGET` logs in to the bastion as `TARGET` (its first
-/// principal there), checking the bastion's host certificate under its `ramp-bastion` name.
-fn ssh_config_text(host: &str, port: u16, targets: &[String]) -> String {
-    let mut out = String::from(
-        "# ramp-ca: reach these targets through the bastion (`ramp-ca ssh-config`).\n\
-         # Another principal: ssh -l PRINCIPAL@TARGET TARGET. The bastion's host certificate is\n\
-         # checked against the host CA (`ramp-ca trust known-hosts` prints the line to add).\n",
-    );
-    for t in targets {
-        out.push_str(&format!(
-            "Host {t}\n    HostName {host}\n    Port {port}\n    User {t}\n    HostKeyAlias ramp-bastion\n"
-        ));
-    }
-    if targets.is_empty() {
-        out.push_str("# (no active grant yet: `ramp-ca sign` first)\n");
-    }
-    out
 }
 
 /// A certificate for the signing key from grant `id`.

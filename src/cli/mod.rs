@@ -11,6 +11,7 @@ mod output;
 mod policy;
 mod review;
 mod sessions;
+mod ssh_config;
 
 use std::path::{Path, PathBuf};
 
@@ -146,7 +147,7 @@ pub async fn run(cli: Cli) -> Result {
             bastion,
             out,
             client,
-        } => grants::ssh_config(&client, bastion.as_deref(), out.as_deref()).await,
+        } => ssh_config::ssh_config(&client, bastion.as_deref(), out.as_deref()).await,
         Command::Request { ask, client } => grants::request(&client, ask).await,
         Command::Approve { id, client } => grants::approve(&client, &id).await,
         Command::Deny { id, reason, client } => grants::deny(&client, &id, reason).await,

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::policy::Policies;
 use super::Vocabulary;
 
+/// How long a request waits for its approvals before it lapses (`expired`, never approved):
+/// approvers' queues hold what is still wanted, not last week's incidents.
+pub const REQUEST_LAPSE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The name the service acts under when nobody did (a grant closed at activation).
 pub const SERVICE_ACTOR: &str = "ramp-ca";
 
@@ -161,17 +165,30 @@ impl Grant {
     }
 
     /// The state at `now`: an active grant before its start is scheduled, past its end
-    /// expired.
+    /// expired; a request still waiting for approvals when it lapses is expired too.
     pub fn state_at(&self, now: DateTime<Utc>) -> State {
         match self.state {
             State::Active if self.end.is_some_and(|e| e <= now) => State::Expired,
             State::Active if self.start.is_some_and(|s| s > now) => State::Scheduled,
+            State::Pending if self.lapses_at() <= now => State::Expired,
             recorded => recorded,
         }
     }
 
+    /// When a request still waiting for approvals lapses: [`REQUEST_LAPSE`] after it was
+    /// made, or, for a window asked for ahead, when that window would have ended.
+    pub fn lapses_at(&self) -> DateTime<Utc> {
+        let lapse = chrono::Duration::seconds(REQUEST_LAPSE.as_secs() as i64);
+        match self.scheduled {
+            Some(start) => (start + chrono::Duration::seconds(self.ttl_secs as i64))
+                .max(self.requested_at + lapse),
+            None => self.requested_at + lapse,
+        }
+    }
+
     /// Approved and not yet ended at `now`: active, or scheduled to start later. What a
-    /// step climbing from this one may stand on, and what a certificate may be minted from.
+    /// certificate may be minted from (valid from the start); a step climbing from this one
+    /// stands on it only while it is active (see [`dependents`]).
     pub fn is_held(&self, now: DateTime<Utc>) -> bool {
         matches!(self.state_at(now), State::Active | State::Scheduled)
     }
@@ -286,9 +303,10 @@ pub struct Fallout {
 }
 
 /// What ending `ended` does to the grants that climbed from them. A step with `after: X` is
-/// held only while an active grant of X is (a pending request holds nothing), and never past
-/// the latest end among those: revoking one of two `observe` grants moves an `operate`
-/// grant's end back to the other's. Transitive.
+/// held only while a grant of X is active (a pending request holds nothing, nor a window of
+/// X not yet open), from its own window's start on, and never past the latest end among
+/// those: revoking one of two `observe` grants moves an `operate` grant's end back to the
+/// other's. Transitive.
 pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime<Utc>) -> Fallout {
     let mut gone: HashSet<String> = ended.iter().map(|g| g.id.clone()).collect();
     // Open grants of the people concerned (a step climbs only from its own user's grants), as
@@ -316,13 +334,15 @@ pub fn dependents(p: &Policies, grants: &[Grant], ended: &[Grant], now: DateTime
             else {
                 continue;
             };
+            // What holds it up is open when it is: a window ahead holds nothing before that.
+            let at = g.start.unwrap_or_else(|| g.opens_at(now)).max(now);
             let held_until = open
                 .iter()
                 .filter(|o| {
                     o.user == g.user
                         && o.contract == g.contract
                         && o.step == after
-                        && o.is_held(now)
+                        && o.is_active(at)
                         && !gone.contains(&o.id)
                 })
                 .filter_map(|o| o.end)

@@ -62,10 +62,12 @@ pub fn report(
 ) -> Vec<Row> {
     let by_id: HashMap<&str, &Grant> = grants.iter().map(|g| (g.id.as_str(), g)).collect();
     let mut rows: Rows = BTreeMap::new();
-    for g in grants
-        .iter()
-        .filter(|g| g.start.is_some_and(|s| s >= since && s <= now))
-    {
+    // A window approved ahead and closed before its start never became active.
+    let opened = |g: &Grant| {
+        g.start
+            .is_some_and(|s| s >= since && s <= now && g.closed.as_ref().is_none_or(|c| c.at > s))
+    };
+    for g in grants.iter().filter(|g| opened(g)) {
         let (r, approvers) = row(&mut rows, g);
         r.grants += 1;
         approvers.extend(g.approvals.iter().map(|a| a.by.clone()));
@@ -203,5 +205,28 @@ mod tests {
             (op.sessions, op.reviewed, op.late, op.missing, op.pending),
             (4, 1, 1, 1, 1)
         );
+    }
+
+    /// Regression: a window approved ahead and revoked before it opened was counted as a
+    /// grant that became active once its start passed.
+    #[test]
+    fn a_window_revoked_before_it_opened_never_became_active() {
+        let mut ahead = grant("g0", "observe", 5, None);
+        ahead.state = State::Revoked;
+        ahead.closed = Some(crate::domain::grant::Closure {
+            by: "carol".into(),
+            at: at(2),
+            reason: "not tonight".into(),
+        });
+        let mut cut = grant("g1", "observe", 3, None);
+        cut.state = State::Revoked;
+        cut.closed = Some(crate::domain::grant::Closure {
+            by: "carol".into(),
+            at: at(4),
+            reason: "done".into(),
+        });
+        let rows = report(&[ahead, cut], &[], at(1), at(9));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].grants, 1, "only the one revoked after it opened");
     }
 }

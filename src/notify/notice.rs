@@ -49,6 +49,11 @@ fn hhmm(t: DateTime<Utc>) -> String {
     t.format("%H:%M UTC").to_string()
 }
 
+/// A time up to 30 days ahead (a window asked for with `--start`): with its date.
+fn dated(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
 /// `: reason` when there is one.
 fn because(reason: Option<&str>) -> String {
     reason
@@ -85,8 +90,12 @@ pub async fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
         Action::Request(d) if d.needs_approvals > 0 => {
             let g = grant().await?;
             let n = g.approvals_needed;
+            let from = d
+                .start
+                .map(|s| format!(" from {}", dated(s)))
+                .unwrap_or_default();
             let text = format!(
-                ":unlock: {} requested {} for {}{} (needs {n} approval{} from {}; `ramp-ca approve {}`)",
+                ":unlock: {} requested {} for {}{from}{} (needs {n} approval{} from {}; `ramp-ca approve {}`)",
                 g.user,
                 g.what(),
                 format_duration(Duration::from_secs(g.ttl_secs)),
@@ -190,12 +199,17 @@ pub async fn notice(service: &Service, rec: &AuditRecord) -> Option<Notice> {
                 (None, true) => String::new(),
                 (None, false) => format!("; approved by {}", g.approvers().join(", ")),
             };
-            let until = g
-                .end
-                .map(|e| format!(" (until {})", hhmm(e)))
-                .unwrap_or_default();
+            // A window approved ahead is not held yet: when it opens, with the dates.
+            let (holds, until) = match (g.start, g.end) {
+                (Some(s), Some(e)) if s > rec.at => (
+                    "will hold",
+                    format!(" from {} until {}", dated(s), dated(e)),
+                ),
+                (_, Some(e)) => ("holds", format!(" (until {})", hhmm(e))),
+                _ => ("holds", String::new()),
+            };
             let holds = format!(
-                "{} holds {} as {} for {}{until}{}{approved}",
+                "{} {holds} {} as {} for {}{until}{}{approved}",
                 g.user,
                 g.what(),
                 principals.join(", "),

@@ -208,8 +208,9 @@ impl Service {
     }
 
     /// `user`'s open window of `contract`/`step` asked for ahead from `start`, if any; none
-    /// when they have [`MAX_SCHEDULED`] windows open already (each is a grant or a request of
-    /// its own, so their number is bounded).
+    /// when they have [`MAX_SCHEDULED`] windows asked for ahead open already (each is a grant
+    /// or a request of its own, never answered from the grant held, so their number is
+    /// bounded until they end, are decided or withdrawn: pending, scheduled or open).
     async fn scheduled_twin(
         &self,
         tx: &mut GrantChanges<'_>,
@@ -223,14 +224,14 @@ impl Service {
             .open_grants_of(&[user], now)
             .await?
             .into_iter()
-            .filter(|g| g.scheduled.is_some_and(|s| s > now))
+            .filter(|g| g.scheduled.is_some())
             .collect();
         let twin = ahead
             .iter()
             .find(|g| g.contract == contract && g.step == step && g.scheduled == Some(start));
         if twin.is_none() && ahead.len() >= MAX_SCHEDULED {
             return Err(ServiceError::Conflict(format!(
-                "you have {} windows asked for ahead already (at most {MAX_SCHEDULED}): withdraw one (ramp-ca deny ID --reason ...) or wait for one to open",
+                "you have {} windows asked for ahead open already (at most {MAX_SCHEDULED}, pending, scheduled or begun): withdraw one (ramp-ca deny ID --reason ... or ramp-ca revoke --grant ID) or wait for one to end",
                 ahead.len()
             )));
         }
@@ -311,10 +312,7 @@ impl Service {
                 self.scheduled_twin(tx, user, &body.contract, &step, start, now)
                     .await?
             }
-            None => tx
-                .own_open_grant(user, &body.contract, &step, now)
-                .await?
-                .filter(|g| g.scheduled.is_none()),
+            None => tx.own_open_grant(user, &body.contract, &step, now).await?,
         };
         if let Some(held) = held {
             let reasons = decision.reasons().to_vec();

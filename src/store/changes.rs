@@ -62,7 +62,7 @@ impl<'a> GrantChanges<'a> {
     }
 
     /// The user's own open grant of a step at `now`: the active one that ends last, else the
-    /// oldest pending request.
+    /// oldest pending request (not one for a window that opens later).
     pub async fn own_open_grant(
         &mut self,
         user: &str,

@@ -87,6 +87,9 @@ fn a_scheduled_certificate_is_refused_by_openssh_before_its_window_and_accepted_
         table.contains("scheduled") && table.contains(" in 1m"),
         "{table}"
     );
+    // Written ahead, `ssh db-1` reaches the bastion, which says when the window opens.
+    let config = run_ok(&mut rig.ramp(ALICE, &["ssh-config"]));
+    assert!(config.contains("Host db-1\n"), "{config}");
 
     // Once the certificate's window begins, OpenSSH lets it in; the bastion still holds it
     // to the grant's window and says when that opens.

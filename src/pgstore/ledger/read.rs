@@ -152,7 +152,7 @@ pub(super) async fn held_steps(
 }
 
 /// The user's own open grant of a step at `now`: the active one that ends last, else the
-/// oldest pending request.
+/// oldest pending request (a request for a window that opens later is neither).
 pub(super) async fn own_open_grant(
     c: &mut Conn<'_>,
     user: &str,
@@ -176,7 +176,7 @@ pub(super) async fn own_open_grant(
     let pending = || {
         grants
             .iter()
-            .filter(|g| g.state == State::Pending)
+            .filter(|g| g.state_at(now) == State::Pending && g.opens_at(now) == now)
             .min_by(|a, b| (a.requested_at, &a.id).cmp(&(b.requested_at, &b.id)))
     };
     Ok(active.or_else(pending).cloned())

@@ -294,3 +294,61 @@ async fn a_policy_reload_with_problems_keeps_the_old_set_in_force() {
     let err = f.ask("alice", "observe", false, at(1)).await.unwrap_err();
     assert!(matches!(err, ServiceError::Denied(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_request_nobody_approved_lapses_after_a_day_and_a_window_ahead_when_it_would_have_ended()
+{
+    let f = fixture().await;
+    f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
+    let day = 24 * 3600;
+    assert_eq!(f.state(&op, at(day)).await, State::Pending);
+    assert_eq!(f.state(&op, at(day + 1)).await, State::Expired);
+    let late = f
+        .service
+        .approve("bob", &op, at(day + 2))
+        .await
+        .unwrap_err();
+    assert!(
+        late.to_string().contains("is expired, not pending"),
+        "{late}"
+    );
+    // Asked again, it is filed anew rather than answered from the lapsed one.
+    f.grant_of("observe", at(day + 3)).await;
+    let again = f.ask("alice", "operate", false, at(day + 4)).await.unwrap();
+    assert!(
+        !again.existing && again.grant.grant.id != op,
+        "{:?}",
+        again.reasons
+    );
+    let listed = f.service.grants("bob", false, at(day + 5)).await.unwrap();
+    assert!(
+        listed.iter().all(|g| g.grant.id != op),
+        "gone from the queue"
+    );
+
+    // A window three days ahead waits for its approvals until it would have ended.
+    let ahead = |step: &str| RequestBody {
+        contract: "prod-db".into(),
+        step: Some(step.into()),
+        ttl: Some("10m".into()),
+        reason: Some("CHG-3".into()),
+        certify: false,
+        start: Some("+3d".into()),
+    };
+    let key = f.key("alice");
+    let first = f
+        .service
+        .request("alice", &key, &ahead("observe"), at(10))
+        .await;
+    assert_eq!(first.unwrap().grant.grant.state, State::Scheduled);
+    let op = f
+        .service
+        .request("alice", &key, &ahead("operate"), at(10))
+        .await;
+    let op = op.unwrap().grant.grant.id;
+    let ends = 10 + 3 * day + 600;
+    assert_eq!(f.state(&op, at(2 * day)).await, State::Pending);
+    assert_eq!(f.state(&op, at(ends - 1)).await, State::Pending);
+    assert_eq!(f.state(&op, at(ends)).await, State::Expired);
+}

@@ -196,3 +196,124 @@ async fn the_same_window_asked_twice_is_one_grant_and_windows_ahead_are_bounded(
     let now = f.ask("alice", "observe", false, t0()).await.unwrap();
     assert!(!now.existing && now.grant.grant.state == State::Active);
 }
+
+/// Regression: revoking the `observe` grant an active `operate` climbed from left `operate`
+/// running when its holder had an `observe` window asked for later: a window not yet open
+/// held it up.
+#[tokio::test]
+async fn a_window_ahead_does_not_keep_up_a_grant_whose_prerequisite_is_revoked() {
+    let f = fixture().await;
+    let observe = f.grant_of("observe", t0()).await;
+    let op = f.grant_of("operate", at(1)).await;
+    f.service.approve("bob", &op, at(2)).await.unwrap();
+    ask_ahead(&f, "observe", "30m", "+1h", at(3)).await.unwrap();
+    let out = f
+        .service
+        .revoke("carol", &revoke_grant(&observe), at(10))
+        .await
+        .unwrap();
+    assert!(out.grants.contains(&op), "operate goes with it: {out:?}");
+    assert_eq!(f.state(&op, at(10)).await, State::Revoked);
+}
+
+/// Regression: once its window opened, a grant asked for ahead was not the grant held for
+/// its step: asking for the step again filed a second request; and a pending window ahead
+/// hid the pending request of now from the next ask, filing it twice for approvers.
+#[tokio::test]
+async fn a_window_once_open_is_held_like_any_grant_and_a_pending_one_ahead_hides_none() {
+    let f = fixture().await;
+    let ahead = ask_ahead(&f, "observe", "30m", "+1h", t0()).await.unwrap();
+    let id = ahead.grant.grant.id;
+    let again = f.ask("alice", "observe", true, at(3700)).await.unwrap();
+    assert!(again.existing, "{:?}", again.reasons);
+    assert_eq!(again.grant.grant.id, id);
+    assert!(again.certificate.is_some());
+
+    // operate asked ahead (pending), then operate now, twice: one request of now.
+    let later = ask_ahead(&f, "operate", "10m", "+10m", at(3710)).await;
+    assert_eq!(later.unwrap().grant.grant.state, State::Pending);
+    let now1 = f.ask("alice", "operate", false, at(3720)).await.unwrap();
+    let now2 = f.ask("alice", "operate", false, at(3730)).await.unwrap();
+    assert!(!now1.existing);
+    assert!(now2.existing, "{:?}", now2.reasons);
+    assert_eq!(now2.grant.grant.id, now1.grant.grant.id);
+}
+
+/// Regression: a request for a window ahead stopped counting toward the bound once its start
+/// passed unapproved, though it stays open: asking again and again piled requests up without
+/// end for approvers (and in memory).
+#[tokio::test]
+async fn requests_ahead_whose_start_passed_unapproved_still_count_toward_the_bound() {
+    let f = fixture().await;
+    ask_ahead(&f, "observe", "30m", "+1h", t0()).await.unwrap();
+    let max = super::super::grants::MAX_SCHEDULED as i64;
+    for n in 1..max {
+        let start = format!("+{}s", 3600 + n);
+        let op = ask_ahead(&f, "operate", "10m", &start, t0()).await.unwrap();
+        assert_eq!(op.grant.grant.state, State::Pending);
+    }
+    // Past every start: the observe window is open, the operate requests still wait.
+    let later = at(3600 + max + 60);
+    let err = ask_ahead(&f, "observe", "10m", "+3h", later).await;
+    assert!(
+        err.unwrap_err().to_string().contains("at most 16"),
+        "the 15 pending requests count (with the observe window open)"
+    );
+    // Withdrawn, one leaves room.
+    let pending = f.service.grants("alice", false, later).await.unwrap();
+    let op = pending.iter().find(|v| v.grant.state == State::Pending);
+    let op = &op.unwrap().grant.id;
+    f.service
+        .deny("alice", op, "not needed", later)
+        .await
+        .unwrap();
+    ask_ahead(&f, "observe", "10m", "+3h", later).await.unwrap();
+}
+
+/// Regression: the `grant` webhook of a window approved ahead read "alice holds ... (until
+/// 20:16 UTC)", as if held now: it says when the window opens, with the date.
+#[tokio::test]
+async fn the_webhook_of_a_window_approved_ahead_says_when_it_opens() {
+    let f = fixture().await;
+    let out = ask_ahead(&f, "observe", "10m", "+2h", t0()).await.unwrap();
+    let granted = &f.audited("grant").await[0];
+    assert_eq!(granted.subject, out.grant.grant.id);
+    let notice = crate::notify::notice(&f.service, granted).await.unwrap();
+    assert!(
+        notice.text.contains("alice will hold prod-db/observe")
+            && notice
+                .text
+                .contains("from 2030-03-17 19:46 UTC until 2030-03-17 19:56 UTC"),
+        "{}",
+        notice.text
+    );
+    // Asked ahead and pending: the request says for when.
+    let op = ask_ahead(&f, "operate", "5m", "+2h", at(1)).await.unwrap();
+    let asked = f.audited("request").await;
+    let asked = asked.iter().find(|r| r.subject == op.grant.grant.id);
+    let notice = crate::notify::notice(&f.service, asked.unwrap()).await;
+    let text = notice.unwrap().text;
+    assert!(
+        text.contains("prod-db/operate for 5m from 2030-03-17 19:46 UTC"),
+        "{text}"
+    );
+}
+
+/// Regression: windows asked for ahead stopped counting once open, so asking again and again
+/// for `+1s` piled up active grants of one step (16 a second, each lasting its ttl) where a
+/// request of now is answered from the grant held.
+#[tokio::test]
+async fn windows_ahead_count_toward_the_bound_until_they_end() {
+    let f = fixture().await;
+    let max = super::super::grants::MAX_SCHEDULED as i64;
+    for n in 1..=max {
+        let start = format!("+{n}s");
+        ask_ahead(&f, "observe", "10m", &start, t0()).await.unwrap();
+    }
+    let err = ask_ahead(&f, "observe", "10m", "+1h", at(max + 1)).await;
+    assert!(err.unwrap_err().to_string().contains("at most 16"));
+    // Once they end, windows may be asked for again.
+    ask_ahead(&f, "observe", "10m", "+1h", at(max + 600))
+        .await
+        .unwrap();
+}

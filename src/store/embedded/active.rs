@@ -62,12 +62,13 @@ impl ActiveIndex {
         }
     }
 
-    /// The grants pending or active at `now`, oldest request first; forgets expired ones.
+    /// The grants pending or active at `now`, oldest request first; forgets expired ones
+    /// (and requests that lapsed).
     pub fn open(&mut self, now: DateTime<Utc>) -> Vec<Grant> {
         let expired: Vec<String> = self
             .open
             .values()
-            .filter(|g| matches!(g.state, State::Active) && g.end.is_some_and(|e| e <= now))
+            .filter(|g| g.state_at(now) == State::Expired)
             .map(|g| g.id.clone())
             .collect();
         for id in expired {
@@ -80,7 +81,7 @@ impl ActiveIndex {
     }
 
     /// The user's own open grant of one step: the active grant that ends last, else the
-    /// oldest pending request for it.
+    /// oldest pending request for it (a request for a window that opens later is neither).
     pub fn own(
         &mut self,
         user: &str,
@@ -105,7 +106,8 @@ impl ActiveIndex {
         self.open
             .values()
             .filter(|g| {
-                g.state == State::Pending
+                g.state_at(now) == State::Pending
+                    && g.opens_at(now) == now
                     && g.user == user
                     && g.contract == contract
                     && g.step == step
