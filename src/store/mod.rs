@@ -19,6 +19,7 @@ pub mod checkpoints;
 pub mod copy;
 mod embedded;
 mod feeds;
+mod location;
 mod recordings;
 mod seals;
 mod sessions;
@@ -32,7 +33,7 @@ use crate::domain::audit::{AuditRecord, Entry, Head};
 use crate::domain::cert::CertRecord;
 use crate::domain::grant::{Grant, Revocation};
 use crate::domain::session::SessionMeta;
-use crate::pgstore::{PgLedger, PoolSettings};
+use crate::pgstore::PgLedger;
 use crate::recordings::files::{RecordingError, Recordings};
 use crate::recordings::place::Place;
 
@@ -43,6 +44,7 @@ pub use self::embedded::OnDisk;
 #[doc(hidden)]
 pub use self::embedded::SledLedger;
 pub use self::feeds::{Feeds, GrantNews};
+pub use self::location::Location;
 pub use self::seals::{BadRecording, SealReport};
 pub use self::sessions::{Interrupted, TakeOver};
 
@@ -188,42 +190,6 @@ pub(crate) fn by_request(grants: &mut [Grant]) {
 /// Sessions in the order listings show them: oldest first.
 pub(crate) fn by_start(sessions: &mut [SessionMeta]) {
     sessions.sort_by(|a, b| a.start.cmp(&b.start).then(a.id.cmp(&b.id)));
-}
-
-/// Where the ledger is kept (`serve --store`).
-#[derive(Debug, Clone)]
-pub enum Location {
-    /// sled in `DIR/data`.
-    Embedded,
-    /// A PostgreSQL database (a libpq URL), with the pool's bounds.
-    Postgres { url: String, pool: PoolSettings },
-}
-
-impl Location {
-    /// What `--store` (or `store:`, or `RAMP_STORE`) says: nothing (or `sled`) for the
-    /// embedded ledger, a `postgres://` (or `postgresql://`) URL for PostgreSQL, checked
-    /// here so a bad one stops `serve` before anything starts.
-    pub fn parse(store: Option<&str>, pool: PoolSettings) -> std::result::Result<Location, String> {
-        match store.map(str::trim) {
-            None | Some("") | Some("sled") => Ok(Location::Embedded),
-            Some(url) => {
-                crate::pgstore::StoreUrl::parse(url).map_err(|e| e.to_string())?;
-                Ok(Location::Postgres {
-                    url: url.to_string(),
-                    pool,
-                })
-            }
-        }
-    }
-
-    /// What to log: the engine, and for PostgreSQL `HOST:PORT/DB` (never a password).
-    pub fn shown(&self) -> String {
-        match self {
-            Location::Embedded => "sled".into(),
-            Location::Postgres { url, .. } => crate::pgstore::StoreUrl::parse(url)
-                .map_or_else(|_| "postgres".into(), |u| format!("postgres {}", u.target)),
-        }
-    }
 }
 
 /// The engine that keeps the ledger.
