@@ -173,42 +173,57 @@ impl Service {
 
     /// Announces each review that went past due, once (`review-overdue`, with the session's
     /// metadata marked in the same commit), and counts the queue for `/metrics`. One read of
-    /// the session metadata.
+    /// the session metadata; those to announce are read again under the ledger's lock, so
+    /// a sign-off meanwhile is not written over and two nodes checking at once announce
+    /// each once.
     pub async fn check_reviews(&self, now: DateTime<Utc>) -> Result<ReviewCounts> {
         let mut counts = ReviewCounts::default();
-        let mut change = Change::default();
-        for mut s in self.store.sessions().await? {
+        let mut due_now = Vec::new();
+        for s in self.store.sessions().await? {
             match review::state(&s, now) {
                 ReviewState::Pending(_) => counts.pending += 1,
-                ReviewState::Overdue(due) => {
+                ReviewState::Overdue(_) => {
                     counts.pending += 1;
                     counts.overdue += 1;
                     if !s.overdue_announced {
-                        // Read again: a sign-off since the listing must not be written over.
-                        match self.store.session(&s.id).await? {
-                            Some(fresh) if fresh.reviewed.is_none() => s = fresh,
-                            _ => continue,
-                        }
-                        let overdue = ReviewOverdue {
-                            user: s.user.clone(),
-                            target: s.target.clone(),
-                            due,
-                            by: s.review.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
-                        };
-                        change
-                            .entries
-                            .push(Entry::new(SERVICE_ACTOR, &s.id, overdue));
-                        s.overdue_announced = true;
-                        change.sessions.push(s);
+                        due_now.push(s.id);
                     }
                 }
                 _ => {}
             }
         }
-        if !change.entries.is_empty() {
-            self.commit(change, now).await?;
-        }
         self.metrics.set_reviews(counts.pending, counts.overdue);
+        if due_now.is_empty() {
+            return Ok(counts);
+        }
+        let mut change = Change::default();
+        let mut tx = self.store.grant_changes().await?;
+        for id in due_now {
+            let Some(mut s) = tx.session(&id).await? else {
+                continue;
+            };
+            let ReviewState::Overdue(due) = review::state(&s, now) else {
+                continue;
+            };
+            if s.overdue_announced {
+                continue;
+            }
+            let overdue = ReviewOverdue {
+                user: s.user.clone(),
+                target: s.target.clone(),
+                due,
+                by: s.review.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+            };
+            change
+                .entries
+                .push(Entry::new(SERVICE_ACTOR, &s.id, overdue));
+            s.overdue_announced = true;
+            change.sessions.push(s);
+        }
+        if !change.entries.is_empty() {
+            tx.commit(change, now).await?;
+        }
+        tx.finish().await?;
         Ok(counts)
     }
 }

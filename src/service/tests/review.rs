@@ -140,8 +140,14 @@ async fn an_overdue_review_is_announced_once_and_counted() {
     f.service.update_sessions(sessions, t0()).await.unwrap();
     let counts = f.service.check_reviews(at(1800)).await.unwrap();
     assert_eq!((counts.pending, counts.overdue), (2, 0));
-    let counts = f.service.check_reviews(at(3700)).await.unwrap();
-    assert_eq!((counts.pending, counts.overdue), (2, 1));
+    // Two checks at once (two nodes on one ledger): announced once, each counting it.
+    let (a, b) = tokio::join!(
+        f.service.check_reviews(at(3700)),
+        f.service.check_reviews(at(3700))
+    );
+    for counts in [a.unwrap(), b.unwrap()] {
+        assert_eq!((counts.pending, counts.overdue), (2, 1));
+    }
     f.service.check_reviews(at(3800)).await.unwrap();
     let overdue = f.audited("review-overdue").await;
     assert_eq!(overdue.len(), 1, "announced once");
