@@ -94,12 +94,20 @@ pub fn check_reviews(service: Arc<Service>, every: Duration) {
 }
 
 /// Removes recordings past their `keep:` every `every`, at most `per_pass` a pass; files
-/// whose removal is recorded but could not be deleted are tried again each pass.
+/// whose removal is recorded but could not be deleted (or that a crash left) are tried
+/// again each pass.
 pub fn sweep_retention(service: Arc<Service>, every: Duration, per_pass: usize) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut undeleted: Vec<String> = Vec::new();
+        // What a crash between a pass's commit and its deletions left.
+        let mut undeleted = match service.leftover_removals(per_pass).await {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for recordings left by an interrupted retention pass");
+                Vec::new()
+            }
+        };
         loop {
             tick.tick().await;
             if !undeleted.is_empty() {

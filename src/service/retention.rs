@@ -6,8 +6,8 @@
 //! recordings go is decided again under the ledger's lock (the one grant changes take: a
 //! mutex on sled, an advisory lock every PostgreSQL node takes), on the metadata read inside
 //! it, so two nodes sweeping at once never remove one recording twice. The file goes after
-//! the commit: a crash in between leaves a file the chain calls removed (harmless: nothing
-//! reads it), never a file gone without its record.
+//! the commit: a crash in between leaves a file the chain calls removed (nothing reads it,
+//! and the first pass after a restart deletes it), never a file gone without its record.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -110,6 +110,28 @@ impl Service {
         tx.finish().await?;
         swept.failed = self.delete_removed_recordings(&swept.removed).await;
         Ok(swept)
+    }
+
+    /// Recordings whose removal the ledger holds but whose files this node still sees: what
+    /// a crash between a pass's commit and its deletions (or a restart forgetting failed
+    /// deletions) left. Only the newest `limit` removals are looked at: one interrupted
+    /// pass removes no more. The daemon deletes them in its first pass after a start.
+    pub async fn leftover_removals(&self, limit: usize) -> Result<Vec<String>> {
+        let mut removed: Vec<(DateTime<Utc>, String)> = self
+            .store
+            .sessions()
+            .await?
+            .into_iter()
+            .filter_map(|s| Some((s.removed.as_ref()?.at, s.id)))
+            .collect();
+        removed.sort_unstable_by(|a, b| b.cmp(a));
+        let mut left = Vec::new();
+        for (_, id) in removed.into_iter().take(limit) {
+            if self.store.recording_removable(&id).await.unwrap_or(false) {
+                left.push(id);
+            }
+        }
+        Ok(left)
     }
 
     /// Deletes the recordings of sessions whose removal the ledger holds; returns those

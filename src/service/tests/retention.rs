@@ -72,6 +72,12 @@ async fn past_keep_only_reviewed_or_unneeded_recordings_go_audited_and_verified(
     let path = |id: &str| f.dir.path().join(format!("data/recordings/{id}.rec"));
     assert!(!path("signed").exists() && !path("unasked").exists());
     assert!(path("waiting").exists());
+    // A crash between the commit and the deletion leaves the file: found after a restart.
+    std::fs::write(path("signed"), b"left by a crash").unwrap();
+    assert_eq!(f.service.leftover_removals(100).await.unwrap(), ["signed"]);
+    let failed = f.service.delete_removed_recordings(&["signed".into()]).await;
+    assert!(failed.is_empty() && !path("signed").exists());
+    assert!(f.service.leftover_removals(100).await.unwrap().is_empty());
 
     let records = f.audited("recording-removed").await;
     assert_eq!(records.len(), 2);
