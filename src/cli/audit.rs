@@ -126,6 +126,9 @@ async fn verify(
             } else {
                 format!("recording seals intact: {} finished sessions, each seal matching the audit chain (files not read)\n", r.sessions)
             });
+            if r.elsewhere > 0 {
+                text.push_str(&format!("recorded on other nodes: {} of them, their seals matching the chain; their files are on those nodes' disks (run audit verify against each)\n", r.elsewhere));
+            }
             if r.removed > 0 {
                 text.push_str(&format!("removed by retention: {} of them, each with its recording-removed record in the chain\n", r.removed));
             }

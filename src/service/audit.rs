@@ -33,6 +33,7 @@ impl From<Seals> for SealReport {
             sessions: r.sessions,
             files: r.files,
             removed: r.removed,
+            elsewhere: r.elsewhere,
             bad: r
                 .bad
                 .into_iter()
@@ -114,7 +115,8 @@ impl Service {
     pub async fn verify_audit(&self, who: &str, read_files: bool) -> Result<AuditReport> {
         self.require_reviewer(who, Reading::AuditLog)?;
         let mut report = self.store.verify_audit().await?;
-        report.recordings = Some(self.store.verify_recordings(read_files).await?);
+        let here = (!self.store.recordings_shared()).then_some(self.node.as_str());
+        report.recordings = Some(self.store.verify_recordings(read_files, here).await?);
         Ok(report.into())
     }
 

@@ -26,6 +26,9 @@ pub struct SealReport {
     /// Of the sessions checked, those whose recording retention removed, each proven by
     /// its `recording-removed` record (their files are not read).
     pub removed: u64,
+    /// Of the sessions checked, those another node recorded on its own disk: their seals
+    /// are checked against the chain, their files are not here to read.
+    pub elsewhere: u64,
 }
 
 /// A recording that does not match its seal, or a session the chain and the ledger
@@ -275,8 +278,14 @@ impl Ledger {
     /// Checks every finished session's seal against the audit chain and, with
     /// `read_files`, every recording file against its seal. Also names sessions the chain
     /// ended twice, ended while the ledger says they are live, or ended though the ledger
-    /// does not know them. Reads the chain's end records once; holds up no commit.
-    pub async fn verify_recordings(&self, read_files: bool) -> Result<SealReport> {
+    /// does not know them. Reads the chain's end records once; holds up no commit. `here`
+    /// names this node when its recordings are its own disk's (not shared): the files of
+    /// sessions other nodes recorded are theirs to read (`audit verify` on that node).
+    pub async fn verify_recordings(
+        &self,
+        read_files: bool,
+        here: Option<&str>,
+    ) -> Result<SealReport> {
         // The chain first: a session that ends after this read is still found ended below.
         let ends = self.session_ends().await?;
         let sessions = self.sessions().await?;
@@ -299,7 +308,9 @@ impl Ledger {
                 ),
             ));
         }
-        let (mut checked, mut removed) = (0, 0);
+        let (mut checked, mut removed, mut elsewhere) = (0, 0, 0);
+        let recorded_elsewhere =
+            |s: &SessionMeta| here.is_some_and(|node| s.node.as_deref().is_some_and(|n| n != node));
         for s in &sessions {
             let recorded = ends.of(&s.id);
             if recorded.len() > 1 {
@@ -334,6 +345,10 @@ impl Ledger {
                     }
                     Err(why) => bad(&s.id, why),
                 },
+                Ok(_) if recorded_elsewhere(s) => {
+                    elsewhere += 1;
+                    continue;
+                }
                 Ok(seal) => Finding::Sealed(s.id.clone(), seal),
                 Err(e) => bad(&s.id, e.to_string()),
             });
@@ -362,6 +377,7 @@ impl Ledger {
             files: read_files,
             bad,
             removed,
+            elsewhere,
         })
     }
 }

@@ -97,6 +97,11 @@ pub struct SealReport {
     /// `recording-removed` record in the chain.
     #[serde(default)]
     pub removed: u64,
+    /// Of the sessions checked, those another node recorded on its own disk (recordings not
+    /// shared): their seals checked against the chain, their files read by `audit verify`
+    /// on that node.
+    #[serde(default)]
+    pub elsewhere: u64,
 }
 
 /// A recording that does not match its seal, or a session the chain and the ledger

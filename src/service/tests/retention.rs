@@ -75,7 +75,10 @@ async fn past_keep_only_reviewed_or_unneeded_recordings_go_audited_and_verified(
     // A crash between the commit and the deletion leaves the file: found after a restart.
     std::fs::write(path("signed"), b"left by a crash").unwrap();
     assert_eq!(f.service.leftover_removals(100).await.unwrap(), ["signed"]);
-    let failed = f.service.delete_removed_recordings(&["signed".into()]).await;
+    let failed = f
+        .service
+        .delete_removed_recordings(&["signed".into()])
+        .await;
     assert!(failed.is_empty() && !path("signed").exists());
     assert!(f.service.leftover_removals(100).await.unwrap().is_empty());
 
@@ -122,7 +125,7 @@ async fn past_keep_only_reviewed_or_unneeded_recordings_go_audited_and_verified(
     assert_eq!(found.removed, ["signed", "unasked"]);
     assert_eq!(found.hits.len(), 1, "the waiting one is still searched");
 
-    let report = f.service.store.verify_recordings(true).await.unwrap();
+    let report = f.service.store.verify_recordings(true, None).await.unwrap();
     assert_eq!((report.bad.clone(), report.removed), (vec![], 2));
 
     // Another pass removes nothing twice; once signed off, the waiting one goes too.
@@ -151,7 +154,7 @@ async fn a_pass_is_bounded_and_a_recording_deleted_by_hand_still_fails_verify() 
     // Deleted by hand, without the chain saying so: named.
     let left = f.dir.path().join("data/recordings/a3.rec");
     std::fs::remove_file(&left).unwrap();
-    let report = f.service.store.verify_recordings(true).await.unwrap();
+    let report = f.service.store.verify_recordings(true, None).await.unwrap();
     assert_eq!(report.bad.len(), 1, "{report:?}");
     assert_eq!(report.bad[0].session, "a3");
     // Nor does marking it removed in the metadata help: the record it names is not one.
@@ -166,7 +169,7 @@ async fn a_pass_is_bounded_and_a_recording_deleted_by_hand_still_fails_verify() 
         .update_sessions(vec![forged], later)
         .await
         .unwrap();
-    let report = f.service.store.verify_recordings(true).await.unwrap();
+    let report = f.service.store.verify_recordings(true, None).await.unwrap();
     assert!(
         report.bad[0]
             .reason

@@ -127,7 +127,10 @@ async fn a_recording_edited_with_its_seal_is_named_with_its_audit_record() {
     let m = recorded(&store, "s1", b"DROP TABLE users;\r\n").await;
     assert_eq!(m.sealed_in, Some(2), "the end record's sequence number");
     assert_eq!(store.session_events(&m).await.unwrap().len(), 1);
-    assert_eq!(store.verify_recordings(true).await.unwrap().bad, vec![]);
+    assert_eq!(
+        store.verify_recordings(true, None).await.unwrap().bad,
+        vec![]
+    );
 
     forge(&store, &m, b"SELECT 1;\r\n").await;
     let err = read_err(&store, "s1").await;
@@ -137,7 +140,7 @@ async fn a_recording_edited_with_its_seal_is_named_with_its_audit_record() {
             && err.contains("the ledger's seal is 24 bytes"),
         "{err}"
     );
-    let report = store.verify_recordings(false).await.unwrap();
+    let report = store.verify_recordings(false, None).await.unwrap();
     assert_eq!(report.sessions, 1);
     assert_eq!(report.bad.len(), 1, "found without reading the file");
     assert!(
@@ -176,13 +179,13 @@ async fn a_recording_edited_alone_is_named_against_its_seal() {
     std::fs::write(&path, raw).unwrap();
     let err = store.session_events(&m).await.unwrap_err().to_string();
     assert!(err.contains("changed or damaged"), "{err}");
-    let checked = store.verify_recordings(true).await.unwrap();
+    let checked = store.verify_recordings(true, None).await.unwrap();
     assert!(
         checked.bad[0].reason.contains("BLAKE3 hash differs"),
         "{checked:?}"
     );
     assert_eq!(
-        store.verify_recordings(false).await.unwrap().bad,
+        store.verify_recordings(false, None).await.unwrap().bad,
         vec![],
         "files not read"
     );
@@ -206,7 +209,7 @@ async fn verify_names_sessions_the_chain_and_the_ledger_disagree_about() {
     put(&store, &meta("s4")).await;
     audit(&store, "s4", ended(None)).await;
     let reasons: Vec<String> = store
-        .verify_recordings(true)
+        .verify_recordings(true, None)
         .await
         .unwrap()
         .bad
@@ -277,5 +280,30 @@ async fn an_interrupted_session_is_sealed_in_its_audit_record() {
     let s5 = store.session("s5").await.unwrap().unwrap();
     assert_eq!(s5.sealed_in, Some(rec.seq));
     assert_eq!(store.session_events(&s5).await.unwrap().len(), 1);
-    assert_eq!(store.verify_recordings(true).await.unwrap().bad, vec![]);
+    assert_eq!(
+        store.verify_recordings(true, None).await.unwrap().bad,
+        vec![]
+    );
+}
+
+/// Several nodes, each recording on its own disk: `audit verify` on one checks the seals of
+/// every session against the chain, and reads only the files of the sessions it recorded.
+#[tokio::test]
+async fn a_session_another_node_recorded_on_its_own_disk_is_checked_by_its_seal_only() {
+    let (_dir, store) = open().await;
+    let mut mine = recorded(&store, "s-here", b"ls\r\n").await;
+    mine.node = Some("n1".into());
+    put(&store, &mine).await;
+    let mut theirs = recorded(&store, "s-there", b"ps\r\n").await;
+    theirs.node = Some("n2".into());
+    put(&store, &theirs).await;
+    std::fs::remove_file(store.recordings.path("s-there").unwrap()).unwrap();
+
+    let here = store.verify_recordings(true, Some("n1")).await.unwrap();
+    assert_eq!((here.sessions, here.elsewhere), (2, 1));
+    assert_eq!(here.bad, vec![], "n2's file is on n2's disk");
+    // Read as one node that should hold every file, the missing one is named.
+    let all = store.verify_recordings(true, None).await.unwrap();
+    assert_eq!(all.bad.len(), 1);
+    assert!(all.bad[0].reason.contains("s-there"), "{:?}", all.bad);
 }
