@@ -169,7 +169,14 @@ impl Grant {
     pub fn state_at(&self, now: DateTime<Utc>) -> State {
         match self.state {
             State::Active if self.end.is_some_and(|e| e <= now) => State::Expired,
-            State::Active if self.start.is_some_and(|s| s > now) => State::Scheduled,
+            // Only a window asked for ahead waits for its start: a grant activated by another
+            // node a moment after this `now` was read is active, not scheduled.
+            State::Active
+                if self.scheduled.is_some_and(|s| s > now)
+                    && self.start.is_some_and(|s| s > now) =>
+            {
+                State::Scheduled
+            }
             State::Pending if self.lapses_at() <= now => State::Expired,
             recorded => recorded,
         }
@@ -413,5 +420,28 @@ mod tests {
         for &s in State::ALL {
             assert_eq!(State::from_label(s.label()), Some(s));
         }
+    }
+
+    /// Regression: a node whose `now` was read a moment before another node activated a
+    /// grant found it "scheduled, not pending" (nodes::approvals_racing_on_two_nodes_count_once).
+    #[test]
+    fn only_a_window_asked_for_ahead_is_scheduled() {
+        let g = Grant::requested(asked(0), t(1));
+        assert_eq!(
+            g.state_at(t(0)),
+            State::Active,
+            "activated just after this now"
+        );
+        let ahead = Grant::requested(
+            Asked {
+                start: Some(t(100)),
+                ..asked(0)
+            },
+            t(0),
+        );
+        assert_eq!(
+            (ahead.state_at(t(99)), ahead.state_at(t(100))),
+            (State::Scheduled, State::Active)
+        );
     }
 }

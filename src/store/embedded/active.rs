@@ -133,7 +133,7 @@ impl ActiveIndex {
             let open = &self.open;
             let opened = |id: &String| {
                 open.get(id)
-                    .is_none_or(|g| g.start.is_none_or(|start| start <= now))
+                    .is_none_or(|g| g.state_at(now) != State::Scheduled)
             };
             if let Some((end, _)) = set.iter().rev().find(|(_, id)| opened(id)) {
                 out.push(HeldStep {
