@@ -236,16 +236,22 @@ impl Service {
             Ok(Some(g)) if login::still_valid(&g, now).is_ok() => {}
             // Who revoked it and why, as the revocation recorded them.
             Ok(Some(g)) => {
-                return Some(match g.closed {
-                    Some(c) => format!(
+                return Some(match (&g.closed, g.end) {
+                    (Some(c), _) => format!(
                         "{} revoked the grant: {}",
                         crate::shown::shown(&c.by),
                         crate::shown::shown(&c.reason)
                     ),
-                    None => "the grant was revoked".into(),
-                })
+                    // Ended before the certificate did: its end moved earlier with the
+                    // grant it climbed from.
+                    (None, Some(end)) if end <= now => format!(
+                        "the grant ended at {}, cut short with the grant it climbed from",
+                        end.format("%H:%M:%S UTC")
+                    ),
+                    (None, _) => format!("the grant is {}", g.state_at(now)),
+                });
             }
-            Ok(None) => return Some("the grant was revoked".into()),
+            Ok(None) => return Some("the grant is no longer in the ledger".into()),
             Err(e) => tracing::warn!(error = %e, "cannot re-check a live login's grant"),
         }
         // Revoking the grant revokes its serials too; a serial alone says so.

@@ -48,6 +48,13 @@ async fn a_dependent_is_reclamped_to_the_prerequisite_left_standing() {
     let op = f.grant_of("operate", at(1)).await;
     f.service.approve("bob", &op, at(2)).await.unwrap();
     assert_eq!(f.state(&op, at(2)).await, State::Active);
+    let key = f.key("alice");
+    let cert = f.service.certificate("alice", &key, &op, at(2));
+    let cert = cert.await.unwrap().certificate.unwrap();
+    let cert = russh::keys::ssh_key::Certificate::from_openssh(&cert).unwrap();
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let live = f.service.check_login(&cert, "dbadmin@db-1", peer, at(3));
+    let live = live.await.unwrap();
     // A second, short observe grant (the ledger keeps it beside the first).
     let mut o2 = f.stored(&o1).await;
     o2.id = "o2shortgrant".into();
@@ -62,6 +69,13 @@ async fn a_dependent_is_reclamped_to_the_prerequisite_left_standing() {
     let g = f.service.grant("carol", &op, at(4)).await.unwrap();
     assert_eq!(g.grant.end, Some(at(10)), "operate ends with o2");
     assert_eq!(f.state(&op, at(11)).await, State::Expired);
+    // Its live session ends then, and its terminal says why (not "revoked").
+    assert_eq!(f.service.recheck(&live, at(9)).await, None);
+    let why = f.service.recheck(&live, at(11)).await.unwrap();
+    assert_eq!(
+        why,
+        "the grant ended at 17:46:50 UTC, cut short with the grant it climbed from"
+    );
 }
 
 #[tokio::test]
