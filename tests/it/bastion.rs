@@ -5,6 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::rig::{rig, rig_with, Rig};
+use crate::support::SpawnPiped;
 use crate::support::{client_opts, keygen, run_err, run_ok, Sshd, SshdOptions, TestDir};
 use crate::{json, Daemon, ALICE, BOB, CAROL};
 
@@ -484,12 +485,7 @@ fn a_pty_shell_runs_scripted_input_and_the_recording_has_both_directions() {
     let rig = rig();
     rig.observe("INC-5", &[]);
     let mut cmd = rig.ssh(ALICE, "readonly@db-1", &["-tt"]);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.spawn_piped();
     {
         use std::io::Write;
         let stdin = child.stdin.as_mut().unwrap();
@@ -1293,11 +1289,7 @@ fn a_step_without_pty_refuses_the_terminal_and_its_command_runs_without_one() {
         .collect();
     let mut child = Command::new("script")
         .args(["-qec", &words.join(" "), "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     {
         use std::io::Write;
         let stdin = child.stdin.as_mut().unwrap();
@@ -1505,12 +1497,7 @@ fn source_address_admits_only_clients_inside_it() {
 /// Runs `cmd` with `input` on stdin, failing the test if it has not ended within `limit`
 /// (it is killed then): for the regressions where a client hung.
 fn run_within(cmd: &mut Command, input: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.spawn_piped();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {

@@ -5,11 +5,11 @@
 //! shortened); bad flag and review rules named with their place.
 
 use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::notify::{config, Answer, Receiver};
 use crate::rig::{rig_with, Rig};
+use crate::support::SpawnPiped;
 use crate::support::{ramp, run_err, run_ok, TestDir};
 use crate::{json, ALICE, BOB, CAROL};
 
@@ -191,13 +191,7 @@ fn a_blocked_exec_and_a_blocked_sftp_write_never_reach_the_target_and_are_announ
 fn a_command_typed_with_line_editing_is_flagged_and_a_reviewer_signs_the_session_off() {
     let rig = rig_with(&[]);
     guarded(&rig);
-    let mut child = rig
-        .ssh(ALICE, "readonly@db-1", &["-tt"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = rig.ssh(ALICE, "readonly@db-1", &["-tt"]).spawn_piped();
     {
         let stdin = child.stdin.as_mut().unwrap();
         // Typed, erased, retyped: `rm -rx` becomes `rm -rf` before Enter.
@@ -408,11 +402,7 @@ fn typed_lines_are_read_off_the_terminal_with_history_recall_and_tab_completion(
             "readonly@db-1",
             &["bash --norc --noprofile -i"],
         )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     {
         let stdin = child.stdin.as_mut().unwrap();
         for keys in [

@@ -5,7 +5,6 @@
 //! and the audit chain holding it.
 
 use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, Locator};
@@ -17,6 +16,7 @@ use crate::dashboard::{
 use crate::review::guarded;
 use crate::rig::{rig, Rig};
 use crate::support::run_ok;
+use crate::support::SpawnPiped;
 use crate::{ALICE, BOB};
 
 /// alice's shell on db-1 under `guarded/work` (reviewed by sre-lead): a line, then `rm -rf`
@@ -24,13 +24,7 @@ use crate::{ALICE, BOB};
 /// session's id once it has ended.
 fn flagged_session(rig: &Rig) -> String {
     guarded(rig);
-    let mut child = rig
-        .ssh(ALICE, "readonly@db-1", &["-tt"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = rig.ssh(ALICE, "readonly@db-1", &["-tt"]).spawn_piped();
     {
         let stdin = child.stdin.as_mut().unwrap();
         stdin.write_all(b"echo before-the-rm\r").unwrap();

@@ -435,6 +435,22 @@ pub fn ssh_exec(sshd: &Sshd, login: &str, identity: &Path, command: &str) -> Out
     output(&mut cmd)
 }
 
+/// Spawns a command with its standard streams piped, as the tests that type into a session
+/// and read what it printed do.
+pub trait SpawnPiped {
+    fn spawn_piped(&mut self) -> Child;
+}
+
+impl SpawnPiped for Command {
+    fn spawn_piped(&mut self) -> Child {
+        self.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", self.get_program()))
+    }
+}
+
 /// Non-interactive OpenSSH client options every test uses: no prompts, no agent, no
 /// known_hosts, only the given identity.
 pub fn client_opts() -> [&'static str; 14] {
